@@ -1,0 +1,243 @@
+"""Canonical metric roles and the names frameworks give them. Every reader goes through
+`assign_roles`, so a W&B `train/loss`, a Megatron `lm loss`, an HF `loss`, a Lightning
+`train_loss_step` and llm.c's `trl` all become the `loss` role without any reader knowing
+about the others. Matching is on a normalised name (lower case, separators folded) against
+an ordered alias list per role; the first alias that matches wins, so the most specific
+spelling is preferred when a log carries several candidates. The user can always override
+with `--metric ROLE=NAME`."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+from spikelens.errors import ConfigError
+
+#: Roles in display order. `loss` is the train loss; `eval_loss` never enters it.
+ROLES: tuple[str, ...] = (
+    "loss",
+    "eval_loss",
+    "lr",
+    "grad_norm",
+    "loss_scale",
+    "skipped",
+    "nan_count",
+    "update_norm",
+    "tokens",
+    "samples",
+    "epoch",
+    "step_time",
+    "wall_time",
+)
+
+#: Column names that hold the step counter, most specific first.
+STEP_NAMES: tuple[str, ...] = (
+    "step",
+    "_step",
+    "global_step",
+    "trainer/global_step",
+    "train/global_step",
+    "iteration",
+    "iter",
+    "steps",
+    "it",
+    "s",
+    "num_updates",
+    "update",
+    "batch",
+)
+
+_ALIASES: dict[str, tuple[str, ...]] = {
+    "loss": (
+        "loss", "lm_loss", "train_loss", "loss_step", "train_loss_step", "training_loss",
+        "trl", "train_lm_loss", "ce_loss", "crossentropyloss", "train_ce_loss", "nll_loss",
+        "loss_mean", "total_loss",
+    ),
+    "eval_loss": (
+        "eval_loss", "val_loss", "validation_loss", "valid_loss", "test_loss", "tel",
+        "lm_loss_value", "eval_lm_loss", "val_loss_epoch", "eval_crossentropyloss",
+        "val_crossentropyloss", "eval_ppl", "val_ppl", "ppl", "perplexity",
+    ),
+    "lr": (
+        "lr", "learning_rate", "lr_adamw", "lr_adam", "lr_sgd", "learning_rate_group0",
+        "lr_group0", "lr_group_0", "lr_pg0", "lr_adamw_pg1", "current_lr", "lr_0",
+    ),
+    "grad_norm": (
+        "grad_norm", "gradnorm", "gnorm", "grad_norm_total", "total_grad_norm",
+        "global_grad_norm", "grad_l2_norm", "gradient_norm", "total_norm", "norm", "clip_norm",
+    ),
+    "loss_scale": (
+        "loss_scale", "scale", "grad_scale", "scaler_scale", "amp_scale", "amp_loss_scale",
+        "loss_scaler", "cur_scale",
+    ),
+    "skipped": (
+        "skipped", "skipped_step", "skipped_steps", "number_of_skipped_iterations",
+        "skipped_iterations", "skipped_iter", "overflow", "overflows", "is_skipped",
+        "num_skipped",
+    ),
+    "nan_count": (
+        "number_of_nan_iterations", "nan_iterations", "nan_count", "num_nan", "nans",
+    ),
+    "update_norm": ("update_norm", "param_update_norm", "update_l2_norm", "delta_norm"),
+    "tokens": (
+        "tokens", "consumed_tokens", "tokens_seen", "num_input_tokens_seen", "total_tokens",
+        "ntokens", "tokens_processed",
+    ),
+    "samples": (
+        "samples", "consumed_samples", "samples_seen", "num_samples", "total_samples",
+        "nsamples",
+    ),
+    "epoch": ("epoch", "epochs"),
+    "step_time": (
+        "elapsed_time_per_iteration_ms", "elapsed_time_per_iteration_s", "step_time",
+        "iteration_time", "time_per_step", "iter_time", "step_avg", "batch_time", "dt",
+    ),
+    "wall_time": ("wall_time", "time", "timestamp", "_timestamp", "train_time", "_runtime",
+                  "elapsed"),
+}
+
+#: Path prefixes that say where a metric was measured.
+_TRAIN_PREFIXES = ("train", "training", "trainer", "optim", "optimizer", "amp", "scaler",
+                   "throughput", "perf", "speed", "time", "system")
+_EVAL_PREFIXES = ("eval", "evaluation", "val", "valid", "validation", "test")
+
+_SEP = re.compile(r"[\s\-.:()\[\]]+")
+
+
+def normalise(name: str) -> str:
+    """Lower case, separators folded to `_`, path slashes kept."""
+    s = _SEP.sub("_", name.strip().lower())
+    return re.sub(r"_+", "_", s).strip("_")
+
+
+def _split(name: str) -> tuple[str, str]:
+    """(prefix, leaf) of a normalised name: `train/loss` -> (`train`, `loss`)."""
+    norm = normalise(name)
+    if "/" in norm:
+        head, _, leaf = norm.rpartition("/")
+        return head, leaf
+    return "", norm
+
+
+def _is_eval(prefix: str, leaf: str) -> bool:
+    first = prefix.split("/")[0] if prefix else ""
+    if first in _EVAL_PREFIXES or any(p in _EVAL_PREFIXES for p in prefix.split("/")):
+        return True
+    return bool(re.match(r"(eval|val|valid|validation|test)_", leaf))
+
+
+def find_step_column(columns: Iterable[str]) -> str | None:
+    """The column that holds the step counter, or None."""
+    by_norm: dict[str, str] = {}
+    for c in columns:
+        by_norm.setdefault(normalise(c), c)
+    for name in STEP_NAMES:
+        if name in by_norm:
+            return by_norm[name]
+    return None
+
+
+def _alias_rank(role: str, leaf: str) -> int | None:
+    aliases = _ALIASES[role]
+    try:
+        return aliases.index(leaf)
+    except ValueError:
+        return None
+
+
+def role_of(name: str) -> tuple[str, int] | None:
+    """The role a column name maps to by alias, with its rank (lower is more specific)."""
+    prefix, leaf = _split(name)
+    if leaf.endswith(("__min", "__max")):
+        return None
+    evalish = _is_eval(prefix, leaf)
+    for role in ROLES:
+        rank = _alias_rank(role, leaf)
+        if rank is None:
+            continue
+        if role == "loss" and evalish:
+            return ("eval_loss", 50 + rank)
+        if role == "eval_loss" and leaf in ("ppl", "perplexity") and not evalish and prefix:
+            continue  # a train perplexity is not an eval loss
+        # a prefixed match (`train/loss`) is as good as the bare one, but a name with an
+        # unrelated prefix (`layer3/grad_norm`) is a per-layer extra, not the total
+        if prefix and not evalish and prefix.split("/")[0] not in _TRAIN_PREFIXES:
+            continue
+        return (role, rank + (10 if prefix and evalish and role != "eval_loss" else 0))
+    return None
+
+
+def _fallback(role: str, name: str) -> bool:
+    prefix, leaf = _split(name)
+    if leaf.endswith(("__min", "__max")) or prefix and prefix.split("/")[0] not in (
+        _TRAIN_PREFIXES + _EVAL_PREFIXES
+    ):
+        return False
+    evalish = _is_eval(prefix, leaf)
+    if role == "loss":
+        return ("loss" in leaf and not evalish and "scale" not in leaf
+                and not leaf.endswith("epoch"))
+    if role == "eval_loss":
+        return evalish and ("loss" in leaf or "perplexity" in leaf)
+    if role == "grad_norm":
+        return "grad" in leaf and "norm" in leaf and not evalish
+    if role == "lr":
+        return leaf.startswith(("lr_", "learning_rate")) and not evalish
+    return False
+
+
+def assign_roles(
+    columns: Iterable[str], overrides: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Map roles to column names. Overrides (role -> column) win and are validated."""
+    cols = [c for c in columns]
+    roles: dict[str, str] = {}
+    overrides = dict(overrides or {})
+    for role, col in overrides.items():
+        if role not in ROLES:
+            raise ConfigError(f"unknown metric role {role!r} (known: {', '.join(ROLES)})")
+        if col not in cols:
+            raise ConfigError(
+                f"--metric {role}={col}: no such metric (found: {', '.join(cols) or 'none'})"
+            )
+        roles[role] = col
+    taken = set(roles.values())
+    best: dict[str, tuple[int, int, str]] = {}
+    for i, col in enumerate(cols):
+        if col in taken:
+            continue
+        hit = role_of(col)
+        if hit is None:
+            continue
+        role, rank = hit
+        if role in roles:
+            continue
+        cand = (rank, i, col)
+        if role not in best or cand < best[role]:
+            best[role] = cand
+    for role, (_, _, col) in best.items():
+        roles[role] = col
+    taken = set(roles.values())
+    for role in ("loss", "eval_loss", "grad_norm", "lr"):
+        if role in roles:
+            continue
+        cands = [c for c in cols if c not in taken and _fallback(role, c)]
+        if cands:
+            pick = min(cands, key=len)
+            roles[role] = pick
+            taken.add(pick)
+    return {r: roles[r] for r in ROLES if r in roles}
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, str]:
+    """Parse `ROLE=NAME` strings from the command line."""
+    out: dict[str, str] = {}
+    for item in items:
+        role, sep, name = item.partition("=")
+        role = role.strip()
+        if not sep or not role or not name:
+            raise ConfigError(f"--metric expects ROLE=NAME, got {item!r}")
+        if role not in ROLES:
+            raise ConfigError(f"unknown metric role {role!r} (known: {', '.join(ROLES)})")
+        out[role] = name
+    return out

@@ -1,0 +1,201 @@
+"""Frozen data model shared by every stage. A `Run` is what readers produce: one per-step
+table plus the facts needed to interpret it (roles, restarts, logging interval, warnings).
+Results (`Event`, `Evidence`, `Skipped`, `Finding`, `RunReport`, `Report`) hold no DataFrame,
+so the JSON report is a straight dump of them. `Config` carries every tunable in one
+validated place, with defaults that were calibrated on labelled runs (docs/detection.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from spikelens.errors import ConfigError
+
+SCHEMA_VERSION = 1
+
+EVENT_KINDS = ("spike", "divergence", "nonfinite", "oscillation", "grad_surge")
+VERDICTS = ("healthy", "spiky", "oscillating", "diverged", "nonfinite")
+
+
+@dataclass(frozen=True)
+class Restart:
+    """A resume from checkpoint: the step counter went backwards at `row` (file order)."""
+
+    row: int
+    resumed_at: int  # first step logged by the new segment
+    previous_last: int  # last step logged before the restart
+    segment: int  # index of the segment that starts here (the first segment is 0)
+
+    @property
+    def replayed(self) -> tuple[int, int] | None:
+        """Steps logged twice (the new segment's values win), or None for a jump forward."""
+        if self.resumed_at > self.previous_last:
+            return None
+        return (self.resumed_at, self.previous_last)
+
+
+@dataclass(frozen=True, eq=False)
+class Run:
+    """One training run in canonical form.
+
+    `frame` is indexed by step (int64, increasing, unique) with one float64 column per source
+    metric; NaN where the metric was not logged at that step *or* where the log said NaN.
+    `nan_steps` keeps the second case apart: per column, the steps whose logged value was NaN
+    (non-finite values are evidence, never dropped). `eval_frame` holds evaluation rows so an
+    eval loss can never leak into the train loss.
+    """
+
+    source: str
+    format: str
+    frame: pd.DataFrame
+    roles: Mapping[str, str]
+    eval_frame: pd.DataFrame = field(default_factory=pd.DataFrame)
+    nan_steps: Mapping[str, np.ndarray] = field(default_factory=dict)
+    restarts: tuple[Restart, ...] = ()
+    interval: int = 1
+    averaged: bool = False  # values are means over the logging interval (Megatron)
+    segment_of_step: np.ndarray | None = None  # segment index of each row in `frame`
+    warnings: tuple[str, ...] = ()
+    name: str | None = None  # run name inside a multi-run file (W&B panel export)
+
+    def column(self, role: str) -> str | None:
+        return self.roles.get(role)
+
+    def has(self, role: str) -> bool:
+        return role in self.roles
+
+    def series(self, role: str) -> pd.Series | None:
+        """The role's values at the steps where it was logged (logged NaN kept as NaN)."""
+        col = self.roles.get(role)
+        if col is None:
+            return None
+        s = self.frame[col] if col in self.frame.columns else self.eval_frame[col]
+        nan_at = self.nan_steps.get(col)
+        if nan_at is not None and len(nan_at):
+            keep = s.notna().to_numpy() | np.isin(s.index.to_numpy(), nan_at)
+            return s[keep]
+        return s.dropna()
+
+    @property
+    def steps(self) -> np.ndarray:
+        return self.frame.index.to_numpy()
+
+    @property
+    def extras(self) -> list[str]:
+        used = set(self.roles.values())
+        cols = list(self.frame.columns) + list(self.eval_frame.columns)
+        return [c for c in cols if c not in used]
+
+    def nonfinite_count(self, col: str) -> int:
+        s = self.frame[col] if col in self.frame.columns else self.eval_frame[col]
+        inf = int(np.isinf(s.to_numpy()).sum())
+        return inf + len(self.nan_steps.get(col, ()))
+
+
+@dataclass(frozen=True)
+class Size:
+    z: float  # robust z of the peak against the trailing baseline (log space)
+    ratio: float  # peak / baseline level (in the loss's own units)
+
+
+@dataclass(frozen=True)
+class Event:
+    """An incident (or a condition, for oscillation) found on one metric."""
+
+    kind: str
+    metric: str  # role: "loss" for incidents, "grad_norm" for informational surges
+    start_step: int
+    peak_step: int
+    end_step: int
+    recovered: bool
+    size: Size
+    recovery_steps: int | None = None
+    segment: int = 0
+    period: float | None = None  # oscillation only
+    amplitude: float | None = None  # oscillation only: relative peak-to-trough
+    first_nonfinite: str | None = None  # nonfinite only: which series went first
+    baseline: float | None = None  # the loss level before the event
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One candidate cause of an event, scored in [0, 1]."""
+
+    cause: str
+    score: float
+    summary: str
+    evidence: Mapping[str, Any]
+    remedy: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A cause rule that could not judge this run, and why."""
+
+    cause: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Finding:
+    event: Event
+    causes: tuple[Evidence, ...] = ()
+    skipped: tuple[Skipped, ...] = ()
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    first: int
+    last: int
+    count: int
+    interval: int
+
+
+@dataclass(frozen=True)
+class RunReport:
+    source: str
+    format: str
+    verdict: str
+    steps: StepInfo
+    metrics: Mapping[str, str]
+    findings: tuple[Finding, ...]
+    warnings: tuple[str, ...]
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Report:
+    runs: tuple[RunReport, ...]
+    schema_version: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every tunable of the analysis. Defaults are calibrated (see docs/detection.md)."""
+
+    window: int = 100  # trailing baseline length, in logged points
+    min_window: int = 8  # fewest baseline points before a test is attempted
+    z_threshold: float = 6.0  # robust z (log space) for a candidate rise
+    min_ratio: float = 1.10  # and the rise must exceed this fraction above baseline
+    quantum: float | None = None  # loss rounding step; None = infer from the data
+    divergence_steps: int = 200  # a rise that lasts this long without recovery is a new level
+    recover_run: int = 10  # consecutive in-band points that end an event
+    metric_overrides: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.window < 4:
+            raise ConfigError(f"window must be >= 4, got {self.window}")
+        if not 1 <= self.min_window <= self.window:
+            raise ConfigError(f"min_window must be in [1, window], got {self.min_window}")
+        if self.z_threshold <= 0:
+            raise ConfigError(f"z_threshold must be > 0, got {self.z_threshold}")
+        if self.min_ratio < 1:
+            raise ConfigError(f"min_ratio must be >= 1, got {self.min_ratio}")
+        if self.quantum is not None and self.quantum < 0:
+            raise ConfigError(f"quantum must be >= 0, got {self.quantum}")
+        if self.recover_run < 1:
+            raise ConfigError(f"recover_run must be >= 1, got {self.recover_run}")

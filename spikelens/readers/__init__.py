@@ -1,0 +1,137 @@
+"""Readers: one file per log format, each registering itself in `READERS` with one line.
+`read_runs` sniffs the format from the first bytes (and the file name), parses with the
+chosen reader and hands the raw table to the shared `build_run`. `read_log` is the same for
+the usual one-run file. Every failure is a typed `SpikelensError` whose message names the
+file."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from spikelens.errors import ConfigError, LogFormatError, SpikelensError, UnknownFormatError
+from spikelens.model import Run
+from spikelens.readers._base import ANALYSABLE, RawLog, Reader, build_run, looks_binary
+from spikelens.registry import Registry
+
+READERS: Registry[Reader] = Registry("format")
+
+HEAD_BYTES = 64 * 1024
+
+
+def _register_builtin() -> None:
+    # Import order is sniffing tie-break order: specific formats before generic ones.
+    from spikelens.readers import (  # noqa: F401
+        csv,
+        hf_trainer_state,
+        jsonl,
+        megatron,
+        tensorboard,
+        text,
+        wandb_csv,
+    )
+
+
+def _head(path: Path) -> bytes:
+    if path.is_dir():
+        return b""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(HEAD_BYTES)
+    except OSError as exc:
+        raise LogFormatError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def detect_format(path: Path) -> str:
+    """The registered format that is surest it can read `path`."""
+    _register_builtin()
+    if not path.exists():
+        raise LogFormatError(f"{path}: no such file or directory")
+    head = _head(path)
+    if not path.is_dir():
+        if not head.strip():
+            raise LogFormatError(f"{path}: empty file")
+    scores = [(reader.sniff(path, head), i, name) for i, (name, reader) in
+              enumerate(READERS.items())]
+    best = max(scores, key=lambda t: (t[0], -t[1]))
+    if best[0] <= 0:
+        if path.is_dir():
+            raise LogFormatError(f"{path}: directory with no logs in it")
+        if looks_binary(head):
+            raise UnknownFormatError(
+                f"{path}: binary data of no known format (known: {', '.join(READERS.names())})"
+            )
+        raise UnknownFormatError(
+            f"{path}: unknown log format (known: {', '.join(READERS.names())})"
+        )
+    return best[2]
+
+
+def read_runs(
+    path: str | os.PathLike[str],
+    format: str | None = None,
+    metrics: Mapping[str, str] | None = None,
+) -> list[Run]:
+    """Read every run in `path` (a W&B panel export can hold several)."""
+    _register_builtin()
+    p = Path(path)
+    fmt = format or detect_format(p)
+    reader = READERS.get(fmt)
+    if not p.exists():
+        raise LogFormatError(f"{p}: no such file or directory")
+    if p.is_dir() and fmt != "tensorboard":
+        raise LogFormatError(f"{p}: is a directory (the {fmt} format reads files)")
+    try:
+        raws = reader.read(p)
+    except SpikelensError:
+        raise
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LogFormatError(f"{p}: cannot read as {fmt}: {exc}") from None
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise LogFormatError(f"{p}: not a valid {fmt} log ({exc})") from None
+    if not raws:
+        raise LogFormatError(f"{p}: no records found in this {fmt} log")
+    return [build_run(raw, p, fmt, metrics) for raw in raws]
+
+
+def read_log(
+    path: str | os.PathLike[str],
+    format: str | None = None,
+    metrics: Mapping[str, str] | None = None,
+    run: str | None = None,
+) -> Run:
+    """Read one training log into a canonical `Run`.
+
+    `format` forces a reader (see `READERS.names()`); `metrics` overrides roles, e.g.
+    `{"loss": "my/loss"}`; `run` picks one run from a file that holds several.
+    """
+    runs = read_runs(path, format=format, metrics=metrics)
+    if run is not None:
+        for r in runs:
+            if r.name == run:
+                return r
+        names = ", ".join(str(r.name) for r in runs)
+        raise ConfigError(f"{path}: no run named {run!r} (runs: {names})")
+    if len(runs) > 1:
+        names = ", ".join(str(r.name) for r in runs)
+        raise ConfigError(f"{path}: holds {len(runs)} runs ({names}); pick one with run=")
+    return runs[0]
+
+
+def format_names() -> list[str]:
+    _register_builtin()
+    return READERS.names()
+
+
+__all__ = [
+    "ANALYSABLE",
+    "READERS",
+    "RawLog",
+    "Reader",
+    "build_run",
+    "detect_format",
+    "format_names",
+    "read_log",
+    "read_runs",
+]
