@@ -17,7 +17,9 @@ from spikelens.errors import ConfigError
 
 SCHEMA_VERSION = 1
 
-EVENT_KINDS = ("spike", "divergence", "nonfinite", "oscillation", "grad_surge")
+EVENT_KINDS = ("spike", "divergence", "nonfinite", "oscillation")
+#: Kinds that are incidents (oscillation is a condition, not an incident).
+INCIDENT_KINDS = ("spike", "divergence", "nonfinite")
 VERDICTS = ("healthy", "spiky", "oscillating", "diverged", "nonfinite")
 
 
@@ -148,6 +150,15 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class Recurrence:
+    """An incident seen in several runs at the same point of the data stream."""
+
+    axis: str  # "step", "tokens" or "samples": what the runs were aligned on
+    position: float  # where on that axis (the first run's peak)
+    members: tuple[tuple[str, int], ...]  # (run source, peak step) for each run involved
+
+
+@dataclass(frozen=True)
 class StepInfo:
     first: int
     last: int
@@ -170,6 +181,7 @@ class RunReport:
 @dataclass(frozen=True)
 class Report:
     runs: tuple[RunReport, ...]
+    recurrences: tuple[Recurrence, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
 

@@ -21,16 +21,16 @@ HEAD_BYTES = 64 * 1024
 
 
 def _register_builtin() -> None:
-    # Import order is sniffing tie-break order: specific formats before generic ones.
-    from spikelens.readers import (  # noqa: F401
-        csv,
-        hf_trainer_state,
-        jsonl,
-        megatron,
-        tensorboard,
-        text,
-        wandb_csv,
-    )
+    # Every public module in this package is a reader that registers itself on import, so
+    # adding a format is adding a file. Ties in sniffing go to registration order, which
+    # is alphabetical here; readers express real precedence through their sniff scores.
+    import importlib
+    import pkgutil
+
+    if len(READERS):
+        return
+    for mod in sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")):
+        importlib.import_module(f"{__name__}.{mod}")
 
 
 def _head(path: Path) -> bytes:

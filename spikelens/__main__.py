@@ -1,0 +1,5 @@
+"""`python -m spikelens` runs the command line."""
+
+from spikelens.cli import main
+
+main()

@@ -1,0 +1,63 @@
+"""Run -> Report: the analysis pipeline in one place. For each run the detector finds the
+incidents and the verdict; across runs, events that recur at the same point of the data
+stream are aligned (a recurrence is evidence for a bad batch); then every incident gets its
+causes ranked. The result holds no DataFrame, so it can be rendered or dumped as JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from spikelens.model import Config, Finding, Recurrence, Report, Run, RunReport, StepInfo
+
+
+def _step_info(run: Run) -> StepInfo:
+    steps = run.steps
+    if len(steps) == 0:
+        return StepInfo(first=0, last=0, count=0, interval=run.interval)
+    return StepInfo(first=int(steps[0]), last=int(steps[-1]), count=int(len(steps)),
+                    interval=run.interval)
+
+
+def _recurrence_of(
+    run: Run, peak: int, recs: Sequence[Recurrence]
+) -> Recurrence | None:
+    for rec in recs:
+        if (run.source, peak) in rec.members:
+            return rec
+    return None
+
+
+def analyze(runs: Run | Sequence[Run], config: Config | None = None) -> Report:
+    """Detect, align across runs and explain. Pure and deterministic."""
+    from spikelens.align import find_recurrences
+    from spikelens.causes import explain
+    from spikelens.detect import detect
+
+    cfg = config or Config()
+    run_list = [runs] if isinstance(runs, Run) else list(runs)
+    detections = [detect(run, cfg) for run in run_list]
+    recs = find_recurrences(run_list, [d.events for d in detections]) if len(run_list) > 1 \
+        else ()
+    reports: list[RunReport] = []
+    for run, det in zip(run_list, detections, strict=True):
+        findings: list[Finding] = []
+        for ev in det.events:
+            if ev.kind == "oscillation" or ev.metric != "loss":
+                findings.append(Finding(event=ev))
+                continue
+            findings.append(
+                explain(run, ev, det.events, cfg, _recurrence_of(run, ev.peak_step, recs))
+            )
+        reports.append(
+            RunReport(
+                source=run.source,
+                format=run.format,
+                verdict=det.verdict,
+                steps=_step_info(run),
+                metrics=dict(run.roles),
+                findings=tuple(findings),
+                warnings=tuple(run.warnings) + tuple(det.notes),
+                name=run.name,
+            )
+        )
+    return Report(runs=tuple(reports), recurrences=tuple(recs))

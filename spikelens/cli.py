@@ -1,0 +1,198 @@
+"""The `spikelens` command: a thin typer layer over the library. It expands the inputs
+(files, globs, directories), calls `read_runs` / `analyze` / `render`, writes the output and
+picks the exit code: 0 analysed with nothing to fail on, 1 findings the user asked to fail
+on (`--fail-on`), 2 bad input or usage. Every `SpikelensError` becomes one `Error: ...` line
+on stderr, never a traceback. Heavy modules (pandas, scipy, plotly) are imported inside the
+commands so that `spikelens --help` stays fast."""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from spikelens.errors import ConfigError, SpikelensError
+
+if TYPE_CHECKING:
+    from spikelens.model import Report, Run
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    help="Post-hoc forensics of ML training logs: find loss spikes, tell them from "
+    "oscillation, and explain why they happened.",
+)
+
+EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class FailOn(str, Enum):
+    spike = "spike"
+    divergence = "divergence"
+    nonfinite = "nonfinite"
+    any = "any"
+
+
+class PlotlyJs(str, Enum):
+    inline = "inline"
+    cdn = "cdn"
+
+
+LogsArg = Annotated[
+    list[str], typer.Argument(help="Log files, globs or directories.", show_default=False)
+]
+MetricOpt = Annotated[
+    Optional[list[str]],  # noqa: UP045 - typer needs Optional here
+    typer.Option("--metric", "-m", metavar="ROLE=NAME",
+                 help="Use metric NAME for ROLE (loss, lr, grad_norm, loss_scale, ...)."),
+]
+LogFormatOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--log-format", "-l", metavar="FORMAT",
+                 help="Read the logs as this format instead of sniffing it "
+                 "(see `spikelens formats`)."),
+]
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"Error: {message}", err=True)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _expand(items: list[str]) -> list[Path]:
+    """Files, globs and directories -> log paths, in the order given."""
+    from spikelens.readers import READERS, detect_format, format_names
+
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if not p.exists() and any(ch in item for ch in "*?["):
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                raise ConfigError(f"{item}: no file matches this pattern")
+            out.extend(Path(m) for m in matches)
+            continue
+        if p.is_dir():
+            try:
+                detect_format(p)  # a TensorBoard run directory is one log
+                out.append(p)
+                continue
+            except SpikelensError:
+                pass
+            format_names()
+            found = []
+            for child in sorted(p.iterdir()):
+                if child.name.startswith(".") or not child.is_file():
+                    continue
+                head = child.open("rb").read(65536)
+                if any(r.sniff(child, head) > 0.3 for _, r in READERS.items()):
+                    found.append(child)
+            if not found:
+                raise ConfigError(f"{p}: directory with no logs in it")
+            out.extend(found)
+            continue
+        out.append(p)
+    return out
+
+
+def _read_all(paths: list[Path], log_format: str | None, metric: list[str] | None) -> list[Run]:
+    from spikelens.metrics import parse_overrides
+    from spikelens.readers import read_runs
+
+    overrides = parse_overrides(metric or [])
+    runs: list[Run] = []
+    big = sum(p.stat().st_size for p in paths if p.is_file()) > 64 * 2**20
+    if sys.stderr.isatty() and (len(paths) > 1 or big):
+        from rich.progress import Progress
+
+        with Progress(transient=True, console=_stderr_console()) as progress:
+            task = progress.add_task("reading logs", total=len(paths))
+            for p in paths:
+                runs.extend(read_runs(p, format=log_format, metrics=overrides))
+                progress.advance(task)
+    else:
+        for p in paths:
+            runs.extend(read_runs(p, format=log_format, metrics=overrides))
+    return runs
+
+
+def _stderr_console():  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _color(no_color: bool) -> bool:
+    return not no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
+
+
+def _write(text: str, output: Path | None) -> None:
+    if output is None:
+        sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+        sys.stdout.flush()
+    else:
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{output}: cannot write ({exc.strerror or exc})") from None
+
+
+def _exit_code(report: Report, fail_on: FailOn | None) -> int:
+    if fail_on is None:
+        return EXIT_OK
+    kinds = {"spike", "divergence", "nonfinite"} if fail_on is FailOn.any else {fail_on.value}
+    for rr in report.runs:
+        for f in rr.findings:
+            if f.event.metric == "loss" and f.event.kind in kinds:
+                return EXIT_FINDINGS
+    return EXIT_OK
+
+
+@app.command()
+def inspect(
+    logs: LogsArg,
+    format: Annotated[str, typer.Option("--format", "-f", help="text or json.")] = "text",
+    metric: MetricOpt = None,
+    log_format: LogFormatOpt = None,
+    no_color: Annotated[bool, typer.Option("--no-color", help="Plain text output.")] = False,
+) -> None:
+    """Show how a log was read: format, steps, the role of each metric, restarts, warnings."""
+    import json
+
+    from spikelens.describe import describe, describe_text
+
+    if format not in ("text", "json"):
+        raise ConfigError(f"--format must be text or json, got {format!r}")
+    runs = _read_all(_expand(logs), log_format, metric)
+    if format == "json":
+        objs = [describe(r) for r in runs]
+        _write(json.dumps(objs[0] if len(objs) == 1 else objs, indent=2), None)
+    else:
+        _write("\n".join(describe_text(r, color=_color(no_color)) for r in runs), None)
+
+
+@app.command()
+def formats() -> None:
+    """List the log formats spikelens reads."""
+    from spikelens.readers import READERS, format_names
+
+    format_names()
+    for name, reader in READERS.items():
+        typer.echo(f"{name:18} {reader.description}")
+
+
+def main() -> None:
+    """Console entry point. typer (standalone) turns usage errors into exit 2 itself; library
+    errors are ours to print as one line."""
+    try:
+        app()
+    except SpikelensError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)

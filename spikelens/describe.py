@@ -1,0 +1,92 @@
+"""What `spikelens inspect` shows: how a log was understood. `describe(run)` returns a plain
+JSON-able dict (format, steps, role -> source name, extras, restarts, non-finite counts,
+warnings) and `describe_text` lays the same out for a terminal. It lets a user check the
+roles spikelens found before trusting an analysis, and fix them with `--metric ROLE=NAME`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from spikelens.model import Run
+
+
+def describe(run: Run) -> dict[str, Any]:
+    steps = run.steps
+    nonfinite = {}
+    for col in list(run.frame.columns) + list(run.eval_frame.columns):
+        n = run.nonfinite_count(col)
+        if n:
+            nonfinite[col] = n
+    return {
+        "source": run.source,
+        "name": run.name,
+        "format": run.format,
+        "steps": {
+            "first": int(steps[0]) if len(steps) else None,
+            "last": int(steps[-1]) if len(steps) else None,
+            "count": int(len(steps)),
+            "interval": run.interval,
+            "averaged": run.averaged,
+        },
+        "metrics": dict(run.roles),
+        "extras": run.extras,
+        "restarts": [
+            {
+                "resumed_at": r.resumed_at,
+                "previous_last": r.previous_last,
+                "replayed": list(r.replayed) if r.replayed else None,
+            }
+            for r in run.restarts
+        ],
+        "nonfinite": nonfinite,
+        "eval_rows": int(len(run.eval_frame)),
+        "warnings": list(run.warnings),
+    }
+
+
+def _logged(run: Run, col: str) -> int:
+    frame = run.frame if col in run.frame.columns else run.eval_frame
+    return int(np.count_nonzero(frame[col].notna().to_numpy())) + len(run.nan_steps.get(col, ()))
+
+
+def describe_text(run: Run, color: bool | None = None) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    d = describe(run)
+    import io
+
+    console = Console(file=io.StringIO(), record=True, width=100, no_color=not color,
+                      force_terminal=bool(color), color_system="auto" if color else None)
+    st = d["steps"]
+    title = f"{d['source']}" + (f" [{d['name']}]" if d["name"] else "")
+    console.print(f"[bold]{title}[/bold]", highlight=False)
+    console.print(f"format: {d['format']}", highlight=False)
+    if st["count"]:
+        avg = ", values averaged over the interval" if st["averaged"] else ""
+        console.print(
+            f"steps: {st['first']}..{st['last']} ({st['count']} logged, every {st['interval']}"
+            f"{avg})",
+            highlight=False,
+        )
+    table = Table(show_edge=False, box=None, pad_edge=False)
+    table.add_column("role")
+    table.add_column("metric")
+    table.add_column("logged", justify="right")
+    table.add_column("non-finite", justify="right")
+    for role, col in d["metrics"].items():
+        table.add_row(role, col, str(_logged(run, col)), str(d["nonfinite"].get(col, 0)))
+    console.print(table)
+    if d["extras"]:
+        console.print("extras: " + ", ".join(d["extras"]), highlight=False, soft_wrap=True)
+    for r in d["restarts"]:
+        what = (f"steps {r['replayed'][0]}-{r['replayed'][1]} replayed" if r["replayed"]
+                else "jumped forward")
+        console.print(f"restart: resumed at step {r['resumed_at']} after step "
+                      f"{r['previous_last']} ({what})", highlight=False)
+    for w in d["warnings"]:
+        console.print(f"warning: {w}", highlight=False, soft_wrap=True)
+    out = console.export_text(styles=bool(color))
+    return out

@@ -1,0 +1,77 @@
+"""W&B CSV exports. Two shapes exist: a run's history export (`_step` or `Step`, quoted
+headers, `_runtime`/`_timestamp`, sparse eval columns) and a chart-panel export whose
+columns are `"<run> - <metric>"` with `__MIN`/`__MAX` companions, possibly for several runs in
+one file. The panel shape is split into one run per prefix (the plain column is the value;
+the MIN/MAX companions only bound W&B's bucketing and are dropped), named by the run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from spikelens.readers import READERS
+from spikelens.readers._base import RawLog, looks_binary
+from spikelens.readers.csv import _delimiter, load_csv
+
+_SEP = " - "
+
+
+def _panel_run(col: str) -> tuple[str, str] | None:
+    """`"run-1 - train/loss"` -> ("run-1", "train/loss")."""
+    if _SEP not in col:
+        return None
+    run, _, metric = col.partition(_SEP)
+    return (run.strip(), metric.strip()) if run.strip() and metric.strip() else None
+
+
+class WandbCsvReader:
+    name = "wandb_csv"
+    description = "W&B CSV export (run history or chart panel, several runs per file)"
+
+    def sniff(self, path: Path, head: bytes) -> float:
+        if path.is_dir() or looks_binary(head):
+            return 0.0
+        first = head.split(b"\n", 1)[0].decode("utf-8", "replace").strip().lstrip("\ufeff")
+        cells = [c.strip().strip('"') for c in first.split(_delimiter(first))]
+        if len(cells) < 2:
+            return 0.0
+        if cells[0] in ("_step", "Step") and (
+            any(_panel_run(c) for c in cells[1:]) or any(c.endswith("__MIN") for c in cells)
+        ):
+            return 0.95
+        if "_step" in cells and ("_runtime" in cells or "_timestamp" in cells):
+            return 0.9
+        if cells[0] in ("_step", "Step"):
+            return 0.7
+        return 0.0
+
+    def read(self, path: Path) -> list[RawLog]:
+        t = load_csv(path)
+        frame = t.frame
+        step_col = "_step" if "_step" in frame.columns else "Step"
+        if step_col not in frame.columns:
+            return [RawLog(frame=frame, nan_mask=t.nan_mask, warnings=t.warnings)]
+        runs: dict[str, list[tuple[str, str]]] = {}
+        for col in frame.columns:
+            if col == step_col or col.endswith(("__MIN", "__MAX")):
+                continue
+            hit = _panel_run(col)
+            if hit is None:
+                runs = {}
+                break
+            runs.setdefault(hit[0], []).append((col, hit[1]))
+        if not runs:
+            return [RawLog(frame=frame, step_column=step_col, nan_mask=t.nan_mask,
+                           warnings=t.warnings)]
+        out: list[RawLog] = []
+        for run, cols in runs.items():
+            sub = frame[[step_col] + [c for c, _ in cols]]
+            # a shorter run has empty cells past its end: not rows of that run
+            sub = sub[sub[[c for c, _ in cols]].notna().any(axis=1)]
+            sub = sub.rename(columns={c: m for c, m in cols})
+            mask = {m: t.nan_mask[c][sub.index.to_numpy()] for c, m in cols if c in t.nan_mask}
+            out.append(RawLog(frame=sub.reset_index(drop=True), step_column=step_col,
+                              nan_mask=mask, warnings=list(t.warnings), name=run))
+        return out
+
+
+READERS.add("wandb_csv", WandbCsvReader())
