@@ -7,12 +7,14 @@ commands so that `spikelens --help` stays fast."""
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import sys
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 
 import typer
 
@@ -61,9 +63,21 @@ LogFormatOpt = Annotated[
 ]
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"Error: {message}", err=True)
-    raise typer.Exit(EXIT_BAD_INPUT)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _one_line_errors(fn: F) -> F:
+    """Turn a library error into `Error: ...` on stderr and exit 2 (never a traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SpikelensError as exc:
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _expand(items: list[str]) -> list[Path]:
@@ -156,6 +170,7 @@ def _exit_code(report: Report, fail_on: FailOn | None) -> int:
 
 
 @app.command()
+@_one_line_errors
 def inspect(
     logs: LogsArg,
     format: Annotated[str, typer.Option("--format", "-f", help="text or json.")] = "text",
@@ -189,10 +204,6 @@ def formats() -> None:
 
 
 def main() -> None:
-    """Console entry point. typer (standalone) turns usage errors into exit 2 itself; library
-    errors are ours to print as one line."""
-    try:
-        app()
-    except SpikelensError as exc:
-        typer.echo(f"Error: {exc}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
+    """Console entry point. typer turns usage errors into exit 2 itself; the commands turn
+    library errors into one line and exit 2."""
+    app()

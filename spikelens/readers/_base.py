@@ -80,7 +80,7 @@ def coerce_numeric(values: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarra
     present = np.array([v is not None and v != "" for v in obj], dtype=bool) if n else \
         np.zeros(0, bool)
     # vectorised first pass; only cells it cannot parse (or parses to NaN) go through Python
-    out = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    out = np.array(pd.to_numeric(values, errors="coerce"), dtype=np.float64)
     logged_nan = np.zeros(n, dtype=bool)
     bad = np.zeros(n, dtype=bool)
     for i in np.flatnonzero(np.isnan(out) & present):

@@ -1,0 +1,148 @@
+"""CSV, TSV, Lightning and W&B CSV exports, read through the public `read_log`."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import DATA
+
+from spikelens import ConfigError, LogFormatError, MissingMetricError, read_log, read_runs
+
+
+def test_amp_storm_csv_keeps_nan_loss_as_evidence() -> None:
+    run = read_log(DATA / "csv" / "r05_amp_storm.csv")
+    assert run.format == "csv"
+    assert dict(run.roles) == {
+        "loss": "loss", "lr": "lr", "grad_norm": "grad_norm", "loss_scale": "loss_scale",
+        "skipped": "skipped_step", "samples": "samples", "wall_time": "wall_time",
+    }
+    assert run.frame.loc[799, "loss"] == pytest.approx(1.628465175628662)
+    assert math.isnan(run.frame.loc[800, "loss"])
+    assert 800 in run.nan_steps["loss"] and len(run.nan_steps["loss"]) == 40
+    loss = run.series("loss")
+    assert loss is not None and len(loss) == 2000  # logged NaN kept, not dropped
+    assert run.frame.loc[801, "loss_scale"] == 65536.0
+    assert run.interval == 1 and not run.restarts
+
+
+def test_wandb_history_keeps_sparse_eval_out_of_train_loss() -> None:
+    run = read_log(DATA / "csv" / "r01_wandb_history.csv")
+    assert run.format == "wandb_csv"
+    assert run.roles["loss"] == "train/loss" and run.roles["eval_loss"] == "eval/loss"
+    assert run.frame.loc[800, "train/loss"] == pytest.approx(3.171416997909546)
+    assert run.frame.loc[800, "eval/loss"] == pytest.approx(1.728078007698059)
+    ev = run.series("eval_loss")
+    assert ev is not None and 0 < len(ev) < 100
+    assert run.nan_steps == {}
+
+
+def test_wandb_panel_export_strips_run_prefix_and_min_max() -> None:
+    run = read_log(DATA / "csv" / "r04_wandb_panel.csv")
+    assert run.name == "mlp-sweep-113"
+    assert list(run.frame.columns) == ["train/loss"]
+    assert run.roles == {"loss": "train/loss"}
+    assert run.frame.loc[2, "train/loss"] == pytest.approx(2.265634059906006)
+
+
+def test_wandb_panel_with_two_runs(tmp_path: Path) -> None:
+    p = tmp_path / "panel.csv"
+    p.write_text(
+        '"Step","a - train/loss","a - train/loss__MIN","a - train/loss__MAX",'
+        '"b - train/loss","b - train/loss__MIN","b - train/loss__MAX"\n'
+        '"1","2.0","2.0","2.0","3.0","3.0","3.0"\n'
+        '"2","1.5","1.5","1.5","2.5","2.5","2.5"\n'
+        '"3","1.2","1.2","1.2","","",""\n'
+    )
+    runs = read_runs(p)
+    assert [r.name for r in runs] == ["a", "b"]
+    assert runs[0].frame["train/loss"].tolist() == [2.0, 1.5, 1.2]
+    assert runs[1].steps.tolist() == [1, 2]
+    with pytest.raises(ConfigError, match=r"holds 2 runs \(a, b\)"):
+        read_log(p)
+    assert read_log(p, run="b").frame.loc[2, "train/loss"] == 2.5
+
+
+def test_lightning_metrics_csv_sparse_rows(tmp_path: Path) -> None:
+    p = tmp_path / "metrics.csv"
+    p.write_text(
+        "epoch,step,train_loss_step,lr-AdamW,val_loss,train_loss_epoch\n"
+        "0,49,2.31,0.001,,\n"
+        "0,99,2.10,0.001,,\n"
+        "0,99,,,2.05,\n"
+        "0,99,,,,2.2\n"
+        "1,149,1.90,0.001,,\n"
+    )
+    run = read_log(p)
+    assert run.roles["loss"] == "train_loss_step"
+    assert run.roles["eval_loss"] == "val_loss"
+    assert run.roles["lr"] == "lr-AdamW"
+    # the val row at step 99 shares the step with a train row: both survive, no restart
+    assert run.frame.loc[99, "train_loss_step"] == 2.10
+    assert run.frame.loc[99, "val_loss"] == 2.05
+    assert run.restarts == ()
+    assert run.interval == 50
+
+
+def test_resumed_csv_repeats_header_and_replays_steps(tmp_path: Path) -> None:
+    p = tmp_path / "train_log.csv"
+    p.write_text(
+        "step,loss,lr\n1,3.0,0.1\n2,2.9,0.1\n3,2.8,0.1\n4,2.7,0.1\n"
+        "step,loss,lr\n3,2.75,0.1\n4,2.65,0.1\n5,2.6,0.1\n"
+    )
+    run = read_log(p)
+    assert run.steps.tolist() == [1, 2, 3, 4, 5]
+    assert run.frame.loc[3, "loss"] == 2.75  # last write wins
+    assert len(run.restarts) == 1
+    r = run.restarts[0]
+    assert (r.resumed_at, r.previous_last, r.replayed) == (3, 4, (3, 4))
+    assert any("skipped 1 repeated header line(s) (line 6)" in w for w in run.warnings)
+    assert any("steps 3-4 were logged again" in w for w in run.warnings)
+    assert run.segment_of_step is not None
+    assert run.segment_of_step.tolist() == [0, 0, 1, 1, 1]
+
+
+def test_torn_last_line_is_skipped_with_warning(tmp_path: Path) -> None:
+    p = tmp_path / "log.csv"
+    p.write_text("step,loss,lr\n1,3.0,0.1\n2,2.9,0.1\n3,2.8")
+    run = read_log(p)
+    assert run.steps.tolist() == [1, 2]
+    assert run.warnings == (f"{p}: skipped 1 malformed row(s) (line 4)",)
+
+
+def test_tsv_and_nonfinite_spellings(tmp_path: Path) -> None:
+    p = tmp_path / "log.tsv"
+    p.write_text("step\tloss\n1\t2.0\n2\tNaN\n3\tInfinity\n4\t-inf\n5\t\"3.5\"\n6\t1.#INF\n")
+    run = read_log(p)
+    col = run.frame["loss"]
+    assert col[1] == 2.0 and math.isnan(col[2]) and col[3] == np.inf and col[4] == -np.inf
+    assert col[5] == 3.5 and col[6] == np.inf
+    assert run.nan_steps["loss"].tolist() == [2]
+
+
+def test_metric_override(tmp_path: Path) -> None:
+    p = tmp_path / "log.csv"
+    p.write_text("step,my_objective,other\n1,2.0,1\n2,1.9,1\n")
+    with pytest.raises(MissingMetricError, match="no loss-like metric"):
+        read_log(p)
+    run = read_log(p, metrics={"loss": "my_objective"})
+    assert run.roles == {"loss": "my_objective"}
+    with pytest.raises(ConfigError, match=r"--metric loss=nope: no such metric \(found: "):
+        read_log(p, metrics={"loss": "nope"})
+
+
+def test_lr_only_export_loads_without_loss() -> None:
+    # OLMo 2's LR-schedule export has no loss at all; it still loads (lr is analysable)
+    run = read_log(DATA / "csv" / "olmo2-peteish1_lr_schedule_wandb_export.csv")
+    assert run.roles["lr"] == "optim/learning_rate_group0"
+    assert "loss" not in run.roles
+    assert run.frame.loc[4000, "optim/learning_rate_group0"] == pytest.approx(0.0004)
+
+
+def test_binary_csv_named_file(tmp_path: Path) -> None:
+    p = tmp_path / "x.csv"
+    p.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(LogFormatError):
+        read_log(p, format="csv")
