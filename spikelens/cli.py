@@ -12,7 +12,7 @@ import glob
 import os
 import sys
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 
@@ -21,6 +21,8 @@ import typer
 from spikelens.errors import ConfigError, SpikelensError
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from spikelens.model import Report, Run
 
 app = typer.Typer(
@@ -35,14 +37,14 @@ app = typer.Typer(
 EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT = 0, 1, 2
 
 
-class FailOn(str, Enum):
+class FailOn(StrEnum):
     spike = "spike"
     divergence = "divergence"
     nonfinite = "nonfinite"
     any = "any"
 
 
-class PlotlyJs(str, Enum):
+class PlotlyJs(StrEnum):
     inline = "inline"
     cdn = "cdn"
 
@@ -137,7 +139,7 @@ def _read_all(paths: list[Path], log_format: str | None, metric: list[str] | Non
     return runs
 
 
-def _stderr_console():  # type: ignore[no-untyped-def]
+def _stderr_console() -> Console:
     from rich.console import Console
 
     return Console(stderr=True)
@@ -191,6 +193,103 @@ def inspect(
         _write(json.dumps(objs[0] if len(objs) == 1 else objs, indent=2), None)
     else:
         _write("\n".join(describe_text(r, color=_color(no_color)) for r in runs), None)
+
+
+def _analyse(
+    logs: list[str], log_format: str | None, metric: list[str] | None
+) -> tuple[Report, list[Run]]:
+    from spikelens.analyze import analyze as run_analysis
+
+    runs = _read_all(_expand(logs), log_format, metric)
+    return run_analysis(runs), runs
+
+
+def _output_formats() -> str:
+    from spikelens.report import RENDERERS
+
+    return ", ".join(n for n in RENDERERS.names() if n != "html")
+
+
+@app.command()
+@_one_line_errors
+def analyze(
+    logs: LogsArg,
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="terminal, json, markdown or github.")
+    ] = "terminal",
+    metric: MetricOpt = None,
+    log_format: LogFormatOpt = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show every cause's evidence and the "
+                           "causes that could not be judged.")
+    ] = False,
+    fail_on: Annotated[
+        Optional[FailOn],  # noqa: UP045
+        typer.Option("--fail-on", help="Exit 1 when such loss incidents are found."),
+    ] = None,
+    summary: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--summary", metavar="PATH",
+                     help="Also write the Markdown report here (e.g. $GITHUB_STEP_SUMMARY)."),
+    ] = None,
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--output", "-o", metavar="PATH", help="Write the report here."),
+    ] = None,
+    no_color: Annotated[bool, typer.Option("--no-color", help="Plain text output.")] = False,
+) -> None:
+    """Find loss incidents, classify them, rank their causes. Exit 0 = analysed, 1 =
+    findings matched --fail-on, 2 = bad input or usage."""
+    from spikelens.report import RENDERERS, render
+
+    if format == "html" or format not in RENDERERS:
+        raise ConfigError(f"unknown output format {format!r} (known: {_output_formats()}; "
+                          "for HTML use `spikelens report LOG --html out.html`)")
+    report, runs = _analyse(logs, log_format, metric)
+    text = render(report, runs, format, verbose=verbose,
+                  color=_color(no_color) if output is None else False)
+    _write(text, output)
+    if summary is not None:
+        _append(render(report, runs, "markdown", verbose=verbose), summary)
+    raise typer.Exit(_exit_code(report, fail_on))
+
+
+def _append(text: str, path: Path) -> None:
+    # $GITHUB_STEP_SUMMARY is shared by every step of a job: append, never truncate
+    try:
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(text if text.endswith("\n") else text + "\n")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+@app.command()
+@_one_line_errors
+def report(
+    logs: LogsArg,
+    html: Annotated[
+        Path, typer.Option("--html", metavar="PATH", help="Write the HTML page here.")
+    ],
+    plotlyjs: Annotated[
+        PlotlyJs, typer.Option("--plotlyjs", help="inline: works offline (about 4.7 MB); "
+                               "cdn: a small file that loads plotly.js from a CDN.")
+    ] = PlotlyJs.inline,
+    metric: MetricOpt = None,
+    log_format: LogFormatOpt = None,
+    fail_on: Annotated[
+        Optional[FailOn],  # noqa: UP045
+        typer.Option("--fail-on", help="Exit 1 when such loss incidents are found."),
+    ] = None,
+) -> None:
+    """Write one self-contained HTML page (plotly) with the curves, the incidents and their
+    causes."""
+    from spikelens.report import render
+
+    report_, runs = _analyse(logs, log_format, metric)
+    _write(render(report_, runs, "html", plotlyjs=plotlyjs.value), html)
+    verdicts = ", ".join(r.verdict for r in report_.runs)
+    typer.echo(f"wrote {html} ({verdicts})", err=True)
+    raise typer.Exit(_exit_code(report_, fail_on))
 
 
 @app.command()

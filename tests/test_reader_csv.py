@@ -99,7 +99,8 @@ def test_resumed_csv_repeats_header_and_replays_steps(tmp_path: Path) -> None:
     r = run.restarts[0]
     assert (r.resumed_at, r.previous_last, r.replayed) == (3, 4, (3, 4))
     assert any("skipped 1 repeated header line(s) (line 6)" in w for w in run.warnings)
-    assert any("steps 3-4 were logged again" in w for w in run.warnings)
+    assert f"{p}: restart at line 7: steps 3-4 were logged again; the later values win" \
+        in run.warnings
     assert run.segment_of_step is not None
     assert run.segment_of_step.tolist() == [0, 0, 1, 1, 1]
 

@@ -8,7 +8,7 @@ logging interval, assigning metric roles and checking that something analysable 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -76,7 +76,7 @@ def coerce_numeric(values: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarra
     if values.dtype.kind in "fiub":
         arr = values.to_numpy(dtype=np.float64, na_value=np.nan)
         return arr, np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
-    obj = values.to_numpy(dtype=object, na_value=None)
+    obj = np.asarray(values.astype(object).where(values.notna(), None), dtype=object)
     present = np.array([v is not None and v != "" for v in obj], dtype=bool) if n else \
         np.zeros(0, bool)
     # vectorised first pass; only cells it cannot parse (or parses to NaN) go through Python
@@ -174,8 +174,7 @@ def _collapse(
     monotonic = len(steps) < 2 or bool(np.all(steps[1:] > steps[:-1]))
     if monotonic:
         out = frame.set_axis(pd.Index(steps, name="step"), axis=0)
-        nan_steps = {c: steps[m] for c, m in masks.items() if m.any()}
-        return out, nan_steps, np.arange(len(steps))
+        return out, {c: steps[m] for c, m in masks.items() if m.any()}, np.arange(len(steps))
     uniq = np.unique(steps)
     data: dict[str, np.ndarray] = {}
     nan_steps: dict[str, np.ndarray] = {}
@@ -211,6 +210,8 @@ def _interval(frame: pd.DataFrame, loss_col: str | None) -> int:
     if len(idx) < 2:
         return 1
     d = np.diff(idx)
+    if d[0] > 0 and bool((d == d[0]).all()):  # the usual case: a fixed interval
+        return int(d[0])
     d = d[d > 0]
     if len(d) == 0:
         return 1
@@ -237,15 +238,21 @@ def build_run(
     """The shared half of reading: RawLog (as written) -> canonical Run."""
     warnings = list(raw.warnings)
     frame, masks, header_rows, text_cols = _numeric_frame(raw.frame, raw.nan_mask)
-    lines = raw.row_lines if raw.row_lines is not None else np.arange(1, len(frame) + 1)
+
+    def lines_of(rows: np.ndarray) -> list[int]:
+        # 1-based source lines of the given rows (row number + 1 for a header by default)
+        idx = np.flatnonzero(rows)
+        src = raw.row_lines[idx] if raw.row_lines is not None else idx + 2
+        return [int(x) for x in src]
+
     step_col, steps_f = _steps_of(path, frame, raw.step_column, "log")
     keep = ~header_rows & ~np.isnan(steps_f) & np.isfinite(steps_f)
     if header_rows.any():
-        hl = lines[header_rows].tolist()
+        hl = lines_of(header_rows)
         warnings.append(skip_warning(path, len(hl), "repeated header line(s)", hl))
     orphan = ~header_rows & ~keep
     if orphan.any():
-        ol = lines[orphan].tolist()
+        ol = lines_of(orphan)
         warnings.append(skip_warning(path, len(ol), "row(s) without a step", ol))
     if not keep.all():
         frame = frame[keep].reset_index(drop=True)
@@ -257,11 +264,14 @@ def build_run(
     metric_frame = frame.drop(columns=[step_col])
     masks.pop(step_col, None)
     restarts = _restarts(steps)
+    kept_rows = np.flatnonzero(keep)
     for r in restarts:
         if r.replayed:
+            row = int(kept_rows[r.row])
+            line = int(raw.row_lines[row]) if raw.row_lines is not None else row + 2
             warnings.append(
-                f"{path}: restart at line {int(lines[keep][r.row]) if keep.any() else r.row}: "
-                f"steps {r.replayed[0]}-{r.replayed[1]} were logged again; the later values win"
+                f"{path}: restart at line {line}: steps {r.replayed[0]}-{r.replayed[1]} "
+                "were logged again; the later values win"
             )
     collapsed, nan_steps, winner = _collapse(metric_frame, steps, masks)
     segment_of_row = np.zeros(len(steps), dtype=np.int64)
@@ -314,8 +324,3 @@ def looks_binary(head: bytes) -> bool:
     if not sample:
         return False
     return len(_CTRL.findall(sample)) > max(1, len(sample) // 100)
-
-
-def iter_lines_with_numbers(text: str) -> Iterable[tuple[int, str]]:
-    for i, line in enumerate(text.splitlines(), start=1):
-        yield i, line

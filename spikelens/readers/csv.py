@@ -26,6 +26,7 @@ class CsvTable:
     nan_mask: dict[str, np.ndarray]
     warnings: list[str]
     header: list[str]
+    row_lines: np.ndarray | None = None  # set when cut header lines shift the numbering
 
 
 def _delimiter(first_line: str) -> str:
@@ -59,13 +60,13 @@ def load_csv(path: Path) -> CsvTable:
         raise LogFormatError(f"{path}: line 1: header is not UTF-8 text") from None
     delim = _delimiter(header_text)
     warnings: list[str] = []
+    header_lines: list[int] = []
 
     # A resumed job appends its header again; cut those lines out of the bytes before parsing
     # (cheap: one bytes.find per occurrence) so numeric columns stay numeric.
     if nl >= 0:
         needle = b"\n" + header_line
         body_parts = [buf[: nl + 1]]
-        header_lines: list[int] = []
         start = nl + 1
         pos = buf.find(needle, nl)
         while pos >= 0:
@@ -83,6 +84,7 @@ def load_csv(path: Path) -> CsvTable:
                 skip_warning(path, len(header_lines), "repeated header line(s)", header_lines)
             )
 
+    header_lines_cut = header_lines
     invalid: list[str] = []
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
@@ -120,7 +122,13 @@ def load_csv(path: Path) -> CsvTable:
                 nan_mask[name] = isnan.to_numpy(zero_copy_only=False)
     frame = table.to_pandas(split_blocks=True)
     frame.columns = [str(c).strip() for c in frame.columns]
-    return CsvTable(frame, nan_mask, warnings, [str(c) for c in table.column_names])
+    row_lines = None
+    if header_lines_cut:
+        # row i sits on line i + 2, plus one for every header line cut above it
+        row_lines = np.arange(2, len(frame) + 2)
+        for h in header_lines_cut:
+            row_lines[row_lines >= h] += 1
+    return CsvTable(frame, nan_mask, warnings, [str(c) for c in table.column_names], row_lines)
 
 
 class CsvReader:
@@ -144,7 +152,8 @@ class CsvReader:
 
     def read(self, path: Path) -> list[RawLog]:
         t = load_csv(path)
-        return [RawLog(frame=t.frame, nan_mask=t.nan_mask, warnings=t.warnings)]
+        return [RawLog(frame=t.frame, nan_mask=t.nan_mask, warnings=t.warnings,
+                       row_lines=t.row_lines)]
 
 
 READERS.add("csv", CsvReader())
