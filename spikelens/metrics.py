@@ -111,7 +111,12 @@ def normalise(name: str) -> str:
 
 
 def _split(name: str) -> tuple[str, str]:
-    """(prefix, leaf) of a normalised name: `train/loss` -> (`train`, `loss`)."""
+    """(prefix, leaf) of a normalised name: `train/loss` -> (`train`, `loss`).
+
+    A W&B panel export names columns `"<run> - <metric>"`; the run part is not the metric's.
+    """
+    if " - " in name:
+        name = name.split(" - ", 1)[1]
     norm = normalise(name)
     if "/" in norm:
         head, _, leaf = norm.rpartition("/")

@@ -42,9 +42,9 @@ def test_wandb_history_keeps_sparse_eval_out_of_train_loss() -> None:
 def test_wandb_panel_export_strips_run_prefix_and_min_max() -> None:
     run = read_log(DATA / "csv" / "r04_wandb_panel.csv")
     assert run.name == "mlp-sweep-113"
-    assert list(run.frame.columns) == ["train/loss"]
-    assert run.roles == {"loss": "train/loss"}
-    assert run.frame.loc[2, "train/loss"] == pytest.approx(2.265634059906006)
+    assert list(run.frame.columns) == ["mlp-sweep-113 - train/loss"]
+    assert run.roles == {"loss": "mlp-sweep-113 - train/loss"}
+    assert run.frame.loc[2, "mlp-sweep-113 - train/loss"] == pytest.approx(2.265634059906006)
 
 
 def test_wandb_panel_with_two_runs(tmp_path: Path) -> None:
@@ -58,11 +58,12 @@ def test_wandb_panel_with_two_runs(tmp_path: Path) -> None:
     )
     runs = read_runs(p)
     assert [r.name for r in runs] == ["a", "b"]
-    assert runs[0].frame["train/loss"].tolist() == [2.0, 1.5, 1.2]
+    assert runs[0].frame["a - train/loss"].tolist() == [2.0, 1.5, 1.2]
+    assert runs[1].roles == {"loss": "b - train/loss"}
     assert runs[1].steps.tolist() == [1, 2]
     with pytest.raises(ConfigError, match=r"holds 2 runs \(a, b\)"):
         read_log(p)
-    assert read_log(p, run="b").frame.loc[2, "train/loss"] == 2.5
+    assert read_log(p, run="b").frame.loc[2, "b - train/loss"] == 2.5
 
 
 def test_lightning_metrics_csv_sparse_rows(tmp_path: Path) -> None:

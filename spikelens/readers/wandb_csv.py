@@ -2,7 +2,8 @@
 headers, `_runtime`/`_timestamp`, sparse eval columns) and a chart-panel export whose
 columns are `"<run> - <metric>"` with `__MIN`/`__MAX` companions, possibly for several runs in
 one file. The panel shape is split into one run per prefix (the plain column is the value;
-the MIN/MAX companions only bound W&B's bucketing and are dropped), named by the run."""
+the MIN/MAX companions only bound W&B's bucketing and are dropped), named by the run. Column
+names are kept as written (`"run-1 - train/loss"`): roles see through the run prefix."""
 
 from __future__ import annotations
 
@@ -67,8 +68,7 @@ class WandbCsvReader:
             sub = frame[[step_col] + [c for c, _ in cols]]
             # a shorter run has empty cells past its end: not rows of that run
             sub = sub[sub[[c for c, _ in cols]].notna().any(axis=1)]
-            sub = sub.rename(columns={c: m for c, m in cols})
-            mask = {m: t.nan_mask[c][sub.index.to_numpy()] for c, m in cols if c in t.nan_mask}
+            mask = {c: t.nan_mask[c][sub.index.to_numpy()] for c, _ in cols if c in t.nan_mask}
             out.append(RawLog(frame=sub.reset_index(drop=True), step_column=step_col,
                               nan_mask=mask, warnings=list(t.warnings), name=run))
         return out
