@@ -16,6 +16,7 @@ from spikelens.readers._base import ANALYSABLE, RawLog, Reader, build_run, looks
 from spikelens.registry import Registry
 
 READERS: Registry[Reader] = Registry("format")
+_LOADED = False
 
 HEAD_BYTES = 64 * 1024
 
@@ -27,8 +28,10 @@ def _register_builtin() -> None:
     import importlib
     import pkgutil
 
-    if len(READERS):
+    global _LOADED
+    if _LOADED:
         return
+    _LOADED = True
     for mod in sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")):
         importlib.import_module(f"{__name__}.{mod}")
 

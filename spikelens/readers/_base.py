@@ -76,9 +76,14 @@ def coerce_numeric(values: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarra
     if values.dtype.kind in "fiub":
         arr = values.to_numpy(dtype=np.float64, na_value=np.nan)
         return arr, np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
-    obj = np.asarray(values.astype(object).where(values.notna(), None), dtype=object)
-    present = np.array([v is not None and v != "" for v in obj], dtype=bool) if n else \
-        np.zeros(0, bool)
+    # In an object column (built by a JSON decoder) a float NaN was written in the log; in a
+    # pandas string column NaN only marks a missing cell.
+    decoded = values.dtype == object
+    obj = np.asarray(values.to_numpy(dtype=object), dtype=object)
+    present = np.array(
+        [v is not None and v is not pd.NA and v != "" and (decoded or v == v) for v in obj],
+        dtype=bool,
+    ) if n else np.zeros(0, bool)
     # vectorised first pass; only cells it cannot parse (or parses to NaN) go through Python
     out = np.array(pd.to_numeric(values, errors="coerce"), dtype=np.float64)
     logged_nan = np.zeros(n, dtype=bool)
@@ -285,11 +290,12 @@ def build_run(
         ecol, esteps = _steps_of(path, ef, raw.eval_step_column or raw.step_column, "eval rows")
         ok = ~np.isnan(esteps)
         ef = ef[ok].drop(columns=[ecol])
-        ef = ef.rename(columns={c: f"eval/{c}" for c in ef.columns if c in collapsed.columns})
+        renames = {c: f"eval/{c}" for c in ef.columns if c in collapsed.columns}
+        ef = ef.rename(columns=renames)
         ef.index = pd.Index(esteps[ok].astype(np.int64), name="step")
         eval_frame = ef.groupby(level=0, sort=True).last()
         for c, m in emasks.items():
-            nan_steps[c] = esteps[ok][m[ok]].astype(np.int64)
+            nan_steps[renames.get(c, c)] = esteps[ok][m[ok]].astype(np.int64)
 
     columns = list(collapsed.columns) + list(eval_frame.columns)
     roles = assign_roles(columns, overrides)

@@ -1,0 +1,272 @@
+"""Generic key-value text logs: the fallback for training scripts that print one line per step.
+One reader covers the common dialects: nanoGPT (`iter 100: loss 4.2012, time 33.21ms, mfu
+12.3%` and `step 0: train loss .., val loss ..`), llm.c (`s:0 trl:11.0091 lr:.. norm:..` and
+`s:0 tel:..`), modded-nanogpt (`step:1/20344 train_loss:22.6 train_time:81991ms
+step_avg:nanms`) and mmengine/mmcv (`Epoch(train) [1][50/500]  lr: 1e-04 ... loss: 2.51`).
+Each line is searched for a step token, then for `key: value`, `key=value` and `key value`
+pairs; a pair's key takes up to two preceding words (`train loss`, `val loss`) so that such
+keys stay apart. Units (`ms`, `s`, `%`, `GB`) are stripped, `nan`/`inf` are kept as logged
+non-finite values. A line with an evaluation key (`val_loss`, `tel`, `eval/...`) or an
+mmengine `(val)`/`(test)` tag goes whole to the eval table, so eval numbers never mix with
+train ones. Lines without a step are ignored; those that still carry several numbers are
+counted in a warning. The frame helpers at the bottom are shared with the Megatron reader."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from spikelens.errors import LogFormatError
+from spikelens.metrics import normalise, role_of
+from spikelens.readers import READERS
+from spikelens.readers._base import RawLog, looks_binary, skip_warning
+
+STEP = "step"
+
+# mmengine / mmcv: `Epoch(train) [1][50/500]`, `Epoch [1][50/500]`, `Iter(val) [10/100]`
+_MMENGINE = re.compile(
+    r"\b(Epoch|Iter)\s*(?:\((\w+)\))?\s*\[\s*(\d{1,9})\s*(?:/\s*(\d{1,9})\s*)?\]"
+    r"(?:\s*\[\s*(\d{1,9})\s*/\s*(\d{1,9})\s*\])?"
+)
+# `step 5`, `step:5/100`, `iter 100:`, `iteration 7`, `global_step=9`, and the terse
+# `s:0` / `it=3` forms, which need the `:`/`=` so a lone "s" in prose is not a step.
+# Numbers are bounded (15 digits) so that no line can overflow the int64 step column.
+_STEP = re.compile(
+    r"(?<![\w./\-])(?:(?:global_step|step|iteration|iter)\s*[:=]?\s*|(?:s|it)[:=])"
+    r"(\d{1,15})(?:\s*/\s*\d+)?(?![\w.])",
+    re.IGNORECASE,
+)
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:[nN][aA][nN]|[iI][nN][fF](?:inity)?)"
+_UNIT = r"ms|us|µs|ns|sec|secs|s|min|h|%|x|GiB|MiB|KiB|GB|MB|KB|B"
+_KEY = r"[A-Za-z_][\w./@\-]*"
+# one pair: a key (perhaps quoted, as in a printed dict), then `:`/`=` or just spaces, then a
+# number with an optional unit, ending at a separator (so neither `0:10:00` nor the `1` of
+# `1,234` passes for a number)
+_PAIR = re.compile(
+    rf"(?<![\w./@\-])({_KEY})['\"]?(?:\s*[:=]\s*|\s+)({_NUM})(?:{_UNIT})?"
+    r"(?=$|[\s;|)\]}]|,(?!\d))"
+)
+# up to two plain words right before a key (`train loss`, `val loss`, `grad norm`)
+_LEAD = re.compile(rf"(?:^|(?<=[\s,;|:(\[{{]))((?:{_KEY} ){{1,2}})$")
+_LEVELS = {"INFO", "DEBUG", "WARNING", "WARN", "ERROR", "CRITICAL", "TRACE", "NOTICE"}
+_EVAL_PREFIX = re.compile(r"^(val|eval|valid|validation|test)([_/]|$)")
+_EVAL_TAGS = {"val", "valid", "validation", "eval", "test"}
+
+
+def _is_eval_key(key: str, cache: dict[str, bool]) -> bool:
+    hit = cache.get(key)
+    if hit is None:
+        norm = normalise(key)
+        role = role_of(key)
+        # a bare `ppl` on a train line is a train perplexity, not an evaluation
+        hit = bool(_EVAL_PREFIX.match(norm)) or (
+            role is not None and role[0] == "eval_loss" and norm not in ("ppl", "perplexity")
+        )
+        cache[key] = hit
+    return hit
+
+
+def _looks_like_metrics(pairs: dict[str, float]) -> bool:
+    """A line without a step worth a warning: several numbers, one of them a loss or a
+    grad norm (not a config dump's `lr=0.01, weight_decay=0.05`)."""
+    if len(pairs) < 2:
+        return False
+    for key in pairs:
+        hit = role_of(key)
+        if hit is not None and hit[0] in ("loss", "eval_loss", "grad_norm"):
+            return True
+    return False
+
+
+def parse_pairs(text: str) -> dict[str, float]:
+    """The numeric key/value pairs of one line (step token already removed)."""
+    out: dict[str, float] = {}
+    prev_end = 0
+    for m in _PAIR.finditer(text):
+        key = m.group(1)
+        lead = _LEAD.search(text, prev_end, m.start(1))
+        if lead is not None:
+            words = lead.group(1).split()
+            while words and words[0] in _LEVELS:
+                words.pop(0)
+            if words:
+                key = " ".join(words) + " " + key
+        out[key] = float(m.group(2))  # every spelling _NUM admits is one float() reads
+        prev_end = m.end()
+    return out
+
+
+class RowTable:
+    """Rows of one table in file order, with their columns in first-seen order."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+        self.lines: list[int] = []
+        self.steps: list[int] = []
+        self.columns: dict[str, None] = {}
+
+    def add(self, step: int, values: dict[str, float], line: int) -> None:
+        """Append a row; `values` is kept as is (callers hand over a fresh dict)."""
+        self.rows.append(values)
+        self.steps.append(step)
+        self.lines.append(line)
+        if not values.keys() <= self.columns.keys():  # set test in C; new keys are rare
+            for k in values:
+                self.columns.setdefault(k, None)
+
+    def pop(self) -> None:
+        self.rows.pop()
+        self.steps.pop()
+        self.lines.pop()
+
+
+def frame_from_rows(
+    rows: list[dict[str, float]], steps: list[int], columns: Iterable[str], step_column: str
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Float64 frame (missing cell = NaN) and the logged-NaN mask of each column."""
+    n = len(rows)
+    nan = float("nan")
+    data: dict[str, np.ndarray] = {step_column: np.asarray(steps, dtype=np.int64)}
+    masks: dict[str, np.ndarray] = {}
+    for col in columns:
+        if col == step_column:
+            continue
+        arr = np.fromiter((r.get(col, nan) for r in rows), dtype=np.float64, count=n)
+        isnan = np.isnan(arr)
+        if isnan.any():  # a NaN is logged where the key was there, missing where it was not
+            present = np.fromiter((col in r for r in rows), dtype=bool, count=n)
+            logged = isnan & present
+            if logged.any():
+                masks[col] = logged
+        data[col] = arr
+    return pd.DataFrame(data, index=pd.RangeIndex(n), copy=False), masks
+
+
+def eval_frame_from_rows(
+    rows: list[dict[str, float]], steps: list[int], columns: Iterable[str], step_column: str
+) -> pd.DataFrame:
+    """Eval rows as object columns for `build_run` to coerce (it takes no NaN mask for eval
+    rows): a logged NaN is written as the word "nan", which it flags as logged, and a
+    missing cell as None. (A float NaN would not do: pandas reads it back as missing.)"""
+    data: dict[str, pd.Series] = {step_column: pd.Series(steps, dtype=np.int64)}
+    for col in columns:
+        if col != step_column:
+            cells = [r.get(col) for r in rows]
+            data[col] = pd.Series(
+                ["nan" if v is not None and v != v else v for v in cells], dtype=object
+            )
+    return pd.DataFrame(data)
+
+
+def read_lines(path: Path) -> tuple[list[str], bool]:
+    """The file's lines (split on newline only, so numbers match an editor's) and whether
+    the file ends with a newline (if not, the last line may have been cut by a crash)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise LogFormatError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    text = data.decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    ends_nl = text.endswith("\n")
+    if ends_nl:
+        lines.pop()
+    return lines, ends_nl
+
+
+def _step_of(line: str, last_train: int) -> tuple[int, str, str | None] | None:
+    """(step, rest of the line without the step token, mmengine tag) or None."""
+    if "poch" in line or "Iter" in line:
+        m = _MMENGINE.search(line)
+        if m is not None:
+            tag = (m.group(2) or "train").lower()
+            a, total, inner, per_epoch = m.group(3, 4, 5, 6)
+            if tag in _EVAL_TAGS:
+                step = last_train  # an evaluation runs at the train step reached so far
+            elif m.group(1) == "Epoch" and inner is not None:
+                step = (int(a) - 1) * int(per_epoch) + int(inner)
+            else:
+                step = int(a)
+            return step, line[: m.start()] + " | " + line[m.end():], tag
+    m2 = _STEP.search(line)
+    if m2 is None:
+        return None
+    return int(m2.group(1)), line[: m2.start()] + " | " + line[m2.end():], None
+
+
+class TextReader:
+    name = "text"
+    description = "generic key-value text logs (nanoGPT, llm.c, modded-nanogpt, mmengine)"
+
+    def sniff(self, path: Path, head: bytes) -> float:
+        if path.is_dir() or not head or looks_binary(head):
+            return 0.0
+        for line in head.decode("utf-8", errors="replace").split("\n")[:400]:
+            if not any(c.isdigit() for c in line):
+                continue
+            hit = _step_of(line, 0)
+            if hit is not None and parse_pairs(hit[1]):
+                return 0.2
+        return 0.0
+
+    def read(self, path: Path) -> list[RawLog]:
+        lines, ends_nl = read_lines(path)
+        train, evals = RowTable(), RowTable()
+        eval_cache: dict[str, bool] = {}
+        stepless: list[int] = []
+        last_train = 0
+        last_kind: RowTable | None = None
+        for no, line in enumerate(lines, start=1):
+            hit = _step_of(line, last_train)
+            if hit is None:
+                # not a metric row; remember it only if it carries several numbers
+                if len(line) > 3 and any(c.isdigit() for c in line) and \
+                        _looks_like_metrics(parse_pairs(line)):
+                    stepless.append(no)
+                continue
+            step, rest, tag = hit
+            pairs = parse_pairs(rest)
+            pairs.pop(STEP, None)
+            if not pairs:
+                continue
+            is_eval = tag in _EVAL_TAGS if tag is not None else \
+                any(_is_eval_key(k, eval_cache) for k in pairs)
+            target = evals if is_eval else train
+            target.add(step, pairs, no)
+            last_kind = target
+            if not is_eval:
+                last_train = step
+        warnings: list[str] = []
+        # A last line without its newline may have been cut mid-write: if it has fewer
+        # values than the row before it of the same kind, it is torn; drop it.
+        if not ends_nl and last_kind is not None and last_kind.lines and \
+                last_kind.lines[-1] == len(lines) and len(last_kind.rows) > 1 and \
+                len(last_kind.rows[-1]) < len(last_kind.rows[-2]):
+            warnings.append(skip_warning(path, 1, "truncated line(s)", [len(lines)]))
+            last_kind.pop()
+        if not train.rows and not evals.rows:
+            raise LogFormatError(
+                f"{path}: no lines with a step number and key: value metrics found"
+            )
+        if stepless:
+            warnings.append(
+                skip_warning(path, len(stepless), "line(s) with metrics but no step", stepless)
+            )
+        frame, masks = frame_from_rows(train.rows, train.steps, train.columns, STEP)
+        eval_frame = eval_frame_from_rows(evals.rows, evals.steps, evals.columns, STEP) \
+            if evals.rows else None
+        return [RawLog(
+            frame=frame,
+            step_column=STEP,
+            eval_frame=eval_frame,
+            eval_step_column=STEP,
+            nan_mask=masks,
+            row_lines=np.asarray(train.lines, dtype=np.int64),
+            warnings=warnings,
+        )]
+
+
+READERS.add("text", TextReader())
