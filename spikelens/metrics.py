@@ -150,19 +150,22 @@ def _alias_rank(role: str, leaf: str) -> int | None:
         return None
 
 
-def role_of(name: str) -> tuple[str, int] | None:
-    """The role a column name maps to by alias, with its rank (lower is more specific)."""
+def role_of(name: str, is_eval: bool = False) -> tuple[str, int] | None:
+    """The role a column name maps to by alias, with its rank (lower is more specific).
+
+    `is_eval` says the reader found the column on evaluation rows (whatever its name).
+    """
     prefix, leaf = _split(name)
     if leaf.endswith(("__min", "__max")):
         return None
-    evalish = _is_eval(prefix, leaf)
+    evalish = is_eval or _is_eval(prefix, leaf)
     for role in ROLES:
         rank = _alias_rank(role, leaf)
         if rank is None:
             continue
         if role == "loss" and evalish:
             return ("eval_loss", 50 + rank)
-        if role == "eval_loss" and leaf in ("ppl", "perplexity") and not evalish and prefix:
+        if role == "eval_loss" and leaf in ("ppl", "perplexity") and not evalish:
             continue  # a train perplexity is not an eval loss
         # a prefixed match (`train/loss`) is as good as the bare one, but a name with an
         # unrelated prefix (`layer3/grad_norm`) is a per-layer extra, not the total
@@ -172,13 +175,13 @@ def role_of(name: str) -> tuple[str, int] | None:
     return None
 
 
-def _fallback(role: str, name: str) -> bool:
+def _fallback(role: str, name: str, is_eval: bool = False) -> bool:
     prefix, leaf = _split(name)
     if leaf.endswith(("__min", "__max")) or prefix and prefix.split("/")[0] not in (
         _TRAIN_PREFIXES + _EVAL_PREFIXES
     ):
         return False
-    evalish = _is_eval(prefix, leaf)
+    evalish = is_eval or _is_eval(prefix, leaf)
     if role == "loss":
         return ("loss" in leaf and not evalish and "scale" not in leaf
                 and not leaf.endswith("epoch"))
@@ -192,10 +195,16 @@ def _fallback(role: str, name: str) -> bool:
 
 
 def assign_roles(
-    columns: Iterable[str], overrides: Mapping[str, str] | None = None
+    columns: Iterable[str],
+    overrides: Mapping[str, str] | None = None,
+    eval_columns: Iterable[str] = (),
 ) -> dict[str, str]:
-    """Map roles to column names. Overrides (role -> column) win and are validated."""
+    """Map roles to column names. Overrides (role -> column) win and are validated.
+
+    `eval_columns` are columns of evaluation rows: only eval roles can take them.
+    """
     cols = [c for c in columns]
+    evals = set(eval_columns)
     roles: dict[str, str] = {}
     overrides = dict(overrides or {})
     for role, col in overrides.items():
@@ -211,10 +220,12 @@ def assign_roles(
     for i, col in enumerate(cols):
         if col in taken:
             continue
-        hit = role_of(col)
+        hit = role_of(col, col in evals)
         if hit is None:
             continue
         role, rank = hit
+        if col in evals and role != "eval_loss":
+            continue
         if role in roles:
             continue
         cand = (rank, i, col)
@@ -226,7 +237,8 @@ def assign_roles(
     for role in ("loss", "eval_loss", "grad_norm", "lr"):
         if role in roles:
             continue
-        cands = [c for c in cols if c not in taken and _fallback(role, c)]
+        cands = [c for c in cols if c not in taken and _fallback(role, c, c in evals)
+                 and (role == "eval_loss" or c not in evals)]
         if cands:
             pick = min(cands, key=len)
             roles[role] = pick

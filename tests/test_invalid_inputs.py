@@ -21,7 +21,9 @@ runner = CliRunner()
 
 
 def _expected(name: str, path: Path) -> str:
-    return EXPECTED[name].format(path=path, formats=", ".join(format_names()))
+    return EXPECTED[name].replace("{path}", str(path)).replace(
+        "{formats}", ", ".join(format_names())
+    )
 
 
 def _run(*args: str) -> Any:

@@ -298,7 +298,7 @@ def build_run(
             nan_steps[renames.get(c, c)] = esteps[ok][m[ok]].astype(np.int64)
 
     columns = list(collapsed.columns) + list(eval_frame.columns)
-    roles = assign_roles(columns, overrides)
+    roles = assign_roles(columns, overrides, eval_columns=eval_frame.columns)
     if not any(r in roles for r in ANALYSABLE):
         found = ", ".join(columns) or "none"
         raise MissingMetricError(f"{path}: no loss-like metric (found: {found})")

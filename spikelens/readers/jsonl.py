@@ -1,0 +1,680 @@
+"""JSON-lines reader: one JSON object per line, as written by hand-rolled loggers, W&B offline
+runs (`wandb-history.jsonl`) and fairseq/metaseq (`... | INFO | train_inner | {...}`).
+Large files take a fast path: the file is memory-mapped, one regex pass finds the few lines
+that are not a plain `{...}` object (blank, torn, prefixed, tracebacks), those are blanked
+out, and pyarrow's multithreaded JSON parser reads the rest (it accepts `NaN`/`Infinity` and
+keeps them apart from missing cells). The lines set aside go through `json.loads` one by
+one, and so does the whole file when pyarrow refuses it (a column that is a number on one
+line and a string on another): the slow path is the reference, the fast path must agree with
+it. Nested objects are flattened one level with `/` (`{"train": {"loss": 1}}` ->
+`train/loss`); W&B media references (objects with a `_type`) are skipped. Eval records are
+kept out of the train columns: fairseq `valid`/`test` records (told by the prefix) and
+records marked by a `mode`/`split`/`phase`/`stage` field (mmcv writes `"mode": "val"`) go to
+the eval frame; records whose keys are all eval-ish (`eval_loss`) stay in the main frame,
+where roles keep them apart. fairseq epoch summaries (`| train |`) repeat the per-update
+records as epoch means, so they are dropped without a warning. Blank lines are skipped
+silently; any other line that is not a JSON object is skipped and reported with its line
+number, except in a prefixed log, where lines without a JSON record are ordinary log text."""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from spikelens.errors import LogFormatError
+from spikelens.metrics import STEP_NAMES, normalise
+from spikelens.readers import READERS
+from spikelens.readers._base import RawLog, looks_binary, skip_warning
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+_BOM = b"\xef\xbb\xbf"
+_LBRACE, _RBRACE, _NL = 0x7B, 0x7D, 0x0A
+
+# A newline that does not sit between "}" and "{" borders a line that is not a plain
+# one-object line. Starting with a literal newline lets `re` skip from newline to newline at
+# memchr speed, which a pattern like `[^}]\n` cannot (it is ten times slower).
+_ODD_NEWLINE = re.compile(rb"\n(?:(?<!\}\n)|(?!\{))")
+# After a prefix, a JSON object opens with a key or closes at once; `{'a': 1}` (a Python
+# repr in a log message) or `{epoch}` is log text, not a torn record.
+_JSON_OPEN = re.compile(rb"\{\s*[\"}]")
+
+#: Row kinds.
+TRAIN, EVAL, SUMMARY = 0, 1, 2
+
+_EVAL_TAG = re.compile(r"(?:eval|evaluation|val|valid|validation|test|dev)(?:[_\-.\d]\w*)?", re.I)
+_FAIRSEQ_TAG = re.compile(rb"\|\s*(?:train_inner|train|valid\w*|test\w*)\s*\|\s*$")
+_DISCRIMINATORS = ("mode", "split", "phase", "stage", "subset")
+_EVAL_VALUES = {"eval", "evaluation", "val", "valid", "validation", "test", "dev"}
+_TRAIN_VALUES = {"train", "training", "train_inner", "fit"}
+# W&B's `_step` counts `wandb.log` calls (an eval log bumps it too); the trainer's own step
+# is the one to analyse when the run logged it.
+_WANDB_STEPS = ("trainer/global_step", "train/global_step")
+
+_BLOCK_SIZE = 1 << 22  # pyarrow block; a single line longer than this falls back to json
+_MANY_ODD = 512  # above this many odd lines, map all newlines once instead of counting
+
+
+# -- records -> columns (shared with the HF trainer_state reader) ----------------------------
+
+
+def _number(v: int) -> float:
+    try:
+        return float(v)
+    except OverflowError:  # an integer beyond float range is still a (huge) number
+        return math.copysign(math.inf, v)
+
+
+def flatten_record(rec: dict[str, Any], dropped: set[str]) -> dict[str, Any]:
+    """Scalar fields of one record, nested objects flattened one level with `/`.
+
+    Values are float or str (numbers written as strings are coerced later, by `build_run`);
+    null means "not logged" and is left out. Lists and deeper objects are not metrics: their
+    names go to `dropped`. W&B media references (objects with a `_type`) are skipped.
+    """
+    out: dict[str, Any] = {}
+    for key, v in rec.items():
+        t = type(v)
+        if t is float or t is str:
+            out[key] = v
+        elif t is int:
+            out[key] = _number(v)
+        elif v is None:
+            continue
+        elif t is bool:
+            out[key] = 1.0 if v else 0.0
+        elif t is dict:
+            if "_type" in v:
+                continue
+            for k2, v2 in v.items():
+                t2 = type(v2)
+                name = f"{key}/{k2}"
+                if t2 is float or t2 is str:
+                    out[name] = v2
+                elif t2 is int:
+                    out[name] = _number(v2)
+                elif t2 is bool:
+                    out[name] = 1.0 if v2 else 0.0
+                elif v2 is not None:
+                    dropped.add(name)
+        else:
+            dropped.add(key)
+    return out
+
+
+def _to_array(col: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Values (None = missing) as float64, or as objects where text appears; and the mask
+    of logged NaNs (float NaN, as opposed to None)."""
+    n = len(col)
+    if any(type(v) is str for v in col):
+        arr = np.empty(n, dtype=object)
+        arr[:] = col
+        return arr, np.fromiter((type(v) is float and v != v for v in col), bool, n)
+    farr = np.array(col, dtype=np.float64)
+    logged = np.isnan(farr)
+    if logged.any():
+        logged &= np.fromiter((v is not None for v in col), bool, n)
+    return farr, logged
+
+
+class ColumnBuilder:
+    """Accumulates flattened records column by column. Every 64k rows the Python lists are
+    turned into arrays, so a million-line fallback holds arrays, not millions of floats."""
+
+    _CHUNK = 1 << 16
+
+    def __init__(self) -> None:
+        self.cols: dict[str, list[Any]] = {}  # values of the rows since `base`
+        self.chunks: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+        self.n = 0
+        self.base = 0
+
+    def add(self, rec: dict[str, Any]) -> None:
+        n = self.n - self.base
+        cols = self.cols
+        for key, v in rec.items():
+            col = cols.get(key)
+            if col is None:
+                col = cols[key] = [None] * n
+            elif len(col) < n:
+                col.extend([None] * (n - len(col)))
+            col.append(v)
+        self.n += 1
+        if self.n - self.base >= self._CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        n = self.n - self.base
+        for key, col in self.cols.items():
+            col.extend([None] * (n - len(col)))
+            arr, logged = _to_array(col)
+            self.chunks.setdefault(key, []).append((self.base, arr, logged))
+        self.cols = {key: [] for key in self.cols}
+        self.base = self.n
+
+    def finish(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Columns (float64, or object where text appears) and logged-NaN masks."""
+        self._flush()
+        out: dict[str, np.ndarray] = {}
+        nan: dict[str, np.ndarray] = {}
+        for key, chunks in self.chunks.items():
+            text = any(arr.dtype == object for _, arr, _ in chunks)
+            full = np.full(self.n, None, dtype=object) if text else np.full(self.n, np.nan)
+            logged = np.zeros(self.n, dtype=bool)
+            for start, arr, mask in chunks:
+                end = start + len(arr)
+                full[start:end] = _as_object(arr, mask) if text else arr
+                logged[start:end] = mask
+            out[key] = full
+            if logged.any():
+                nan[key] = logged
+        return out, nan
+
+
+def _present(arr: np.ndarray, logged: np.ndarray | None) -> np.ndarray:
+    if arr.dtype == object:
+        return np.fromiter((v is not None for v in arr), bool, len(arr))
+    ok: np.ndarray = ~np.isnan(arr)
+    if logged is not None:
+        ok |= logged
+    return ok
+
+
+def _as_object(arr: np.ndarray, logged: np.ndarray | None) -> np.ndarray:
+    """A column as objects: None where missing, float NaN where the log wrote NaN (for a
+    column that mixes numbers and text)."""
+    if arr.dtype == object:
+        return arr
+    out: np.ndarray = arr.astype(object)
+    missing = np.isnan(arr)
+    if logged is not None:
+        missing &= ~logged
+    out[missing] = None
+    return out
+
+
+def split_frames(
+    cols: dict[str, np.ndarray],
+    nan: dict[str, np.ndarray],
+    kinds: np.ndarray,
+) -> tuple[pd.DataFrame, dict[str, np.ndarray], pd.DataFrame | None, np.ndarray]:
+    """Train and eval parts of the rows (SUMMARY rows dropped), each with only the columns it
+    has values in. Returns (frame, its nan masks, eval frame or None, train-row selector)."""
+    train = kinds == TRAIN
+    evals = kinds == EVAL
+    if train.all():
+        return pd.DataFrame(cols, copy=False), nan, None, train
+    frame: dict[str, np.ndarray] = {}
+    fmask: dict[str, np.ndarray] = {}
+    eframe: dict[str, np.ndarray] = {}
+    for key, arr in cols.items():
+        logged = nan.get(key)
+        present = _present(arr, logged)
+        if (present & train).any():
+            frame[key] = arr[train]
+            if logged is not None and logged[train].any():
+                fmask[key] = logged[train]
+        if (present & evals).any():
+            el = logged[evals] if logged is not None else None
+            if el is not None and el.any():
+                # RawLog has no NaN mask for eval rows, and the shared coercion reads a float
+                # NaN object as missing: the word NaN is what it keeps as a logged NaN
+                col = _as_object(arr[evals], el).copy()
+                col[el] = "NaN"
+                eframe[key] = col
+            else:
+                eframe[key] = arr[evals]
+    # the name build_run would give an eval column that shares a train column's name, given
+    # here so that its logged-NaN steps are filed under the eval name too
+    # (step counters keep their name: they are the eval frame's index)
+    eframe = {
+        f"eval/{k}" if k in frame and normalise(k) not in STEP_NAMES else k: v
+        for k, v in eframe.items()
+    }
+    index = pd.RangeIndex(int(train.sum()))
+    ev = pd.DataFrame(eframe, index=pd.RangeIndex(int(evals.sum()))) if evals.any() else None
+    return pd.DataFrame(frame, index=index), fmask, ev, train
+
+
+# -- the slow path: one line at a time --------------------------------------------------------
+
+
+def _snippet(raw: bytes) -> str:
+    text = raw.decode("utf-8", "replace").strip()
+    return repr(text[:40] + "..." if len(text) > 40 else text)
+
+
+def _prefix_kind(prefix: bytes) -> tuple[int, str]:
+    """(kind, tag) from what precedes the JSON: fairseq's `... | INFO | valid | `."""
+    text = prefix.decode("utf-8", "replace").strip().rstrip(":|").strip()
+    tag = text.rsplit("|", 1)[-1].strip() if "|" in text else text
+    if _EVAL_TAG.fullmatch(tag):
+        return EVAL, tag
+    if tag == "train" and "|" in text:
+        return SUMMARY, tag
+    return TRAIN, tag
+
+
+class _LineParser:
+    """Parses lines one by one with `json.loads`; the reference behaviour."""
+
+    def __init__(self) -> None:
+        self.columns = ColumnBuilder()
+        self.lines: list[int] = []
+        self.kinds: list[int] = []
+        self.malformed: list[int] = []
+        self.textual: list[int] = []  # no JSON object on the line at all
+        self.first_bad: tuple[int, bytes] | None = None
+        self.prefixed = 0
+        self.fairseq = False
+        self.summaries = 0
+        self.dropped: set[str] = set()
+
+    def _bad(self, lineno: int, s: bytes, into: list[int]) -> None:
+        into.append(lineno)
+        if self.first_bad is None:
+            self.first_bad = (lineno, s)
+
+    def feed(self, lineno: int, raw: bytes) -> None:
+        s = raw.strip()
+        if s.startswith(_BOM):
+            s = s[3:].lstrip()
+        if not s:
+            return
+        i = s.find(b"{")
+        if i < 0 or (i > 0 and not _JSON_OPEN.match(s, i)):
+            self._bad(lineno, s, self.textual)
+            return
+        try:
+            obj = json.loads(s[i:] if i else s)
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            self._bad(lineno, s, self.malformed)
+            return
+        if type(obj) is not dict:
+            self._bad(lineno, s, self.malformed)
+            return
+        kind, tag = TRAIN, ""
+        if i:
+            self.prefixed += 1
+            prefix = s[:i]
+            if _FAIRSEQ_TAG.search(prefix):
+                self.fairseq = True
+            kind, tag = _prefix_kind(prefix)
+            if kind == SUMMARY:
+                self.summaries += 1
+                return
+        rec = flatten_record(obj, self.dropped)
+        if kind == EVAL and f"{tag}_num_updates" in rec:
+            # fairseq prefixes every key of an eval record with its subset name; one step
+            # column name for all subsets lets them share the eval frame
+            rec["num_updates"] = rec.pop(f"{tag}_num_updates")
+        self.columns.add(rec)
+        self.lines.append(lineno)
+        self.kinds.append(kind)
+
+    def skipped(self, records: int) -> list[int]:
+        """Lines to report: malformed ones, and text lines unless most of the `records` were
+        prefixed (a program's log with JSON records in it: the text lines are its ordinary
+        output, not damage)."""
+        if self.prefixed and 2 * self.prefixed >= records:
+            return self.malformed
+        return sorted(self.malformed + self.textual)
+
+
+# -- the fast path: memory map, scan, pyarrow ------------------------------------------------
+
+
+@dataclass
+class _Part:
+    cols: dict[str, np.ndarray]
+    nan: dict[str, np.ndarray]
+    lines: np.ndarray
+    kinds: np.ndarray
+
+
+def _count_newlines(arr: np.ndarray, start: int, end: int) -> int:
+    total = 0
+    step = 1 << 24  # bounded temporaries: never a bool array the size of the file
+    for s in range(start, end, step):
+        total += int(np.count_nonzero(arr[s:min(s + step, end)] == _NL))
+    return total
+
+
+def _line_numbers(arr: np.ndarray, starts: Sequence[int]) -> list[int]:
+    """1-based line number of each (sorted) byte offset."""
+    if len(starts) > _MANY_ODD:
+        nl = np.concatenate([
+            np.flatnonzero(arr[s:s + (1 << 24)] == _NL) + s
+            for s in range(0, len(arr), 1 << 24)
+        ] or [np.empty(0, np.int64)])
+        found: list[int] = (np.searchsorted(nl, np.asarray(starts)) + 1).tolist()
+        return found
+    out: list[int] = []
+    line, prev = 1, 0
+    for s in starts:
+        line += _count_newlines(arr, prev, s)
+        out.append(line)
+        prev = s
+    return out
+
+
+def _odd_line_starts(buf: mmap.mmap | bytearray) -> list[int]:
+    """Start offsets of the lines that are not a bare `{...}` between newlines."""
+    n = len(buf)
+    starts: set[int] = set()
+    if buf[0] != _LBRACE:
+        starts.add(0)
+    for m in _ODD_NEWLINE.finditer(buf):
+        p = m.start()
+        if p == 0 or buf[p - 1] != _RBRACE:
+            starts.add(buf.rfind(b"\n", 0, p) + 1)
+        if p + 1 < n and buf[p + 1] != _LBRACE:
+            starts.add(p + 1)
+    if buf[n - 1] not in (_NL, _RBRACE):
+        starts.add(buf.rfind(b"\n") + 1)
+    return sorted(starts)
+
+
+def _arrow_part(table: pa.Table, lines: np.ndarray, dropped: set[str]) -> _Part:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    cols: dict[str, np.ndarray] = {}
+    nan: dict[str, np.ndarray] = {}
+
+    def add(name: str, col: pa.ChunkedArray, top: bool) -> None:
+        t = col.type
+        if pa.types.is_null(t):
+            return  # null on every line: never logged
+        if pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t):
+            arr = (col if t == pa.float64() else pc.cast(col, pa.float64())).to_numpy()
+            if pa.types.is_floating(t):
+                isnan = np.isnan(arr)
+                if isnan.any():
+                    if col.null_count:
+                        isnan &= ~pc.is_null(col).to_numpy()
+                    if isnan.any():
+                        nan[name] = isnan
+            cols[name] = arr
+        elif pa.types.is_string(t) or pa.types.is_large_string(t):
+            cols[name] = np.asarray(col.to_numpy(), dtype=object)
+        elif pa.types.is_temporal(t):
+            # pyarrow reads ISO-looking strings as timestamps; they are text to spikelens
+            cols[name] = np.asarray(pc.cast(col, pa.string()).to_numpy(), dtype=object)
+        elif pa.types.is_struct(t) and top:
+            names = [t.field(i).name for i in range(t.num_fields)]
+            if "_type" in names:
+                return  # a W&B media reference, not a value
+            for i, child in enumerate(names):
+                add(f"{name}/{child}", pc.struct_field(col, [i]), False)
+        else:
+            dropped.add(name)
+
+    for name, col in zip(table.column_names, table.columns, strict=True):
+        add(name, col, True)
+    return _Part(cols, nan, lines, np.zeros(len(lines), dtype=np.int8))
+
+
+def _read_arrow(buf: mmap.mmap | bytearray) -> pa.Table | None:
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    try:
+        return pj.read_json(
+            pa.BufferReader(pa.py_buffer(buf)),
+            read_options=pj.ReadOptions(block_size=_BLOCK_SIZE, use_threads=True),
+        )
+    except (pa.ArrowException, ValueError, OverflowError):
+        # a type that changes between lines, `nan` spelt in lower case, a line longer than a
+        # block, duplicate keys: all legal for the slow path, which then reads everything
+        return None
+
+
+def _merge(a: _Part, b: _Part) -> _Part:
+    """Rows of two parts interleaved by source line."""
+    if not len(b.lines):
+        return a
+    if not len(a.lines):
+        return b
+    lines = np.concatenate([a.lines, b.lines])
+    order = np.argsort(lines, kind="stable")
+    na, nb = len(a.lines), len(b.lines)
+    cols: dict[str, np.ndarray] = {}
+    nan: dict[str, np.ndarray] = {}
+    for key in list(a.cols) + [k for k in b.cols if k not in a.cols]:
+        ca, cb = a.cols.get(key), b.cols.get(key)
+        ma, mb = a.nan.get(key), b.nan.get(key)
+        if (ca is not None and ca.dtype == object) or (cb is not None and cb.dtype == object):
+            left = _as_object(ca, ma) if ca is not None else np.full(na, None, dtype=object)
+            right = _as_object(cb, mb) if cb is not None else np.full(nb, None, dtype=object)
+        else:
+            left = ca if ca is not None else np.full(na, np.nan)
+            right = cb if cb is not None else np.full(nb, np.nan)
+        cols[key] = np.concatenate([left, right])[order]
+        if ma is not None or mb is not None:
+            m = np.concatenate([
+                ma if ma is not None else np.zeros(na, bool),
+                mb if mb is not None else np.zeros(nb, bool),
+            ])[order]
+            nan[key] = m
+    return _Part(cols, nan, lines[order], np.concatenate([a.kinds, b.kinds])[order])
+
+
+def _parser_part(p: _LineParser) -> _Part:
+    cols, nan = p.columns.finish()
+    return _Part(cols, nan, np.asarray(p.lines, dtype=np.int64),
+                 np.asarray(p.kinds, dtype=np.int8))
+
+
+def _open(path: Path) -> tuple[Any, mmap.mmap | bytearray]:
+    fh = open(path, "rb")  # noqa: SIM115 - closed by the caller after the map is released
+    try:
+        # a private copy-on-write map: no read() copy of the whole file, and the few odd
+        # lines can be blanked in place without touching the file
+        return fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+    except (ValueError, OSError):  # empty file, or not mappable (a pipe)
+        try:
+            return fh, bytearray(fh.read())
+        except BaseException:
+            fh.close()
+            raise
+
+
+def _release(fh: Any, buf: mmap.mmap | bytearray) -> None:
+    if isinstance(buf, mmap.mmap):
+        try:
+            buf.close()
+        except BufferError:  # a view is still alive; the collector unmaps it later
+            pass
+    fh.close()
+
+
+def _parse(buf: mmap.mmap | bytearray) -> tuple[_Part, _LineParser]:
+    """All records of the buffer, in line order, plus the parser that saw the odd lines."""
+    parser = _LineParser()
+    starts = _odd_line_starts(buf)
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    try:
+        odd: list[tuple[int, int, bytes]] = []  # (start, end, text) of lines set aside
+        for s in starts:
+            e = buf.find(b"\n", s)
+            e = len(buf) if e < 0 else e
+            text = bytes(buf[s:e])
+            t = text.strip()
+            if t[:1] == b"{" and t[-1:] == b"}":
+                continue  # padded or CRLF, but a plain object line: pyarrow takes it
+            odd.append((s, e, text))
+        numbers = _line_numbers(arr, [s for s, _, _ in odd])
+        total = _count_newlines(arr, 0, len(buf)) + (buf[len(buf) - 1] != _NL)
+        for s, e, _ in odd:
+            buf[s:e] = b" " * (e - s)
+        expected = total - len(odd)
+        table = _read_arrow(buf) if expected > 0 else None
+        if expected > 0 and (table is None or table.num_rows != expected):
+            # pyarrow refused the file or saw another number of objects than lines (two
+            # objects on one line): put the odd lines back and read every line with json
+            for s, e, text in odd:
+                buf[s:e] = text
+            table = None
+            parser = _LineParser()
+            pos, lineno = 0, 1
+            while pos < len(buf):
+                e = buf.find(b"\n", pos)
+                e = len(buf) if e < 0 else e
+                parser.feed(lineno, bytes(buf[pos:e]))
+                pos, lineno = e + 1, lineno + 1
+            return _parser_part(parser), parser
+    finally:
+        del arr
+    for n, (_, _, text) in zip(numbers, odd, strict=True):
+        parser.feed(n, text)
+    slow = _parser_part(parser)
+    if table is None:
+        return slow, parser
+    set_aside = np.asarray(numbers, dtype=np.int64) - 1
+    fast_lines = np.delete(np.arange(1, total + 1, dtype=np.int64), set_aside)
+    fast = _arrow_part(table, fast_lines, parser.dropped)
+    del table
+    return _merge(fast, slow), parser
+
+
+def _apply_discriminator(part: _Part) -> None:
+    """Rows marked `"mode": "val"` (or split/phase/stage/subset) are eval rows; the marker
+    column is consumed."""
+    for key in list(part.cols):
+        if key.lower() not in _DISCRIMINATORS or part.cols[key].dtype != object:
+            continue
+        vals = [v.strip().lower() if isinstance(v, str) else v for v in part.cols[key]]
+        known = _EVAL_VALUES | _TRAIN_VALUES | {None}
+        if not all(v in known for v in vals):
+            continue
+        is_eval = np.fromiter((v in _EVAL_VALUES for v in vals), bool, len(vals))
+        part.kinds[is_eval & (part.kinds == TRAIN)] = EVAL
+        del part.cols[key]
+        part.nan.pop(key, None)
+
+
+def dropped_warning(path: Path, dropped: Iterable[str]) -> str:
+    """The warning naming the non-scalar fields that were not read."""
+    names = sorted(dropped)
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    return f"{path}: ignored {len(names)} non-scalar field(s) (lists, nested objects): {shown}"
+
+
+class JsonlReader:
+    name = "jsonl"
+    description = "JSON lines: one object per line (W&B wandb-history.jsonl, fairseq json logs)"
+
+    def sniff(self, path: Path, head: bytes) -> float:
+        if not head or looks_binary(head):
+            return 0.0
+        if head.startswith(_BOM):
+            head = head[3:]
+        ext = path.suffix.lower()
+        by_ext = ext in (".jsonl", ".ndjson", ".jsonlines")
+        lines = head.split(b"\n")
+        if len(lines) > 1 and not head.endswith(b"\n"):
+            lines.pop()  # probably cut by the 64 KiB head
+        nonblank = [s for s in (ln.strip() for ln in lines[:200]) if s]
+        if not nonblank:
+            return 0.0
+        records = prefixed = tagged = 0
+        first_record = False
+        for k, s in enumerate(nonblank):
+            i = s.find(b"{")
+            if i < 0 or (i > 0 and not _JSON_OPEN.match(s, i)):
+                continue
+            try:
+                obj = json.loads(s[i:])
+            except (ValueError, RecursionError):
+                continue
+            if type(obj) is not dict:
+                continue
+            if "log_history" in obj:
+                return 0.0  # a one-line trainer_state.json
+            if i == 0:
+                records += 1
+                first_record = first_record or k == 0
+            else:
+                prefixed += 1
+                tagged += bool(_FAIRSEQ_TAG.search(s[:i]))
+        checked = len(nonblank)
+        if b'"log_history"' in head and not records:
+            return 0.0  # a pretty-printed trainer_state.json
+        if first_record and 2 * records >= checked:
+            return 0.95 if by_ext else 0.9
+        if tagged:
+            return 0.85
+        if records and 2 * records >= checked:
+            return 0.8  # junk first (a traceback), records after
+        if nonblank[0].startswith(b'{"') and (by_ext or ext == ".json"):
+            return 0.6  # a record longer than the head, or torn
+        if prefixed >= 2 and 2 * prefixed >= checked:
+            return 0.6
+        if first_record:
+            return 0.5
+        if by_ext:
+            return 0.3
+        return 0.2 if records or prefixed else 0.0
+
+    def read(self, path: Path) -> list[RawLog]:
+        fh, buf = _open(path)
+        try:
+            if not len(buf):
+                raise LogFormatError(f"{path}: empty file")
+            part, parser = _parse(buf)
+        finally:
+            _release(fh, buf)
+        if not len(part.lines):
+            if parser.summaries:
+                raise LogFormatError(
+                    f"{path}: only fairseq epoch summaries (| train |), no per-update records"
+                )
+            if parser.first_bad is None:
+                raise LogFormatError(f"{path}: empty file")
+            n, text = parser.first_bad
+            raise LogFormatError(
+                f"{path}: no line parses as a JSON object (line {n}: {_snippet(text)})"
+            )
+        warnings: list[str] = []
+        skipped = parser.skipped(len(part.lines) + parser.summaries)
+        if skipped:
+            warnings.append(skip_warning(path, len(skipped), "malformed line(s)", skipped))
+        if parser.dropped:
+            warnings.append(dropped_warning(path, parser.dropped))
+        _apply_discriminator(part)
+        frame, nan, eval_frame, train = split_frames(part.cols, part.nan, part.kinds)
+        step_col: str | None = None
+        eval_step: str | None = None
+        if parser.fairseq and "num_updates" in frame.columns:
+            step_col = "num_updates"
+        elif "_step" in frame.columns:
+            have = frame["_step"].notna().to_numpy()
+            for name in _WANDB_STEPS:
+                if name in frame.columns and (frame[name].notna().to_numpy() >= have).all():
+                    step_col = name
+                    break
+        if eval_frame is not None and "num_updates" in eval_frame.columns and parser.fairseq:
+            eval_step = "num_updates"
+        return [RawLog(
+            frame=frame,
+            step_column=step_col,
+            eval_frame=eval_frame,
+            nan_mask=nan,
+            row_lines=part.lines[train],
+            warnings=warnings,
+            eval_step_column=eval_step,
+        )]
+
+
+READERS.add("jsonl", JsonlReader())

@@ -1,0 +1,337 @@
+"""What every renderer shares: the renderer registry and its options, the severity order of
+verdicts and events (so "the worst run" and "the worst event" mean the same thing in the
+terminal, the Markdown summary and the HTML page), number formatting for people and for
+diff-friendly JSON, and the min/max envelope that shrinks a long series for plotting while
+keeping every spike. Nothing here imports rich or plotly, so listing the renderers stays cheap
+(the CLI builds its `--format` choices from the registry at `--help` time)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from spikelens.model import Event, Evidence, Finding, Report, Run, RunReport
+from spikelens.registry import Registry
+
+#: How `render(..., plotlyjs=...)` may load plotly.js in the HTML page.
+PLOTLYJS_MODES = ("inline", "cdn")
+
+#: Verdicts from worst to best: a combined report's verdict is its worst run's.
+VERDICT_ORDER = ("nonfinite", "diverged", "spiky", "oscillating", "healthy")
+#: Event kinds from worst to best.
+KIND_ORDER = ("nonfinite", "divergence", "spike", "oscillation")
+
+#: Significant digits kept in machine output: enough to tell 2.198845 from 2.198846 (the
+#: precision Megatron prints), few enough that float noise never shows up in a diff.
+SIG_DIGITS = 6
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """The switches a renderer may honour; each ignores those it has no use for."""
+
+    verbose: bool = False
+    color: bool = False
+    plotlyjs: str = "inline"
+    width: int = 100
+
+
+class Renderer(Protocol):
+    def __call__(
+        self, report: Report, runs: Sequence[Run | None], options: RenderOptions
+    ) -> str: ...
+
+
+RENDERERS: Registry[Renderer] = Registry("report format")
+
+
+# --- severity ---------------------------------------------------------------------------
+
+def verdict_rank(verdict: str) -> int:
+    """0 for the worst verdict; unknown verdicts sort just before `healthy`."""
+    try:
+        return VERDICT_ORDER.index(verdict)
+    except ValueError:
+        return len(VERDICT_ORDER) - 1
+
+
+def worst_verdict(runs: Iterable[RunReport]) -> str | None:
+    verdicts = [r.verdict for r in runs]
+    if not verdicts:
+        return None
+    return min(verdicts, key=verdict_rank)
+
+
+def is_incident(event: Event) -> bool:
+    """A loss incident, as opposed to a condition (oscillation) or an informational event on
+    another metric (a grad-norm surge that left the loss alone)."""
+    return event.metric == "loss" and event.kind != "oscillation"
+
+
+def _finite_or(x: float, default: float) -> float:
+    return x if math.isfinite(x) else default
+
+
+def finding_key(finding: Finding) -> tuple[int, int, float, float]:
+    """Sort key, smallest = worst: loss incidents, then loss conditions (oscillation), then
+    informational events on other metrics; within a group by kind, then by size."""
+    ev = finding.event
+    group = 0 if is_incident(ev) else (1 if ev.metric == "loss" else 2)
+    kind = KIND_ORDER.index(ev.kind) if ev.kind in KIND_ORDER else len(KIND_ORDER)
+    # an infinite z (a non-finite peak) outranks every finite one; NaN ranks last
+    z = ev.size.z if not math.isnan(ev.size.z) else -math.inf
+    ratio = ev.size.ratio if not math.isnan(ev.size.ratio) else -math.inf
+    return (group, kind, -z, -ratio)
+
+
+def worst_finding(findings: Sequence[Finding]) -> Finding | None:
+    if not findings:
+        return None
+    return min(findings, key=finding_key)
+
+
+def top_cause(finding: Finding) -> Evidence | None:
+    """The best-scored cause (rules hand them over sorted, but do not rely on it)."""
+    if not finding.causes:
+        return None
+    return max(finding.causes, key=lambda e: e.score)
+
+
+def ranked_causes(finding: Finding) -> list[Evidence]:
+    return sorted(finding.causes, key=lambda e: -e.score)
+
+
+# --- words and numbers for people --------------------------------------------------------
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    return f"{n} {word if n == 1 else (words or word + 's')}"
+
+
+def event_label(event: Event) -> str:
+    """`spike`, or `grad_norm spike` for an informational event on another metric."""
+    return event.kind if event.metric == "loss" else f"{event.metric} {event.kind}"
+
+
+def event_counts(findings: Sequence[Finding]) -> str:
+    """`2 spikes, 1 divergence`, in severity order; `no events` when there are none."""
+    counts: dict[str, int] = {}
+    for f in sorted(findings, key=finding_key):
+        label = event_label(f.event)
+        counts[label] = counts.get(label, 0) + 1
+    if not counts:
+        return "no events"
+    plurals = {"divergence": "divergences", "oscillation": "oscillations"}
+    parts = []
+    for label, n in counts.items():
+        head, _, last = label.rpartition(" ")
+        word = plurals.get(last, last + "s") if n != 1 else last
+        parts.append(f"{n} {(head + ' ') if head else ''}{word}")
+    return ", ".join(parts)
+
+
+def fmt_num(x: float | int | None, digits: int = 3) -> str:
+    """A compact human number: 2.2, 0.000123 -> 1.23e-04, 65536, inf, n/a."""
+    if x is None:
+        return "n/a"
+    if isinstance(x, bool):
+        return str(x).lower()
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    xf = float(x)
+    if math.isnan(xf):
+        return "nan"
+    if math.isinf(xf):
+        return "inf" if xf > 0 else "-inf"
+    if xf == int(xf) and abs(xf) < 1e15:
+        return str(int(xf))
+    ax = abs(xf)
+    if ax >= 1e5 or ax < 1e-3:
+        return f"{xf:.{max(digits - 1, 0)}e}"
+    return f"{xf:.{digits}g}"
+
+
+def fmt_steps(event: Event) -> str:
+    """`31219`, `31216–31230 (peak 31219)`, or `200–400` for an oscillation (no peak)."""
+    if event.start_step == event.end_step == event.peak_step:
+        return str(event.peak_step)
+    if event.kind == "oscillation":
+        return f"{event.start_step}–{event.end_step}"
+    return f"{event.start_step}–{event.end_step} (peak {event.peak_step})"
+
+
+def cause_summary(finding: Finding) -> str:
+    """The top cause's one-line summary, or why there is none."""
+    tc = top_cause(finding)
+    if tc is not None:
+        return tc.summary
+    if is_incident(finding.event):
+        return "no cause scored above the floor"
+    return "-"
+
+
+def fmt_size(event: Event) -> str:
+    """`×2.32, z 14.2`; oscillations give their period and amplitude instead."""
+    if event.kind == "oscillation":
+        parts = []
+        if event.period is not None:
+            parts.append(f"period {fmt_num(event.period)}")
+        if event.amplitude is not None:
+            parts.append(f"amplitude {fmt_num(100 * event.amplitude)}%")
+        return ", ".join(parts) or "-"
+    ratio = event.size.ratio
+    r = "non-finite" if not math.isfinite(ratio) else f"×{fmt_num(ratio)}"
+    return f"{r}, z {fmt_num(event.size.z, 3)}"
+
+
+def fmt_recovered(event: Event) -> str:
+    if event.kind == "oscillation":
+        return "-"
+    if not event.recovered:
+        return "no"
+    if event.recovery_steps is None:
+        return "yes"
+    return f"yes, {plural(event.recovery_steps, 'step')}"
+
+
+def fmt_evidence_value(value: Any) -> str:
+    """One evidence value for people: numbers compact, lists bracketed, None as n/a."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value)).lower()
+    if isinstance(value, (int, np.integer)):
+        return fmt_num(int(value))
+    if isinstance(value, (float, np.floating)):
+        return fmt_num(float(value))
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {fmt_evidence_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return "[" + ", ".join(fmt_evidence_value(v) for v in value) + "]"
+    return str(value)
+
+
+def run_title(run: RunReport) -> str:
+    """What to call a run: `file.csv`, or `export.csv [run-7]` inside a multi-run file."""
+    return f"{run.source} [{run.name}]" if run.name else run.source
+
+
+def fmt_step_range(run: RunReport) -> str:
+    s = run.steps
+    if s.count == 0:
+        return "no steps"
+    every = f", every {s.interval}" if s.interval != 1 else ""
+    return f"steps {s.first}–{s.last} ({plural(s.count, 'logged step')}{every})"
+
+
+def verdict_line(run: RunReport) -> str:
+    """The one line that says what happened to a run."""
+    incidents = [f for f in run.findings if is_incident(f.event)]
+    worst = worst_finding(run.findings)
+    where = ""
+    if worst is not None and is_incident(worst.event):
+        where = f"; worst: {event_label(worst.event)} at step {worst.event.peak_step}"
+        tc = top_cause(worst)
+        if tc is not None:
+            where += f", likely {tc.cause}"
+    what = event_counts(run.findings) if run.findings else "no events"
+    if not incidents and run.findings:
+        what += " (no loss incidents)"
+    return f"{run.verdict}: {run_title(run)} — {what}{where}"
+
+
+def overall_line(report: Report) -> str:
+    """The first line of a combined report."""
+    if not report.runs:
+        return "no runs analysed"
+    if len(report.runs) == 1:
+        return verdict_line(report.runs[0])
+    worst = worst_verdict(report.runs)
+    tally: dict[str, int] = {}
+    for r in sorted(report.runs, key=lambda r: verdict_rank(r.verdict)):
+        tally[r.verdict] = tally.get(r.verdict, 0) + 1
+    parts = ", ".join(f"{n} {v}" for v, n in tally.items())
+    return f"{worst}: worst of {len(report.runs)} runs ({parts})"
+
+
+# --- numbers for machines ----------------------------------------------------------------
+
+def round_sig(x: float, digits: int = SIG_DIGITS) -> float | None:
+    """Round to `digits` significant digits; None for NaN and ±inf (JSON has neither)."""
+    if not math.isfinite(x):
+        return None
+    if x == 0:
+        return 0.0
+    return float(f"{x:.{digits}g}")
+
+
+def jsonable(value: Any) -> Any:
+    """Evidence values as plain JSON: numpy scalars unwrapped, floats rounded, non-finite
+    floats as null, tuples and arrays as lists, mapping order kept."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return round_sig(float(value))
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [jsonable(v) for v in value]
+    return str(value)
+
+
+# --- series for plots --------------------------------------------------------------------
+
+def envelope_indices(values: np.ndarray, buckets: int) -> np.ndarray:
+    """Indices that keep the shape of `values` in at most 2 * buckets + 2 points.
+
+    The series is cut into `buckets` consecutive slices and each slice keeps the index of its
+    minimum and of its maximum (plus the first and last point), in order. A one-step spike
+    is the maximum of its slice, so it always survives, which LTTB does not promise. NaN
+    is ignored within a slice; an all-NaN slice contributes nothing.
+    """
+    n = len(values)
+    if n <= 2 * buckets + 2:
+        return np.arange(n, dtype=np.int64)
+    size = -(-n // buckets)  # ceil
+    padded = np.full(size * buckets, np.nan)
+    padded[:n] = values
+    grid = padded.reshape(buckets, size)
+    ok = ~np.isnan(grid)
+    rows = np.flatnonzero(ok.any(axis=1))
+    lo = np.where(ok, grid, np.inf)[rows].argmin(axis=1)
+    hi = np.where(ok, grid, -np.inf)[rows].argmax(axis=1)
+    base = rows * size
+    keep = np.concatenate(([0, n - 1], base + lo, base + hi)).astype(np.int64)
+    out: np.ndarray = np.unique(keep)
+    return out
+
+
+def downsample(
+    x: np.ndarray, y: np.ndarray, max_points: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) shrunk to about `max_points` by the min/max envelope; short series unchanged."""
+    idx = envelope_indices(y, max(1, max_points // 2 - 1))
+    return x[idx], y[idx]
+
+
+def sample_steps(steps: np.ndarray, max_points: int) -> np.ndarray:
+    """At most `max_points` of the sorted `steps`, keeping the ends of every contiguous run
+    (so a stretch of NaN losses shows where it starts and stops), thinned evenly if need be."""
+    if len(steps) <= max_points:
+        return steps
+    d = np.diff(steps)
+    step = int(np.min(d[d > 0])) if np.any(d > 0) else 1
+    breaks = np.flatnonzero(d != step)
+    ends = np.unique(np.concatenate(([0, len(steps) - 1], breaks, breaks + 1)))
+    if len(ends) > max_points:
+        pick = np.linspace(0, len(ends) - 1, max_points).round().astype(np.int64)
+        ends = ends[np.unique(pick)]
+    out: np.ndarray = steps[ends]
+    return out

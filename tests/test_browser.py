@@ -1,0 +1,209 @@
+"""The HTML report in a real browser: Debian's headless `chromium` loads each page from disk,
+runs its scripts (with virtual time, so timers fire without waiting) and dumps the final DOM,
+while `--enable-logging=stderr` reports every console message and uncaught error. The page
+writes what it drew into `<body data-plots-ready data-traces-drawn>`, and the SVG it drew is
+in the dump, so the test counts the traces plotly actually drew. No Python dependency beyond
+the stdlib. Skipped when chromium is not installed (CI installs it: `apt-get install -y
+chromium`)."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_report_common import (
+    bloom_run,
+    empty_report,
+    long_report,
+    long_run,
+    multi_report,
+    xss_report,
+    xss_run,
+)
+
+from spikelens.model import Event, Finding, Report, RunReport, Size, StepInfo
+from spikelens.readers._base import RawLog, build_run
+from spikelens.report import render
+
+CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (CI installs it: apt-get install -y "
+    "chromium); the HTML report is not tested in a browser"
+)
+
+FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-extensions", "--enable-logging=stderr", "--v=0",
+]
+_profiles = itertools.count()
+
+#: Injected into a copy of a page, before any other script: an alert (what the injected
+#: `onerror=alert(1)` would call) and any uncaught error leave a mark in the DOM.
+TRAP = """<script>
+window.alert = function (m) { document.documentElement.setAttribute("data-alert", String(m)); };
+window.addEventListener("error", function (e) {
+  document.documentElement.setAttribute("data-js-error", String(e.message));
+});
+</script>"""
+
+
+def browse(page: Path, tmp_path: Path, budget_ms: int = 20000) -> tuple[str, list[str]]:
+    """(DOM after the scripts ran, console messages)."""
+    assert CHROMIUM is not None
+    profile = tmp_path / f"chromium-profile-{next(_profiles)}"
+    proc = subprocess.run(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}",
+         "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+    return proc.stdout, console
+
+
+def body_attr(dom: str, name: str) -> str | None:
+    m = re.search(r"<body([^>]*)>", dom)
+    assert m, "no <body> in the dump"
+    a = re.search(rf'\b{name}="([^"]*)"', m.group(1))
+    return a.group(1) if a else None
+
+
+def root_attr(dom: str, name: str) -> str | None:
+    m = re.search(r"<html([^>]*)>", dom)
+    assert m, "no <html> in the dump"
+    a = re.search(rf'\b{name}="([^"]*)"', m.group(1))
+    return a.group(1) if a else None
+
+
+def drawn_traces(dom: str) -> int:
+    return len(re.findall(r'<g class="trace scatter', dom))
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_page_loads_without_console_errors_and_draws_every_trace(tmp_path: Path) -> None:
+    run = long_run()
+    page = write(tmp_path, "long.html", render(long_report(run), [run], "html"))
+    dom, console = browse(page, tmp_path)
+    assert console == []
+    assert body_attr(dom, "data-plot-error") is None
+    assert body_attr(dom, "data-plots-ready") == "1"
+    # loss, its NaN/inf markers, LR, grad norm, its NaN markers, loss scale, skipped
+    assert body_attr(dom, "data-traces-drawn") == "7"
+    assert drawn_traces(dom) == 7
+    assert dom.count('class="card kind-') == 4
+
+
+def test_clicking_an_event_zooms_every_panel_and_the_log_toggle_works(tmp_path: Path) -> None:
+    run = long_run()
+    html = render(long_report(run), [run], "html")
+    probe = """<script>
+setTimeout(function () {
+  document.querySelector('.card[data-event="1"]').click();
+  setTimeout(function () {
+    var gd = document.getElementById("plot-0"), root = document.documentElement;
+    root.setAttribute("data-x", JSON.stringify(gd._fullLayout.xaxis.range));
+    root.setAttribute("data-x5", JSON.stringify(gd._fullLayout.xaxis5.range));
+    root.setAttribute("data-selected", document.querySelector(".card.selected").dataset.event);
+    var box = document.querySelector("input.logscale");
+    box.click();
+    setTimeout(function () {
+      root.setAttribute("data-ytype", gd._fullLayout.yaxis.type + "," +
+                        gd._fullLayout.yaxis5.type);
+    }, 500);
+  }, 500);
+}, 1000);
+</script></body>"""
+    page = write(tmp_path, "zoom.html", html.replace("</body>", probe))
+    dom, console = browse(page, tmp_path)
+    assert console == []
+    # the spike at 800-801, padded by 25 logged steps on each side, on the loss and below
+    assert root_attr(dom, "data-x") == "[775,826]"
+    assert root_attr(dom, "data-x5") == "[775,826]"
+    assert root_attr(dom, "data-selected") == "1"
+    # loss goes to log scale; the skip flag (0/1) stays linear
+    assert root_attr(dom, "data-ytype") == "log,linear"
+
+
+def test_injected_metric_name_runs_no_script(tmp_path: Path) -> None:
+    run = xss_run(tmp_path)
+    html = render(xss_report(run), [run], "html")
+    dom, console = browse(write(tmp_path, "xss.html", html), tmp_path)
+    assert console == []
+    assert body_attr(dom, "data-traces-drawn") == "5"
+    assert "<img" not in dom  # no element was made from the text
+    assert "<title>spikelens: runs/&lt;script&gt;document.title='pwned'&lt;/script&gt;.csv" \
+           "</title>" in dom
+    assert "&lt;img src=x onerror=alert(1)&gt;" in dom  # shown as text
+    # and with a trap set before any script: nothing called alert, nothing threw
+    trapped = html.replace("<head>", "<head>" + TRAP, 1)
+    dom, console = browse(write(tmp_path, "xss-trap.html", trapped), tmp_path)
+    assert root_attr(dom, "data-alert") is None
+    assert root_attr(dom, "data-js-error") is None
+    assert console == []
+
+
+def test_empty_and_multi_run_pages_load_cleanly(tmp_path: Path) -> None:
+    dom, console = browse(write(tmp_path, "empty.html", render(empty_report(), [], "html")),
+                          tmp_path)
+    assert console == []
+    assert body_attr(dom, "data-plots-ready") == "0"
+    assert "No runs analysed." in dom
+    report = multi_report()
+    runs = [long_run(1000), bloom_run()]
+    dom, console = browse(write(tmp_path, "multi.html", render(report, runs, "html")),
+                          tmp_path)
+    assert console == []
+    assert body_attr(dom, "data-plots-ready") == "2"
+    # run 1 (1000 steps, before the overflow): loss, LR, grad norm, loss scale, skipped;
+    # run 2 (BLOOM): loss, LR, grad norm, skipped
+    assert drawn_traces(dom) == 5 + 4
+
+
+def test_a_million_step_page_renders(tmp_path: Path) -> None:
+    n = 1_000_000
+    rng = np.random.default_rng(5)
+    loss = 2.0 + 0.05 * rng.standard_normal(n)
+    loss[500_000] = 7.0
+    frame = pd.DataFrame({"step": np.arange(n), "loss": loss,
+                          "grad_norm": 1.0 + 0.1 * rng.standard_normal(n)})
+    run = build_run(RawLog(frame=frame), tmp_path / "big.csv", "csv")
+    ev = Event("spike", "loss", 500_000, 500_000, 500_001, True, Size(50.0, 3.5))
+    rr = RunReport("big.csv", "csv", "spiky", StepInfo(0, n - 1, n, 1), dict(run.roles),
+                   (Finding(ev),), ())
+    page = write(tmp_path, "big.html", render(Report(runs=(rr,)), [run], "html"))
+    assert page.stat().st_size <= 10_000_000
+    dom, console = browse(page, tmp_path)
+    assert console == []
+    assert body_attr(dom, "data-traces-drawn") == "2"
+
+
+def test_real_sample_page(tmp_path: Path) -> None:
+    sample = Path(__file__).resolve().parents[1] / "sample_logs" / "jsonl" / \
+        "r18_bad_batch_lr_metrics.jsonl"
+    if not sample.exists():
+        pytest.skip(f"{sample.name} is not in sample_logs/")
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "spikelens" / "detect" / "__init__.py").exists():
+        pytest.skip("the detector is not installed yet")
+    from spikelens.analyze import analyze
+    from spikelens.readers import read_runs
+
+    runs = read_runs(sample)
+    report = analyze(runs)
+    dom, console = browse(write(tmp_path, "r18.html", render(report, runs, "html")), tmp_path)
+    assert console == []
+    # loss, LR and grad norm; one card per event the analysis found
+    assert drawn_traces(dom) == 3
+    assert dom.count('class="card kind-') == len(report.runs[0].findings) > 0
