@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from spikelens.model import Config, Finding, Recurrence, Report, Run, RunReport, StepInfo
+from spikelens.model import Config, Finding, Report, Run, RunReport, StepInfo
 
 
 def _step_info(run: Run) -> StepInfo:
@@ -18,18 +18,9 @@ def _step_info(run: Run) -> StepInfo:
                     interval=run.interval)
 
 
-def _recurrence_of(
-    run: Run, peak: int, recs: Sequence[Recurrence]
-) -> Recurrence | None:
-    for rec in recs:
-        if (run.source, peak) in rec.members:
-            return rec
-    return None
-
-
 def analyze(runs: Run | Sequence[Run], config: Config | None = None) -> Report:
     """Detect, align across runs and explain. Pure and deterministic."""
-    from spikelens.align import find_recurrences
+    from spikelens.align import find_recurrences, recurrence_for
     from spikelens.causes import explain
     from spikelens.detect import detect
 
@@ -46,7 +37,7 @@ def analyze(runs: Run | Sequence[Run], config: Config | None = None) -> Report:
                 findings.append(Finding(event=ev))
                 continue
             findings.append(
-                explain(run, ev, det.events, cfg, _recurrence_of(run, ev.peak_step, recs))
+                explain(run, ev, det.events, cfg, recurrence_for(recs, run, ev))
             )
         reports.append(
             RunReport(

@@ -1,0 +1,923 @@
+"""Shared measurements of the log around one event, used by every cause rule. A rule asks the
+`Context` for a *profile* of one signal (loss shape, LR, grad norm, loss scale, non-finite
+values, data position); each profile is computed once per event, lazily, from the `Run` alone,
+so the rules stay pure functions of (run, event, context) and never disagree about a number.
+All windows are counted in logged points of the series concerned (a Megatron log that prints
+every 10 iterations has 10x fewer points than steps), lags are reported in steps. The helpers
+`mag`, `fmt` and `fmt_ratio` give every rule the same saturating score scale and the same way
+of writing numbers into a sentence."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Protocol
+
+import numpy as np
+
+from spikelens.model import Config, Event, Evidence, Recurrence, Restart, Run, Skipped
+
+#: Precursor window: how many logged points before the rise count as "just before".
+PRECURSOR_POINTS = 10
+#: A grad norm this many times its baseline before the loss rose is a precursor.
+GRAD_PRECURSOR = 3.0
+#: An LR this many times its earlier level is an LR change worth reporting.
+LR_RISE = 1.25
+#: A single logged LR step this many times larger than the trend is a discontinuity.
+LR_JUMP = 1.5
+
+
+class CauseRule(Protocol):
+    """A cause rule: evidence with a score, a reason it could not judge, or nothing."""
+
+    def __call__(self, run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None: ...
+
+
+# ---------------------------------------------------------------------------- numbers
+
+
+def mag(x: float, lo: float, hi: float) -> float:
+    """Where `x` sits between `lo` (0) and `hi` (1) on a log scale, clipped to [0, 1].
+
+    Every rule turns a ratio into strength this way, so "10x" means the same everywhere."""
+    if not math.isfinite(x):
+        return 1.0 if x > 0 else 0.0
+    if x <= lo:
+        return 0.0
+    if x >= hi:
+        return 1.0
+    return math.log(x / lo) / math.log(hi / lo)
+
+
+def clip01(x: float) -> float:
+    return 0.0 if x < 0 else 1.0 if x > 1 else x
+
+
+def fmt(x: float | None) -> str:
+    """A number as a person writes it in a sentence: 0.95, 2.77, 960, 65,536, 1.3e5, 3.0e-4."""
+    if x is None or not math.isfinite(x):
+        return "n/a" if x is None or math.isnan(x) else ("inf" if x > 0 else "-inf")
+    a = abs(x)
+    if a == 0:
+        return "0"
+    if a >= 1e3 and a < 1e12 and float(x).is_integer():
+        return f"{int(x):,}"  # loss scales, step and sample counts: exact
+    if 1e3 <= a < 1e4:
+        return f"{x:.0f}"
+    if 1e-2 <= a < 1e3:
+        return f"{x:.3g}"
+    mant, _, exp = f"{x:.1e}".partition("e")
+    return f"{mant}e{int(exp)}"
+
+
+def fmt_ratio(x: float) -> str:
+    if not math.isfinite(x):
+        return "inf" if x > 0 else "n/a"
+    if x >= 1e6:
+        return f"{fmt(x)}x"
+    if x >= 100:
+        return f"{x:,.0f}x"
+    return f"{x:.1f}x"
+
+
+def fmt_int(x: float) -> str:
+    return f"{int(round(x)):,}"
+
+
+def num(x: float | None, digits: int = 6) -> float | None:
+    """A float for the JSON evidence: rounded to `digits` significant digits (exact when it
+    is a whole number), None if not finite (JSON has no inf/NaN)."""
+    if x is None:
+        return None
+    xf = float(x)
+    if not math.isfinite(xf):
+        return None
+    if xf.is_integer() and abs(xf) < 2**53:
+        return xf  # counters (tokens, samples, scales) stay exact
+    return float(f"{xf:.{digits}g}")
+
+
+# ---------------------------------------------------------------------------- series
+
+
+@dataclass(frozen=True, eq=False)
+class Series:
+    """One role's logged values in step order (logged NaN kept as NaN, inf kept)."""
+
+    steps: np.ndarray  # int64
+    values: np.ndarray  # float64
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def pos(self, step: int) -> int:
+        """Index of the first point at or after `step`."""
+        return int(np.searchsorted(self.steps, step, side="left"))
+
+    def before(self, step: int, n: int | None = None) -> Series:
+        """The last `n` points strictly before `step` (all of them when n is None)."""
+        hi = self.pos(step)
+        lo = 0 if n is None else max(0, hi - n)
+        return Series(self.steps[lo:hi], self.values[lo:hi])
+
+    def between(self, lo: int, hi: int) -> Series:
+        """Points with lo <= step <= hi."""
+        a = self.pos(lo)
+        b = int(np.searchsorted(self.steps, hi, side="right"))
+        return Series(self.steps[a:b], self.values[a:b])
+
+    def after(self, step: int, n: int) -> Series:
+        """The first `n` points strictly after `step`."""
+        a = int(np.searchsorted(self.steps, step, side="right"))
+        return Series(self.steps[a : a + n], self.values[a : a + n])
+
+    def value_at(self, step: int) -> float | None:
+        """The value logged at `step`, or at the last logged step before it."""
+        i = int(np.searchsorted(self.steps, step, side="right")) - 1
+        if i < 0:
+            return None
+        return float(self.values[i])
+
+    def finite(self) -> Series:
+        m = np.isfinite(self.values)
+        return Series(self.steps[m], self.values[m])
+
+    def median(self) -> float | None:
+        v = self.values[np.isfinite(self.values)]
+        return float(np.median(v)) if len(v) else None
+
+
+def get_series(run: Run, role: str) -> Series | None:
+    s = run.series(role)
+    if s is None or len(s) == 0:
+        return None
+    return Series(s.index.to_numpy(dtype=np.int64), s.to_numpy(dtype=np.float64))
+
+
+def usable(run: Run, role: str) -> tuple[Series | None, str]:
+    """The series of a role if it carries signal, else None and the reason why not.
+
+    A grad norm printed as 0.000 at every step (Megatron with the norm not computed) or a
+    series with no finite value is treated as absent: a constant zero is not evidence."""
+    s = get_series(run, role)
+    if s is None:
+        return None, f"needs {role}, not in this log"
+    fin = s.values[np.isfinite(s.values)]
+    if len(fin) == 0:
+        return None, f"needs {role}, but it is never finite in this log"
+    if role in ("grad_norm", "update_norm") and np.all(fin == 0):
+        return None, f"{role} is 0 at every logged step (not computed), so it carries no signal"
+    return s, ""
+
+
+# ---------------------------------------------------------------------------- profiles
+
+
+@dataclass(frozen=True)
+class LossShape:
+    """How the loss rose and came back."""
+
+    base: float  # level before the event
+    start_value: float
+    peak_value: float
+    peak_ratio: float  # peak / base (inf for a non-finite peak)
+    onset_points: int  # logged points from the start to the peak
+    onset_fraction: float  # share of the peak's (log) excursion already reached at the start
+    half_recovery_points: int | None  # points after the peak until half the excursion is gone
+    half_recovery_step: int | None  # the step at which that happened
+    duration_points: int  # logged points from start to end
+    quick: bool  # back below half the excursion within 3 points of the peak
+
+
+@dataclass(frozen=True)
+class LrProfile:
+    """What the learning rate did before the rise."""
+
+    constant: bool  # the LR never changes in the whole log
+    flat: bool  # the LR stayed within 5% over the lookback window
+    ref: float  # the LR the model had been trained at before the climb to at_rise
+    at_rise: float  # the highest LR of the last few points before the rise
+    ratio: float  # at_rise / ref
+    reached_step: int  # where the LR last came up to at_rise (within 0.1%)
+    lag: int  # steps from reached_step to the start of the rise
+    jump: float  # ratio of the logged LR step that most beat its trend (1 = no jump)
+    jump_step: int | None
+    jump_from: float
+    jump_to: float
+    jump_lag: int | None
+    prev_max: float  # highest LR before the lookback window (nan if none)
+    first_peak: bool  # at_rise is the highest LR so far, climbed to from the first logged LR
+    ramp_start_step: int | None  # where the climb to at_rise began (None: no rise)
+    resume: Restart | None  # a resume inside the lookback window
+    lr_before_resume: float  # LR logged just before that resume (nan if none)
+
+    @property
+    def warmup_end(self) -> bool:
+        """The rise follows the end of the run's first warmup (a climb from its first step)."""
+        return bool(self.first_peak and self.ramp_start_step is not None)
+
+    @property
+    def above_earlier_max(self) -> bool:
+        """The LR went above anything the run had used before (a warmup's ramp excepted)."""
+        return bool(math.isfinite(self.prev_max) and self.at_rise >= 1.2 * self.prev_max
+                    and not (self.warmup_end and self.jump < LR_JUMP))
+
+    @property
+    def strength(self) -> float:
+        """How strongly the LR history alone points at the schedule, in [0, 1]."""
+        s = 0.0
+        if self.jump >= LR_JUMP and self.jump_lag is not None:
+            s = 0.6 + 0.35 * mag(self.jump, LR_JUMP, 8.0)
+            s *= lag_factor(self.jump_lag)
+        if self.ratio >= LR_RISE:
+            lvl = 0.35 + 0.45 * mag(self.ratio, LR_RISE, 4.0)
+            if self.resume is not None:
+                lvl += 0.1
+            if self.above_earlier_max:
+                lvl += 0.1
+            if self.warmup_end:
+                # reaching the planned peak is what a schedule does; it is a likely trigger,
+                # not a fault, so it never scores like an unplanned jump
+                lvl = min(lvl, 0.6)
+            s = max(s, min(lvl, 0.95) * lag_factor(self.lag))
+        return clip01(s)
+
+
+def lag_factor(lag_steps: int) -> float:
+    """An LR change acts within tens of steps; older changes are weaker evidence."""
+    if lag_steps < 0:
+        return 0.7  # changed just after the first point of the rise, still before its peak
+    return 1.0 / (1.0 + max(0, lag_steps - 20) / 50.0)
+
+
+@dataclass(frozen=True)
+class GradProfile:
+    """What the grad norm did before and at the rise."""
+
+    base: float  # grad-norm level before the precursor window
+    pre_ratio: float  # highest grad norm / base in the precursor window (before the rise)
+    pre_step: int | None  # where that highest precursor value was logged
+    ramp_points: int  # precursor points above GRAD_PRECURSOR x base
+    first_lead_step: int | None  # first precursor step above GRAD_PRECURSOR x base
+    onset_ratio: float  # highest grad norm / base in the first 3 points of the rise
+    onset_step: int | None
+    history_level: float  # highest trailing median of the grad norm before the event
+    collapse: float  # history_level / base: how far the gradients had shrunk
+    stretch_steps: int  # how long the grad norm had been below history_level / 100
+    p50: float  # pre-spike percentiles, for a clip threshold
+    p99: float
+    base_points: int  # logged points the baseline and percentiles rest on
+    pre_values: tuple[float, ...]  # the precursor values, for the summary
+    pre_steps: tuple[int, ...]
+
+    @property
+    def precursor_threshold(self) -> float:
+        """A precursor must beat 3x the baseline and, where the baseline is long enough to
+        know the grad norm's own noise, 1.5x its 99th percentile (one noisy blip is not a
+        climb)."""
+        if self.base_points >= 20 and self.base > 0 and math.isfinite(self.p99):
+            return max(GRAD_PRECURSOR, 1.5 * self.p99 / self.base)
+        return GRAD_PRECURSOR
+
+    @property
+    def precursor(self) -> bool:
+        return self.pre_ratio >= self.precursor_threshold
+
+
+@dataclass(frozen=True)
+class ScaleProfile:
+    """Loss-scale cuts and skipped steps around the rise."""
+
+    has_scale: bool
+    has_skip: bool
+    dynamic: bool  # the scale moves at some point in the run
+    calibration_end: int | None  # step at which the fp16 start-up calibration ended
+    window: tuple[int, int]
+    cuts: int  # scale decreases in the window that end at or below the earlier ceiling
+    cut_factor: float  # total decrease over those cuts (e.g. 16 for 65536 -> 4096)
+    cut_from: float  # the scale just before the first of those cuts
+    scale_before: float  # scale just before the window
+    scale_min: float  # lowest scale in the window
+    pre_min: float  # lowest scale between calibration and the window
+    depth: float  # halvings below pre_min reached in the window
+    skips: int  # skipped steps in the window
+    expected: float  # skipped steps or cuts expected in the window at the run's routine rate
+    routine_rate: float  # per step
+    nonfinite_skipped: int  # skipped steps in the window whose loss is non-finite
+    first_cut_step: int | None
+
+
+@dataclass(frozen=True)
+class Nonfinite:
+    """The first non-finite values of the event."""
+
+    step: int  # first non-finite step of any series in the event
+    series: tuple[str, ...]  # roles/columns non-finite at that step (the first to go)
+    loss_steps: int  # non-finite loss points in the event
+    last_finite_loss: float | None  # the loss just before it went non-finite
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where in the data stream the rise happened (consumed samples / tokens)."""
+
+    role: str  # "samples" or "tokens"
+    first: float  # consumed before the first batch of the rise
+    last: float  # consumed after the peak's batch
+
+
+# ---------------------------------------------------------------------------- context
+
+
+@dataclass(frozen=True, eq=False)
+class Context:
+    """Everything a rule may look at besides the run and the event, with lazily computed,
+    cached profiles (each profile is a pure function of run + event + config)."""
+
+    run: Run
+    event: Event
+    events: Sequence[Event]
+    config: Config
+    recurrence: Recurrence | None = None
+
+    @property
+    def lookback(self) -> int:
+        """Logged points before the rise in which a change counts as 'shortly before'."""
+        return self.config.window
+
+    @cached_property
+    def loss(self) -> Series | None:
+        return get_series(self.run, "loss")
+
+    @cached_property
+    def shape(self) -> LossShape | None:
+        return _loss_shape(self)
+
+    @cached_property
+    def lr(self) -> LrProfile | None:
+        s, _ = usable(self.run, "lr")
+        return None if s is None else _lr_profile(self, s)
+
+    @cached_property
+    def grad(self) -> GradProfile | None:
+        s, _ = usable(self.run, "grad_norm")
+        return None if s is None else _grad_profile(self, s)
+
+    @cached_property
+    def scale(self) -> ScaleProfile | None:
+        return _scale_profile(self)
+
+    @cached_property
+    def nonfinite(self) -> Nonfinite | None:
+        return _nonfinite(self)
+
+    @cached_property
+    def position(self) -> Position | None:
+        return _position(self)
+
+    def steps_word(self, n: int) -> str:
+        return f"{n} step{'s' if n != 1 else ''}"
+
+
+# ---------------------------------------------------------------------------- loss shape
+
+
+def excursion(v: float, base: float) -> float:
+    """How far above the baseline a loss value is: log ratio for positive losses."""
+    if not math.isfinite(v):
+        return math.inf if (math.isnan(v) or v > 0) else -math.inf
+    if base > 0 and v > 0:
+        return math.log(v / base)
+    # a loss at or below 0 (or a baseline of 0) has no ratio: a relative difference, bounded
+    # so that exp() of it stays finite
+    return max(-50.0, min(50.0, (v - base) / max(abs(base), 1e-6)))
+
+
+def _loss_shape(ctx: Context) -> LossShape | None:
+    loss = ctx.loss
+    if loss is None or len(loss) == 0:
+        return None
+    ev = ctx.event
+    pre = loss.before(ev.start_step, ctx.config.window).finite()
+    base = ev.baseline if ev.baseline is not None else pre.median()
+    if base is None:
+        base = float("nan")
+    ser = loss.between(ev.start_step, ev.end_step)
+    if len(ser) == 0:
+        return None
+    start_value = float(ser.values[0])
+    pk = loss.between(ev.peak_step, ev.peak_step)
+    peak_value = float(pk.values[0]) if len(pk) else float(np.nanmax(ser.values))
+    peak_exc = excursion(peak_value, base)
+    start_exc = excursion(start_value, base)
+    if math.isinf(peak_exc):
+        onset_fraction = 1.0 if math.isinf(start_exc) else 0.0
+    elif peak_exc > 0:
+        onset_fraction = clip01(start_exc / peak_exc)
+    else:
+        onset_fraction = 1.0
+    onset_points = len(loss.between(ev.start_step, ev.peak_step)) - 1
+    after = loss.after(ev.peak_step, max(ctx.config.window, 50))
+    half: int | None = None
+    half_step: int | None = None
+    # for a non-finite peak, "half way back" means within 2x of the baseline again
+    target = peak_exc / 2 if math.isfinite(peak_exc) else math.log(2.0)
+    for i, v in enumerate(after.values):
+        e = excursion(float(v), base)
+        if math.isfinite(e) and e <= target:
+            half, half_step = i + 1, int(after.steps[i])
+            break
+    interval = max(1, ctx.run.interval)
+    # quick = back within 3 logged points *and* 3 logging intervals (a gap in an excerpt
+    # between two logged points is not a quick recovery)
+    quick = half_step is not None and half is not None and half <= 3 and (
+        half_step - ev.peak_step <= 3 * interval)
+    ratio = math.inf if not math.isfinite(peak_value) else (
+        peak_value / base if base > 0 else ev.size.ratio
+    )
+    return LossShape(
+        base=float(base),
+        start_value=start_value,
+        peak_value=peak_value,
+        peak_ratio=float(ratio),
+        onset_points=max(0, onset_points),
+        onset_fraction=onset_fraction,
+        half_recovery_points=half,
+        half_recovery_step=half_step,
+        duration_points=max(1, len(ser)),
+        quick=quick,
+    )
+
+
+# ---------------------------------------------------------------------------- LR
+
+
+def _lr_profile(ctx: Context, lr: Series) -> LrProfile:
+    ev = ctx.event
+    start = ev.start_step
+    fin = lr.finite()
+    vals = fin.values
+    constant = bool(len(vals) == 0 or np.all(vals == vals[0]))
+    # the LR up to the first step of the rise, and a couple of points past it when the peak is
+    # later (a detector may start an event on a noisy point just before the real rise)
+    until = min(ev.peak_step, start + 2 * max(1, ctx.run.interval))
+    hist = fin.before(until + 1)
+    h = ctx.lookback
+    look = Series(hist.steps[-h:], hist.values[-h:])
+    older = Series(hist.steps[:-h], hist.values[:-h])
+    nan = float("nan")
+    if len(look) == 0:
+        return LrProfile(constant, True, nan, nan, 1.0, start, 0, 1.0, None, nan, nan, None,
+                         nan, False, None, None, nan)
+    # the LR at the rise: the highest LR of the last few points (it acts within a few steps)
+    recent = Series(look.steps[-PRECURSOR_POINTS:], look.values[-PRECURSOR_POINTS:])
+    at_rise = float(np.max(recent.values))
+    hv = hist.values
+    # where the LR last came up to that level (the last upward crossing), and where the climb
+    # to it began (a jump, a re-warmup after a dip, a cosine restart, the first warmup)
+    above = hv >= 0.999 * at_rise
+    ups = np.flatnonzero(above & ~np.concatenate([[False], above[:-1]]))
+    reached_i = int(ups[-1]) if len(ups) else len(hv) - 1
+    reached_step = int(hist.steps[reached_i])
+    k = reached_i
+    while k > 0 and hv[k - 1] < hv[k]:
+        k -= 1
+    ramp_start = int(hist.steps[k])
+    # the level the model had been trained at before that climb: the highest LR of the few
+    # points before it (after a dip, the LR it had before the dip)
+    pre_ramp = hv[max(0, k - PRECURSOR_POINTS):k]
+    ref = float(np.max(pre_ramp)) if len(pre_ramp) else float(hv[k])
+    ratio = at_rise / ref if ref > 0 and math.isfinite(ref) else 1.0
+    # discontinuity: a logged step whose ratio beats the trend of the step before it
+    jump, jump_step, jump_from, jump_to = 1.0, None, nan, nan
+    best_excess = 1.0
+    full = Series(hist.steps[-(h + 2):], hist.values[-(h + 2):])
+    v = full.values
+    for i in range(1, len(v)):
+        prev, cur = v[i - 1], v[i]
+        if prev <= 0 or cur <= prev:
+            continue
+        # a jump must beat both the trend (a warmup rises every step) and the recent level
+        # (climbing back after a drop, as a re-warmup does, is not a discontinuity)
+        trend = v[i - 1] / v[i - 2] if i >= 2 and v[i - 2] > 0 else 1.0
+        level = float(np.max(v[max(0, i - PRECURSOR_POINTS):i]))
+        ex = cur / max(prev * max(trend, 1.0), level)
+        if ex > best_excess:
+            best_excess = float(ex)
+            jump, jump_step = float(cur / prev), int(full.steps[i])
+            jump_from, jump_to = float(prev), float(cur)
+    if best_excess < LR_JUMP:
+        # not a discontinuity: the biggest step was within the trend
+        jump, jump_step, jump_from, jump_to = 1.0, None, nan, nan
+    jump_lag = None if jump_step is None else start - jump_step
+    prev_max = float(np.max(older.values)) if len(older) else nan
+    # the first warmup: a climb from the first logged LR to the highest LR so far
+    first_peak = bool(k == 0 and reached_i >= 1)
+    resume: Restart | None = None
+    lr_before_resume = nan
+    # a resume since the climb began (or within the lookback) explains a lost schedule
+    lo_step = min(ramp_start, int(look.steps[0]))
+    for r in ctx.run.restarts:
+        if lo_step <= r.resumed_at <= start:
+            resume = r
+            prior = fin.before(r.resumed_at)
+            lr_before_resume = float(prior.values[-1]) if len(prior) else nan
+    lv = look.values
+    flat = bool(np.min(lv) > 0 and np.max(lv) <= 1.05 * np.min(lv)) if len(lv) else True
+    return LrProfile(
+        constant=constant,
+        flat=flat,
+        ref=float(ref),
+        at_rise=at_rise,
+        ratio=float(ratio),
+        reached_step=reached_step,
+        lag=start - reached_step,
+        jump=jump,
+        jump_step=jump_step,
+        jump_from=jump_from,
+        jump_to=jump_to,
+        jump_lag=jump_lag,
+        prev_max=prev_max,
+        first_peak=first_peak,
+        ramp_start_step=ramp_start if ratio >= LR_RISE else None,
+        resume=resume,
+        lr_before_resume=lr_before_resume,
+    )
+
+
+# ---------------------------------------------------------------------------- grad norm
+
+
+def block_max_median(values: np.ndarray, k: int) -> float:
+    """The highest median over consecutive blocks of `k` values: the level a series held
+    at its highest, robust to single outliers, in O(n) (no sliding window)."""
+    n = len(values) // k * k
+    if n == 0:
+        return float(np.median(values))
+    return float(np.max(np.median(values[:n].reshape(-1, k), axis=1)))
+
+
+def _grad_profile(ctx: Context, g: Series) -> GradProfile:
+    ev = ctx.event
+    start = ev.start_step
+    w = ctx.config.window
+    pre_all = g.before(start)
+    pre_win = Series(pre_all.steps[-PRECURSOR_POINTS:], pre_all.values[-PRECURSOR_POINTS:])
+    older = Series(pre_all.steps[:-PRECURSOR_POINTS], pre_all.values[:-PRECURSOR_POINTS])
+    base_win = Series(older.steps[-w:], older.values[-w:]).finite()
+    if len(base_win) >= 3:
+        base = float(np.median(base_win.values))
+    else:
+        # a short excerpt: the lowest value before the rise is the pre-ramp level
+        fin = pre_all.finite().values
+        base = float(np.min(fin)) if len(fin) else float("nan")
+    if not (base > 0):
+        pos = pre_all.finite().values
+        pos = pos[pos > 0]
+        base = float(np.min(pos)) if len(pos) else float("nan")
+    ref_vals = base_win.values
+    p50 = float(np.percentile(ref_vals, 50)) if len(ref_vals) else base
+    p99 = float(np.percentile(ref_vals, 99)) if len(ref_vals) else float("nan")
+    thr = GRAD_PRECURSOR
+    if len(base_win) >= 20 and base > 0 and math.isfinite(p99):
+        thr = max(GRAD_PRECURSOR, 1.5 * p99 / base)
+    pv = pre_win.values
+    ratios = pv / base if base > 0 else np.full(len(pv), np.nan)
+    fr = np.where(np.isfinite(ratios), ratios, 0.0)
+    pre_ratio = float(np.max(fr)) if len(fr) else 1.0
+    pre_step = int(pre_win.steps[int(np.argmax(fr))]) if len(fr) else None
+    above = np.flatnonzero(fr >= thr)
+    first_lead = int(pre_win.steps[above[0]]) if len(above) else None
+    on = g.between(start, ev.end_step)
+    on = Series(on.steps[:3], on.values[:3])
+    onv = on.values[np.isfinite(on.values)]
+    onset_ratio = float(np.max(onv) / base) if len(onv) and base > 0 else 1.0
+    onset_step = int(on.steps[np.isfinite(on.values)][int(np.argmax(onv))]) if len(onv) else None
+    # the run's own earlier grad level: the highest trailing median before the event
+    hist = older.finite()
+    history = base
+    stretch = 0
+    if len(hist) >= 8:
+        vals = hist.values
+        history = block_max_median(vals, max(5, min(w, len(vals) // 4)))
+        if history > 0 and base > 0 and history / base >= 100:
+            low = vals <= history / 100
+            j = len(low)
+            while j > 0 and low[j - 1]:
+                j -= 1
+            if j < len(low):
+                stretch = int(start - hist.steps[j])
+    return GradProfile(
+        base=base,
+        pre_ratio=pre_ratio,
+        pre_step=pre_step,
+        ramp_points=int(len(above)),
+        first_lead_step=first_lead,
+        onset_ratio=onset_ratio,
+        onset_step=onset_step,
+        history_level=history,
+        collapse=history / base if base > 0 else 1.0,
+        stretch_steps=stretch,
+        p50=p50,
+        p99=p99,
+        base_points=len(base_win),
+        pre_values=tuple(float(x) for x in pv),
+        pre_steps=tuple(int(x) for x in pre_win.steps),
+    )
+
+
+# ---------------------------------------------------------------------------- loss scale
+
+
+def skip_increments(s: Series) -> Series:
+    """Skipped steps per logged point, whatever the log wrote: a 0/1 flag, a count per
+    logging interval (Megatron) or a running total (DeepSpeed's `skipped=K`)."""
+    v = np.where(np.isfinite(s.values), s.values, 0.0)
+    if len(v) >= 2 and np.all(np.diff(v) >= 0) and v[-1] > 1:
+        inc = np.diff(v, prepend=v[0])
+        return Series(s.steps, inc)
+    return Series(s.steps, np.clip(v, 0, None))
+
+
+def _calibration_end(scale: Series, run_first_step: int, interval: int) -> int | None:
+    """The end of the fp16 start-up calibration: the scale starts high and is halved until
+    it fits. Only a log that starts at the beginning of training has one."""
+    if len(scale) == 0 or run_first_step > max(10, 2 * interval):
+        return None
+    v = scale.values
+    # calibration = the leading stretch in which the scale keeps falling; it is over once the
+    # scale has held for 5 logged points
+    last_drop = -1
+    for j in range(1, min(len(v), 200)):
+        if v[j] < v[j - 1]:
+            last_drop = j
+        elif last_drop < 0 and j >= 5:
+            return None  # stable from the start: no calibration
+        elif last_drop >= 0 and j - last_drop >= 5:
+            break
+    return int(scale.steps[last_drop]) if last_drop >= 0 else None
+
+
+def _scale_profile(ctx: Context) -> ScaleProfile | None:
+    run, ev = ctx.run, ctx.event
+    scale = get_series(run, "loss_scale")
+    skip = get_series(run, "skipped")
+    if scale is None and skip is None:
+        return None
+    scale = scale.finite() if scale is not None else None
+    if scale is not None and len(scale) == 0:
+        scale = None
+    if scale is None and skip is None:
+        return None  # a loss-scale column that is never finite carries nothing
+    dynamic = bool(scale is not None and np.any(scale.values != scale.values[0]))
+    loss = ctx.loss
+    first_step = int(run.steps[0]) if len(run.steps) else 0
+    calib = _calibration_end(scale, first_step, run.interval) if scale is not None else None
+    ref = scale if scale is not None else skip
+    assert ref is not None
+    # window: a few points before the rise to a little after the peak
+    pre = ref.before(ev.start_step, PRECURSOR_POINTS)
+    lo = int(pre.steps[0]) if len(pre) else ev.start_step
+    # ... to the end of the event (an overflow storm lasts as long as the event), capped at a
+    # baseline window's worth of points for long events, and at least a few points past the peak
+    tail = ref.after(ev.peak_step, PRECURSOR_POINTS)
+    hi_peak = int(tail.steps[-1]) if len(tail) else ev.peak_step
+    capped = ref.after(ev.start_step, ctx.config.window)
+    cap = int(capped.steps[-1]) if len(capped) else ev.end_step
+    hi = max(min(hi_peak, ev.end_step), min(ev.end_step, cap), ev.peak_step)
+    lo = _storm_start(scale, skip, lo, ctx.config.window)
+    if calib is not None:
+        lo = max(lo, calib + 1)
+    window = (lo, max(lo, hi))
+    cuts, cut_factor, first_cut = 0, 1.0, None
+    cut_from = float("nan")
+    scale_before = scale_min = pre_min = float("nan")
+    depth = 0.0
+    routine_cuts = 0
+    span_steps = 0
+    if scale is not None:
+        after_cal = scale if calib is None else scale.between(calib + 1, 2**62)
+        before = after_cal.before(window[0])
+        ceiling = float(np.max(before.values)) if len(before) else float(scale.values[0])
+        pre_min = float(np.min(before.values)) if len(before) else float("nan")
+        win = scale.between(window[0] - 1 if len(before) == 0 else int(before.steps[-1]),
+                            window[1])
+        if len(before):
+            win = Series(np.concatenate([before.steps[-1:], win.steps]),
+                         np.concatenate([before.values[-1:], win.values]))
+            win = Series(*_dedupe(win.steps, win.values))
+        wv = win.values
+        if len(wv):
+            scale_before = float(wv[0])
+            scale_min = float(np.min(wv))
+        for j in range(1, len(wv)):
+            # a cut that still leaves the scale above its earlier ceiling is the scaler
+            # re-calibrating after a reset, not an overflow problem of this run
+            if wv[j] < wv[j - 1] and wv[j] <= ceiling:
+                cuts += 1
+                cut_factor *= float(wv[j - 1] / wv[j]) if wv[j] > 0 else math.inf
+                if first_cut is None:
+                    first_cut = int(win.steps[j])
+                    cut_from = float(wv[j - 1])
+        # the lowest scale the run needed before: since calibration, or in a short excerpt
+        # the level it held before the first cut of the window
+        floor = pre_min
+        if first_cut is not None:
+            held = win.before(first_cut).values
+            if len(held):
+                floor = float(np.min(held)) if not math.isfinite(pre_min) else min(
+                    pre_min, float(np.min(held)))
+        if math.isfinite(floor) and floor > 0 and math.isfinite(scale_min):
+            # a scale of 0 is the deepest collapse there is (OPT's "loss scalar crashing")
+            depth = max(0.0, math.log2(floor / scale_min)) if scale_min > 0 else 64.0
+        pre_min = floor
+        # routine rate: cuts outside the window, after calibration
+        out = after_cal
+        d = np.diff(out.values)
+        st = out.steps[1:]
+        outside = (st < window[0]) | (st > window[1])
+        routine_cuts = int(np.sum((d < 0) & outside))
+        span_steps = int(np.sum(np.diff(out.steps)[outside])) if len(out) > 1 else 0
+    skips = 0
+    nonfinite_skipped = 0
+    routine_skips = 0
+    skip_span = 0
+    if skip is not None:
+        inc = skip_increments(skip)
+        if calib is not None:
+            inc = inc.between(calib + 1, 2**62)
+        w = inc.between(window[0], window[1])
+        skips = int(round(float(np.sum(w.values))))
+        if loss is not None:
+            # only a loss *logged* as inf/NaN counts: Megatron prints no loss at all on a
+            # skipped iteration, and a missing value is not a non-finite one
+            for st_, n in zip(w.steps, w.values, strict=True):
+                if n > 0:
+                    at = loss.between(int(st_), int(st_))
+                    if len(at) and not math.isfinite(float(at.values[0])):
+                        nonfinite_skipped += 1
+        outside = (inc.steps < window[0]) | (inc.steps > window[1])
+        routine_skips = int(round(float(np.sum(inc.values[outside]))))
+        skip_span = int(inc.steps[-1] - inc.steps[0]) if len(inc) > 1 else 0
+    if scale is not None and span_steps > 0:
+        rate = routine_cuts / span_steps
+    elif skip_span > 0:
+        rate = routine_skips / skip_span
+    else:
+        rate = 0.0
+    wsteps = max(1, window[1] - window[0] + 1)
+    return ScaleProfile(
+        has_scale=scale is not None,
+        has_skip=skip is not None,
+        dynamic=dynamic,
+        calibration_end=calib,
+        window=window,
+        cuts=cuts,
+        cut_factor=cut_factor,
+        cut_from=cut_from,
+        scale_before=scale_before,
+        scale_min=scale_min,
+        pre_min=pre_min,
+        depth=depth,
+        skips=skips,
+        expected=rate * wsteps,
+        routine_rate=rate,
+        nonfinite_skipped=nonfinite_skipped,
+        first_cut_step=first_cut,
+    )
+
+
+def _storm_start(scale: Series | None, skip: Series | None, lo: int, limit: int) -> int:
+    """Move the window start back over an overflow storm already under way, so that the
+    scale it started from (and every cut of it) is inside the window: a storm that began
+    40 steps before the loss moved (Megatron prints no loss on skipped steps) is one storm."""
+    inc = skip_increments(skip) if skip is not None else None
+    for _ in range(limit):
+        cut = False
+        if scale is not None:
+            prev = scale.before(lo, 2).values
+            cut = len(prev) == 2 and prev[1] < prev[0]
+        skipped = False
+        if inc is not None:
+            pv = inc.before(lo, 1)
+            skipped = len(pv) == 1 and pv.values[0] > 0
+        if not (cut or skipped):
+            break
+        ref = scale if scale is not None else inc
+        assert ref is not None
+        back = ref.before(lo, 1)
+        if len(back) == 0:
+            break
+        lo = int(back.steps[0])
+    return lo
+
+
+def _dedupe(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    _, idx = np.unique(steps, return_index=True)
+    return steps[idx], values[idx]
+
+
+# ---------------------------------------------------------------------------- non-finite
+
+
+def _nonfinite(ctx: Context) -> Nonfinite | None:
+    run, ev = ctx.run, ctx.event
+    hi = max(ev.peak_step, min(ev.end_step, ev.start_step + 10 * max(1, run.interval)))
+    lo = ev.start_step
+    first: dict[str, int] = {}
+    loss_col = run.column("loss")
+    names: dict[str, str] = {col: role for role, col in run.roles.items()}
+    idx_all = run.frame.index.to_numpy()
+    a = int(np.searchsorted(idx_all, lo, side="left"))
+    b = int(np.searchsorted(idx_all, hi, side="right"))
+    idx = idx_all[a:b]
+    nan_col = run.column("nan_count")
+    for col in run.frame.columns:
+        v = run.frame[col].to_numpy()[a:b]
+        bad = np.isinf(v)
+        nan_at = run.nan_steps.get(col)
+        if nan_at is not None and len(nan_at):
+            bad |= np.isin(idx, nan_at)
+        if col == nan_col:
+            # Megatron counts NaN iterations instead of printing them: an increase is one
+            full = get_series(run, "nan_count")
+            if full is not None:
+                inc = skip_increments(full).between(lo, hi)
+                bad |= np.isin(idx, inc.steps[inc.values > 0])
+        if bad.any():
+            first[names.get(col, col)] = int(idx[np.argmax(bad)])
+    if not first:
+        return None
+    step = min(first.values())
+    series = tuple(sorted(k for k, v in first.items() if v == step))
+    loss = ctx.loss
+    nl = 0
+    last_finite = None
+    if loss is not None and loss_col is not None:
+        w = loss.between(lo, ev.end_step)
+        nl = int(np.sum(~np.isfinite(w.values)))
+        prev = loss.before(step).finite()
+        last_finite = float(prev.values[-1]) if len(prev) else None
+    return Nonfinite(step=step, series=series, loss_steps=nl, last_finite_loss=last_finite)
+
+
+# ---------------------------------------------------------------------------- data position
+
+
+def _position(ctx: Context) -> Position | None:
+    return position(ctx.run, ctx.event.start_step, ctx.event.peak_step)
+
+
+def position(run: Run, first_step: int, last_step: int) -> Position | None:
+    """The consumed tokens (or samples) range of the batches of steps first..last: from the
+    counter logged before `first_step` to the one logged at `last_step`."""
+    for role in ("tokens", "samples"):
+        s = get_series(run, role)
+        if s is None:
+            continue
+        s = s.finite()
+        before = s.before(first_step)
+        first = float(before.values[-1]) if len(before) else None
+        at_last = s.between(last_step, last_step)
+        last = float(at_last.values[0]) if len(at_last) else s.value_at(last_step)
+        if first is None or last is None or last < first:
+            continue
+        return Position(role=role, first=first, last=last)
+    return None
+
+
+def evidence(
+    cause: str, score: float, summary: str, facts: Mapping[str, Any], remedy: str
+) -> Evidence:
+    """An Evidence with a clipped, rounded score and JSON-safe facts."""
+    clean: dict[str, Any] = {}
+    for k, v in facts.items():
+        if isinstance(v, bool) or v is None or isinstance(v, str):
+            clean[k] = v
+        elif isinstance(v, (int, np.integer)):
+            clean[k] = int(v)
+        else:
+            clean[k] = num(float(v))
+    return Evidence(cause=cause, score=round(clip01(score), 3), summary=summary,
+                    evidence=clean, remedy=remedy)
+
+
+def restart_advice(ctx: Context) -> tuple[int, int, int]:
+    """(restart step, first batch to skip, last batch to skip) following PaLM: restart from a
+    checkpoint about 100 steps before the rise and skip the batches up to the end of the
+    event (PaLM skipped 200-500 batches)."""
+    ev = ctx.event
+    restart = max(0, ev.start_step - 100)
+    last = max(ev.end_step, ev.peak_step)
+    return restart, ev.start_step, last
+
+
+def sentence(parts: Sequence[str], sep: str = "; ") -> str:
+    """Join clauses into one sentence: first letter upper-cased (the rest untouched, so
+    "LR" stays "LR"), one final period."""
+    text = sep.join(p.strip().rstrip(".") for p in parts if p.strip())
+    if not text:
+        return ""
+    return text[0].upper() + text[1:] + "."

@@ -1,0 +1,134 @@
+"""Cause `amp_overflow`: fp16 dynamic loss scaling is involved in the incident. The scaler
+halves the scale and skips the step whenever a gradient overflows, and doubles it after a run
+of clean steps; so a healthy fp16 run shows a sawtooth (a cut now and then at its ceiling) and
+a calibration at the start (the scale falls from its initial value until it fits). Neither is
+evidence. Evidence is what the routine cannot produce: cuts that take the scale below anything
+it had needed since calibration (tr1-13B at ~29050: 65536 -> 4096), a burst of cuts or skipped
+steps far above the run's own routine rate, the scale collapsing towards or below 1
+(gradients underflow) and non-finite losses on skipped steps. Cuts that only bring a reset
+scale back down to its usual ceiling are re-calibration, not evidence either."""
+
+from __future__ import annotations
+
+import math
+
+from spikelens.causes import CAUSES
+from spikelens.causes._window import (
+    Context,
+    evidence,
+    fmt,
+    fmt_ratio,
+    mag,
+    restart_advice,
+    sentence,
+)
+from spikelens.model import Event, Evidence, Run, Skipped
+
+CAUSE = "amp_overflow"
+
+
+def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
+    p = ctx.scale
+    if p is None:
+        return Skipped(CAUSE, "needs loss_scale or skipped, not in this log")
+    if p.has_scale and not p.dynamic and p.skips == 0:
+        return None  # a constant scale (bf16/fp32, or a static scale): no scaling events
+    n = max(p.cuts, p.skips)
+    if n == 0:
+        return None
+    excess = n / max(p.expected, 0.5)
+    scaled = p.has_scale and p.dynamic
+    comps: list[float] = []
+    if scaled and p.depth >= 1.5:
+        comps.append(0.45 + 0.5 * mag(2.0**p.depth, 4.0, 32.0))
+    elif scaled and p.depth >= 1:
+        comps.append(0.3)  # one halving below the earlier floor: a hint, not a storm
+    if n >= 2 and excess >= 4:
+        comps.append((0.45 if scaled else 0.3) + 0.35 * mag(excess, 4.0, 50.0))
+    if p.nonfinite_skipped:
+        # a skipped step with a non-finite loss is an overflow the scaler caught; without a
+        # loss-scale series it may just as well be a NaN guard in the training loop
+        comps.append(0.6 if scaled else 0.3)
+    if not comps:
+        comps.append(0.15)  # one cut or skip at the routine rate: noted, not evidence
+    score = max(comps)
+    if scaled and math.isfinite(p.scale_min) and p.scale_min < 1:
+        score += 0.05
+    g = ctx.grad
+    lead = g.first_lead_step if g is not None and g.precursor else None
+    if lead is not None and p.first_cut_step is not None and lead < p.first_cut_step:
+        score *= 0.6  # the grad norm was already exploding: the overflows are its consequence
+    score = min(score, 0.98)
+    lo, hi = p.window
+    parts: list[str] = []
+    if p.cuts:
+        cut = (f"loss scale fell from {fmt(p.cut_from)} to {fmt(p.scale_min)} "
+               f"({fmt_ratio(p.cut_from / p.scale_min if p.scale_min > 0 else math.inf)}, "
+               f"{p.cuts} logged cut"
+               f"{'s' if p.cuts != 1 else ''} from step {p.first_cut_step}) between steps {lo} "
+               f"and {hi}")
+        if p.depth >= 1 and math.isfinite(p.pre_min):
+            cut += (f", {p.depth:.0f} halving{'s' if round(p.depth) != 1 else ''} below the "
+                    f"lowest scale it had needed before ({fmt(p.pre_min)})")
+        if p.first_cut_step is not None:
+            lag = event.start_step - p.first_cut_step
+            cut += (f"; the first cut came {lag} steps before the loss rose at step "
+                    f"{event.start_step}" if lag > 0 else
+                    f"; the first cut came with the rise of the loss at step {event.start_step}"
+                    if lag == 0 else
+                    f"; the first cut came {-lag} steps after the loss began to rise at step "
+                    f"{event.start_step}")
+        parts.append(cut)
+    if p.skips:
+        parts.append(
+            f"{p.skips} skipped step{'s' if p.skips != 1 else ''} in that window against "
+            f"{p.expected:.1f} expected at the run's routine rate"
+        )
+    if p.nonfinite_skipped:
+        parts.append(f"the loss is non-finite on {p.nonfinite_skipped} of the skipped steps")
+    if scaled and math.isfinite(p.scale_min) and p.scale_min < 1:
+        parts.append(f"the scale collapsed to {fmt(p.scale_min)} (below 1: gradients underflow)")
+    if p.calibration_end is not None:
+        parts.append(f"start-up calibration up to step {p.calibration_end} ignored")
+    if score <= 0.15:
+        parts.append("this is within the run's routine overflow rate")
+    restart, first, last = restart_advice(ctx)
+    remedy: list[str] = ["train in bf16 instead of fp16 if the hardware allows (no loss scaling)"]
+    if scaled and math.isfinite(p.scale_min) and p.scale_min < 1:
+        remedy.append(
+            f"a scale of {fmt(p.scale_min)} means the gradients overflow at any scale: find the "
+            f"op that produces inf at step {p.first_cut_step or event.start_step} (a scale cut "
+            f"cannot fix it), and set a floor on the scale (GradScaler/DeepSpeed "
+            f"min_loss_scale, Megatron --min-loss-scale) so a storm stops the run instead"
+        )
+    elif scaled and math.isfinite(p.pre_min):
+        remedy.append(
+            f"if fp16 stays: keep the scale from collapsing (min_loss_scale about "
+            f"{fmt(max(1.0, p.pre_min / 4))}, hysteresis 2, a longer growth interval), and "
+            f"look at the overflowing layer at step {p.first_cut_step or event.start_step}"
+        )
+    remedy.append(
+        f"restart from a checkpoint at or before step {restart} and skip the batches of steps "
+        f"{first}-{last} if the spike comes back"
+    )
+    facts = {
+        "scale_cuts": p.cuts,
+        "cut_factor": p.cut_factor,
+        "scale_before": p.scale_before,
+        "scale_before_cuts": p.cut_from,
+        "scale_min": p.scale_min,
+        "earlier_min_scale": p.pre_min,
+        "halvings_below_earlier_min": p.depth,
+        "skipped_steps": p.skips,
+        "expected_skips": p.expected,
+        "routine_rate_per_1k_steps": p.routine_rate * 1000,
+        "nonfinite_skipped": p.nonfinite_skipped,
+        "first_cut_step": p.first_cut_step,
+        "window_start": lo,
+        "window_end": hi,
+        "calibration_end": p.calibration_end,
+    }
+    return evidence(CAUSE, score, sentence(parts), facts, sentence(remedy))
+
+
+CAUSES.add(CAUSE, rule)

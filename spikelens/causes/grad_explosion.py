@@ -1,0 +1,228 @@
+"""Cause `grad_explosion`: the gradient norm blew up and the loss followed. The signature is
+timing: the grad norm climbs over the logged steps *before* the loss rises (BLOOM-176B at
+iteration 31219: 0.24 -> 0.95 -> 2.4 -> 16 -> 145 -> 960 with the LR constant), or it surges far
+more than the loss does at the rise (a bad batch raises both by a similar factor: its gradient is
+large because its loss is large). A grad rise is discounted when something upstream explains
+it: an LR increase just before (the rise is the LR's doing) or a long stretch of collapsed
+gradients (Adam's second moment shrank with them: optimizer state). Where per-layer grad norms
+are logged, the layer that left its baseline first is named."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from spikelens.causes import CAUSES
+from spikelens.causes._window import (
+    GRAD_PRECURSOR,
+    PRECURSOR_POINTS,
+    Context,
+    Series,
+    evidence,
+    excursion,
+    fmt,
+    fmt_ratio,
+    mag,
+    restart_advice,
+    sentence,
+    usable,
+)
+from spikelens.metrics import normalise
+from spikelens.model import Event, Evidence, Run, Skipped
+
+CAUSE = "grad_explosion"
+#: The grad norm must outgrow the loss by this factor during the rise to count as a surge...
+SURGE_OVER_LOSS = 4.0
+#: ...and be at least this many times its baseline (below that it is noise).
+SURGE_MIN = 5.0
+
+
+@dataclass(frozen=True)
+class Surge:
+    """Where during the rise the grad norm most outgrew the loss."""
+
+    step: int
+    grad_ratio: float  # grad norm / its baseline there
+    loss_ratio: float  # loss / its baseline there
+    over: float  # grad_ratio / loss_ratio
+
+
+def _surge(ctx: Context, base: float) -> Surge | None:
+    """Scan the rise (start to peak, at most 50 logged points): the point where the grad
+    norm's growth most exceeds the loss's. A bad batch raises both by a similar factor on the
+    same step; an explosion shows the grad norm far ahead while the loss is still low."""
+    shape, loss, g = ctx.shape, ctx.loss, usable(ctx.run, "grad_norm")[0]
+    if shape is None or loss is None or g is None or not base > 0:
+        return None
+    ev = ctx.event
+    gw = g.between(ev.start_step, max(ev.peak_step, ev.start_step))
+    gw = Series(gw.steps[:50], gw.values[:50])
+    best: Surge | None = None
+    for st, gv in zip(gw.steps, gw.values, strict=True):
+        if not math.isfinite(gv) or gv / base < SURGE_MIN:
+            continue
+        lv = loss.value_at(int(st))
+        if lv is None:
+            continue
+        e = excursion(lv, shape.base)
+        if not math.isfinite(e):
+            continue
+        lr_ = math.exp(max(e, 0.0))
+        cand = Surge(int(st), float(gv / base), lr_, float(gv / base / lr_))
+        if best is None or cand.over > best.over:
+            best = cand
+    return best
+
+
+def _first_layer(run: Run, ctx: Context) -> tuple[str, int, float] | None:
+    """The per-layer grad norm that left its own baseline first (name, step, ratio)."""
+    total = run.column("grad_norm")
+    ev = ctx.event
+    best: tuple[str, int, float] | None = None
+    for col in run.extras:
+        n = normalise(col)
+        if col == total or "grad" not in n or "norm" not in n:
+            continue
+        if col not in run.frame.columns:
+            continue
+        s = run.frame[col].dropna()
+        steps = s.index.to_numpy()
+        vals = s.to_numpy()
+        hi = int(np.searchsorted(steps, ev.start_step)) - PRECURSOR_POINTS
+        base_vals = vals[max(0, hi - ctx.config.window):max(0, hi)]
+        base_vals = base_vals[np.isfinite(base_vals)]
+        if len(base_vals) < 3:
+            continue
+        base = float(np.median(base_vals))
+        if base <= 0:
+            continue
+        m = (steps >= steps[max(0, hi)]) & (steps <= ev.peak_step)
+        r = vals[m] / base
+        above = np.flatnonzero(~np.isfinite(r) | (r >= GRAD_PRECURSOR))
+        if len(above) == 0:
+            continue
+        st = int(steps[m][above[0]])
+        cand = (col, st, float(r[above[0]]))
+        if best is None or st < best[1] or (st == best[1] and cand[2] > best[2]):
+            best = cand
+    return best
+
+
+def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
+    s, why = usable(run, "grad_norm")
+    if s is None:
+        return Skipped(CAUSE, why)
+    p = ctx.grad
+    if p is None or not (p.base > 0):
+        return None
+    surge = _surge(ctx, p.base)
+    dom = surge.over if surge is not None else 0.0
+    s_pre = 0.0
+    if p.precursor:
+        s_pre = 0.55 + 0.4 * mag(p.pre_ratio, GRAD_PRECURSOR, 30.0)
+        if p.ramp_points >= 2:
+            s_pre += 0.03
+    s_surge = 0.0
+    if dom >= SURGE_OVER_LOSS:
+        s_surge = 0.35 + 0.45 * mag(dom, SURGE_OVER_LOSS, 100.0)
+    score = max(s_pre, s_surge)
+    if score <= 0:
+        return None
+    lr = ctx.lr
+    lr_strength = lr.strength if lr is not None else 0.0
+    score *= 1.0 - 0.6 * lr_strength
+    collapsed = p.collapse >= 100 and p.stretch_steps > 0
+    if collapsed:
+        score *= 0.4
+    start = event.start_step
+    parts: list[str] = []
+    if p.precursor:
+        # the climb itself: from the point before the first precursor to the highest one
+        vals = list(zip(p.pre_steps, p.pre_values, strict=True))
+        lead = p.first_lead_step if p.first_lead_step is not None else p.pre_step
+        k = next((i for i, (st, _) in enumerate(vals) if st == lead), 0)
+        top = next((i for i, (st, _) in enumerate(vals) if st == p.pre_step), len(vals) - 1)
+        shown = vals[max(0, k - 1):top + 1][-6:]
+        monotone = all(b[1] >= a[1] for a, b in zip(shown, shown[1:], strict=False))
+        if monotone and len(shown) >= 2:
+            parts.append(
+                f"grad norm climbed {' -> '.join(fmt(v) for _, v in shown)} "
+                f"({fmt_ratio(p.pre_ratio)} its {fmt(p.base)} baseline) over steps "
+                f"{shown[0][0]}-{shown[-1][0]}, before the loss rose at step {start}"
+            )
+        else:
+            parts.append(
+                f"grad norm reached {fmt(p.pre_ratio * p.base)} at step {p.pre_step} "
+                f"({fmt_ratio(p.pre_ratio)} its {fmt(p.base)} baseline), "
+                f"{ctx.steps_word(start - (p.pre_step or start))} before the loss rose at "
+                f"step {start}"
+            )
+    # the surge at the rise adds to a precursor only when it kept growing past it
+    if surge is not None and s_surge > 0 and (
+            not p.precursor or surge.grad_ratio >= 2 * p.pre_ratio):
+        parts.append(
+            f"{'at' if surge.step == start else 'during'} the rise the grad norm reached "
+            f"{fmt(surge.grad_ratio * p.base)} (step {surge.step}, "
+            f"{fmt_ratio(surge.grad_ratio)} its {fmt(p.base)} baseline) while the loss was "
+            f"only {fmt_ratio(surge.loss_ratio)} its own"
+        )
+    if lr is not None and lr_strength < 0.1:
+        parts.append("LR constant" if lr.flat else "no LR change")
+    elif lr is not None:
+        parts.append(
+            f"but the LR rose {fmt_ratio(max(lr.ratio, lr.jump))} just before, which can "
+            f"explain the grad rise"
+        )
+    if collapsed:
+        parts.append(
+            f"the grad norm had first collapsed {fmt_ratio(p.collapse)} below its earlier "
+            f"{fmt(p.history_level)}, so this is a re-growth rather than an explosion"
+        )
+    layer = _first_layer(run, ctx)
+    if layer is not None:
+        parts.append(f"{layer[0]} left its baseline first (step {layer[1]}, "
+                     f"{fmt_ratio(layer[2])})")
+    restart, first, last = restart_advice(ctx)
+    if p.base_points >= 20 and math.isfinite(p.p99) and p.p99 > 0:
+        clip = p.p99
+        why = (f"the 99th percentile of the {p.base_points} logged grad norms before the spike; "
+               f"their median is {fmt(p.p50)}")
+    else:
+        # too few points for a percentile: a few times the pre-spike level
+        clip = 5 * p.base
+        why = f"5x the pre-spike level {fmt(p.base)}; too few points for a percentile"
+    remedy = [
+        f"clip the global grad norm at about {fmt(clip)} ({why}), or clip adaptively: on a "
+        f"z-score of the grad norm (ZClip), or per entry against Adam's second moment with "
+        f"periodic momentum resets (SPAM)",
+        f"restart from a checkpoint at or before step {restart} and skip the batches of steps "
+        f"{first}-{last} (PaLM skipped 200-500 batches around a spike)",
+    ]
+    if layer is not None:
+        remedy.append(f"look at {layer[0]} first (QK-layernorm or a lower LR for it if it is "
+                      f"an attention block)")
+    facts = {
+        "grad_base": p.base,
+        "grad_precursor_ratio": p.pre_ratio,
+        "grad_precursor_step": p.pre_step,
+        "precursor_points": p.ramp_points,
+        "grad_onset_ratio": p.onset_ratio,
+        "surge_step": surge.step if surge else None,
+        "surge_grad_ratio": surge.grad_ratio if surge else None,
+        "surge_loss_ratio": surge.loss_ratio if surge else None,
+        "grad_over_loss": dom,
+        "lr_change_strength": lr_strength,
+        "grad_collapse_ratio": p.collapse,
+        "clip_threshold": clip,
+        "grad_p50": p.p50,
+        "grad_p99": p.p99,
+        "first_layer": layer[0] if layer else None,
+        "first_layer_step": layer[1] if layer else None,
+        "restart_step": restart,
+    }
+    return evidence(CAUSE, score, sentence(parts), facts, sentence(remedy))
+
+
+CAUSES.add(CAUSE, rule)

@@ -1,0 +1,158 @@
+"""Cause `optimizer_state`: the optimiser itself was in a bad state. Adam divides by the root
+of its second-moment estimate plus epsilon; after a long stretch of tiny gradients that
+estimate shrinks with them, and with a small epsilon the effective step size grows until the
+fit goes unstable: the loss spikes by orders of magnitude even though nothing else changed
+(Molybog et al. 2023 describe this instability of Adam at scale). The signs in a log: the grad
+norm (or, without it, the loss) had collapsed by orders of magnitude below its earlier level
+for a long stretch before the rise; update norms spiking more than the gradients do; or the
+rise coming right after a resume, with the LR continuous, when the optimizer state or step
+counter did not come back."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from spikelens.causes import CAUSES
+from spikelens.causes._window import (
+    PRECURSOR_POINTS,
+    Context,
+    block_max_median,
+    evidence,
+    fmt,
+    fmt_ratio,
+    mag,
+    restart_advice,
+    sentence,
+    usable,
+)
+from spikelens.model import Event, Evidence, Restart, Run, Skipped
+
+CAUSE = "optimizer_state"
+#: Gradients this many times below their earlier level count as collapsed.
+COLLAPSE = 100.0
+
+
+def _update_surge(run: Run, ctx: Context) -> tuple[float, float] | None:
+    """(update-norm ratio at the rise, grad-norm ratio at the rise) when update norms exist."""
+    u, _ = usable(run, "update_norm")
+    if u is None:
+        return None
+    ev = ctx.event
+    older = u.before(ev.start_step)
+    base_vals = older.values[:-PRECURSOR_POINTS][-ctx.config.window:]
+    base_vals = base_vals[np.isfinite(base_vals)]
+    if len(base_vals) < 3:
+        base_vals = older.finite().values
+    if len(base_vals) == 0:
+        return None
+    base = float(np.median(base_vals))
+    if base <= 0:
+        return None
+    near = u.between(int(older.steps[-PRECURSOR_POINTS:][0]) if len(older) else ev.start_step,
+                     ev.peak_step)
+    fin = near.values[np.isfinite(near.values)]
+    if len(fin) == 0:
+        return None
+    g = ctx.grad
+    gr = max(g.pre_ratio, g.onset_ratio) if g is not None else 1.0
+    return float(np.max(fin) / base), gr
+
+
+def _loss_collapse(ctx: Context) -> float:
+    """How far the loss had fallen below its earlier trailing level (for logs without grads)."""
+    loss, shape = ctx.loss, ctx.shape
+    if loss is None or shape is None or not (shape.base > 0):
+        return 1.0
+    hist = loss.before(ctx.event.start_step).finite().values
+    if len(hist) < 8 or np.any(hist <= 0):
+        return 1.0
+    level = block_max_median(hist, max(5, min(ctx.config.window, len(hist) // 4)))
+    return level / shape.base
+
+
+def _resume_before(run: Run, event: Event) -> Restart | None:
+    near = 20 * max(1, run.interval)
+    best = None
+    for r in run.restarts:
+        if event.start_step - near <= r.resumed_at <= event.start_step:
+            best = r
+    return best
+
+
+def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
+    g_ok = usable(run, "grad_norm")[0] is not None
+    u_ok = usable(run, "update_norm")[0] is not None
+    resume = _resume_before(run, event)
+    g = ctx.grad
+    comps: list[tuple[float, str]] = []
+    remedy: list[str] = []
+    facts: dict[str, object] = {}
+    if g is not None and g.collapse >= COLLAPSE and g.stretch_steps > 0:
+        s = 0.5 + 0.45 * mag(g.collapse, COLLAPSE, 1e5)
+        comps.append((s, (
+            f"before the rise the grad norm had sat near {fmt(g.base)} for "
+            f"{ctx.steps_word(g.stretch_steps)}, {fmt_ratio(g.collapse)} below its earlier "
+            f"{fmt(g.history_level)}: Adam's second moment shrinks with the gradients, so a "
+            f"small epsilon lets the effective step grow until the fit goes unstable"
+        )))
+        eps = 10.0 ** math.ceil(math.log10(g.base)) if g.base > 0 else 1e-6
+        remedy.append(
+            f"raise Adam's epsilon to about {eps:.0e} (the pre-spike grad norm was "
+            f"{fmt(g.base)}; the usual default 1e-8 is far below the scale where it would bound "
+            f"the step), or stop or decay the LR once the loss has converged"
+        )
+        facts.update(grad_base=g.base, grad_earlier_level=g.history_level,
+                     collapse_ratio=g.collapse, collapsed_steps=g.stretch_steps,
+                     suggested_eps=eps)
+    if not g_ok:
+        lc = _loss_collapse(ctx)
+        if lc >= 1e4:
+            s = 0.35 + 0.25 * mag(lc, 1e4, 1e10)
+            comps.append((s, (
+                f"the loss had fallen {fmt_ratio(lc)} below its earlier level before the rise "
+                f"(the gradients vanish with it; grad norm not logged to confirm)"
+            )))
+            remedy.append("raise Adam's epsilon (e.g. 1e-8 -> 1e-6) or stop once the loss has "
+                          "converged; log the grad norm to confirm")
+            facts.update(loss_collapse_ratio=lc)
+    surge = _update_surge(run, ctx)
+    if surge is not None:
+        ur, gr = surge
+        if ur >= 3 and ur >= 2 * gr:
+            s = 0.5 + 0.4 * mag(ur / max(gr, 1.0), 2.0, 50.0)
+            comps.append((s, (
+                f"the update norm rose {fmt_ratio(ur)} at the rise while the grad norm rose only "
+                f"{fmt_ratio(gr)}: the optimizer amplified ordinary gradients"
+            )))
+            remedy.append("check the optimizer state (second moments, epsilon, step counter)")
+            facts.update(update_ratio=ur, grad_ratio=gr)
+    lr = ctx.lr
+    if resume is not None and (lr is None or lr.strength < 0.3):
+        counter = resume.resumed_at <= 10 < resume.previous_last
+        s = 0.55 + (0.1 if counter else 0.0)
+        what = (f"the step counter restarted at {resume.resumed_at} after step "
+                f"{resume.previous_last}" if counter else
+                f"the run resumed at step {resume.resumed_at} (after step "
+                f"{resume.previous_last}) {event.start_step - resume.resumed_at} steps before "
+                f"the rise")
+        comps.append((s, f"{what}, with the LR continuous: a resume that did not restore the "
+                         f"optimizer state restarts Adam's moments from zero"))
+        remedy.append(f"restore the optimizer state (Adam moments and step count) when "
+                      f"resuming at step {resume.resumed_at}, or re-warm the LR after a resume "
+                      f"without it")
+        facts.update(resumed_at=resume.resumed_at, previous_last=resume.previous_last)
+    if not comps:
+        if not g_ok and not u_ok and resume is None:
+            return Skipped(CAUSE, "needs grad_norm or update_norm, not in this log")
+        return None
+    comps.sort(key=lambda c: -c[0])
+    score = comps[0][0] + 0.03 * (len(comps) - 1)
+    restart, _, _ = restart_advice(ctx)
+    remedy.append(f"restart from a checkpoint at or before step {restart}")
+    facts["restart_step"] = restart
+    return evidence(CAUSE, score, sentence([c[1] for c in comps]), facts, sentence(remedy))
+
+
+CAUSES.add(CAUSE, rule)
