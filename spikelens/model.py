@@ -187,15 +187,28 @@ class Report:
 
 @dataclass(frozen=True)
 class Config:
-    """Every tunable of the analysis. Defaults are calibrated (see docs/detection.md)."""
+    """Every tunable of the analysis. Defaults are calibrated (see docs/detection.md).
+
+    Lengths named `*_steps` are training steps; the others count logged points."""
 
     window: int = 100  # trailing baseline length, in logged points
-    min_window: int = 8  # fewest baseline points before a test is attempted
-    z_threshold: float = 6.0  # robust z (log space) for a candidate rise
-    min_ratio: float = 1.10  # and the rise must exceed this fraction above baseline
+    min_window: int = 8  # fewest baseline points for the z tests (fewer: ratio rules)
+    z_threshold: float = 10.0  # robust z (log space) of a one-point rise
+    shift_z_threshold: float = 5.5  # z of a sustained rise (median of k points)
+    shift_windows: tuple[int, ...] = (5, 20, 80)  # the k of the sustained-rise test
+    min_ratio: float = 1.10  # a rise must also exceed this ratio to the baseline
+    short_ratio: float = 1.5  # ratio that makes a spike when the baseline is too short
+    start_ratio: float = 2.0  # the same in the first points of a run logged from step 0
+    band_z: float = 3.0  # the pre-event band reaches band_z scales above the baseline
     quantum: float | None = None  # loss rounding step; None = infer from the data
     divergence_steps: int = 200  # a rise that lasts this long without recovery is a new level
     recover_run: int = 10  # consecutive in-band points that end an event
+    osc_block: int = 400  # points per oscillation analysis block
+    osc_max_period: int = 50  # longest loss period looked for, in points
+    osc_min_acf: float = 0.3  # autocorrelation at the period
+    osc_spread: float = 2.0  # q90/q10 ratio around the trend of an erratic swing
+    osc_lr_z: float = 4.0  # |r| sqrt(n) between the loss and a cyclic LR
+    grad_min_ratio: float = 2.0  # a grad-norm surge must at least reach this ratio
     metric_overrides: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -203,11 +216,27 @@ class Config:
             raise ConfigError(f"window must be >= 4, got {self.window}")
         if not 1 <= self.min_window <= self.window:
             raise ConfigError(f"min_window must be in [1, window], got {self.min_window}")
-        if self.z_threshold <= 0:
-            raise ConfigError(f"z_threshold must be > 0, got {self.z_threshold}")
-        if self.min_ratio < 1:
-            raise ConfigError(f"min_ratio must be >= 1, got {self.min_ratio}")
-        if self.quantum is not None and self.quantum < 0:
+        for name in ("z_threshold", "shift_z_threshold", "band_z", "osc_lr_z"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.shift_windows or any(k < 2 for k in self.shift_windows):
+            raise ConfigError(
+                f"shift_windows must be one or more lengths >= 2, got {self.shift_windows}"
+            )
+        for name in ("min_ratio", "short_ratio", "start_ratio", "grad_min_ratio"):
+            if not getattr(self, name) >= 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.quantum is not None and not self.quantum >= 0:
             raise ConfigError(f"quantum must be >= 0, got {self.quantum}")
+        if self.divergence_steps < 1:
+            raise ConfigError(f"divergence_steps must be >= 1, got {self.divergence_steps}")
         if self.recover_run < 1:
             raise ConfigError(f"recover_run must be >= 1, got {self.recover_run}")
+        if self.osc_block < 16:
+            raise ConfigError(f"osc_block must be >= 16, got {self.osc_block}")
+        if self.osc_max_period < 2:
+            raise ConfigError(f"osc_max_period must be >= 2, got {self.osc_max_period}")
+        if not 0 < self.osc_min_acf < 1:
+            raise ConfigError(f"osc_min_acf must be in (0, 1), got {self.osc_min_acf}")
+        if not self.osc_spread > 1:
+            raise ConfigError(f"osc_spread must be > 1, got {self.osc_spread}")
