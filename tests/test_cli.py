@@ -1,0 +1,145 @@
+"""The command line as a user and a CI pipeline meet it: exit codes, exact messages, the
+output formats, several logs in one call, `--summary` and `--fail-on`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLES
+from typer.testing import CliRunner
+
+from spikelens.cli import app
+
+runner = CliRunner()
+BLOOM = SAMPLES / "megatron" / "bigscience_tr11-176B_first_lm_loss_spike_31214-31251.log"
+CALIB = SAMPLES / "megatron" / "bigscience_gpt2_perf_n4_fp16_lossscale_calibration_1-200.log"
+STORM = SAMPLES / "csv" / "bench_r05_fp16_overflow_storm.csv"
+
+
+def _run(*args: str) -> tuple[int, str, str]:
+    r = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    return r.exit_code, r.stdout, r.stderr
+
+
+def test_analyze_terminal_first_line_is_the_verdict() -> None:
+    code, out, _ = _run("analyze", BLOOM)
+    assert code == 0
+    first = out.splitlines()[0]
+    assert first.startswith(f"spiky: {BLOOM}")
+    assert "grad_explosion" in out
+    assert "\x1b[" not in out  # not a TTY: no colour codes
+
+
+def test_analyze_json_contract() -> None:
+    code, out, _ = _run("analyze", BLOOM, "--format", "json")
+    assert code == 0
+    doc = json.loads(out)
+    assert list(doc)[:2] == ["schema_version", "runs"] and doc["schema_version"] == 1
+    run = doc["runs"][0]
+    assert list(run)[:7] == ["source", "format", "verdict", "steps", "metrics", "events",
+                             "warnings"]
+    assert run["format"] == "megatron" and run["verdict"] == "spiky"
+    assert run["steps"]["first"] == 31214 and run["steps"]["last"] == 31251
+    assert run["metrics"]["loss"] == "lm loss"
+    [ev] = [e for e in run["events"] if e["metric"] == "loss"]
+    assert ev["kind"] == "spike" and ev["peak_step"] == 31219 and ev["recovered"] is True
+    assert ev["causes"][0]["cause"] == "grad_explosion"
+    assert set(ev["causes"][0]) >= {"cause", "score", "summary", "evidence", "remedy"}
+
+
+@pytest.mark.parametrize(
+    ("fail_on", "log", "code"),
+    [
+        ("spike", BLOOM, 1),
+        ("divergence", BLOOM, 0),
+        ("any", BLOOM, 1),
+        ("any", CALIB, 0),
+        ("nonfinite", STORM, 1),
+    ],
+)
+def test_fail_on_exit_codes(fail_on: str, log: Path, code: int) -> None:
+    assert _run("analyze", log, "--fail-on", fail_on, "--format", "json")[0] == code
+
+
+def test_several_logs_one_report_worst_exit(tmp_path: Path) -> None:
+    code, out, _ = _run("analyze", CALIB, BLOOM, "--format", "json", "--fail-on", "spike")
+    doc = json.loads(out)
+    assert [r["verdict"] for r in doc["runs"]] == ["healthy", "spiky"]
+    assert code == 1  # the worst run decides
+
+
+def test_directory_and_glob_expand(tmp_path: Path) -> None:
+    shutil.copy(CALIB, tmp_path / "a.log")
+    shutil.copy(BLOOM, tmp_path / "b.log")
+    (tmp_path / "notes.md").write_text("# just notes\nnothing to see\n")
+    code, out, _ = _run("analyze", tmp_path, "--format", "json")
+    assert code == 0
+    assert [Path(r["source"]).name for r in json.loads(out)["runs"]] == ["a.log", "b.log"]
+    code, out, _ = _run("analyze", str(tmp_path / "*.log"), "--format", "json")
+    assert len(json.loads(out)["runs"]) == 2
+    code, _, err = _run("analyze", str(tmp_path / "*.csv"))
+    assert code == 2
+    assert err == f"Error: {tmp_path / '*.csv'}: no file matches this pattern\n"
+
+
+def test_summary_appends_markdown_and_github_annotations(tmp_path: Path) -> None:
+    summary = tmp_path / "summary.md"
+    summary.write_text("earlier step\n")
+    code, out, _ = _run("analyze", BLOOM, "--format", "github", "--summary", summary)
+    assert code == 0
+    assert any(line.startswith("::warning ") and "31219" in line for line in out.splitlines())
+    text = summary.read_text()
+    assert text.startswith("earlier step\n")
+    assert "grad_explosion" in text and "|" in text
+
+
+def test_output_file(tmp_path: Path) -> None:
+    out_file = tmp_path / "r.json"
+    code, out, _ = _run("analyze", BLOOM, "--format", "json", "-o", out_file)
+    assert code == 0 and out == ""
+    assert json.loads(out_file.read_text())["runs"][0]["verdict"] == "spiky"
+
+
+def test_report_writes_html(tmp_path: Path) -> None:
+    page = tmp_path / "out.html"
+    code, _, err = _run("report", BLOOM, "--html", page, "--plotlyjs", "cdn")
+    assert code == 0
+    assert err == f"wrote {page} (spiky)\n"
+    html = page.read_text()
+    assert html.lstrip().lower().startswith("<!doctype html>")
+    assert "31219" in html
+
+
+def test_usage_errors_exit_2() -> None:
+    code, _, err = _run("analyze", BLOOM, "--format", "yaml")
+    assert code == 2
+    assert err == ("Error: unknown output format 'yaml' (known: terminal, json, markdown, "
+                   "github; for HTML use `spikelens report LOG --html out.html`)\n")
+    code, _, err = _run("analyze", BLOOM, "--metric", "lossy")
+    assert code == 2
+    assert err == "Error: --metric expects ROLE=NAME, got 'lossy'\n"
+    code, _, err = _run("analyze", BLOOM, "--metric", "loss=nope")
+    assert code == 2
+    assert err.startswith("Error: --metric loss=nope: no such metric (found: ")
+    code, _, _ = _run("analyze", BLOOM, "--fail-on", "sometimes")
+    assert code == 2
+
+
+def test_inspect_json_keys() -> None:
+    code, out, _ = _run("inspect", BLOOM, "--format", "json")
+    assert code == 0
+    d = json.loads(out)
+    assert {"format", "steps", "metrics", "extras", "restarts", "warnings"} <= set(d)
+    assert d["metrics"]["grad_norm"] == "grad norm"
+    assert d["steps"]["first"] == 31214
+
+
+def test_formats_lists_the_registry() -> None:
+    from spikelens.readers import format_names
+
+    code, out, _ = _run("formats")
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()] == format_names()
