@@ -13,37 +13,48 @@ from spikelens.errors import (
     SpikelensError,
     UnknownFormatError,
 )
-from spikelens.model import (
-    Config,
-    Event,
-    Evidence,
-    Finding,
-    Report,
-    Restart,
-    Run,
-    RunReport,
-    Skipped,
-)
-from spikelens.readers import read_log, read_runs
 
 if TYPE_CHECKING:
     from spikelens.analyze import analyze as analyze
+    from spikelens.model import (
+        Config,
+        Event,
+        Evidence,
+        Finding,
+        Report,
+        Restart,
+        Run,
+        RunReport,
+        Skipped,
+    )
+    from spikelens.readers import read_log, read_runs
     from spikelens.report import render as render
 
 __version__ = "0.1.0"
 
 
+_LAZY = {
+    "analyze": "spikelens.analyze",
+    "render": "spikelens.report",
+    "read_log": "spikelens.readers",
+    "read_runs": "spikelens.readers",
+    **{name: "spikelens.model" for name in (
+        "Config", "Event", "Evidence", "Finding", "Report", "Restart", "Run", "RunReport",
+        "Skipped",
+    )},
+}
+
+
 def __getattr__(name: str) -> Any:
-    # analysis and rendering pull in scipy/plotly; load them only when asked for
-    if name == "analyze":
-        from spikelens.analyze import analyze
+    # pandas, scipy and plotly are loaded on first use, so the CLI starts fast
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'spikelens' has no attribute {name!r}")
+    import importlib
 
-        return analyze
-    if name == "render":
-        from spikelens.report import render
-
-        return render
-    raise AttributeError(name)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
 __all__ = [

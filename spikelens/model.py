@@ -8,12 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from spikelens.errors import ConfigError
+
+if TYPE_CHECKING:  # pandas/numpy load lazily so that `spikelens --help` stays fast
+    import numpy as np
+    import pandas as pd
+
+
+def _empty_frame() -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.DataFrame()
 
 SCHEMA_VERSION = 1
 
@@ -55,7 +62,7 @@ class Run:
     format: str
     frame: pd.DataFrame
     roles: Mapping[str, str]
-    eval_frame: pd.DataFrame = field(default_factory=pd.DataFrame)
+    eval_frame: pd.DataFrame = field(default_factory=_empty_frame)
     nan_steps: Mapping[str, np.ndarray] = field(default_factory=dict)
     restarts: tuple[Restart, ...] = ()
     interval: int = 1
@@ -72,6 +79,8 @@ class Run:
 
     def series(self, role: str) -> pd.Series | None:
         """The role's values at the steps where it was logged (logged NaN kept as NaN)."""
+        import numpy as np
+
         col = self.roles.get(role)
         if col is None:
             return None
@@ -93,6 +102,8 @@ class Run:
         return [c for c in cols if c not in used]
 
     def nonfinite_count(self, col: str) -> int:
+        import numpy as np
+
         s = self.frame[col] if col in self.frame.columns else self.eval_frame[col]
         inf = int(np.isinf(s.to_numpy()).sum())
         return inf + len(self.nan_steps.get(col, ()))

@@ -143,3 +143,13 @@ def test_formats_lists_the_registry() -> None:
     code, out, _ = _run("formats")
     assert code == 0
     assert [line.split()[0] for line in out.splitlines()] == format_names()
+
+
+def test_cli_choices_match_the_registries() -> None:
+    from spikelens.cli import OUTPUT_FORMATS
+    from spikelens.report import RENDERERS
+
+    assert [n for n in RENDERERS.names() if n != "html"] == list(OUTPUT_FORMATS)
+    code, out, _ = _run("analyze", "--help")
+    assert code == 0
+    assert "terminal, json, markdown, github" in " ".join(out.split())
