@@ -1,0 +1,499 @@
+"""Accuracy of the spikelens detector on labelled runs, side by side with the anchor rules.
+
+    .venv/bin/python benchmarks/accuracy.py                 # tables
+    .venv/bin/python benchmarks/accuracy.py --json          # machine-readable
+    .venv/bin/python benchmarks/accuracy.py --calibrate     # where the thresholds come from
+    .venv/bin/python benchmarks/accuracy.py --bench DIR --real DIR
+
+The bench (default `../shared/bench` next to the repository) holds runs with injected faults
+and `labels.json`. Every run is read with `spikelens.read_log` and scored:
+
+* events: a detected loss incident (spike, divergence or non-finite on the loss; oscillation
+  and grad-norm events are not incidents) matches a labelled event when their step windows
+  overlap, one-to-one, in order; precision, recall and F1 over all runs;
+* false incidents on the negative runs (no labelled event: clean, oscillating, benign fp16,
+  clean resume);
+* verdicts: a label verdict "none" expects "oscillating" for an oscillating run and "healthy"
+  otherwise; a cause verdict expects an incident verdict (spiky, diverged or nonfinite); and
+  how many oscillating runs came out "oscillating".
+
+The anchor rules (`anchors.py`) run on the same loss series; their flagged steps, merged when
+consecutive, are scored the same way. A second table checks the documented incidents in the
+real logs (`../shared/real_logs`: found, and at which step) and counts incidents on the benign
+look-alikes. `cause_accuracy` is the hook where the cause ranking (issue 4) is scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from anchors import ANCHORS, flagged_spans  # noqa: E402
+
+from spikelens import read_log  # noqa: E402
+from spikelens.detect import Detection, detect, rise_statistics  # noqa: E402
+from spikelens.model import INCIDENT_KINDS, Config, Run  # noqa: E402
+
+SPIKELENS = "spikelens"
+INCIDENT_VERDICTS = ("spiky", "diverged", "nonfinite")
+Span = tuple[int, int]
+
+
+# ---------------------------------------------------------------------------------------
+# scoring
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Scores:
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    negative_events: int = 0  # detected incidents on runs with no labelled event
+
+    @property
+    def precision(self) -> float:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
+
+    @property
+    def f1(self) -> float:
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "precision": self.precision, "recall": self.recall,
+                "f1": self.f1}
+
+
+def match(detected: Sequence[Span], labelled: Sequence[Span]) -> int:
+    """One-to-one matches between overlapping windows, labelled events taken in order."""
+    used: set[int] = set()
+    hits = 0
+    for a, b in labelled:
+        for j, (s, e) in enumerate(detected):
+            if j not in used and s <= b and a <= e:
+                used.add(j)
+                hits += 1
+                break
+    return hits
+
+
+def expected_verdict(label: dict[str, Any]) -> str:
+    if label["verdict"] == "none":
+        return "oscillating" if label.get("oscillating") else "healthy"
+    return "incident"
+
+
+def verdict_ok(expected: str, got: str) -> bool:
+    return got in INCIDENT_VERDICTS if expected == "incident" else got == expected
+
+
+# ---------------------------------------------------------------------------------------
+# the bench
+# ---------------------------------------------------------------------------------------
+@dataclass
+class RunResult:
+    run: str
+    scenario: str
+    labelled: list[Span]
+    verdict: str
+    expected: str
+    incidents: list[dict[str, Any]]
+    oscillations: list[dict[str, Any]]
+    anchors: dict[str, list[Span]] = field(default_factory=dict)
+    error: str | None = None
+
+
+def run_path(bench: Path, label: dict[str, Any]) -> Path:
+    """A resumed TensorBoard run is its folder; anything else is its file."""
+    files: list[str] = label.get("files", [])
+    if len(files) > 1:
+        return (bench / str(files[0])).parent
+    return bench / str(label["file"])
+
+
+def incident_spans(det: Detection) -> list[Span]:
+    return [(e.start_step, e.end_step) for e in det.events
+            if e.metric == "loss" and e.kind in INCIDENT_KINDS]
+
+
+def loss_array(run: Run) -> tuple[np.ndarray, np.ndarray]:
+    s = run.series("loss")
+    if s is None:
+        return np.empty(0, np.int64), np.empty(0)
+    return s.index.to_numpy().astype(np.int64), s.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def evaluate_bench(bench: Path, config: Config) -> tuple[list[RunResult], dict[str, Scores]]:
+    labels: dict[str, dict[str, Any]] = json.loads((bench / "labels.json").read_text())
+    results: list[RunResult] = []
+    scores = {name: Scores() for name in (SPIKELENS, *ANCHORS)}
+    for name, label in labels.items():
+        labelled = [(int(e["start"]), int(e["end"])) for e in label["events"]]
+        try:
+            run = read_log(run_path(bench, label))
+        except Exception as exc:  # a reader failure is a result too: every event missed
+            results.append(RunResult(name, label.get("scenario", ""), labelled, "unread",
+                                     expected_verdict(label), [], [], error=str(exc)))
+            for sc in scores.values():
+                sc.fn += len(labelled)
+            continue
+        det = detect(run, config)
+        spans = {SPIKELENS: incident_spans(det)}
+        steps, loss = loss_array(run)
+        for aname, rule in ANCHORS.items():
+            spans[aname] = flagged_spans(steps, rule(loss))
+        for mname, found in spans.items():
+            hit = match(found, labelled)
+            sc = scores[mname]
+            sc.tp += hit
+            sc.fp += len(found) - hit
+            sc.fn += len(labelled) - hit
+            if not labelled:
+                sc.negative_events += len(found)
+        results.append(RunResult(
+            run=name, scenario=label.get("scenario", ""), labelled=labelled,
+            verdict=det.verdict, expected=expected_verdict(label),
+            incidents=[_event_dict(e) for e in det.events
+                       if e.metric == "loss" and e.kind in INCIDENT_KINDS],
+            oscillations=[_event_dict(e) for e in det.events if e.kind == "oscillation"],
+            anchors={k: v for k, v in spans.items() if k != SPIKELENS},
+        ))
+    return results, scores
+
+
+def _event_dict(e: Any) -> dict[str, Any]:
+    d = {"kind": e.kind, "start": e.start_step, "peak": e.peak_step, "end": e.end_step,
+         "recovered": e.recovered, "ratio": e.size.ratio, "z": e.size.z}
+    if e.period is not None:
+        d["period"] = e.period
+    if e.amplitude is not None:
+        d["amplitude"] = e.amplitude
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in d.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# cause accuracy (issue 4) -- HOOK
+# ---------------------------------------------------------------------------------------
+#: Label causes that the tool names differently.
+CAUSE_ALIASES = {"optimizer_eps": "optimizer_state", "numerical_nan": "numerical"}
+
+
+def cause_accuracy(bench: Path, config: Config) -> dict[str, Any] | None:
+    """Top-1 / top-2 accuracy of the ranked causes per labelled cause, and the confusion
+    matrix (label cause -> top-1 cause), over labelled events that the detector found.
+
+    This is the place where issue 4 is scored. It runs `spikelens.analyze(run)` on every
+    positive run, pairs each labelled event with the finding whose window overlaps it
+    (one-to-one), and compares the label's cause with the finding's ranked causes. Returns
+    None when the cause ranking is not available.
+    """
+    try:
+        from spikelens.analyze import analyze
+    except ImportError:  # the hook is optional until issue 4 lands
+        return None
+    labels: dict[str, dict[str, Any]] = json.loads((bench / "labels.json").read_text())
+    per: dict[str, Counter[str]] = {}
+    confusion: dict[str, Counter[str]] = {}
+    for label in labels.values():
+        if not label["events"]:
+            continue
+        try:
+            report = analyze(read_log(run_path(bench, label)), config)
+        except Exception as exc:  # noqa: BLE001 - report the failure, keep scoring
+            return {"error": f"{label['file']}: {exc}"}
+        findings = [f for f in report.runs[0].findings
+                    if f.event.metric == "loss" and f.event.kind in INCIDENT_KINDS]
+        used: set[int] = set()
+        for ev in label["events"]:
+            want = CAUSE_ALIASES.get(ev["cause"], ev["cause"])
+            c = per.setdefault(want, Counter())
+            c["events"] += 1
+            for j, f in enumerate(findings):
+                if j in used or not (f.event.start_step <= ev["end"]
+                                     and ev["start"] <= f.event.end_step):
+                    continue
+                used.add(j)
+                ranked = [e.cause for e in sorted(f.causes, key=lambda e: -e.score)]
+                top = ranked[0] if ranked else "unknown"
+                c["found"] += 1
+                c["top1"] += int(top == want)
+                c["top2"] += int(want in ranked[:2])
+                confusion.setdefault(want, Counter())[top] += 1
+                break
+    return {"per_cause": {k: dict(v) for k, v in sorted(per.items())},
+            "confusion": {k: dict(v) for k, v in sorted(confusion.items())}}
+
+
+# ---------------------------------------------------------------------------------------
+# real logs
+# ---------------------------------------------------------------------------------------
+#: Documented incidents: (file under real_logs, the step the authors name, tolerance in steps)
+INCIDENTS = (
+    ("megatron_deepspeed_text/bigscience_tr11-176B_first_lm_loss_spike_31214-31251.log",
+     "BLOOM-176B first spike", 31219, 2),
+    ("megatron_deepspeed_text/bigscience_tr1-13B_spike_29020-29090.log",
+     "tr1-13B spike", 29050, 20),
+    ("megatron_deepspeed_text/bigscience_tr8-104B_exp11_spike_11446-11448.log",
+     "tr8-104B exp11 spike", 11448, 1),
+    ("megatron_deepspeed_text/bigscience_tr8-104B_exp1_glitch_7000-7220.log",
+     "tr8-104B exp1 glitch", 7010, 10),
+)
+#: Benign look-alikes: (file or glob, what it is). Expected: no incident.
+BENIGN = (
+    ("megatron_deepspeed_text/bigscience_gpt2_perf_n4_fp16_lossscale_calibration_1-200.log",
+     "gpt2 fp16 loss-scale calibration"),
+    ("megatron_deepspeed_text/deepspeed_chat_step1_sft_opt-1.3b_fp16.log",
+     "DeepSpeed-Chat routine overflows"),
+    ("hf_trainer_state/qlora_25epochs_10000steps_trainer_state.json",
+     "QLoRA epoch sawtooth"),
+    ("hf_trainer_state/metamath_sft_128steps_logging1_trainer_state.json",
+     "MetaMath SFT (control)"),
+    ("modded_nanogpt/*.log", "modded-nanogpt micro-batch noise"),
+)
+
+
+@dataclass
+class RealRow:
+    what: str
+    file: str
+    expected: str
+    spikelens: str
+    ok: bool
+    anchors: dict[str, str]
+    verdict: str = ""
+
+
+def _consensus(real: Path) -> np.ndarray:
+    path = real / "modded_nanogpt" / "consensus_outlier_steps.csv"
+    if not path.exists():
+        return np.empty(0, np.int64)
+    rows = path.read_text().splitlines()[1:]
+    return np.array([int(r.split(",")[0]) for r in rows if r.strip()], dtype=np.int64)
+
+
+def real_checks(real: Path, config: Config) -> list[RealRow]:
+    rows: list[RealRow] = []
+    for rel, what, step, tol in INCIDENTS:
+        path = real / rel
+        if not path.exists():
+            continue
+        run = read_log(path)
+        det = detect(run, config)
+        hits = [e for e in det.events if e.metric == "loss" and e.kind in INCIDENT_KINDS
+                and (e.start_step - tol <= step <= e.end_step + tol)]
+        found = ", ".join(f"{e.kind} {e.start_step}-{e.end_step} (peak {e.peak_step}, "
+                          f"x{e.size.ratio:.2f})" for e in hits) or "missed"
+        steps, loss = loss_array(run)
+        anchors = {}
+        for aname, rule in ANCHORS.items():
+            spans = flagged_spans(steps, rule(loss))
+            near = [s for s in spans if s[0] - tol <= step <= s[1] + tol]
+            anchors[aname] = f"{near[0][0]}" if near else "missed"
+        rows.append(RealRow(what, Path(rel).name, f"incident at {step}", found, bool(hits),
+                            anchors, det.verdict))
+    cons = _consensus(real)
+    for pattern, what in BENIGN:
+        for path in sorted(real.glob(pattern)):
+            run = read_log(path)
+            det = detect(run, config)
+            inc = [e for e in det.events if e.metric == "loss" and e.kind in INCIDENT_KINDS]
+            osc = [e for e in det.events if e.kind == "oscillation"]
+            steps, loss = loss_array(run)
+            if "modded_nanogpt" in pattern:
+                at = [e for e in inc if len(cons) and np.min(np.abs(cons - e.peak_step)) <= 1]
+                text = f"{len(inc)} incident(s): {len(at)} at consensus outlier steps"
+                ok = len(inc) - len(at) <= 0
+                expected = "only the replicated outliers"
+                if len(inc) > len(at):
+                    text += ", others at " + ", ".join(
+                        str(e.peak_step) for e in inc if e not in at)
+                anchors = {}
+                for aname, rule in ANCHORS.items():
+                    spans = flagged_spans(steps, rule(loss))
+                    on = sum(1 for a, b in spans if len(cons) and
+                             np.min(np.abs(cons - a)) <= 1)
+                    anchors[aname] = f"{len(spans)} ({on} cons.)"
+            else:
+                text = f"{len(inc)} incident(s)"
+                if osc:
+                    o = osc[0]
+                    per = f", period {o.period:g} steps" if o.period else ""
+                    text += f", {len(osc)} oscillation ({o.start_step}-{o.end_step}{per})"
+                ok = not inc
+                expected = "no incident"
+                anchors = {a: str(len(flagged_spans(steps, r(loss)))) for a, r in ANCHORS.items()}
+            label = f"modded-nanogpt {path.stem[:30]}" if "*" in pattern else what
+            rows.append(RealRow(label, path.name, expected, text, ok, anchors, det.verdict))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------
+# calibration
+# ---------------------------------------------------------------------------------------
+def calibrate(bench: Path, config: Config) -> dict[str, Any]:
+    """Where the two z thresholds come from.
+
+    Two numbers per labelled event with a finite rise: its best point z and its best shift z
+    (the largest over the shift windows) in its first 30 logged steps (from 10 before its
+    start, so a window that opens just before the rise counts); and per test the largest z
+    anywhere on the negative runs. An event is caught when either of its numbers clears its
+    threshold. The thresholds (Zp, Zs) are chosen to maximise the smallest margin, in log
+    space, between any threshold and the values on either side of it: above every negative
+    by a factor m, below the caught test of every event by m. The shift threshold is pinned
+    by its tightest pair; the point threshold then has a whole interval of thresholds with at
+    least that margin, and its centre (geometric mean of the ends) is reported.
+    """
+    labels: dict[str, dict[str, Any]] = json.loads((bench / "labels.json").read_text())
+    neg: dict[str, tuple[float, str, int]] = {}
+    events: list[dict[str, Any]] = []
+    for name, label in labels.items():
+        run = read_log(run_path(bench, label))
+        rs = rise_statistics(run, config)
+        shift_tests = [t for t in rs.z if t.startswith("shift")]
+        if not label["events"]:
+            for test, z in rs.z.items():
+                key = "point" if test == "point" else "shift"
+                if np.isfinite(z).any():
+                    i = int(np.nanargmax(z))
+                    if key not in neg or z[i] > neg[key][0]:
+                        neg[key] = (float(z[i]), name, int(rs.steps[i]))
+            continue
+        for ev in label["events"]:
+            if ev.get("nonfinite_steps"):
+                continue  # the non-finite detector's, not a z test's
+            m = (rs.steps >= ev["start"] - 10) & (rs.steps <= ev["start"] + 30)
+
+            def best(zz: np.ndarray) -> float:
+                return float(np.nanmax(zz)) if np.isfinite(zz).any() else 0.0
+
+            events.append({"run": name, "start": int(ev["start"]),
+                           "point": best(rs.z["point"][m]),
+                           "shift": max(best(rs.z[t][m]) for t in shift_tests)})
+    npt, nsh = neg["point"][0], neg["shift"][0]
+    grid = np.exp(np.linspace(np.log(1.0), np.log(200.0), 600))
+    best_m, best_pair = -np.inf, (0.0, 0.0)
+    for zs in grid:
+        for zp in grid:
+            m = min(np.log(zp / npt), np.log(zs / nsh))
+            for e in events:
+                m = min(m, max(np.log(max(e["point"], 1e-9) / zp),
+                               np.log(max(e["shift"], 1e-9) / zs)))
+            if m > best_m:
+                best_m, best_pair = m, (float(zp), float(zs))
+    margin = float(np.exp(best_m))
+    zs = best_pair[1]
+    # every point threshold that keeps the same margin, given the shift threshold
+    ok = []
+    for zp in grid:
+        m = np.log(zp / npt)
+        for e in events:
+            m = min(m, max(np.log(max(e["point"], 1e-9) / zp),
+                           np.log(max(e["shift"], 1e-9) / zs)))
+        if m >= best_m - 1e-9:
+            ok.append(float(zp))
+    return {
+        "negatives": {k: {"z": v[0], "run": v[1], "step": v[2]} for k, v in neg.items()},
+        "events": sorted(events, key=lambda e: (e["run"], e["start"])),
+        "margin": margin,
+        "shift_threshold": zs,
+        "point_interval": [min(ok), max(ok)] if ok else None,
+        "point_threshold": math.sqrt(min(ok) * max(ok)) if ok else None,
+        "configured": {"point": config.z_threshold, "shift": config.shift_z_threshold},
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# output
+# ---------------------------------------------------------------------------------------
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(out)
+
+
+def bench_table(scores: dict[str, Scores]) -> str:
+    rows = [[name, str(s.tp), str(s.fp), str(s.fn), f"{s.precision:.3f}", f"{s.recall:.3f}",
+             f"{s.f1:.3f}", str(s.negative_events)] for name, s in scores.items()]
+    return _table(rows, ["method", "TP", "FP", "FN", "precision", "recall", "F1",
+                         "incidents on negative runs"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bench", type=Path, default=REPO.parent / "shared" / "bench")
+    ap.add_argument("--real", type=Path, default=REPO.parent / "shared" / "real_logs")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="print the test statistics the thresholds are placed in")
+    args = ap.parse_args(argv)
+    if not (args.bench / "labels.json").exists():
+        print(f"accuracy: no labelled bench at {args.bench} (expected labels.json there); "
+              "pass --bench DIR", file=sys.stderr)
+        return 2
+    config = Config()
+    if args.calibrate:
+        print(json.dumps(calibrate(args.bench, config), indent=2))
+        return 0
+    results, scores = evaluate_bench(args.bench, config)
+    real = real_checks(args.real, config) if args.real.exists() else []
+    causes = cause_accuracy(args.bench, config)
+    verdict_hits = sum(verdict_ok(r.expected, r.verdict) for r in results)
+    osc = [r for r in results if r.expected == "oscillating"]
+    osc_hits = sum(r.verdict == "oscillating" for r in osc)
+    if args.json:
+        print(json.dumps({
+            "bench": str(args.bench),
+            "methods": {k: v.as_dict() for k, v in scores.items()},
+            "verdict_accuracy": {"correct": verdict_hits, "runs": len(results)},
+            "oscillating_runs": {"classified_oscillating": osc_hits, "runs": len(osc)},
+            "runs": [asdict(r) for r in results],
+            "real_logs": [asdict(r) for r in real],
+            "causes": causes,
+        }, indent=2))
+        return 0
+    print(f"Event detection on {len(results)} labelled runs ({args.bench})\n")
+    print(bench_table(scores))
+    print(f"\nspikelens verdicts: {verdict_hits}/{len(results)} correct; oscillating runs "
+          f"classified oscillating: {osc_hits}/{len(osc)}")
+    misses = [r for r in results if not verdict_ok(r.expected, r.verdict) or r.error]
+    for r in misses:
+        print(f"  {r.run} ({r.scenario}): expected {r.expected}, got {r.verdict}"
+              + (f" [{r.error}]" if r.error else ""))
+    if real:
+        print(f"\nReal logs ({args.real})\n")
+        names = list(ANCHORS)
+        rows = [[r.what, r.expected, r.spikelens, "yes" if r.ok else "NO",
+                 *[r.anchors.get(a, "") for a in names]] for r in real]
+        short = [a.split()[0] for a in names]
+        print(_table(rows, ["log", "expected", "spikelens", "ok", *short]))
+    if causes:
+        print("\nCause ranking on found labelled events (top-1 / top-2 / found / events):")
+        for cause, c in causes.get("per_cause", {}).items():
+            print(f"  {cause:16} {c.get('top1', 0)}/{c.get('top2', 0)}/{c.get('found', 0)}"
+                  f"/{c.get('events', 0)}")
+        if "error" in causes:
+            print(f"  unavailable: {causes['error']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""Robust trailing baseline of a series, the yardstick every detector measures against.
+
+For each point i the baseline is taken from the `window` points *before* it (the point under
+test is never part of its own baseline): the median is the level and the interquartile range
+divided by 1.349 is the scale (the IQR of a normal law is 1.349 sigma). Quantiles, unlike the
+mean and standard deviation, are not dragged up by the very spikes we are looking for. All
+the quantiles of a window come from one sort of that window; the windows are sorted in
+chunks of a strided view (no copy of the series per window), refreshed every `stride`
+points, so one million points with a window of 100 cost about 0.05 s. The first `window`
+points, which have fewer predecessors, use an expanding window.
+
+The module also holds the two transforms that make the detectors scale-free: the log of a
+positive loss (a loss falling from 1e1 to 1e-13 is a straight line in log space, and a rise
+is judged as a ratio) and the inference of the rounding step ("quantum") of a log, because a
+value printed with 4 decimals cannot move by less than 0.0001, so the scale must never be
+estimated below the rounding error."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from numpy.typing import NDArray
+from scipy import ndimage
+
+FloatArray = NDArray[np.float64]
+
+#: Scale of a normal law from its interquartile range.
+IQR_TO_SIGMA = 1.349
+#: Floor of the log-space scale: 0.1 %. A perfectly flat synthetic loss would otherwise have
+#: a scale of zero and turn the smallest float wobble into an infinite z.
+REL_SCALE_FLOOR = 1e-3
+#: Decimals tried when looking for the rounding step: the quantum must be coarser than
+#: this many significant digits of the typical value to matter (float32 carries ~7).
+_MAX_SIG_DIGITS = 6
+#: Values needed before a rounding grid is believed.
+_MIN_VALUES = 8
+
+
+def infer_quantum(values: FloatArray) -> float:
+    """The rounding step of `values` (0.0 when they are not visibly rounded).
+
+    A log that prints 4 decimals has every value on a 1e-4 grid. We look for the coarsest
+    power of ten on whose grid every finite value lies, and keep it only when it is coarser
+    than `_MAX_SIG_DIGITS` significant digits of the median magnitude: a float32 written in
+    full sits on no grid, and a value printed as `4.250593E+00` has a grid so fine relative
+    to its size that it cannot fake a rise. Scale-free: multiplying the values by 1e-10
+    moves the grid by the same factor.
+    """
+    v = values[np.isfinite(values) & (values != 0)]
+    # a grid is only evidenced by many values spread over it: three numbers typed into a
+    # CSV, or a constant, would otherwise "round" to their own last digit
+    if len(v) < _MIN_VALUES or len(np.unique(v[:4096])) < 3:
+        return 0.0
+    mag = float(np.median(np.abs(v)))
+    top = int(np.floor(np.log10(mag)))
+    for k in range(-top, -top + _MAX_SIG_DIGITS):
+        q = 10.0 ** (-k)
+        # a cheap look at the first values rules most grids out before the full check
+        if _on_grid(v[:256], q) and _on_grid(v, q):
+            return q
+    return 0.0
+
+
+def _on_grid(v: FloatArray, q: float) -> bool:
+    scaled = v / q
+    return bool(np.all(np.abs(scaled - np.round(scaled)) < 1e-6 * np.maximum(1.0, np.abs(scaled))))
+
+
+def to_log(values: FloatArray, quantum: float) -> tuple[FloatArray, bool]:
+    """Log of a loss that is positive, with zeros lifted to half a quantum.
+
+    Returns (transformed, is_log). Zeros appear when a rounded loss falls below its last
+    printed digit (HF prints 0.0 for a loss under 5e-5): such a value is "below q/2", so it
+    is placed at q/2 (or at half the smallest positive value when the log is not rounded).
+    A loss that goes negative (a log-likelihood, an RL objective) cannot be judged in ratios:
+    the series is returned unchanged and `is_log` is False.
+    """
+    finite = values[np.isfinite(values)]
+    if len(finite) and float(finite.min()) < 0:
+        return values.astype(np.float64, copy=True), False
+    pos = finite[finite > 0]
+    floor = quantum / 2 if quantum > 0 else (float(pos.min()) / 2 if len(pos) else 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.log(np.where(values > 0, values, np.where(values == 0, floor, values)))
+    return out, True
+
+
+def rank_index(n: int, prob: float) -> int:
+    """Index of the `prob` quantile in n sorted values: element int(n * prob), the order
+    statistic that `scipy.ndimage` filters take, so every quantile here is a data value."""
+    return min(n - 1, int(n * prob))
+
+
+def trailing_quantiles(x: FloatArray, window: int, probs: tuple[float, ...],
+                       stride: int = 1) -> FloatArray:
+    """Quantiles of the `window` points before each point: shape (len(x), len(probs)).
+
+    Row i holds the quantiles of x[i - window:i]; row 0 is NaN and rows below `window` use
+    the shorter expanding window. With stride s > 1 the window is refreshed every s points
+    (point i uses the window that ends at the last multiple of s above `window`, so it still
+    never contains i): one sort per s points instead of per point. Windows are sorted in
+    chunks, which numpy does with SIMD sorting networks: 1M windows of 100 in ~0.15 s.
+    """
+    n = len(x)
+    out = np.full((n, len(probs)), np.nan)
+    for i in range(1, min(n, window)):
+        srt = np.sort(x[:i])
+        out[i] = [srt[rank_index(i, q)] for q in probs]
+    if n <= window:
+        return out
+    ranks = [rank_index(window, q) for q in probs]
+    # window [t, t + window) serves the points from t + window on, t = 0, stride, 2 stride...
+    views = sliding_window_view(x[: n - 1], window)[::stride]
+    chunk = max(1, 2_000_000 // window)
+    vals = np.empty((len(views), len(probs)))
+    for c in range(0, len(views), chunk):
+        srt = np.sort(views[c:c + chunk], axis=1)
+        vals[c:c + chunk] = srt[:, ranks]
+    # each point i >= window takes the latest window that ends at or before it
+    pos = np.arange(window, n)
+    out[window:] = vals[(pos - window) // stride]
+    return out
+
+
+def forward_median(x: FloatArray, k: int) -> FloatArray:
+    """Upper median of x[i:i+k] for every i (shorter at the end of the series)."""
+    n = len(x)
+    out = np.empty(n)
+    if n == 0:
+        return out
+    if n > k:
+        # central window of size k at j covers [j - k//2, j - k//2 + k - 1]; we want [i, i+k-1]
+        f = ndimage.median_filter(x, size=k, mode="nearest")
+        lo = k // 2
+        out[: n - k + 1] = f[lo:n - k + 1 + lo]
+        start = n - k + 1
+    else:
+        start = 0
+    for i in range(start, n):  # the last k-1 points: upper median, as median_filter takes it
+        tail = np.sort(x[i:])
+        out[i] = tail[len(tail) // 2]
+    return out

@@ -1,0 +1,51 @@
+"""Spike or divergence: what a rise that has not come back by the end of the log is.
+
+A rise that returns inside its pre-event band is a spike, however long it took. One that has
+not returned when the log ends is judged by where the loss sits at the end, measured as the
+fraction of the peak's excess over the baseline (in log space) that the last `recover_run`
+points still hold:
+
+* it is a **divergence** when the loss still holds at least half of its excess and either
+  the rise has lasted `divergence_steps` (long enough to call it a new level) or it is still
+  at its peak (at least 90 % of the excess, over at least `recover_run` points: a run that
+  climbs until the log stops);
+* otherwise it is a **spike that has not recovered yet**: the loss is on its way back down
+  (the tr1-13B excerpt ends 40 iterations after its peak, still high but falling), or there
+  is nothing after the peak to judge by (a 3-line excerpt 3.1 -> 7.7)."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+#: Fraction of the peak excess still held at the end for a long rise to be a new level.
+HELD_LONG = 0.5
+#: Fraction still held for a short rise to count as a climb that never turned.
+HELD_CLIMB = 0.9
+
+
+def held_fraction(x: NDArray[np.float64], peak: int, level: float, recover_run: int) -> float:
+    """Share of the peak's excess over `level` kept by the median of the last points after
+    the peak (1.0 when the peak is the last point: nothing says it is coming down)."""
+    excess = float(x[peak]) - level
+    if excess <= 0:
+        return 0.0
+    tail = x[max(peak + 1, len(x) - recover_run):]
+    if not len(tail):
+        return 1.0
+    return float((np.median(tail) - level) / excess)
+
+
+def kind_of(recovered: bool, x: NDArray[np.float64], steps: NDArray[np.int64], start: int,
+            peak: int, level: float, recover_run: int, divergence_steps: int) -> str:
+    """"spike" or "divergence" for an event on the loss (indices into x and steps)."""
+    if recovered:
+        return "spike"
+    held = held_fraction(x, peak, level, recover_run)
+    lasted = int(steps[-1] - steps[start])
+    points = len(x) - start
+    if held >= HELD_LONG and lasted >= divergence_steps:
+        return "divergence"
+    if held >= HELD_CLIMB and points >= recover_run:
+        return "divergence"
+    return "spike"

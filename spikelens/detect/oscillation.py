@@ -1,0 +1,259 @@
+"""Sustained periodic or erratic swings of the loss: the `oscillation` condition.
+
+An oscillation is not an incident: it is the state of a stretch of training. Three kinds of
+evidence, each on the log loss minus its trend (a centred running median over
+2 * `max_period` + 1 points, so any swing shorter than `max_period` survives):
+
+* **periodic**: in blocks of `block` points, the autocorrelation of the residual has a peak of
+  at least `min_acf` at some lag P >= 2 after having gone negative: the loss repeats every P
+  points (a zig-zag between two data sources is P = 2, an epoch-boundary sawtooth is the
+  length of the epoch). Consecutive periodic blocks with the same period form one region;
+* **LR-locked**: the learning rate itself is periodic (cyclic LR, warm restarts, a scheduler
+  stepped per sample) with at least three cycles, and the loss residual correlates with it
+  (|r| * sqrt(n) >= `lr_z`): the loss rises and falls with the LR, whatever the noise;
+* **erratic**: around its trend, the loss's 10th and 90th percentiles, over a centred window
+  of `block` points, are at least a factor `spread` apart, for at least `block` points in a
+  row: the loss routinely doubles and halves from step to step (tiny batches).
+
+Overlapping regions merge into one event, which keeps the period when one was found. Its
+amplitude is the relative peak-to-trough swing: of the phase-folded residual for a periodic
+region, of the central 80 % of the residual for an erratic one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage
+
+from spikelens.detect.baseline import rank_index
+
+FloatArray = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class OscParams:
+    block: int  # points per analysis block (also the erratic window)
+    max_period: int  # longest period looked for in the loss itself, in points
+    min_acf: float  # autocorrelation at the period
+    spread: float  # q90 / q10 ratio of the residual for an erratic swing
+    lr_z: float  # |r| * sqrt(n) between loss and a periodic LR
+    min_cycles: int  # cycles a periodic region (or LR) must show
+
+
+@dataclass(frozen=True)
+class Oscillation:
+    """One region, as indices into the tested points."""
+
+    start: int
+    end: int  # last index of the region
+    period: float | None  # in points
+    amplitude: float  # relative peak-to-trough
+    log_swing: float  # the same in log units (what a rise must exceed to stand out)
+    source: str  # "periodic", "lr" or "erratic"
+
+
+def residual(x: FloatArray, max_period: int) -> FloatArray:
+    """x minus its trend: a centred running median over 2 * max_period + 1 points (robust to
+    spikes), then a running mean of the same width. The mean matters: on a zig-zag the
+    median of an odd window sides with whichever phase holds the majority, so on its own it
+    zig-zags too and would eat half of the swing."""
+    size = min(len(x), 2 * max_period + 1)
+    if size < 3:
+        return np.asarray(x - np.median(x), dtype=np.float64)
+    # reflected edges: padding with the end value would bend a steep trend at both ends
+    trend = ndimage.uniform_filter1d(ndimage.median_filter(x, size=size, mode="reflect"),
+                                     size=size, mode="reflect")
+    return np.asarray(x - trend, dtype=np.float64)
+
+
+def _acf_rows(rows: FloatArray, max_lag: int) -> FloatArray:
+    """Autocorrelation (lags 0..max_lag) of each row, through one batched FFT."""
+    y = rows - rows.mean(axis=1, keepdims=True)
+    m = y.shape[1]
+    f = np.fft.rfft(y, 2 * m, axis=1)
+    a = np.fft.irfft(f * np.conj(f), axis=1)[:, : max_lag + 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.asarray(a / a[:, :1])
+
+
+def first_period(acf: FloatArray, min_acf: float) -> int | None:
+    """The first local maximum >= min_acf after the autocorrelation has gone negative."""
+    neg = np.flatnonzero(acf[1:] < 0)
+    if not len(neg):
+        return None
+    lo = max(2, int(neg[0]) + 1)
+    a = acf
+    for j in range(lo, len(a) - 1):
+        if a[j] >= min_acf and a[j] >= a[j - 1] and a[j] >= a[j + 1]:
+            return j
+    return None
+
+
+def _periodic_regions(r: FloatArray, p: OscParams) -> list[tuple[int, int, int]]:
+    """(start, end, period) of runs of blocks sharing a period."""
+    n = len(r)
+    block = min(p.block, n)
+    nb = n // block
+    max_lag = min(p.max_period, block // p.min_cycles)
+    if nb == 0 or max_lag < 3:
+        return []
+    acf = _acf_rows(r[: nb * block].reshape(nb, block), max_lag)
+    periods = [first_period(row, p.min_acf) if np.all(np.isfinite(row)) else None
+               for row in acf]
+    out: list[tuple[int, int, int]] = []
+    b = 0
+    while b < nb:
+        per = periods[b]
+        if per is None:
+            b += 1
+            continue
+        e = b
+        found = [per]
+        while e + 1 < nb and periods[e + 1] is not None and \
+                abs(int(periods[e + 1] or 0) - per) <= max(1, per // 5):
+            e += 1
+            found.append(int(periods[e] or per))
+        # one block of a long log could be a fluke; a run that is a single block is judged
+        # on that block alone
+        if e > b or nb == 1:
+            out.append((b * block, (e + 1) * block - 1 if e + 1 < nb else n - 1,
+                        int(np.median(found))))
+        b = e + 1
+    return out
+
+
+def _erratic_regions(r: FloatArray, p: OscParams) -> list[tuple[int, int]]:
+    """Stretches of at least `block` points where the residual's q90/q10 spread reaches
+    `spread`. The spread is measured in quarter-block cells (one sort per cell) and steadied
+    by a running median over eight cells (two blocks): a per-window quantile range wavers by
+    10 % from window to window, more than the margin between a noisy run and an erratic one."""
+    n = len(r)
+    cell = max(4, p.block // 4)
+    nc = n // cell
+    if nc < 4:
+        return []
+    srt = np.sort(r[: nc * cell].reshape(nc, cell), axis=1)
+    width = srt[:, rank_index(cell, 0.9)] - srt[:, rank_index(cell, 0.1)]
+    steady = ndimage.median_filter(width, size=min(nc, 8), mode="nearest")
+    wide = np.zeros(n, dtype=bool)
+    wide[: nc * cell] = np.repeat(steady >= np.log(p.spread), cell)
+    return [(s, e) for s, e in _runs(wide) if e - s + 1 >= p.block]
+
+
+def _runs(mask: NDArray[np.bool_]) -> list[tuple[int, int]]:
+    """(first, last) index of each run of True."""
+    if not mask.any():
+        return []
+    d = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
+    starts = np.flatnonzero(d == 1)
+    ends = np.flatnonzero(d == -1) - 1
+    return [(int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
+
+
+def lr_period(lr: FloatArray, min_cycles: int) -> int | None:
+    """Period (in points) of a cyclic learning rate, or None for an ordinary schedule."""
+    n = len(lr)
+    ok = np.isfinite(lr)
+    if n < 12 or ok.sum() < 0.9 * n:
+        return None
+    y = np.where(ok, lr, np.nanmedian(lr))
+    t = np.arange(n, dtype=np.float64)
+    y = y - np.polyval(np.polyfit(t, y, 1), t)
+    if float(np.std(y)) <= 1e-12 * max(1e-300, float(np.max(np.abs(lr[ok])))):
+        return None
+    acf = _acf_rows(y[None, :], n // min_cycles)[0]
+    per = first_period(acf, 0.8)
+    if per is None or per < 4 or n < min_cycles * per:
+        return None
+    return per
+
+
+def _lr_locked(x: FloatArray, lr: FloatArray, per: int, p: OscParams) -> float:
+    """|r| * sqrt(n) between the loss and LR residuals at the LR's period."""
+    rx = residual(x, per)
+    rl = residual(np.nan_to_num(lr, nan=float(np.nanmedian(lr))), per)
+    if float(np.std(rx)) == 0 or float(np.std(rl)) == 0:
+        return 0.0
+    c = float(np.corrcoef(rx, rl)[0, 1])
+    return abs(c) * float(np.sqrt(len(x)))
+
+
+def _fold_swing(r: FloatArray, period: float, size: int) -> float:
+    """Peak-to-trough (log units) of the residual averaged by phase over stretches of `size`
+    points (a period that is not a whole number of points, or a phase reset at an epoch
+    boundary, would blur one fold over the whole region), then the median over stretches."""
+    per = max(2, int(round(period)))
+    size = max(size, 2 * per)
+    swings = [_fold_one(r[i:i + size], per) for i in range(0, max(1, len(r) - per), size)
+              if len(r[i:i + size]) >= 2 * per]
+    return float(np.median(swings)) if swings else _fold_one(r, per)
+
+
+def _fold_one(r: FloatArray, per: int) -> float:
+    nbins = min(per, 20)
+    phase = ((np.arange(len(r)) % per) * nbins) // per
+    sums = np.bincount(phase, weights=r, minlength=nbins)
+    counts = np.bincount(phase, minlength=nbins)
+    means = sums[counts > 0] / counts[counts > 0]
+    return float(means.max() - means.min()) if len(means) else 0.0
+
+
+def find_oscillations(x: FloatArray, lr: FloatArray | None, p: OscParams,
+                      skip: NDArray[np.bool_] | None = None) -> list[Oscillation]:
+    """Oscillation regions of the log loss `x` (finite). `lr` is aligned with x, or None.
+    `skip` marks points inside incidents: they are left out of the evidence."""
+    n = len(x)
+    if n < 2 * p.min_cycles + 2:
+        return []
+    r = residual(x, p.max_period)
+    if skip is not None and skip.any():
+        r = np.where(skip, 0.0, r)
+    regions = [_Region(s, e, float(per), "periodic") for s, e, per in _periodic_regions(r, p)]
+    if lr is not None:
+        per_lr = lr_period(lr, p.min_cycles)
+        if per_lr is not None:
+            keep = ~skip if skip is not None else np.ones(n, dtype=bool)
+            if _lr_locked(x[keep], lr[keep], per_lr, p) >= p.lr_z:
+                regions.append(_Region(0, n - 1, float(per_lr), "lr"))
+    regions += [_Region(s, e, None, "erratic") for s, e in _erratic_regions(r, p)]
+    return _merge(regions, x, r, p.block)
+
+
+@dataclass
+class _Region:
+    start: int
+    end: int
+    period: float | None
+    source: str
+
+
+def _merge(regions: list[_Region], x: FloatArray, r: FloatArray,
+           block: int) -> list[Oscillation]:
+    """Overlapping regions become one; a period found by any source is kept."""
+    merged: list[_Region] = []
+    for reg in sorted(regions, key=lambda g: g.start):
+        if merged and reg.start <= merged[-1].end:
+            last = merged[-1]
+            last.end = max(last.end, reg.end)
+            if last.period is None and reg.period is not None:
+                last.period, last.source = reg.period, reg.source
+            continue
+        merged.append(_Region(reg.start, reg.end, reg.period, reg.source))
+    out = []
+    for g in merged:
+        seg = r[g.start:g.end + 1]
+        if g.period is not None:
+            # an LR period can be longer than the loss detrending keeps: detrend at it
+            folded = residual(x[g.start:g.end + 1], int(round(g.period))) \
+                if g.source == "lr" else seg
+            # a short period drifts in phase: fold it over 8 cycles at a time
+            size = block if g.source == "lr" else 8 * int(round(g.period))
+            swing = _fold_swing(folded, g.period, size)
+        else:
+            swing = float(np.percentile(seg, 90) - np.percentile(seg, 10))
+        out.append(Oscillation(start=g.start, end=g.end, period=g.period,
+                               amplitude=float(np.expm1(swing)), log_swing=swing,
+                               source=g.source))
+    return out

@@ -1,0 +1,329 @@
+"""Rises of a series above its trailing baseline: the spike and divergence candidates.
+
+Two tests run on every point, both one-sided (early training descends steeply; only rises
+count) and both in units of the trailing scale, so they are scale-free:
+
+* the *point* test, for one-step spikes (a bad batch): the robust z of the point against the
+  median of the `window` points before it. The scale for rises is the larger of IQR/1.349 and
+  (q90 - median)/1.2816: a loss whose upper tail is heavier than a normal law (per-microbatch
+  noise) earns a wider yardstick from its own recent past;
+* the *shift* test, for rises that last (an LR jump, a shard of bad data): the median of the
+  next k points against the same baseline, divided by the standard error of that difference
+  (1.2533 * sigma * sqrt(1/k + 1/window)). Medians of k points are near-normal even when the
+  noise is not, and a lone outlier cannot move them.
+
+A rise must also be a real ratio: at least `min_ratio` above the baseline (diluted by the
+logging interval for a one-step spike in averaged logs). With fewer than `min_window` points
+before it, a point has no usable scale and is judged by ratio alone (`short_ratio`, or
+`start_ratio` while the run is in its first logged points from initialisation).
+
+Each candidate opens an event whose band is frozen at the baseline before it: the event
+starts at the first point above the band (walking back over a contiguous climb), peaks at its
+highest point and ends at the first point from which `recover_run` points in a row are back
+inside the band. A second pass recomputes the baseline with every event clipped to its band,
+so one incident does not widen the yardstick for the next."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from spikelens.detect.baseline import (
+    IQR_TO_SIGMA,
+    REL_SCALE_FLOOR,
+    FloatArray,
+    forward_median,
+    rank_index,
+    trailing_quantiles,
+)
+
+#: Standard normal quantile of 0.9: (q90 - median) / Z90 estimates sigma from the upper tail.
+Z90 = 1.2816
+#: The baseline window is refreshed every window // STRIDE_DIVISOR points (5 for 100).
+STRIDE_DIVISOR = 20
+#: Asymptotic efficiency factor of the median: SE(median of k) = 1.2533 * sigma / sqrt(k).
+MEDIAN_SE = 1.2533
+
+
+@dataclass(frozen=True)
+class RiseParams:
+    """The knobs of the rise tests, in logged points (converted from Config by the caller)."""
+
+    window: int
+    min_window: int
+    z_point: float
+    z_shift: float
+    shift_windows: tuple[int, ...]
+    log_min_ratio_point: float  # log of the ratio a single point must reach
+    log_min_ratio_shift: float  # log of the ratio a sustained level must reach
+    log_short_ratio: float  # log ratio for points with fewer than min_window predecessors
+    start_points: int  # points at the start of the series judged with log_start_ratio
+    log_start_ratio: float
+    recover_run: int
+    band_z: float
+    quantum: float = 0.0  # rounding step of the series (loss units): a rise spans 2 of them
+    is_log: bool = True
+
+
+@dataclass(frozen=True)
+class Rise:
+    """One event on the series, as indices into the tested (finite) points."""
+
+    start: int
+    peak: int
+    end: int  # first index back in band; len(x) - 1 when not recovered
+    recovered: bool
+    level: float  # baseline level (same units as x)
+    scale: float  # baseline scale for rises
+    band_hi: float
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Per-point trailing statistics used by the tests."""
+
+    level: FloatArray
+    scale: FloatArray  # IQR-based
+    up_scale: FloatArray  # max(IQR-based, upper-tail based)
+    inflation: FloatArray  # variance inflation of a k-point median from autocorrelation
+    count: NDArray[np.int64]
+
+
+def trailing_stats(x: FloatArray, window: int, abs_floor: float, is_log: bool) -> Stats:
+    """Median, IQR-scale and upper-tail scale of the `window` points before each point.
+
+    `abs_floor` is the resolution of the loss in its own units (half its rounding step, or
+    the float precision floor): the scale never goes below it, expressed in log units at the
+    baseline level when the series is a log."""
+    n = len(x)
+    stride = max(1, window // STRIDE_DIVISOR)
+    q = trailing_quantiles(x, window, (0.25, 0.5, 0.75, 0.9), stride)
+    q25, q50, q75, q90 = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
+    count = np.minimum(np.arange(n), window).astype(np.int64)
+    raw = (q75 - q25) / IQR_TO_SIGMA
+    with np.errstate(over="ignore", invalid="ignore"):
+        floor = np.log1p(abs_floor / np.exp(q50)) if is_log else np.full(n, abs_floor)
+    scale = np.maximum(np.maximum(raw, np.nan_to_num(floor)), REL_SCALE_FLOOR)
+    up = np.maximum(scale, (q90 - q50) / Z90)
+    return Stats(level=q50, scale=scale, up_scale=up,
+                 inflation=_inflation(x, window, stride, raw), count=count)
+
+
+def window_stats(w: FloatArray, abs_floor: float, is_log: bool) -> tuple[float, float, float]:
+    """(level, scale, up_scale) of one window, defined as `trailing_stats` defines them."""
+    srt = np.sort(w)
+    n = len(srt)
+    q25, q50, q75, q90 = (float(srt[rank_index(n, p)]) for p in (0.25, 0.5, 0.75, 0.9))
+    floor = float(np.log1p(abs_floor / np.exp(q50))) if is_log else abs_floor
+    scale = max((q75 - q25) / IQR_TO_SIGMA, floor, REL_SCALE_FLOOR)
+    return q50, scale, max(scale, (q90 - q50) / Z90)
+
+
+def _inflation(x: FloatArray, window: int, stride: int, raw_scale: FloatArray) -> FloatArray:
+    """(1 + rho) / (1 - rho) of the trailing window, rho its lag-1 autocorrelation.
+
+    Noise that wanders (rho > 0) moves the median of k points far more than independent
+    noise would, so the shift test divides by a standard error inflated by this factor.
+    For AR(1) noise Var(x[i] - x[i-1]) = 2 (1 - rho) Var(x), hence rho = 1 - s_d^2 / (2 s^2)
+    with s_d the IQR-scale of the first differences: the same trailing quantiles, no loop.
+    """
+    n = len(x)
+    out = np.ones(n)
+    if n < 4:
+        return out
+    # d[j] = x[j+1] - x[j]; point i uses the differences inside its window, d[i-w .. i-2].
+    # The factor moves slowly, so it is refreshed four times less often than the baseline.
+    qd = trailing_quantiles(np.diff(x), window - 1, (0.25, 0.75), 4 * stride)
+    sd = np.full(n, np.nan)
+    sd[1:] = (qd[:, 1] - qd[:, 0]) / IQR_TO_SIGMA
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = 1.0 - sd**2 / (2.0 * raw_scale**2)
+    rho = np.clip(np.nan_to_num(rho, nan=0.0), 0.0, 0.9)
+    return np.asarray((1.0 + rho) / (1.0 - rho), dtype=np.float64)
+
+
+def test_statistics(x: FloatArray, st: Stats, p: RiseParams,
+                    forward: dict[int, FloatArray] | None = None) -> dict[str, FloatArray]:
+    """The z of every test at every point, NaN where the test does not apply (too short a
+    baseline, an incomplete forward window, or a rise under the ratio bar). Keys: "point"
+    and "shift<k>" for each k. The thresholds are applied to these, and the calibration in
+    benchmarks/accuracy.py reads them to place the thresholds. `forward` may hold the
+    forward medians of x already computed (they do not depend on the baseline)."""
+    n = len(x)
+    excess = x - st.level
+    full = st.count >= p.min_window
+    out: dict[str, FloatArray] = {}
+    steps_up = _quanta_bar(st.level, p)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z1 = excess / st.up_scale
+    bar = np.maximum(p.log_min_ratio_point, steps_up)
+    out["point"] = np.where(full & (excess >= bar), z1, np.nan)
+    for k in p.shift_windows:
+        zk = np.full(n, np.nan)
+        if n >= k:
+            fm = forward[k] if forward is not None and k in forward else forward_median(x, k)
+            se = MEDIAN_SE * st.scale * np.sqrt(st.inflation * (1.0 / k + 1.0 / p.window))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                z = (fm - st.level) / se
+            ok = full & (fm - st.level >= np.maximum(p.log_min_ratio_shift, steps_up))
+            ok[n - k + 1:] = False  # only complete forward windows
+            zk = np.where(ok, z, np.nan)
+        out[f"shift{k}"] = zk
+    return out
+
+
+def _quanta_bar(level: FloatArray, p: RiseParams) -> FloatArray:
+    """The rise that two rounding steps make at each baseline level (test units): on a log
+    that prints 4 decimals, 0.0001 -> 0.0002 is one step of the printer, not a doubling."""
+    if p.quantum <= 0:
+        return np.zeros(len(level))
+    if not p.is_log:
+        return np.full(len(level), 2 * p.quantum)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.nan_to_num(np.log1p(2 * p.quantum / np.exp(level)), nan=0.0)
+
+
+def _candidates(x: FloatArray, st: Stats, p: RiseParams, forward: dict[int, FloatArray]
+                ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Indices of the points that open an event, and for each point the length of the
+    shortest test that fired there (1 for the point test or a short-baseline ratio)."""
+    n = len(x)
+    z = test_statistics(x, st, p, forward)
+    fired = np.zeros(n, dtype=np.int64)
+    with np.errstate(invalid="ignore"):
+        fired[z["point"] >= p.z_point] = 1
+        # too short a baseline for a scale: the ratio alone decides
+        excess = x - st.level
+        short = (st.count >= 1) & (st.count < p.min_window)
+        bar = np.where(np.arange(n) < p.start_points, p.log_start_ratio, p.log_short_ratio)
+        fired[short & (excess >= bar)] = 1
+        for k in sorted(p.shift_windows):
+            fired[(fired == 0) & (z[f"shift{k}"] >= p.z_shift)] = k
+    return np.flatnonzero(fired).astype(np.int64), fired
+
+
+def _first_recovery(inband: NDArray[np.bool_], settled: NDArray[np.bool_], run: int) -> int:
+    """First index e from which `run` points in a row (or every point to the end, when fewer
+    remain) are in band and `settled[e]` holds; -1 if there is none."""
+    if not len(inband):
+        return -1
+    # length of the in-band streak that starts at each index: a cumulative count of ones
+    # taken right to left, reset at every zero
+    rev = inband[::-1].astype(np.int64)
+    c = np.cumsum(rev)
+    streak = (c - np.maximum.accumulate(np.where(rev == 0, c, 0)))[::-1]
+    remaining = len(inband) - np.arange(len(inband))
+    hits = np.flatnonzero((streak >= np.minimum(run, remaining)) & settled)
+    return int(hits[0]) if len(hits) else -1
+
+
+def _recovery(x: FloatArray, band_hi: float, settle_hi: float, frm: int, run: int) -> int:
+    """Index of the first point from which the series is back in its band: `run` points in
+    a row under `band_hi` whose median is under `settle_hi` (a lucky in-band stretch of a
+    level that is still raised does not end a shift). Searched over a horizon that grows
+    until it finds the end, so a short event costs a short look-ahead. -1: never."""
+    n = len(x)
+    horizon = 256
+    while frm < n:
+        stop = min(n, frm + horizon)
+        seg = x[frm:stop]
+        settled = forward_median(seg, run) <= settle_hi
+        e = _first_recovery(seg <= band_hi, settled, run)
+        # a hit whose streak was cut by the horizon is not final: look further
+        if e >= 0 and (stop == n or frm + e + run <= stop):
+            return frm + e
+        if stop == n:
+            break
+        horizon *= 8
+    return -1
+
+
+def _change_point(x: FloatArray, c: int, horizon: int, level: float, floor: int) -> int:
+    """Where a sustained rise detected by a forward window at `c` begins.
+
+    Page's CUSUM estimate: with the reference halfway between the baseline and the raised
+    level, the running sum of x - reference falls while x sits
+    at the baseline and climbs once it has risen, so its minimum marks the change. The
+    search covers the forward window and a quarter of it before `c` (the threshold can be
+    crossed a little after the rise began), never before `floor` (the previous event).
+    """
+    lo = max(floor, c - horizon // 4)
+    hi = min(len(x), c + horizon)
+    # the raised level: the window's upper quartile. Its median sits right at the boundary
+    # when the window is half old level, half new (as when it first crosses the threshold)
+    raised = float(np.percentile(x[c:hi], 75)) - level
+    if raised <= 0:
+        return c
+    cusum = np.concatenate(([0.0], np.cumsum(x[lo:hi] - (level + raised / 2))))
+    return lo + int(np.argmin(cusum))
+
+
+def find_rises(x: FloatArray, p: RiseParams, abs_floor: float, is_log: bool,
+               second_pass: bool = True) -> list[Rise]:
+    """Events on x (finite values, in test units: the log of the loss where it is positive),
+    sorted by start. `abs_floor`: the loss's resolution in its own units. `second_pass`
+    re-runs the scan with the events clipped out of the baseline."""
+    n = len(x)
+    if n < 2:
+        return []
+    # the forward medians depend on x alone: both passes share them
+    forward = {k: forward_median(x, k) for k in p.shift_windows if len(x) >= k}
+    rises = _scan(x, x, p, abs_floor, is_log, forward)
+    # a few-point event barely moves a quartile; only long ones need the second pass
+    if not second_pass or not any(r.end - r.start >= p.recover_run for r in rises):
+        return rises
+    # second pass: the baseline no longer sees the incidents it found
+    clipped = x.copy()
+    for r in rises:
+        stop = r.end if r.recovered else n
+        clipped[r.start:stop] = np.minimum(clipped[r.start:stop], r.band_hi)
+    return _scan(x, clipped, p, abs_floor, is_log, forward)
+
+
+def _scan(x: FloatArray, base_x: FloatArray, p: RiseParams, abs_floor: float,
+          is_log: bool, forward: dict[int, FloatArray]) -> list[Rise]:
+    n = len(x)
+    st = trailing_stats(base_x, p.window, abs_floor, is_log)
+    idx, fired = _candidates(x, st, p, forward)
+    rises: list[Rise] = []
+    pos = 0
+    for ci in idx:
+        c = int(ci)
+        if c < pos:
+            continue
+        level = float(st.level[c])
+        scale = float(st.up_scale[c])
+        if not np.isfinite(level):
+            continue
+        short = st.count[c] < p.min_window
+        # the band: level + band_z scales; a short baseline also keeps its own max inside
+        band_hi = level + p.band_z * scale
+        if short:
+            band_hi = max(band_hi, float(np.max(base_x[max(0, c - p.window):c])))
+        start = c
+        k = int(fired[c])
+        if not x[c] > band_hi:
+            # a shift candidate. Over a short window the rise is a few points: it starts at
+            # the first that leaves the band. Over a long one it is a level that rose with
+            # maybe no point leaving the band: it starts at the change point.
+            above = np.flatnonzero(x[c:c + k] > band_hi)
+            if k <= p.recover_run and len(above):
+                start = c + int(above[0])
+            else:
+                start = _change_point(x, c, k, level, pos)
+        # walk back over a contiguous climb above the band
+        lo = max(pos, start - p.window)
+        back = np.flatnonzero(~(x[lo:start] > band_hi))
+        start = lo + int(back[-1]) + 1 if len(back) else lo
+        end = _recovery(x, band_hi, level + float(st.scale[c]), start + 1, p.recover_run)
+        recovered = end >= 0
+        stop = end if recovered else n
+        peak = start + int(np.argmax(x[start:stop]))
+        rises.append(Rise(start=start, peak=peak, end=end if recovered else n - 1,
+                          recovered=recovered, level=level, scale=scale, band_hi=band_hi))
+        pos = stop
+        if not recovered:
+            break
+    return rises
