@@ -18,6 +18,23 @@ def _step_info(run: Run) -> StepInfo:
                     interval=run.interval)
 
 
+def _recurrent_outliers(runs: Sequence[Run], cfg: Config) -> dict[int, set[int]]:
+    """Per run, the steps of one-point outliers that coincide with other runs' beyond chance
+    (a batch that every run read at the same step)."""
+    if len(runs) < 2:
+        return {}
+    from spikelens.detect import point_z
+    from spikelens.detect.joint import find_coincidences
+
+    found = find_coincidences([point_z(r, cfg) for r in runs], cfg.joint_min_z,
+                              cfg.joint_alpha, cfg.joint_tolerance)
+    out: dict[int, set[int]] = {}
+    for c in found:
+        for i, step in c.members:
+            out.setdefault(i, set()).add(step)
+    return out
+
+
 def analyze(runs: Run | Sequence[Run], config: Config | None = None) -> Report:
     """Detect, align across runs and explain. Pure and deterministic."""
     from spikelens.align import find_recurrences, recurrence_for
@@ -26,7 +43,8 @@ def analyze(runs: Run | Sequence[Run], config: Config | None = None) -> Report:
 
     cfg = config or Config()
     run_list = [runs] if isinstance(runs, Run) else list(runs)
-    detections = [detect(run, cfg) for run in run_list]
+    recurrent = _recurrent_outliers(run_list, cfg)
+    detections = [detect(run, cfg, recurrent.get(i, ())) for i, run in enumerate(run_list)]
     recs = find_recurrences(run_list, [d.events for d in detections]) if len(run_list) > 1 \
         else ()
     reports: list[RunReport] = []

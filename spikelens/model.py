@@ -220,6 +220,10 @@ class Config:
     osc_spread: float = 2.0  # q90/q10 ratio around the trend of an erratic swing
     osc_lr_z: float = 4.0  # |r| sqrt(n) between the loss and a cyclic LR
     grad_min_ratio: float = 2.0  # a grad-norm surge must at least reach this ratio
+    # several runs analysed together: one-point outliers that coincide across runs
+    joint_min_z: float = 8.0  # point z a run needs where its outlier recurs in other runs
+    joint_alpha: float = 0.01  # expected chance coincidences allowed over the whole log
+    joint_tolerance: int = 1  # logged steps by which the same batch may be numbered apart
     metric_overrides: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -227,7 +231,11 @@ class Config:
             raise ConfigError(f"window must be >= 4, got {self.window}")
         if not 1 <= self.min_window <= self.window:
             raise ConfigError(f"min_window must be in [1, window], got {self.min_window}")
-        for name in ("z_threshold", "shift_z_threshold", "band_z", "osc_lr_z"):
+        if not 0 < self.joint_alpha < 1:
+            raise ConfigError(f"joint_alpha must be in (0, 1), got {self.joint_alpha}")
+        if self.joint_tolerance < 0:
+            raise ConfigError(f"joint_tolerance must be >= 0, got {self.joint_tolerance}")
+        for name in ("z_threshold", "shift_z_threshold", "band_z", "osc_lr_z", "joint_min_z"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if not self.shift_windows or any(k < 2 for k in self.shift_windows):

@@ -11,8 +11,9 @@ out. See docs/detection.md for the statistics, the thresholds and how they were 
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,7 @@ from numpy.typing import NDArray
 from spikelens.detect.baseline import infer_quantum, to_log
 from spikelens.detect.divergence import kind_of
 from spikelens.detect.gradnorm import find_surges, usable
+from spikelens.detect.joint import PointZ
 from spikelens.detect.nonfinite import NonFinite, find_nonfinite, nonfinite_mask
 from spikelens.detect.oscillation import Oscillation, OscParams, find_oscillations
 from spikelens.detect.spikes import (
@@ -35,7 +37,7 @@ from spikelens.detect.spikes import (
 from spikelens.detect.verdict import verdict_of
 from spikelens.model import Config, Event, Run, Size
 
-__all__ = ["Detection", "RiseStatistics", "detect", "rise_statistics"]
+__all__ = ["Detection", "RiseStatistics", "detect", "point_z", "rise_statistics"]
 
 #: float32 resolution: a loss computed in float32 from O(L0) quantities cannot resolve
 #: changes much below eps^2 * L0 (a squared-error loss near 1e-14 of its start is rounding
@@ -72,8 +74,12 @@ class _Loss:
     abs_floor: float
 
 
-def detect(run: Run, config: Config) -> Detection:
-    """Events on the train loss (and informational grad-norm surges), and the verdict."""
+def detect(run: Run, config: Config, recurrent_steps: Collection[int] = ()) -> Detection:
+    """Events on the train loss (and informational grad-norm surges), and the verdict.
+
+    `recurrent_steps`: steps where other runs analysed together have a one-point outlier
+    too (`joint.find_coincidences`); the point test there needs only `config.joint_min_z`.
+    """
     notes: list[str] = []
     series = run.series("loss")
     if series is None or len(series) == 0:
@@ -82,6 +88,11 @@ def detect(run: Run, config: Config) -> Detection:
     loss = _prepare(run, series, config, notes)
     notes += _restart_notes(run)
     params = _rise_params(run, loss, config)
+    if recurrent_steps:
+        tested = loss.steps[loss.fin]
+        bar = np.full(len(tested), params.z_point)
+        bar[np.isin(tested, np.fromiter(recurrent_steps, dtype=np.int64))] = config.joint_min_z
+        params = dataclasses.replace(params, point_bar=bar)
 
     events: list[Event] = []
     rises = find_rises(loss.x, params, loss.abs_floor, loss.is_log) if len(loss.x) >= 2 else []
@@ -118,6 +129,13 @@ def rise_statistics(run: Run, config: Config) -> RiseStatistics:
     params = _rise_params(run, loss, config)
     st = trailing_stats(loss.x, params.window, loss.abs_floor, loss.is_log)
     return RiseStatistics(steps=loss.steps[loss.fin], z=test_statistics(loss.x, st, params))
+
+
+def point_z(run: Run, config: Config) -> PointZ:
+    """The point-test z of every logged loss step, for cross-run coincidences."""
+    rs = rise_statistics(run, config)
+    return PointZ(steps=rs.steps, z=rs.z.get("point", np.full(len(rs.steps), np.nan)),
+                  interval=run.interval)
 
 
 def _prepare(run: Run, series: pd.Series, config: Config, notes: list[str]) -> _Loss:

@@ -65,6 +65,9 @@ class RiseParams:
     band_z: float
     quantum: float = 0.0  # rounding step of the series (loss units): a rise spans 2 of them
     is_log: bool = True
+    # per-point z bar of the point test where it differs from z_point (outliers that recur
+    # across runs, see joint.py); None everywhere else
+    point_bar: FloatArray | None = None
 
 
 @dataclass(frozen=True)
@@ -193,7 +196,8 @@ def _candidates(x: FloatArray, st: Stats, p: RiseParams, forward: dict[int, Floa
     z = test_statistics(x, st, p, forward)
     fired = np.zeros(n, dtype=np.int64)
     with np.errstate(invalid="ignore"):
-        fired[z["point"] >= p.z_point] = 1
+        zbar = p.z_point if p.point_bar is None else p.point_bar
+        fired[z["point"] >= zbar] = 1
         # too short a baseline for a scale: the ratio alone decides
         excess = x - st.level
         short = (st.count >= 1) & (st.count < p.min_window)

@@ -1,0 +1,99 @@
+"""One-point outliers that coincide across runs. Runs that read the same data in the same
+order (a sweep, a re-run with another optimizer) see the same bad batch at the same step. In
+one run such a batch can look like noise: on modded-nanogpt's per-microbatch loss the
+replicated outliers sit at robust z 8-9, below the single-run bar of 10 that the noise of
+other logs demands. Across runs the coincidence itself is the evidence, and it can be
+measured.
+
+For each run, each step's point z (`rise_statistics`) is ranked within that run: the chance
+that the run puts an outlier at least that large within `tolerance` logged steps of a given
+step is q = (2 * tolerance + 1) * rank / n. For a step where k of the N runs that cover it
+have such outliers, the expected number of coincidences at least this strong that chance
+alone would produce anywhere in the log is
+
+    E = n_steps * C(N, k) * prod(q_i)
+
+(a Bonferroni bound over the steps and over the choice of runs). Where E < `alpha`, the step
+is a recurrent outlier: each run that took part gets its point bar lowered to `min_z` there,
+and the detector then builds the event as it would any other."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+@dataclass(frozen=True)
+class PointZ:
+    """One run's point-test z at each of its logged steps (NaN where the test does not apply:
+    a fall, a rise under the ratio bar, or too short a baseline)."""
+
+    steps: NDArray[np.int64]
+    z: NDArray[np.float64]
+    interval: int
+
+
+@dataclass(frozen=True)
+class Coincidence:
+    step: int  # the step of the first run that took part
+    members: tuple[tuple[int, int], ...]  # (run index, that run's step)
+    expected: float  # E, the chance expectation of a coincidence this strong
+
+
+def _tails(z: NDArray[np.float64]) -> tuple[NDArray[np.float64], int]:
+    """Sorted z values of a run's tested points, for ranking, and how many there are."""
+    ok = z[np.isfinite(z)]
+    return np.sort(ok), len(z)
+
+
+def find_coincidences(
+    runs: Sequence[PointZ], min_z: float, alpha: float, tolerance: int
+) -> list[Coincidence]:
+    """Steps where one-point outliers of several runs coincide beyond chance."""
+    if len(runs) < 2:
+        return []
+    tails = [_tails(r.z) for r in runs]
+    # candidates: every outlier of every run at or above min_z, keyed by step
+    cand: dict[int, list[tuple[int, int, float]]] = {}
+    for i, r in enumerate(runs):
+        for pos in np.flatnonzero(np.nan_to_num(r.z, nan=-np.inf) >= min_z):
+            cand.setdefault(int(r.steps[pos]), []).append((i, int(r.steps[pos]), float(r.z[pos])))
+    if not cand:
+        return []
+    keys = np.array(sorted(cand), dtype=np.int64)
+    out: list[Coincidence] = []
+    used: set[tuple[int, int]] = set()
+    for step in keys.tolist():
+        # each run's strongest outlier within the tolerance window of this step
+        best: dict[int, tuple[int, float]] = {}
+        for s in range(step - tolerance * _tol_unit(runs), step + tolerance * _tol_unit(runs) + 1):
+            for i, st, z in cand.get(s, ()):
+                if (i, st) not in used and (i not in best or z > best[i][1]):
+                    best[i] = (st, z)
+        if len(best) < 2:
+            continue
+        covering = [i for i, r in enumerate(runs) if len(r.steps) and r.steps[0] <= step
+                    <= r.steps[-1]]
+        n_runs = max(len(covering), len(best))
+        n_steps = max(len(runs[i].steps) for i in best)
+        log_e = math.log(n_steps) + math.log(math.comb(n_runs, len(best)))
+        for i, (_, z) in best.items():
+            sorted_z, n = tails[i]
+            rank = len(sorted_z) - int(np.searchsorted(sorted_z, z, side="left"))
+            q = min(1.0, (2 * tolerance + 1) * max(rank, 1) / max(n, 1))
+            log_e += math.log(q)
+        expected = math.exp(log_e)
+        if expected < alpha:
+            members = tuple(sorted((i, st) for i, (st, _) in best.items()))
+            used.update(members)
+            out.append(Coincidence(step=members[0][1], members=members, expected=expected))
+    return out
+
+
+def _tol_unit(runs: Sequence[PointZ]) -> int:
+    # the tolerance is counted in logged steps; runs analysed together share an interval
+    return max(1, min(r.interval for r in runs))
