@@ -61,6 +61,7 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "lr": (
         "lr", "learning_rate", "lr_adamw", "lr_adam", "lr_sgd", "learning_rate_group0",
         "lr_group0", "lr_group_0", "lr_pg0", "lr_adamw_pg1", "current_lr", "lr_0",
+        "epoch_learning_rate", "epoch_lr",
     ),
     "grad_norm": (
         "grad_norm", "gradnorm", "gnorm", "grad_norm_total", "total_grad_norm",

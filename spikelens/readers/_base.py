@@ -37,6 +37,7 @@ class RawLog:
     eval_frame: pd.DataFrame | None = None  # rows the reader knows are evaluation rows
     nan_mask: dict[str, np.ndarray] = field(default_factory=dict)  # rows with a logged NaN
     row_lines: np.ndarray | None = None  # 1-based source line (or record) of each row
+    row_unit: str = "line"  # what row_lines count: "line", or "record" for binary formats
     warnings: list[str] = field(default_factory=list)
     interval: int | None = None  # logging interval, when the format states it
     averaged: bool = False  # values are averages over the interval
@@ -275,8 +276,8 @@ def build_run(
             row = int(kept_rows[r.row])
             line = int(raw.row_lines[row]) if raw.row_lines is not None else row + 2
             warnings.append(
-                f"{path}: restart at line {line}: steps {r.replayed[0]}-{r.replayed[1]} "
-                "were logged again; the later values win"
+                f"{path}: restart at {raw.row_unit} {line}: steps {r.replayed[0]}-"
+                f"{r.replayed[1]} were logged again; the later values win"
             )
     collapsed, nan_steps, winner = _collapse(metric_frame, steps, masks)
     segment_of_row = np.zeros(len(steps), dtype=np.int64)
