@@ -189,7 +189,7 @@ def _event_dict(e: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------
-# cause accuracy (issue 4) -- HOOK
+# cause accuracy (issue 4)
 # ---------------------------------------------------------------------------------------
 #: Label causes that the tool names differently.
 CAUSE_ALIASES = {"optimizer_eps": "optimizer_state", "numerical_nan": "numerical"}
@@ -201,13 +201,10 @@ def cause_accuracy(bench: Path, config: Config) -> dict[str, Any] | None:
 
     This is the place where issue 4 is scored. It runs `spikelens.analyze(run)` on every
     positive run, pairs each labelled event with the finding whose window overlaps it
-    (one-to-one), and compares the label's cause with the finding's ranked causes. Returns
-    None when the cause ranking is not available.
+    (one-to-one), and compares the label's cause with the finding's ranked causes.
     """
-    try:
-        from spikelens.analyze import analyze
-    except ImportError:  # the hook is optional until issue 4 lands
-        return None
+    from spikelens.analyze import analyze
+
     labels: dict[str, dict[str, Any]] = json.loads((bench / "labels.json").read_text())
     per: dict[str, Counter[str]] = {}
     confusion: dict[str, Counter[str]] = {}
@@ -237,8 +234,69 @@ def cause_accuracy(bench: Path, config: Config) -> dict[str, Any] | None:
                 c["top2"] += int(want in ranked[:2])
                 confusion.setdefault(want, Counter())[top] += 1
                 break
+    found = sum(c["found"] for c in per.values())
     return {"per_cause": {k: dict(v) for k, v in sorted(per.items())},
-            "confusion": {k: dict(v) for k, v in sorted(confusion.items())}}
+            "confusion": {k: dict(v) for k, v in sorted(confusion.items())},
+            "top1": sum(c["top1"] for c in per.values()) / found if found else 0.0,
+            "top2": sum(c["top2"] for c in per.values()) / found if found else 0.0,
+            "found": found}
+
+
+#: Documented real incidents and the cause the issue says must rank first.
+REAL_CAUSES = (
+    ("megatron_deepspeed_text/bigscience_tr11-176B_first_lm_loss_spike_31214-31251.log",
+     "BLOOM-176B 31219", 31219, 2, "grad_explosion"),
+    ("megatron_deepspeed_text/bigscience_tr1-13B_spike_29020-29090.log",
+     "tr1-13B ~29050", 29050, 20, "amp_overflow"),
+    ("megatron_deepspeed_text/bigscience_tr8-104B_exp11_spike_11446-11448.log",
+     "tr8-104B exp11 11448", 11448, 1, "grad_explosion"),
+    ("megatron_deepspeed_text/bigscience_tr8-104B_exp1_glitch_7000-7220.log",
+     "tr8-104B exp1 7010", 7010, 10, None),
+)
+
+
+def real_causes(real: Path, config: Config) -> list[dict[str, Any]]:
+    """The top cause of each documented real incident, and the cause it must be."""
+    from spikelens.analyze import analyze
+
+    rows: list[dict[str, Any]] = []
+    for rel, what, step, tol, want in REAL_CAUSES:
+        path = real / rel
+        if not path.exists():
+            continue
+        report = analyze(read_log(path), config)
+        hits = [f for f in report.runs[0].findings if f.event.metric == "loss"
+                and f.event.kind in INCIDENT_KINDS
+                and f.event.start_step - tol <= step <= f.event.end_step + tol]
+        ranked = [(e.cause, round(e.score, 2)) for e in hits[0].causes] if hits else []
+        top = ranked[0][0] if ranked else "missed"
+        rows.append({"incident": what, "required": want, "top": top, "ranked": ranked[:3],
+                     "ok": want is None or top == want})
+    return rows
+
+
+def crossrun_check(real: Path, config: Config) -> dict[str, Any] | None:
+    """The modded-nanogpt 124M records analysed together: the replicated outliers at 918 and
+    946 (one step either way) must come out in every run as incidents led by bad_batch."""
+    from spikelens.analyze import analyze
+
+    logs = sorted((real / "modded_nanogpt").glob("124M*.log"))
+    if len(logs) < 2:
+        return None
+    report = analyze([read_log(p) for p in logs], config)
+    per_run = []
+    for rr in report.runs:
+        tops = {f.event.peak_step: (f.causes[0].cause if f.causes else "unknown")
+                for f in rr.findings if f.event.metric == "loss"
+                and f.event.kind in INCIDENT_KINDS}
+        got = {}
+        for documented in (918, 946):
+            near = [s for s in tops if abs(s - documented) <= 1]
+            got[documented] = tops[near[0]] if near else "missed"
+        per_run.append({"run": Path(rr.source).name, "at_918": got[918], "at_946": got[946]})
+    ok = all(r["at_918"] == "bad_batch" and r["at_946"] == "bad_batch" for r in per_run)
+    return {"runs": per_run, "recurrences": [int(r.position) for r in report.recurrences],
+            "ok": ok}
 
 
 # ---------------------------------------------------------------------------------------
@@ -456,6 +514,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results, scores = evaluate_bench(args.bench, config)
     real = real_checks(args.real, config) if args.real.exists() else []
     causes = cause_accuracy(args.bench, config)
+    causes_real = real_causes(args.real, config) if args.real.exists() else []
+    crossrun = crossrun_check(args.real, config) if args.real.exists() else None
     verdict_hits = sum(verdict_ok(r.expected, r.verdict) for r in results)
     osc = [r for r in results if r.expected == "oscillating"]
     osc_hits = sum(r.verdict == "oscillating" for r in osc)
@@ -468,6 +528,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "runs": [asdict(r) for r in results],
             "real_logs": [asdict(r) for r in real],
             "causes": causes,
+            "real_causes": causes_real,
+            "crossrun": crossrun,
         }, indent=2))
         return 0
     print(f"Event detection on {len(results)} labelled runs ({args.bench})\n")
@@ -485,13 +547,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                  *[r.anchors.get(a, "") for a in names]] for r in real]
         short = [a.split()[0] for a in names]
         print(_table(rows, ["log", "expected", "spikelens", "ok", *short]))
-    if causes:
-        print("\nCause ranking on found labelled events (top-1 / top-2 / found / events):")
-        for cause, c in causes.get("per_cause", {}).items():
-            print(f"  {cause:16} {c.get('top1', 0)}/{c.get('top2', 0)}/{c.get('found', 0)}"
-                  f"/{c.get('events', 0)}")
-        if "error" in causes:
-            print(f"  unavailable: {causes['error']}")
+    if causes and "error" not in causes:
+        print(f"\nCause ranking on the {causes['found']} labelled events the detector found: "
+              f"top-1 {causes['top1']:.2f}, top-2 {causes['top2']:.2f}\n")
+        rows = [[cause, str(c.get("events", 0)), str(c.get("found", 0)), str(c.get("top1", 0)),
+                 str(c.get("top2", 0))] for cause, c in causes["per_cause"].items()]
+        print(_table(rows, ["labelled cause", "events", "found", "top-1", "top-2"]))
+        predicted = sorted({p for row in causes["confusion"].values() for p in row})
+        print("\nConfusion (rows: labelled cause; columns: top-1 cause)\n")
+        conf = [[want, *[str(row.get(p, 0)) for p in predicted]]
+                for want, row in causes["confusion"].items()]
+        print(_table(conf, ["", *predicted]))
+    elif causes:
+        print(f"\nCause ranking unavailable: {causes['error']}")
+    if causes_real:
+        print("\nDocumented real incidents: top cause\n")
+        rows = [[r["incident"], r["required"] or "(none documented)", r["top"],
+                 ", ".join(f"{c} {s:.2f}" for c, s in r["ranked"]),
+                 "yes" if r["ok"] else "NO"] for r in causes_real]
+        print(_table(rows, ["incident", "must rank first", "top cause", "ranked", "ok"]))
+    if crossrun is not None:
+        print("\nmodded-nanogpt 124M records analysed together (918 and 946, one step either "
+              "way, must be bad_batch)\n")
+        rows = [[r["run"][:40], r["at_918"], r["at_946"]] for r in crossrun["runs"]]
+        print(_table(rows, ["run", "918", "946"]))
+        print(f"recurring outliers: {', '.join(map(str, crossrun['recurrences']))}; "
+              f"{'ok' if crossrun['ok'] else 'NOT ok'}")
     return 0
 
 
