@@ -209,20 +209,28 @@ def _restarts(steps: np.ndarray) -> tuple[Restart, ...]:
     )
 
 
-def _interval(frame: pd.DataFrame, loss_col: str | None) -> int:
-    idx = frame.index.to_numpy()
-    if loss_col is not None and loss_col in frame.columns:
-        idx = idx[frame[loss_col].notna().to_numpy()]
-    if len(idx) < 2:
-        return 1
-    d = np.diff(idx)
+def mode_spacing(steps: np.ndarray | Sequence[float]) -> int | None:
+    """The most common positive gap between consecutive steps (the logging interval), or
+    None with fewer than two steps. NaN steps are ignored."""
+    arr = np.asarray(steps, dtype=np.float64)
+    arr = arr[np.isfinite(arr)]
+    if len(arr) < 2:
+        return None
+    d = np.diff(arr)
     if d[0] > 0 and bool((d == d[0]).all()):  # the usual case: a fixed interval
         return int(d[0])
     d = d[d > 0]
     if len(d) == 0:
-        return 1
+        return None
     vals, counts = np.unique(d, return_counts=True)
     return int(vals[np.argmax(counts)])
+
+
+def _interval(frame: pd.DataFrame, loss_col: str | None) -> int:
+    idx = frame.index.to_numpy()
+    if loss_col is not None and loss_col in frame.columns:
+        idx = idx[frame[loss_col].notna().to_numpy()]
+    return mode_spacing(idx) or 1
 
 
 def _steps_of(

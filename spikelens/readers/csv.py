@@ -131,19 +131,24 @@ def load_csv(path: Path) -> CsvTable:
     return CsvTable(frame, nan_mask, warnings, [str(c) for c in table.column_names], row_lines)
 
 
+def header_cells(path: Path, head: bytes) -> list[str]:
+    """The cells of a delimited file's first line, unquoted; [] when it cannot be one."""
+    if path.is_dir() or looks_binary(head):
+        return []
+    first = head.split(b"\n", 1)[0].decode("utf-8", "replace").strip().lstrip("\ufeff")
+    if not first or first.startswith(("{", "[")):
+        return []
+    cells = [c.strip().strip('"') for c in first.split(_delimiter(first))]
+    return cells if len(cells) >= 2 else []
+
+
 class CsvReader:
     name = "csv"
     description = "CSV/TSV with a step column (generic, Lightning metrics.csv)"
 
     def sniff(self, path: Path, head: bytes) -> float:
-        if path.is_dir() or looks_binary(head):
-            return 0.0
-        first = head.split(b"\n", 1)[0].decode("utf-8", "replace").strip().lstrip("\ufeff")
-        if not first or first.startswith(("{", "[")):
-            return 0.0
-        delim = _delimiter(first)
-        cells = [c.strip().strip('"') for c in first.split(delim)]
-        if len(cells) < 2:
+        cells = header_cells(path, head)
+        if not cells:
             return 0.0
         has_step = find_step_column(cells) is not None
         if path.suffix.lower() in (".csv", ".tsv"):

@@ -22,7 +22,7 @@ import numpy as np
 
 from spikelens.errors import LogFormatError
 from spikelens.readers import READERS
-from spikelens.readers._base import RawLog, looks_binary, skip_warning
+from spikelens.readers._base import RawLog, looks_binary, mode_spacing, skip_warning
 from spikelens.readers.jsonl import (
     EVAL,
     SUMMARY,
@@ -139,13 +139,7 @@ def _step_gap(frame: Any) -> int:
     """Most common gap between logged train steps (the interval, when not stated)."""
     if "step" not in frame.columns:
         return 1
-    steps = frame["step"].to_numpy(dtype=np.float64, na_value=np.nan)
-    d = np.diff(steps[np.isfinite(steps)])
-    d = d[d > 0]
-    if not len(d):
-        return 1
-    vals, counts = np.unique(d, return_counts=True)
-    return int(vals[np.argmax(counts)])
+    return mode_spacing(frame["step"].to_numpy(dtype=np.float64, na_value=np.nan)) or 1
 
 
 def _kind(rec: dict[str, Any]) -> int:

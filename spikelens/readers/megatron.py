@@ -27,7 +27,7 @@ import numpy as np
 
 from spikelens.errors import LogFormatError
 from spikelens.readers import READERS
-from spikelens.readers._base import RawLog, lines_note, looks_binary
+from spikelens.readers._base import RawLog, lines_note, looks_binary, mode_spacing
 from spikelens.readers.text import RowTable, eval_frame_from_rows, frame_from_rows, read_lines
 
 STEP = "iteration"
@@ -430,17 +430,6 @@ def _assemble(p: _Parse) -> tuple[list[dict[str, float]], list[int], list[int]]:
     return rows, steps, lines
 
 
-def _mode_spacing(steps: list[int]) -> int | None:
-    if len(steps) < 2:
-        return None
-    d = np.diff(np.asarray(steps, dtype=np.int64))
-    d = d[d > 0]
-    if len(d) == 0:
-        return None
-    vals, counts = np.unique(d, return_counts=True)
-    return int(vals[np.argmax(counts)])
-
-
 class MegatronReader:
     name = "megatron"
     description = "Megatron-LM / Megatron-DeepSpeed / GPT-NeoX / DeepSpeed stdout text logs"
@@ -496,9 +485,9 @@ class MegatronReader:
             )
         iter_steps = [p.train.steps[i] for i in p.iter_rows]
         if iter_steps:
-            interval = p.log_interval or _mode_spacing(iter_steps)
+            interval = p.log_interval or mode_spacing(iter_steps)
         else:  # DeepSpeed alone: one `step=` line every steps_per_print steps
-            interval = p.steps_per_print or _mode_spacing(
+            interval = p.steps_per_print or mode_spacing(
                 [a.step for a in p.anchors if a.row is not None]
             )
         return [RawLog(

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from spikelens.readers import READERS
-from spikelens.readers._base import RawLog, looks_binary
-from spikelens.readers.csv import _delimiter, load_csv
+from spikelens.readers._base import RawLog
+from spikelens.readers.csv import header_cells, load_csv
 
 _SEP = " - "
 
@@ -29,11 +29,8 @@ class WandbCsvReader:
     description = "W&B CSV export (run history or chart panel, several runs per file)"
 
     def sniff(self, path: Path, head: bytes) -> float:
-        if path.is_dir() or looks_binary(head):
-            return 0.0
-        first = head.split(b"\n", 1)[0].decode("utf-8", "replace").strip().lstrip("\ufeff")
-        cells = [c.strip().strip('"') for c in first.split(_delimiter(first))]
-        if len(cells) < 2:
+        cells = header_cells(path, head)
+        if not cells:
             return 0.0
         if cells[0] in ("_step", "Step") and (
             any(_panel_run(c) for c in cells[1:]) or any(c.endswith("__MIN") for c in cells)
