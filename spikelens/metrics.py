@@ -51,30 +51,35 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "loss": (
         "loss", "lm_loss", "train_loss", "loss_step", "train_loss_step", "training_loss",
         "trl", "train_lm_loss", "ce_loss", "crossentropyloss", "train_ce_loss", "nll_loss",
-        "loss_mean", "total_loss",
+        "loss_mean", "total_loss", "avg_loss", "loss_avg", "mean_loss", "batch_loss",
+        "running_loss", "train_loss_avg", "objective", "lm_loss_avg",
     ),
     "eval_loss": (
         "eval_loss", "val_loss", "validation_loss", "valid_loss", "test_loss", "tel",
         "lm_loss_value", "eval_lm_loss", "val_loss_epoch", "eval_crossentropyloss",
-        "val_crossentropyloss", "eval_ppl", "val_ppl", "ppl", "perplexity",
+        "val_crossentropyloss", "eval_ppl", "val_ppl", "dev_loss", "ppl", "perplexity",
     ),
     "lr": (
         "lr", "learning_rate", "lr_adamw", "lr_adam", "lr_sgd", "learning_rate_group0",
-        "lr_group0", "lr_group_0", "lr_pg0", "lr_adamw_pg1", "current_lr", "lr_0",
+        "lr_group0", "lr_group_0", "lr_pg0", "lr_adamw_pg1", "current_lr", "lr_0", "lrate",
+        "learningrate",
         "epoch_learning_rate", "epoch_lr",
     ),
     "grad_norm": (
         "grad_norm", "gradnorm", "gnorm", "grad_norm_total", "total_grad_norm",
-        "global_grad_norm", "grad_l2_norm", "gradient_norm", "total_norm", "norm", "clip_norm",
+        "global_grad_norm", "grad_l2_norm", "gradient_norm", "total_norm", "grad_norm_total",
+        "preclip_grad_norm", "grad_norm_before_clip", "unclipped_grad_norm", "global_norm",
+        "norm", "clip_norm",
     ),
     "loss_scale": (
         "loss_scale", "scale", "grad_scale", "scaler_scale", "amp_scale", "amp_loss_scale",
-        "loss_scaler", "cur_scale",
+        "loss_scaler", "cur_scale", "loss_scaling", "dynamic_loss_scale",
     ),
     "skipped": (
         "skipped", "skipped_step", "skipped_steps", "number_of_skipped_iterations",
         "skipped_iterations", "skipped_iter", "overflow", "overflows", "is_skipped",
-        "num_skipped",
+        "num_skipped", "found_inf", "skip", "skipped_update", "is_overflow", "has_overflow",
+        "overflowed", "inf_or_nan",
     ),
     "nan_count": (
         "number_of_nan_iterations", "nan_iterations", "nan_count", "num_nan", "nans",
@@ -82,7 +87,7 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "update_norm": ("update_norm", "param_update_norm", "update_l2_norm", "delta_norm"),
     "tokens": (
         "tokens", "consumed_tokens", "tokens_seen", "num_input_tokens_seen", "total_tokens",
-        "ntokens", "tokens_processed",
+        "ntokens", "tokens_processed", "num_tokens", "total_tokens_seen",
     ),
     "samples": (
         "samples", "consumed_samples", "samples_seen", "num_samples", "total_samples",
@@ -97,10 +102,18 @@ _ALIASES: dict[str, tuple[str, ...]] = {
                   "elapsed"),
 }
 
-#: Path prefixes that say where a metric was measured.
-_TRAIN_PREFIXES = ("train", "training", "trainer", "optim", "optimizer", "amp", "scaler",
-                   "throughput", "perf", "speed", "time", "system")
-_EVAL_PREFIXES = ("eval", "evaluation", "val", "valid", "validation", "test")
+#: Path prefixes that say a metric was measured on evaluation data.
+_EVAL_PREFIXES = ("eval", "evaluation", "val", "valid", "validation", "test", "dev")
+#: Words in a prefix that name a part of the model: `layer3/grad_norm` is a per-layer extra,
+#: not the total. Any digit in the prefix says the same (`h.11/grad_norm`).
+_COMPONENT_WORDS = {
+    "layer", "layers", "block", "blocks", "param", "params", "parameter", "parameters",
+    "module", "modules", "weight", "weights", "bias", "attn", "attention", "mlp", "ffn",
+    "head", "heads", "embed", "embedding", "embeddings", "encoder", "decoder", "transformer",
+    "per_layer", "grad_norms", "norms", "h", "wte", "wpe", "lm_head",
+}
+#: A leaf that only says where it was measured: `loss/train` is `train/loss` turned round.
+_SPLIT_WORDS = {"train", "training"} | set(_EVAL_PREFIXES)
 
 _SEP = re.compile(r"[\s\-.:()\[\]]+")
 
@@ -121,15 +134,26 @@ def _split(name: str) -> tuple[str, str]:
     norm = normalise(name)
     if "/" in norm:
         head, _, leaf = norm.rpartition("/")
+        if leaf in _SPLIT_WORDS:  # `loss/train` -> (`train`, `loss`)
+            rest, _, metric = head.rpartition("/")
+            return (f"{rest}/{leaf}" if rest else leaf), metric
         return head, leaf
     return "", norm
+
+
+def _component(prefix: str) -> bool:
+    """Does the prefix name a part of the model (a per-layer metric), not the whole run?"""
+    if any(ch.isdigit() for ch in prefix):
+        return True
+    parts = set(re.split(r"[/_]", prefix)) | set(prefix.split("/"))
+    return bool(parts & _COMPONENT_WORDS)
 
 
 def _is_eval(prefix: str, leaf: str) -> bool:
     first = prefix.split("/")[0] if prefix else ""
     if first in _EVAL_PREFIXES or any(p in _EVAL_PREFIXES for p in prefix.split("/")):
         return True
-    return bool(re.match(r"(eval|val|valid|validation|test)_", leaf))
+    return bool(re.match(r"(eval|val|valid|validation|test|dev)_", leaf))
 
 
 def find_step_column(columns: Iterable[str]) -> str | None:
@@ -168,9 +192,9 @@ def role_of(name: str, is_eval: bool = False) -> tuple[str, int] | None:
             return ("eval_loss", 50 + rank)
         if role == "eval_loss" and leaf in ("ppl", "perplexity") and not evalish:
             continue  # a train perplexity is not an eval loss
-        # a prefixed match (`train/loss`) is as good as the bare one, but a name with an
-        # unrelated prefix (`layer3/grad_norm`) is a per-layer extra, not the total
-        if prefix and not evalish and prefix.split("/")[0] not in _TRAIN_PREFIXES:
+        # a prefixed match (`train/loss`, `metrics/loss`) is as good as the bare one, but a
+        # prefix that names a part of the model (`layer3/grad_norm`) makes a per-layer extra
+        if prefix and not evalish and _component(prefix):
             continue
         return (role, rank + (10 if prefix and evalish and role != "eval_loss" else 0))
     return None
@@ -178,9 +202,7 @@ def role_of(name: str, is_eval: bool = False) -> tuple[str, int] | None:
 
 def _fallback(role: str, name: str, is_eval: bool = False) -> bool:
     prefix, leaf = _split(name)
-    if leaf.endswith(("__min", "__max")) or prefix and prefix.split("/")[0] not in (
-        _TRAIN_PREFIXES + _EVAL_PREFIXES
-    ):
+    if leaf.endswith(("__min", "__max")) or prefix and _component(prefix):
         return False
     evalish = is_eval or _is_eval(prefix, leaf)
     if role == "loss":
@@ -252,7 +274,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
         role, sep, name = item.partition("=")
-        role = role.strip()
+        role, name = role.strip(), name.strip()
         if not sep or not role or not name:
             raise ConfigError(f"--metric expects ROLE=NAME, got {item!r}")
         if role not in ROLES:
