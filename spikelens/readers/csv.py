@@ -8,8 +8,12 @@ the W&B export reader."""
 
 from __future__ import annotations
 
+import mmap
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,8 +39,8 @@ def _delimiter(first_line: str) -> str:
     return best if counts[best] else ","
 
 
-def _line_number(buf: bytes, pos: int) -> int:
-    return buf.count(b"\n", 0, pos) + 1
+def _line_number(buf: bytes | mmap.mmap, pos: int) -> int:
+    return bytes(buf[:pos]).count(b"\n") + 1
 
 
 def load_csv(path: Path) -> CsvTable:
@@ -45,15 +49,18 @@ def load_csv(path: Path) -> CsvTable:
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
-    buf = path.read_bytes()
-    if buf.startswith(b"\xef\xbb\xbf"):
-        buf = buf[3:]
-    if not buf.strip():
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        # a read-only map, not read_bytes(): the pages are shared with the page cache and the
+        # parser below reads the file itself, so the file is not held twice in memory
+        buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+    bom = 3 if buf[:3] == b"\xef\xbb\xbf" else 0
+    if re.search(rb"\S", buf) is None:
         raise LogFormatError(f"{path}: empty file")
-    if looks_binary(buf[:4096]):
+    if looks_binary(buf[bom:bom + 4096]):
         raise LogFormatError(f"{path}: binary data, not a CSV file")
     nl = buf.find(b"\n")
-    header_line = (buf if nl < 0 else buf[:nl]).rstrip(b"\r")
+    header_line = (buf[bom:] if nl < 0 else buf[bom:nl]).rstrip(b"\r")
     try:
         header_text = header_line.decode("utf-8")
     except UnicodeDecodeError:
@@ -61,12 +68,13 @@ def load_csv(path: Path) -> CsvTable:
     delim = _delimiter(header_text)
     warnings: list[str] = []
     header_lines: list[int] = []
+    source: Any = pa.OSFile(str(path))
 
     # A resumed job appends its header again; cut those lines out of the bytes before parsing
-    # (cheap: one bytes.find per occurrence) so numeric columns stay numeric.
+    # (cheap: one find per occurrence) so numeric columns stay numeric.
     if nl >= 0:
         needle = b"\n" + header_line
-        body_parts = [buf[: nl + 1]]
+        body_parts = [buf[bom : nl + 1]]
         start = nl + 1
         pos = buf.find(needle, nl)
         while pos >= 0:
@@ -79,12 +87,13 @@ def load_csv(path: Path) -> CsvTable:
             pos = buf.find(needle, end)
         if header_lines:
             body_parts.append(buf[start:])
-            buf = b"".join(body_parts)
+            source = pa.BufferReader(b"".join(body_parts))
             warnings.append(
                 skip_warning(path, len(header_lines), "repeated header line(s)", header_lines)
             )
 
-    header_lines_cut = header_lines
+    if isinstance(buf, mmap.mmap):
+        buf.close()  # its pages count as our memory while mapped; the parser reads the file
     invalid: list[str] = []
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
@@ -93,21 +102,23 @@ def load_csv(path: Path) -> CsvTable:
 
     try:
         table = pacsv.read_csv(
-            pa.BufferReader(buf),
+            source,
             parse_options=pacsv.ParseOptions(delimiter=delim, invalid_row_handler=on_invalid),
             convert_options=pacsv.ConvertOptions(
                 null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=True
             ),
-            read_options=pacsv.ReadOptions(block_size=1 << 24),
+            # 4 MiB blocks: as fast as 16 MiB here, with a smaller parser working set
+            read_options=pacsv.ReadOptions(block_size=1 << 22),
         )
     except pa.ArrowInvalid as exc:
         msg = str(exc).splitlines()[0]
         raise LogFormatError(f"{path}: not a valid CSV file ({msg})") from None
     if invalid:
         lines = []
-        for text in invalid[:3]:
-            pos = buf.find(text.encode("utf-8", "replace"))
-            lines.append(_line_number(buf, pos) if pos >= 0 else -1)
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            for text in invalid[:3]:
+                pos = mm.find(text.encode("utf-8", "replace"))
+                lines.append(_line_number(mm, pos) if pos >= 0 else -1)
         shown = [n for n in lines if n > 0]
         warnings.append(
             f"{path}: skipped {len(invalid)} malformed row(s)"
@@ -121,12 +132,12 @@ def load_csv(path: Path) -> CsvTable:
             if pc.any(isnan).as_py():
                 nan_mask[name] = isnan.to_numpy(zero_copy_only=False)
     frame = table.to_pandas(split_blocks=True)
-    frame.columns = [str(c).strip() for c in frame.columns]
+    frame.columns = [str(c).strip().lstrip("\ufeff") for c in frame.columns]
     row_lines = None
-    if header_lines_cut:
+    if header_lines:
         # row i sits on line i + 2, plus one for every header line cut above it
         row_lines = np.arange(2, len(frame) + 2)
-        for h in header_lines_cut:
+        for h in header_lines:
             row_lines[row_lines >= h] += 1
     return CsvTable(frame, nan_mask, warnings, [str(c) for c in table.column_names], row_lines)
 
