@@ -8,7 +8,6 @@ commands so that `spikelens --help` stays fast."""
 from __future__ import annotations
 
 import functools
-import glob
 import os
 import sys
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 import typer
 
 from spikelens.errors import ConfigError, SpikelensError
+from spikelens.paths import expand_paths
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -84,42 +84,6 @@ def _one_line_errors(fn: F) -> F:
             raise typer.Exit(EXIT_BAD_INPUT) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def _expand(items: list[str]) -> list[Path]:
-    """Files, globs and directories -> log paths, in the order given."""
-    from spikelens.readers import READERS, detect_format, format_names
-
-    out: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if not p.exists() and any(ch in item for ch in "*?["):
-            matches = sorted(glob.glob(item, recursive=True))
-            if not matches:
-                raise ConfigError(f"{item}: no file matches this pattern")
-            out.extend(Path(m) for m in matches)
-            continue
-        if p.is_dir():
-            try:
-                detect_format(p)  # a TensorBoard run directory is one log
-                out.append(p)
-                continue
-            except SpikelensError:
-                pass
-            format_names()
-            found = []
-            for child in sorted(p.iterdir()):
-                if child.name.startswith(".") or not child.is_file():
-                    continue
-                head = child.open("rb").read(65536)
-                if any(r.sniff(child, head) > 0.3 for _, r in READERS.items()):
-                    found.append(child)
-            if not found:
-                raise ConfigError(f"{p}: directory with no logs in it")
-            out.extend(found)
-            continue
-        out.append(p)
-    return out
 
 
 def _read_all(paths: list[Path], log_format: str | None, metric: list[str] | None) -> list[Run]:
@@ -191,7 +155,7 @@ def inspect(
 
     if format not in ("text", "json"):
         raise ConfigError(f"--format must be text or json, got {format!r}")
-    runs = _read_all(_expand(logs), log_format, metric)
+    runs = _read_all(expand_paths(logs), log_format, metric)
     if format == "json":
         objs = [describe(r) for r in runs]
         _write(json.dumps(objs[0] if len(objs) == 1 else objs, indent=2), None)
@@ -204,7 +168,7 @@ def _analyse(
 ) -> tuple[Report, list[Run]]:
     from spikelens.analyze import analyze as run_analysis
 
-    runs = _read_all(_expand(logs), log_format, metric)
+    runs = _read_all(expand_paths(logs), log_format, metric)
     return run_analysis(runs), runs
 
 
