@@ -148,3 +148,14 @@ def test_binary_csv_named_file(tmp_path: Path) -> None:
     p.write_bytes(bytes(range(256)) * 8)
     with pytest.raises(LogFormatError):
         read_log(p, format="csv")
+
+
+def test_wandb_panel_keeps_rows_whose_value_is_a_logged_nan(tmp_path: Path) -> None:
+    p = tmp_path / "panel.csv"
+    p.write_text(
+        '"Step","a - train/loss","a - train/loss__MIN","a - train/loss__MAX"\n'
+        '"1","2.0","2.0","2.0"\n"2","NaN","NaN","NaN"\n"3","1.9","1.9","1.9"\n'
+    )
+    run = read_log(p)
+    assert run.steps.tolist() == [1, 2, 3]
+    assert run.nan_steps["a - train/loss"].tolist() == [2]

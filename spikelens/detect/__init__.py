@@ -139,9 +139,15 @@ def point_z(run: Run, config: Config) -> PointZ:
 
 
 def _prepare(run: Run, series: pd.Series, config: Config, notes: list[str]) -> _Loss:
+    nan_steps = _nan_iteration_steps(run)
+    lost = _lost_loss_steps(run, series, nan_steps, notes)
+    if len(lost):
+        # steps whose loss the log could not print (it was NaN, or the step overflowed in a
+        # storm) are non-finite loss positions, not gaps
+        series = pd.concat([series, pd.Series(np.nan, index=lost)]).sort_index()
     steps = series.index.to_numpy().astype(np.int64)
     values = series.to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = nonfinite_mask(values, steps, _nan_iteration_steps(run))
+    bad = nonfinite_mask(values, steps, nan_steps)
     fin = np.flatnonzero(~bad)
     quantum = config.quantum if config.quantum is not None else infer_quantum(values[fin])
     x_all, is_log = to_log(values, quantum)
@@ -166,6 +172,54 @@ def _prepare(run: Run, series: pd.Series, config: Config, notes: list[str]) -> _
                      "lowered to match")
     return _Loss(steps=steps, values=values, bad=bad, fin=fin, x=x, is_log=is_log,
                  quantum=quantum, abs_floor=abs_floor)
+
+
+#: A run of consecutive skipped steps is an overflow storm, not routine loss scaling, when it
+#: drives the loss scale this far below the lowest scale the run had needed after its first
+#: logged loss: 2^4. Routine dynamic scaling halves once or twice at its ceiling and grows
+#: back; a scaler reset (back to 2^32, say) halves down to the old level, not below it.
+_STORM_FACTOR = 16.0
+
+
+def _lost_loss_steps(run: Run, series: pd.Series, nan_steps: NDArray[np.int64] | None,
+                     notes: list[str]) -> NDArray[np.int64]:
+    """Steps with no printed loss that were non-finite all the same: Megatron prints no
+    `lm loss` on an iteration whose loss was NaN (its NaN counter says so) or that was
+    skipped on overflow; a storm of such skips collapsing the scale is an incident."""
+    have = series.index.to_numpy().astype(np.int64)
+    out: list[NDArray[np.int64]] = []
+    if nan_steps is not None and len(nan_steps):
+        out.append(np.setdiff1d(nan_steps, have))
+    skipped, scale = run.series("skipped"), run.series("loss_scale")
+    if skipped is not None and scale is not None and len(have):
+        sk_idx = skipped[skipped.to_numpy(dtype=np.float64, na_value=np.nan) > 0].index
+        sk = np.setdiff1d(sk_idx.to_numpy().astype(np.int64), have)
+        sc = scale.dropna()
+        sc = sc[np.isfinite(sc.to_numpy(dtype=np.float64)) & (sc.to_numpy(dtype=np.float64) > 0)]
+        if len(sk) and len(sc):
+            sc_steps = sc.index.to_numpy().astype(np.int64)
+            sc_vals = sc.to_numpy(dtype=np.float64)
+            first = int(have[0])  # before the first loss: fp16 start-up calibration
+            grid = run.steps
+            pos = np.searchsorted(grid, sk)
+            # consecutive logged steps form one storm
+            breaks = np.flatnonzero(np.diff(pos) != 1) + 1
+            for group in np.split(sk, breaks):
+                g0, g1 = int(group[0]), int(group[-1])
+                before = sc_vals[(sc_steps >= first) & (sc_steps < g0)]
+                during = sc_vals[(sc_steps >= g0) & (sc_steps <= g1)]
+                if g0 <= first or not len(before) or not len(during):
+                    continue
+                if float(during.min()) * _STORM_FACTOR <= float(before.min()):
+                    out.append(group)
+                    notes.append(
+                        f"steps {g0}-{g1}: {len(group)} overflow-skipped step(s) with no loss "
+                        f"printed while the loss scale fell to {float(during.min()):.3g} "
+                        f"({float(before.min()) / float(during.min()):.3g}x below its earlier "
+                        "minimum): counted as non-finite loss")
+    if not out:
+        return np.empty(0, np.int64)
+    return np.unique(np.concatenate(out)).astype(np.int64)
 
 
 def _nan_iteration_steps(run: Run) -> NDArray[np.int64] | None:

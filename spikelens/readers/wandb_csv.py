@@ -62,9 +62,15 @@ class WandbCsvReader:
                            warnings=t.warnings)]
         out: list[RawLog] = []
         for run, cols in runs.items():
-            sub = frame[[step_col] + [c for c, _ in cols]]
-            # a shorter run has empty cells past its end: not rows of that run
-            sub = sub[sub[[c for c, _ in cols]].notna().any(axis=1)]
+            names = [c for c, _ in cols]
+            sub = frame[[step_col] + names]
+            # a shorter run has empty cells past its end: not rows of that run; a cell the
+            # log wrote as NaN is a value of the run (evidence), not an empty cell
+            present = sub[names].notna().to_numpy().copy()
+            for j, c in enumerate(names):
+                if c in t.nan_mask:
+                    present[:, j] |= t.nan_mask[c]
+            sub = sub[present.any(axis=1)]
             mask = {c: t.nan_mask[c][sub.index.to_numpy()] for c, _ in cols if c in t.nan_mask}
             out.append(RawLog(frame=sub.reset_index(drop=True), step_column=step_col,
                               nan_mask=mask, warnings=list(t.warnings), name=run))
