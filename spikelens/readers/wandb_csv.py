@@ -70,7 +70,7 @@ class WandbCsvReader:
             for j, c in enumerate(names):
                 if c in t.nan_mask:
                     present[:, j] |= t.nan_mask[c]
-            sub = sub[present.any(axis=1)]
+            sub = sub.loc[present.any(axis=1)]
             mask = {c: t.nan_mask[c][sub.index.to_numpy()] for c, _ in cols if c in t.nan_mask}
             out.append(RawLog(frame=sub.reset_index(drop=True), step_column=step_col,
                               nan_mask=mask, warnings=list(t.warnings), name=run))
