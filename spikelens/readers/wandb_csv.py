@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from spikelens.readers import READERS
 from spikelens.readers._base import RawLog
 from spikelens.readers.csv import header_cells, load_csv
@@ -70,7 +72,7 @@ class WandbCsvReader:
             for j, c in enumerate(names):
                 if c in t.nan_mask:
                     present[:, j] |= t.nan_mask[c]
-            sub = sub.loc[present.any(axis=1)]
+            sub = sub.iloc[np.flatnonzero(present.any(axis=1))]
             mask = {c: t.nan_mask[c][sub.index.to_numpy()] for c, _ in cols if c in t.nan_mask}
             out.append(RawLog(frame=sub.reset_index(drop=True), step_column=step_col,
                               nan_mask=mask, warnings=list(t.warnings), name=run))
