@@ -52,7 +52,9 @@ _ALIASES: dict[str, tuple[str, ...]] = {
         "loss", "lm_loss", "train_loss", "loss_step", "train_loss_step", "training_loss",
         "trl", "train_lm_loss", "ce_loss", "crossentropyloss", "train_ce_loss", "nll_loss",
         "loss_mean", "total_loss", "avg_loss", "loss_avg", "mean_loss", "batch_loss",
-        "running_loss", "train_loss_avg", "objective", "lm_loss_avg",
+        "running_loss", "train_loss_avg", "objective", "lm_loss_avg", "cross_entropy",
+        "cross_entropy_loss", "xent", "mse", "mse_loss", "nll", "ce", "bce", "bce_loss",
+        "l1_loss", "huber_loss", "smooth_l1_loss",
     ),
     "eval_loss": (
         "eval_loss", "val_loss", "validation_loss", "valid_loss", "test_loss", "tel",
@@ -114,6 +116,10 @@ _COMPONENT_WORDS = {
 }
 #: A leaf that only says where it was measured: `loss/train` is `train/loss` turned round.
 _SPLIT_WORDS = {"train", "training"} | set(_EVAL_PREFIXES)
+#: A trailing part that qualifies the metric before it: `grad_norm/total`, `lr/group_0`,
+#: `lr-Adam/pg1`, `loss/train/mean`.
+_QUALIFIER = re.compile(r"(total|all|global|mean|avg|average|value|val_?0?|step|pg_?\d+|"
+                        r"group_?\d+|param_group_?\d+|\d+)$")
 
 _SEP = re.compile(r"[\s\-.:()\[\]]+")
 
@@ -132,6 +138,12 @@ def _split(name: str) -> tuple[str, str]:
     if " - " in name:
         name = name.split(" - ", 1)[1]
     norm = normalise(name)
+    while "/" in norm:
+        head, _, leaf = norm.rpartition("/")
+        if _QUALIFIER.fullmatch(leaf) and leaf not in _SPLIT_WORDS:
+            norm = head
+            continue
+        break
     if "/" in norm:
         head, _, leaf = norm.rpartition("/")
         if leaf in _SPLIT_WORDS:  # `loss/train` -> (`train`, `loss`)
@@ -142,11 +154,16 @@ def _split(name: str) -> tuple[str, str]:
 
 
 def _component(prefix: str) -> bool:
-    """Does the prefix name a part of the model (a per-layer metric), not the whole run?"""
-    if any(ch.isdigit() for ch in prefix):
-        return True
+    """Does the prefix name a part of the model (a per-layer metric), not the whole run?
+    A number does (`h.11/`, `layers/3/`), except the index of an optimizer parameter group
+    (`param_groups/0/lr`)."""
     parts = set(re.split(r"[/_]", prefix)) | set(prefix.split("/"))
-    return bool(parts & _COMPONENT_WORDS)
+    grouped = "group" in prefix or "pg" in parts
+    if grouped:
+        parts -= {"param", "params", "parameter", "parameters"}
+    if parts & _COMPONENT_WORDS:
+        return True
+    return any(ch.isdigit() for ch in prefix) and not grouped
 
 
 def _is_eval(prefix: str, leaf: str) -> bool:

@@ -29,11 +29,17 @@ from spikelens.metrics import assign_roles, find_step_column, parse_overrides
         (["step", "metrics/loss", "scaler/scale", "found_inf", "num_tokens"],
          {"loss": "metrics/loss", "loss_scale": "scaler/scale", "skipped": "found_inf",
           "tokens": "num_tokens"}),
+        (["step", "loss/train/total", "loss/val/total", "grad_norm/total", "lr-Adam/pg1"],
+         {"loss": "loss/train/total", "eval_loss": "loss/val/total",
+          "grad_norm": "grad_norm/total", "lr": "lr-Adam/pg1"}),
+        (["step", "param_groups/0/lr", "mse", "layers/3/grad_norm"],
+         {"lr": "param_groups/0/lr", "loss": "mse", "grad_norm": None}),
         (["step", "mlp-sweep-113 - train/loss", "mlp-sweep-113 - train/loss__MIN"],
          {"loss": "mlp-sweep-113 - train/loss"}),
     ],
 )
-def test_roles_from_framework_names(columns: list[str], expected: dict[str, str]) -> None:
+def test_roles_from_framework_names(columns: list[str],
+                                    expected: dict[str, str | None]) -> None:
     roles = assign_roles(columns)
     assert {k: roles.get(k) for k in expected} == expected
 
