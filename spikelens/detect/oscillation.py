@@ -170,7 +170,7 @@ def lr_period(lr: FloatArray, min_cycles: int) -> int | None:
         return None
     acf = _acf_rows(y[None, :], n // min_cycles)[0]
     per = first_period(acf, 0.8)
-    if per is None or per < 4 or n < min_cycles * per:
+    if per is None or per < 2 or n < min_cycles * per:
         return None
     return per
 
