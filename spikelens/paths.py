@@ -16,7 +16,20 @@ _DIR_SNIFF = 0.3
 
 
 def expand_paths(items: Iterable[str]) -> list[Path]:
-    """Files, globs and directories -> log paths, in the order given."""
+    """Files, globs and directories -> log paths, in the order given, each once (a log named
+    twice would otherwise "recur" with itself across runs)."""
+    paths = _expand(items)
+    seen: set[Path] = set()
+    out: list[Path] = []
+    for p in paths:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def _expand(items: Iterable[str]) -> list[Path]:
     from spikelens.readers import HEAD_BYTES, READERS, detect_format, format_names
 
     format_names()  # registers the readers

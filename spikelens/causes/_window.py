@@ -835,7 +835,12 @@ def _nonfinite(ctx: Context) -> Nonfinite | None:
     idx = idx_all[a:b]
     nan_col = run.column("nan_count")
     for col in run.frame.columns:
-        v = run.frame[col].to_numpy()[a:b]
+        whole = run.frame[col].to_numpy()
+        # a series that was never finite before the event (a throughput column logged as
+        # NaN throughout) did not *go* non-finite here: it is not evidence
+        if col != nan_col and not np.isfinite(whole[:a]).any():
+            continue
+        v = whole[a:b]
         bad = np.isinf(v)
         nan_at = run.nan_steps.get(col)
         if nan_at is not None and len(nan_at):

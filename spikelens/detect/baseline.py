@@ -46,11 +46,23 @@ def infer_quantum(values: FloatArray) -> float:
     to its size that it cannot fake a rise. Scale-free: multiplying the values by 1e-10
     moves the grid by the same factor.
     """
-    v = values[np.isfinite(values) & (values != 0)]
+    fin = values[np.isfinite(values)]
+    v = fin[fin != 0]
     # a grid is only evidenced by many values spread over it: three numbers typed into a
-    # CSV, or a constant, would otherwise "round" to their own last digit
-    if len(v) < _MIN_VALUES or len(np.unique(v[:4096])) < 3:
+    # CSV, or a constant, would otherwise "round" to their own last digit. A printed 0 is a
+    # point of the grid too (0.0000, 0.0001, 0.0002 on a 4-decimal log)
+    distinct = len(np.unique(fin[:4096]))
+    if len(v) < _MIN_VALUES or distinct < 2:
         return 0.0
+    if distinct == 2:
+        # two levels are a grid only when they are neighbours on it (0.0001 and 0.0002)
+        lo, hi = np.unique(fin[:4096])
+        step = hi - lo
+        if step <= 0 or not (lo == 0 or np.isclose(lo / step, round(lo / step), atol=1e-6)):
+            return 0.0
+        k = np.floor(np.log10(step))
+        q = 10.0**k
+        return q if np.isclose(step / q, round(step / q), atol=1e-6) else 0.0
     mag = float(np.median(np.abs(v)))
     top = int(np.floor(np.log10(mag)))
     for k in range(-top, -top + _MAX_SIG_DIGITS):

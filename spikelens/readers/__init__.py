@@ -61,6 +61,10 @@ def detect_format(path: Path) -> str:
     if best[0] <= 0:
         if path.is_dir():
             raise LogFormatError(f"{path}: directory with no logs in it")
+        if head[:2] == b"\x1f\x8b":
+            raise UnknownFormatError(
+                f"{path}: gzip-compressed; decompress it first (e.g. `zcat {path.name} > log`)"
+            )
         if looks_binary(head):
             raise UnknownFormatError(
                 f"{path}: binary data of no known format (known: {', '.join(READERS.names())})"
@@ -81,21 +85,21 @@ def read_runs(
     p = Path(path)
     fmt = format or detect_format(p)
     reader = READERS.get(fmt)
-    if not p.exists():
-        raise LogFormatError(f"{p}: no such file or directory")
     if p.is_dir() and fmt != "tensorboard":
         raise LogFormatError(f"{p}: is a directory (the {fmt} format reads files)")
     try:
         raws = reader.read(p)
+        if not raws:
+            raise LogFormatError(f"{p}: no records found in this {fmt} log")
+        return [build_run(raw, p, fmt, metrics) for raw in raws]
     except SpikelensError:
         raise
     except (OSError, UnicodeDecodeError) as exc:
         raise LogFormatError(f"{p}: cannot read as {fmt}: {exc}") from None
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise LogFormatError(f"{p}: not a valid {fmt} log ({exc})") from None
-    if not raws:
-        raise LogFormatError(f"{p}: no records found in this {fmt} log")
-    return [build_run(raw, p, fmt, metrics) for raw in raws]
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, OverflowError) as exc:
+        # a shape of input no reader test anticipated: still one line, never a traceback
+        raise LogFormatError(f"{p}: not a valid {fmt} log ({type(exc).__name__}: {exc})") \
+            from None
 
 
 def read_log(

@@ -7,6 +7,7 @@ logging interval, assigning metric roles and checking that something analysable 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,9 +17,12 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from spikelens.errors import MissingMetricError
+from spikelens.errors import LogFormatError, MissingMetricError
 from spikelens.metrics import assign_roles, find_step_column
 from spikelens.model import Restart, Run
+
+#: Largest step accepted: every integer up to 2^53 is exact in a float64.
+_MAX_STEP = float(2**53)
 
 #: Roles any one of which makes a log worth analysing.
 ANALYSABLE = ("loss", "eval_loss", "grad_norm", "loss_scale", "skipped", "lr")
@@ -251,6 +255,24 @@ def build_run(
 ) -> Run:
     """The shared half of reading: RawLog (as written) -> canonical Run."""
     warnings = list(raw.warnings)
+    raw_frame = raw.frame
+    if raw_frame.columns.has_duplicates:
+        # two columns with one name (a header written twice, names equal once stripped):
+        # keep both, apart, rather than let one shadow the other
+        seen: dict[str, int] = {}
+        names = []
+        for c in map(str, raw_frame.columns):
+            k = seen.get(c, 0)
+            seen[c] = k + 1
+            names.append(c if k == 0 else f"{c}.{k}")
+        dup = sorted({c for c, k in seen.items() if k > 1})
+        warnings.append(f"{path}: repeated column name(s) {', '.join(dup)}: later ones "
+                        "renamed with a .1, .2 suffix")
+        # a NaN mask keyed by the shared name cannot say which column it was: keep the
+        # masks of names that were unique only
+        masks_kept = {c: m for c, m in raw.nan_mask.items() if c not in dup}
+        raw = dataclasses.replace(raw, frame=raw_frame.set_axis(names, axis=1),
+                                  nan_mask=masks_kept)
     frame, masks, header_rows, text_cols = _numeric_frame(raw.frame, raw.nan_mask)
 
     def lines_of(rows: np.ndarray) -> list[int]:
@@ -260,7 +282,8 @@ def build_run(
         return [int(x) for x in src]
 
     step_col, steps_f = _steps_of(path, frame, raw.step_column, "log")
-    keep = ~header_rows & ~np.isnan(steps_f) & np.isfinite(steps_f)
+    # a step beyond 2^53 is not an integer a float can hold, nor a training step
+    keep = ~header_rows & np.isfinite(steps_f) & (np.abs(steps_f) <= _MAX_STEP)
     if header_rows.any():
         hl = lines_of(header_rows)
         warnings.append(skip_warning(path, len(hl), "repeated header line(s)", hl))
@@ -272,6 +295,8 @@ def build_run(
         frame = frame[keep].reset_index(drop=True)
         masks = {c: m[keep] for c, m in masks.items()}
         steps_f = steps_f[keep]
+    if not len(steps_f):
+        raise LogFormatError(f"{path}: no data rows (a header, or nothing with a valid step)")
     steps = steps_f.astype(np.int64)
     if len(steps) and not np.array_equal(steps, steps_f):
         warnings.append(f"{path}: non-integer steps in {step_col!r} were truncated")
