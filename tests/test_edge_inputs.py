@@ -96,3 +96,20 @@ def test_hf_style_rounding_noise_is_not_a_spike(tmp_path: Path) -> None:
     p.write_text("step,loss\n" + "".join(f"{i},{v:.4f}\n" for i, v in enumerate(vals, 1)))
     rr = analyze(read_log(p)).runs[0]
     assert [f for f in rr.findings if f.event.metric == "loss"] == []
+
+
+def test_warmup_from_lr_zero_is_measured_from_its_first_positive_lr(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    p = tmp_path / "w.csv"
+    rows = []
+    for s in range(0, 401):
+        lr = min(s, 100) * 1e-5
+        loss = (3.0 - s / 400 + 0.02 * rng.standard_normal()) * (2.5 if s == 103 else 1.0)
+        rows.append(f"{s},{loss:.5f},{lr:g}\n")
+    p.write_text("step,loss,lr\n" + "".join(rows))
+    [f] = [f for f in analyze(read_log(p)).runs[0].findings if f.event.metric == "loss"]
+    lr = next(c for c in f.causes if c.cause == "lr_schedule")
+    assert lr.summary.startswith("The warmup ended: LR reached its peak 1.0e-3 at step 100")
+    assert lr.evidence["lr_ratio"] == 100
+    bad = next(c for c in f.causes if c.cause == "bad_batch")
+    assert "1.0x" not in bad.summary

@@ -489,19 +489,26 @@ def _lr_profile(ctx: Context, lr: Series) -> LrProfile:
     # points before it (after a dip, the LR it had before the dip)
     pre_ramp = hv[max(0, k - PRECURSOR_POINTS):k]
     ref = float(np.max(pre_ramp)) if len(pre_ramp) else float(hv[k])
+    if not ref > 0:
+        # a warmup from LR 0 (schedulers log 0 at step 0): measure the climb from its first
+        # positive value, not "1.0x"
+        ramp = hv[k:reached_i + 1]
+        ref = float(np.min(ramp[ramp > 0])) if np.any(ramp > 0) else nan
     ratio = at_rise / ref if ref > 0 and math.isfinite(ref) else 1.0
     # discontinuity: a logged step whose ratio beats the trend of the step before it
     jump, jump_step, jump_from, jump_to = 1.0, None, nan, nan
     best_excess = 1.0
     full = Series(hist.steps[-(h + 2):], hist.values[-(h + 2):])
     v = full.values
-    for i in range(1, len(v)):
+    # from the third point: a step is judged against the trend of the one before it, and the
+    # first step has none (a warmup's 2e-5 -> 3e-5 is not a 1.5x jump)
+    for i in range(2, len(v)):
         prev, cur = v[i - 1], v[i]
         if prev <= 0 or cur <= prev:
             continue
         # a jump must beat both the trend (a warmup rises every step) and the recent level
         # (climbing back after a drop, as a re-warmup does, is not a discontinuity)
-        trend = v[i - 1] / v[i - 2] if i >= 2 and v[i - 2] > 0 else 1.0
+        trend = v[i - 1] / v[i - 2] if v[i - 2] > 0 else 1.0
         level = float(np.max(v[max(0, i - PRECURSOR_POINTS):i]))
         ex = cur / max(prev * max(trend, 1.0), level)
         if ex > best_excess:
