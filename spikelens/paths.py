@@ -22,7 +22,7 @@ def expand_paths(items: Iterable[str]) -> list[Path]:
     seen: set[Path] = set()
     out: list[Path] = []
     for p in paths:
-        key = p.resolve()
+        key = p if str(p) == "-" else p.resolve()
         if key not in seen:
             seen.add(key)
             out.append(p)
@@ -36,6 +36,9 @@ def _expand(items: Iterable[str]) -> list[Path]:
     out: list[Path] = []
     for item in items:
         p = Path(item)
+        if item == "-":  # standard input
+            out.append(p)
+            continue
         if not p.exists() and any(ch in item for ch in "*?["):
             matches = sorted(glob.glob(item, recursive=True))
             if not matches:

@@ -113,3 +113,19 @@ def test_warmup_from_lr_zero_is_measured_from_its_first_positive_lr(tmp_path: Pa
     assert lr.evidence["lr_ratio"] == 100
     bad = next(c for c in f.causes if c.cause == "bad_batch")
     assert "1.0x" not in bad.summary
+
+
+def test_a_log_piped_on_standard_input() -> None:
+    import subprocess
+    import sys
+
+    text = BLOOM.read_bytes()
+    r = subprocess.run([sys.executable, "-m", "spikelens", "analyze", "-", "--format", "json"],
+                       input=text, capture_output=True, check=False)
+    assert r.returncode == 0, r.stderr
+    run = json.loads(r.stdout)["runs"][0]
+    assert run["source"] == "/dev/stdin" and run["verdict"] == "spiky"
+    r = subprocess.run([sys.executable, "-m", "spikelens", "analyze", "-"],
+                       input=b"just some words\n", capture_output=True, check=False)
+    assert r.returncode == 2
+    assert r.stderr.decode().startswith("Error: /dev/stdin: unknown log format (known: ")

@@ -80,9 +80,15 @@ def read_runs(
     format: str | None = None,
     metrics: Mapping[str, str] | None = None,
 ) -> list[Run]:
-    """Read every run in `path` (a W&B panel export can hold several)."""
+    """Read every run in `path` (a W&B panel export can hold several). A pipe (`-`,
+    `/dev/stdin`, `<(zcat log.gz)`) is read once into a temporary file, since sniffing and
+    parsing both need the start of it."""
     _register_builtin()
     p = Path(path)
+    if str(p) == "-":
+        p = Path("/dev/stdin")
+    if p.exists() and not p.is_dir() and not p.is_file():
+        return _read_stream(p, format, metrics)
     fmt = format or detect_format(p)
     reader = READERS.get(fmt)
     if p.is_dir() and fmt != "tensorboard":
@@ -100,6 +106,31 @@ def read_runs(
         # a shape of input no reader test anticipated: still one line, never a traceback
         raise LogFormatError(f"{p}: not a valid {fmt} log ({type(exc).__name__}: {exc})") \
             from None
+
+
+def _read_stream(
+    p: Path, format: str | None, metrics: Mapping[str, str] | None
+) -> list[Run]:
+    import dataclasses
+    import shutil
+    import tempfile
+
+    name = p.name if p.name not in ("stdin", "-") and not p.name.isdigit() else "stdin"
+    with tempfile.TemporaryDirectory(prefix="spikelens-") as d:
+        tmp = Path(d) / name
+        try:
+            with open(p, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        except OSError as exc:
+            raise LogFormatError(f"{p}: cannot read ({exc.strerror or exc})") from None
+        try:
+            runs = read_runs(tmp, format=format, metrics=metrics)
+        except SpikelensError as exc:
+            raise type(exc)(str(exc).replace(str(tmp), str(p))) from None
+    # the runs name the stream the user gave, not the temporary copy
+    return [dataclasses.replace(r, source=str(p),
+                                warnings=tuple(w.replace(str(tmp), str(p)) for w in r.warnings))
+            for r in runs]
 
 
 def read_log(
