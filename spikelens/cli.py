@@ -208,6 +208,8 @@ def analyze(
         raise ConfigError(f"unknown output format {format!r} (known: "
                           f"{', '.join(OUTPUT_FORMATS)}; for HTML use "
                           "`spikelens report LOG --html out.html`)")
+    for target in (output, summary):
+        _check_writable(target)
     report, runs = _analyse(logs, log_format, metric)
     text = render(report, runs, format, verbose=verbose,
                   color=_color(no_color) if output is None else False)
@@ -215,6 +217,16 @@ def analyze(
     if summary is not None:
         _append(render(report, runs, "markdown", verbose=verbose), summary)
     raise typer.Exit(_exit_code(report, fail_on))
+
+
+def _check_writable(path: Path | None) -> None:
+    """Refuse an output path before the analysis, so a bad one cannot hide its result."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a file to write")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{path}: no such directory {path.parent}")
 
 
 def _append(text: str, path: Path) -> None:
@@ -248,6 +260,7 @@ def report(
     causes."""
     from spikelens.report import render
 
+    _check_writable(html)
     report_, runs = _analyse(logs, log_format, metric)
     _write(render(report_, runs, "html", plotlyjs=plotlyjs.value), html)
     verdicts = ", ".join(r.verdict for r in report_.runs)

@@ -153,3 +153,13 @@ def test_cli_choices_match_the_registries() -> None:
     code, out, _ = _run("analyze", "--help")
     assert code == 0
     assert "terminal, json, markdown, github" in " ".join(out.split())
+
+
+def test_bad_output_paths_are_refused_before_the_analysis(tmp_path: Path) -> None:
+    code, out, err = _run("analyze", BLOOM, "--summary", tmp_path)
+    assert (code, out) == (2, "")
+    assert err == f"Error: {tmp_path}: is a directory, not a file to write\n"
+    target = tmp_path / "no" / "r.json"
+    code, out, err = _run("analyze", BLOOM, "-o", target)
+    assert (code, out) == (2, "")
+    assert err == f"Error: {target}: no such directory {target.parent}\n"
