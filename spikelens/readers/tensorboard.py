@@ -62,17 +62,32 @@ def _event_files(directory: Path) -> list[tuple[str, Path]]:
     with os.scandir(directory) as it:
         entries = sorted(it, key=lambda e: e.name)
     for e in entries:
-        if e.is_file() and "tfevents" in e.name:
+        if _is_file(e) and "tfevents" in e.name:
             found.append(("", Path(e.path)))
-        elif e.is_dir():
+        elif _is_dir(e):
             try:
                 with os.scandir(e.path) as sub:
                     inner = sorted(sub, key=lambda x: x.name)
             except OSError:
                 continue
             found.extend((e.name, Path(x.path)) for x in inner
-                         if x.is_file() and "tfevents" in x.name)
+                         if _is_file(x) and "tfevents" in x.name)
     return found
+
+
+def _is_file(e: os.DirEntry[str]) -> bool:
+    # a dangling link or a link loop is not an event file, and must not abort the listing
+    try:
+        return e.is_file()
+    except OSError:
+        return False
+
+
+def _is_dir(e: os.DirEntry[str]) -> bool:
+    try:
+        return e.is_dir()
+    except OSError:
+        return False
 
 
 def _valid_header(head: bytes) -> bool:
