@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
+
+from spikelens.readers import READERS, Reader, format_names
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
@@ -18,3 +21,13 @@ def shared() -> Path:
     if not (SHARED / "bench" / "labels.json").exists():
         pytest.skip("../shared is not beside this checkout")
     return SHARED
+
+
+def registered_reader(name: str) -> Reader:
+    """A built-in reader, through the registry (every reader registered first)."""
+    format_names()
+    return READERS.get(name)
+
+
+def isnan(value: object) -> bool:
+    return isinstance(value, float) and math.isnan(value)  # numpy float64 is a float

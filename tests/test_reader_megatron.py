@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA, SAMPLES, SHARED
+from conftest import DATA, SAMPLES, SHARED, isnan, registered_reader
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spikelens import LogFormatError, MissingMetricError, SpikelensError, read_log
-from spikelens.readers import READERS, Reader, format_names
 
 MEG = SAMPLES / "megatron"
 DATA_MEG = DATA / "megatron"
@@ -31,15 +30,6 @@ DSCHAT = MEG / "deepspeed_chat_step1_sft_opt-1.3b_fp16_epochs0-4.log"
 NEOX = DATA_MEG / "neox_deepspeed_resumed.log"
 R24 = DATA_MEG / "r24_amp_benign_iter1-450.log"
 
-def _isnan(value: object) -> bool:
-    return isinstance(value, float) and math.isnan(value)  # numpy float64 is a float
-
-
-def _reader(name: str) -> Reader:
-    # through the registry, after registering every built-in reader: importing a reader
-    # module directly first would leave the others unregistered for the whole session
-    format_names()
-    return READERS.get(name)
 
 
 MEGATRON_ROLES = {
@@ -105,12 +95,12 @@ def test_gpt2_fp16_calibration_first_interval_is_skipped_with_no_loss() -> None:
     run = read_log(GPT2)
     f = run.frame
     # iteration 10: all ten iterations skipped, no `lm loss` printed -> missing, not NaN
-    assert _isnan(f.loc[10, "lm loss"]) and "lm loss" not in run.nan_steps
+    assert isnan(f.loc[10, "lm loss"]) and "lm loss" not in run.nan_steps
     assert f.loc[10, "number of skipped iterations"] == 10
     assert f.loc[20, "number of skipped iterations"] == 8
     assert f.loc[30, "number of skipped iterations"] == 1
     assert list(f.loc[[10, 20, 30], "loss scale"]) == [8388608.0, 32768.0, 16384.0]
-    assert _isnan(f.loc[10, "grad norm"]) and _isnan(f.loc[20, "grad norm"])
+    assert isnan(f.loc[10, "grad norm"]) and isnan(f.loc[20, "grad norm"])
     loss = run.series("loss")
     assert loss is not None and loss.index[0] == 20 and loss[20] == pytest.approx(12.03115)
     assert list(run.eval_frame.index) == [100, 200]
@@ -131,7 +121,7 @@ def test_iteration_without_loss_is_flagged_skipped_even_if_its_counter_says_0(
     )
     run = read_log(p)
     assert list(run.frame["number of skipped iterations"]) == [0.0, 1.0, 0.0]
-    assert _isnan(run.frame.loc[2, "lm loss"]) and run.nan_steps == {}
+    assert isnan(run.frame.loc[2, "lm loss"]) and run.nan_steps == {}
     assert run.frame.loc[2, "loss scale"] == 32768.0
 
 
@@ -156,7 +146,7 @@ def test_r24_excerpt_skipped_overflow_iterations_and_log_interval_argument() -> 
     assert dict(run.roles) == {**MEGATRON_ROLES, "eval_loss": "lm loss value"}
     f = run.frame
     assert list(f.index[f["number of skipped iterations"] > 0]) == [401, 434]
-    assert _isnan(f.loc[401, "lm loss"]) and _isnan(f.loc[401, "grad norm"])
+    assert isnan(f.loc[401, "lm loss"]) and isnan(f.loc[401, "grad norm"])
     assert f.loc[400, "loss scale"] == 1048576.0 and f.loc[401, "loss scale"] == 524288.0
     assert f.loc[434, "loss scale"] == 262144.0
     assert f.loc[402, "lm loss"] == pytest.approx(1.365265)
@@ -224,7 +214,7 @@ def test_neox_deepspeed_resume_torn_line_and_overflows() -> None:
     assert f.loc[30, "lm_loss"] == 8.0 and run.nan_steps == {}
     assert run.segment_of_step is not None and list(run.segment_of_step) == [0] * 5 + [1, 1]
     # the resumed 40 prints no loss: skipped; the torn first-pass 40 only lent its LR
-    assert _isnan(f.loc[40, "lm_loss"]) and f.loc[40, "number of skipped iterations"] == 1
+    assert isnan(f.loc[40, "lm_loss"]) and f.loc[40, "number of skipped iterations"] == 1
     assert run.eval_frame.loc[20, "lm_loss value"] == pytest.approx(9.1)
     assert run.eval_frame.loc[40, "test lm_loss value"] == pytest.approx(7.4)
     assert run.interval == 10
@@ -244,8 +234,8 @@ def test_torn_last_line_keeps_complete_fields_and_is_not_called_skipped(
                  + " iteration        3/     100 | learning rate: 9.000E-05 | lm loss: 2.3")
     run = read_log(p)
     assert run.frame.loc[3, "learning rate"] == pytest.approx(9e-05)
-    assert _isnan(run.frame.loc[3, "lm loss"])  # `2.3` may be the start of `2.31..`
-    assert _isnan(run.frame.loc[3, "number of skipped iterations"])
+    assert isnan(run.frame.loc[3, "lm loss"])  # `2.3` may be the start of `2.31..`
+    assert isnan(run.frame.loc[3, "number of skipped iterations"])
     assert run.warnings == (f"{p}: 1 truncated line(s) read up to the cut (line 3)",)
 
 
@@ -260,7 +250,7 @@ def test_non_numeric_fields_are_reported_once(tmp_path: Path) -> None:
 
 
 def test_sniff_scores() -> None:
-    reader = _reader("megatron")
+    reader = registered_reader("megatron")
     assert reader.sniff(BLOOM, BLOOM.read_bytes()[:65536]) == 0.95
     assert reader.sniff(DSCHAT, DSCHAT.read_bytes()[:65536]) == 0.9
     args = DATA_MEG.parent / "invalid" / "megatron_args_only.log"
@@ -377,7 +367,7 @@ def test_arbitrary_bytes_raise_only_spikelens_errors(parts: list[bytes]) -> None
         p = Path(d) / "train.log"
         p.write_bytes(b"".join(parts))
         try:
-            _reader("megatron").read(p)
+            registered_reader("megatron").read(p)
         except SpikelensError:
             pass
         try:

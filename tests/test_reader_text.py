@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA, SAMPLES, SHARED
+from conftest import DATA, SAMPLES, SHARED, isnan, registered_reader
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spikelens import LogFormatError, MissingMetricError, SpikelensError, read_log
-from spikelens.readers import READERS, Reader, format_names
 
 TXT = DATA / "text"
 MODDED = SAMPLES / "text" / "modded_nanogpt_124M_2024-11-06_ShortcutsTweaks.log"
@@ -25,15 +24,6 @@ NANOGPT = TXT / "nanogpt_shakespeare_char.log"
 MMENGINE = TXT / "mmengine_epoch_based.log"
 
 
-def _isnan(value: object) -> bool:
-    return isinstance(value, float) and math.isnan(value)  # numpy float64 is a float
-
-
-def _reader(name: str) -> Reader:
-    # through the registry, after registering every built-in reader: importing a reader
-    # module directly first would leave the others unregistered for the whole session
-    format_names()
-    return READERS.get(name)
 
 
 def test_modded_nanogpt_replicated_outlier_and_val_lines_apart() -> None:
@@ -51,7 +41,7 @@ def test_modded_nanogpt_replicated_outlier_and_val_lines_apart() -> None:
     assert run.eval_frame.loc[125, "eval/train_time"] == 16482.0
     series = run.series("loss")
     assert series is not None and len(series) == 3200 and series.index[0] == 1
-    assert _isnan(run.frame.loc[12, "step_avg"]) and run.frame.loc[13, "step_avg"] == 123.92
+    assert isnan(run.frame.loc[12, "step_avg"]) and run.frame.loc[13, "step_avg"] == 123.92
     assert run.warnings == () and run.restarts == () and run.interval == 1
 
 
@@ -155,7 +145,7 @@ def test_torn_last_line_is_dropped(tmp_path: Path) -> None:
     ("total 1,234 items", {}),
 ])
 def test_pairs(line: str, pairs: dict[str, float]) -> None:
-    _reader("text")
+    registered_reader("text")
     from spikelens.readers.text import parse_pairs
 
     got = parse_pairs(line)
@@ -165,7 +155,7 @@ def test_pairs(line: str, pairs: dict[str, float]) -> None:
 
 
 def test_sniff_is_a_low_fallback_score() -> None:
-    reader = _reader("text")
+    reader = registered_reader("text")
     assert reader.sniff(MODDED, MODDED.read_bytes()[:65536]) == 0.2
     assert reader.sniff(MMENGINE, MMENGINE.read_bytes()) == 0.2
     prose = DATA / "invalid" / "prose.txt"
@@ -250,7 +240,7 @@ def test_arbitrary_bytes_raise_only_spikelens_errors(parts: list[bytes]) -> None
         p = Path(d) / "train.log"
         p.write_bytes(b"".join(parts))
         try:
-            _reader("text").read(p)
+            registered_reader("text").read(p)
         except SpikelensError:
             pass
         try:
