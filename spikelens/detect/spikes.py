@@ -5,7 +5,9 @@ count) and both in units of the trailing scale, so they are scale-free:
 
 * the *point* test, for one-step spikes (a bad batch): the robust z of the point against the
   median of the `window` points before it. The scale for rises is the larger of IQR/1.349 and
-  (q90 - median)/1.2816: a loss whose upper tail is heavier than a normal law (per-microbatch
+  (q90 - median)/1.2816, both measured on the residuals around the window's robust local
+  line when the window descends (`baseline.detrended_quantiles`: the descent of training is
+  trend, not noise): a loss whose upper tail is heavier than a normal law (per-microbatch
   noise) earns a wider yardstick from its own recent past;
 * the *shift* test, for rises that last (an LR jump, a shard of bad data): the median of the
   next k points against the same baseline, divided by the standard error of that difference
@@ -34,8 +36,9 @@ from spikelens.detect.baseline import (
     IQR_TO_SIGMA,
     REL_SCALE_FLOOR,
     FloatArray,
+    detrended_quantiles,
     forward_median,
-    rank_index,
+    trailing_detrended,
     trailing_quantiles,
 )
 
@@ -95,33 +98,36 @@ class Stats:
 
 
 def trailing_stats(x: FloatArray, window: int, abs_floor: float, is_log: bool) -> Stats:
-    """Median, IQR-scale and upper-tail scale of the `window` points before each point.
+    """Level, IQR-scale and upper-tail scale of the `window` points before each point.
 
+    The scales (and the autocorrelation of the inflation factor) are measured on the
+    residuals around the window's robust local line (`detrended_quantiles`), so the descent
+    of early training, or of a log with one point every 10 steps, is not taken for noise.
     `abs_floor` is the resolution of the loss in its own units (half its rounding step, or
     the float precision floor): the scale never goes below it, expressed in log units at the
     baseline level when the series is a log."""
     n = len(x)
     stride = max(1, window // STRIDE_DIVISOR)
-    q = trailing_quantiles(x, window, (0.25, 0.5, 0.75, 0.9), stride)
+    level, q = trailing_detrended(x, window, (0.25, 0.5, 0.75, 0.9), stride)
     q25, q50, q75, q90 = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
     count = np.minimum(np.arange(n), window).astype(np.int64)
     raw = (q75 - q25) / IQR_TO_SIGMA
     with np.errstate(over="ignore", invalid="ignore"):
-        floor = np.log1p(abs_floor / np.exp(q50)) if is_log else np.full(n, abs_floor)
+        floor = np.log1p(abs_floor / np.exp(level)) if is_log else np.full(n, abs_floor)
     scale = np.maximum(np.maximum(raw, np.nan_to_num(floor)), REL_SCALE_FLOOR)
     up = np.maximum(scale, (q90 - q50) / Z90)
-    return Stats(level=q50, scale=scale, up_scale=up,
+    return Stats(level=level, scale=scale, up_scale=up,
                  inflation=_inflation(x, window, stride, raw), count=count)
 
 
 def window_stats(w: FloatArray, abs_floor: float, is_log: bool) -> tuple[float, float, float]:
     """(level, scale, up_scale) of one window, defined as `trailing_stats` defines them."""
-    srt = np.sort(w)
-    n = len(srt)
-    q25, q50, q75, q90 = (float(srt[rank_index(n, p)]) for p in (0.25, 0.5, 0.75, 0.9))
-    floor = float(np.log1p(abs_floor / np.exp(q50))) if is_log else abs_floor
+    lv, qs = detrended_quantiles(w[None, :], (0.25, 0.5, 0.75, 0.9))
+    level = float(lv[0])
+    q25, q50, q75, q90 = (float(v) for v in qs[0])
+    floor = float(np.log1p(abs_floor / np.exp(level))) if is_log else abs_floor
     scale = max((q75 - q25) / IQR_TO_SIGMA, floor, REL_SCALE_FLOOR)
-    return q50, scale, max(scale, (q90 - q50) / Z90)
+    return level, scale, max(scale, (q90 - q50) / Z90)
 
 
 def _inflation(x: FloatArray, window: int, stride: int, raw_scale: FloatArray) -> FloatArray:
@@ -131,6 +137,9 @@ def _inflation(x: FloatArray, window: int, stride: int, raw_scale: FloatArray) -
     noise would, so the shift test divides by a standard error inflated by this factor.
     For AR(1) noise Var(x[i] - x[i-1]) = 2 (1 - rho) Var(x), hence rho = 1 - s_d^2 / (2 s^2)
     with s_d the IQR-scale of the first differences: the same trailing quantiles, no loop.
+    `raw_scale` is the detrended one: a differenced line only shifts by its slope, which
+    leaves the IQR of the differences unchanged, so both scales describe the same residuals
+    and a descent is no longer read as autocorrelation.
     """
     n = len(x)
     out = np.ones(n)
