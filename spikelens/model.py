@@ -224,7 +224,6 @@ class Config:
     joint_min_z: float = 8.0  # point z a run needs where its outlier recurs in other runs
     joint_alpha: float = 0.01  # expected chance coincidences allowed over the whole log
     joint_tolerance: int = 1  # logged steps by which the same batch may be numbered apart
-    metric_overrides: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.window < 4:

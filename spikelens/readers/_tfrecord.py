@@ -1077,16 +1077,6 @@ def _decode_chunk(buf: np.ndarray, fr: Framing, st: DecodeState, vw: _Views,
     )
 
 
-def decode_scalars(buf: np.ndarray, fr: Framing, st: DecodeState | None = None) -> Scalars:
-    """Every scalar of the file in write order, in one piece (tests, small files)."""
-    st = st or DecodeState()
-    parts = list(iter_scalars(buf, fr, st))
-    if not parts:
-        return _general_scalars(_GeneralOut([], [], [], [], []), st)
-    return Scalars(*(np.concatenate([getattr(p, f) for p in parts])
-                     for f in ("steps", "values", "tag_ids", "rec", "walls")))
-
-
 def read_file(path: Path) -> np.ndarray:
     """The whole file as a read-only uint8 array. Mapped rather than read: the pages come
     straight from the page cache, with no 400 MB allocation to fault in and copy into (a

@@ -72,10 +72,6 @@ def is_incident(event: Event) -> bool:
     return event.metric == "loss" and event.kind != "oscillation"
 
 
-def _finite_or(x: float, default: float) -> float:
-    return x if math.isfinite(x) else default
-
-
 def finding_key(finding: Finding) -> tuple[int, int, float, float]:
     """Sort key, smallest = worst: loss incidents, then loss conditions (oscillation), then
     informational events on other metrics; within a group by kind, then by size."""
