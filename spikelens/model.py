@@ -24,10 +24,24 @@ def _empty_frame() -> pd.DataFrame:
 
 SCHEMA_VERSION = 1
 
-EVENT_KINDS = ("spike", "divergence", "nonfinite", "oscillation")
-#: Kinds that are incidents (oscillation is a condition, not an incident).
+EVENT_KINDS = ("spike", "divergence", "nonfinite", "oscillation", "stall", "overfitting")
+#: Kinds that are incidents (oscillation is a condition, not an incident; stall and
+#: overfitting are informational and never change the verdict).
 INCIDENT_KINDS = ("spike", "divergence", "nonfinite")
-VERDICTS = ("healthy", "spiky", "oscillating", "diverged", "nonfinite")
+VERDICTS = ("healthy", "spiky", "oscillating", "diverged", "nonfinite", "insufficient_data")
+
+
+@dataclass(frozen=True)
+class LogMessage:
+    """A line of the log that is not a metric row but may explain an incident: an error or
+    warning (NCCL, CUDA, OOM, traceback, SLURM), a checkpoint save or an eval, with the step it
+    was printed at (the last logged step before it) and the rank that printed it, if known."""
+
+    step: int | None
+    text: str
+    level: str = "info"  # "error", "warning" or "info"
+    rank: int | None = None
+    line: int | None = None  # line (or record) number in the source file
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,13 @@ class Run:
     segment_of_step: np.ndarray | None = None  # segment index of each row in `frame`
     warnings: tuple[str, ...] = ()
     name: str | None = None  # run name inside a multi-run file (W&B panel export)
+    #: Run configuration from the log or tracker (W&B config, MLflow params, Megatron args),
+    #: under canonical keys where known: clip_grad, lr, warmup_steps, global_batch_size,
+    #: micro_batch_size, seq_length, precision ("fp16"/"bf16"/"fp32"), world_size, seed,
+    #: vocab_size, adam_beta1, adam_beta2, adam_eps, weight_decay; other keys kept as written.
+    params: Mapping[str, Any] = field(default_factory=dict)
+    #: Non-metric lines kept by the reader (errors, warnings, checkpoints), in file order.
+    messages: tuple[LogMessage, ...] = ()
 
     def column(self, role: str) -> str | None:
         return self.roles.get(role)
