@@ -1,4 +1,4 @@
-"""The JSON report: the contract's exact shape and key order, rounding, non-finite numbers,
+"""The JSON report: the contract's exact shape and key order, full precision, non-finite numbers,
 and validation of real outputs against docs/report.schema.json."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from test_report_common import (
     multi_report,
 )
 
-from spikelens.model import Event, Evidence, Finding, Report, RunReport, Size, StepInfo
+from spikelens.model import Event, Evidence, Finding, Recurrence, Report, RunReport, Size, StepInfo
 from spikelens.report import render
 
 SCHEMA = json.loads(
@@ -64,11 +64,11 @@ def test_bloom_report_exactly() -> None:
                 "kind": "spike", "metric": "loss",
                 "start_step": 31216, "peak_step": 31219, "end_step": 31250,
                 "recovered": True,
-                "size": {"z": 14.2347, "ratio": 2.31857},
+                "size": {"z": 14.234712, "ratio": 2.3185712345},
                 "causes": [
                     {"cause": "grad_explosion", "score": 0.93, "summary": BLOOM_SUMMARY,
                      "evidence": {"grad_norm_before": 0.242, "grad_norm_peak": 960.351,
-                                  "growth": 3968.39, "lead_steps": 5, "lr_ratio": 1.0},
+                                  "growth": 3968.392561983471, "lead_steps": 5, "lr_ratio": 1.0},
                      "remedy": BLOOM_REMEDY},
                     {"cause": "bad_batch", "score": 0.2,
                      "summary": "The loss rose 2.32× in one step and was back near 2.2 within "
@@ -76,7 +76,7 @@ def test_bloom_report_exactly() -> None:
                      "evidence": {"rise_steps": 1, "recurs_in_runs": 0},
                      "remedy": "Inspect consumed samples 47776688–47778736."},
                 ],
-                "recovery_steps": 34, "segment": 0, "baseline": 2.19884, "period": None,
+                "recovery_steps": 34, "segment": 0, "baseline": 2.198845, "period": None,
                 "amplitude": None, "first_nonfinite": None,
                 "skipped_causes": [{"cause": "amp_overflow",
                                     "reason": "needs loss_scale, not in this log"}],
@@ -140,12 +140,35 @@ def test_causes_are_sorted_by_score_and_numpy_evidence_is_plain() -> None:
     doc = strict_loads(render(Report(runs=(rr,)), [], "json"))
     got = doc["runs"][0]["events"][0]
     assert [c["cause"] for c in got["causes"]] == ["grad_explosion", "lr_schedule"]
-    assert got["causes"][0]["score"] == 0.667
+    assert got["causes"][0]["score"] == 0.6666666
     assert got["causes"][0]["evidence"] == {"steps": [3, 4], "per_layer": {"h.0": None}}
     assert got["causes"][1]["evidence"] == {"ratio": 10.0, "lag": 1}
-    assert got["size"]["z"] == 7.12346
+    assert got["size"]["z"] == 7.123456789
     assert doc["runs"][0]["name"] == "run-7"
     validate(doc)
+
+
+def test_numbers_are_written_at_full_precision() -> None:
+    # six significant digits would write 1048580 and shift a token offset by thousands
+    ev = Event("spike", "loss", 10, 11, 12, True, Size(12.3456789, 1.000123456), baseline=
+               2.1988451234)
+    cause = Evidence("amp_overflow", 0.75, "s", {"loss_scale_before": 1048576.0,
+                                                 "tokens_at_peak": 123456789012,
+                                                 "tokens_float": 123456789012.0,
+                                                 "lr": 5.279999e-05}, "r")
+    rr = RunReport("x.csv", "csv", "spiky", StepInfo(0, 20, 21, 1), {"loss": "loss"},
+                   (Finding(ev, (cause,)),), ())
+    rec = Recurrence(axis="tokens", position=123456789012.0, members=(("x.csv", 11),))
+    text = render(Report(runs=(rr,), recurrences=(rec,)), [], "json")
+    assert '"loss_scale_before": 1048576.0' in text
+    assert '"tokens_at_peak": 123456789012,' in text
+    assert '"position": 123456789012,' in text
+    doc = strict_loads(text)
+    got = doc["runs"][0]["events"][0]
+    assert got["causes"][0]["evidence"]["tokens_float"] == 123456789012
+    assert got["causes"][0]["evidence"]["lr"] == 5.279999e-05
+    assert got["size"] == {"z": 12.3456789, "ratio": 1.000123456}
+    assert got["baseline"] == 2.1988451234
 
 
 @pytest.mark.parametrize("report", [empty_report(), healthy_report(), multi_report()],
@@ -160,7 +183,7 @@ def test_multi_run_report_has_the_recurrences() -> None:
     doc = strict_loads(render(multi_report(), [], "json"))
     assert [r["verdict"] for r in doc["runs"]] == ["healthy", "spiky"]
     assert doc["runs"][0]["events"] == []
-    assert doc["recurrences"] == [{"axis": "step", "position": 918.0, "members": [
+    assert doc["recurrences"] == [{"axis": "step", "position": 918, "members": [
         {"source": "a.log", "peak_step": 918}, {"source": "b.log", "peak_step": 919}]}]
 
 

@@ -21,12 +21,15 @@ from spikelens.registry import Registry
 PLOTLYJS_MODES = ("inline", "cdn")
 
 #: Verdicts from worst to best: a combined report's verdict is its worst run's.
-VERDICT_ORDER = ("nonfinite", "diverged", "spiky", "oscillating", "healthy")
-#: Event kinds from worst to best.
-KIND_ORDER = ("nonfinite", "divergence", "spike", "oscillation")
+VERDICT_ORDER = ("nonfinite", "diverged", "spiky", "oscillating", "insufficient_data",
+                 "healthy")
+#: Event kinds from worst to best (the informational kinds last).
+KIND_ORDER = ("nonfinite", "divergence", "spike", "oscillation", "stall", "overfitting")
+#: Kinds that are loss incidents (the others are conditions or information).
+INCIDENT_KINDS = ("nonfinite", "divergence", "spike")
 
-#: Significant digits kept in machine output: enough to tell 2.198845 from 2.198846 (the
-#: precision Megatron prints), few enough that float noise never shows up in a diff.
+#: Significant digits of `round_sig` (plot data in the HTML page: the plot cannot show more).
+#: Machine output (JSON) is never rounded: a loss scale of 1048576 is written as 1048576.
 SIG_DIGITS = 6
 
 
@@ -67,16 +70,37 @@ def worst_verdict(runs: Iterable[RunReport]) -> str | None:
 
 
 def is_incident(event: Event) -> bool:
-    """A loss incident, as opposed to a condition (oscillation) or an informational event on
-    another metric (a grad-norm surge that left the loss alone)."""
-    return event.metric == "loss" and event.kind != "oscillation"
+    """A loss incident, as opposed to a condition (oscillation), an informational kind (stall,
+    overfitting) or an informational event on another metric (a grad-norm surge that left
+    the loss alone)."""
+    return event.metric == "loss" and event.kind in INCIDENT_KINDS
+
+
+def is_condition(event: Event) -> bool:
+    """An oscillation of the loss: not an incident, but ranked causes and a remedy like one."""
+    return event.metric == "loss" and event.kind == "oscillation"
+
+
+def superseded_at(event: Event) -> int | None:
+    """The step a run was rolled back at, when the event lies in a segment that a later
+    restart replayed (the detection model may or may not carry such a field)."""
+    for name in ("superseded_at", "rolled_back_at", "superseded_by_restart_at", "rollback_step"):
+        value = getattr(event, name, None)
+        if value is not None and not isinstance(value, bool):
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                continue
+    if getattr(event, "superseded", False) is True:
+        return -1  # superseded, step unknown
+    return None
 
 
 def finding_key(finding: Finding) -> tuple[int, int, float, float]:
     """Sort key, smallest = worst: loss incidents, then loss conditions (oscillation), then
     informational events on other metrics; within a group by kind, then by size."""
     ev = finding.event
-    group = 0 if is_incident(ev) else (1 if ev.metric == "loss" else 2)
+    group = 0 if is_incident(ev) else (1 if is_condition(ev) else 2)
     kind = KIND_ORDER.index(ev.kind) if ev.kind in KIND_ORDER else len(KIND_ORDER)
     # an infinite z (a non-finite peak) outranks every finite one; NaN ranks last
     z = ev.size.z if not math.isnan(ev.size.z) else -math.inf
@@ -150,11 +174,15 @@ def fmt_num(x: float | int | None, digits: int = 3) -> str:
     return f"{xf:.{digits}g}"
 
 
+#: Kinds that are a stretch of the run rather than a peak.
+SPAN_KINDS = ("oscillation", "stall", "overfitting")
+
+
 def fmt_steps(event: Event) -> str:
     """`31219`, `31216–31230 (peak 31219)`, or `200–400` for an oscillation (no peak)."""
     if event.start_step == event.end_step == event.peak_step:
         return str(event.peak_step)
-    if event.kind == "oscillation":
+    if event.kind in SPAN_KINDS:
         return f"{event.start_step}–{event.end_step}"
     return f"{event.start_step}–{event.end_step} (peak {event.peak_step})"
 
@@ -164,7 +192,7 @@ def cause_summary(finding: Finding) -> str:
     tc = top_cause(finding)
     if tc is not None:
         return tc.summary
-    if is_incident(finding.event):
+    if is_incident(finding.event) or is_condition(finding.event):
         return "no cause scored above the floor"
     return "-"
 
@@ -193,6 +221,51 @@ def fmt_recovered(event: Event) -> str:
     return f"yes, {plural(event.recovery_steps, 'step')}"
 
 
+def _evidence_labels() -> Mapping[str, str]:
+    try:  # the causes package names its evidence keys in plain words (when it has the table)
+        from spikelens.causes.labels import EVIDENCE_LABELS
+    except ImportError:
+        return {}
+    return dict(EVIDENCE_LABELS)
+
+
+#: Words for parts of evidence keys, for keys the causes package has no label for.
+_KEY_WORDS = {
+    "lr": "LR", "grad": "grad", "norm": "norm", "nan": "NaN", "amp": "AMP", "z": "z",
+    "pct": "%", "eps": "epsilon", "acf": "autocorrelation", "mad": "MAD", "ewma": "EWMA",
+}
+
+
+def evidence_label(key: str) -> str:
+    """A plain-words name for an evidence key: the causes package's label when it has one,
+    else the key humanised (`grad_norm_before` -> `grad norm before`)."""
+    label = _evidence_labels().get(key)
+    if label:
+        return label
+    words = [w for w in str(key).replace("-", "_").split("_") if w]
+    if not words:
+        return str(key)
+    text = " ".join(_KEY_WORDS.get(w.lower(), w) for w in words)
+    return text[0].upper() + text[1:] if text[0].islower() else text
+
+
+def is_not_applicable(value: Any) -> bool:
+    """None, NaN and the string "n/a" mean "does not apply": such evidence rows are hidden."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return value.strip().lower() in ("n/a", "na", "")
+    if isinstance(value, (float, np.floating)) and not isinstance(value, bool):
+        return math.isnan(float(value))
+    return False
+
+
+def evidence_rows(evidence: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(plain-words label, value for people) for each evidence fact that applies."""
+    return [(evidence_label(k), fmt_evidence_value(v))
+            for k, v in evidence.items() if not is_not_applicable(v)]
+
+
 def fmt_evidence_value(value: Any) -> str:
     """One evidence value for people: numbers compact, lists bracketed, None as n/a."""
     if value is None:
@@ -213,6 +286,132 @@ def fmt_evidence_value(value: Any) -> str:
 def run_title(run: RunReport) -> str:
     """What to call a run: `file.csv`, or `export.csv [run-7]` inside a multi-run file."""
     return f"{run.source} [{run.name}]" if run.name else run.source
+
+
+def short_names(sources: Sequence[str]) -> list[str]:
+    """Short, unique names for runs from their paths (or URLs): the path components that all
+    share at the start and at the end are removed, then a file extension they all share
+    (`/x/logs/a/train.log`, `/x/logs/b/train.log` -> `a`, `b`). A name that would come out
+    empty or twice keeps more of its path; as a last resort a `#k` suffix keeps it unique."""
+    if not sources:
+        return []
+    if len(sources) == 1:
+        return [sources[0].replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or sources[0]]
+    parts = [[p for p in s.replace("\\", "/").split("/") if p] or [s] for s in sources]
+    shortest = min(len(p) for p in parts)
+    head = 0
+    while head < shortest - 1 and all(p[head] == parts[0][head] for p in parts):
+        head += 1
+    tail = 0
+    while (tail < shortest - head - 1
+           and all(p[-1 - tail] == parts[0][-1 - tail] for p in parts)):
+        tail += 1
+    names = ["/".join(p[head:len(p) - tail]) for p in parts]
+    exts = {n.rsplit(".", 1)[-1] if "." in n.rsplit("/", 1)[-1] else None for n in names}
+    if len(exts) == 1 and None not in exts:
+        ext = "." + exts.pop()  # type: ignore[operator]
+        trimmed = [n[: -len(ext)] for n in names]
+        if all(trimmed) and len(set(trimmed)) == len(trimmed):
+            names = trimmed
+    seen: dict[str, int] = {}
+    out: list[str] = []
+    for src, name in zip(sources, names, strict=True):
+        name = name or src
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return out
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One run of a multi-run summary table, in words (each renderer escapes and lays out)."""
+
+    index: int  # position of the run in `report.runs`
+    name: str  # short unique name (`short_names`)
+    title: str  # full path (and run name), for a hover or a footnote
+    verdict: str
+    counts: Mapping[str, int]  # incidents (and conditions) by kind label, worst kind first
+    incidents: str  # the counts in words: `2 spikes, 1 oscillation`, or `none`
+    worst: str  # `spike at step 31219`, `oscillation at steps 200–400`, or `-`
+    top_cause: str  # top cause of the worst event, or `-`
+
+
+@dataclass(frozen=True)
+class SummaryTable:
+    rows: tuple[SummaryRow, ...]
+    left_out: int  # runs cut by `top` (the table says how many)
+    total: int
+
+
+def run_sort_key(run: RunReport) -> tuple[int, tuple[int, int, float, float], str]:
+    """Worst run first: by verdict, then by its worst event."""
+    worst = worst_finding(run.findings)
+    key = finding_key(worst) if worst is not None else (9, 9, math.inf, math.inf)
+    return (verdict_rank(run.verdict), key, run_title(run))
+
+
+def run_summary_rows(
+    report: Report, top: int | None = None, names: Sequence[str] | None = None
+) -> SummaryTable:
+    """The multi-run summary: one row per run (short name, verdict, incidents by kind, worst
+    incident, top cause), worst run first, cut to the `top` worst when `top` is given (the
+    table's `left_out` says how many were cut). `names` overrides the short names."""
+    titles = [run_title(r) for r in report.runs]
+    shorts = list(names) if names is not None else short_names(titles)
+    order = sorted(range(len(report.runs)), key=lambda i: run_sort_key(report.runs[i]))
+    rows: list[SummaryRow] = []
+    for i in order:
+        run = report.runs[i]
+        shown = [f for f in run.findings if is_incident(f.event) or is_condition(f.event)]
+        counts: dict[str, int] = {}
+        for f in sorted(shown, key=finding_key):
+            counts[f.event.kind] = counts.get(f.event.kind, 0) + 1
+        worst = worst_finding(run.findings)
+        if worst is not None and (is_incident(worst.event) or is_condition(worst.event)):
+            ev = worst.event
+            where = (f"at steps {ev.start_step}–{ev.end_step}" if ev.kind in SPAN_KINDS
+                     else f"at step {ev.peak_step}")
+            worst_text = f"{ev.kind} {where}"
+            tc = top_cause(worst)
+            cause = tc.cause if tc is not None else "-"
+        else:
+            worst_text, cause = "-", "-"
+        rows.append(SummaryRow(
+            index=i, name=shorts[i], title=titles[i], verdict=run.verdict, counts=counts,
+            incidents=event_counts(shown) if shown else "none", worst=worst_text,
+            top_cause=cause,
+        ))
+    total = len(rows)
+    if top is not None and top >= 0:
+        rows = rows[:top]
+    return SummaryTable(rows=tuple(rows), left_out=total - len(rows), total=total)
+
+
+def member_names(report: Report, names: Sequence[str]) -> dict[str, str]:
+    """Recurrence member key (a source, or `source#name`) -> the run's short name."""
+    out: dict[str, str] = {}
+    for run, name in zip(report.runs, names, strict=True):
+        out[run.source if run.name is None else f"{run.source}#{run.name}"] = name
+        out.setdefault(run.source, name)
+    return out
+
+
+def repeated_texts(report: Report) -> list[str]:
+    """Remedies and "not judged" reasons that appear in more than one run, in first-seen
+    order: a multi-run report says each of them once."""
+    seen: dict[str, set[int]] = {}
+    for i, run in enumerate(report.runs):
+        for f in run.findings:
+            for c in f.causes:
+                if c.remedy:
+                    seen.setdefault(c.remedy, set()).add(i)
+            for sk in f.skipped:
+                seen.setdefault(skipped_text(sk.cause, sk.reason), set()).add(i)
+    return [t for t, runs in seen.items() if len(runs) > 1]
+
+
+def skipped_text(cause: str, reason: str) -> str:
+    return f"{cause} ({reason})"
 
 
 def fmt_step_range(run: RunReport) -> str:
@@ -264,9 +463,18 @@ def round_sig(x: float, digits: int = SIG_DIGITS) -> float | None:
     return float(f"{x:.{digits}g}")
 
 
+def full_float(x: float | None) -> float | None:
+    """A float for JSON at full precision (Python writes the shortest repr that reads back
+    to the same double: 1048576.0 stays 1048576.0); None for NaN and ±inf."""
+    if x is None:
+        return None
+    xf = float(x)
+    return xf if math.isfinite(xf) else None
+
+
 def jsonable(value: Any) -> Any:
-    """Evidence values as plain JSON: numpy scalars unwrapped, floats rounded, non-finite
-    floats as null, tuples and arrays as lists, mapping order kept."""
+    """Evidence values as plain JSON: numpy scalars unwrapped, floats at full precision,
+    non-finite floats as null, tuples and arrays as lists, mapping order kept."""
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, (bool, np.bool_)):
@@ -274,7 +482,7 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, (int, np.integer)):
         return int(value)
     if isinstance(value, (float, np.floating)):
-        return round_sig(float(value))
+        return full_float(float(value))
     if isinstance(value, Mapping):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, np.ndarray)):

@@ -1,8 +1,8 @@
 """The JSON report: the machine contract that downstream tools gate on, described by
 `docs/report.schema.json`. Key order is fixed (the contract's keys first, then the optional
-extras, always present and null when they do not apply), floats are rounded to six
-significant digits so two runs of the tool diff cleanly, and non-finite floats (the infinite
-z of a non-finite event) are written as null, because JSON has no Infinity and a string
+extras, always present and null when they do not apply), numbers are written at full
+precision (a loss scale of 1048576 is 1048576, a token offset is exact: rounding is for the
+text outputs only), and non-finite floats (the infinite z of a non-finite event) are null, because JSON has no Infinity and a string
 would break every consumer that reads the field as a number."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from spikelens.model import Event, Finding, Recurrence, Report, Run, RunReport
-from spikelens.report._common import RENDERERS, RenderOptions, jsonable, ranked_causes, round_sig
+from spikelens.report._common import RENDERERS, RenderOptions, full_float, jsonable, ranked_causes
 
 
 def _event(finding: Finding) -> dict[str, Any]:
@@ -24,11 +24,11 @@ def _event(finding: Finding) -> dict[str, Any]:
         "peak_step": int(ev.peak_step),
         "end_step": int(ev.end_step),
         "recovered": bool(ev.recovered),
-        "size": {"z": round_sig(ev.size.z), "ratio": round_sig(ev.size.ratio)},
+        "size": {"z": full_float(ev.size.z), "ratio": full_float(ev.size.ratio)},
         "causes": [
             {
                 "cause": c.cause,
-                "score": round_sig(c.score, 3),
+                "score": full_float(c.score),
                 "summary": c.summary,
                 "evidence": jsonable(c.evidence),
                 "remedy": c.remedy,
@@ -38,9 +38,9 @@ def _event(finding: Finding) -> dict[str, Any]:
         # extras after the contract's keys
         "recovery_steps": None if ev.recovery_steps is None else int(ev.recovery_steps),
         "segment": int(ev.segment),
-        "baseline": None if ev.baseline is None else round_sig(ev.baseline),
-        "period": None if ev.period is None else round_sig(ev.period),
-        "amplitude": None if ev.amplitude is None else round_sig(ev.amplitude),
+        "baseline": full_float(ev.baseline),
+        "period": full_float(ev.period),
+        "amplitude": full_float(ev.amplitude),
         "first_nonfinite": ev.first_nonfinite,
         "skipped_causes": [{"cause": s.cause, "reason": s.reason} for s in finding.skipped],
     }
@@ -64,10 +64,16 @@ def _run(run: RunReport) -> dict[str, Any]:
     }
 
 
+def _position(x: float) -> float | int | None:
+    # a step or token offset is an integer: write it as one, exactly
+    xf = full_float(x)
+    return int(xf) if xf is not None and xf.is_integer() and abs(xf) < 2**63 else xf
+
+
 def _recurrence(rec: Recurrence) -> dict[str, Any]:
     return {
         "axis": rec.axis,
-        "position": round_sig(rec.position),
+        "position": _position(rec.position),
         "members": [{"source": src, "peak_step": int(step)} for src, step in rec.members],
     }
 
