@@ -3,14 +3,17 @@ gets and what survives the downsampling. `test_browser.py` checks that it actual
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from test_report_common import (
+    BLOOM_SOURCE,
     XSS,
     bloom_report,
     bloom_run,
@@ -27,6 +30,7 @@ from spikelens.errors import ConfigError
 from spikelens.model import Event, Finding, Report, RunReport, Size, StepInfo
 from spikelens.readers._base import RawLog, build_run
 from spikelens.report import render
+from spikelens.report._common import evidence_label
 
 
 def payload(page: str) -> dict:
@@ -34,6 +38,17 @@ def payload(page: str) -> dict:
                   re.S)
     assert m, "no data block"
     return json.loads(m.group(1))
+
+
+def unpack(full: dict) -> tuple[np.ndarray, np.ndarray]:
+    """What the page script does with a full-resolution series, in numpy."""
+    n = full["n"]
+    dx = np.frombuffer(zlib.decompress(base64.b64decode(full["dx"])), dtype="<i4")
+    xs = np.concatenate(([full["x0"]], full["x0"] + np.cumsum(dx)))
+    raw = np.frombuffer(zlib.decompress(base64.b64decode(full["y"])), dtype=np.uint8)
+    if full["shuffle"]:
+        raw = raw.reshape(4, n).T.copy().reshape(-1)
+    return xs, raw.view("<f4")
 
 
 def traces(page: str, run: int = 0) -> dict[str, dict]:
@@ -53,12 +68,19 @@ def test_long_run_has_every_panel_on_a_shared_step_axis() -> None:
     assert layout["yaxis"]["domain"][0] > layout["yaxis2"]["domain"][1]
     assert [layout[f"xaxis{k}"]["matches"] for k in range(2, 6)] == ["x"] * 4
     assert tr["loss: NaN/inf"]["x"] == [1500]
-    # the marker sits on the curve, at the last finite loss (step 1499)
-    assert tr["loss"]["x"][1498] == 1499
-    assert tr["loss: NaN/inf"]["y"] == [tr["loss"]["y"][1498]]
+    # the marker sits on the axis: on an invisible 0..1 axis laid over the loss panel
+    marker = tr["loss: NaN/inf"]
+    assert marker["y"] == [0.03]
+    overlay = layout["yaxis" + marker["yaxis"][1:]]
+    assert overlay["overlaying"] == "y" and overlay["range"] == [0, 1]
+    assert overlay["visible"] is False
+    # and the line breaks there: a null between the last finite loss (1499) and 1501
+    x, y = tr["loss"]["x"], tr["loss"]["y"]
+    at = x.index(1499)
+    assert y[at + 1] is None and x[at + 2] == 1501
     assert tr["grad norm: NaN/inf"]["x"] == [1500]
-    assert 1500 not in tr["loss"]["x"]  # a non-finite point is a marker, not a line point
-    assert tr["loss"]["x"][799] == 800 and tr["loss"]["y"][799] > 5.5  # the spike
+    assert 1500 not in x  # a non-finite point is a marker, not a line point
+    assert x[799] == 800 and y[799] > 5.5  # the spike
 
 
 def test_events_are_shaded_labelled_and_carded() -> None:
@@ -76,7 +98,10 @@ def test_events_are_shaded_labelled_and_carded() -> None:
     assert '<article class="card kind-nonfinite" role="button" tabindex="0" data-run="0" ' \
            'data-event="3"' in page
     assert "Use bf16, or start GradScaler at 2**14 with growth_interval 2000." in page
-    assert "<th>scale_cuts</th><td>1</td>" in page
+    # evidence in plain words (the causes package's label when it has one)
+    assert f"<th>{evidence_label('scale_cuts')}</th><td>1</td>" in page
+    assert "scale_cuts" not in page
+    # not applicable (an infinite loss is a fact; None would be hidden): see test below
     assert 'class="logscale" data-run="0">' in page  # linear to start with
 
 
@@ -88,9 +113,11 @@ def test_bloom_page_summary_warnings_and_skipped_causes() -> None:
            "in the log</li>" in page
     assert "Not judged: amp_overflow (needs loss_scale, not in this log)" in page
     assert "The grad norm climbed 0.242 → 960 (×3970)" in page
-    assert list(traces(page)) == ["loss (lm loss)", "learning rate",
-                                  "grad norm",
-                                  "skipped (number of skipped iterations)"]
+    # the skipped and NaN counters are 0 at every step: no empty panels, a note instead
+    assert list(traces(page)) == ["loss (lm loss)", "learning rate", "grad norm"]
+    assert "Skipped (number of skipped iterations): 0 at all 11 logged steps, panel left " \
+           "out." in page
+    assert "NaN steps (number of nan iterations): 0 at all 11 logged steps" in page
 
 
 def test_wide_loss_range_starts_on_a_log_scale() -> None:
@@ -159,8 +186,19 @@ def test_a_million_steps_make_a_small_page_and_keep_a_one_step_spike() -> None:
     assert max(ly) == 6.0
     gx, gy = tr["grad norm (grad_norm)"]["x"], tr["grad norm (grad_norm)"]["y"]
     assert gy[gx.index(777_776)] == 50.0
-    # around the event the points are all there, for zooming in
-    assert all(s in lx for s in range(777_777 - 25, 777_778 + 26))
+    # the page says it shows an envelope, and carries the loss at full resolution
+    assert "Long series are drawn as a min/max envelope, which keeps every spike: loss " \
+           "7,971 of 1,000,000 points" in page
+    series = {m["role"]: m for m in payload(page)["runs"][0]["series"]}
+    xs, ys = unpack(series["loss"]["full"])
+    assert np.array_equal(xs, steps) and np.array_equal(ys, loss.astype(np.float32))
+    # the smooth series fit the budget too; the second noisy one does not, and keeps its
+    # full resolution around the event (and says so)
+    assert series["lr"]["full"] and series["loss_scale"]["full"]
+    assert series["grad_norm"]["full"] is None and series["grad_norm"]["nearEvents"]
+    assert all(s in gx for s in range(777_777 - 25, 777_778 + 26))
+    assert re.search(r"grad norm 8,0\d\d of 1,000,000 points \(full resolution only near the "
+                     r"events", page)
 
 
 def test_without_runs_the_page_still_has_cards_but_no_plot() -> None:
@@ -172,13 +210,23 @@ def test_without_runs_the_page_still_has_cards_but_no_plot() -> None:
 
 def test_empty_and_eventless_and_multi_run_pages() -> None:
     empty = render(empty_report(), [], "html", plotlyjs="cdn")
-    assert "No runs analysed." in empty and payload(empty) == {"runs": []}
+    assert "No runs analysed." in empty and payload(empty)["runs"] == []
     healthy = render(healthy_report(), [], "html", plotlyjs="cdn")
     assert "<p class=\"muted\">No events.</p>" in healthy
     multi = render(multi_report(), [], "html", plotlyjs="cdn")
     assert '<p class="overall">spiky: worst of 2 runs (1 spiky, 1 healthy)</p>' in multi
-    assert 'id="run-0"' in multi and 'id="run-1"' in multi
-    assert "<li>at step 918: a.log (step 918), b.log (step 919)</li>" in multi
+    # per-run sections folded, under their short names (full path on hover)
+    assert '<details class="run" id="run-0" data-run="0">' in multi
+    assert '<details class="run" id="run-1" data-run="1">' in multi
+    assert '<span title="runs/clean/metrics.jsonl">runs/clean/metrics.jsonl</span>' in multi
+    # the summary table first, worst run first; the recurrences next, by short name
+    assert multi.index('id="runs-table"') < multi.index("Incidents that recur") \
+        < multi.index('id="run-0"')
+    rows = re.findall(r'<td title="([^"]*)" data-key="[^"]*"><a href="#run-(\d)"', multi)
+    assert rows == [(BLOOM_SOURCE, "1"), ("runs/clean/metrics.jsonl", "0")]
+    assert "<td>R1</td><td>step 918</td><td>2</td><td>" \
+           '<span title="a.log">a.log</span> (step 918), ' \
+           '<span title="b.log">b.log</span> (step 919)</td>' in multi
 
 
 def test_numpy_integers_from_the_detector_are_plain_json() -> None:

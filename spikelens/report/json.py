@@ -2,8 +2,9 @@
 `docs/report.schema.json`. Key order is fixed (the contract's keys first, then the optional
 extras, always present and null when they do not apply), numbers are written at full
 precision (a loss scale of 1048576 is 1048576, a token offset is exact: rounding is for the
-text outputs only), and non-finite floats (the infinite z of a non-finite event) are null, because JSON has no Infinity and a string
-would break every consumer that reads the field as a number."""
+text outputs only), and non-finite floats (the infinite z of a non-finite event) are null,
+because JSON has no Infinity and a string would break every consumer that reads the field
+as a number."""
 
 from __future__ import annotations
 
