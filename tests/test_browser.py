@@ -141,7 +141,8 @@ def test_injected_metric_name_runs_no_script(tmp_path: Path) -> None:
     html = render(xss_report(run), [run], "html")
     dom, console = browse(write(tmp_path, "xss.html", html), tmp_path)
     assert console == []
-    assert body_attr(dom, "data-traces-drawn") == "5"
+    # loss, LR, grad norm, loss scale (the skip counter is 0 throughout: left out)
+    assert body_attr(dom, "data-traces-drawn") == "4"
     assert "<img" not in dom  # no element was made from the text
     assert "<title>spikelens: runs/&lt;script&gt;document.title='pwned'&lt;/script&gt;.csv" \
            "</title>" in dom
@@ -154,6 +155,13 @@ def test_injected_metric_name_runs_no_script(tmp_path: Path) -> None:
     assert console == []
 
 
+def probe(html: str, script: str, wait_ms: int = 1500) -> str:
+    """The page with `script` run `wait_ms` after load (the plots are drawn by then)."""
+    head, sep, tail = html.rpartition("</body>")
+    return (head + f"<script>setTimeout(function () {{\n{script}\n}}, {wait_ms});</script>"
+            + sep + tail)
+
+
 def test_empty_and_multi_run_pages_load_cleanly(tmp_path: Path) -> None:
     dom, console = browse(write(tmp_path, "empty.html", render(empty_report(), [], "html")),
                           tmp_path)
@@ -162,13 +170,90 @@ def test_empty_and_multi_run_pages_load_cleanly(tmp_path: Path) -> None:
     assert "No runs analysed." in dom
     report = multi_report()
     runs = [long_run(1000), bloom_run()]
-    dom, console = browse(write(tmp_path, "multi.html", render(report, runs, "html")),
-                          tmp_path)
+    html = render(report, runs, "html")
+    script = """
+var root = document.documentElement, order = function () {
+  return Array.prototype.map.call(document.querySelectorAll("#runs-table tbody tr"),
+    function (r) { return r.cells[1].textContent; }).join(","); };
+root.setAttribute("data-order0", order());
+document.querySelectorAll("#runs-table th")[0].click();
+root.setAttribute("data-order1", order());
+root.setAttribute("data-overlay", String(document.getElementById("plot-overlay").data.length));
+root.setAttribute("data-folded", String(document.querySelectorAll("details.run:not([open])")
+                                        .length));
+document.getElementById("run-1").open = true;
+setTimeout(function () {
+  root.setAttribute("data-drawn-after-open", document.body.getAttribute("data-plots-drawn"));
+  root.setAttribute("data-plot1-traces",
+                    String(document.querySelectorAll("#plot-1 g.trace").length));
+}, 1500);
+"""
+    dom, console = browse(write(tmp_path, "multi.html", probe(html, script)), tmp_path)
     assert console == []
-    assert body_attr(dom, "data-plots-ready") == "2"
-    # run 1 (1000 steps, before the overflow): loss, LR, grad norm, loss scale, skipped;
-    # run 2 (BLOOM): loss, LR, grad norm, skipped
-    assert drawn_traces(dom) == 5 + 4
+    # the summary table is on top, worst first, and sorts on a click (by name)
+    assert 'id="runs-table"' in dom
+    assert root_attr(dom, "data-order0") == "spiky,healthy"
+    assert root_attr(dom, "data-order1") == "healthy,spiky"
+    # the overlay of both runs' losses is drawn at load, the run sections are folded ...
+    assert body_attr(dom, "data-plots-ready") == "1"
+    assert root_attr(dom, "data-overlay") == "2"
+    assert root_attr(dom, "data-folded") == "2"
+    # ... and a section's plots are drawn when it is opened (BLOOM: loss, LR, grad norm)
+    assert root_attr(dom, "data-drawn-after-open") == "1"
+    assert root_attr(dom, "data-plot1-traces") == "3"
+
+
+def test_lines_break_at_a_gap_and_the_loss_scale_is_on_a_log_axis(tmp_path: Path) -> None:
+    # BLOOM's excerpt has no steps 31223-31249: the curves must not bridge them
+    from test_report_common import bloom_report
+
+    html = render(bloom_report(), [bloom_run()], "html")
+    script = """
+var root = document.documentElement;
+var traces = document.querySelectorAll("#plot-0 g.trace.scatter");
+root.setAttribute("data-moves", Array.prototype.map.call(traces, function (t) {
+  return String(t.querySelectorAll("path.js-line").length); }).join(","));
+"""
+    dom, console = browse(write(tmp_path, "gap.html", probe(html, script)), tmp_path)
+    assert console == []
+    # loss, LR, grad norm: each line is drawn in two pieces
+    assert root_attr(dom, "data-moves") == "2,2,2"
+    run = long_run()
+    script = """
+var root = document.documentElement, gd = document.getElementById("plot-0");
+var types = [];
+for (var k = 1; k <= 5; k++) { types.push(gd._fullLayout["yaxis" + (k > 1 ? k : "")].type); }
+root.setAttribute("data-types", types.join(","));
+document.querySelector('.card[data-event="1"]').click();
+setTimeout(function () {
+  // after the zoom, no axis title overlaps a tick label of its axis
+  var bad = [];
+  ["", "2", "3", "4", "5"].forEach(function (k) {
+    var sub = gd.querySelector(".subplot.x" + k + "y" + k) ||
+              gd.querySelector(".subplot.xy");
+    var title = gd.querySelector(".g-y" + k + "title text");
+    var ticks = sub.querySelectorAll(".yaxislayer-above text");
+    if (!title || !ticks.length) { bad.push("missing " + k); return; }
+    var right = title.getBoundingClientRect().right;
+    ticks.forEach(function (t) {
+      if (t.getBoundingClientRect().left < right) { bad.push(k + ":" + t.textContent); }
+    });
+  });
+  root.setAttribute("data-overlaps", bad.join(";"));
+  var xt = gd.querySelectorAll(".xaxislayer-above text");
+  root.setAttribute("data-xticks", Array.prototype.map.call(
+    gd.querySelectorAll(".subplot.x5y5 .xaxislayer-above text"),
+    function (t) { return t.textContent; }).join(","));
+}, 1500);
+"""
+    html = render(long_report(run), [run], "html")
+    dom, console = browse(write(tmp_path, "axes.html", probe(html, script)), tmp_path)
+    assert console == []
+    # loss linear (a narrow range), LR and grad norm linear, the loss scale log, skips linear
+    assert root_attr(dom, "data-types") == "linear,linear,linear,log,linear"
+    assert root_attr(dom, "data-overlaps") == ""
+    ticks = (root_attr(dom, "data-xticks") or "").split(",")
+    assert ticks and all(re.fullmatch(r"\d+", t) for t in ticks), ticks
 
 
 def test_a_million_step_page_renders(tmp_path: Path) -> None:
@@ -182,11 +267,55 @@ def test_a_million_step_page_renders(tmp_path: Path) -> None:
     ev = Event("spike", "loss", 500_000, 500_000, 500_001, True, Size(50.0, 3.5))
     rr = RunReport("big.csv", "csv", "spiky", StepInfo(0, n - 1, n, 1), dict(run.roles),
                    (Finding(ev),), ())
-    page = write(tmp_path, "big.html", render(Report(runs=(rr,)), [run], "html"))
-    assert page.stat().st_size <= 10_000_000
+    html = render(Report(runs=(rr,)), [run], "html")
+    assert len(html.encode("utf-8")) <= 10_000_000
+    script = """
+var root = document.documentElement, gd = document.getElementById("plot-0");
+root.setAttribute("data-note0", document.getElementById("note-plot-0").textContent);
+root.setAttribute("data-n0", String(gd.data[0].x.length));
+Plotly.relayout(gd, {"xaxis.range": [300000, 301000]}).then(function () {
+  setTimeout(function () {
+    var x = gd.data[0].x;
+    root.setAttribute("data-n1", String(x.length));
+    root.setAttribute("data-first", String(x[0]) + "," + String(x[x.length - 1]));
+    root.setAttribute("data-note1", document.getElementById("note-plot-0").textContent);
+    root.setAttribute("data-full-ready", gd.getAttribute("data-full-ready"));
+  }, 800);
+});
+"""
+    page = write(tmp_path, "big.html", probe(html, script, wait_ms=3000))
     dom, console = browse(page, tmp_path)
     assert console == []
     assert body_attr(dom, "data-traces-drawn") == "2"
+    # the page says it shows an envelope ...
+    note = root_attr(dom, "data-note0") or ""
+    assert note.startswith("Long series are drawn as a min/max envelope, which keeps every "
+                           "spike: loss ")
+    assert int(root_attr(dom, "data-n0") or 0) < 9000
+    # ... and a 1,000-step window shows every one of its points (plus one either side, so
+    # the line runs to the edges), decoded from the page's compressed full series
+    assert root_attr(dom, "data-full-ready") == "1"  # the loss; grad norm: near events
+    assert root_attr(dom, "data-n1") == "1003"
+    assert root_attr(dom, "data-first") == "299999,301001"
+    assert "loss: all 1,001 points in view" in (root_attr(dom, "data-note1") or "")
+
+
+def test_without_javascript_the_cards_read_and_a_note_says_why_no_plots(
+    tmp_path: Path,
+) -> None:
+    run = long_run()
+    html = render(long_report(run), [run], "html")
+    # a policy that runs no script of the page (Chromium's --dump-dom itself needs
+    # scripting on, so the switch cannot be turned off for the whole browser)
+    html = html.replace("<head>", "<head><meta http-equiv=\"Content-Security-Policy\" "
+                        "content=\"script-src 'none'\">", 1)
+    dom, _ = browse(write(tmp_path, "nojs.html", html), tmp_path)
+    assert "<noscript><p class=\"noscript\">The plots need JavaScript, which is off" in dom
+    assert dom.count('class="card kind-') == 4
+    assert "Use bf16, or start GradScaler at 2**14 with growth_interval 2000." in dom
+    # the plot box takes no room: no blank hole
+    assert re.search(r'<div class="plot" id="plot-0" data-height="\d+"></div>', dom)
+    assert body_attr(dom, "data-plots-ready") is None
 
 
 def test_real_sample_page(tmp_path: Path) -> None:
