@@ -287,6 +287,10 @@ def test_numbers_for_people_and_machines() -> None:
     assert round_sig(math.inf) is None and round_sig(math.nan) is None
     assert jsonable({"a": np.float32(0.1), "b": (np.int64(3), math.nan), "c": np.bool_(True)}) \
         == {"a": 0.1, "b": [3, None], "c": True}
+    # machine output keeps every digit: no 1048580 for a loss scale of 2**20
+    assert jsonable({"scale": 1048576.0, "tokens": 123456789012.0, "x": 2.3185712345}) == \
+        {"scale": 1048576.0, "tokens": 123456789012.0, "x": 2.3185712345}
+    assert fmt_num(3968.392561983471) == "3968"  # text rounds for reading, without an exponent
 
 
 def test_event_words() -> None:

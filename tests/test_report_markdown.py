@@ -15,6 +15,7 @@ from test_report_common import (
 
 from spikelens.model import Evidence, Finding, Report, RunReport, StepInfo
 from spikelens.report import render
+from spikelens.report._common import evidence_label
 from spikelens.report.markdown import code, esc, esc_item
 
 
@@ -38,8 +39,10 @@ def test_bloom_markdown() -> None:
     # evidence and skipped causes are verbose-only
     assert "Evidence" not in md and "Not judged" not in md
     verbose = render(bloom_report(), [], "markdown", verbose=True).splitlines()
-    assert "   - Evidence: `grad_norm_before` = 0.242, `grad_norm_peak` = 960, `growth` = " \
-           "3.97e+03, `lead_steps` = 5, `lr_ratio` = 1" in verbose
+    facts = "; ".join(f"{esc(evidence_label(k))}: {v}" for k, v in [
+        ("grad_norm_before", "0.242"), ("grad_norm_peak", "960"), ("growth", "3968"),
+        ("lead_steps", "5"), ("lr_ratio", "1")])
+    assert f"   - Evidence: {facts}" in verbose
     assert "Not judged: `amp_overflow` (needs loss\\_scale, not in this log)" in verbose
 
 
@@ -50,7 +53,9 @@ def test_every_event_kind_and_the_table_shape() -> None:
     assert [r.split(" | ")[1] for r in rows] == ["oscillation", "spike", "grad\\_norm spike",
                                                  "nonfinite"]
     assert all(r.count(" | ") == 6 for r in rows)  # 7 cells each
-    assert "| 1 | oscillation | 200–400 | period 20, amplitude 15.3% | - | - | - |" in rows
+    # an oscillation is explained like a spike (here no cause scored)
+    assert "| 1 | oscillation | 200–400 | period 20, amplitude 15.3% | - | - | no cause scored " \
+           "above the floor |" in rows
 
 
 def test_empty_eventless_and_multi_run() -> None:
@@ -60,9 +65,38 @@ def test_empty_eventless_and_multi_run() -> None:
     assert "No events." in healthy
     multi = render(multi_report(), [], "markdown").splitlines()
     assert multi[0] == "## spikelens — spiky: worst of 2 runs (1 spiky, 1 healthy)"
-    assert "### healthy: runs/clean/metrics.jsonl — no events" in multi
-    assert "#### Event 1: spike at step 31219" in multi
-    assert "- at step 918: `a.log` (step 918), `b.log` (step 919)" in multi
+    # the summary table first (worst run first), the recurrences, then folded sections
+    at = multi.index("| run | verdict | incidents | worst incident | top cause |")
+    assert multi[at + 2] == ("| `tests/data/report/bloom_tr11-176B_31214-31251.csv` | spiky | "
+                             "1 spike | spike at step 31219 | `grad_explosion` |")
+    assert multi[at + 3] == "| `runs/clean/metrics.jsonl` | healthy | none | - | - |"
+    assert "- R1 at step 918: 2 runs: `a.log` (step 918), `b.log` (step 919)" in multi
+    assert multi.index("- R1 at step 918: 2 runs: `a.log` (step 918), `b.log` (step 919)") \
+        < multi.index("### Each run")
+    assert "<details><summary>healthy: runs/clean/metrics.jsonl — none</summary>" in multi
+    assert "#### healthy: runs/clean/metrics.jsonl — no events" in multi
+    assert "##### Event 1: spike at step 31219" in multi
+
+
+def test_multi_run_says_shared_text_once_and_cuts_the_summary() -> None:
+    from spikelens.report.markdown import summary_table
+
+    bloom = bloom_report().runs[0]
+    runs = tuple(RunReport(f"/data/exp/{name}/train.log", "megatron", bloom.verdict,
+                           bloom.steps, bloom.metrics, bloom.findings, ())
+                 for name in ("seed1", "seed2", "seed3"))
+    md = render(Report(runs=runs), [], "markdown", verbose=True)
+    # short names: the common directories and file name are gone
+    assert "| `seed1` | spiky | 1 spike | spike at step 31219 | `grad_explosion` |" in md
+    # the BLOOM remedy is said once, in the shared notes, and referred to by number
+    assert md.count(BLOOM_REMEDY) == 1
+    assert md.index("### Said once for all runs") < md.index(BLOOM_REMEDY) \
+        < md.index("### Each run")
+    assert "   - **Remedy:** see shared note 1 above" in md.splitlines()
+    assert "Not judged: see shared note 3 above" in md.splitlines()
+    cut = summary_table(Report(runs=runs), top=2)
+    assert len([r for r in cut if r.startswith("| `seed")]) == 2
+    assert cut[-1] == "… and 1 more run not shown (3 in all)."
 
 
 def test_log_text_cannot_inject_markdown_or_html() -> None:

@@ -70,7 +70,10 @@ def check_every_format(report: Report, runs: list[Run], tmp_path: Path) -> None:
     page = render(report, runs, "html", plotlyjs="cdn")
     (tmp_path / "page.html").write_text(page, encoding="utf-8")
     assert page.count('<article class="card') == sum(len(r.findings) for r in report.runs)
-    assert page.count('class="plot"') == len(report.runs)
+    # a plot per run, and for several runs an overlay of their losses
+    overlay = len(report.runs) > 1 and sum(r.has("loss") for r in runs) > 1
+    assert page.count('class="plot"') == len(report.runs) + overlay
+    assert ('id="runs-table"' in page) == (len(report.runs) > 1)
     assert set(RENDERERS.names()) == {"terminal", "json", "markdown", "github", "html"}
 
 

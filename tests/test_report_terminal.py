@@ -18,6 +18,7 @@ from test_report_common import (
 
 from spikelens.model import Evidence, Finding, Report, RunReport, StepInfo
 from spikelens.report import auto_color, render
+from spikelens.report._common import evidence_label
 
 ANSI = re.compile(r"\x1b\[")
 
@@ -77,10 +78,15 @@ def test_remedy_is_the_worst_events() -> None:
 def test_verbose_adds_every_cause_evidence_and_skipped_causes() -> None:
     quiet = render(bloom_report(), [], "terminal", color=False)
     loud = render(bloom_report(), [], "terminal", color=False, verbose=True)
+    # evidence in plain words, numbers rounded for reading
+    flat = " ".join(loud.split())
+    facts = "; ".join(f"{evidence_label(k)}: {v}" for k, v in [
+        ("grad_norm_before", "0.242"), ("grad_norm_peak", "960"), ("growth", "3968"),
+        ("lead_steps", "5"), ("lr_ratio", "1")])
+    assert f"evidence: {facts} remedy:" in flat
+    assert "grad_norm_before" not in loud
     for line in [
         "Event 1: spike, steps 31216–31250 (peak 31219)",
-        "     evidence: grad_norm_before=0.242, grad_norm_peak=960, growth=3.97e+03, "
-        "lead_steps=5, lr_ratio=1",
         "  2. bad_batch (score 0.2): The loss rose 2.32× in one step and was back near 2.2 "
         "within 31 steps.",
         "     remedy: Inspect consumed samples 47776688–47778736.",
@@ -103,11 +109,20 @@ def test_wide_terminal_puts_the_summary_in_the_table(monkeypatch: pytest.MonkeyP
 def test_multi_run_has_a_section_per_run_and_the_recurrences() -> None:
     out = render(multi_report(), [], "terminal", color=False)
     lines = out.splitlines()
-    assert lines[2].startswith("run 1/2: runs/clean/metrics.jsonl ───")
-    assert lines[3] == "healthy: runs/clean/metrics.jsonl — no events"
-    assert "No events." in lines
-    assert any(line.startswith(f"run 2/2: {BLOOM_SOURCE} ───") for line in lines)
-    assert lines[-1] == "  - at step 918: a.log (step 918), b.log (step 919)"
+    assert lines[0] == "spiky: worst of 2 runs (1 spiky, 1 healthy)"
+    # the summary table first, worst run first, one row per run
+    assert re.match(r"run\s+verdict\s+incidents\s+worst incident\s+top cause$", lines[2])
+    assert re.match(r"tests/data/report/bloom_tr11-176B_31214\S*\s+spiky\s+1 spike\s+"
+                    r"spike at step 31219\s+grad_explosion$", lines[4])
+    assert re.match(r"runs/clean/metrics\.jsonl\s+healthy\s+none\s+-\s+-$", lines[6])
+    # then the recurrences, then a section per run, worst first
+    assert "  R1 at step 918: 2 runs: a.log (step 918), b.log (step 919)" in lines
+    first = next(i for i, line in enumerate(lines) if line.startswith("run 1/2: "))
+    assert lines[first].startswith(f"run 1/2: {BLOOM_SOURCE} ───")
+    second = next(i for i, line in enumerate(lines) if line.startswith("run 2/2: "))
+    assert lines[second].startswith("run 2/2: runs/clean/metrics.jsonl ───")
+    assert lines[second + 1] == "healthy: runs/clean/metrics.jsonl — no events"
+    assert lines[-1] == "No events."
 
 
 def test_colour_when_asked_and_never_with_no_color(monkeypatch: pytest.MonkeyPatch) -> None:

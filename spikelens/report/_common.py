@@ -169,6 +169,8 @@ def fmt_num(x: float | int | None, digits: int = 3) -> str:
     if xf == int(xf) and abs(xf) < 1e15:
         return str(int(xf))
     ax = abs(xf)
+    if 10**digits <= ax < 1e5:
+        return str(round(xf))  # 3968, not 3.97e+03
     if ax >= 1e5 or ax < 1e-3:
         return f"{xf:.{max(digits - 1, 0)}e}"
     return f"{xf:.{digits}g}"
@@ -481,6 +483,10 @@ def jsonable(value: Any) -> Any:
         return bool(value)
     if isinstance(value, (int, np.integer)):
         return int(value)
+    if isinstance(value, np.floating) and value.dtype.itemsize < 8:
+        # a float32 written as its shortest decimal (0.1), not as the double it widens to
+        # (0.10000000149011612): the same value, at its own full precision
+        return full_float(float(str(value))) if np.isfinite(value) else None
     if isinstance(value, (float, np.floating)):
         return full_float(float(value))
     if isinstance(value, Mapping):

@@ -1,14 +1,18 @@
 """The Markdown report, for a pull-request comment or `$GITHUB_STEP_SUMMARY`: the verdict, the
 event table, each event's ranked causes with their remedies, and the warnings folded away.
-`verbose` adds every cause's evidence and the causes that could not be judged. Everything
+`verbose` adds every cause's evidence (in plain words, facts that do not apply left out) and
+the causes that could not be judged. Several runs: the summary table first (one row per run,
+worst first, short names), the incidents that recur across runs, the remedies shared by
+several runs said once, then one folded section per run. Everything
 that comes from the log is escaped: Markdown punctuation is backslash-escaped and `<`, `>`,
 `&` become entities, because GitHub renders inline HTML and a metric name must not become a
 tag; names go in code spans whose fence is longer than any backtick run inside them."""
 
 from __future__ import annotations
 
+import html
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from spikelens.model import Finding, Report, Run, RunReport
 from spikelens.report._common import (
@@ -16,15 +20,23 @@ from spikelens.report._common import (
     RenderOptions,
     cause_summary,
     event_label,
-    fmt_evidence_value,
+    evidence_rows,
     fmt_num,
     fmt_recovered,
     fmt_size,
     fmt_step_range,
     fmt_steps,
+    is_condition,
+    is_incident,
+    member_names,
     overall_line,
+    plural,
     ranked_causes,
+    repeated_texts,
+    run_summary_rows,
     run_title,
+    short_names,
+    skipped_text,
     top_cause,
     verdict_line,
     worst_finding,
@@ -77,30 +89,41 @@ def _table(findings: Sequence[Finding]) -> list[str]:
     return lines
 
 
-def _causes(findings: Sequence[Finding], verbose: bool, level: str) -> list[str]:
+def _once(text: str, shared: Mapping[str, int]) -> str:
+    k = shared.get(text)
+    return esc(text) if k is None else f"see shared note {k} above"
+
+
+def _causes(findings: Sequence[Finding], verbose: bool, level: str,
+            shared: Mapping[str, int]) -> list[str]:
     out: list[str] = []
     for i, f in enumerate(findings, start=1):
         ev = f.event
         out += ["", f"{level} Event {i}: {esc(event_label(ev))} at step {ev.peak_step}", ""]
         causes = ranked_causes(f)
         if not causes:
-            out.append("No cause scored above the floor.")
+            out.append("No cause scored above the floor." if is_incident(ev) or
+                       is_condition(ev) else "No causes ranked (not a loss incident).")
         for j, c in enumerate(causes, start=1):
             out.append(f"{j}. {code(c.cause)} (score {fmt_num(c.score, 2)}): {esc(c.summary)}")
             if c.remedy:
-                out.append(f"   - **Remedy:** {esc(c.remedy)}")
-            if verbose and c.evidence:
-                facts = ", ".join(f"{code(k)} = {esc(fmt_evidence_value(v))}"
-                                  for k, v in c.evidence.items())
+                out.append(f"   - **Remedy:** {_once(c.remedy, shared)}")
+            rows = evidence_rows(c.evidence) if verbose else []
+            if rows:
+                facts = "; ".join(f"{esc(k)}: {esc(v)}" for k, v in rows)
                 out.append(f"   - Evidence: {facts}")
         if verbose and f.skipped:
             out.append("")
             out.append("Not judged: " + "; ".join(
-                f"{code(s.cause)} ({esc(s.reason)})" for s in f.skipped))
+                f"see shared note {shared[skipped_text(s.cause, s.reason)]} above"
+                if skipped_text(s.cause, s.reason) in shared
+                else f"{code(s.cause)} ({esc(s.reason)})" for s in f.skipped))
     return out
 
 
-def _section(run: RunReport, verbose: bool, heading: str) -> list[str]:
+def _section(run: RunReport, verbose: bool, heading: str,
+             shared: Mapping[str, int] | None = None) -> list[str]:
+    shared = shared or {}
     metrics = ", ".join(f"{esc(role)} = {code(name)}" for role, name in run.metrics.items())
     out = [
         f"{heading} {esc(verdict_line(run))}",
@@ -116,8 +139,8 @@ def _section(run: RunReport, verbose: bool, heading: str) -> list[str]:
         if worst is not None and tc is not None and tc.remedy:
             ev = worst.event
             out += ["", f"**Remedy for the worst event** ({esc(event_label(ev))} at step "
-                        f"{ev.peak_step}, {code(tc.cause)}): {esc(tc.remedy)}"]
-        out += _causes(run.findings, verbose, heading + "#")
+                        f"{ev.peak_step}, {code(tc.cause)}): {_once(tc.remedy, shared)}"]
+        out += _causes(run.findings, verbose, heading + "#", shared)
     else:
         out.append("No events.")
     if run.warnings:
@@ -127,18 +150,62 @@ def _section(run: RunReport, verbose: bool, heading: str) -> list[str]:
     return out
 
 
+def summary_table(report: Report, names: Sequence[str] | None = None,
+                  top: int | None = None) -> list[str]:
+    """The multi-run summary as a Markdown table (worst run first; `top` cuts it, and a
+    line says how many runs were left out)."""
+    names = list(names) if names is not None else short_names([run_title(r)
+                                                               for r in report.runs])
+    table = run_summary_rows(report, top=top, names=names)
+    lines = ["| run | verdict | incidents | worst incident | top cause |",
+             "|---|---|---|---|---|"]
+    for r in table.rows:
+        cause = code(r.top_cause, in_table=True) if r.top_cause != "-" else "-"
+        lines.append(f"| {code(r.name, in_table=True)} | {esc(r.verdict)} | {esc(r.incidents)} "
+                     f"| {esc(r.worst)} | {cause} |")
+    if table.left_out:
+        lines += ["", f"… and {plural(table.left_out, 'more run')} not shown "
+                      f"({table.total} in all)."]
+    return lines
+
+
+def _recurrences(report: Report, names: Sequence[str], heading: str) -> list[str]:
+    if not report.recurrences:
+        return []
+    keys = member_names(report, names) if names else {}
+    out = ["", f"{heading} Incidents that recur across runs ({len(report.recurrences)})", ""]
+    for k, rec in enumerate(report.recurrences, start=1):
+        members = ", ".join(f"{code(keys.get(src, src))} (step {step})"
+                            for src, step in rec.members)
+        out.append(f"- R{k} at {esc(rec.axis)} {esc(fmt_num(rec.position, 12))}: "
+                   f"{plural(len(rec.members), 'run')}: {members}")
+    return out
+
+
 @RENDERERS.register("markdown")
 def render(report: Report, runs: Sequence[Run | None], options: RenderOptions) -> str:
     lines: list[str] = []
     if len(report.runs) == 1:
         lines += _section(report.runs[0], options.verbose, "##")
+        lines += _recurrences(report, [], "####")
     else:
         lines += [f"## spikelens — {esc(overall_line(report))}"]
-        for run in report.runs:
-            lines += [""] + _section(run, options.verbose, "###")
-    if report.recurrences:
-        lines += ["", "#### Incidents that recur across runs", ""]
-        for rec in report.recurrences:
-            members = ", ".join(f"{code(src)} (step {step})" for src, step in rec.members)
-            lines.append(f"- at {esc(rec.axis)} {esc(fmt_num(rec.position))}: {members}")
+        if report.runs:
+            names = short_names([run_title(r) for r in report.runs])
+            texts = repeated_texts(report)
+            shared = {t: k for k, t in enumerate(texts, start=1)}
+            lines += ["", "### Runs", ""] + summary_table(report, names)
+            lines += _recurrences(report, names, "###")
+            if texts:
+                lines += ["", "### Said once for all runs", ""]
+                lines += [f"{k}. {esc(t)}" for k, t in enumerate(texts, start=1)]
+            lines += ["", "### Each run"]
+            for r in run_summary_rows(report, names=names).rows:
+                run = report.runs[r.index]
+                # folded: the summary table above is what most readers need
+                # inside an HTML element Markdown is not parsed: HTML escaping only
+                what = html.escape(f"{r.verdict}: {r.name} — {r.incidents}", quote=False)
+                lines += ["", f"<details><summary>{what}</summary>", ""]
+                lines += _section(run, options.verbose, "####", shared)
+                lines += ["", "</details>"]
     return "\n".join(lines) + "\n"

@@ -1,8 +1,11 @@
 """The terminal report, the default: what someone reads right after a run dies. The first
 line is the verdict; then a table of the events (kind, steps, size, recovery, top cause and
 its one-line summary); then the remedy for the worst event and the reader's warnings.
-`verbose` adds, per event, every cause with its evidence and remedy, and the causes that
-could not be judged. Built with rich; with `color=False` (NO_COLOR, or output that is not a
+`verbose` adds, per event, every cause with its evidence (in plain words, facts that do not
+apply left out) and remedy, and the causes that could not be judged. Several runs: the
+summary table first (one row per run, worst first, under short names), the incidents that
+recur across runs, the remedies shared by several runs said once, then a section per run.
+Built with rich; with `color=False` (NO_COLOR, or output that is not a
 terminal) it is plain text with no escape codes. Text from the log is passed to rich as
 `Text`, never as markup, so a metric called `[bold]` prints as written. On a narrow
 terminal the summaries go under the table, numbered, rather than into a column squeezed to
@@ -11,7 +14,7 @@ a few characters."""
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from rich import box
 from rich.console import Console
@@ -26,16 +29,23 @@ from spikelens.report._common import (
     RenderOptions,
     cause_summary,
     event_label,
-    fmt_evidence_value,
+    evidence_rows,
     fmt_num,
     fmt_recovered,
     fmt_size,
     fmt_step_range,
     fmt_steps,
+    is_condition,
     is_incident,
+    member_names,
     overall_line,
+    plural,
     ranked_causes,
+    repeated_texts,
+    run_summary_rows,
     run_title,
+    short_names,
+    skipped_text,
     top_cause,
     verdict_line,
     worst_finding,
@@ -107,7 +117,7 @@ def _table(console: Console, findings: Sequence[Finding], wide: bool) -> None:
     for i, f in enumerate(findings, start=1):
         ev = f.event
         tc = top_cause(f)
-        shown = is_incident(ev) or ev.kind == "oscillation"
+        shown = is_incident(ev) or is_condition(ev)
         cells = [
             Text(str(i)),
             Text(event_label(ev), style=KIND_STYLE.get(ev.kind, "") if shown else "dim"),
@@ -127,7 +137,12 @@ def _table(console: Console, findings: Sequence[Finding], wide: bool) -> None:
                 _indented(console, Text(f"{i}. {summary}"), 1)
 
 
-def _remedy(console: Console, findings: Sequence[Finding]) -> None:
+def _once(text: str, shared: Mapping[str, int]) -> str:
+    k = shared.get(text)
+    return text if k is None else f"see shared note {k} above"
+
+
+def _remedy(console: Console, findings: Sequence[Finding], shared: Mapping[str, int]) -> None:
     worst = worst_finding(findings)
     if worst is None:
         return
@@ -138,10 +153,10 @@ def _remedy(console: Console, findings: Sequence[Finding]) -> None:
     console.print()
     head = Text(f"Remedy for the worst event ({event_label(ev)} at step {ev.peak_step}, "
                 f"{tc.cause}): ", style="bold")
-    console.print(head + Text(tc.remedy))
+    console.print(head + Text(_once(tc.remedy, shared)))
 
 
-def _details(console: Console, findings: Sequence[Finding]) -> None:
+def _details(console: Console, findings: Sequence[Finding], shared: Mapping[str, int]) -> None:
     for i, f in enumerate(findings, start=1):
         ev = f.event
         console.print()
@@ -149,18 +164,20 @@ def _details(console: Console, findings: Sequence[Finding]) -> None:
                            style="bold"))
         causes = ranked_causes(f)
         if not causes:
-            _indented(console, Text(cause_summary(f) if is_incident(ev) else
-                                    "no causes ranked (not a loss incident)"), 2)
+            _indented(console, Text(cause_summary(f) if is_incident(ev) or is_condition(ev)
+                                    else "no causes ranked (not a loss incident)"), 2)
         for j, c in enumerate(causes, start=1):
             _indented(console, Text(f"{j}. ") + Text(c.cause, style="bold")
                       + Text(f" (score {fmt_num(c.score, 2)}): {c.summary}"), 2)
-            if c.evidence:
-                facts = ", ".join(f"{k}={fmt_evidence_value(v)}" for k, v in c.evidence.items())
+            rows = evidence_rows(c.evidence)
+            if rows:
+                facts = "; ".join(f"{k}: {v}" for k, v in rows)
                 _indented(console, Text(f"evidence: {facts}", style="dim"), 5)
             if c.remedy:
-                _indented(console, Text(f"remedy: {c.remedy}"), 5)
+                _indented(console, Text(f"remedy: {_once(c.remedy, shared)}"), 5)
         for s in f.skipped:
-            _indented(console, Text(f"not judged: {s.cause} ({s.reason})", style="dim"), 2)
+            _indented(console, Text(f"not judged: {_once(skipped_text(s.cause, s.reason), shared)}",
+                                    style="dim"), 2)
 
 
 def _warnings(console: Console, run: RunReport) -> None:
@@ -172,39 +189,81 @@ def _warnings(console: Console, run: RunReport) -> None:
         _indented(console, Text(f"- {w}"), 2)
 
 
-def _section(console: Console, run: RunReport, options: RenderOptions) -> None:
+def _section(console: Console, run: RunReport, options: RenderOptions,
+             shared: Mapping[str, int]) -> None:
     _verdict(console, run)
     _summary(console, run)
     if run.findings:
         _table(console, run.findings, wide=options.width >= WIDE)
-        _remedy(console, run.findings)
+        _remedy(console, run.findings, shared)
         if options.verbose:
-            _details(console, run.findings)
+            _details(console, run.findings, shared)
     else:
         console.print(Text("No events."))
     _warnings(console, run)
+
+
+def _runs_table(console: Console, report: Report, names: Sequence[str]) -> None:
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for col in ("run", "verdict", "incidents", "worst incident", "top cause"):
+        table.add_column(col, overflow="fold")
+    for r in run_summary_rows(report, names=names).rows:
+        table.add_row(Text(r.name), Text(r.verdict, style=VERDICT_STYLE.get(r.verdict, "")),
+                      Text(r.incidents), Text(r.worst), Text(r.top_cause, style="bold"))
+    console.print(table)
+
+
+def _recurrences(console: Console, report: Report, names: Sequence[str]) -> None:
+    if not report.recurrences:
+        return
+    keys = member_names(report, names) if names else {}
+    console.print()
+    console.print(Text(f"Incidents that recur across runs ({len(report.recurrences)}):",
+                       style="bold"))
+    for k, rec in enumerate(report.recurrences, start=1):
+        members = ", ".join(f"{keys.get(src, src)} (step {step})" for src, step in rec.members)
+        _indented(console, Text(f"R{k} at {rec.axis} {fmt_num(rec.position, 12)}: "
+                                f"{plural(len(rec.members), 'run')}: {members}"), 2)
+
+
+def _shared(console: Console, texts: Sequence[str]) -> None:
+    if not texts:
+        return
+    console.print()
+    console.print(Text("Said once for all runs (remedies and causes not judged that recur):",
+                       style="bold"))
+    for k, t in enumerate(texts, start=1):
+        _indented(console, Text(f"{k}. {t}"), 2)
 
 
 @RENDERERS.register("terminal")
 def render(report: Report, runs: Sequence[Run | None], options: RenderOptions) -> str:
     console = _console(options)
     if len(report.runs) == 1:
-        _section(console, report.runs[0], options)
+        _section(console, report.runs[0], options, {})
+        _recurrences(console, report, [])
     else:
-        # the combined verdict first, then one section per run
+        # the combined verdict, the summary table and what the runs share first; then one
+        # section per run, worst first
         style = VERDICT_STYLE.get(worst_verdict(report.runs) or "", "bold")
         console.print(Text(overall_line(report), style=style), soft_wrap=True)
-        for i, run in enumerate(report.runs, start=1):
+        names = short_names([run_title(r) for r in report.runs])
+        texts = repeated_texts(report) if report.runs else []
+        shared = {t: k for k, t in enumerate(texts, start=1)}
+        if report.runs:
             console.print()
-            console.print(Rule(Text(f"run {i}/{len(report.runs)}: {run_title(run)}"),
+            _runs_table(console, report, names)
+        _recurrences(console, report, names)
+        _shared(console, texts)
+        order = [r.index for r in run_summary_rows(report, names=names).rows]
+        for n, i in enumerate(order, start=1):
+            run = report.runs[i]
+            console.print()
+            console.print(Rule(Text(f"run {n}/{len(report.runs)}: {names[i]}"),
                                align="left", characters="─"))
-            _section(console, run, options)
-    if report.recurrences:
-        console.print()
-        console.print(Text("Incidents that recur across runs:", style="bold"))
-        for rec in report.recurrences:
-            members = ", ".join(f"{src} (step {step})" for src, step in rec.members)
-            _indented(console, Text(f"- at {rec.axis} {fmt_num(rec.position)}: {members}"), 2)
+            if names[i] != run_title(run):
+                console.print(Text(run_title(run), style="dim"), soft_wrap=True)
+            _section(console, run, options, shared)
     out = str(console.file.getvalue())  # type: ignore[attr-defined]
     if not options.color:
         # rich pads table cells to the column width; trailing blanks only clutter files
