@@ -312,3 +312,40 @@ def test_verdict_lines() -> None:
     assert overall_line(multi_report()) == "spiky: worst of 2 runs (1 spiky, 1 healthy)"
     assert verdict_line(healthy_report().runs[0]) == \
         "healthy: runs/clean/metrics.jsonl — no events"
+
+
+def test_short_names_drop_what_all_paths_share() -> None:
+    from spikelens.report._common import short_names
+
+    nanogpt = "/work/shared/real_logs/modded_nanogpt/"
+    assert short_names([nanogpt + "124M_2024-10-09_SOAP_5bdc3988.log",
+                        nanogpt + "124M_2024-10-10_Muon_eb5659d0.log"]) == \
+        ["124M_2024-10-09_SOAP_5bdc3988", "124M_2024-10-10_Muon_eb5659d0"]
+    assert short_names(["/x/a/train.log", "/x/b/train.log", "/x/b/c/train.log"]) == \
+        ["a", "b", "b/c"]
+    assert short_names(["s3://bucket/r1/m.jsonl", "s3://bucket/r2/m.csv"]) == \
+        ["r1/m.jsonl", "r2/m.csv"]
+    # the same path twice (two runs of one W&B export) stays unique
+    assert short_names(["e.csv [run-1]", "e.csv [run-2]"]) == ["e.csv [run-1]", "e.csv [run-2]"]
+    assert short_names(["a.log", "a.log"]) == ["a.log", "a.log#2"]
+    assert short_names(["/only/one/run.log"]) == ["run.log"]
+    assert short_names([]) == []
+
+
+def test_run_summary_rows_worst_first_and_cut_to_the_top() -> None:
+    from spikelens.report._common import run_summary_rows
+
+    run = long_run()
+    long = long_report(run).runs[0]
+    report = Report(runs=(healthy_report().runs[0], bloom_report().runs[0], long))
+    table = run_summary_rows(report)
+    assert [r.verdict for r in table.rows] == ["nonfinite", "spiky", "healthy"]
+    worst = table.rows[0]
+    assert (worst.index, worst.incidents, worst.worst, worst.top_cause) == \
+        (2, "1 nonfinite, 1 spike, 1 oscillation", "nonfinite at step 1500", "amp_overflow")
+    assert dict(worst.counts) == {"nonfinite": 1, "spike": 1, "oscillation": 1}
+    assert worst.title == "runs/fp16_lm/train_log.csv"
+    assert table.rows[2].incidents == "none" and table.rows[2].worst == "-"
+    assert (table.left_out, table.total) == (0, 3)
+    cut = run_summary_rows(report, top=1)
+    assert [r.index for r in cut.rows] == [2] and (cut.left_out, cut.total) == (2, 3)

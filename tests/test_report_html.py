@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +29,21 @@ from test_report_common import (
 )
 
 from spikelens.errors import ConfigError
-from spikelens.model import Event, Finding, Report, RunReport, Size, StepInfo
+from spikelens.model import (
+    Event,
+    Evidence,
+    Finding,
+    Recurrence,
+    Report,
+    Run,
+    RunReport,
+    Size,
+    StepInfo,
+)
 from spikelens.readers._base import RawLog, build_run
 from spikelens.report import render
 from spikelens.report._common import evidence_label
+from spikelens.report.html import COLORS
 
 
 def payload(page: str) -> dict:
@@ -237,3 +250,152 @@ def test_numpy_integers_from_the_detector_are_plain_json() -> None:
                    (Finding(ev),), ())
     page = render(Report(runs=(rr,)), [run], "html", plotlyjs="cdn")
     assert payload(page)["runs"][0]["events"] == [[800, 801, 800]]
+
+
+def _run_with_warmup_and_eval() -> tuple[Run, RunReport]:
+    """A run that starts at ln(50257) = 10.8, warms the LR up over 200 steps, logs an eval
+    loss every 100 steps, has a spike at 1500 and a hole in the log at 3000-3400."""
+    steps = np.concatenate([np.arange(0, 3000), np.arange(3400, 4000)])
+    rng = np.random.default_rng(11)
+    loss = 2.5 + 8.3 * np.exp(-steps / 60) + 0.02 * rng.standard_normal(len(steps))
+    loss[steps == 1500] = 3.4
+    lr = np.where(steps < 200, 3e-4 * (steps + 1) / 200, 3e-4)
+    frame = pd.DataFrame({"step": steps, "loss": loss, "lr": lr})
+    ev_steps = np.arange(100, 4000, 100)
+    ev_steps = ev_steps[(ev_steps < 3000) | (ev_steps >= 3400)]
+    eval_frame = pd.DataFrame({"step": ev_steps, "eval_loss": 2.6 + 8.2 * np.exp(-ev_steps / 60)})
+    run = build_run(RawLog(frame=frame, eval_frame=eval_frame), Path("warm.csv"), "csv")
+    ev = Event("spike", "loss", 1500, 1500, 1501, True, Size(30.0, 1.36))
+    rr = RunReport("warm.csv", "csv", "spiky", StepInfo(0, 3999, len(steps), 1),
+                   dict(run.roles), (Finding(ev),), ())
+    return run, rr
+
+
+def test_loss_axis_fits_the_training_after_warmup_and_eval_loss_stands_out() -> None:
+    run, rr = _run_with_warmup_and_eval()
+    assert run.has("eval_loss")
+    page = render(Report(runs=(rr,)), [run], "html", plotlyjs="cdn")
+    data = payload(page)["runs"][0]
+    layout = data["figure"]["layout"]
+    # the step-0 loss of 10.8 is outside the starting range; the spike (3.4) is inside
+    lo, hi = layout["yaxis"]["range"]
+    assert hi < 4.0 and lo > 2.3 and hi > 3.4
+    assert data["fit"]["from"] == 180  # where the LR reached 90% of its peak
+    assert 'class="fitloss" data-run="0" checked> loss axis fitted to the training after ' \
+           "warmup (from step 180)" in page
+    tr = traces(page)
+    names = list(tr)
+    # eval loss after (so drawn above) the train loss, in a colour of its own, with markers
+    assert names.index("eval loss (eval_loss)") == names.index("loss") + 1
+    ev, train = tr["eval loss (eval_loss)"], tr["loss"]
+    assert ev["line"]["color"] != train["line"]["color"]
+    assert ev["line"]["color"] not in {c for role, c in COLORS.items() if role != "eval_loss"}
+    assert ev["mode"] == "lines+markers"
+    # the hole in the log breaks both lines: no segment joins 2999 and 3400
+    for t in (train, ev):
+        pairs = list(zip(t["x"], t["y"], t["x"][1:], t["y"][1:], strict=False))
+        assert not any(a < 3000 and b >= 3400 and ya is not None and yb is not None
+                       for a, ya, b, yb in pairs)
+    assert None in train["y"] and None in ev["y"]
+    # every x axis prints exact steps
+    assert all(layout[k]["tickformat"] == "d" and layout[k]["hoverformat"] == "d"
+               for k in layout if k.startswith("xaxis"))
+    assert all(layout[k].get("automargin") for k in layout
+               if k.startswith(("xaxis", "yaxis")) and "overlaying" not in layout[k])
+
+
+def test_a_flat_start_needs_no_fit_and_a_sparse_log_gets_markers() -> None:
+    steps = np.arange(0, 5000, 50)  # 100 points
+    loss = 2.0 + 0.01 * np.sin(steps)
+    run = build_run(RawLog(frame=pd.DataFrame({"step": steps, "loss": loss})), Path("s.csv"),
+                    "csv")
+    rr = RunReport("s.csv", "csv", "healthy", StepInfo(0, 4950, 100, 50), dict(run.roles), (),
+                   ())
+    page = render(Report(runs=(rr,)), [run], "html", plotlyjs="cdn")
+    data = payload(page)["runs"][0]
+    assert data["fit"] is None and "range" not in data["figure"]["layout"]["yaxis"]
+    assert 'class="fitloss"' not in page
+    assert traces(page)["loss"]["mode"] == "lines+markers"
+    # every point is drawn: no envelope, and no note about one
+    assert len(traces(page)["loss"]["x"]) == 100 and 'class="plot-note"' not in page
+
+
+def test_oscillation_card_reads_like_a_spike_and_na_evidence_is_hidden() -> None:
+    run = long_run()
+    osc = Finding(
+        Event(kind="oscillation", metric="loss", start_step=200, peak_step=300, end_step=400,
+              recovered=True, size=Size(z=3.1, ratio=1.12), period=20.0, amplitude=0.153),
+        causes=(Evidence("lr_schedule", 0.7, "The loss swings with the LR's 20-step cycle.",
+                         {"lr_period_steps": 20, "correlation": 0.81, "lag_steps": None,
+                          "phase": math.nan, "note": "n/a"},
+                         "Lower the peak LR of the cycle by half."),),
+    )
+    report = long_report(run)
+    rr = report.runs[0]
+    rr = RunReport(rr.source, rr.format, rr.verdict, rr.steps, rr.metrics,
+                   (osc, *rr.findings[1:]), rr.warnings)
+    page = render(Report(runs=(rr,)), [run], "html", plotlyjs="cdn")
+    card = page[page.index('<article class="card kind-oscillation"'):]
+    card = card[:card.index("</article>")]
+    assert "1. oscillation, steps 200–400" in card
+    assert "the loss swings up and down instead of settling (period 20, amplitude 15.3%)" in card
+    assert '<span class="cause">lr_schedule</span>' in card
+    assert "<b>Remedy:</b> Lower the peak LR of the cycle by half." in card
+    assert f"<th>{evidence_label('correlation')}</th><td>0.81</td>" in card
+    assert f"<th>{evidence_label('lr_period_steps')}</th><td>20</td>" in card
+    # None, NaN and "n/a" rows are hidden
+    for key in ("lag_steps", "phase", "note"):
+        assert f"<th>{evidence_label(key)}</th>" not in card
+    assert "n/a" not in card and ">nan<" not in card
+    # the same in the text outputs
+    for fmt in ("terminal", "markdown"):
+        text = render(Report(runs=(rr,)), [run], fmt, verbose=True, color=False)
+        flat = " ".join(text.split())
+        assert "Lower the peak LR of the cycle by half." in flat
+        assert evidence_label("lag_steps") not in flat and "n/a" not in flat
+
+
+def test_events_in_a_superseded_segment_say_so() -> None:
+    @dataclass(frozen=True)
+    class RolledBack(Event):
+        superseded_at: int | None = None
+
+    run = long_run()
+    ev = RolledBack("spike", "loss", 800, 800, 801, True, Size(41.5, 3.1), segment=1,
+                    superseded_at=950)
+    rr = RunReport(run.source, "csv", "spiky", StepInfo(1, 2000, 2000, 1), dict(run.roles),
+                   (Finding(ev),), ())
+    page = render(Report(runs=(rr,)), [run], "html", plotlyjs="cdn")
+    assert "segment 1 · in a superseded segment (rolled back at step 950)" in page
+
+
+def test_multi_run_overlay_aligns_on_tokens_and_marks_the_recurrence() -> None:
+    def tokens_run(name: str, batch: int, spike: int) -> tuple[Run, RunReport]:
+        steps = np.arange(1, 1001)
+        rng = np.random.default_rng(batch)
+        loss = 2.0 + 0.01 * rng.standard_normal(1000)
+        loss[steps == spike] = 5.0
+        frame = pd.DataFrame({"step": steps, "loss": loss, "consumed_tokens": steps * batch})
+        run = build_run(RawLog(frame=frame), Path(f"/exp/{name}/log.csv"), "csv")
+        ev = Event("spike", "loss", spike, spike, spike + 1, True, Size(50.0, 2.5))
+        rr = RunReport(run.source, "csv", "spiky", StepInfo(1, 1000, 1000, 1),
+                       dict(run.roles), (Finding(ev),), ())
+        return run, rr
+
+    (ra, a), (rb, b) = tokens_run("small-batch", 1024, 500), tokens_run("big-batch", 2048, 250)
+    assert ra.has("tokens")
+    rec = Recurrence("tokens", 512000.0, ((ra.source, 500), (rb.source, 250)))
+    page = render(Report(runs=(a, b), recurrences=(rec,)), [ra, rb], "html", plotlyjs="cdn")
+    overlay = payload(page)["overlay"]
+    curves = {t["name"]: t for t in overlay["data"]}
+    assert list(curves) == ["small-batch", "big-batch", "recurring incidents"]
+    # both spikes land at 512,000 tokens, where the recurrence is marked
+    for name, step in (("small-batch", 500), ("big-batch", 250)):
+        t = curves[name]
+        assert t["x"][t["customdata"].index(step)] == 512000.0
+    assert curves["recurring incidents"]["x"] == [512000.0, 512000.0]
+    assert overlay["layout"]["xaxis"]["title"]["text"] == "tokens consumed"
+    assert [s["x0"] for s in overlay["layout"]["shapes"]] == [512000.0]
+    # the recurrence table names the runs by their short names, full path on hover
+    assert '<td>R1</td><td>tokens 512000</td><td>2</td>' in page
+    assert 'title="/exp/small-batch/log.csv">small-batch</a> (step 500)' in page

@@ -753,8 +753,11 @@ def _overlay(
         shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": rec.position,
                        "x1": rec.position, "y0": 0, "y1": 1, "layer": "below",
                        "line": {"color": "#d62728", "width": 1, "dash": "dot"}})
-        annotations.append({"xref": "x", "yref": "paper", "x": rec.position, "y": 1.0,
-                            "yanchor": "bottom", "showarrow": False, "text": f"R{r}",
+        # staggered, so the labels of recurrences a few steps apart do not overprint
+        annotations.append({"xref": "x", "yref": "paper", "x": rec.position,
+                            "y": 1.0 - 0.05 * ((r - 1) % 3), "xanchor": "left",
+                            "yanchor": "top", "showarrow": False, "text": f"R{r}",
+                            "bgcolor": "rgba(255,255,255,0.85)",
                             "font": {"size": 11, "color": "#d62728"}})
         for src, step in rec.members:
             run_ = by_key.get(src)
@@ -1195,9 +1198,12 @@ table.runs th.sorted-desc::after { content: " \\25BC"; }
 .cause { font-weight: 600; font-family: ui-monospace, SFMono-Regular, Menlo, monospace; }
 .score { color: var(--muted); }
 .summary { margin: 4px 0; }
-table.evidence { border-collapse: collapse; font-size: 13px; margin: 2px 0 4px; }
-table.evidence th { text-align: left; font-weight: normal; color: var(--muted);
-  padding-right: 14px; }
+table.evidence { border-collapse: collapse; font-size: 13px; margin: 2px 0 4px; width: 100%; }
+/* the facts flow in columns across the card's width instead of one long list */
+table.evidence tbody { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr));
+  column-gap: 24px; }
+table.evidence tr { display: flex; gap: 12px; border-bottom: 1px dotted var(--line); }
+table.evidence th { text-align: left; font-weight: normal; color: var(--muted); flex: 0 0 55%; }
 .remedy { margin: 4px 0; padding: 4px 8px; background: #eef6ee; border-radius: 4px; }
 .skipped, .muted { color: var(--muted); font-size: 13px; }
 ul.warnings li { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 12px;
