@@ -266,11 +266,6 @@ def _event_windows(x: np.ndarray, findings: Sequence[Finding], interval: int) ->
 
 
 @dataclass
-class _Budget:
-    left: int = FULL_BUDGET
-
-
-@dataclass
 class _Series:
     """One plotted series: its traces and what the page script and the note need."""
 
@@ -490,9 +485,44 @@ class _Figure:
     fit: dict[str, Any] | None
     notes: list[str] = field(default_factory=list)  # panels left out, and why
     downsampled: list[_Series] = field(default_factory=list)
+    all_series: list[_Series] = field(default_factory=list)
 
 
-def _figure(run: Run, rr: RunReport, budget: _Budget) -> _Figure | None:
+def _allot_full(figures: Sequence[tuple[_Figure, Run, RunReport]], lazy: bool) -> None:
+    """Give the page's budget of full-resolution data to the series that were cut down, by
+    role priority across all runs (the loss of every run before any grad norm), and finish
+    each figure: a series without full data keeps full resolution around the events."""
+    left = FULL_BUDGET
+    for role in FULL_PRIORITY:
+        for fig, _, _ in figures:
+            for s in fig.downsampled:
+                if s.role != role:
+                    continue
+                packed = pack_series(s.x, s.y)
+                cost = 0 if packed is None else len(packed["dx"]) + len(packed["y"])
+                if packed is not None and cost <= left:
+                    left -= cost
+                    s.full = packed
+    for fig, run, rr in figures:
+        for meta, s in zip(fig.series, fig.all_series, strict=True):
+            meta["full"] = s.full
+            if s in fig.downsampled and s.full is None:
+                s.near_events = True
+            if lazy and s.full is not None:
+                # drawn from the full data when its section is opened: no second copy
+                meta["lazy"] = True
+                s.traces[0]["x"], s.traces[0]["y"] = [], []
+            if s.near_events:
+                tr = s.traces[0]
+                keep = envelope_indices(np.where(np.isfinite(s.y), s.y, np.nan),
+                                        max(1, MAX_POINTS // 2 - 1))
+                keep = np.union1d(keep, _event_windows(s.x, rr.findings, run.interval))
+                tr["x"], tr["y"] = with_breaks(s.x, s.y, keep, s.gap)
+                meta["shown"] = sum(v is not None for v in tr["y"])
+                meta["nearEvents"] = True
+
+
+def _figure(run: Run, rr: RunReport) -> _Figure | None:
     """The plotly figure (data + layout) of one run, and what the page script needs."""
     findings = rr.findings
     panels: list[tuple[str, str]] = []
@@ -585,35 +615,12 @@ def _figure(run: Run, rr: RunReport, budget: _Budget) -> _Figure | None:
             all_series.append(s)
             data += s.traces
 
-    # the full-resolution data, by priority, within the page budget
     downsampled = [s for s in all_series if s.shown < int(np.isfinite(s.y).sum())]
-    for role in FULL_PRIORITY:
-        for s in downsampled:
-            if s.role != role:
-                continue
-            packed = pack_series(s.x, s.y)
-            cost = 0 if packed is None else len(packed["dx"]) + len(packed["y"])
-            if packed is not None and cost <= budget.left:
-                budget.left -= cost
-                s.full = packed
-            else:
-                s.near_events = True
-    for meta, s in zip(series_meta, all_series, strict=True):
-        meta["full"] = s.full
-        if s.near_events:
-            # no full data: keep full resolution around the events at least
-            tr = s.traces[0]
-            keep = envelope_indices(np.where(np.isfinite(s.y), s.y, np.nan),
-                                    max(1, MAX_POINTS // 2 - 1))
-            keep = np.union1d(keep, _event_windows(s.x, findings, run.interval))
-            tr["x"], tr["y"] = with_breaks(s.x, s.y, keep, s.gap)
-            meta["shown"] = sum(v is not None for v in tr["y"])
-            meta["nearEvents"] = True
-
     layout["shapes"], layout["annotations"] = _event_marks(run, findings)
     return _Figure(
         figure={"data": data, "layout": layout}, series=series_meta, log_axes=log_axes,
         y_axes=y_axes, log=log, fit=fit, notes=notes, downsampled=downsampled,
+        all_series=all_series,
     )
 
 
@@ -1050,12 +1057,15 @@ def render(report: Report, runs: Sequence[Run | None], options: RenderOptions) -
     names = short_names([run_title(r) for r in report.runs])
     shared_texts = repeated_texts(report) if multi else []
     shared = {t: k for k, t in enumerate(shared_texts, start=1)}
-    budget = _Budget()
     figures: list[_Figure | None] = []
-    # the loss of every run gets the budget before any other series of any run
-    for i, _rr in enumerate(report.runs):
+    drawn: list[tuple[_Figure, Run, RunReport]] = []
+    for i, rr in enumerate(report.runs):
         run = runs[i] if i < len(runs) else None
-        figures.append(_figure(run, report.runs[i], budget) if run is not None else None)
+        fig = _figure(run, rr) if run is not None else None
+        figures.append(fig)
+        if fig is not None and run is not None:
+            drawn.append((fig, run, rr))
+    _allot_full(drawn, lazy=multi)
     sections: list[str] = []
     payload_runs: list[dict[str, Any]] = []
     for i, rr in enumerate(report.runs):
@@ -1413,30 +1423,50 @@ _SCRIPT = r"""
     });
   }
 
+  function unpack(i) {
+    var run = payload.runs[i];
+    var packed = run.series.filter(function (s) { return s.full; });
+    if (!packed.length || typeof DecompressionStream === "undefined") {
+      return Promise.resolve(null);
+    }
+    return Promise.all(packed.map(function (s) {
+      return decode(s.full).then(function (d) { return prepare(s, d); });
+    })).then(function (fs) {
+      full[i] = fs;
+      var gd = plot(i);
+      gd.setAttribute("data-full-ready", String(fs.length));
+      gd.setAttribute("data-full-ms", String(Math.round(performance.now())));
+      return fs;
+    });
+  }
+
   function draw(i) {
     var run = payload.runs[i], gd = plot(i);
     if (drawn[i] || !gd || !run || !run.figure) { return null; }
     drawn[i] = true;
     run.i = i;
     gd.style.height = gd.getAttribute("data-height") + "px";
-    var p = Plotly.newPlot(gd, run.figure.data, run.figure.layout, {
-      responsive: true, displaylogo: false, modeBarButtonsToRemove: ["lasso2d", "select2d"]
+    var lazy = run.series.some(function (s) { return s.lazy; });
+    // a series shipped only at full resolution (the folded runs of a multi-run page) is
+    // inflated first and drawn as the envelope of its whole range; the others are drawn
+    // at once and inflated afterwards, for the zoom
+    var before = lazy ? unpack(i).then(function (fs) {
+      (fs || []).forEach(function (f) {
+        var v = view(f, -Infinity, Infinity), t = run.figure.data[f.trace];
+        t.x = v.x; t.y = v.y; t.mode = v.shown <= SPARSE ? "lines+markers" : "lines";
+      });
+    }) : Promise.resolve(null);
+    var p = before.then(function () {
+      return Plotly.newPlot(gd, run.figure.data, run.figure.layout, {
+        responsive: true, displaylogo: false, modeBarButtonsToRemove: ["lasso2d", "select2d"]
+      });
     }).then(function () {
       gd.on("plotly_relayout", function () { refresh(i); });
-      var packed = run.series.filter(function (s) { return s.full; });
-      if (!packed.length || typeof DecompressionStream === "undefined") { return null; }
-      return Promise.all(packed.map(function (s) {
-        return decode(s.full).then(function (d) { return prepare(s, d); });
-      })).then(function (fs) {
-        full[i] = fs;
-        gd.setAttribute("data-full-ready", String(fs.length));
-      });
-    });
-    var count = Number(body.getAttribute("data-plots-drawn") || "0");
-    return p.then(function () {
-      count = Number(body.getAttribute("data-plots-drawn") || "0") + 1;
+      var count = Number(body.getAttribute("data-plots-drawn") || "0") + 1;
       body.setAttribute("data-plots-drawn", String(count));
+      if (!lazy) { unpack(i); }  // not waited for: the plot is ready before it
     });
+    return p;
   }
 
   document.querySelectorAll(".card").forEach(function (card) {
@@ -1520,6 +1550,8 @@ _SCRIPT = r"""
     if (p) { pending.push(p); }
   });
   Promise.all(pending).then(function () {
+    // milliseconds from navigation start to drawn plots (benchmarks/html_pages.py reads it)
+    body.setAttribute("data-ready-ms", String(Math.round(performance.now())));
     body.setAttribute("data-plots-ready", String(pending.length));
     body.setAttribute("data-traces-drawn",
                       String(document.querySelectorAll(".plot g.trace").length));
