@@ -68,6 +68,12 @@ def million_step_page() -> str:
     return render(Report(runs=(rr,)), [run], "html")
 
 
+def baseline_page() -> str:
+    """A page with no plot: what plotly.js itself costs to load (4.8 MB inline)."""
+    rr = RunReport("none.csv", "csv", "healthy", StepInfo(0, 0, 1, 1), {}, (), ())
+    return render(Report(runs=(rr,)), [], "html")
+
+
 def ten_run_page() -> str:
     n = 100_000
     runs: list[Run] = []
@@ -144,7 +150,7 @@ async def _load(page: Path, profile: Path, expect_full: int = 0,
 
 def measure(name: str, html: str, repeat: int, folder: Path, expect_full: int
             ) -> dict[str, Any]:
-    page = folder / f"{name}.html"
+    page = folder / f"{name.replace(' ', '-').replace('.', '')}.html"
     page.write_text(html, encoding="utf-8")
     runs = []
     for _ in range(repeat):
@@ -168,7 +174,8 @@ def main() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         # the 1M-step page decodes its full loss after drawing; the 10-run page's runs are
         # folded, so nothing is decoded until one is opened
-        for name, build, expect in (("1M-steps", million_step_page, 1),
+        for name, build, expect in (("plotly.js only", baseline_page, 0),
+                                    ("1M-steps", million_step_page, 1),
                                     ("10-runs", ten_run_page, 0)):
             t = time.perf_counter()
             html = build()

@@ -61,6 +61,7 @@ VERDICT_STYLE = {
     "spiky": "bold dark_orange",
     "diverged": "bold red",
     "nonfinite": "bold magenta",
+    "insufficient_data": "bold",
 }
 KIND_STYLE = {
     "spike": "dark_orange",
