@@ -336,3 +336,37 @@ def test_real_sample_page(tmp_path: Path) -> None:
     # loss, LR and grad norm; one card per event the analysis found
     assert drawn_traces(dom) == 3
     assert dom.count('class="card kind-') == len(report.runs[0].findings) > 0
+
+
+def test_zoomed_full_resolution_breaks_at_gaps_and_non_finite_values(tmp_path: Path) -> None:
+    # 30,000 logged steps (so the envelope is used), a hole 10000-10499, NaN 20000-20039
+    steps = np.concatenate([np.arange(0, 10_000), np.arange(10_500, 30_500)])
+    rng = np.random.default_rng(2)
+    loss = 2.0 + 0.05 * rng.standard_normal(len(steps))
+    loss[(steps >= 20_000) & (steps < 20_040)] = np.nan
+    frame = pd.DataFrame({"step": steps, "loss": loss})
+    run = build_run(RawLog(frame=frame, nan_mask={"loss": np.isnan(loss)}),
+                    tmp_path / "holes.csv", "csv")
+    rr = RunReport("holes.csv", "csv", "healthy", StepInfo(0, 30_499, len(steps), 1),
+                   dict(run.roles), (), ())
+    html = render(Report(runs=(rr,)), [run], "html")
+    script = """
+var root = document.documentElement, gd = document.getElementById("plot-0");
+function around(x0, x1, name) {
+  return Plotly.relayout(gd, {"xaxis.range": [x0, x1]}).then(function () {
+    return new Promise(function (done) { setTimeout(done, 300); });
+  }).then(function () {
+    var t = gd.data[0], cut = [];
+    for (var k = 0; k < t.y.length; k++) { if (t.y[k] === null) { cut.push(t.x[k]); } }
+    root.setAttribute("data-" + name, String(t.x.length) + ":" + cut.join(","));
+  });
+}
+around(9900, 10600, "gap").then(function () { return around(19950, 20100, "nan"); });
+"""
+    dom, console = browse(write(tmp_path, "holes.html", probe(html, script, wait_ms=2000)),
+                          tmp_path)
+    assert console == []
+    # 100 + 101 logged points (and one beyond each edge), cut once: after step 9999
+    assert root_attr(dom, "data-gap") == "204:9999"
+    # 50 + 61 finite points (and the edges), cut once where the NaN stretch starts
+    assert root_attr(dom, "data-nan") == "114:19999"
