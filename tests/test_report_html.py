@@ -399,3 +399,26 @@ def test_multi_run_overlay_aligns_on_tokens_and_marks_the_recurrence() -> None:
     # the recurrence table names the runs by their short names, full path on hover
     assert '<td>R1</td><td>tokens 512000</td><td>2</td>' in page
     assert 'title="/exp/small-batch/log.csv">small-batch</a> (step 500)' in page
+
+
+def test_overlay_of_a_fleet_draws_the_worst_runs_and_says_so() -> None:
+    runs, reports = [], []
+    for k in range(25):
+        steps = np.arange(1, 101)
+        loss = 2 + 0.01 * np.random.default_rng(k).standard_normal(100)
+        run = build_run(RawLog(frame=pd.DataFrame({"step": steps, "loss": loss})),
+                        Path(f"/sweep/s{k}/log.csv"), "csv")
+        spiky = k in (21, 24)
+        found = (Finding(Event("spike", "loss", 50, 50, 51, True, Size(20.0, 2.0))),) \
+            if spiky else ()
+        runs.append(run)
+        reports.append(RunReport(run.source, "csv", "spiky" if spiky else "healthy",
+                                 StepInfo(1, 100, 100, 1), dict(run.roles), found, ()))
+    page = render(Report(runs=tuple(reports)), runs, "html", plotlyjs="cdn")
+    names = [t["name"] for t in payload(page)["overlay"]["data"]]
+    assert len(names) == 20 and "s21" in names and "s24" in names
+    assert "Only the 20 worst of the 25 runs are drawn." in page
+    # the summary table still lists every run, the spiky ones first
+    rows = re.findall(r'<a href="#run-\d+" class="open-run" data-run="\d+">([^<]+)</a></td>',
+                      page)
+    assert len(rows) == 25 and rows[:2] == ["s21", "s24"]

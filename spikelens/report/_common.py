@@ -209,6 +209,8 @@ def fmt_size(event: Event) -> str:
             parts.append(f"amplitude {fmt_num(100 * event.amplitude)}%")
         return ", ".join(parts) or "-"
     ratio = event.size.ratio
+    if event.kind in SPAN_KINDS:  # stall, overfitting: a level, not a peak; no NaN shown
+        return f"×{fmt_num(ratio)}" if math.isfinite(ratio) else "-"
     r = "non-finite" if not math.isfinite(ratio) else f"×{fmt_num(ratio)}"
     return f"{r}, z {fmt_num(event.size.z, 3)}"
 

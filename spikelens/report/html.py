@@ -78,8 +78,9 @@ from spikelens.report._common import (
 #: Points per trace before the envelope kicks in (the envelope keeps about this many). The
 #: page script uses the same number for the visible range on zoom.
 MAX_POINTS = 8000
-#: Points per run on the multi-run overlay.
+#: Points per run on the multi-run overlay, and the most runs it draws (the worst ones).
 OVERLAY_POINTS = 3000
+OVERLAY_MAX_RUNS = 20
 #: At or below this many points a series is drawn with markers, so a sparse log shows where
 #: it was actually logged.
 SPARSE_POINTS = 300
@@ -714,6 +715,10 @@ def _overlay(
     have = [(i, r) for i, r in enumerate(runs) if r is not None and r.has("loss")]
     if len(have) < 2:
         return None
+    if len(have) > OVERLAY_MAX_RUNS:
+        # a fleet: the worst runs only (the summary table lists them all)
+        rank = {row.index: k for k, row in enumerate(run_summary_rows(report).rows)}
+        have = sorted(sorted(have, key=lambda p: rank[p[0]])[:OVERLAY_MAX_RUNS])
     axis = report.recurrences[0].axis if report.recurrences else "step"
     if axis != "step" and any(_axis_values(r, axis, r.steps[:2]) is None for _, r in have):
         axis = "step"
@@ -801,7 +806,8 @@ def _overlay(
         "plot_bgcolor": "#ffffff", "paper_bgcolor": "#ffffff", "font": {"size": 12},
         "shapes": shapes, "annotations": annotations,
     }
-    return {"figure": {"data": data, "layout": layout}, "axis": axis, "runs": len(have)}
+    return {"figure": {"data": data, "layout": layout}, "axis": axis, "runs": len(have),
+            "of": sum(r is not None and r.has("loss") for r in runs)}
 
 
 # --- page --------------------------------------------------------------------------------
@@ -1094,7 +1100,9 @@ def render(report: Report, runs: Sequence[Run | None], options: RenderOptions) -
                     f"<p class=\"muted\">On {_esc(what)}, the axis the recurrences were aligned "
                     "on; recurring incidents marked R1, R2…; click a run in the legend to hide "
                     f"it. Each curve is a min/max envelope of at most {_n(OVERLAY_POINTS)} "
-                    "points; open a run's section for its full resolution.</p>"
+                    "points; open a run's section for its full resolution."
+                    + (f" Only the {overlay['runs']} worst of the {overlay['of']} runs are "
+                       "drawn." if overlay["runs"] < overlay["of"] else "") + "</p>"
                     "<div class=\"plot\" id=\"plot-overlay\" data-height=\""
                     f"{overlay['figure']['layout']['height']}\"></div></section>")
         top += _shared_notes(shared_texts, report)
