@@ -349,3 +349,28 @@ def test_run_summary_rows_worst_first_and_cut_to_the_top() -> None:
     assert (table.left_out, table.total) == (0, 3)
     cut = run_summary_rows(report, top=1)
     assert [r.index for r in cut.rows] == [2] and (cut.left_out, cut.total) == (2, 3)
+
+
+def test_evidence_labels_come_from_the_causes_package_or_the_key_in_words(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+    import types
+
+    from spikelens.report import _common
+    from spikelens.report._common import evidence_label, evidence_rows
+
+    fake = types.ModuleType("spikelens.causes.labels")
+    fake.EVIDENCE_LABELS = {"grad_norm_before": "grad norm before the rise"}  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "spikelens.causes.labels", fake)
+    _common._evidence_labels.cache_clear()
+    try:
+        assert evidence_label("grad_norm_before") == "grad norm before the rise"
+        assert evidence_label("lr_ratio") == "LR ratio"  # no label: the key in words
+    finally:
+        _common._evidence_labels.cache_clear()
+    assert evidence_label("loss_scale_after") == "Loss scale after"
+    # rows that do not apply are hidden; numbers are rounded for reading
+    assert evidence_rows({"a_b": 1.23456, "none": None, "nan": math.nan, "na": "n/a",
+                          "flag": False, "z": math.inf}) == \
+        [("A b", "1.23"), ("Flag", "false"), ("z", "inf")]

@@ -7,6 +7,7 @@ keeping every spike. Nothing here imports rich or plotly, so listing the rendere
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -225,6 +226,7 @@ def fmt_recovered(event: Event) -> str:
     return f"yes, {plural(event.recovery_steps, 'step')}"
 
 
+@functools.lru_cache(maxsize=1)
 def _evidence_labels() -> Mapping[str, str]:
     try:  # the causes package names its evidence keys in plain words (when it has the table)
         from spikelens.causes.labels import EVIDENCE_LABELS
@@ -250,7 +252,9 @@ def evidence_label(key: str) -> str:
     if not words:
         return str(key)
     text = " ".join(_KEY_WORDS.get(w.lower(), w) for w in words)
-    return text[0].upper() + text[1:] if text[0].islower() else text
+    if words[0].lower() in _KEY_WORDS:  # a term as written: z, LR, NaN
+        return text
+    return text[0].upper() + text[1:]
 
 
 def is_not_applicable(value: Any) -> bool:
