@@ -404,18 +404,25 @@ def member_names(report: Report, names: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def repeated_texts(report: Report) -> list[str]:
+def repeated_notes(report: Report) -> list[tuple[str, str]]:
     """Remedies and "not judged" reasons that appear in more than one run, in first-seen
-    order: a multi-run report says each of them once."""
-    seen: dict[str, set[int]] = {}
+    order, as (text, line for people): a multi-run report says each of them once and the
+    run sections refer to it by its number. The line says what it is and how many runs."""
+    seen: dict[str, tuple[str, set[int]]] = {}
     for i, run in enumerate(report.runs):
         for f in run.findings:
             for c in f.causes:
                 if c.remedy:
-                    seen.setdefault(c.remedy, set()).add(i)
+                    seen.setdefault(c.remedy, ("Remedy", set()))[1].add(i)
             for sk in f.skipped:
-                seen.setdefault(skipped_text(sk.cause, sk.reason), set()).add(i)
-    return [t for t, runs in seen.items() if len(runs) > 1]
+                seen.setdefault(skipped_text(sk.cause, sk.reason), ("Not judged", set()))[1].add(i)
+    return [(t, f"{what} ({plural(len(runs), 'run')}): {t}")
+            for t, (what, runs) in seen.items() if len(runs) > 1]
+
+
+def repeated_texts(report: Report) -> list[str]:
+    """The texts of `repeated_notes`."""
+    return [t for t, _ in repeated_notes(report)]
 
 
 def skipped_text(cause: str, reason: str) -> str:

@@ -63,7 +63,7 @@ from spikelens.report._common import (
     member_names,
     overall_line,
     ranked_causes,
-    repeated_texts,
+    repeated_notes,
     run_summary_rows,
     run_title,
     sample_steps,
@@ -1022,10 +1022,11 @@ def _recurrence_table(report: Report, names: Sequence[str]) -> str:
             f"<tbody>{''.join(rows)}</tbody></table></section>")
 
 
-def _shared_notes(texts: Sequence[str], report: Report) -> str:
-    if not texts:
+def _shared_notes(notes: Sequence[tuple[str, str]], report: Report) -> str:
+    if not notes:
         return ""
-    items = "".join(f"<li id=\"note-{k}\">{_esc(t)}</li>" for k, t in enumerate(texts, start=1))
+    items = "".join(f"<li id=\"note-{k}\">{_esc(line)}</li>"
+                    for k, (_, line) in enumerate(notes, start=1))
     return ("<section class=\"shared-notes\"><h2>Said once for all runs</h2><p class=\"muted\">"
             f"Remedies and causes not judged that recur in several of the {len(report.runs)} "
             f"runs; the run sections refer to them by number.</p><ol>{items}</ol></section>")
@@ -1061,8 +1062,8 @@ def render(report: Report, runs: Sequence[Run | None], options: RenderOptions) -
 
     multi = len(report.runs) > 1
     names = short_names([run_title(r) for r in report.runs])
-    shared_texts = repeated_texts(report) if multi else []
-    shared = {t: k for k, t in enumerate(shared_texts, start=1)}
+    shared_notes = repeated_notes(report) if multi else []
+    shared = {t: k for k, (t, _) in enumerate(shared_notes, start=1)}
     figures: list[_Figure | None] = []
     drawn: list[tuple[_Figure, Run, RunReport]] = []
     for i, rr in enumerate(report.runs):
@@ -1105,7 +1106,7 @@ def render(report: Report, runs: Sequence[Run | None], options: RenderOptions) -
                        "drawn." if overlay["runs"] < overlay["of"] else "") + "</p>"
                     "<div class=\"plot\" id=\"plot-overlay\" data-height=\""
                     f"{overlay['figure']['layout']['height']}\"></div></section>")
-        top += _shared_notes(shared_texts, report)
+        top += _shared_notes(shared_notes, report)
     title = report.runs[0].source if len(report.runs) == 1 else f"{len(report.runs)} runs"
     body = "\n".join(sections) if sections else "<p class=\"muted\">No runs analysed.</p>"
     if multi:

@@ -32,7 +32,7 @@ from spikelens.report._common import (
     overall_line,
     plural,
     ranked_causes,
-    repeated_texts,
+    repeated_notes,
     run_summary_rows,
     run_title,
     short_names,
@@ -192,13 +192,13 @@ def render(report: Report, runs: Sequence[Run | None], options: RenderOptions) -
         lines += [f"## spikelens — {esc(overall_line(report))}"]
         if report.runs:
             names = short_names([run_title(r) for r in report.runs])
-            texts = repeated_texts(report)
-            shared = {t: k for k, t in enumerate(texts, start=1)}
+            notes = repeated_notes(report)
+            shared = {t: k for k, (t, _) in enumerate(notes, start=1)}
             lines += ["", "### Runs", ""] + summary_table(report, names)
             lines += _recurrences(report, names, "###")
-            if texts:
+            if notes:
                 lines += ["", "### Said once for all runs", ""]
-                lines += [f"{k}. {esc(t)}" for k, t in enumerate(texts, start=1)]
+                lines += [f"{k}. {esc(line)}" for k, (_, line) in enumerate(notes, start=1)]
             lines += ["", "### Each run"]
             for r in run_summary_rows(report, names=names).rows:
                 run = report.runs[r.index]

@@ -41,7 +41,7 @@ from spikelens.report._common import (
     overall_line,
     plural,
     ranked_causes,
-    repeated_texts,
+    repeated_notes,
     run_summary_rows,
     run_title,
     short_names,
@@ -227,13 +227,13 @@ def _recurrences(console: Console, report: Report, names: Sequence[str]) -> None
                                 f"{plural(len(rec.members), 'run')}: {members}"), 2)
 
 
-def _shared(console: Console, texts: Sequence[str]) -> None:
-    if not texts:
+def _shared(console: Console, notes: Sequence[tuple[str, str]]) -> None:
+    if not notes:
         return
     console.print()
     console.print(Text("Said once for all runs (remedies and causes not judged that recur):",
                        style="bold"))
-    for k, t in enumerate(texts, start=1):
+    for k, (_, t) in enumerate(notes, start=1):
         _indented(console, Text(f"{k}. {t}"), 2)
 
 
@@ -249,13 +249,13 @@ def render(report: Report, runs: Sequence[Run | None], options: RenderOptions) -
         style = VERDICT_STYLE.get(worst_verdict(report.runs) or "", "bold")
         console.print(Text(overall_line(report), style=style), soft_wrap=True)
         names = short_names([run_title(r) for r in report.runs])
-        texts = repeated_texts(report) if report.runs else []
-        shared = {t: k for k, t in enumerate(texts, start=1)}
+        notes = repeated_notes(report) if report.runs else []
+        shared = {t: k for k, (t, _) in enumerate(notes, start=1)}
         if report.runs:
             console.print()
             _runs_table(console, report, names)
         _recurrences(console, report, names)
-        _shared(console, texts)
+        _shared(console, notes)
         order = [r.index for r in run_summary_rows(report, names=names).rows]
         for n, i in enumerate(order, start=1):
             run = report.runs[i]
