@@ -27,7 +27,7 @@ from test_report_common import (
     xss_run,
 )
 
-from spikelens.model import Event, Finding, Report, RunReport, Size, StepInfo
+from spikelens.model import Event, Finding, Recurrence, Report, RunReport, Size, StepInfo
 from spikelens.readers._base import RawLog, build_run
 from spikelens.report import render
 
@@ -370,3 +370,32 @@ around(9900, 10600, "gap").then(function () { return around(19950, 20100, "nan")
     assert root_attr(dom, "data-gap") == "204:9999"
     # 50 + 61 finite points (and the edges), cut once where the NaN stretch starts
     assert root_attr(dom, "data-nan") == "114:19999"
+
+
+def test_injected_run_names_on_a_multi_run_page_run_no_script(tmp_path: Path) -> None:
+    # hostile paths reach the summary table (text, title and sort keys), the recurrence
+    # table, the overlay's legend and hover text, and the folded sections
+    evil = ["runs/<img src=x onerror=alert(1)>/a.csv", "runs/<svg onload=alert(2)>/a.csv"]
+    runs, reports = [], []
+    for source in evil:
+        run = xss_run(tmp_path)
+        rr = xss_report(run).runs[0]
+        runs.append(run)
+        reports.append(RunReport(source, rr.format, rr.verdict, rr.steps, rr.metrics,
+                                 rr.findings, rr.warnings))
+    rec = Recurrence("step", 100.0, ((evil[0], 100), (evil[1], 100)))
+    report = Report(runs=tuple(reports), recurrences=(rec,))
+    cdn = render(report, runs, "html", plotlyjs="cdn")  # plotly.js itself has "<svg"
+    assert "<img" not in cdn and "<svg" not in cdn
+    html = render(report, runs, "html")
+    trapped = html.replace("<head>", "<head>" + TRAP, 1)
+    script = """
+document.querySelectorAll("details.run").forEach(function (d) { d.open = true; });
+document.querySelectorAll("#runs-table th")[0].click();
+"""
+    dom, console = browse(write(tmp_path, "multi-xss.html", probe(trapped, script)), tmp_path)
+    assert console == []
+    assert root_attr(dom, "data-alert") is None
+    assert root_attr(dom, "data-js-error") is None
+    assert "<img" not in dom and "<svg onload" not in dom and "onerror=alert(1)>" not in dom
+    assert "&lt;img src=x onerror=alert(1)&gt;" in dom
