@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -101,7 +104,8 @@ async def _load(page: Path, profile: Path, expect_full: int = 0,
 
     chromium = next(p for p in map(shutil.which, ("chromium", "chromium-browser")) if p)
     proc = subprocess.Popen([chromium, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
     try:
         assert proc.stderr is not None
         port = None
@@ -144,7 +148,9 @@ async def _load(page: Path, profile: Path, expect_full: int = 0,
                     await asyncio.sleep(0.05)
                 raise RuntimeError(f"{page.name}: not ready after {timeout} s")
     finally:
-        proc.terminate()
+        # the browser and the renderer and GPU processes it started (its own group)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
 
 
@@ -154,7 +160,7 @@ def measure(name: str, html: str, repeat: int, folder: Path, expect_full: int
     page.write_text(html, encoding="utf-8")
     runs = []
     for _ in range(repeat):
-        with tempfile.TemporaryDirectory() as profile:
+        with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
             runs.append(asyncio.run(_load(page, Path(profile), expect_full)))
         assert runs[-1]["errors"] is None, runs[-1]["errors"]
     ready = statistics.median(float(r["ready"]) for r in runs)
