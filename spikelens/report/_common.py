@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from spikelens.model import Event, Evidence, Finding, Report, Run, RunReport
+from spikelens.model import Event, Evidence, Finding, Report, Run, RunReport, Skipped
 from spikelens.registry import Registry
 
 #: How `render(..., plotlyjs=...)` may load plotly.js in the HTML page.
@@ -427,6 +427,21 @@ def repeated_texts(report: Report) -> list[str]:
 
 def skipped_text(cause: str, reason: str) -> str:
     return f"{cause} ({reason})"
+
+
+def split_skipped(
+    skipped: Sequence[Skipped], shared: Mapping[str, int]
+) -> tuple[list[Skipped], str]:
+    """The causes not judged that are this run's own, and a reference to those said once
+    for all runs (`shared note 3 above`, `shared notes 2, 3 and 5 above`, or "")."""
+    own = [s for s in skipped if skipped_text(s.cause, s.reason) not in shared]
+    refs = sorted({shared[skipped_text(s.cause, s.reason)] for s in skipped
+                   if skipped_text(s.cause, s.reason) in shared})
+    if not refs:
+        return own, ""
+    if len(refs) == 1:
+        return own, f"shared note {refs[0]} above"
+    return own, (f"shared notes {', '.join(map(str, refs[:-1]))} and {refs[-1]} above")
 
 
 def fmt_step_range(run: RunReport) -> str:

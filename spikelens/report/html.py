@@ -69,6 +69,7 @@ from spikelens.report._common import (
     sample_steps,
     short_names,
     skipped_text,
+    split_skipped,
     superseded_at,
     top_cause,
     verdict_line,
@@ -851,9 +852,13 @@ def _cause_html(finding: Finding, shared: Mapping[str, int]) -> str:
                    "the loss was not affected.")
         parts.append(f"<p class=\"muted\">{_esc(why)}</p>")
     if finding.skipped:
-        skipped = "; ".join(_said_once(skipped_text(s.cause, s.reason), shared)
-                            for s in finding.skipped)
-        parts.append(f"<p class=\"skipped\">Not judged: {skipped}</p>")
+        own, refs = split_skipped(finding.skipped, shared)
+        items = [_esc(skipped_text(s.cause, s.reason)) for s in own]
+        if refs:
+            k = min(shared[skipped_text(s.cause, s.reason)] for s in finding.skipped
+                    if skipped_text(s.cause, s.reason) in shared)
+            items.append(f"<a href=\"#note-{k}\" class=\"shared\">{_esc(refs)}</a>")
+        parts.append(f"<p class=\"skipped\">Not judged: {'; '.join(items)}</p>")
     return "".join(parts)
 
 

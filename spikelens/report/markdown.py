@@ -36,7 +36,7 @@ from spikelens.report._common import (
     run_summary_rows,
     run_title,
     short_names,
-    skipped_text,
+    split_skipped,
     top_cause,
     verdict_line,
     worst_finding,
@@ -114,10 +114,9 @@ def _causes(findings: Sequence[Finding], verbose: bool, level: str,
                 out.append(f"   - Evidence: {facts}")
         if verbose and f.skipped:
             out.append("")
-            out.append("Not judged: " + "; ".join(
-                f"see shared note {shared[skipped_text(s.cause, s.reason)]} above"
-                if skipped_text(s.cause, s.reason) in shared
-                else f"{code(s.cause)} ({esc(s.reason)})" for s in f.skipped))
+            own, refs = split_skipped(f.skipped, shared)
+            items = [f"{code(s.cause)} ({esc(s.reason)})" for s in own]
+            out.append("Not judged: " + "; ".join(items + ([f"see {refs}"] if refs else [])))
     return out
 
 

@@ -46,6 +46,7 @@ from spikelens.report._common import (
     run_title,
     short_names,
     skipped_text,
+    split_skipped,
     top_cause,
     verdict_line,
     worst_finding,
@@ -176,9 +177,12 @@ def _details(console: Console, findings: Sequence[Finding], shared: Mapping[str,
                 _indented(console, Text(f"evidence: {facts}", style="dim"), 5)
             if c.remedy:
                 _indented(console, Text(f"remedy: {_once(c.remedy, shared)}"), 5)
-        for s in f.skipped:
-            _indented(console, Text(f"not judged: {_once(skipped_text(s.cause, s.reason), shared)}",
+        own, refs = split_skipped(f.skipped, shared)
+        for s in own:
+            _indented(console, Text(f"not judged: {skipped_text(s.cause, s.reason)}",
                                     style="dim"), 2)
+        if refs:
+            _indented(console, Text(f"not judged: see {refs}", style="dim"), 2)
 
 
 def _warnings(console: Console, run: RunReport) -> None:
