@@ -1,7 +1,7 @@
 """Operations events: what the cluster did, reported beside the loss and never changing the
 verdict. A `slowdown` is a sustained rise of the step time (or fall of the TFLOPs): a slow
 GPU, a throttled node or a congested link makes every step wait for it. It is tested like the
-loss, in log space against a trailing robust baseline (median and MAD of the `window` points
+loss, in log space against a trailing robust baseline (median and IQR/1.349 of the `window` points
 before), but only a run of at least `SLOW_POINTS` consecutive logged points that are all at
 least `SLOW_RATIO` times the baseline and `SLOW_Z` robust scales above it counts: the one slow
 iteration after an evaluation or a checkpoint save is routine. A `hang` is a log that stops
@@ -68,55 +68,72 @@ def slowdowns(run: Run, config: Config) -> list[Event]:
         return []
     metric, steps, x = t
     seg = _segments(run, steps)
-    n = len(x)
+    cuts = [0, *(np.flatnonzero(np.diff(seg) != 0) + 1).tolist(), len(x)]
+    out: list[Event] = []
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        out += _segment_slowdowns(metric, steps, x, a, b, int(seg[a]), config.window)
+    return out
+
+
+def _segment_slowdowns(metric: str, steps: NDArray[np.int64], x: NDArray[np.float64],
+                       a: int, b: int, segment: int, window: int) -> list[Event]:
+    """Slowdowns in x[a:b], one segment of the log (a resume may change the pace)."""
+    import pandas as pd
+
+    head = a + WARMUP_POINTS // 2  # the baseline leaves the first compiled steps out
+    if b - head < MIN_BASE + SLOW_POINTS:
+        return []
+    xs = pd.Series(x[head:b])
+    roll = xs.rolling(window, min_periods=MIN_BASE)
+    # the baseline of point i is the window before it (shift 1)
+    med = np.full(b - a, np.nan)
+    q = np.full(b - a, np.nan)
+    off = head - a
+    med[off:] = roll.median().shift(1).to_numpy()
+    q[off:] = (roll.quantile(0.75) - roll.quantile(0.25)).shift(1).to_numpy() / 1.349
+    scale = np.fmax(np.nan_to_num(q, nan=SLOW_FLOOR), SLOW_FLOOR)
+    bar = np.maximum(math.log(SLOW_RATIO), SLOW_Z * scale)
+    exc = x[a:b] - med
+    above = np.zeros(b - a, dtype=bool)
+    ok = np.isfinite(exc)
+    above[ok] = exc[ok] >= bar[ok]
+    above[:WARMUP_POINTS] = False
     out: list[Event] = []
     i = 0
+    n = b - a
     while i < n:
-        lo = _segment_start(seg, i)
-        if i - lo < WARMUP_POINTS:
+        if not above[i] or not above[i:i + SLOW_POINTS].all() or i + SLOW_POINTS > n:
             i += 1
             continue
-        base = x[max(lo + WARMUP_POINTS // 2, i - config.window):i]
-        if len(base) < MIN_BASE:
-            i += 1
-            continue
-        med = float(np.median(base))
-        scale = max(1.4826 * float(np.median(np.abs(base - med))), SLOW_FLOOR)
-        bar = max(math.log(SLOW_RATIO), SLOW_Z * scale)
-        j = i
-        while j < n and seg[j] == seg[i] and x[j] - med >= bar:
-            j += 1
-        if j - i < SLOW_POINTS:
-            i += 1
-            continue
+        m0, s0, bar0 = float(med[i]), float(scale[i]), float(bar[i])
         # the slowdown ends where the time is back inside the band for SLOW_POINTS points
-        end = j
+        end = i
         back = 0
-        k = j
-        while k < n and seg[k] == seg[i]:
-            if x[k] - med < bar:
+        k = i
+        while k < n:
+            if x[a + k] - m0 < bar0:
                 back += 1
                 if back >= SLOW_POINTS:
                     break
             else:
                 back = 0
-                end = k + 1
+                end = k
             k += 1
-        recovered = k < n and seg[k] == seg[i] and back >= SLOW_POINTS
-        span = x[i:end]
+        recovered = back >= SLOW_POINTS
+        span = x[a + i:a + end + 1]
         peak = i + int(np.argmax(span))
         level = float(np.median(span))
+        stop = a + (k if recovered else end)
         out.append(Event(
-            kind="slowdown", metric=metric, start_step=int(steps[i]),
-            peak_step=int(steps[peak]), end_step=int(steps[min(k, n - 1)] if recovered
-                                                      else steps[end - 1]),
+            kind="slowdown", metric=metric, start_step=int(steps[a + i]),
+            peak_step=int(steps[a + peak]), end_step=int(steps[stop]),
             recovered=bool(recovered),
-            size=Size(z=float((level - med) / scale), ratio=float(math.exp(level - med))),
-            recovery_steps=int(steps[min(k, n - 1)] - steps[peak]) if recovered else None,
-            segment=int(seg[i]),
-            baseline=float(math.exp(med)) if metric == "step_time" else float(math.exp(-med)),
+            size=Size(z=float((level - m0) / s0), ratio=float(math.exp(level - m0))),
+            recovery_steps=int(steps[stop] - steps[a + peak]) if recovered else None,
+            segment=segment,
+            baseline=float(math.exp(m0)) if metric == "step_time" else float(math.exp(-m0)),
         ))
-        i = max(end, i + 1) if not recovered else k + 1
+        i = k + 1
     return out
 
 
@@ -126,14 +143,6 @@ def _segments(run: Run, steps: NDArray[np.int64]) -> NDArray[np.int64]:
         return np.zeros(len(steps), dtype=np.int64)
     pos = np.clip(np.searchsorted(run.steps, steps), 0, len(seg) - 1)
     return np.asarray(seg[pos], dtype=np.int64)
-
-
-def _segment_start(seg: NDArray[np.int64], i: int) -> int:
-    s = seg[i]
-    j = i
-    while j > 0 and seg[j - 1] == s:
-        j -= 1
-    return j
 
 
 def hang(run: Run) -> tuple[Event, str] | None:
