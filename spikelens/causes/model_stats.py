@@ -52,8 +52,8 @@ PNORM_MIN = 0.01
 #: Fewest baseline points.
 MIN_BASE = 5
 
-_ATTN = re.compile(r"attn_?logit|attention_?logit|attn_?score|attention_?score|qk_?logit|"
-                   r"max_?logit|qk_?max|attn_?max")
+_ATTN = re.compile(r"(?:attn|attention|self_attn)\w{0,20}[/_]{0,2}(?:logit|score)|qk_?logit|"
+                   r"qk_?max|attn_?max|max_?attn_?logit")
 _OUTPUT = re.compile(r"output_?logit|lm_?head.*logit|logits?_?(?:max|rms|norm|mean)|z_?loss|"
                      r"^logits?$|/logits?(?:/|$)")
 _ACT = re.compile(r"activation|act_?(?:rms|max|norm|mean)|hidden_?states?|residual|"
