@@ -39,6 +39,10 @@ RANK_RATIO = 1.2
 #: Floor of the deviation scale: ranks that print the same all-reduced value agree to the
 #: printed digits, so a 0.1% difference is already a disagreement.
 RANK_FLOOR = math.log(1.001)
+#: Logged points after the peak over which a desynchronised rank must stay away (after
+#: skipping AFTER_SKIP points of the event's own decay).
+AFTER_POINTS = 10
+AFTER_SKIP = 5
 #: A global batch size or world size change of at least this ratio is worth reporting.
 BATCH_RATIO = 1.1
 #: Messages shown in the `environment` evidence.
@@ -53,6 +57,7 @@ class Desync:
     ratio: float  # its value over the cross-rank median there (or the inverse, if below)
     z: float
     nranks: int
+    lasting: bool  # still away RECOVER points after the peak, or away before the rise
 
 
 @dataclass(frozen=True)
@@ -115,8 +120,14 @@ def _desync(run: Run, event: Event, config_window: int) -> list[Desync]:
         j = ranks.index(bad[0])
         k = int(np.argmax(np.abs(np.nan_to_num(win[:, j], nan=0.0))))
         d = float(win[k, j])
+        # a replica that left the others stays away; one rank's bad micro-batch is a blip
+        after = dev[hi + AFTER_SKIP:hi + AFTER_SKIP + AFTER_POINTS, j]
+        after = after[np.isfinite(after)]
+        early = bool(away[: max(0, start - lo), j].any())
+        lasting = (len(after) >= AFTER_POINTS // 2 and
+                   float(np.mean(np.abs(after) >= bar)) >= 0.5) or early
         out.append(Desync(role, tuple(bad), int(st[lo + k]), float(math.exp(abs(d))),
-                          abs(d) / scale, len(ranks)))
+                          abs(d) / scale, len(ranks), lasting))
     return out
 
 
@@ -210,17 +221,28 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
     for d in _desync(run, event, ctx.config.window):
         word = "loss" if d.metric == "loss" else "grad norm"
         named = ", ".join(str(r) for r in d.ranks)
-        parts.append(
-            f"rank{'s' if len(d.ranks) > 1 else ''} {named} of {d.nranks} left the others' "
-            f"{word}: {fmt_ratio(d.ratio)} the cross-rank median at step {d.step} "
-            f"(z {d.z:.0f} against how far ranks had disagreed before)")
-        scores.append(0.55 + 0.4 * mag(d.ratio, RANK_RATIO, 10.0))
+        clause = (f"rank{'s' if len(d.ranks) > 1 else ''} {named} of {d.nranks} left the "
+                  f"others' {word}: {fmt_ratio(d.ratio)} the cross-rank median at step "
+                  f"{d.step} (z {d.z:.0f} against how far ranks had disagreed before)")
+        if d.metric == "grad_norm":
+            # the grad norm is all-reduced: replicas in step print the same number
+            s = 0.6 + 0.35 * mag(d.ratio, RANK_RATIO, 10.0)
+        elif d.lasting:
+            clause += ", and stayed away"
+            s = 0.55 + 0.4 * mag(d.ratio, RANK_RATIO, 10.0)
+        else:
+            # one rank's loss is its own micro-batch's: a bad sample on that shard does this
+            clause += ", then rejoined them (that rank's micro-batch can explain it)"
+            s = 0.35 + 0.1 * mag(d.ratio, RANK_RATIO, 10.0)
+        parts.append(clause)
+        scores.append(s)
         facts.setdefault("desync_metric", d.metric)
         facts.setdefault("desync_ranks", named)
         facts.setdefault("desync_step", d.step)
         facts.setdefault("desync_ratio", d.ratio)
         facts.setdefault("desync_z", d.z)
         facts.setdefault("ranks", d.nranks)
+        facts.setdefault("desync_lasting", d.lasting)
         if not remedy:
             remedy.append(
                 f"check rank{'s' if len(d.ranks) > 1 else ''} {named}: a replica whose "

@@ -351,7 +351,7 @@ class _Parse:
         self.torn = [t for t in self.torn if t[0] not in gone]
         self.params["reporting_rank"] = fold.reporting
         self.params["ranks"] = len(fold.ranks)
-        return "{path}" + fold_note("", fold)[1:]
+        return "{path}" + fold_note("", fold)
 
 
 def _step_rate(anchors: list[_Anchor], times: list[float | None]) -> float | None:
