@@ -71,6 +71,7 @@ class Departure:
     ratio: float  # value / baseline at the departure (inf for a non-finite value)
     z: float
     before_rise: bool
+    peak_ratio: float  # the highest value / baseline from the departure to the rise
 
 
 def _kind(col: str) -> str | None:
@@ -93,9 +94,10 @@ def _kind(col: str) -> str | None:
 
 
 def _departure(steps: np.ndarray, vals: np.ndarray, event: Event,
-               window: int) -> tuple[int, float, float] | None:
-    """(step, ratio, z) where the statistic first left its baseline, between the precursor
-    window and the peak, or None."""
+               window: int) -> tuple[int, float, float, float] | None:
+    """(step, ratio, z, peak ratio) where the statistic first left its baseline, between
+    the precursor window and the peak, or None. The peak ratio is the highest it reached
+    from there to the start of the rise (the departure's own ratio if that is later)."""
     vals = np.abs(vals)
     start = int(np.searchsorted(steps, event.start_step))
     lo = max(0, start - PRECURSOR_POINTS)
@@ -110,12 +112,15 @@ def _departure(steps: np.ndarray, vals: np.ndarray, event: Event,
     for i in range(lo, hi):
         v = float(vals[i])
         if not math.isfinite(v):
-            return int(steps[i]), math.inf, math.inf
+            return int(steps[i]), math.inf, math.inf, math.inf
         if v <= 0:
             continue
         x = math.log(v)
         if x - med >= max(math.log(LEAVE_RATIO), LEAVE_Z * scale):
-            return int(steps[i]), math.exp(x - med), (x - med) / scale
+            upto = vals[i:max(i + 1, start + 1)]
+            peak = float(np.max(upto)) if np.all(np.isfinite(upto)) else math.inf
+            return int(steps[i]), math.exp(x - med), (x - med) / scale, \
+                max(peak / math.exp(med), math.exp(x - med))
     return None
 
 
@@ -141,7 +146,7 @@ def _first_layer(run: Run, event: Event, window: int) -> tuple[Departure | None,
                        window)
         if d is None:
             continue
-        cand = Departure(col, kind, d[0], d[1], d[2], d[0] < event.start_step)
+        cand = Departure(col, kind, d[0], d[1], d[2], d[0] < event.start_step, d[3])
         if best is None or cand.step < best.step or (
                 cand.step == best.step and cand.ratio > best.ratio):
             best = cand
@@ -258,17 +263,21 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
             parts.append(f"the update/param ratio reached {fmt_ratio(rr.ratio)} its "
                          f"{fmt(rr.base)} baseline at step {rr.step}, before the loss rose at "
                          f"step {event.start_step}")
-            score = max(score, 0.5 + 0.4 * mag(rr.ratio, RATIO_PRECURSOR, 30.0))
+            score = max(score, 0.7 + 0.25 * mag(rr.ratio, RATIO_PRECURSOR, 30.0))
         remedy.append("lower the LR (or its peak), raise Adam's epsilon or clip the update "
                       "(per-parameter update clipping, as in Adafactor/StableAdamW); the "
                       "optimizer's steps were too large for the weights")
     if layer is not None:
         when = "before the loss rose" if layer.before_rise else "with the rise"
-        parts.append(f"{layer.column} ({layer.kind}) left its baseline first, at step "
-                     f"{layer.step} ({fmt_ratio(layer.ratio)} its level), {when}"
+        reached = (f", and was {fmt_ratio(layer.peak_ratio)} it" if layer.before_rise and
+                   layer.peak_ratio > layer.ratio * 1.05 else "")
+        parts.append(f"the {layer.kind} statistic {layer.column} left its baseline first, at step "
+                     f"{layer.step} ({fmt_ratio(layer.ratio)} its level{reached}), {when}"
                      + (f" at step {event.start_step}" if layer.before_rise else ""))
         if layer.before_rise:
-            s = 0.5 + 0.35 * mag(layer.ratio, LEAVE_RATIO, 30.0)
+            # a precursor with the right timing, like grad_explosion's: strength by how far
+            # the statistic had gone by the time the loss rose
+            s = 0.65 + 0.25 * mag(layer.peak_ratio, LEAVE_RATIO, 30.0)
             if layer.kind in ("attention logits", "output logits"):
                 s += 0.1  # the known mechanism of logit-driven spikes
         else:
@@ -285,6 +294,7 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
         "first_layer_kind": layer.kind if layer else None,
         "first_layer_step": layer.step if layer else None,
         "first_layer_ratio": layer.ratio if layer else None,
+        "first_layer_peak_ratio": layer.peak_ratio if layer else None,
         "layer_statistics": looked,
     }
     return evidence(CAUSE, min(score, 0.95), sentence(parts), facts, sentence(remedy))
