@@ -727,7 +727,7 @@ def _decode_event(
                     if name:
                         plugins.setdefault(tag, name)
                 elif f2 == 5 and wt2 == 2:  # histo: read into min/max/mean/rms scalars
-                    kind = "empty histograms"
+                    kind = "histograms"  # an empty one is ignored like the others
                     hist = _histo_stats(b, s2, e2)
                 elif f2 in _VALUE_KINDS:
                     kind = _VALUE_KINDS[f2]
