@@ -117,7 +117,7 @@ _ALIASES: dict[str, tuple[str, ...]] = {
                           "train_batch_size", "effective_batch_size"),
     "world_size": ("world_size", "num_gpus", "n_gpus", "num_ranks", "num_devices"),
     "tflops": ("tflops", "tflops_per_gpu", "model_tflops", "tflops_per_device",
-               "hardware_tflops", "achieved_tflops", "approx_flops_per_gpu", "mfu"),
+               "hardware_tflops", "achieved_tflops", "approx_flops_per_gpu"),
 }
 
 #: Path prefixes that say a metric was measured on evaluation data.

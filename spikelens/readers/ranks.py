@@ -71,7 +71,8 @@ class RankDirReader:
         if not raws:
             raise LogFormatError(f"{path}: none of the {len(layout.stdout)} rank logs could be "
                                  "read")
-        reporting = max(raws, key=lambda r: (_loss_points(raws[r]), -r))
+        # ties go to the highest rank, as in one file (Megatron: the last pipeline stage)
+        reporting = max(raws, key=lambda r: (_loss_points(raws[r]), r))
         frames = {r: raw.frame for r, raw in raws.items()}
         cols = {r: raw.step_column or "step" for r, raw in raws.items()}
         missing = [r for r, c in cols.items() if c not in frames[r].columns]
