@@ -1,8 +1,8 @@
 """Operations events: what the cluster did, reported beside the loss and never changing the
 verdict. A `slowdown` is a sustained rise of the step time (or fall of the TFLOPs): a slow
 GPU, a throttled node or a congested link makes every step wait for it. It is tested like the
-loss, in log space against a trailing robust baseline (median and IQR/1.349 of the `window` points
-before), but only a run of at least `SLOW_POINTS` consecutive logged points that are all at
+loss, in log space against a trailing robust baseline (median and IQR/1.349 of the `window`
+points before), but only a run of at least `SLOW_POINTS` consecutive logged points that are all at
 least `SLOW_RATIO` times the baseline and `SLOW_Z` robust scales above it counts: the one slow
 iteration after an evaluation or a checkpoint save is routine. A `hang` is a log that stops
 mid-run (its last step before the run's stated `train_iters`, or an error after its last

@@ -15,8 +15,9 @@ go through a plain protobuf decoder, `decode_general`, which is also the referen
 vectorised path is tested against. Histograms (`Summary.Value.histo`, PyTorch
 `add_histogram`, and TF2's `histograms` plugin tensors of [left, right, count] buckets) are
 read into four scalars per tag: `<tag>/hist_min`, `/hist_max`, `/hist_mean` and `/hist_rms`
-(exact from the proto's sums; from bucket centres for TF2 tensors). Damage is read around: a bad length checksum ends a walk,
-the walk resynchronises on the next valid header, and every skipped range is reported.
+(exact from the proto's sums; from bucket centres for TF2 tensors). Damage is read around:
+a bad length checksum ends a walk, the walk resynchronises on the next valid header, and
+every skipped range is reported.
 `write_scalar_events` is the inverse, vectorised too, for tests and benchmarks."""
 
 from __future__ import annotations
