@@ -67,6 +67,8 @@ _STEPS_PER_PRINT = re.compile(r"steps_per_print\W+(\d{1,9})(?!\d)")
 _TIMESTAMP = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?"
 )
+# Megatron's start-up line `using world size: 64, data-parallel size: 8, ...`
+_WORLD = re.compile(r"using world size:\s*(\d{1,9})")
 # a Megatron arguments dump line: `  global_batch_size ............... 2048`
 _ARG = re.compile(r"^\s*([A-Za-z_]\w*) \.{2,} (\S.*?)\s*$")
 #: Megatron argument names -> the canonical `Run.params` keys (others are kept as written)
@@ -299,6 +301,10 @@ class _Parse:
             return
         if " .." in line:
             self.argument(line)
+        elif "world size" in line and "world_size" not in self.params:
+            w = _WORLD.search(line)
+            if w is not None:
+                self.params["world_size"] = int(w.group(1))
         if "interval" in line and self.log_interval is None:
             li = _LOG_INTERVAL.search(line)
             if li is not None:
