@@ -123,8 +123,10 @@ def describe_text(run: Run, color: bool | None = None) -> str:
     for w in d["warnings"]:
         console.print(f"warning: {w}", highlight=False, soft_wrap=True)
     if d["ranks"]:
-        console.print(f"ranks: {', '.join(map(str, d['ranks']))} (main series from rank "
-                      f"{d['reporting_rank']}; each as rank<N>/<metric>)", highlight=False)
+        main = f"main series from rank {d['reporting_rank']}; " \
+            if d["reporting_rank"] is not None else ""
+        console.print(f"ranks: {', '.join(map(str, d['ranks']))} ({main}each as "
+                      "rank<N>/<metric>)", highlight=False)
     if d["messages"]["counts"]:
         c = d["messages"]["counts"]
         console.print("messages: " + ", ".join(f"{c[k]} {k}" for k in ("error", "warning", "info")

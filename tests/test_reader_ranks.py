@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from _ops_logs import megatron_line, noisy_loss
 from conftest import SAMPLES
 from typer.testing import CliRunner
@@ -141,6 +142,19 @@ def test_text_reader_keeps_messages(tmp_path: Path) -> None:
     (m,) = run.messages
     assert (m.step, m.rank, m.level, m.line) == (1, 1, "error", 3)
     assert m.text == "RuntimeError: NCCL error in: ProcessGroupNCCL.cpp:1191"
+
+
+def test_text_reader_keeps_one_series_per_rank(tmp_path: Path) -> None:
+    p = tmp_path / "tee.log"
+    p.write_text("".join(f"[rank{r}]: iter {i}: loss {2.0 + 0.1 * r + 0.01 * i:.4f}, "
+                         f"time 33.0ms\n" for i in range(20) for r in range(2)))
+    run = read_log(p)
+    assert run.format == "text" and run.restarts == ()
+    assert run.frame["loss"].tolist() == pytest.approx([2.1 + 0.01 * i for i in range(20)])
+    assert run.frame["rank0/loss"].tolist() == pytest.approx([2.0 + 0.01 * i
+                                                              for i in range(20)])
+    assert any("2 ranks print metrics (0, 1); rank 1 gives the main series" in w
+               for w in run.warnings)
 
 
 def _torchrun_dir(root: Path) -> Path:

@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -247,6 +248,28 @@ def fold_ranks(rows: list[dict[str, float]], steps: Sequence[int], row_ranks: Se
                 columns.setdefault(key, None)
     return RankFold(reporting=reporting, ranks=tuple(sorted(by_rank)),
                     removed=frozenset(removed), unmatched=unmatched)
+
+
+class _Table(Protocol):
+    rows: list[dict[str, float]]
+    steps: list[int]
+    lines: list[int]
+    columns: dict[str, None]
+
+
+def fold_table(table: _Table, lines: Sequence[str], path: Path | str) -> str | None:
+    """`fold_ranks` over a whole row table whose rows came from `lines` (1-based line
+    numbers in `table.lines`); the folded rows are removed. Returns the note, or None."""
+    row_ranks = [rank_of(lines[n - 1]) for n in table.lines]
+    fold = fold_ranks(table.rows, table.steps, row_ranks, range(len(table.rows)),
+                      table.columns)
+    if fold is None:
+        return None
+    keep = [i for i in range(len(table.rows)) if i not in fold.removed]
+    table.rows = [table.rows[i] for i in keep]
+    table.steps = [table.steps[i] for i in keep]
+    table.lines = [table.lines[i] for i in keep]
+    return fold_note(path, fold)
 
 
 def fold_note(path: Path | str, fold: RankFold) -> str:

@@ -24,7 +24,7 @@ from spikelens.errors import LogFormatError
 from spikelens.metrics import normalise, role_of
 from spikelens.readers import READERS
 from spikelens.readers._base import RawLog, looks_binary, skip_warning
-from spikelens.readers._ranks import MessageSink
+from spikelens.readers._ranks import MessageSink, fold_table
 
 STEP = "step"
 
@@ -254,6 +254,9 @@ class TextReader:
             raise LogFormatError(
                 f"{path}: no lines with a step number and key: value metrics found"
             )
+        folded = fold_table(train, lines, path)  # several ranks: rank<N>/<key> columns
+        if folded is not None:
+            warnings.append(folded)
         if stepless:
             warnings.append(
                 skip_warning(path, len(stepless), "line(s) with metrics but no step", stepless)
