@@ -179,3 +179,17 @@ def test_real_bigscience_incidents_keep_their_causes() -> None:
         assert f.causes[0].cause == cause, name
         assert _cause(f, "distributed") is None, name
         assert "distributed" not in {s.cause for s in f.skipped}, name
+
+
+def test_samples_per_step_stand_in_for_an_unprinted_batch_size(tmp_path: Path) -> None:
+    # a CSV log with only the consumed-samples counter: 512 a step, then 2048 after the resume
+    first, second = np.arange(1, 451), np.arange(401, 701)
+    y2 = noisy_loss(300, 2) * (1 + 0.45 * np.exp(-np.arange(300) / 20))
+    rows = [(s, v, s * 512) for s, v in zip(first, noisy_loss(450, 1), strict=True)]
+    rows += [(s, v, 400 * 512 + (s - 400) * 2048) for s, v in zip(second, y2, strict=True)]
+    p = tmp_path / "samples.csv"
+    p.write_text("step,loss,consumed_samples\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    f = _incident(p)
+    assert f.causes[0].cause == "distributed"
+    assert f.causes[0].summary == ("The samples per step changed 512 -> 2,048 (4.0x) at the "
+                                   "resume at step 401.")

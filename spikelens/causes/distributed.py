@@ -142,12 +142,32 @@ def _series(run: Run, role: str) -> tuple[np.ndarray, np.ndarray] | None:
     return s.index.to_numpy().astype(np.int64)[ok], v[ok]
 
 
+def _per_step(run: Run, role: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Consumed samples or tokens per step, from the counter's increments (a resume that
+    replays steps gives no increment there)."""
+    s = _series(run, role)
+    if s is None or len(s[0]) < 3:
+        return None
+    ds, dv = np.diff(s[0]), np.diff(s[1])
+    ok = (ds > 0) & (dv > 0)
+    if ok.sum() < 2:
+        return None
+    return s[0][1:][ok], dv[ok] / ds[ok]
+
+
 def _batch_change(run: Run, event: Event) -> BatchChange | None:
     restarts = {r.resumed_at for r in run.restarts}
     lr = _series(run, "lr")
     best: BatchChange | None = None
-    for role, what in (("global_batch_size", "global batch size"), ("world_size", "world size")):
-        s = _series(run, role)
+    sources: list[tuple[str, tuple[np.ndarray, np.ndarray] | None]] = [
+        ("global batch size", _series(run, "global_batch_size")),
+        ("world size", _series(run, "world_size"))]
+    if sources[0][1] is None:
+        # no batch size printed: the consumed samples (else tokens) per step say the same
+        derived = _per_step(run, "samples")
+        sources.append(("samples per step", derived) if derived is not None
+                       else ("tokens per step", _per_step(run, "tokens")))
+    for what, s in sources:
         if s is None or len(s[0]) < 2:
             continue
         steps, vals = s
@@ -209,6 +229,7 @@ def _line(m: LogMessage) -> str:
 def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
     has_ranks = bool(_per_rank(run, "loss") or _per_rank(run, "grad_norm"))
     judgeable = has_ranks or run.has("global_batch_size") or run.has("world_size") or \
+        run.has("samples") or run.has("tokens") or \
         bool(run.messages) or run.has("step_time") or run.has("tflops")
     if not judgeable:
         return Skipped(CAUSE, "needs per-rank series, a global batch size or world size, "
