@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from _ops_logs import megatron_line, noisy_loss
 from conftest import SAMPLES
 from typer.testing import CliRunner
@@ -210,3 +212,31 @@ def test_inspect_shows_messages_and_ranks(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["inspect", str(p), "--format", "json"])
     assert res.exit_code == 0
     assert '"reporting_rank": 1' in res.output and '"counts": {' in res.output
+
+
+def test_a_rank_log_no_reader_claims_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    root = _torchrun_dir(tmp_path / "logs")
+    bad = root / "run-1" / "attempt_0" / "0" / "stdout.log"
+    bad.write_bytes(bytes(range(256)) * 4)  # binary garbage in place of rank 0's first log
+    run = read_log(root)
+    (w,) = [w for w in run.warnings if "rank 0 not read" in w]
+    assert w == (f"{root}: rank 0 not read: {bad} (+1 later attempt(s)): no reader recognises "
+                 "this rank's log")
+    assert run.params["reporting_rank"] == 1
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.permutations([0, 1, 2]), min_size=12, max_size=12))
+def test_rank_order_within_a_step_does_not_matter(tmp_path_factory: pytest.TempPathFactory,
+                                                 orders: list[list[int]]) -> None:
+    # ranks print in whatever order they reach the log; the series per rank are the same
+    loss = noisy_loss(12, 11)
+    lines = [megatron_line(i + 1, 100, [("lm loss", loss[i] * (1 + 0.1 * r), ".6E")],
+                           prefix=f"[rank{r}]: ") for i, order in enumerate(orders) for r in order]
+    p = tmp_path_factory.mktemp("order") / "r.log"
+    p.write_text("\n".join(lines) + "\n")
+    run = read_log(p)
+    assert run.restarts == () and list(run.steps) == list(range(1, 13))
+    for r in range(3):
+        assert np.allclose(run.frame[f"rank{r}/lm loss"].to_numpy(), loss * (1 + 0.1 * r),
+                           rtol=1e-6)

@@ -60,12 +60,14 @@ class RankDirReader:
                     fmt = _reader_for(src)
                     got = READERS.get(fmt).read(src)
                 except SpikelensError as exc:
-                    warnings.append(f"{path}: rank {r} not read: {exc}")
+                    # name the rank's own files, not the temporary concatenation
+                    warnings.append(f"{path}: rank {r} not read: "
+                                    f"{str(exc).replace(str(src), _names(files))}")
                     continue
                 if got:
                     raw = got[0]
                     if src != files[0]:
-                        raw.warnings = [w.replace(str(src), str(files[-1].parent))
+                        raw.warnings = [w.replace(str(src), _names(files))
                                         for w in raw.warnings]
                     raws[r] = raw
         if not raws:
@@ -105,6 +107,11 @@ class RankDirReader:
             eval_step_column=main.eval_step_column, messages=messages,
             params={**main.params, "ranks": len(raws), "reporting_rank": reporting},
         )]
+
+
+def _names(files: list[Path]) -> str:
+    return files[0].as_posix() if len(files) == 1 else \
+        f"{files[0].as_posix()} (+{len(files) - 1} later attempt(s))"
 
 
 def _loss_points(raw: RawLog) -> int:
