@@ -5,6 +5,7 @@ roles spikelens found before trusting an analysis, and fix them with `--metric R
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -75,8 +76,10 @@ def _ops(run: Run) -> dict[str, Any]:
         },
         "ranks": ranks,
         "reporting_rank": run.params.get("reporting_rank") if ranks else None,
+        # JSON-able scalars only (JSON has no NaN or Infinity)
         "params": {k: v for k, v in run.params.items()
-                   if v is None or isinstance(v, (str, int, float, bool))},
+                   if v is None or isinstance(v, (str, int, bool))
+                   or (isinstance(v, float) and math.isfinite(v))},
     }
 
 

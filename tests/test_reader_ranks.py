@@ -240,3 +240,15 @@ def test_rank_order_within_a_step_does_not_matter(tmp_path_factory: pytest.TempP
     for r in range(3):
         assert np.allclose(run.frame[f"rank{r}/lm loss"].to_numpy(), loss * (1 + 0.1 * r),
                            rtol=1e-6)
+
+
+def test_megatron_arguments_give_the_run_params() -> None:
+    # the bench r24 excerpt in Megatron's own print format (tests/data/README.md)
+    run = read_log(SAMPLES.parent / "tests" / "data" / "megatron" /
+                   "r24_amp_benign_iter1-450.log")
+    assert dict(run.params) == {"world_size": 1, "global_batch_size": 16, "log_interval": 1,
+                                "lr": 0.002, "train_iters": 1500, "fp16": True,
+                                "precision": "fp16"}
+    assert run.interval == 1
+    evals = [m for m in run.messages if m.text.startswith("validation loss at iteration")]
+    assert [m.step for m in evals] == [100, 200, 300, 400]

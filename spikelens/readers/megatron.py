@@ -299,9 +299,9 @@ class _Parse:
         if "overflow" in low and "skipping step" in low:
             self.overflow(line, line_no)
             return
-        if " .." in line:
-            self.argument(line)
-        elif "world size" in line and "world_size" not in self.params:
+        if " .." in line and self.argument(line):
+            return
+        if "world size" in line and "world_size" not in self.params:
             w = _WORLD.search(line)
             if w is not None:
                 self.params["world_size"] = int(w.group(1))
@@ -326,11 +326,12 @@ class _Parse:
         # not a metric line: kept if it can explain an incident (errors, checkpoints, ...)
         self.sink.feed(line, line_no, self.last_step if self.anchors else None)
 
-    def argument(self, line: str) -> None:
-        """One line of Megatron's arguments dump, into the run's params."""
+    def argument(self, line: str) -> bool:
+        """One line of Megatron's arguments dump, into the run's params; False if it is
+        not one."""
         a = _ARG.match(line)
         if a is None:
-            return
+            return False
         key, raw = a.group(1), a.group(2)
         val: object = raw
         num = _number(raw)
@@ -343,8 +344,11 @@ class _Parse:
         self.params[_PARAM_KEYS.get(key, key)] = val
         if key in ("fp16", "bf16") and val is True:
             self.params["precision"] = key
+        if key == "log_interval" and isinstance(val, int) and self.log_interval is None:
+            self.log_interval = val
+        return True
 
-    def fold_ranks(self) -> str | None:
+    def fold_ranks(self, path: Path) -> str | None:
         """Several ranks printing iteration lines: fold them into the reporting rank's rows
         (`rank<N>/<key>` columns) and drop their own rows. Returns a note, or None."""
         fold = fold_ranks(self.train.rows, self.train.steps, self.row_rank, self.iter_rows,
@@ -357,7 +361,7 @@ class _Parse:
         self.torn = [t for t in self.torn if t[0] not in gone]
         self.params["reporting_rank"] = fold.reporting
         self.params["ranks"] = len(fold.ranks)
-        return "{path}" + fold_note("", fold)
+        return fold_note(path, fold)
 
 
 def _step_rate(anchors: list[_Anchor], times: list[float | None]) -> float | None:
@@ -514,9 +518,9 @@ class MegatronReader:
         warnings: list[str] = []
         for no, line in enumerate(lines, start=1):
             p.line(line, no)
-        folded = p.fold_ranks()
+        folded = p.fold_ranks(path)
         if folded is not None:
-            warnings.append(folded.replace("{path}", str(path), 1))
+            warnings.append(folded)
         torn = p.trim_torn()
         if torn:
             warnings.append(
