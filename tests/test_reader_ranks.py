@@ -252,3 +252,12 @@ def test_megatron_arguments_give_the_run_params() -> None:
     assert run.interval == 1
     evals = [m for m in run.messages if m.text.startswith("validation loss at iteration")]
     assert [m.step for m in evals] == [100, 200, 300, 400]
+
+
+def test_numbers_opening_every_line_are_not_ranks(tmp_path: Path) -> None:
+    # `<n>: ...` on every line with a new n each time is a script's own numbering, not srun
+    p = tmp_path / "numbered.log"
+    p.write_text("".join(f"{i}: step {i} loss {2.0 + 0.01 * i:.3f}\n" for i in range(1, 30)))
+    run = read_log(p)
+    assert not [c for c in run.frame.columns if c.startswith("rank")]
+    assert len(run.steps) == 29

@@ -219,6 +219,10 @@ def fold_ranks(rows: list[dict[str, float]], steps: Sequence[int], row_ranks: Se
             by_rank.setdefault(r, []).append(i)
     if len(by_rank) < 2:
         return None
+    # ranks print many rows each; "numbers" that are new on almost every row are something
+    # else (a script that starts its lines with `<step>: `)
+    if len(by_rank) * 2 > sum(len(v) for v in by_rank.values()):
+        return None
     reporting = max(by_rank, key=lambda r: (len(by_rank[r]), r))
     rep_at: dict[int, list[int]] = {}
     for i in by_rank[reporting]:
