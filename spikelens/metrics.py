@@ -116,7 +116,8 @@ _ALIASES: dict[str, tuple[str, ...]] = {
                      "update_magnitude_rel", "relative_update_norm"),
     "global_batch_size": ("global_batch_size", "global_batch", "gbs", "batch_size",
                           "train_batch_size", "effective_batch_size"),
-    "world_size": ("world_size", "num_gpus", "n_gpus", "num_ranks", "num_devices"),
+    "world_size": ("world_size", "num_gpus", "n_gpus", "num_ranks", "num_devices",
+                   "world_size_rank_logs"),
     "tflops": ("tflops", "tflops_per_gpu", "model_tflops", "tflops_per_device",
                "hardware_tflops", "achieved_tflops", "approx_flops_per_gpu"),
 }

@@ -193,3 +193,40 @@ def test_samples_per_step_stand_in_for_an_unprinted_batch_size(tmp_path: Path) -
     assert f.causes[0].cause == "distributed"
     assert f.causes[0].summary == ("The samples per step changed 512 -> 2,048 (4.0x) at the "
                                    "resume at step 401.")
+
+
+def _elastic_dir(root: Path, ranks_after: int) -> Path:
+    """torchrun --log-dir of an elastic job: 4 ranks run steps 1-300, the re-launch resumes
+    from the checkpoint at 250 with `ranks_after` ranks, and the loss shifts up at the
+    resume."""
+    y1 = noisy_loss(300, 1)
+    y2 = noisy_loss(250, 2) * (1 + 0.4 * np.exp(-np.arange(250) / 20))
+    for attempt, (ranks, steps, ys) in enumerate(((4, range(1, 301), y1),
+                                                  (ranks_after, range(251, 501), y2))):
+        for r in range(ranks):
+            d = root / "run-1" / f"attempt_{attempt}" / str(r)
+            d.mkdir(parents=True)
+            (d / "stdout.log").write_text("\n".join(
+                megatron_line(it, 1000, [("lm loss", ys[i] * (1 + 0.001 * r), ".6E")])
+                for i, it in enumerate(steps)) + "\n")
+    return root
+
+
+def test_an_elastic_resume_on_fewer_ranks_is_distributed(tmp_path: Path) -> None:
+    root = _elastic_dir(tmp_path / "logs", 2)
+    run = read_log(root)
+    assert run.roles["world_size"] == "world size (rank logs)"
+    assert run.frame["world size (rank logs)"].loc[[1, 250, 251, 500]].tolist() == \
+        [4.0, 4.0, 2.0, 2.0]
+    f = _incident(root)
+    assert f.event.start_step == 251
+    assert f.causes[0].cause == "distributed"
+    assert f.causes[0].summary == "The world size changed 4 -> 2 (2.0x) at the resume at step 251."
+
+
+def test_an_elastic_resume_on_as_many_ranks_keeps_its_cause(tmp_path: Path) -> None:
+    root = _elastic_dir(tmp_path / "logs", 4)
+    assert "world_size" not in read_log(root).roles  # the same count says nothing
+    f = _incident(root)
+    assert _cause(f, "distributed") is None
+    assert f.causes[0].cause == "optimizer_state"  # the resume itself

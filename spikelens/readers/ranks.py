@@ -47,6 +47,7 @@ class RankDirReader:
                                  "or rank<N>.log) in this directory")
         raws: dict[int, RawLog] = {}
         warnings: list[str] = []
+        file_lines: dict[int, list[int]] = {}  # lines of each attempt's file, per rank
         with tempfile.TemporaryDirectory(prefix="spikelens-ranks-") as tmp:
             for r, files in sorted(layout.stdout.items()):
                 src = files[0]
@@ -55,7 +56,9 @@ class RankDirReader:
                     with open(src, "wb") as out:
                         for f in files:
                             data = f.read_bytes()
-                            out.write(data if data.endswith(b"\n") else data + b"\n")
+                            data = data if data.endswith(b"\n") else data + b"\n"
+                            file_lines.setdefault(r, []).append(data.count(b"\n"))
+                            out.write(data)
                 try:
                     fmt = _reader_for(src)
                     got = READERS.get(fmt).read(src)
@@ -84,6 +87,9 @@ class RankDirReader:
             raise LogFormatError(f"{path}: rank {reporting}'s log has no step column")
         merged, unmatched = merge_rank_frames(frames, cols, reporting)
         main = raws[reporting]
+        sizes = _attempt_sizes(layout.stdout, reporting, file_lines.get(reporting), main)
+        if sizes is not None:
+            merged[WORLD] = sizes
         messages: list[LogMessage] = []
         for r, raw in sorted(raws.items()):
             messages += [m if m.rank is not None else _with_rank(m, r) for m in raw.messages]
@@ -107,6 +113,34 @@ class RankDirReader:
             eval_step_column=main.eval_step_column, messages=messages,
             params={**main.params, "ranks": len(raws), "reporting_rank": reporting},
         )]
+
+
+#: The column that says how many rank logs the attempt of each row has (an elastic
+#: re-launch on fewer GPUs shows as a change at the resume); role `world_size`.
+WORLD = "world size (rank logs)"
+
+
+def _attempt_key(f: Path) -> str:
+    return str(f.parent.parent)
+
+
+def _attempt_sizes(stdout: dict[int, list[Path]], reporting: int, lines: list[int] | None,
+                   main: RawLog) -> np.ndarray | None:
+    """Per row of the reporting rank: how many ranks logged in that row's attempt, when the
+    attempts differ in that (else None: a constant says nothing)."""
+    files = stdout[reporting]
+    if lines is None or len(files) < 2 or main.row_lines is None:
+        return None
+    counts: dict[str, int] = {}
+    for fs in stdout.values():
+        for f in fs:
+            counts[_attempt_key(f)] = counts.get(_attempt_key(f), 0) + 1
+    per_file = np.asarray([counts[_attempt_key(f)] for f in files], dtype=np.float64)
+    if len(set(per_file.tolist())) < 2:
+        return None
+    bounds = np.cumsum(lines)
+    which = np.clip(np.searchsorted(bounds, main.row_lines, side="left"), 0, len(files) - 1)
+    return per_file[which]
 
 
 def _names(files: list[Path]) -> str:
