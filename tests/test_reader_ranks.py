@@ -261,3 +261,15 @@ def test_numbers_opening_every_line_are_not_ranks(tmp_path: Path) -> None:
     run = read_log(p)
     assert not [c for c in run.frame.columns if c.startswith("rank")]
     assert len(run.steps) == 29
+
+
+def test_messages_of_a_later_attempt_keep_their_own_line(tmp_path: Path) -> None:
+    root = _torchrun_dir(tmp_path / "logs")
+    f = root / "run-1" / "attempt_1" / "1" / "stdout.log"
+    lines = f.read_text().split("\n")
+    lines.insert(2, "RuntimeError: CUDA error: an illegal memory access was encountered")
+    f.write_text("\n".join(lines))
+    run = read_log(root)
+    (m,) = [m for m in run.messages if m.step is not None]
+    # line 3 of attempt_1's file (after the rows of steps 21 and 22), not of the attempts joined
+    assert (m.rank, m.step, m.line, m.level) == (1, 22, 3, "error")

@@ -92,7 +92,13 @@ class RankDirReader:
             merged[WORLD] = sizes
         messages: list[LogMessage] = []
         for r, raw in sorted(raws.items()):
-            messages += [m if m.rank is not None else _with_rank(m, r) for m in raw.messages]
+            bounds = np.cumsum([0, *file_lines.get(r, [])])
+            for m in raw.messages:
+                if m.line is not None and len(bounds) > 2:
+                    # a line of the concatenated attempts: its line in its own attempt's file
+                    i = int(np.searchsorted(bounds, m.line, side="left")) - 1
+                    m = dataclasses.replace(m, line=m.line - int(bounds[max(i, 0)]))
+                messages.append(m if m.rank is not None else _with_rank(m, r))
             warnings += raw.warnings
         for r, files in sorted(layout.stderr.items()):
             for f in files:
