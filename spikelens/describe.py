@@ -5,6 +5,7 @@ roles spikelens found before trusting an analysis, and fix them with `--metric R
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,42 @@ def describe(run: Run) -> dict[str, Any]:
         "nonfinite": nonfinite,
         "eval_rows": int(len(run.eval_frame)),
         "warnings": list(run.warnings),
+        **_ops(run),
+    }
+
+
+#: Messages listed by `inspect` (errors first, then warnings, then the last info lines).
+_SHOWN = 12
+
+
+def _ops(run: Run) -> dict[str, Any]:
+    """Messages and ranks (issue 14): counts by level, the lines worth reading first, the
+    ranks whose series the log keeps and the run's stated params."""
+    from spikelens.readers._ranks import rank_column
+
+    counts: dict[str, int] = {}
+    for m in run.messages:
+        counts[m.level] = counts.get(m.level, 0) + 1
+    errs = [m for m in run.messages if m.level == "error"]
+    warns = [m for m in run.messages if m.level == "warning"]
+    infos = [m for m in run.messages if m.level == "info"]
+    shown = (errs + warns)[:_SHOWN]
+    shown += infos[-max(0, _SHOWN - len(shown)):] if len(shown) < _SHOWN else []
+    shown.sort(key=lambda m: (m.line if m.line is not None else -1))
+    ranks = sorted({rc[0] for c in run.frame.columns
+                    if (rc := rank_column(str(c))) is not None})
+    return {
+        "messages": {
+            "counts": counts,
+            "shown": [{"step": m.step, "rank": m.rank, "level": m.level, "line": m.line,
+                       "text": m.text} for m in shown],
+        },
+        "ranks": ranks,
+        "reporting_rank": run.params.get("reporting_rank") if ranks else None,
+        # JSON-able scalars only (JSON has no NaN or Infinity)
+        "params": {k: v for k, v in run.params.items()
+                   if v is None or isinstance(v, (str, int, bool))
+                   or (isinstance(v, float) and math.isfinite(v))},
     }
 
 
@@ -88,5 +125,20 @@ def describe_text(run: Run, color: bool | None = None) -> str:
                       f"{r['previous_last']} ({what})", highlight=False)
     for w in d["warnings"]:
         console.print(f"warning: {w}", highlight=False, soft_wrap=True)
+    if d["ranks"]:
+        main = f"main series from rank {d['reporting_rank']}; " \
+            if d["reporting_rank"] is not None else ""
+        console.print(f"ranks: {', '.join(map(str, d['ranks']))} ({main}each as "
+                      "rank<N>/<metric>)", highlight=False)
+    if d["messages"]["counts"]:
+        c = d["messages"]["counts"]
+        console.print("messages: " + ", ".join(f"{c[k]} {k}" for k in ("error", "warning", "info")
+                                               if k in c), highlight=False)
+        for m in d["messages"]["shown"]:
+            where = f"step {m['step']}" if m["step"] is not None else "step ?"
+            rank = f" rank {m['rank']}" if m["rank"] is not None else ""
+            line = f" line {m['line']}" if m["line"] is not None else ""
+            console.print(f"  [{m['level']} {where}{rank}{line}] {m['text']}", highlight=False,
+                          soft_wrap=True, markup=False)
     out = console.export_text(styles=bool(color))
     return out

@@ -28,6 +28,11 @@ ROLES: tuple[str, ...] = (
     "epoch",
     "step_time",
     "wall_time",
+    "param_norm",
+    "update_ratio",
+    "global_batch_size",
+    "world_size",
+    "tflops",
 )
 
 #: Column names that hold the step counter, most specific first.
@@ -102,6 +107,19 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     ),
     "wall_time": ("wall_time", "time", "timestamp", "_timestamp", "train_time", "_runtime",
                   "elapsed"),
+    # the model's own statistics and the run's operations (issue 14)
+    "param_norm": ("param_norm", "params_norm", "parameter_norm", "parameters_norm",
+                   "param_l2_norm", "total_param_norm", "weight_norm", "model_norm",
+                   "param_norm_total"),
+    "update_ratio": ("update_to_param_ratio", "update_param_ratio", "update_ratio",
+                     "update_to_weight_ratio", "update_weight_ratio", "param_update_ratio",
+                     "update_magnitude_rel", "relative_update_norm"),
+    "global_batch_size": ("global_batch_size", "global_batch", "gbs", "batch_size",
+                          "train_batch_size", "effective_batch_size"),
+    "world_size": ("world_size", "num_gpus", "n_gpus", "num_ranks", "num_devices",
+                   "world_size_rank_logs"),
+    "tflops": ("tflops", "tflops_per_gpu", "model_tflops", "tflops_per_device",
+               "hardware_tflops", "achieved_tflops", "approx_flops_per_gpu"),
 }
 
 #: Path prefixes that say a metric was measured on evaluation data.

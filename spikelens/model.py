@@ -24,7 +24,10 @@ def _empty_frame() -> pd.DataFrame:
 
 SCHEMA_VERSION = 1
 
-EVENT_KINDS = ("spike", "divergence", "nonfinite", "oscillation", "stall", "overfitting")
+#: `slowdown` and `hang` are informational operations events (issue 14): a sustained step-time
+#: rise and a log that stops mid-run, on the `step_time` metric; they never change the verdict.
+EVENT_KINDS = ("spike", "divergence", "nonfinite", "oscillation", "stall", "overfitting",
+               "slowdown", "hang")
 #: Kinds that are incidents (oscillation is a condition, not an incident; stall and
 #: overfitting are informational and never change the verdict).
 INCIDENT_KINDS = ("spike", "divergence", "nonfinite")

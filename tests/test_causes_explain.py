@@ -77,5 +77,5 @@ def test_explain_never_raises_and_keeps_its_contract(case: tuple[pd.DataFrame, E
 
 
 def test_registry_lists_the_six_causes_in_order() -> None:
-    assert CAUSES.names() == ["amp_overflow", "bad_batch", "grad_explosion", "lr_schedule",
-                              "numerical", "optimizer_state"]
+    assert CAUSES.names() == ["amp_overflow", "bad_batch", "distributed", "grad_explosion",
+                              "lr_schedule", "model_stats", "numerical", "optimizer_state"]

@@ -376,6 +376,10 @@ def test_missing_metrics_are_skipped_with_reasons() -> None:
         "grad_explosion": "needs grad_norm, not in this log",
         "amp_overflow": "needs loss_scale or skipped, not in this log",
         "optimizer_state": "needs grad_norm or update_norm, not in this log",
+        "distributed": "needs per-rank series, a global batch size or world size, error "
+                       "lines or a step time; none in this log",
+        "model_stats": "needs param_norm, an update/param ratio or per-layer weight, "
+                       "activation or attention-logit statistics; none in this log",
     }
     assert top(f) == "bad_batch"
     assert "only the loss is logged" in f.causes[0].summary
@@ -436,6 +440,22 @@ def test_every_registered_cause_is_top_in_some_sample() -> None:
     df.loc[storm, "skipped"] = 1
     bump(df, 1006, list(np.linspace(2.0, 1.0, 20)))
     samples.append((make_run(df), event(1006, 1006, 1030)))
+    # issue 14: one layer's attention logits climb 8x before the rise (model_stats) ...
+    df = base_frame(23)
+    logits = 40.0 * np.exp(np.random.default_rng(23).normal(0, 0.01, N))
+    logits[989:999] *= np.geomspace(1.0, 8.0, 10)
+    logits[999:] *= 8.0
+    df["layer3/attn_logits_max"] = logits
+    bump(df, 1000, [5.0])
+    samples.append((make_run(df), event(1000, 1000, 1001)))
+    # ... and one of four ranks leaves the others for good (distributed)
+    df = base_frame(24)
+    for r in range(4):
+        df[f"rank{r}/loss"] = df.loss * (1 + 0.003 * r)
+    for col in ("loss", "rank3/loss"):
+        df.loc[df.step >= 1000, col] *= 1.8
+    samples.append((make_run(df), event(1000, 1000, N, kind="divergence", recovered=False,
+                                        ratio=1.8)))
     tops = {run_explain(r, e).causes[0].cause for r, e in samples}
     assert set(CAUSES.names()) <= tops
 

@@ -20,6 +20,8 @@ def _samples() -> list[Path]:
             continue
         # a TensorBoard sample is its run directory
         out.append(p.parent if "tfevents" in p.name else p)
+        if p.parent.parent.name.startswith("attempt_"):  # torchrun --log-dir: the run dir
+            out[-1] = p.parents[3]
     return sorted(set(out))
 
 

@@ -60,7 +60,9 @@ def test_tr8_104b_exp1_glitch_at_7010() -> None:
 def test_gpt2_fp16_loss_scale_calibration_is_healthy() -> None:
     det = run_on(SAMPLES / "megatron" /
                  "bigscience_gpt2_perf_n4_fp16_lossscale_calibration_1-200.log")
-    assert det.events == ()
+    # no incident; the excerpt (iterations 1-200 of 1000) ends after the eval at 200, which
+    # is reported as an informational hang (issue 14)
+    assert [(e.kind, e.start_step) for e in det.events] == [("hang", 200)]
     assert det.verdict == "healthy"
 
 

@@ -37,6 +37,7 @@ MEGATRON_ROLES = {
     "loss_scale": "loss scale", "skipped": "number of skipped iterations",
     "nan_count": "number of nan iterations", "samples": "consumed samples",
     "step_time": "elapsed time per iteration (ms)",
+    "global_batch_size": "global batch size",  # issue 14: printed on every line
 }
 
 

@@ -39,7 +39,7 @@ UNKNOWN = "unknown"
 NEGLIGIBLE = 0.05
 #: Order used to break exact ties (the order the issue lists the causes in).
 ORDER = ("lr_schedule", "grad_explosion", "amp_overflow", "bad_batch", "optimizer_state",
-         "numerical")
+         "numerical", "distributed", "model_stats")
 
 
 def _register_builtin() -> None:

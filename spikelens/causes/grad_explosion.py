@@ -83,7 +83,7 @@ def _first_layer(run: Run, ctx: Context) -> tuple[str, int, float] | None:
     best: tuple[str, int, float] | None = None
     for col in run.extras:
         n = normalise(col)
-        if col == total or "grad" not in n or "norm" not in n:
+        if col == total or "grad" not in n or "norm" not in n or col.startswith("rank"):
             continue
         if col not in run.frame.columns:
             continue

@@ -25,6 +25,7 @@ from spikelens.detect.divergence import kind_of
 from spikelens.detect.gradnorm import find_surges, usable
 from spikelens.detect.joint import PointZ
 from spikelens.detect.nonfinite import NonFinite, find_nonfinite, nonfinite_mask
+from spikelens.detect.ops import ops_events
 from spikelens.detect.oscillation import Oscillation, OscParams, find_oscillations
 from spikelens.detect.spikes import (
     Rise,
@@ -106,6 +107,7 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = ()) -> D
     for o in oscs:
         events.append(_osc_event(run, loss, o))
     events += _grad_surges(run, events, params, config, notes)
+    events += ops_events(run, events, config, notes)  # slowdowns and hangs (issue 14)
     _grad_nonfinite_note(run, loss, nonfinite, notes)
     events.sort(key=lambda e: (e.start_step, _KIND_ORDER.get(e.kind, 9), e.metric))
     return Detection(events=tuple(events), verdict=verdict_of(events), notes=tuple(notes))

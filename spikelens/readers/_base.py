@@ -19,7 +19,7 @@ import pandas as pd
 
 from spikelens.errors import LogFormatError, MissingMetricError
 from spikelens.metrics import assign_roles, find_step_column
-from spikelens.model import Restart, Run
+from spikelens.model import LogMessage, Restart, Run
 
 #: Largest step accepted: every integer up to 2^53 is exact in a float64.
 _MAX_STEP = float(2**53)
@@ -47,6 +47,8 @@ class RawLog:
     averaged: bool = False  # values are averages over the interval
     name: str | None = None  # run name, for files holding several runs
     eval_step_column: str | None = None
+    messages: list[LogMessage] = field(default_factory=list)  # non-metric lines kept
+    params: dict[str, object] = field(default_factory=dict)  # run configuration, if stated
 
 
 class Reader(Protocol):
@@ -352,6 +354,8 @@ def build_run(
         segment_of_step=segment_of_step,
         warnings=tuple(warnings),
         name=raw.name,
+        params=dict(raw.params),
+        messages=tuple(raw.messages),
     )
 
 

@@ -12,13 +12,18 @@ follow from the record length and the step's varint length, their framing checke
 48-bit compare, their tags identified by a short key and then compared byte for byte; the
 other records (the file-version event, step 0, histograms, merged summaries, anything odd)
 go through a plain protobuf decoder, `decode_general`, which is also the reference the
-vectorised path is tested against. Damage is read around: a bad length checksum ends a walk,
-the walk resynchronises on the next valid header, and every skipped range is reported.
+vectorised path is tested against. Histograms (`Summary.Value.histo`, PyTorch
+`add_histogram`, and TF2's `histograms` plugin tensors of [left, right, count] buckets) are
+read into four scalars per tag: `<tag>/hist_min`, `/hist_max`, `/hist_mean` and `/hist_rms`
+(exact from the proto's sums; from bucket centres for TF2 tensors). Damage is read around:
+a bad length checksum ends a walk, the walk resynchronises on the next valid header, and
+every skipped range is reported.
 `write_scalar_events` is the inverse, vectorised too, for tests and benchmarks."""
 
 from __future__ import annotations
 
 import functools
+import math
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -565,6 +570,65 @@ def _fields(b: bytes, start: int, end: int) -> Iterable[tuple[int, int, int, int
 
 # Summary.Value oneof fields other than the scalar ones, by what they hold
 _VALUE_KINDS = {3: "histograms", 4: "images", 5: "histograms", 6: "audio"}
+#: the scalars a histogram is read into, as suffixes of its tag
+HIST_STATS = ("hist_min", "hist_max", "hist_mean", "hist_rms")
+
+
+def _histo_stats(b: bytes, start: int, end: int) -> tuple[float, float, float, float] | None:
+    """(min, max, mean, rms) of a HistogramProto (min=1, max=2, num=3, sum=4,
+    sum_squares=5, all doubles), or None for an empty histogram."""
+    vals = {1: math.nan, 2: math.nan, 3: 0.0, 4: math.nan, 5: math.nan}
+    for f, wt, s, _ in _fields(b, start, end):
+        if f in vals and wt == 1:
+            vals[f] = struct.unpack_from("<d", b, s)[0]
+    n = vals[3]
+    if not n > 0:
+        return None
+    return (vals[1], vals[2], vals[4] / n, math.sqrt(max(vals[5], 0.0) / n))
+
+
+def _tensor_histogram(b: bytes, start: int, end: int) -> tuple[float, float, float, float] | None:
+    """(min, max, mean, rms) of a TF2 `histograms` plugin tensor: k x 3 (left edge, right
+    edge, count), from the edges of the first and last non-empty buckets and the bucket
+    centres; None when it is not such a tensor or is empty."""
+    dtype = 0
+    dims: list[int] = []
+    content: bytes | None = None
+    floats: list[float] = []
+    for f, wt, s, e in _fields(b, start, end):
+        if f == 1 and wt == 0:
+            dtype = s
+        elif f == 2 and wt == 2:
+            for f2, wt2, s2, e2 in _fields(b, s, e):
+                if f2 == 2 and wt2 == 2:
+                    size = 0
+                    for f3, wt3, s3, _ in _fields(b, s2, e2):
+                        if f3 == 1 and wt3 == 0:
+                            size = s3
+                    dims.append(size)
+        elif f == 4 and wt == 2:
+            content = b[s:e]
+        elif f == 5 and wt == 2:
+            floats.extend(struct.unpack(f"<{(e - s) // 4}f", b[s:s + 4 * ((e - s) // 4)]))
+        elif f == 6 and wt == 2:
+            floats.extend(struct.unpack(f"<{(e - s) // 8}d", b[s:s + 8 * ((e - s) // 8)]))
+    if dtype not in (DT_FLOAT, DT_DOUBLE) or len(dims) != 2 or dims[1] != 3:
+        return None
+    if content is not None:
+        arr = np.frombuffer(content, dtype="<f4" if dtype == DT_FLOAT else "<f8")
+    else:
+        arr = np.asarray(floats, dtype=np.float64)
+    if arr.size != dims[0] * 3 or dims[0] == 0:
+        return None
+    m = arr.astype(np.float64).reshape(dims[0], 3)
+    nz = np.flatnonzero(m[:, 2] > 0)
+    if not len(nz):
+        return None
+    c = m[:, 2]
+    mid = (m[:, 0] + m[:, 1]) / 2
+    n = float(c.sum())
+    return (float(m[nz[0], 0]), float(m[nz[-1], 1]), float((c * mid).sum() / n),
+            float(math.sqrt((c * mid * mid).sum() / n)))
 
 
 def _plugin_name(b: bytes, start: int, end: int) -> str:
@@ -650,6 +714,7 @@ def _decode_event(
             tag = ""
             value: float | str | None = None
             tensor: tuple[int, int] | None = None
+            hist: tuple[float, float, float, float] | None = None
             kind = "empty values"
             for f2, wt2, s2, e2 in _fields(b, vs, ve):
                 if f2 == 1 and wt2 == 2:
@@ -662,13 +727,19 @@ def _decode_event(
                     name = _plugin_name(b, s2, e2)
                     if name:
                         plugins.setdefault(tag, name)
+                elif f2 == 5 and wt2 == 2:  # histo: read into min/max/mean/rms scalars
+                    kind = "histograms"  # an empty one is ignored like the others
+                    hist = _histo_stats(b, s2, e2)
                 elif f2 in _VALUE_KINDS:
                     kind = _VALUE_KINDS[f2]
             if value is None and tensor is not None:
                 # the metadata of a TF2 summary comes after its tensor, and often only
                 # with the tag's first event: decide once the whole value is read
                 plugin = plugins.get(tag, "")
-                if plugin not in ("", "scalars"):
+                if plugin == "histograms":
+                    hist = _tensor_histogram(b, tensor[0], tensor[1])
+                    kind = "histograms"
+                elif plugin not in ("", "scalars"):
                     kind = plugin
                 else:
                     value = _tensor_scalar(b, tensor[0], tensor[1])
@@ -676,6 +747,9 @@ def _decode_event(
                         kind, value = value, None
             if isinstance(value, float):
                 scalars.append((tag, value))
+            elif hist is not None:
+                scalars.extend((f"{tag}/{name}", v) for name, v in zip(HIST_STATS, hist,
+                                                                       strict=True))
             else:
                 skipped.append(kind)
     return wall, step, scalars, skipped

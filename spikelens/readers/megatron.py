@@ -28,6 +28,7 @@ import numpy as np
 from spikelens.errors import LogFormatError
 from spikelens.readers import READERS
 from spikelens.readers._base import RawLog, lines_note, looks_binary, mode_spacing
+from spikelens.readers._ranks import MessageSink, fold_note, fold_ranks, rank_of
 from spikelens.readers.text import RowTable, eval_frame_from_rows, frame_from_rows, read_lines
 
 STEP = "iteration"
@@ -66,6 +67,17 @@ _STEPS_PER_PRINT = re.compile(r"steps_per_print\W+(\d{1,9})(?!\d)")
 _TIMESTAMP = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?"
 )
+# Megatron's start-up line `using world size: 64, data-parallel size: 8, ...`
+_WORLD = re.compile(r"using world size:\s*(\d{1,9})")
+# a Megatron arguments dump line: `  global_batch_size ............... 2048`
+_ARG = re.compile(r"^\s*([A-Za-z_]\w*) \.{2,} (\S.*?)\s*$")
+#: Megatron argument names -> the canonical `Run.params` keys (others are kept as written)
+_PARAM_KEYS = {"clip_grad": "clip_grad", "lr": "lr", "lr_warmup_iters": "warmup_steps",
+               "global_batch_size": "global_batch_size", "micro_batch_size": "micro_batch_size",
+               "seq_length": "seq_length", "world_size": "world_size", "seed": "seed",
+               "padded_vocab_size": "vocab_size", "adam_beta1": "adam_beta1",
+               "adam_beta2": "adam_beta2", "adam_eps": "adam_eps",
+               "weight_decay": "weight_decay", "train_iters": "train_iters"}
 _FIELD = re.compile(r"([^|:]*):([^|]*)(?:\||$)")
 _KEY_TAIL = re.compile(r"([A-Za-z][^:\[\]|]*)$")
 
@@ -137,6 +149,9 @@ class _Parse:
         self.steps_per_print: int | None = None
         self.ds_skipped_prev = 0
         self.ovf_since_ds_step = 0
+        self.row_rank: list[int | None] = []  # the launcher rank prefix of each train row
+        self.sink = MessageSink()
+        self.params: dict[str, object] = {}
 
     @property
     def last_step(self) -> int:
@@ -144,6 +159,7 @@ class _Parse:
 
     def add_row(self, step: int, values: dict[str, float], line_no: int) -> int:
         self.train.add(step, values, line_no)
+        self.row_rank.append(None)
         i = len(self.train.rows) - 1
         self.events.append(("row", i))
         return i
@@ -190,6 +206,10 @@ class _Parse:
         values.pop(STEP, None)
         row = self.add_row(step, values, line_no)
         self.iter_rows.append(row)
+        self.row_rank[row] = rank_of(prefix)
+        self.params["train_iters"] = int(m.group(2))
+        if "global batch size" in values:
+            self.params["global_batch_size"] = int(values["global batch size"])
         if not line.rstrip().endswith("|"):
             cut = line[m.end():].rpartition("|")[2]
             self.torn.append((row, cut.partition(":")[0].strip() if ":" in cut else None))
@@ -202,6 +222,7 @@ class _Parse:
         values = self.fields(line[m.end():], line_no)
         if values:
             self.evals.add(step, {prefix + k: v for k, v in values.items()}, line_no)
+            self.sink.add("info", line, line_no, step)
 
     def ds_step(self, line: str, m: re.Match[str], line_no: int) -> None:
         step, skipped = int(m.group(1)), int(m.group(2))
@@ -278,6 +299,12 @@ class _Parse:
         if "overflow" in low and "skipping step" in low:
             self.overflow(line, line_no)
             return
+        if " .." in line and self.argument(line):
+            return
+        if "world size" in line and "world_size" not in self.params:
+            w = _WORLD.search(line)
+            if w is not None:
+                self.params["world_size"] = int(w.group(1))
         if "interval" in line and self.log_interval is None:
             li = _LOG_INTERVAL.search(line)
             if li is not None:
@@ -295,6 +322,46 @@ class _Parse:
                 if val is not None:
                     self.evals.add(self.last_step, {PPL: val}, line_no)
                     self.ppl_lines.append(line_no)
+                    return
+        # not a metric line: kept if it can explain an incident (errors, checkpoints, ...)
+        self.sink.feed(line, line_no, self.last_step if self.anchors else None)
+
+    def argument(self, line: str) -> bool:
+        """One line of Megatron's arguments dump, into the run's params; False if it is
+        not one."""
+        a = _ARG.match(line)
+        if a is None:
+            return False
+        key, raw = a.group(1), a.group(2)
+        val: object = raw
+        num = _number(raw)
+        if num is not None:
+            val = int(num) if num.is_integer() and "." not in raw and "e" not in raw else num
+        elif raw in ("True", "False"):
+            val = raw == "True"
+        elif raw == "None":
+            val = None
+        self.params[_PARAM_KEYS.get(key, key)] = val
+        if key in ("fp16", "bf16") and val is True:
+            self.params["precision"] = key
+        if key == "log_interval" and isinstance(val, int) and self.log_interval is None:
+            self.log_interval = val
+        return True
+
+    def fold_ranks(self, path: Path) -> str | None:
+        """Several ranks printing iteration lines: fold them into the reporting rank's rows
+        (`rank<N>/<key>` columns) and drop their own rows. Returns a note, or None."""
+        fold = fold_ranks(self.train.rows, self.train.steps, self.row_rank, self.iter_rows,
+                          self.train.columns)
+        if fold is None:
+            return None
+        gone = fold.removed
+        self.events = [e for e in self.events if not (e[0] == "row" and e[1] in gone)]
+        self.iter_rows = [i for i in self.iter_rows if i not in gone]
+        self.torn = [t for t in self.torn if t[0] not in gone]
+        self.params["reporting_rank"] = fold.reporting
+        self.params["ranks"] = len(fold.ranks)
+        return fold_note(path, fold)
 
 
 def _step_rate(anchors: list[_Anchor], times: list[float | None]) -> float | None:
@@ -451,6 +518,9 @@ class MegatronReader:
         warnings: list[str] = []
         for no, line in enumerate(lines, start=1):
             p.line(line, no)
+        folded = p.fold_ranks(path)
+        if folded is not None:
+            warnings.append(folded)
         torn = p.trim_torn()
         if torn:
             warnings.append(
@@ -478,6 +548,7 @@ class MegatronReader:
             warnings.append(
                 f"{path}: skipped {n} non-numeric value(s) of {keys} ({lines_note(first)})"
             )
+        warnings += p.sink.warnings(path)
         if p.ppl_lines:
             warnings.append(
                 f"{path}: {len(p.ppl_lines)} perplexity line(s) carry no step; each is placed "
@@ -500,6 +571,8 @@ class MegatronReader:
             warnings=warnings,
             interval=interval,
             averaged=bool(iter_steps),
+            messages=p.sink.messages,
+            params=p.params,
         )]
 
     @staticmethod

@@ -24,6 +24,7 @@ from spikelens.errors import LogFormatError
 from spikelens.metrics import normalise, role_of
 from spikelens.readers import READERS
 from spikelens.readers._base import RawLog, looks_binary, skip_warning
+from spikelens.readers._ranks import MessageSink, fold_table
 
 STEP = "step"
 
@@ -219,9 +220,11 @@ class TextReader:
         stepless: list[int] = []
         last_train = 0
         last_kind: RowTable | None = None
+        sink = MessageSink()  # error, warning and checkpoint lines (issue 14)
         for no, line in enumerate(lines, start=1):
             hit = _step_of(line, last_train)
             if hit is None:
+                sink.feed(line, no, last_train if train.rows else None)
                 # not a metric row; remember it only if it carries several numbers
                 if len(line) > 3 and any(c.isdigit() for c in line) and \
                         _looks_like_metrics(parse_pairs(line)):
@@ -251,6 +254,9 @@ class TextReader:
             raise LogFormatError(
                 f"{path}: no lines with a step number and key: value metrics found"
             )
+        folded = fold_table(train, lines, path)  # several ranks: rank<N>/<key> columns
+        if folded is not None:
+            warnings.append(folded)
         if stepless:
             warnings.append(
                 skip_warning(path, len(stepless), "line(s) with metrics but no step", stepless)
@@ -265,7 +271,8 @@ class TextReader:
             eval_step_column=STEP,
             nan_mask=masks,
             row_lines=np.asarray(train.lines, dtype=np.int64),
-            warnings=warnings,
+            warnings=warnings + sink.warnings(path),
+            messages=sink.messages,
         )]
 
 
