@@ -210,6 +210,10 @@ def fmt_size(event: Event) -> str:
             parts.append(f"amplitude {fmt_num(100 * event.amplitude)}%")
         return ", ".join(parts) or "-"
     ratio = event.size.ratio
+    if event.kind == "hang":  # the log stopped: there is no size, the warning says after what
+        return "log ends here"
+    if event.kind == "slowdown":  # the kind column names the metric; its ratio is the news
+        return f"×{fmt_num(ratio)}" if math.isfinite(ratio) else "-"
     if event.kind in SPAN_KINDS:  # stall, overfitting: a level, not a peak; no NaN shown
         return f"×{fmt_num(ratio)}" if math.isfinite(ratio) else "-"
     r = "non-finite" if not math.isfinite(ratio) else f"×{fmt_num(ratio)}"
