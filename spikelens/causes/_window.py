@@ -10,7 +10,8 @@ of writing numbers into a sentence."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol
@@ -149,11 +150,129 @@ class Series:
         return float(np.median(v)) if len(v) else None
 
 
-def get_series(run: Run, role: str) -> Series | None:
+def _get_series(run: Run, role: str) -> Series | None:
     s = run.series(role)
     if s is None or len(s) == 0:
         return None
     return Series(s.index.to_numpy(dtype=np.int64), s.to_numpy(dtype=np.float64))
+
+
+def stretch_start(test: Callable[[int, int], np.ndarray], end: int, floor: int = 0) -> int:
+    """The first index j >= floor such that `test` holds at every index of j..end-1, scanning
+    back from `end` in growing chunks: O(length of the stretch), never the whole series.
+    `test(lo, hi)` returns the condition for indices lo..hi-1."""
+    j = end
+    chunk = 64
+    while j > floor:
+        lo = max(floor, j - chunk)
+        ok = test(lo, j)
+        if ok.all():
+            j = lo
+            chunk *= 4
+            continue
+        return lo + int(np.flatnonzero(~ok)[-1]) + 1
+    return j
+
+
+class RunArrays:
+    """Per-run numpy arrays prepared once and shared by every event of the run: each role's
+    logged series, its finite part, running maxima/minima and block medians, skip increments,
+    the non-finite positions per column. Rules slice these around the event (searchsorted on
+    the sorted steps), so explaining an event costs what its window costs, not the log's
+    length."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self._series: dict[str, Series | None] = {}
+        self._finite: dict[str, Series | None] = {}
+        self._usable: dict[str, tuple[Series | None, str]] = {}
+        self._prefix: dict[tuple[str, str], np.ndarray] = {}
+        self._blocks: dict[tuple[str, int], np.ndarray] = {}
+        self._inc: dict[str, Series | None] = {}
+        self._cols: dict[str, tuple[np.ndarray, int, np.ndarray]] = {}
+        self._colseries: dict[str, Series] = {}
+        self.misc: dict[str, Any] = {}
+        self.index = run.frame.index.to_numpy()
+
+    def series(self, role: str) -> Series | None:
+        if role not in self._series:
+            self._series[role] = _get_series(self.run, role)
+        return self._series[role]
+
+    def finite(self, role: str) -> Series | None:
+        """The role's finite points (None if the role is absent)."""
+        if role not in self._finite:
+            s = self.series(role)
+            self._finite[role] = None if s is None else s.finite()
+        return self._finite[role]
+
+    def usable(self, role: str) -> tuple[Series | None, str]:
+        if role not in self._usable:
+            self._usable[role] = _usable(self, role)
+        return self._usable[role]
+
+    def running(self, role: str, how: str) -> np.ndarray:
+        """Running max ("max") or min ("min") of the role's finite values."""
+        key = (role, how)
+        if key not in self._prefix:
+            f = self.finite(role)
+            v = f.values if f is not None else np.empty(0)
+            op = np.maximum if how == "max" else np.minimum
+            self._prefix[key] = op.accumulate(v) if len(v) else v
+        return self._prefix[key]
+
+    def block_levels(self, role: str, k: int) -> np.ndarray:
+        """Running max of the medians of consecutive blocks of `k` finite values (from the
+        first finite point): entry b is `block_max_median` of the first (b+1)*k values."""
+        key = (role, k)
+        if key not in self._blocks:
+            f = self.finite(role)
+            v = f.values if f is not None else np.empty(0)
+            n = len(v) // k * k
+            med = np.median(v[:n].reshape(-1, k), axis=1) if n else np.empty(0)
+            self._blocks[key] = np.maximum.accumulate(med) if len(med) else med
+        return self._blocks[key]
+
+    def increments(self, role: str) -> Series | None:
+        """Per logged point increments of a counter role (`skip_increments`)."""
+        if role not in self._inc:
+            s = self.series(role)
+            self._inc[role] = None if s is None else skip_increments(s)
+        return self._inc[role]
+
+    def column(self, col: str) -> tuple[np.ndarray, int, np.ndarray]:
+        """(values over the frame index, first finite row, sorted logged-NaN steps)."""
+        if col not in self._cols:
+            v = self.run.frame[col].to_numpy(dtype=np.float64)
+            fin = np.flatnonzero(np.isfinite(v))
+            first = int(fin[0]) if len(fin) else len(v)
+            nan_at = np.sort(np.asarray(self.run.nan_steps.get(col, ()), dtype=np.int64))
+            self._cols[col] = (v, first, nan_at)
+        return self._cols[col]
+
+    def column_series(self, col: str) -> Series:
+        """A frame column's logged (non-missing) points."""
+        if col not in self._colseries:
+            s = self.run.frame[col].dropna()
+            self._colseries[col] = Series(s.index.to_numpy(dtype=np.int64),
+                                          s.to_numpy(dtype=np.float64))
+        return self._colseries[col]
+
+
+_ARRAYS: weakref.WeakKeyDictionary[Run, RunArrays] = weakref.WeakKeyDictionary()
+
+
+def arrays(run: Run) -> RunArrays:
+    """The run's prepared arrays, built on first use and kept as long as the run lives."""
+    got = _ARRAYS.get(run)
+    if got is None:
+        got = RunArrays(run)
+        _ARRAYS[run] = got
+    return got
+
+
+def get_series(run: Run, role: str) -> Series | None:
+    return arrays(run).series(role)
 
 
 def usable(run: Run, role: str) -> tuple[Series | None, str]:
@@ -161,15 +280,35 @@ def usable(run: Run, role: str) -> tuple[Series | None, str]:
 
     A grad norm printed as 0.000 at every step (Megatron with the norm not computed) or a
     series with no finite value is treated as absent: a constant zero is not evidence."""
-    s = get_series(run, role)
+    return arrays(run).usable(role)
+
+
+def _usable(a: RunArrays, role: str) -> tuple[Series | None, str]:
+    s = a.series(role)
     if s is None:
         return None, f"needs {role}, not in this log"
-    fin = s.values[np.isfinite(s.values)]
+    f = a.finite(role)
+    fin = f.values if f is not None else np.empty(0)
     if len(fin) == 0:
         return None, f"needs {role}, but it is never finite in this log"
     if role in ("grad_norm", "update_norm") and np.all(fin == 0):
         return None, f"{role} is 0 at every logged step (not computed), so it carries no signal"
     return s, ""
+
+
+def history_level(a: RunArrays, role: str, n_hist: int, window: int) -> float:
+    """`block_max_median` of the first `n_hist` finite values of a role, with blocks of
+    max(5, min(window, n_hist // 4)): from the prepared block medians when the blocks are a
+    full window long, else computed (the history is then short)."""
+    f = a.finite(role)
+    assert f is not None
+    k = max(5, min(window, n_hist // 4))
+    if k == window:
+        lv = a.block_levels(role, k)
+        nb = n_hist // k
+        if nb >= 1:
+            return float(lv[nb - 1])
+    return block_max_median(f.values[:n_hist], k)
 
 
 # ---------------------------------------------------------------------------- profiles
@@ -348,8 +487,12 @@ class Context:
         return self.config.window
 
     @cached_property
+    def arrays(self) -> RunArrays:
+        return arrays(self.run)
+
+    @cached_property
     def loss(self) -> Series | None:
-        return get_series(self.run, "loss")
+        return self.arrays.series("loss")
 
     @cached_property
     def shape(self) -> LossShape | None:
@@ -357,12 +500,12 @@ class Context:
 
     @cached_property
     def lr(self) -> LrProfile | None:
-        s, _ = usable(self.run, "lr")
-        return None if s is None else _lr_profile(self, s)
+        s, _ = self.arrays.usable("lr")
+        return None if s is None else _lr_profile(self)
 
     @cached_property
     def grad(self) -> GradProfile | None:
-        s, _ = usable(self.run, "grad_norm")
+        s, _ = self.arrays.usable("grad_norm")
         return None if s is None else _grad_profile(self, s)
 
     @cached_property
@@ -454,12 +597,16 @@ def _loss_shape(ctx: Context) -> LossShape | None:
 # ---------------------------------------------------------------------------- LR
 
 
-def _lr_profile(ctx: Context, lr: Series) -> LrProfile:
+def _lr_profile(ctx: Context) -> LrProfile:
     ev = ctx.event
     start = ev.start_step
-    fin = lr.finite()
-    vals = fin.values
-    constant = bool(len(vals) == 0 or np.all(vals == vals[0]))
+    a = ctx.arrays
+    fin = a.finite("lr")
+    assert fin is not None
+    if "lr_constant" not in a.misc:
+        vals = fin.values
+        a.misc["lr_constant"] = bool(len(vals) == 0 or np.all(vals == vals[0]))
+    constant = bool(a.misc["lr_constant"])
     # the LR up to the first step of the rise, and a couple of points past it when the peak is
     # later (a detector may start an event on a noisy point just before the real rise)
     until = min(ev.peak_step, start + 2 * max(1, ctx.run.interval))
@@ -476,14 +623,17 @@ def _lr_profile(ctx: Context, lr: Series) -> LrProfile:
     at_rise = float(np.max(recent.values))
     hv = hist.values
     # where the LR last came up to that level (the last upward crossing), and where the climb
-    # to it began (a jump, a re-warmup after a dip, a cosine restart, the first warmup)
-    above = hv >= 0.999 * at_rise
-    ups = np.flatnonzero(above & ~np.concatenate([[False], above[:-1]]))
-    reached_i = int(ups[-1]) if len(ups) else len(hv) - 1
+    # to it began (a jump, a re-warmup after a dip, a cosine restart, the first warmup); both
+    # scanned back from the rise only as far as the stretch goes
+    thr = 0.999 * at_rise
+    hits = np.flatnonzero(hv[-PRECURSOR_POINTS:] >= thr)
+    last_hit = len(hv) - min(PRECURSOR_POINTS, len(hv)) + int(hits[-1]) if len(hits) else (
+        len(hv) - 1)
+    reached_i = stretch_start(lambda lo, hi: hv[lo:hi] >= thr, last_hit + 1)
+    reached_i = min(reached_i, len(hv) - 1)
     reached_step = int(hist.steps[reached_i])
-    k = reached_i
-    while k > 0 and hv[k - 1] < hv[k]:
-        k -= 1
+    k = stretch_start(lambda lo, hi: hv[lo - 1:hi - 1] < hv[lo:hi], reached_i + 1, floor=1) - 1
+    k = max(0, min(k, reached_i))
     ramp_start = int(hist.steps[k])
     # the level the model had been trained at before that climb: the highest LR of the few
     # points before it (after a dip, the LR it had before the dip)
@@ -519,7 +669,7 @@ def _lr_profile(ctx: Context, lr: Series) -> LrProfile:
         # not a discontinuity: the biggest step was within the trend
         jump, jump_step, jump_from, jump_to = 1.0, None, nan, nan
     jump_lag = None if jump_step is None else start - jump_step
-    prev_max = float(np.max(older.values)) if len(older) else nan
+    prev_max = float(a.running("lr", "max")[len(older) - 1]) if len(older) else nan
     # the first warmup: a climb from the first logged LR to the highest LR so far
     first_peak = bool(k == 0 and reached_i >= 1)
     resume: Restart | None = None
@@ -566,6 +716,11 @@ def block_max_median(values: np.ndarray, k: int) -> float:
     return float(np.max(np.median(values[:n].reshape(-1, k), axis=1)))
 
 
+def _finite_before(ctx: Context, role: str, step: int) -> np.ndarray:
+    f = ctx.arrays.finite(role)
+    return f.before(step).values if f is not None else np.empty(0)
+
+
 def _grad_profile(ctx: Context, g: Series) -> GradProfile:
     ev = ctx.event
     start = ev.start_step
@@ -578,10 +733,10 @@ def _grad_profile(ctx: Context, g: Series) -> GradProfile:
         base = float(np.median(base_win.values))
     else:
         # a short excerpt: the lowest value before the rise is the pre-ramp level
-        fin = pre_all.finite().values
+        fin = _finite_before(ctx, "grad_norm", start)
         base = float(np.min(fin)) if len(fin) else float("nan")
     if not (base > 0):
-        pos = pre_all.finite().values
+        pos = _finite_before(ctx, "grad_norm", start)
         pos = pos[pos > 0]
         base = float(np.min(pos)) if len(pos) else float("nan")
     ref_vals = base_win.values
@@ -603,19 +758,19 @@ def _grad_profile(ctx: Context, g: Series) -> GradProfile:
     onset_ratio = float(np.max(onv) / base) if len(onv) and base > 0 else 1.0
     onset_step = int(on.steps[np.isfinite(on.values)][int(np.argmax(onv))]) if len(onv) else None
     # the run's own earlier grad level: the highest trailing median before the event
-    hist = older.finite()
+    fg = ctx.arrays.finite("grad_norm")
+    assert fg is not None
+    n_hist = fg.pos(int(older.steps[-1]) + 1) if len(older) else 0
     history = base
     stretch = 0
-    if len(hist) >= 8:
-        vals = hist.values
-        history = block_max_median(vals, max(5, min(w, len(vals) // 4)))
+    if n_hist >= 8:
+        vals = fg.values
+        history = history_level(ctx.arrays, "grad_norm", n_hist, w)
         if history > 0 and base > 0 and history / base >= 100:
-            low = vals <= history / 100
-            j = len(low)
-            while j > 0 and low[j - 1]:
-                j -= 1
-            if j < len(low):
-                stretch = int(start - hist.steps[j])
+            low = history / 100
+            j = stretch_start(lambda lo, hi: vals[lo:hi] <= low, n_hist)
+            if j < n_hist:
+                stretch = int(start - fg.steps[j])
     return GradProfile(
         base=base,
         pre_ratio=pre_ratio,
@@ -668,20 +823,13 @@ def _calibration_end(scale: Series, run_first_step: int, interval: int) -> int |
 
 
 def _scale_profile(ctx: Context) -> ScaleProfile | None:
-    run, ev = ctx.run, ctx.event
-    scale = get_series(run, "loss_scale")
-    skip = get_series(run, "skipped")
-    if scale is None and skip is None:
+    ev = ctx.event
+    prep = _scale_run(ctx.arrays)
+    if prep is None:
         return None
-    scale = scale.finite() if scale is not None else None
-    if scale is not None and len(scale) == 0:
-        scale = None
-    if scale is None and skip is None:
-        return None  # a loss-scale column that is never finite carries nothing
-    dynamic = bool(scale is not None and np.any(scale.values != scale.values[0]))
+    scale, skip, inc_all = prep.scale, prep.skip, prep.inc
+    dynamic, calib = prep.dynamic, prep.calib
     loss = ctx.loss
-    first_step = int(run.steps[0]) if len(run.steps) else 0
-    calib = _calibration_end(scale, first_step, run.interval) if scale is not None else None
     ref = scale if scale is not None else skip
     assert ref is not None
     # window: a few points before the rise to a little after the peak
@@ -694,7 +842,7 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
     capped = ref.after(ev.start_step, ctx.config.window)
     cap = int(capped.steps[-1]) if len(capped) else ev.end_step
     hi = max(min(hi_peak, ev.end_step), min(ev.end_step, cap), ev.peak_step)
-    lo = _storm_start(scale, skip, lo, ctx.config.window)
+    lo = _storm_start(scale, ctx.arrays.increments("skipped"), lo, ctx.config.window)
     if calib is not None:
         lo = max(lo, calib + 1)
     window = (lo, max(lo, hi))
@@ -705,10 +853,11 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
     routine_cuts = 0
     span_steps = 0
     if scale is not None:
-        after_cal = scale if calib is None else scale.between(calib + 1, 2**62)
+        after_cal = prep.after_cal
         before = after_cal.before(window[0])
-        ceiling = float(np.max(before.values)) if len(before) else float(scale.values[0])
-        pre_min = float(np.min(before.values)) if len(before) else float("nan")
+        nb = len(before)
+        ceiling = float(prep.cal_max[nb - 1]) if nb else float(scale.values[0])
+        pre_min = float(prep.cal_min[nb - 1]) if nb else float("nan")
         win = scale.between(window[0] - 1 if len(before) == 0 else int(before.steps[-1]),
                             window[1])
         if len(before):
@@ -740,21 +889,19 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
             # a scale of 0 is the deepest collapse there is (OPT's "loss scalar crashing")
             depth = max(0.0, math.log2(floor / scale_min)) if scale_min > 0 else 64.0
         pre_min = floor
-        # routine rate: cuts outside the window, after calibration
-        out = after_cal
-        d = np.diff(out.values)
-        st = out.steps[1:]
-        outside = (st < window[0]) | (st > window[1])
-        routine_cuts = int(np.sum((d < 0) & outside))
-        span_steps = int(np.sum(np.diff(out.steps)[outside])) if len(out) > 1 else 0
+        # routine rate: cuts outside the window, after calibration (running sums: the
+        # whole run minus the window)
+        st = after_cal.steps[1:]
+        a_ = int(np.searchsorted(st, window[0], side="left"))
+        b_ = int(np.searchsorted(st, window[1], side="right"))
+        routine_cuts = int(prep.cut_cum[-1] - (prep.cut_cum[b_] - prep.cut_cum[a_]))
+        span_steps = int(prep.gap_cum[-1] - (prep.gap_cum[b_] - prep.gap_cum[a_]))
     skips = 0
     nonfinite_skipped = 0
     routine_skips = 0
     skip_span = 0
-    if skip is not None:
-        inc = skip_increments(skip)
-        if calib is not None:
-            inc = inc.between(calib + 1, 2**62)
+    if skip is not None and inc_all is not None:
+        inc = inc_all
         w = inc.between(window[0], window[1])
         skips = int(round(float(np.sum(w.values))))
         if loss is not None:
@@ -765,8 +912,7 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
                     at = loss.between(int(st_), int(st_))
                     if len(at) and not math.isfinite(float(at.values[0])):
                         nonfinite_skipped += 1
-        outside = (inc.steps < window[0]) | (inc.steps > window[1])
-        routine_skips = int(round(float(np.sum(inc.values[outside]))))
+        routine_skips = int(round(float(prep.inc_total - np.sum(w.values))))
         skip_span = int(inc.steps[-1] - inc.steps[0]) if len(inc) > 1 else 0
     if scale is not None and span_steps > 0:
         rate = routine_cuts / span_steps
@@ -796,11 +942,62 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
     )
 
 
-def _storm_start(scale: Series | None, skip: Series | None, lo: int, limit: int) -> int:
+@dataclass(frozen=True, eq=False)
+class _ScaleRun:
+    """The loss-scale and skip series of a run, prepared once for every event."""
+
+    scale: Series | None  # finite loss scale
+    skip: Series | None
+    inc: Series | None  # skipped steps per logged point, after calibration
+    inc_total: float
+    dynamic: bool
+    calib: int | None
+    after_cal: Series  # the scale after calibration
+    cal_max: np.ndarray  # running max / min of after_cal
+    cal_min: np.ndarray
+    cut_cum: np.ndarray  # running count of cuts (entry i: cuts among the first i steps)
+    gap_cum: np.ndarray  # running sum of the steps between logged scale points
+
+
+def _scale_run(a: RunArrays) -> _ScaleRun | None:
+    if "scale" in a.misc:
+        got: _ScaleRun | None = a.misc["scale"]
+        return got
+    out: _ScaleRun | None = None
+    scale = a.finite("loss_scale")
+    skip = a.series("skipped")
+    if scale is not None and len(scale) == 0:
+        scale = None  # a loss-scale column that is never finite carries nothing
+    if scale is not None or skip is not None:
+        run = a.run
+        dynamic = bool(scale is not None and np.any(scale.values != scale.values[0]))
+        first_step = int(run.steps[0]) if len(run.steps) else 0
+        calib = _calibration_end(scale, first_step, run.interval) if scale is not None else None
+        empty = Series(np.empty(0, dtype=np.int64), np.empty(0))
+        after_cal = empty if scale is None else (
+            scale if calib is None else scale.between(calib + 1, 2**62))
+        v = after_cal.values
+        d = np.diff(v)
+        inc = a.increments("skipped")
+        if inc is not None and calib is not None:
+            inc = inc.between(calib + 1, 2**62)
+        out = _ScaleRun(
+            scale=scale, skip=skip, inc=inc,
+            inc_total=float(np.sum(inc.values)) if inc is not None else 0.0,
+            dynamic=dynamic, calib=calib, after_cal=after_cal,
+            cal_max=np.maximum.accumulate(v) if len(v) else v,
+            cal_min=np.minimum.accumulate(v) if len(v) else v,
+            cut_cum=np.concatenate([[0], np.cumsum(d < 0)]),
+            gap_cum=np.concatenate([[0], np.cumsum(np.diff(after_cal.steps))]),
+        )
+    a.misc["scale"] = out
+    return out
+
+
+def _storm_start(scale: Series | None, inc: Series | None, lo: int, limit: int) -> int:
     """Move the window start back over an overflow storm already under way, so that the
     scale it started from (and every cut of it) is inside the window: a storm that began
     40 steps before the loss moved (Megatron prints no loss on skipped steps) is one storm."""
-    inc = skip_increments(skip) if skip is not None else None
     for _ in range(limit):
         cut = False
         if scale is not None:
@@ -836,27 +1033,29 @@ def _nonfinite(ctx: Context) -> Nonfinite | None:
     first: dict[str, int] = {}
     loss_col = run.column("loss")
     names: dict[str, str] = {col: role for role, col in run.roles.items()}
-    idx_all = run.frame.index.to_numpy()
+    arr = ctx.arrays
+    idx_all = arr.index
     a = int(np.searchsorted(idx_all, lo, side="left"))
     b = int(np.searchsorted(idx_all, hi, side="right"))
     idx = idx_all[a:b]
     nan_col = run.column("nan_count")
     for col in run.frame.columns:
-        whole = run.frame[col].to_numpy()
+        whole, first_finite, nan_at = arr.column(col)
         # a series that was never finite before the event (a throughput column logged as
         # NaN throughout) did not *go* non-finite here: it is not evidence
-        if col != nan_col and not np.isfinite(whole[:a]).any():
+        if col != nan_col and first_finite >= a:
             continue
         v = whole[a:b]
         bad = np.isinf(v)
-        nan_at = run.nan_steps.get(col)
-        if nan_at is not None and len(nan_at):
-            bad |= np.isin(idx, nan_at)
+        if len(nan_at):
+            near = nan_at[np.searchsorted(nan_at, lo):np.searchsorted(nan_at, hi, side="right")]
+            if len(near):
+                bad |= np.isin(idx, near)
         if col == nan_col:
             # Megatron counts NaN iterations instead of printing them: an increase is one
-            full = get_series(run, "nan_count")
+            full = arr.increments("nan_count")
             if full is not None:
-                inc = skip_increments(full).between(lo, hi)
+                inc = full.between(lo, hi)
                 bad |= np.isin(idx, inc.steps[inc.values > 0])
         if bad.any():
             first[names.get(col, col)] = int(idx[np.argmax(bad)])
@@ -870,7 +1069,8 @@ def _nonfinite(ctx: Context) -> Nonfinite | None:
     if loss is not None and loss_col is not None:
         w = loss.between(lo, ev.end_step)
         nl = int(np.sum(~np.isfinite(w.values)))
-        prev = loss.before(step).finite()
+        fl = arr.finite("loss")
+        prev = fl.before(step) if fl is not None else loss.before(step)
         last_finite = float(prev.values[-1]) if len(prev) else None
     return Nonfinite(step=step, series=series, loss_steps=nl, last_finite_loss=last_finite)
 
@@ -886,10 +1086,9 @@ def position(run: Run, first_step: int, last_step: int) -> Position | None:
     """The consumed tokens (or samples) range of the batches of steps first..last: from the
     counter logged before `first_step` to the one logged at `last_step`."""
     for role in ("tokens", "samples"):
-        s = get_series(run, role)
+        s = arrays(run).finite(role)
         if s is None:
             continue
-        s = s.finite()
         before = s.before(first_step)
         first = float(before.values[-1]) if len(before) else None
         at_last = s.between(last_step, last_step)

@@ -87,9 +87,10 @@ def _first_layer(run: Run, ctx: Context) -> tuple[str, int, float] | None:
             continue
         if col not in run.frame.columns:
             continue
-        s = run.frame[col].dropna()
-        steps = s.index.to_numpy()
-        vals = s.to_numpy()
+        s = ctx.arrays.column_series(col)
+        steps, vals = s.steps, s.values
+        if len(steps) == 0:
+            continue
         hi = int(np.searchsorted(steps, ev.start_step)) - PRECURSOR_POINTS
         base_vals = vals[max(0, hi - ctx.config.window):max(0, hi)]
         base_vals = base_vals[np.isfinite(base_vals)]
@@ -98,12 +99,15 @@ def _first_layer(run: Run, ctx: Context) -> tuple[str, int, float] | None:
         base = float(np.median(base_vals))
         if base <= 0:
             continue
-        m = (steps >= steps[max(0, hi)]) & (steps <= ev.peak_step)
-        r = vals[m] / base
+        if hi >= len(steps):
+            continue
+        m0 = max(0, hi)
+        m1 = int(np.searchsorted(steps, ev.peak_step, side="right"))
+        r = vals[m0:m1] / base
         above = np.flatnonzero(~np.isfinite(r) | (r >= GRAD_PRECURSOR))
         if len(above) == 0:
             continue
-        st = int(steps[m][above[0]])
+        st = int(steps[m0:m1][above[0]])
         cand = (col, st, float(r[above[0]]))
         if best is None or st < best[1] or (st == best[1] and cand[2] > best[2]):
             best = cand

@@ -18,10 +18,10 @@ from spikelens.causes import CAUSES
 from spikelens.causes._window import (
     PRECURSOR_POINTS,
     Context,
-    block_max_median,
     evidence,
     fmt,
     fmt_ratio,
+    history_level,
     mag,
     restart_advice,
     sentence,
@@ -44,7 +44,8 @@ def _update_surge(run: Run, ctx: Context) -> tuple[float, float] | None:
     base_vals = older.values[:-PRECURSOR_POINTS][-ctx.config.window:]
     base_vals = base_vals[np.isfinite(base_vals)]
     if len(base_vals) < 3:
-        base_vals = older.finite().values
+        fu = ctx.arrays.finite("update_norm")
+        base_vals = fu.before(ev.start_step).values if fu is not None else base_vals
     if len(base_vals) == 0:
         return None
     base = float(np.median(base_vals))
@@ -65,10 +66,11 @@ def _loss_collapse(ctx: Context) -> float:
     loss, shape = ctx.loss, ctx.shape
     if loss is None or shape is None or not (shape.base > 0):
         return 1.0
-    hist = loss.before(ctx.event.start_step).finite().values
-    if len(hist) < 8 or np.any(hist <= 0):
+    fl = ctx.arrays.finite("loss")
+    n = fl.pos(ctx.event.start_step) if fl is not None else 0
+    if n < 8 or ctx.arrays.running("loss", "min")[n - 1] <= 0:
         return 1.0
-    level = block_max_median(hist, max(5, min(ctx.config.window, len(hist) // 4)))
+    level = history_level(ctx.arrays, "loss", n, ctx.config.window)
     return level / shape.base
 
 
