@@ -69,16 +69,20 @@ def _missing(run: Run) -> list[str]:
     return out
 
 
-def _unknown(run: Run, causes: Sequence[Evidence]) -> Evidence:
+def _unknown(run: Run, causes: Sequence[Evidence], damage: str | None = None) -> Evidence:
     parts = [f"no cause reached {FLOOR}"]
     if causes:
         parts.append(f"the strongest was {causes[0].cause} ({causes[0].score:.2f})")
+    if damage is not None:
+        parts.append(f"{damage}: weight damage from an oversized update (grad_explosion, "
+                     f"lr_schedule or optimizer_state), not one bad batch")
     missing = _missing(run)
     listed = ", ".join(missing[:-1]) + (" and " if len(missing) > 1 else "") + (
         missing[-1] if missing else "")
     if missing:
         parts.append(f"not logged: {listed}")
-    remedy = ["restart from a checkpoint before the rise if the run did not recover"]
+    remedy = ["restart from a checkpoint before the rise if the run did not recover"
+              + (", with a lower LR (an oversized update did the damage)" if damage else "")]
     if missing:
         remedy.append(f"log {listed} so the next incident can be explained")
     return Evidence(
@@ -116,7 +120,7 @@ def explain(
     rank = {c: i for i, c in enumerate(ORDER)}
     found.sort(key=lambda e: (-e.score, rank.get(e.cause, len(rank)), e.cause))
     if not found or found[0].score < FLOOR:
-        found.insert(0, _unknown(run, found))
+        found.insert(0, _unknown(run, found, ctx.shape.damage if ctx.shape else None))
     return Finding(event=event, causes=tuple(found), skipped=tuple(skipped))
 
 

@@ -28,6 +28,9 @@ GRAD_PRECURSOR = 3.0
 LR_RISE = 1.25
 #: A single logged LR step this many times larger than the trend is a discontinuity.
 LR_JUMP = 1.5
+#: ln(256,000), the uniform-guess loss of the largest vocabularies in common use: an LM's
+#: per-token loss above twice this on one whole batch is not data, it is damage.
+LARGEST_UNIFORM = math.log(256_000)
 
 
 class CauseRule(Protocol):
@@ -87,17 +90,49 @@ def fmt_int(x: float) -> str:
     return f"{int(round(x)):,}"
 
 
-def num(x: float | None, digits: int = 6) -> float | None:
-    """A float for the JSON evidence: rounded to `digits` significant digits (exact when it
-    is a whole number), None if not finite (JSON has no inf/NaN)."""
+def num(x: float | None) -> float | None:
+    """A float for the evidence, at full precision (rounding is for the terminal: a loss
+    scale of 1,048,576 stays 1048576), None if not finite (JSON has no inf/NaN)."""
     if x is None:
         return None
     xf = float(x)
     if not math.isfinite(xf):
         return None
-    if xf.is_integer() and abs(xf) < 2**53:
-        return xf  # counters (tokens, samples, scales) stay exact
-    return float(f"{xf:.{digits}g}")
+    return xf
+
+
+def lag_words(steps: int, event: str) -> str:
+    """A lag as people say it: "2 steps before <event>", "1 step after <event>", "at the
+    same step as <event>" (`steps` > 0: before the event)."""
+    if steps == 0:
+        return f"at the same step as {event}"
+    n = abs(steps)
+    return f"{n} step{'s' if n != 1 else ''} {'before' if steps > 0 else 'after'} {event}"
+
+
+def stale_mask(values: np.ndarray) -> np.ndarray:
+    """True for values repeated verbatim from the line before, in runs of 3 or more equal
+    values: a grad norm copied onto skipped steps (fp16 overflow) is a stale value, not a
+    measurement. The first value of the run is the real one and is kept."""
+    v = np.asarray(values, dtype=np.float64)
+    n = len(v)
+    if n < 3:
+        return np.zeros(n, dtype=bool)
+    same = np.zeros(n, dtype=bool)
+    same[1:] = (v[1:] == v[:-1]) & np.isfinite(v[1:]) & (v[1:] != 0)
+    out = np.zeros(n, dtype=bool)
+    i = 1
+    while i < n:
+        if same[i]:
+            j = i
+            while j < n and same[j]:
+                j += 1
+            if j - i >= 2:  # the first value plus at least two verbatim copies
+                out[i:j] = True
+            i = j
+        else:
+            i += 1
+    return out
 
 
 # ---------------------------------------------------------------------------- series
@@ -328,6 +363,37 @@ class LossShape:
     half_recovery_step: int | None  # the step at which that happened
     duration_points: int  # logged points from start to end
     quick: bool  # back below half the excursion within 3 points of the peak
+    before_value: float = float("nan")  # the last finite loss logged before the rise
+    before_step: int | None = None
+    baseline_points: int = 0  # finite points the baseline rests on
+    elevated_points: int = 0  # points after the peak still above a quarter of its excursion
+    elevated_steps: int = 0  # steps from the peak to the last of them
+    decaying: bool = False  # those points decay gradually (weight damage), not a plateau
+    later_ratio: float = float("nan")  # loss / baseline at the last elevated point
+    gap: tuple[int, int] | None = None  # a gap in the log between the peak and recovery
+    uniform_loss: float | None = None  # ln(vocabulary size): the loss of a uniform guess
+    at_uniform: bool = False  # the loss of the batches after the peak reached it
+    batch_loss_needed: float | None = None  # averaged log: one batch's loss that lifts the mean
+    batch_loss_bound: float | None = None  # what one batch of a CE loss can plausibly reach
+
+    @property
+    def damage(self) -> str | None:
+        """Why the rise is weight damage from an oversized update rather than one bad batch
+        (which costs one step: the next batches are normal again), or None."""
+        if self.at_uniform and self.uniform_loss is not None:
+            return (f"the loss of the batches after the peak reached the uniform-guess loss "
+                    f"ln(vocab) = {fmt(self.uniform_loss)}")
+        if (self.batch_loss_needed is not None and self.batch_loss_bound is not None
+                and self.batch_loss_needed > self.batch_loss_bound):
+            return (f"each logged loss is a mean over the logging interval: one batch would "
+                    f"have needed a loss of about {fmt(self.batch_loss_needed)} to lift it to "
+                    f"{fmt(self.peak_value)}, beyond what one batch can reach (about "
+                    f"{fmt(self.batch_loss_bound)})")
+        if self.decaying:
+            return (f"the loss decayed over {self.elevated_points} logged points after the "
+                    f"peak and was still {fmt_ratio(self.later_ratio)} its level "
+                    f"{self.elevated_steps} steps later")
+        return None
 
 
 @dataclass(frozen=True)
@@ -446,6 +512,9 @@ class ScaleProfile:
     routine_rate: float  # per step
     nonfinite_skipped: int  # skipped steps in the window whose loss is non-finite
     first_cut_step: int | None
+    #: cuts at which a Megatron iteration line printed no loss: Megatron leaves out a loss
+    #: that is not finite, so a halved scale with the loss missing is a non-finite loss there
+    missing_loss_cuts: int = 0
 
 
 @dataclass(frozen=True)
@@ -580,6 +649,56 @@ def _loss_shape(ctx: Context) -> LossShape | None:
     ratio = math.inf if not math.isfinite(peak_value) else (
         peak_value / base if base > 0 else ev.size.ratio
     )
+    before_value, before_step = float("nan"), None
+    if len(pre):
+        before_value, before_step = float(pre.values[-1]), int(pre.steps[-1])
+    # a bad batch costs one step: the next batches are normal. Count the points after the
+    # peak still above a quarter of its excursion, and whether they decay (damage) or hold
+    # a plateau and drop at once (a run of bad data)
+    elevated = 0
+    decaying = False
+    later_ratio = float("nan")
+    elevated_steps = 0
+    gap: tuple[int, int] | None = None
+    if math.isfinite(peak_exc) and peak_exc > 0 and base > 0 and len(after):
+        exc = np.array([excursion(float(v), base) for v in after.values])
+        ok = np.isfinite(exc)
+        low = np.flatnonzero(ok & (exc <= 0.25 * peak_exc))
+        elevated = int(low[0]) if len(low) else len(exc)
+        if elevated:
+            later_ratio = float(math.exp(min(exc[elevated - 1], 50.0))) if ok[elevated - 1] \
+                else float("nan")
+            elevated_steps = int(after.steps[elevated - 1] - ev.peak_step)
+        if elevated >= 5 and elevated_steps >= 10:
+            seg = exc[:elevated][ok[:elevated]]
+            h = len(seg) // 2
+            first, second = float(np.mean(seg[:h])), float(np.mean(seg[h:]))
+            decaying = bool(h >= 2 and first >= 1.5 * max(second, 1e-12))
+        # a gap in the log between the peak and the point the loss came back at
+        span = np.concatenate([[ev.peak_step], after.steps[:max(elevated, 1) + 1]])
+        d = np.diff(span)
+        big = np.flatnonzero(d > max(3 * interval, 10))
+        if len(big):
+            gap = (int(span[big[0]]), int(span[big[0] + 1]))
+    # the loss of a uniform guess, when the run says its vocabulary
+    uniform: float | None = None
+    vocab = ctx.run.params.get("vocab_size") if ctx.run.params else None
+    if isinstance(vocab, (int, float)) and not isinstance(vocab, bool) and vocab > 1:
+        uniform = math.log(float(vocab))
+    at_uniform = False
+    if uniform is not None and base < 0.7 * uniform:
+        nxt = after.values[:3]
+        nxt = nxt[np.isfinite(nxt)]
+        at_uniform = bool(len(nxt) >= 1 and np.min(nxt) >= 0.9 * uniform)
+    # an averaged log (Megatron, HF): what one batch would have needed to lift the mean
+    needed = bound = None
+    k = interval
+    if ctx.run.averaged and k > 1 and math.isfinite(peak_value) and base > 0:
+        needed = base + k * (peak_value - base)
+        if uniform is not None:
+            bound = 2 * uniform
+        elif ctx.run.format == "megatron" and base < LARGEST_UNIFORM:
+            bound = 2 * LARGEST_UNIFORM  # an LM loss, vocabulary not logged
     return LossShape(
         base=float(base),
         start_value=start_value,
@@ -591,6 +710,18 @@ def _loss_shape(ctx: Context) -> LossShape | None:
         half_recovery_step=half_step,
         duration_points=max(1, len(ser)),
         quick=quick,
+        before_value=before_value,
+        before_step=before_step,
+        baseline_points=len(pre),
+        elevated_points=elevated,
+        elevated_steps=elevated_steps,
+        decaying=decaying,
+        later_ratio=later_ratio,
+        gap=gap,
+        uniform_loss=uniform,
+        at_uniform=at_uniform,
+        batch_loss_needed=needed,
+        batch_loss_bound=bound,
     )
 
 
@@ -746,6 +877,10 @@ def _grad_profile(ctx: Context, g: Series) -> GradProfile:
     if len(base_win) >= 20 and base > 0 and math.isfinite(p99):
         thr = max(GRAD_PRECURSOR, 1.5 * p99 / base)
     pv = pre_win.values
+    if len(pv):
+        # a value copied verbatim onto skipped steps is stale, not a measurement
+        stale = stale_mask(pre_all.values[-(PRECURSOR_POINTS + 2):])[-len(pv):]
+        pv = np.where(stale, np.nan, pv)
     ratios = pv / base if base > 0 else np.full(len(pv), np.nan)
     fr = np.where(np.isfinite(ratios), ratios, 0.0)
     pre_ratio = float(np.max(fr)) if len(fr) else 1.0
@@ -852,6 +987,8 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
     depth = 0.0
     routine_cuts = 0
     span_steps = 0
+    missing_cuts = 0
+    megatron = ctx.run.format == "megatron"
     if scale is not None:
         after_cal = prep.after_cal
         before = after_cal.before(window[0])
@@ -877,6 +1014,9 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
                 if first_cut is None:
                     first_cut = int(win.steps[j])
                     cut_from = float(wv[j - 1])
+                if megatron and loss is not None and not len(
+                        loss.between(int(win.steps[j]), int(win.steps[j]))):
+                    missing_cuts += 1
         # the lowest scale the run needed before: since calibration, or in a short excerpt
         # the level it held before the first cut of the window
         floor = pre_min
@@ -939,6 +1079,7 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
         routine_rate=rate,
         nonfinite_skipped=nonfinite_skipped,
         first_cut_step=first_cut,
+        missing_loss_cuts=missing_cuts,
     )
 
 

@@ -18,6 +18,7 @@ from spikelens.causes._window import (
     evidence,
     fmt,
     fmt_ratio,
+    lag_words,
     sentence,
     usable,
 )
@@ -49,7 +50,7 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
     if jumped and p.jump_lag is not None:
         parts.append(
             f"LR jumped {fmt_ratio(p.jump)} ({fmt(p.jump_from)} -> {fmt(p.jump_to)}) at step "
-            f"{p.jump_step}, {ctx.steps_word(p.jump_lag)} before the loss rose at {start}"
+            f"{p.jump_step}, {lag_words(p.jump_lag, f'the loss rose at {start}')}"
         )
     if p.ratio >= LR_RISE and not (jumped and p.jump_step == p.reached_step):
         what = f"LR reached {fmt(p.at_rise)} at step {p.reached_step}"
@@ -70,7 +71,7 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
             )
         level = "" if warmup_end else (
             f", {fmt_ratio(p.ratio)} the {fmt(p.ref)} {trained}")
-        parts.append(f"{what}{level}, {ctx.steps_word(p.lag)} before the loss rose at {start}")
+        parts.append(f"{what}{level}, {lag_words(p.lag, f'the loss rose at {start}')}")
     above = p.above_earlier_max
     if above:
         parts.append(f"above the run's earlier maximum {fmt(p.prev_max)}")
