@@ -14,11 +14,14 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from spikelens.model import Config, Event, Evidence, Recurrence, Restart, Run, Skipped
+
+if TYPE_CHECKING:
+    from spikelens.causes._oscillation import OscProfile
 
 #: Precursor window: how many logged points before the rise count as "just before".
 PRECURSOR_POINTS = 10
@@ -588,6 +591,12 @@ class Context:
     @cached_property
     def position(self) -> Position | None:
         return _position(self)
+
+    @cached_property
+    def osc(self) -> OscProfile | None:
+        from spikelens.causes._oscillation import osc_profile
+
+        return osc_profile(self)
 
     def steps_word(self, n: int) -> str:
         return f"{n} step{'s' if n != 1 else ''}"
