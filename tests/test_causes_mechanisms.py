@@ -343,3 +343,20 @@ def test_every_evidence_key_has_a_plain_label() -> None:
     assert not missing, sorted(missing)
     for label in EVIDENCE_LABELS.values():
         assert "_" not in label
+
+
+def test_skipped_steps_of_the_calibration_are_counted_and_shown() -> None:
+    # DeepSpeed prints an OVERFLOW line for each of the first skipped steps while the scale
+    # falls from its initial value; an incident right after them shows them, as routine
+    df = grad_frame(13)
+    scale = np.full(len(df), 4096.0)
+    scale[:6] = 2.0 ** np.arange(18, 12, -1)
+    skipped = np.zeros(len(df))
+    skipped[:6] = 1
+    df["loss_scale"], df["skipped"] = scale, skipped
+    df.loc[df.step == 12, "loss"] *= 4
+    f = one(make(df), ev(12, 12, 13))
+    amp = cause(f, "amp_overflow")
+    assert amp.evidence["calibration_skipped_steps"] == 6
+    assert "6 skipped steps there" in amp.summary
+    assert f.causes[0].cause == "bad_batch"

@@ -518,6 +518,7 @@ class ScaleProfile:
     #: cuts at which a Megatron iteration line printed no loss: Megatron leaves out a loss
     #: that is not finite, so a halved scale with the loss missing is a non-finite loss there
     missing_loss_cuts: int = 0
+    calibration_skips: int = 0  # skipped steps of the start-up calibration near the window
 
 
 @dataclass(frozen=True)
@@ -987,7 +988,12 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
     cap = int(capped.steps[-1]) if len(capped) else ev.end_step
     hi = max(min(hi_peak, ev.end_step), min(ev.end_step, cap), ev.peak_step)
     lo = _storm_start(scale, ctx.arrays.increments("skipped"), lo, ctx.config.window)
+    calib_skips = 0
     if calib is not None:
+        # skipped steps of the start-up calibration are shown, never weighed
+        full = ctx.arrays.increments("skipped")
+        if full is not None and lo <= calib:
+            calib_skips = int(round(float(np.sum(full.between(lo, calib).values))))
         lo = max(lo, calib + 1)
     window = (lo, max(lo, hi))
     cuts, cut_factor, first_cut = 0, 1.0, None
@@ -1089,6 +1095,7 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
         nonfinite_skipped=nonfinite_skipped,
         first_cut_step=first_cut,
         missing_loss_cuts=missing_cuts,
+        calibration_skips=calib_skips,
     )
 
 

@@ -35,7 +35,7 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
     if p.has_scale and not p.dynamic and p.skips == 0:
         return None  # a constant scale (bf16/fp32, or a static scale): no scaling events
     n = max(p.cuts, p.skips)
-    if n == 0:
+    if n == 0 and not p.calibration_skips:
         return None
     excess = n / max(p.expected, 0.5)
     scaled = p.has_scale and p.dynamic
@@ -51,7 +51,8 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
         # loss-scale series it may just as well be a NaN guard in the training loop
         comps.append(0.6 if scaled else 0.3)
     if not comps:
-        comps.append(0.15)  # one cut or skip at the routine rate: noted, not evidence
+        # one cut or skip at the routine rate (or only the calibration's): noted, not evidence
+        comps.append(0.15 if n else 0.1)
     score = max(comps)
     if scaled and math.isfinite(p.scale_min) and p.scale_min < 1:
         score += 0.05
@@ -100,7 +101,10 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
     if scaled and math.isfinite(p.scale_min) and p.scale_min < 1:
         parts.append(f"the scale collapsed to {fmt(p.scale_min)} (below 1: gradients underflow)")
     if p.calibration_end is not None:
-        parts.append(f"start-up calibration up to step {p.calibration_end} ignored")
+        parts.append(f"start-up calibration up to step {p.calibration_end} ignored"
+                     + (f" ({p.calibration_skips} skipped step"
+                        f"{'s' if p.calibration_skips != 1 else ''} there, e.g. DeepSpeed "
+                        f"OVERFLOW lines, are routine)" if p.calibration_skips else ""))
     if score <= 0.15:
         parts.append("this is within the run's routine overflow rate")
     restart, first, last = restart_advice(ctx)
@@ -143,6 +147,8 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
         "earlier_min_scale": p.pre_min,
         "halvings_below_earlier_min": p.depth,
         "skipped_steps": p.skips,
+        "calibration_skipped_steps": p.calibration_skips if p.calibration_end is not None
+        else None,
         "expected_skips": p.expected,
         "routine_rate_per_1k_steps": p.routine_rate * 1000,
         "missing_loss_at_cuts": p.missing_loss_cuts,

@@ -57,6 +57,7 @@ EVIDENCE_LABELS: dict[str, str] = {
     "earlier_min_scale": "lowest loss scale the run had needed before",
     "halvings_below_earlier_min": "halvings below that earlier lowest scale",
     "skipped_steps": "skipped steps in the window",
+    "calibration_skipped_steps": "skipped steps of the start-up calibration (routine)",
     "expected_skips": "skipped steps expected at the run's routine rate",
     "routine_rate_per_1k_steps": "routine cuts or skips per 1,000 steps",
     "missing_loss_at_cuts": "cuts where the iteration printed no loss",
