@@ -113,6 +113,11 @@ def lag_words(steps: int, event: str) -> str:
     return f"{n} step{'s' if n != 1 else ''} {'before' if steps > 0 else 'after'} {event}"
 
 
+def span_words(first: int, last: int) -> str:
+    """"step 11448" or "steps 11448-11460"."""
+    return f"step {first}" if last <= first else f"steps {first}-{last}"
+
+
 def stale_mask(values: np.ndarray) -> np.ndarray:
     """True for values repeated verbatim from the line before, in runs of 3 or more equal
     values: a grad norm copied onto skipped steps (fp16 overflow) is a stale value, not a

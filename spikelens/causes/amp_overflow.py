@@ -22,6 +22,7 @@ from spikelens.causes._window import (
     mag,
     restart_advice,
     sentence,
+    span_words,
 )
 from spikelens.model import Event, Evidence, Run, Skipped
 
@@ -132,8 +133,8 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
             f"{p.first_cut_step or event.start_step}"
         )
     remedy.append(
-        f"restart from a checkpoint at or before step {restart} and skip the batches of steps "
-        f"{first}-{last} if the spike comes back"
+        f"restart from a checkpoint at or before step {restart} and skip the batches of "
+        f"{span_words(first, last)} if the spike comes back"
     )
     facts = {
         "scale_cuts": p.cuts,

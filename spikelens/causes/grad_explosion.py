@@ -28,6 +28,7 @@ from spikelens.causes._window import (
     mag,
     restart_advice,
     sentence,
+    span_words,
     stale_mask,
     usable,
 )
@@ -159,8 +160,8 @@ def _damage_without_grads(run: Run, event: Event, ctx: Context, why: str) -> Evi
         "or optimizer-state problem",
         "lower the LR or lengthen the warmup, and clip the global grad norm (1.0 is the usual "
         "default)",
-        f"restart from a checkpoint at or before step {restart} and skip the batches of steps "
-        f"{first}-{last}"])
+        f"restart from a checkpoint at or before step {restart} and skip the batches of "
+        f"{span_words(first, last)}"])
     facts = {"loss_decay_points": shape.elevated_points if shape else None,
              "loss_later_ratio": shape.later_ratio if shape else None,
              "uniform_guess_loss": shape.uniform_loss if shape else None,
@@ -272,7 +273,7 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
             f"not its size, went wrong: lower the LR (e.g. by 2x), lengthen the warmup, or lower "
             f"Adam's beta2 to 0.95 so the second moment follows a gradient surge faster",
             f"restart from a checkpoint at or before step {restart} and skip the batches of "
-            f"steps {first}-{last} (PaLM skipped 200-500 batches around a spike)",
+            f"{span_words(first, last)} (PaLM skipped 200-500 batches around a spike)",
         ]
     else:
         remedy = [
@@ -280,7 +281,7 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
             f"z-score of the grad norm (ZClip), or per entry against Adam's second moment with "
             f"periodic momentum resets (SPAM)",
             f"restart from a checkpoint at or before step {restart} and skip the batches of "
-            f"steps {first}-{last} (PaLM skipped 200-500 batches around a spike)",
+            f"{span_words(first, last)} (PaLM skipped 200-500 batches around a spike)",
         ]
     if layer is not None:
         remedy.append(f"look at {layer[0]} first (QK-layernorm or a lower LR for it if it is "
