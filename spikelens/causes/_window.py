@@ -622,6 +622,14 @@ def excursion(v: float, base: float) -> float:
     return max(-50.0, min(50.0, (v - base) / max(abs(base), 1e-6)))
 
 
+def excursions(v: np.ndarray, base: float) -> np.ndarray:
+    """`excursion` of every value, vectorised (the common case: positive loss and base)."""
+    if base > 0 and len(v) and bool(np.all(np.isfinite(v) & (v > 0))):
+        out: np.ndarray = np.log(v / base)
+        return out
+    return np.array([excursion(float(x), base) for x in v])
+
+
 def _loss_shape(ctx: Context) -> LossShape | None:
     loss = ctx.loss
     if loss is None or len(loss) == 0:
@@ -651,11 +659,10 @@ def _loss_shape(ctx: Context) -> LossShape | None:
     half_step: int | None = None
     # for a non-finite peak, "half way back" means within 2x of the baseline again
     target = peak_exc / 2 if math.isfinite(peak_exc) else math.log(2.0)
-    for i, v in enumerate(after.values):
-        e = excursion(float(v), base)
-        if math.isfinite(e) and e <= target:
-            half, half_step = i + 1, int(after.steps[i])
-            break
+    ex_after = excursions(after.values, base)
+    hit = np.flatnonzero(np.isfinite(ex_after) & (ex_after <= target))
+    if len(hit):
+        half, half_step = int(hit[0]) + 1, int(after.steps[hit[0]])
     interval = max(1, ctx.run.interval)
     # quick = back within 3 logged points *and* 3 logging intervals (a gap in an excerpt
     # between two logged points is not a quick recovery)
@@ -676,7 +683,7 @@ def _loss_shape(ctx: Context) -> LossShape | None:
     elevated_steps = 0
     gap: tuple[int, int] | None = None
     if math.isfinite(peak_exc) and peak_exc > 0 and base > 0 and len(after):
-        exc = np.array([excursion(float(v), base) for v in after.values])
+        exc = ex_after
         ok = np.isfinite(exc)
         low = np.flatnonzero(ok & (exc <= 0.25 * peak_exc))
         elevated = int(low[0]) if len(low) else len(exc)
