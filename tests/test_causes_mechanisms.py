@@ -360,3 +360,13 @@ def test_skipped_steps_of_the_calibration_are_counted_and_shown() -> None:
     assert amp.evidence["calibration_skipped_steps"] == 6
     assert "6 skipped steps there" in amp.summary
     assert f.causes[0].cause == "bad_batch"
+
+
+def test_prepared_arrays_are_kept_for_the_last_runs_only() -> None:
+    from spikelens.causes import _window
+
+    runs = [make(frame(n=300, seed=i)) for i in range(5)]
+    for r in runs:
+        one(r, ev(200, 200, 201))
+    assert len(_window._ARRAYS) <= _window.KEEP_RUNS
+    assert runs[-1] in _window._ARRAYS

@@ -303,13 +303,22 @@ class RunArrays:
 
 
 _ARRAYS: weakref.WeakKeyDictionary[Run, RunArrays] = weakref.WeakKeyDictionary()
+#: Runs whose arrays are kept: the pipeline explains one run's events after another, so the
+#: last two are enough, and 100 runs analysed in one call do not hold 100 runs' copies.
+KEEP_RUNS = 2
 
 
 def arrays(run: Run) -> RunArrays:
-    """The run's prepared arrays, built on first use and kept as long as the run lives."""
+    """The run's prepared arrays, built on first use and kept while the run is among the
+    last `KEEP_RUNS` runs explained (and alive)."""
     got = _ARRAYS.get(run)
     if got is None:
         got = RunArrays(run)
+        while len(_ARRAYS) >= KEEP_RUNS:
+            oldest = next(iter(_ARRAYS.keys()), None)
+            if oldest is None:
+                break
+            del _ARRAYS[oldest]
         _ARRAYS[run] = got
     return got
 
