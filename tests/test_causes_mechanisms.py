@@ -370,3 +370,20 @@ def test_prepared_arrays_are_kept_for_the_last_runs_only() -> None:
         one(r, ev(200, 200, 201))
     assert len(_window._ARRAYS) <= _window.KEEP_RUNS
     assert runs[-1] in _window._ARRAYS
+
+
+def test_every_skipped_step_the_log_shows_counts() -> None:
+    # a running `skipped=K` printed every 10 steps (the role) and an OVERFLOW flag per skipped
+    # step in another column: six overflows inside the window are six skipped steps, even
+    # though the running total is printed only after the window
+    df = amp_df(cut_at=995)
+    total = np.zeros(len(df))
+    total[df.step.to_numpy() >= 1040] = 6
+    df["skipped"] = np.where(df.step % 10 == 0, total, np.nan)
+    flags = np.zeros(len(df))
+    flags[df.step.between(995, 1000).to_numpy()] = 1
+    df["overflow_flag"] = flags
+    run = make(df)
+    assert run.roles.get("skipped") == "skipped"
+    amp = cause(one(run, ev(1000, 1000, 1030)), "amp_overflow")
+    assert amp.evidence["skipped_steps"] == 6

@@ -1080,6 +1080,14 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
         inc = inc_all
         w = inc.between(window[0], window[1])
         skips = int(round(float(np.sum(w.values))))
+        # another column of the log may count the same skips its own way (DeepSpeed prints
+        # an `OVERFLOW!` line per skipped step and a running `skipped=K` on its step lines):
+        # every skipped step the log shows counts, so the larger count wins
+        for extra in _other_skip_columns(ctx.arrays):
+            ew = extra.between(window[0], window[1])
+            if calib is not None:
+                ew = ew.between(calib + 1, 2**62)
+            skips = max(skips, int(round(float(np.sum(ew.values)))))
         if loss is not None:
             # only a loss *logged* as inf/NaN counts: Megatron prints no loss at all on a
             # skipped iteration, and a missing value is not a non-finite one
@@ -1170,6 +1178,24 @@ def _scale_run(a: RunArrays) -> _ScaleRun | None:
         )
     a.misc["scale"] = out
     return out
+
+
+def _other_skip_columns(a: RunArrays) -> list[Series]:
+    """Skip increments of the columns that count overflows or skipped steps but are not the
+    run's `skipped` role (prepared once per run)."""
+    if "other_skips" not in a.misc:
+        used = set(a.run.roles.values())
+        out: list[Series] = []
+        for col in a.run.frame.columns:
+            name = str(col).lower()
+            if col in used or not ("overflow" in name or "skipped" in name):
+                continue
+            cs = a.column_series(str(col))
+            if len(cs):
+                out.append(skip_increments(cs))
+        a.misc["other_skips"] = out
+    got: list[Series] = a.misc["other_skips"]
+    return got
 
 
 def _storm_start(scale: Series | None, inc: Series | None, lo: int, limit: int) -> int:
