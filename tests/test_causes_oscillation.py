@@ -167,3 +167,24 @@ def test_every_oscillation_key_has_a_label_and_every_cause_is_registered() -> No
         for c in one(run, e).causes:
             assert set(c.evidence) <= set(EVIDENCE_LABELS)
             assert c.remedy.endswith(".")
+
+
+def test_swing_folded_by_epoch_phase_is_data_order_whatever_the_detected_period() -> None:
+    # a fine-tune that re-sees its data: the loss drops at each epoch start and creeps back
+    # up, 200 steps per epoch, under step noise; the detector may report another period
+    rng = np.random.default_rng(4)
+    phase = (STEP % 200) / 200
+    loss = (1 + 0.15 * phase) * np.exp(rng.normal(0, 0.05, N))
+    best = one(make({"step": STEP, "loss": loss, "epoch": STEP / 200}), osc(50.0)).causes[0]
+    assert best.cause == "data_order"
+    assert best.score >= 0.8
+    assert best.evidence["epoch_boundaries"] == 9
+    assert best.summary.startswith("Folded by the phase of the epoch (200 steps)")
+
+
+def test_noise_with_an_epoch_column_is_not_an_epoch_cycle() -> None:
+    rng = np.random.default_rng(5)
+    loss = np.exp(rng.normal(0, 0.05, N))
+    f = one(make({"step": STEP, "loss": loss, "epoch": STEP / 200}), osc(50.0))
+    do = [c for c in f.causes if c.cause == "data_order"]
+    assert not do or do[0].score < 0.8

@@ -35,6 +35,9 @@ class OscProfile:
     epoch_steps: float | None  # steps per epoch, from the epoch column
     momentum: float | None  # momentum or Adam beta1, from the params
     beta2: float | None
+    epoch_boundaries: int = 0  # whole epochs inside the oscillation
+    epoch_jump: float = 0.0  # swing (log) of the loss folded by the phase of the epoch
+    epoch_jump_z: float = 0.0  # that swing over its standard error
 
 
 def _param(params: Any, *keys: str) -> float | None:
@@ -106,9 +109,30 @@ def osc_profile(ctx: Context) -> OscProfile | None:
     if per_step["samples"] is None:
         per_step["samples"] = _param(ctx.run.params, "global_batch_size", "batch_size")
     epoch_steps = None
+    n_bound, jump, jump_z = 0, 0.0, 0.0
     ep = a.finite("epoch")
     if ep is not None and len(ep) >= 2 and ep.values[-1] > ep.values[0]:
         epoch_steps = float((ep.steps[-1] - ep.steps[0]) / (ep.values[-1] - ep.values[0]))
+        # fold the loss by the phase of the epoch: a loss that repeats with the data swings
+        # the same way in every epoch (a fine-tune re-seeing its data jumps at each boundary)
+        ew = ep.between(ev.start_step, ev.end_step)
+        n_ep = float(ew.values[-1] - ew.values[0]) if len(ew) >= 2 else 0.0
+        if n_ep >= 3 and len(x) >= 40:
+            k = np.clip(np.searchsorted(ew.steps, w.steps, side="right") - 1, 0, len(ew) - 1)
+            phase = np.mod(ew.values[k], 1.0)
+            ep_pts = max(3, int(round(epoch_steps / max(spacing, 1e-9))))
+            rr = residual(x, min(ep_pts, len(x) // 2))
+            bins = np.minimum((phase * 10).astype(int), 9)
+            cnt = np.bincount(bins, minlength=10)
+            if np.all(cnt >= 3):
+                means = np.bincount(bins, weights=rr, minlength=10) / cnt
+                # the standard error of a bin mean from the spread *within* the bins (the
+                # epoch swing itself is not noise)
+                within = float(np.sum(rr**2) - np.sum(cnt * means**2)) / max(1, len(rr) - 10)
+                se = math.sqrt(max(within, 0.0) / float(np.mean(cnt)))
+                n_bound = int(n_ep)
+                jump = float(np.max(means) - np.min(means))
+                jump_z = jump / se if se > 0 else 0.0
     return OscProfile(
         period=ev.period,
         amplitude=ev.amplitude,
@@ -125,6 +149,9 @@ def osc_profile(ctx: Context) -> OscProfile | None:
         epoch_steps=epoch_steps,
         momentum=_param(ctx.run.params, "momentum", "adam_beta1", "beta1"),
         beta2=_param(ctx.run.params, "adam_beta2", "beta2"),
+        epoch_boundaries=n_bound,
+        epoch_jump=jump,
+        epoch_jump_z=jump_z,
     )
 
 

@@ -35,6 +35,8 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
         parts.append(f"the batch is {fmt_int(b)} sample{'s' if round(b) != 1 else ''} per step "
                      f"(from the log), so each logged loss is a mean over few samples and "
                      f"its noise is large (about 1/sqrt({fmt_int(b)}) of the per-sample spread)")
+    elif p.period is not None:
+        return None  # a fixed period, and nothing says the batch is small
     else:
         score = 0.3
         parts.append("the swing has no period and no LR cycle, the mark of batch noise; the log "

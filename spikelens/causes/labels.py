@@ -108,6 +108,8 @@ EVIDENCE_LABELS: dict[str, str] = {
     "samples_per_step": "samples per step (batch size)",
     "tokens_per_step": "tokens per step",
     "epoch_steps": "steps per epoch",
+    "epoch_boundaries": "whole epochs inside the oscillation",
+    "epoch_swing_ratio": "loss swing over one epoch, folded by epoch phase (×)",
     "momentum": "momentum / Adam beta1",
     "beta2": "Adam beta2",
 }
