@@ -1,8 +1,10 @@
 """Cross-run alignment: incidents that recur at the same point of the data stream in several
 runs. Runs that read their data in the same order see the same batch at the same step (or, when
 batch sizes differ, at the same consumed tokens/samples); a spike that recurs there in runs with
-different seeds, optimisers or architectures is the data's doing, and `explain` raises
-`bad_batch` for it. Events are aligned on consumed tokens when every run logs them, else on
+different seeds, LRs or architectures is the data's doing, and `explain` raises `bad_batch`
+for it; runs that share seed, data order and LR schedule spike together whatever the cause,
+so there only a one-step outlier counts (`Recurrence.differ` says what the runs differ
+in). Events are aligned on consumed tokens when every run logs them, else on
 consumed samples, else on the step, within one batch (one logging interval for step alignment,
 so versions of a script that count steps one apart still match). A coincidence of two runs
 only is reported when chance cannot explain it: with n1 and n2 events spread over a span L,
@@ -19,6 +21,49 @@ from spikelens.model import INCIDENT_KINDS, Event, Recurrence, Run
 
 #: Highest expected number of chance coincidences at which a two-run match is still reported.
 MAX_CHANCE = 0.2
+#: Params that name the model's shape: runs that differ in one of them differ in architecture.
+ARCH_KEYS = ("num_layers", "n_layer", "n_layers", "hidden_size", "n_embd", "d_model",
+             "num_attention_heads", "n_head", "ffn_hidden_size", "model", "model_name",
+             "model_type", "architecture")
+#: Two runs' LRs at the same point differ when their ratio exceeds this.
+LR_DIFFERS = 1.05
+
+
+def _lr_at(run: Run, step: int) -> float | None:
+    s = run.series("lr")
+    if s is None:
+        return None
+    s = s[np.isfinite(s.to_numpy(dtype=np.float64))]
+    if len(s) == 0:
+        return None
+    i = int(np.searchsorted(s.index.to_numpy(), step, side="right")) - 1
+    return float(s.iloc[max(i, 0)])
+
+
+def differences(runs: Sequence[Run], peaks: Sequence[int]) -> tuple[str, ...]:
+    """What the runs differ in that a schedule-driven event would follow: their seed, their
+    LR (from params, else the LR logged at the incident) or their architecture. Runs that
+    share all three cannot tell a bad batch from the schedule by spiking together."""
+    out: list[str] = []
+
+    def distinct(key: str) -> bool | None:
+        vals = [r.params.get(key) for r in runs]
+        if any(v is None for v in vals):
+            return None
+        return len({repr(v) for v in vals}) > 1
+
+    if distinct("seed"):
+        out.append("seed")
+    lr_differs = distinct("lr")
+    if lr_differs is None:
+        lrs = [_lr_at(r, p) for r, p in zip(runs, peaks, strict=True)]
+        known = [x for x in lrs if x is not None and x > 0]
+        lr_differs = len(known) == len(lrs) and max(known) > LR_DIFFERS * min(known)
+    if lr_differs:
+        out.append("lr")
+    if any(distinct(k) for k in ARCH_KEYS):
+        out.append("architecture")
+    return tuple(out)
 
 
 def run_key(run: Run) -> str:
@@ -164,10 +209,12 @@ def find_recurrences(
                 continue
         first = by_run[min(by_run)]
         position = float(first.peak) if axis == "step" else first.center + first.tol / 2
+        idx = sorted(by_run)
         out.append(Recurrence(
             axis=axis,
             position=position,
-            members=tuple((run_key(runs[i]), by_run[i].peak) for i in sorted(by_run)),
+            members=tuple((run_key(runs[i]), by_run[i].peak) for i in idx),
+            differ=differences([runs[i] for i in idx], [by_run[i].peak for i in idx]),
         ))
     out.sort(key=lambda r: r.position)
     return tuple(out)

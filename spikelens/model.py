@@ -191,6 +191,10 @@ class Recurrence:
     axis: str  # "step", "tokens" or "samples": what the runs were aligned on
     position: float  # where on that axis (the first run's peak)
     members: tuple[tuple[str, int], ...]  # (run source, peak step) for each run involved
+    #: What the member runs differ in ("seed", "lr", "architecture"), from their params or
+    #: logged LR; empty when the logs show no difference (then coinciding cannot tell a bad
+    #: batch from a shared schedule).
+    differ: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

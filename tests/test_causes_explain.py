@@ -76,6 +76,9 @@ def test_explain_never_raises_and_keeps_its_contract(case: tuple[pd.DataFrame, E
         assert c.summary and c.remedy
 
 
-def test_registry_lists_the_six_causes_in_order() -> None:
-    assert CAUSES.names() == ["amp_overflow", "bad_batch", "distributed", "grad_explosion",
-                              "lr_schedule", "model_stats", "numerical", "optimizer_state"]
+def test_registry_lists_the_causes_in_order() -> None:
+    # the six incident causes keep their ids; distributed and model_stats (issue 14) and the
+    # oscillation causes (issue 8) are added
+    assert CAUSES.names() == ["amp_overflow", "bad_batch", "batch_noise", "data_order",
+                              "distributed", "grad_explosion", "lr_schedule", "lr_too_high",
+                              "model_stats", "numerical", "optimizer_state"]

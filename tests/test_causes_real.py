@@ -54,8 +54,13 @@ def test_bloom_31219_sentence_and_remedy() -> None:
         "steps 31214-31218, before the loss rose at step 31219; at the rise the grad norm "
         "reached 960 (step 31219, 3,968x its 0.242 baseline) while the loss was only 2.3x its "
         "own; LR constant")
-    assert best.remedy.startswith("Clip the global grad norm at about 1.21 (5x the pre-spike "
-                                  "level 0.242; too few points for a percentile)")
+    # Megatron clips at 1.0 and logs the norm before clipping: "clip at 1.21" would be a
+    # looser clip than the one in force
+    assert best.remedy.startswith("A clip threshold will not help: clipping at 1.0 was already "
+                                  "in force")
+    assert "lower the LR" in best.remedy and "beta2" in best.remedy
+    assert best.evidence["clip_in_force"] == 1.0
+    assert best.evidence["clip_threshold"] is None
     assert "restart from a checkpoint at or before step 31119" in best.remedy
     assert best.evidence["grad_precursor_step"] == 31218
 

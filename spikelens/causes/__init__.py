@@ -39,7 +39,13 @@ UNKNOWN = "unknown"
 NEGLIGIBLE = 0.05
 #: Order used to break exact ties (the order the issue lists the causes in).
 ORDER = ("lr_schedule", "grad_explosion", "amp_overflow", "bad_batch", "optimizer_state",
-         "numerical", "distributed", "model_stats")
+         "numerical", "distributed", "model_stats", "lr_too_high", "batch_noise", "data_order")
+#: The causes of an oscillation; the others explain incidents. `lr_schedule` and
+#: `optimizer_state` judge both, each with the mechanism that fits the event.
+OSCILLATION_CAUSES = ("lr_schedule", "lr_too_high", "batch_noise", "optimizer_state",
+                      "data_order")
+#: Causes that only an oscillation can have.
+OSCILLATION_ONLY = ("lr_too_high", "batch_noise", "data_order")
 
 
 def _register_builtin() -> None:
@@ -69,16 +75,28 @@ def _missing(run: Run) -> list[str]:
     return out
 
 
-def _unknown(run: Run, causes: Sequence[Evidence]) -> Evidence:
+def _unknown(run: Run, causes: Sequence[Evidence], damage: str | None = None,
+             osc: bool = False) -> Evidence:
     parts = [f"no cause reached {FLOOR}"]
     if causes:
         parts.append(f"the strongest was {causes[0].cause} ({causes[0].score:.2f})")
+    if damage is not None:
+        parts.append(f"{damage}: weight damage from an oversized update (grad_explosion, "
+                     f"lr_schedule or optimizer_state), not one bad batch")
     missing = _missing(run)
+    if osc:
+        missing = [m for m in missing if not m.startswith("loss_scale")]
+        if not run.has("samples") and not run.has("tokens") and "global_batch_size" not in (
+                run.params or {}):
+            missing.append("samples or tokens per step")
     listed = ", ".join(missing[:-1]) + (" and " if len(missing) > 1 else "") + (
         missing[-1] if missing else "")
     if missing:
         parts.append(f"not logged: {listed}")
-    remedy = ["restart from a checkpoint before the rise if the run did not recover"]
+    remedy = ["restart from a checkpoint before the rise if the run did not recover"
+              + (", with a lower LR (an oversized update did the damage)" if damage else "")]
+    if osc:
+        remedy = ["if the swing matters, try a lower LR or a larger batch first"]
     if missing:
         remedy.append(f"log {listed} so the next incident can be explained")
     return Evidence(
@@ -98,16 +116,19 @@ def explain(
     config: Config,
     recurrence: Recurrence | None = None,
 ) -> Finding:
-    """Rank the causes of one incident. Oscillation (a condition) and informational
-    grad-norm events get no causes."""
+    """Rank the causes of one incident or oscillation of the loss. Informational events
+    (grad-norm surges, stall, overfitting) get no causes."""
     _register_builtin()
-    if event.kind not in INCIDENT_KINDS or event.metric != "loss":
+    osc = event.kind == "oscillation"
+    if (event.kind not in INCIDENT_KINDS and not osc) or event.metric != "loss":
         return Finding(event=event)
     ctx = Context(run=run, event=event, events=tuple(events), config=config,
                   recurrence=_involves(recurrence, run, event))
     found: list[Evidence] = []
     skipped: list[Skipped] = []
-    for _name, rule in CAUSES.items():
+    for name, rule in CAUSES.items():
+        if (name not in OSCILLATION_CAUSES) if osc else (name in OSCILLATION_ONLY):
+            continue
         res = rule(run, event, ctx)
         if isinstance(res, Skipped):
             skipped.append(res)
@@ -116,10 +137,12 @@ def explain(
     rank = {c: i for i, c in enumerate(ORDER)}
     found.sort(key=lambda e: (-e.score, rank.get(e.cause, len(rank)), e.cause))
     if not found or found[0].score < FLOOR:
-        found.insert(0, _unknown(run, found))
+        damage = None if osc or ctx.shape is None else ctx.shape.damage
+        found.insert(0, _unknown(run, found, damage, osc))
     return Finding(event=event, causes=tuple(found), skipped=tuple(skipped))
 
 
 _register_builtin()
 
-__all__ = ["CAUSES", "FLOOR", "UNKNOWN", "CauseRule", "Context", "explain"]
+__all__ = ["CAUSES", "FLOOR", "OSCILLATION_CAUSES", "OSCILLATION_ONLY", "UNKNOWN", "CauseRule",
+           "Context", "explain"]

@@ -10,14 +10,18 @@ of writing numbers into a sentence."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from spikelens.model import Config, Event, Evidence, Recurrence, Restart, Run, Skipped
+
+if TYPE_CHECKING:
+    from spikelens.causes._oscillation import OscProfile
 
 #: Precursor window: how many logged points before the rise count as "just before".
 PRECURSOR_POINTS = 10
@@ -27,6 +31,9 @@ GRAD_PRECURSOR = 3.0
 LR_RISE = 1.25
 #: A single logged LR step this many times larger than the trend is a discontinuity.
 LR_JUMP = 1.5
+#: ln(256,000), the uniform-guess loss of the largest vocabularies in common use: an LM's
+#: per-token loss above twice this on one whole batch is not data, it is damage.
+LARGEST_UNIFORM = math.log(256_000)
 
 
 class CauseRule(Protocol):
@@ -86,17 +93,54 @@ def fmt_int(x: float) -> str:
     return f"{int(round(x)):,}"
 
 
-def num(x: float | None, digits: int = 6) -> float | None:
-    """A float for the JSON evidence: rounded to `digits` significant digits (exact when it
-    is a whole number), None if not finite (JSON has no inf/NaN)."""
+def num(x: float | None) -> float | None:
+    """A float for the evidence, at full precision (rounding is for the terminal: a loss
+    scale of 1,048,576 stays 1048576), None if not finite (JSON has no inf/NaN)."""
     if x is None:
         return None
     xf = float(x)
     if not math.isfinite(xf):
         return None
-    if xf.is_integer() and abs(xf) < 2**53:
-        return xf  # counters (tokens, samples, scales) stay exact
-    return float(f"{xf:.{digits}g}")
+    return xf
+
+
+def lag_words(steps: int, event: str) -> str:
+    """A lag as people say it: "2 steps before <event>", "1 step after <event>", "at the
+    same step as <event>" (`steps` > 0: before the event)."""
+    if steps == 0:
+        return f"at the same step as {event}"
+    n = abs(steps)
+    return f"{n} step{'s' if n != 1 else ''} {'before' if steps > 0 else 'after'} {event}"
+
+
+def span_words(first: int, last: int) -> str:
+    """"step 11448" or "steps 11448-11460"."""
+    return f"step {first}" if last <= first else f"steps {first}-{last}"
+
+
+def stale_mask(values: np.ndarray) -> np.ndarray:
+    """True for values repeated verbatim from the line before, in runs of 3 or more equal
+    values: a grad norm copied onto skipped steps (fp16 overflow) is a stale value, not a
+    measurement. The first value of the run is the real one and is kept."""
+    v = np.asarray(values, dtype=np.float64)
+    n = len(v)
+    if n < 3:
+        return np.zeros(n, dtype=bool)
+    same = np.zeros(n, dtype=bool)
+    same[1:] = (v[1:] == v[:-1]) & np.isfinite(v[1:]) & (v[1:] != 0)
+    out = np.zeros(n, dtype=bool)
+    i = 1
+    while i < n:
+        if same[i]:
+            j = i
+            while j < n and same[j]:
+                j += 1
+            if j - i >= 2:  # the first value plus at least two verbatim copies
+                out[i:j] = True
+            i = j
+        else:
+            i += 1
+    return out
 
 
 # ---------------------------------------------------------------------------- series
@@ -149,11 +193,138 @@ class Series:
         return float(np.median(v)) if len(v) else None
 
 
-def get_series(run: Run, role: str) -> Series | None:
+def _get_series(run: Run, role: str) -> Series | None:
     s = run.series(role)
     if s is None or len(s) == 0:
         return None
     return Series(s.index.to_numpy(dtype=np.int64), s.to_numpy(dtype=np.float64))
+
+
+def stretch_start(test: Callable[[int, int], np.ndarray], end: int, floor: int = 0) -> int:
+    """The first index j >= floor such that `test` holds at every index of j..end-1, scanning
+    back from `end` in growing chunks: O(length of the stretch), never the whole series.
+    `test(lo, hi)` returns the condition for indices lo..hi-1."""
+    j = end
+    chunk = 64
+    while j > floor:
+        lo = max(floor, j - chunk)
+        ok = test(lo, j)
+        if ok.all():
+            j = lo
+            chunk *= 4
+            continue
+        return lo + int(np.flatnonzero(~ok)[-1]) + 1
+    return j
+
+
+class RunArrays:
+    """Per-run numpy arrays prepared once and shared by every event of the run: each role's
+    logged series, its finite part, running maxima/minima and block medians, skip increments,
+    the non-finite positions per column. Rules slice these around the event (searchsorted on
+    the sorted steps), so explaining an event costs what its window costs, not the log's
+    length."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self._series: dict[str, Series | None] = {}
+        self._finite: dict[str, Series | None] = {}
+        self._usable: dict[str, tuple[Series | None, str]] = {}
+        self._prefix: dict[tuple[str, str], np.ndarray] = {}
+        self._blocks: dict[tuple[str, int], np.ndarray] = {}
+        self._inc: dict[str, Series | None] = {}
+        self._cols: dict[str, tuple[np.ndarray, int, np.ndarray]] = {}
+        self._colseries: dict[str, Series] = {}
+        self.misc: dict[str, Any] = {}
+        self.index = run.frame.index.to_numpy()
+
+    def series(self, role: str) -> Series | None:
+        if role not in self._series:
+            self._series[role] = _get_series(self.run, role)
+        return self._series[role]
+
+    def finite(self, role: str) -> Series | None:
+        """The role's finite points (None if the role is absent)."""
+        if role not in self._finite:
+            s = self.series(role)
+            self._finite[role] = None if s is None else s.finite()
+        return self._finite[role]
+
+    def usable(self, role: str) -> tuple[Series | None, str]:
+        if role not in self._usable:
+            self._usable[role] = _usable(self, role)
+        return self._usable[role]
+
+    def running(self, role: str, how: str) -> np.ndarray:
+        """Running max ("max") or min ("min") of the role's finite values."""
+        key = (role, how)
+        if key not in self._prefix:
+            f = self.finite(role)
+            v = f.values if f is not None else np.empty(0)
+            op = np.maximum if how == "max" else np.minimum
+            self._prefix[key] = op.accumulate(v) if len(v) else v
+        return self._prefix[key]
+
+    def block_levels(self, role: str, k: int) -> np.ndarray:
+        """Running max of the medians of consecutive blocks of `k` finite values (from the
+        first finite point): entry b is `block_max_median` of the first (b+1)*k values."""
+        key = (role, k)
+        if key not in self._blocks:
+            f = self.finite(role)
+            v = f.values if f is not None else np.empty(0)
+            n = len(v) // k * k
+            med = np.median(v[:n].reshape(-1, k), axis=1) if n else np.empty(0)
+            self._blocks[key] = np.maximum.accumulate(med) if len(med) else med
+        return self._blocks[key]
+
+    def increments(self, role: str) -> Series | None:
+        """Per logged point increments of a counter role (`skip_increments`)."""
+        if role not in self._inc:
+            s = self.series(role)
+            self._inc[role] = None if s is None else skip_increments(s)
+        return self._inc[role]
+
+    def column(self, col: str) -> tuple[np.ndarray, int, np.ndarray]:
+        """(values over the frame index, first finite row, sorted logged-NaN steps)."""
+        if col not in self._cols:
+            v = self.run.frame[col].to_numpy(dtype=np.float64)
+            fin = np.flatnonzero(np.isfinite(v))
+            first = int(fin[0]) if len(fin) else len(v)
+            nan_at = np.sort(np.asarray(self.run.nan_steps.get(col, ()), dtype=np.int64))
+            self._cols[col] = (v, first, nan_at)
+        return self._cols[col]
+
+    def column_series(self, col: str) -> Series:
+        """A frame column's logged (non-missing) points."""
+        if col not in self._colseries:
+            s = self.run.frame[col].dropna()
+            self._colseries[col] = Series(s.index.to_numpy(dtype=np.int64),
+                                          s.to_numpy(dtype=np.float64))
+        return self._colseries[col]
+
+
+_ARRAYS: weakref.WeakKeyDictionary[Run, RunArrays] = weakref.WeakKeyDictionary()
+#: Runs whose arrays are kept: the pipeline explains one run's events after another, so the
+#: last two are enough, and 100 runs analysed in one call do not hold 100 runs' copies.
+KEEP_RUNS = 2
+
+
+def arrays(run: Run) -> RunArrays:
+    """The run's prepared arrays, built on first use and kept while the run is among the
+    last `KEEP_RUNS` runs explained (and alive)."""
+    got = _ARRAYS.get(run)
+    if got is None:
+        got = RunArrays(run)
+        while len(_ARRAYS) >= KEEP_RUNS:
+            oldest = next(iter(_ARRAYS.keys()), None)
+            if oldest is None:
+                break
+            del _ARRAYS[oldest]
+        _ARRAYS[run] = got
+    return got
+
+
+def get_series(run: Run, role: str) -> Series | None:
+    return arrays(run).series(role)
 
 
 def usable(run: Run, role: str) -> tuple[Series | None, str]:
@@ -161,15 +332,35 @@ def usable(run: Run, role: str) -> tuple[Series | None, str]:
 
     A grad norm printed as 0.000 at every step (Megatron with the norm not computed) or a
     series with no finite value is treated as absent: a constant zero is not evidence."""
-    s = get_series(run, role)
+    return arrays(run).usable(role)
+
+
+def _usable(a: RunArrays, role: str) -> tuple[Series | None, str]:
+    s = a.series(role)
     if s is None:
         return None, f"needs {role}, not in this log"
-    fin = s.values[np.isfinite(s.values)]
+    f = a.finite(role)
+    fin = f.values if f is not None else np.empty(0)
     if len(fin) == 0:
         return None, f"needs {role}, but it is never finite in this log"
     if role in ("grad_norm", "update_norm") and np.all(fin == 0):
         return None, f"{role} is 0 at every logged step (not computed), so it carries no signal"
     return s, ""
+
+
+def history_level(a: RunArrays, role: str, n_hist: int, window: int) -> float:
+    """`block_max_median` of the first `n_hist` finite values of a role, with blocks of
+    max(5, min(window, n_hist // 4)): from the prepared block medians when the blocks are a
+    full window long, else computed (the history is then short)."""
+    f = a.finite(role)
+    assert f is not None
+    k = max(5, min(window, n_hist // 4))
+    if k == window:
+        lv = a.block_levels(role, k)
+        nb = n_hist // k
+        if nb >= 1:
+            return float(lv[nb - 1])
+    return block_max_median(f.values[:n_hist], k)
 
 
 # ---------------------------------------------------------------------------- profiles
@@ -189,6 +380,37 @@ class LossShape:
     half_recovery_step: int | None  # the step at which that happened
     duration_points: int  # logged points from start to end
     quick: bool  # back below half the excursion within 3 points of the peak
+    before_value: float = float("nan")  # the last finite loss logged before the rise
+    before_step: int | None = None
+    baseline_points: int = 0  # finite points the baseline rests on
+    elevated_points: int = 0  # points after the peak still above a quarter of its excursion
+    elevated_steps: int = 0  # steps from the peak to the last of them
+    decaying: bool = False  # those points decay gradually (weight damage), not a plateau
+    later_ratio: float = float("nan")  # loss / baseline at the last elevated point
+    gap: tuple[int, int] | None = None  # a gap in the log between the peak and recovery
+    uniform_loss: float | None = None  # ln(vocabulary size): the loss of a uniform guess
+    at_uniform: bool = False  # the loss of the batches after the peak reached it
+    batch_loss_needed: float | None = None  # averaged log: one batch's loss that lifts the mean
+    batch_loss_bound: float | None = None  # what one batch of a CE loss can plausibly reach
+
+    @property
+    def damage(self) -> str | None:
+        """Why the rise is weight damage from an oversized update rather than one bad batch
+        (which costs one step: the next batches are normal again), or None."""
+        if self.at_uniform and self.uniform_loss is not None:
+            return (f"the loss of the batches after the peak reached the uniform-guess loss "
+                    f"ln(vocab) = {fmt(self.uniform_loss)}")
+        if (self.batch_loss_needed is not None and self.batch_loss_bound is not None
+                and self.batch_loss_needed > self.batch_loss_bound):
+            return (f"each logged loss is a mean over the logging interval: one batch would "
+                    f"have needed a loss of about {fmt(self.batch_loss_needed)} to lift it to "
+                    f"{fmt(self.peak_value)}, beyond what one batch can reach (about "
+                    f"{fmt(self.batch_loss_bound)})")
+        if self.decaying:
+            return (f"the loss decayed over {self.elevated_points} logged points after the "
+                    f"peak and was still {fmt_ratio(self.later_ratio)} its level "
+                    f"{self.elevated_steps} steps later")
+        return None
 
 
 @dataclass(frozen=True)
@@ -307,6 +529,10 @@ class ScaleProfile:
     routine_rate: float  # per step
     nonfinite_skipped: int  # skipped steps in the window whose loss is non-finite
     first_cut_step: int | None
+    #: cuts at which a Megatron iteration line printed no loss: Megatron leaves out a loss
+    #: that is not finite, so a halved scale with the loss missing is a non-finite loss there
+    missing_loss_cuts: int = 0
+    calibration_skips: int = 0  # skipped steps of the start-up calibration near the window
 
 
 @dataclass(frozen=True)
@@ -348,8 +574,12 @@ class Context:
         return self.config.window
 
     @cached_property
+    def arrays(self) -> RunArrays:
+        return arrays(self.run)
+
+    @cached_property
     def loss(self) -> Series | None:
-        return get_series(self.run, "loss")
+        return self.arrays.series("loss")
 
     @cached_property
     def shape(self) -> LossShape | None:
@@ -357,12 +587,12 @@ class Context:
 
     @cached_property
     def lr(self) -> LrProfile | None:
-        s, _ = usable(self.run, "lr")
-        return None if s is None else _lr_profile(self, s)
+        s, _ = self.arrays.usable("lr")
+        return None if s is None else _lr_profile(self)
 
     @cached_property
     def grad(self) -> GradProfile | None:
-        s, _ = usable(self.run, "grad_norm")
+        s, _ = self.arrays.usable("grad_norm")
         return None if s is None else _grad_profile(self, s)
 
     @cached_property
@@ -376,6 +606,12 @@ class Context:
     @cached_property
     def position(self) -> Position | None:
         return _position(self)
+
+    @cached_property
+    def osc(self) -> OscProfile | None:
+        from spikelens.causes._oscillation import osc_profile
+
+        return osc_profile(self)
 
     def steps_word(self, n: int) -> str:
         return f"{n} step{'s' if n != 1 else ''}"
@@ -393,6 +629,14 @@ def excursion(v: float, base: float) -> float:
     # a loss at or below 0 (or a baseline of 0) has no ratio: a relative difference, bounded
     # so that exp() of it stays finite
     return max(-50.0, min(50.0, (v - base) / max(abs(base), 1e-6)))
+
+
+def excursions(v: np.ndarray, base: float) -> np.ndarray:
+    """`excursion` of every value, vectorised (the common case: positive loss and base)."""
+    if base > 0 and len(v) and bool(np.all(np.isfinite(v) & (v > 0))):
+        out: np.ndarray = np.log(v / base)
+        return out
+    return np.array([excursion(float(x), base) for x in v])
 
 
 def _loss_shape(ctx: Context) -> LossShape | None:
@@ -424,11 +668,10 @@ def _loss_shape(ctx: Context) -> LossShape | None:
     half_step: int | None = None
     # for a non-finite peak, "half way back" means within 2x of the baseline again
     target = peak_exc / 2 if math.isfinite(peak_exc) else math.log(2.0)
-    for i, v in enumerate(after.values):
-        e = excursion(float(v), base)
-        if math.isfinite(e) and e <= target:
-            half, half_step = i + 1, int(after.steps[i])
-            break
+    ex_after = excursions(after.values, base)
+    hit = np.flatnonzero(np.isfinite(ex_after) & (ex_after <= target))
+    if len(hit):
+        half, half_step = int(hit[0]) + 1, int(after.steps[hit[0]])
     interval = max(1, ctx.run.interval)
     # quick = back within 3 logged points *and* 3 logging intervals (a gap in an excerpt
     # between two logged points is not a quick recovery)
@@ -437,6 +680,56 @@ def _loss_shape(ctx: Context) -> LossShape | None:
     ratio = math.inf if not math.isfinite(peak_value) else (
         peak_value / base if base > 0 else ev.size.ratio
     )
+    before_value, before_step = float("nan"), None
+    if len(pre):
+        before_value, before_step = float(pre.values[-1]), int(pre.steps[-1])
+    # a bad batch costs one step: the next batches are normal. Count the points after the
+    # peak still above a quarter of its excursion, and whether they decay (damage) or hold
+    # a plateau and drop at once (a run of bad data)
+    elevated = 0
+    decaying = False
+    later_ratio = float("nan")
+    elevated_steps = 0
+    gap: tuple[int, int] | None = None
+    if math.isfinite(peak_exc) and peak_exc > 0 and base > 0 and len(after):
+        exc = ex_after
+        ok = np.isfinite(exc)
+        low = np.flatnonzero(ok & (exc <= 0.25 * peak_exc))
+        elevated = int(low[0]) if len(low) else len(exc)
+        if elevated:
+            later_ratio = float(math.exp(min(exc[elevated - 1], 50.0))) if ok[elevated - 1] \
+                else float("nan")
+            elevated_steps = int(after.steps[elevated - 1] - ev.peak_step)
+        if elevated >= 5 and elevated_steps >= 10:
+            seg = exc[:elevated][ok[:elevated]]
+            h = len(seg) // 2
+            first, second = float(np.mean(seg[:h])), float(np.mean(seg[h:]))
+            decaying = bool(h >= 2 and first >= 1.5 * max(second, 1e-12))
+        # a gap in the log between the peak and the point the loss came back at
+        span = np.concatenate([[ev.peak_step], after.steps[:max(elevated, 1) + 1]])
+        d = np.diff(span)
+        big = np.flatnonzero(d > max(3 * interval, 10))
+        if len(big):
+            gap = (int(span[big[0]]), int(span[big[0] + 1]))
+    # the loss of a uniform guess, when the run says its vocabulary
+    uniform: float | None = None
+    vocab = ctx.run.params.get("vocab_size") if ctx.run.params else None
+    if isinstance(vocab, (int, float)) and not isinstance(vocab, bool) and vocab > 1:
+        uniform = math.log(float(vocab))
+    at_uniform = False
+    if uniform is not None and base < 0.7 * uniform:
+        nxt = after.values[:3]
+        nxt = nxt[np.isfinite(nxt)]
+        at_uniform = bool(len(nxt) >= 1 and np.min(nxt) >= 0.9 * uniform)
+    # an averaged log (Megatron, HF): what one batch would have needed to lift the mean
+    needed = bound = None
+    k = interval
+    if ctx.run.averaged and k > 1 and math.isfinite(peak_value) and base > 0:
+        needed = base + k * (peak_value - base)
+        if uniform is not None:
+            bound = 2 * uniform
+        elif ctx.run.format == "megatron" and base < LARGEST_UNIFORM:
+            bound = 2 * LARGEST_UNIFORM  # an LM loss, vocabulary not logged
     return LossShape(
         base=float(base),
         start_value=start_value,
@@ -448,18 +741,34 @@ def _loss_shape(ctx: Context) -> LossShape | None:
         half_recovery_step=half_step,
         duration_points=max(1, len(ser)),
         quick=quick,
+        before_value=before_value,
+        before_step=before_step,
+        baseline_points=len(pre),
+        elevated_points=elevated,
+        elevated_steps=elevated_steps,
+        decaying=decaying,
+        later_ratio=later_ratio,
+        gap=gap,
+        uniform_loss=uniform,
+        at_uniform=at_uniform,
+        batch_loss_needed=needed,
+        batch_loss_bound=bound,
     )
 
 
 # ---------------------------------------------------------------------------- LR
 
 
-def _lr_profile(ctx: Context, lr: Series) -> LrProfile:
+def _lr_profile(ctx: Context) -> LrProfile:
     ev = ctx.event
     start = ev.start_step
-    fin = lr.finite()
-    vals = fin.values
-    constant = bool(len(vals) == 0 or np.all(vals == vals[0]))
+    a = ctx.arrays
+    fin = a.finite("lr")
+    assert fin is not None
+    if "lr_constant" not in a.misc:
+        vals = fin.values
+        a.misc["lr_constant"] = bool(len(vals) == 0 or np.all(vals == vals[0]))
+    constant = bool(a.misc["lr_constant"])
     # the LR up to the first step of the rise, and a couple of points past it when the peak is
     # later (a detector may start an event on a noisy point just before the real rise)
     until = min(ev.peak_step, start + 2 * max(1, ctx.run.interval))
@@ -476,14 +785,17 @@ def _lr_profile(ctx: Context, lr: Series) -> LrProfile:
     at_rise = float(np.max(recent.values))
     hv = hist.values
     # where the LR last came up to that level (the last upward crossing), and where the climb
-    # to it began (a jump, a re-warmup after a dip, a cosine restart, the first warmup)
-    above = hv >= 0.999 * at_rise
-    ups = np.flatnonzero(above & ~np.concatenate([[False], above[:-1]]))
-    reached_i = int(ups[-1]) if len(ups) else len(hv) - 1
+    # to it began (a jump, a re-warmup after a dip, a cosine restart, the first warmup); both
+    # scanned back from the rise only as far as the stretch goes
+    thr = 0.999 * at_rise
+    hits = np.flatnonzero(hv[-PRECURSOR_POINTS:] >= thr)
+    last_hit = len(hv) - min(PRECURSOR_POINTS, len(hv)) + int(hits[-1]) if len(hits) else (
+        len(hv) - 1)
+    reached_i = stretch_start(lambda lo, hi: hv[lo:hi] >= thr, last_hit + 1)
+    reached_i = min(reached_i, len(hv) - 1)
     reached_step = int(hist.steps[reached_i])
-    k = reached_i
-    while k > 0 and hv[k - 1] < hv[k]:
-        k -= 1
+    k = stretch_start(lambda lo, hi: hv[lo - 1:hi - 1] < hv[lo:hi], reached_i + 1, floor=1) - 1
+    k = max(0, min(k, reached_i))
     ramp_start = int(hist.steps[k])
     # the level the model had been trained at before that climb: the highest LR of the few
     # points before it (after a dip, the LR it had before the dip)
@@ -519,7 +831,7 @@ def _lr_profile(ctx: Context, lr: Series) -> LrProfile:
         # not a discontinuity: the biggest step was within the trend
         jump, jump_step, jump_from, jump_to = 1.0, None, nan, nan
     jump_lag = None if jump_step is None else start - jump_step
-    prev_max = float(np.max(older.values)) if len(older) else nan
+    prev_max = float(a.running("lr", "max")[len(older) - 1]) if len(older) else nan
     # the first warmup: a climb from the first logged LR to the highest LR so far
     first_peak = bool(k == 0 and reached_i >= 1)
     resume: Restart | None = None
@@ -566,6 +878,11 @@ def block_max_median(values: np.ndarray, k: int) -> float:
     return float(np.max(np.median(values[:n].reshape(-1, k), axis=1)))
 
 
+def _finite_before(ctx: Context, role: str, step: int) -> np.ndarray:
+    f = ctx.arrays.finite(role)
+    return f.before(step).values if f is not None else np.empty(0)
+
+
 def _grad_profile(ctx: Context, g: Series) -> GradProfile:
     ev = ctx.event
     start = ev.start_step
@@ -578,10 +895,10 @@ def _grad_profile(ctx: Context, g: Series) -> GradProfile:
         base = float(np.median(base_win.values))
     else:
         # a short excerpt: the lowest value before the rise is the pre-ramp level
-        fin = pre_all.finite().values
+        fin = _finite_before(ctx, "grad_norm", start)
         base = float(np.min(fin)) if len(fin) else float("nan")
     if not (base > 0):
-        pos = pre_all.finite().values
+        pos = _finite_before(ctx, "grad_norm", start)
         pos = pos[pos > 0]
         base = float(np.min(pos)) if len(pos) else float("nan")
     ref_vals = base_win.values
@@ -591,6 +908,10 @@ def _grad_profile(ctx: Context, g: Series) -> GradProfile:
     if len(base_win) >= 20 and base > 0 and math.isfinite(p99):
         thr = max(GRAD_PRECURSOR, 1.5 * p99 / base)
     pv = pre_win.values
+    if len(pv):
+        # a value copied verbatim onto skipped steps is stale, not a measurement
+        stale = stale_mask(pre_all.values[-(PRECURSOR_POINTS + 2):])[-len(pv):]
+        pv = np.where(stale, np.nan, pv)
     ratios = pv / base if base > 0 else np.full(len(pv), np.nan)
     fr = np.where(np.isfinite(ratios), ratios, 0.0)
     pre_ratio = float(np.max(fr)) if len(fr) else 1.0
@@ -603,19 +924,19 @@ def _grad_profile(ctx: Context, g: Series) -> GradProfile:
     onset_ratio = float(np.max(onv) / base) if len(onv) and base > 0 else 1.0
     onset_step = int(on.steps[np.isfinite(on.values)][int(np.argmax(onv))]) if len(onv) else None
     # the run's own earlier grad level: the highest trailing median before the event
-    hist = older.finite()
+    fg = ctx.arrays.finite("grad_norm")
+    assert fg is not None
+    n_hist = fg.pos(int(older.steps[-1]) + 1) if len(older) else 0
     history = base
     stretch = 0
-    if len(hist) >= 8:
-        vals = hist.values
-        history = block_max_median(vals, max(5, min(w, len(vals) // 4)))
+    if n_hist >= 8:
+        vals = fg.values
+        history = history_level(ctx.arrays, "grad_norm", n_hist, w)
         if history > 0 and base > 0 and history / base >= 100:
-            low = vals <= history / 100
-            j = len(low)
-            while j > 0 and low[j - 1]:
-                j -= 1
-            if j < len(low):
-                stretch = int(start - hist.steps[j])
+            low = history / 100
+            j = stretch_start(lambda lo, hi: vals[lo:hi] <= low, n_hist)
+            if j < n_hist:
+                stretch = int(start - fg.steps[j])
     return GradProfile(
         base=base,
         pre_ratio=pre_ratio,
@@ -668,20 +989,13 @@ def _calibration_end(scale: Series, run_first_step: int, interval: int) -> int |
 
 
 def _scale_profile(ctx: Context) -> ScaleProfile | None:
-    run, ev = ctx.run, ctx.event
-    scale = get_series(run, "loss_scale")
-    skip = get_series(run, "skipped")
-    if scale is None and skip is None:
+    ev = ctx.event
+    prep = _scale_run(ctx.arrays)
+    if prep is None:
         return None
-    scale = scale.finite() if scale is not None else None
-    if scale is not None and len(scale) == 0:
-        scale = None
-    if scale is None and skip is None:
-        return None  # a loss-scale column that is never finite carries nothing
-    dynamic = bool(scale is not None and np.any(scale.values != scale.values[0]))
+    scale, skip, inc_all = prep.scale, prep.skip, prep.inc
+    dynamic, calib = prep.dynamic, prep.calib
     loss = ctx.loss
-    first_step = int(run.steps[0]) if len(run.steps) else 0
-    calib = _calibration_end(scale, first_step, run.interval) if scale is not None else None
     ref = scale if scale is not None else skip
     assert ref is not None
     # window: a few points before the rise to a little after the peak
@@ -694,8 +1008,13 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
     capped = ref.after(ev.start_step, ctx.config.window)
     cap = int(capped.steps[-1]) if len(capped) else ev.end_step
     hi = max(min(hi_peak, ev.end_step), min(ev.end_step, cap), ev.peak_step)
-    lo = _storm_start(scale, skip, lo, ctx.config.window)
+    lo = _storm_start(scale, ctx.arrays.increments("skipped"), lo, ctx.config.window)
+    calib_skips = 0
     if calib is not None:
+        # skipped steps of the start-up calibration are shown, never weighed
+        full = ctx.arrays.increments("skipped")
+        if full is not None and lo <= calib:
+            calib_skips = int(round(float(np.sum(full.between(lo, calib).values))))
         lo = max(lo, calib + 1)
     window = (lo, max(lo, hi))
     cuts, cut_factor, first_cut = 0, 1.0, None
@@ -704,11 +1023,14 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
     depth = 0.0
     routine_cuts = 0
     span_steps = 0
+    missing_cuts = 0
+    megatron = ctx.run.format == "megatron"
     if scale is not None:
-        after_cal = scale if calib is None else scale.between(calib + 1, 2**62)
+        after_cal = prep.after_cal
         before = after_cal.before(window[0])
-        ceiling = float(np.max(before.values)) if len(before) else float(scale.values[0])
-        pre_min = float(np.min(before.values)) if len(before) else float("nan")
+        nb = len(before)
+        ceiling = float(prep.cal_max[nb - 1]) if nb else float(scale.values[0])
+        pre_min = float(prep.cal_min[nb - 1]) if nb else float("nan")
         win = scale.between(window[0] - 1 if len(before) == 0 else int(before.steps[-1]),
                             window[1])
         if len(before):
@@ -728,6 +1050,9 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
                 if first_cut is None:
                     first_cut = int(win.steps[j])
                     cut_from = float(wv[j - 1])
+                if megatron and loss is not None and not len(
+                        loss.between(int(win.steps[j]), int(win.steps[j]))):
+                    missing_cuts += 1
         # the lowest scale the run needed before: since calibration, or in a short excerpt
         # the level it held before the first cut of the window
         floor = pre_min
@@ -740,23 +1065,29 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
             # a scale of 0 is the deepest collapse there is (OPT's "loss scalar crashing")
             depth = max(0.0, math.log2(floor / scale_min)) if scale_min > 0 else 64.0
         pre_min = floor
-        # routine rate: cuts outside the window, after calibration
-        out = after_cal
-        d = np.diff(out.values)
-        st = out.steps[1:]
-        outside = (st < window[0]) | (st > window[1])
-        routine_cuts = int(np.sum((d < 0) & outside))
-        span_steps = int(np.sum(np.diff(out.steps)[outside])) if len(out) > 1 else 0
+        # routine rate: cuts outside the window, after calibration (running sums: the
+        # whole run minus the window)
+        st = after_cal.steps[1:]
+        a_ = int(np.searchsorted(st, window[0], side="left"))
+        b_ = int(np.searchsorted(st, window[1], side="right"))
+        routine_cuts = int(prep.cut_cum[-1] - (prep.cut_cum[b_] - prep.cut_cum[a_]))
+        span_steps = int(prep.gap_cum[-1] - (prep.gap_cum[b_] - prep.gap_cum[a_]))
     skips = 0
     nonfinite_skipped = 0
     routine_skips = 0
     skip_span = 0
-    if skip is not None:
-        inc = skip_increments(skip)
-        if calib is not None:
-            inc = inc.between(calib + 1, 2**62)
+    if skip is not None and inc_all is not None:
+        inc = inc_all
         w = inc.between(window[0], window[1])
         skips = int(round(float(np.sum(w.values))))
+        # another column of the log may count the same skips its own way (DeepSpeed prints
+        # an `OVERFLOW!` line per skipped step and a running `skipped=K` on its step lines):
+        # every skipped step the log shows counts, so the larger count wins
+        for extra in _other_skip_columns(ctx.arrays):
+            ew = extra.between(window[0], window[1])
+            if calib is not None:
+                ew = ew.between(calib + 1, 2**62)
+            skips = max(skips, int(round(float(np.sum(ew.values)))))
         if loss is not None:
             # only a loss *logged* as inf/NaN counts: Megatron prints no loss at all on a
             # skipped iteration, and a missing value is not a non-finite one
@@ -765,8 +1096,7 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
                     at = loss.between(int(st_), int(st_))
                     if len(at) and not math.isfinite(float(at.values[0])):
                         nonfinite_skipped += 1
-        outside = (inc.steps < window[0]) | (inc.steps > window[1])
-        routine_skips = int(round(float(np.sum(inc.values[outside]))))
+        routine_skips = int(round(float(prep.inc_total - np.sum(w.values))))
         skip_span = int(inc.steps[-1] - inc.steps[0]) if len(inc) > 1 else 0
     if scale is not None and span_steps > 0:
         rate = routine_cuts / span_steps
@@ -793,14 +1123,85 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
         routine_rate=rate,
         nonfinite_skipped=nonfinite_skipped,
         first_cut_step=first_cut,
+        missing_loss_cuts=missing_cuts,
+        calibration_skips=calib_skips,
     )
 
 
-def _storm_start(scale: Series | None, skip: Series | None, lo: int, limit: int) -> int:
+@dataclass(frozen=True, eq=False)
+class _ScaleRun:
+    """The loss-scale and skip series of a run, prepared once for every event."""
+
+    scale: Series | None  # finite loss scale
+    skip: Series | None
+    inc: Series | None  # skipped steps per logged point, after calibration
+    inc_total: float
+    dynamic: bool
+    calib: int | None
+    after_cal: Series  # the scale after calibration
+    cal_max: np.ndarray  # running max / min of after_cal
+    cal_min: np.ndarray
+    cut_cum: np.ndarray  # running count of cuts (entry i: cuts among the first i steps)
+    gap_cum: np.ndarray  # running sum of the steps between logged scale points
+
+
+def _scale_run(a: RunArrays) -> _ScaleRun | None:
+    if "scale" in a.misc:
+        got: _ScaleRun | None = a.misc["scale"]
+        return got
+    out: _ScaleRun | None = None
+    scale = a.finite("loss_scale")
+    skip = a.series("skipped")
+    if scale is not None and len(scale) == 0:
+        scale = None  # a loss-scale column that is never finite carries nothing
+    if scale is not None or skip is not None:
+        run = a.run
+        dynamic = bool(scale is not None and np.any(scale.values != scale.values[0]))
+        first_step = int(run.steps[0]) if len(run.steps) else 0
+        calib = _calibration_end(scale, first_step, run.interval) if scale is not None else None
+        empty = Series(np.empty(0, dtype=np.int64), np.empty(0))
+        after_cal = empty if scale is None else (
+            scale if calib is None else scale.between(calib + 1, 2**62))
+        v = after_cal.values
+        d = np.diff(v)
+        inc = a.increments("skipped")
+        if inc is not None and calib is not None:
+            inc = inc.between(calib + 1, 2**62)
+        out = _ScaleRun(
+            scale=scale, skip=skip, inc=inc,
+            inc_total=float(np.sum(inc.values)) if inc is not None else 0.0,
+            dynamic=dynamic, calib=calib, after_cal=after_cal,
+            cal_max=np.maximum.accumulate(v) if len(v) else v,
+            cal_min=np.minimum.accumulate(v) if len(v) else v,
+            cut_cum=np.concatenate([[0], np.cumsum(d < 0)]),
+            gap_cum=np.concatenate([[0], np.cumsum(np.diff(after_cal.steps))]),
+        )
+    a.misc["scale"] = out
+    return out
+
+
+def _other_skip_columns(a: RunArrays) -> list[Series]:
+    """Skip increments of the columns that count overflows or skipped steps but are not the
+    run's `skipped` role (prepared once per run)."""
+    if "other_skips" not in a.misc:
+        used = set(a.run.roles.values())
+        out: list[Series] = []
+        for col in a.run.frame.columns:
+            name = str(col).lower()
+            if col in used or not ("overflow" in name or "skipped" in name):
+                continue
+            cs = a.column_series(str(col))
+            if len(cs):
+                out.append(skip_increments(cs))
+        a.misc["other_skips"] = out
+    got: list[Series] = a.misc["other_skips"]
+    return got
+
+
+def _storm_start(scale: Series | None, inc: Series | None, lo: int, limit: int) -> int:
     """Move the window start back over an overflow storm already under way, so that the
     scale it started from (and every cut of it) is inside the window: a storm that began
     40 steps before the loss moved (Megatron prints no loss on skipped steps) is one storm."""
-    inc = skip_increments(skip) if skip is not None else None
     for _ in range(limit):
         cut = False
         if scale is not None:
@@ -836,27 +1237,29 @@ def _nonfinite(ctx: Context) -> Nonfinite | None:
     first: dict[str, int] = {}
     loss_col = run.column("loss")
     names: dict[str, str] = {col: role for role, col in run.roles.items()}
-    idx_all = run.frame.index.to_numpy()
+    arr = ctx.arrays
+    idx_all = arr.index
     a = int(np.searchsorted(idx_all, lo, side="left"))
     b = int(np.searchsorted(idx_all, hi, side="right"))
     idx = idx_all[a:b]
     nan_col = run.column("nan_count")
     for col in run.frame.columns:
-        whole = run.frame[col].to_numpy()
+        whole, first_finite, nan_at = arr.column(col)
         # a series that was never finite before the event (a throughput column logged as
         # NaN throughout) did not *go* non-finite here: it is not evidence
-        if col != nan_col and not np.isfinite(whole[:a]).any():
+        if col != nan_col and first_finite >= a:
             continue
         v = whole[a:b]
         bad = np.isinf(v)
-        nan_at = run.nan_steps.get(col)
-        if nan_at is not None and len(nan_at):
-            bad |= np.isin(idx, nan_at)
+        if len(nan_at):
+            near = nan_at[np.searchsorted(nan_at, lo):np.searchsorted(nan_at, hi, side="right")]
+            if len(near):
+                bad |= np.isin(idx, near)
         if col == nan_col:
             # Megatron counts NaN iterations instead of printing them: an increase is one
-            full = get_series(run, "nan_count")
+            full = arr.increments("nan_count")
             if full is not None:
-                inc = skip_increments(full).between(lo, hi)
+                inc = full.between(lo, hi)
                 bad |= np.isin(idx, inc.steps[inc.values > 0])
         if bad.any():
             first[names.get(col, col)] = int(idx[np.argmax(bad)])
@@ -870,7 +1273,8 @@ def _nonfinite(ctx: Context) -> Nonfinite | None:
     if loss is not None and loss_col is not None:
         w = loss.between(lo, ev.end_step)
         nl = int(np.sum(~np.isfinite(w.values)))
-        prev = loss.before(step).finite()
+        fl = arr.finite("loss")
+        prev = fl.before(step) if fl is not None else loss.before(step)
         last_finite = float(prev.values[-1]) if len(prev) else None
     return Nonfinite(step=step, series=series, loss_steps=nl, last_finite_loss=last_finite)
 
@@ -886,10 +1290,9 @@ def position(run: Run, first_step: int, last_step: int) -> Position | None:
     """The consumed tokens (or samples) range of the batches of steps first..last: from the
     counter logged before `first_step` to the one logged at `last_step`."""
     for role in ("tokens", "samples"):
-        s = get_series(run, role)
+        s = arrays(run).finite(role)
         if s is None:
             continue
-        s = s.finite()
         before = s.before(first_step)
         first = float(before.values[-1]) if len(before) else None
         at_last = s.between(last_step, last_step)

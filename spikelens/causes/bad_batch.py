@@ -39,11 +39,19 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
     score = 0.3 + (0.2 if abrupt else 0.0) + (0.15 if shape.quick else 0.0)
     if not event.recovered:
         score *= 0.5
+    # a bad batch costs one step: a rise that decays over many steps, reaches the loss of a
+    # uniform guess, or needs an impossible batch to lift an averaged loss is weight damage
+    damage = shape.damage
+    if damage is not None:
+        score *= 0.35
     lr, g, sc, nf = ctx.lr, ctx.grad, ctx.scale, ctx.nonfinite
     lr_ok = usable(run, "lr")[0] is not None
     g_ok = usable(run, "grad_norm")[0] is not None
     clean: list[str] = []
     against: list[str] = []
+    if damage is not None:
+        against.append(f"{damage}: that is weight damage from an oversized update, not one "
+                       f"batch (the next batches are normal data)")
     if lr_ok:
         ls = lr.strength if lr is not None else 0.0
         if ls < 0.1:
@@ -77,9 +85,14 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
                        f"non-finite at step {nf.step}")
     rec = ctx.recurrence
     others = 0
+    # runs that share seed, data order and LR schedule spike together whether the data or the
+    # schedule did it: a recurrence is evidence for the batch only when the runs differ in
+    # something a schedule-driven event would follow, or the rise is a one-step outlier
+    one_step = shape.onset_points == 0 and shape.quick
+    informative = rec is not None and (bool(rec.differ) or one_step)
     if rec is not None:
         others = len({src for src, _ in rec.members if src != run_key(run)})
-        if others:
+        if others and informative:
             score = min(0.97, score + 0.3 + 0.02 * min(others - 1, 5))
     start, peak = event.start_step, event.peak_step
     last = peak
@@ -89,14 +102,22 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
             last = int(after.steps[-2])  # the points still elevated after the peak
     rise = (f"in {shape.onset_points + 1} logged step{'s' if shape.onset_points else ''}"
             if abrupt else f"over {shape.onset_points + 1} logged steps")
+    before = shape.before_value if math.isfinite(shape.before_value) else shape.base
+    short = shape.baseline_points < ctx.config.min_window
+    level = (f"{fmt_ratio(shape.peak_ratio)} its {fmt(shape.base)} baseline" if not short else
+             f"{fmt_ratio(shape.peak_ratio)} the level of the {shape.baseline_points} logged point"
+             f"{'s' if shape.baseline_points != 1 else ''} before it, too few for a z-score")
     if math.isfinite(shape.peak_value):
-        head = (f"loss jumped {fmt_ratio(shape.peak_ratio)} ({fmt(shape.base)} -> "
-                f"{fmt(shape.peak_value)}) {rise} at step {peak}")
+        head = (f"loss jumped {fmt(before)} -> {fmt(shape.peak_value)} {rise} at step {peak} "
+                f"({level})")
     else:
         word = "NaN" if math.isnan(shape.peak_value) else fmt(shape.peak_value)
-        head = f"loss went {word} at step {peak} (from {fmt(shape.base)})"
+        head = f"loss went {word} at step {peak} (from {fmt(before)})"
     parts = [head]
-    if shape.quick and shape.half_recovery_step is not None:
+    if shape.gap is not None:
+        parts[0] += (f"; the log has a gap from step {shape.gap[0]} to {shape.gap[1]}, so "
+                     f"the way back is not logged")
+    elif shape.quick and shape.half_recovery_step is not None:
         parts[0] += (f" and was halfway back "
                      f"{ctx.steps_word(shape.half_recovery_step - peak)} later")
     elif event.recovered:
@@ -117,6 +138,11 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
         where = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         parts.append(f"the same {rec.axis} also spiked in {others} other run"
                      f"{'s' if others != 1 else ''} ({where})")
+        if rec.differ:
+            parts[-1] += f", runs that differ in {', '.join(rec.differ)}"
+        elif not informative:
+            parts[-1] += (", but those runs share seed, data order and LR schedule as far as "
+                          "the logs say, so coinciding cannot tell the data from the schedule")
     if not clean and not against and not (rec and others):
         parts.append("nothing else in this log moved (only the loss is logged)")
     restart, _, end_skip = restart_advice(ctx)
@@ -124,7 +150,11 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
     if pos is not None:
         what += f" (consumed {pos.role} {fmt_int(pos.first)}-{fmt_int(pos.last)})"
     remedy = [f"inspect the batch{'es' if last != start else ''} of {what}"]
-    if rec is not None and others:
+    if damage is not None:
+        remedy.insert(0, f"the weights were damaged: restart from a checkpoint at or before step "
+                         f"{restart} with a lower LR; skipping batches alone is unlikely to "
+                         f"prevent it")
+    if rec is not None and others and informative:
         remedy.append("every run that reads the data in this order hits it: remove or fix those "
                       "samples in the dataset")
     if event.recovered:
@@ -136,6 +166,9 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
                       f"batches from step {start} to {max(end_skip, start + 200)} (PaLM "
                       f"restarted ~100 steps before a spike and skipped 200-500 batches)")
     facts = {
+        "loss_before": shape.before_value,
+        "loss_peak": shape.peak_value,
+        "baseline_points": shape.baseline_points,
         "peak_ratio": shape.peak_ratio,
         "onset_points": shape.onset_points,
         "onset_fraction": shape.onset_fraction,
@@ -146,6 +179,10 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
         "position_first": pos.first if pos else None,
         "position_last": pos.last if pos else None,
         "recurs_in_runs": others,
+        "recurrence_counts": informative if rec is not None else None,
+        "elevated_points_after_peak": shape.elevated_points,
+        "uniform_guess_loss": shape.uniform_loss,
+        "one_batch_loss_needed": shape.batch_loss_needed,
         "restart_step": restart,
     }
     return evidence(CAUSE, score, sentence(parts), facts, sentence(remedy))

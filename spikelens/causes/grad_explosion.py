@@ -24,9 +24,12 @@ from spikelens.causes._window import (
     excursion,
     fmt,
     fmt_ratio,
+    lag_words,
     mag,
     restart_advice,
     sentence,
+    span_words,
+    stale_mask,
     usable,
 )
 from spikelens.metrics import normalise
@@ -59,9 +62,12 @@ def _surge(ctx: Context, base: float) -> Surge | None:
     ev = ctx.event
     gw = g.between(ev.start_step, max(ev.peak_step, ev.start_step))
     gw = Series(gw.steps[:50], gw.values[:50])
+    # with the point before, so that a value copied onto a skipped step is seen as stale
+    prev = g.before(ev.start_step, 2)
+    stale = stale_mask(np.concatenate([prev.values, gw.values]))[len(prev):]
     best: Surge | None = None
-    for st, gv in zip(gw.steps, gw.values, strict=True):
-        if not math.isfinite(gv) or gv / base < SURGE_MIN:
+    for st, gv, old in zip(gw.steps, gw.values, stale, strict=True):
+        if old or not math.isfinite(gv) or gv / base < SURGE_MIN:
             continue
         lv = loss.value_at(int(st))
         if lv is None:
@@ -87,9 +93,10 @@ def _first_layer(run: Run, ctx: Context) -> tuple[str, int, float] | None:
             continue
         if col not in run.frame.columns:
             continue
-        s = run.frame[col].dropna()
-        steps = s.index.to_numpy()
-        vals = s.to_numpy()
+        s = ctx.arrays.column_series(col)
+        steps, vals = s.steps, s.values
+        if len(steps) == 0:
+            continue
         hi = int(np.searchsorted(steps, ev.start_step)) - PRECURSOR_POINTS
         base_vals = vals[max(0, hi - ctx.config.window):max(0, hi)]
         base_vals = base_vals[np.isfinite(base_vals)]
@@ -98,22 +105,76 @@ def _first_layer(run: Run, ctx: Context) -> tuple[str, int, float] | None:
         base = float(np.median(base_vals))
         if base <= 0:
             continue
-        m = (steps >= steps[max(0, hi)]) & (steps <= ev.peak_step)
-        r = vals[m] / base
+        if hi >= len(steps):
+            continue
+        m0 = max(0, hi)
+        m1 = int(np.searchsorted(steps, ev.peak_step, side="right"))
+        r = vals[m0:m1] / base
         above = np.flatnonzero(~np.isfinite(r) | (r >= GRAD_PRECURSOR))
         if len(above) == 0:
             continue
-        st = int(steps[m][above[0]])
+        st = int(steps[m0:m1][above[0]])
         cand = (col, st, float(r[above[0]]))
         if best is None or st < best[1] or (st == best[1] and cand[2] > best[2]):
             best = cand
     return best
 
 
+#: Formats whose frameworks clip the global grad norm at 1.0 unless told otherwise
+#: (Megatron `--clip-grad 1.0`, DeepSpeed `gradient_clipping` in Megatron-DeepSpeed configs,
+#: HF Trainer `max_grad_norm=1.0`), and log the norm *before* clipping.
+DEFAULT_CLIP = {"megatron": 1.0, "hf_trainer_state": 1.0}
+
+
+def clip_in_force(run: Run) -> tuple[float | None, str]:
+    """The clip value the run trained with: from its params, else the framework default for
+    formats that clip by default; (None, "") when the log cannot say."""
+    v = run.params.get("clip_grad") if run.params else None
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
+        return float(v), "the run's configured clip"
+    d = DEFAULT_CLIP.get(run.format)
+    if d is not None:
+        return d, "the framework's default clip"
+    return None, ""
+
+
+def _damage_without_grads(run: Run, event: Event, ctx: Context, why: str) -> Evidence | Skipped:
+    """No grad norm, but the loss shows weight damage (a bad batch costs one step): an
+    oversized update did it, which a grad blow-up is the usual source of."""
+    shape = ctx.shape
+    damage = shape.damage if shape is not None else None
+    sc = ctx.scale
+    if damage is None or (sc is not None and (sc.cuts or sc.skips)):
+        # with loss-scale cuts around the rise, the overflow record is the gradient's trace
+        # and amp_overflow weighs it; here there is nothing to add
+        return Skipped(CAUSE, why)
+    lr = ctx.lr
+    lr_strength = lr.strength if lr is not None else 0.0
+    score = 0.4 * (1.0 - 0.6 * lr_strength)
+    restart, first, last = restart_advice(ctx)
+    summary = sentence([
+        f"{damage}: weight damage from an oversized update, which a grad-norm blow-up is the "
+        f"usual source of; the grad norm is not logged to confirm it"])
+    remedy = sentence([
+        "log the grad norm (before clipping) so the next incident can be told apart from an LR "
+        "or optimizer-state problem",
+        "lower the LR or lengthen the warmup, and clip the global grad norm (1.0 is the usual "
+        "default)",
+        f"restart from a checkpoint at or before step {restart} and skip the batches of "
+        f"{span_words(first, last)}"])
+    facts = {"loss_decay_points": shape.elevated_points if shape else None,
+             "loss_later_ratio": shape.later_ratio if shape else None,
+             "uniform_guess_loss": shape.uniform_loss if shape else None,
+             "one_batch_loss_needed": shape.batch_loss_needed if shape else None,
+             "lr_change_strength": lr_strength if lr is not None else None,
+             "restart_step": restart}
+    return evidence(CAUSE, score, summary, facts, remedy)
+
+
 def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
     s, why = usable(run, "grad_norm")
     if s is None:
-        return Skipped(CAUSE, why)
+        return _damage_without_grads(run, event, ctx, why)
     p = ctx.grad
     if p is None or not (p.base > 0):
         return None
@@ -156,8 +217,7 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
             parts.append(
                 f"grad norm reached {fmt(p.pre_ratio * p.base)} at step {p.pre_step} "
                 f"({fmt_ratio(p.pre_ratio)} its {fmt(p.base)} baseline), "
-                f"{ctx.steps_word(start - (p.pre_step or start))} before the loss rose at "
-                f"step {start}"
+                + lag_words(start - (p.pre_step or start), f"the loss rose at step {start}")
             )
     # the surge at the rise adds to a precursor only when it kept growing past it
     if surge is not None and s_surge > 0 and (
@@ -193,13 +253,36 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
         # too few points for a percentile: a few times the pre-spike level
         clip = 5 * p.base
         why = f"5x the pre-spike level {fmt(p.base)}; too few points for a percentile"
-    remedy = [
-        f"clip the global grad norm at about {fmt(clip)} ({why}), or clip adaptively: on a "
-        f"z-score of the grad norm (ZClip), or per entry against Adam's second moment with "
-        f"periodic momentum resets (SPAM)",
-        f"restart from a checkpoint at or before step {restart} and skip the batches of steps "
-        f"{first}-{last} (PaLM skipped 200-500 batches around a spike)",
-    ]
+    # the logged grad norm is measured before clipping: a clip at or above the one in force
+    # changes nothing, and a run whose normal norm sits above it was being clipped already
+    in_force, source = clip_in_force(run)
+    clipping_active = in_force is not None and clip >= in_force
+    if clipping_active and in_force is not None:
+        normal = p.p50 if math.isfinite(p.p50) else p.base
+        clip_s = f"{in_force:.1f}" if float(in_force).is_integer() else fmt(in_force)
+        parts.append(
+            f"clipping at {clip_s} ({source}) was "
+            + ("already active on most steps (the logged grad norm, measured before clipping, "
+               f"sits near {fmt(normal)})" if normal > in_force else
+               "in force, so the climb shows the gradient before clipping; the update itself was "
+               "bounded")
+        )
+        remedy = [
+            f"a clip threshold will not help: clipping at {clip_s} was already in force "
+            f"(the log's grad norms are measured before clipping); the direction of the update, "
+            f"not its size, went wrong: lower the LR (e.g. by 2x), lengthen the warmup, or lower "
+            f"Adam's beta2 to 0.95 so the second moment follows a gradient surge faster",
+            f"restart from a checkpoint at or before step {restart} and skip the batches of "
+            f"{span_words(first, last)} (PaLM skipped 200-500 batches around a spike)",
+        ]
+    else:
+        remedy = [
+            f"clip the global grad norm at about {fmt(clip)} ({why}), or clip adaptively: on a "
+            f"z-score of the grad norm (ZClip), or per entry against Adam's second moment with "
+            f"periodic momentum resets (SPAM)",
+            f"restart from a checkpoint at or before step {restart} and skip the batches of "
+            f"{span_words(first, last)} (PaLM skipped 200-500 batches around a spike)",
+        ]
     if layer is not None:
         remedy.append(f"look at {layer[0]} first (QK-layernorm or a lower LR for it if it is "
                       f"an attention block)")
@@ -212,12 +295,13 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
         "surge_step": surge.step if surge else None,
         "surge_grad_ratio": surge.grad_ratio if surge else None,
         "surge_loss_ratio": surge.loss_ratio if surge else None,
-        "grad_over_loss": dom,
-        "lr_change_strength": lr_strength,
+        "grad_over_loss": dom if surge is not None else None,
+        "lr_change_strength": lr_strength if lr is not None else None,
         "grad_collapse_ratio": p.collapse,
-        "clip_threshold": clip,
-        "grad_p50": p.p50,
-        "grad_p99": p.p99,
+        "clip_threshold": None if clipping_active else clip,
+        "clip_in_force": in_force,
+        "grad_p50": p.p50 if p.base_points >= 20 else None,
+        "grad_p99": p.p99 if p.base_points >= 20 else None,
         "first_layer": layer[0] if layer else None,
         "first_layer_step": layer[1] if layer else None,
         "restart_step": restart,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from spikelens.causes import CAUSES
+from spikelens.causes._oscillation import same_period
 from spikelens.causes._window import (
     LR_JUMP,
     LR_RISE,
@@ -18,6 +19,7 @@ from spikelens.causes._window import (
     evidence,
     fmt,
     fmt_ratio,
+    lag_words,
     sentence,
     usable,
 )
@@ -26,10 +28,41 @@ from spikelens.model import Event, Evidence, Run, Skipped
 CAUSE = "lr_schedule"
 
 
+def _oscillation(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
+    """An oscillation locked to a cyclic LR: the LR cycles at the loss's period (a cyclic
+    schedule, warm restarts, or a scheduler stepped per sample or per micro-batch), or the
+    loss's swing follows the LR's."""
+    p = ctx.osc
+    if p is None:
+        return None
+    locked = same_period(p.lr_period, p.period) or (p.lr_period is not None and p.lr_z >= 4.0)
+    if p.lr_period is None:
+        return None
+    score = 0.9 if locked else 0.45
+    parts = [f"the LR itself cycles every {fmt(p.lr_period)} steps"]
+    if p.period is not None:
+        parts.append(f"the loss's period is {fmt(p.period)} steps"
+                     + (", the same" if same_period(p.lr_period, p.period) else ""))
+    if p.lr_z >= 4.0 and abs(p.lr_corr) >= 0.3:
+        parts.append(f"the loss swing follows the LR (correlation {p.lr_corr:.2f} over "
+                     f"{p.points} points)")
+    remedy = sentence([
+        f"check the scheduler's step unit and period: a scheduler stepped per sample or per "
+        f"micro-batch instead of per optimizer step cycles many times faster than planned (a "
+        f"cosine meant for the whole run then repeats every {fmt(p.lr_period)} steps); if the "
+        f"cycle is intended (cyclic LR, warm restarts), the swing is by design: lower the "
+        f"cycle's peak LR to shrink it"])
+    facts = {"period_steps": p.period, "amplitude": p.amplitude, "lr_period_steps": p.lr_period,
+             "loss_lr_correlation": p.lr_corr if p.lr_z > 0 else None}
+    return evidence(CAUSE, score, sentence(parts), facts, remedy)
+
+
 def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
     s, why = usable(run, "lr")
     if s is None:
         return Skipped(CAUSE, why)
+    if event.kind == "oscillation":
+        return _oscillation(run, event, ctx)
     p = ctx.lr
     if p is None or p.constant:
         return None
@@ -49,7 +82,7 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
     if jumped and p.jump_lag is not None:
         parts.append(
             f"LR jumped {fmt_ratio(p.jump)} ({fmt(p.jump_from)} -> {fmt(p.jump_to)}) at step "
-            f"{p.jump_step}, {ctx.steps_word(p.jump_lag)} before the loss rose at {start}"
+            f"{p.jump_step}, {lag_words(p.jump_lag, f'the loss rose at {start}')}"
         )
     if p.ratio >= LR_RISE and not (jumped and p.jump_step == p.reached_step):
         what = f"LR reached {fmt(p.at_rise)} at step {p.reached_step}"
@@ -70,7 +103,7 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
             )
         level = "" if warmup_end else (
             f", {fmt_ratio(p.ratio)} the {fmt(p.ref)} {trained}")
-        parts.append(f"{what}{level}, {ctx.steps_word(p.lag)} before the loss rose at {start}")
+        parts.append(f"{what}{level}, {lag_words(p.lag, f'the loss rose at {start}')}")
     above = p.above_earlier_max
     if above:
         parts.append(f"above the run's earlier maximum {fmt(p.prev_max)}")

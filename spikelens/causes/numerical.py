@@ -48,7 +48,9 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
     grad_prec = 1.0
     grad_base = float("nan")
     if g is not None:
-        before = g.before(nf.step).finite()
+        fg = ctx.arrays.finite("grad_norm")
+        assert fg is not None
+        before = fg.before(nf.step)
         older = before.values[:-PRECURSOR_POINTS][-ctx.config.window:]
         grad_base = float(np.median(older)) if len(older) >= 3 else (
             float(np.min(before.values)) if len(before) else float("nan"))
@@ -90,9 +92,8 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
         parts.append("with no loss-scale cut")
     loss = ctx.loss
     if loss is not None and nf.loss_steps:
-        later = loss.after(nf.step, 10**9)
-        fin_after = later.values[np.isfinite(later.values)]
-        if len(fin_after) == 0:
+        fl = ctx.arrays.finite("loss")
+        if fl is None or len(fl) == 0 or int(fl.steps[-1]) <= nf.step:
             parts.append("the loss never became finite again")
         else:
             parts.append(f"{nf.loss_steps} non-finite loss step{'s' if nf.loss_steps != 1 else ''}"

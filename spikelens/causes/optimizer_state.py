@@ -18,10 +18,10 @@ from spikelens.causes import CAUSES
 from spikelens.causes._window import (
     PRECURSOR_POINTS,
     Context,
-    block_max_median,
     evidence,
     fmt,
     fmt_ratio,
+    history_level,
     mag,
     restart_advice,
     sentence,
@@ -44,7 +44,8 @@ def _update_surge(run: Run, ctx: Context) -> tuple[float, float] | None:
     base_vals = older.values[:-PRECURSOR_POINTS][-ctx.config.window:]
     base_vals = base_vals[np.isfinite(base_vals)]
     if len(base_vals) < 3:
-        base_vals = older.finite().values
+        fu = ctx.arrays.finite("update_norm")
+        base_vals = fu.before(ev.start_step).values if fu is not None else base_vals
     if len(base_vals) == 0:
         return None
     base = float(np.median(base_vals))
@@ -65,10 +66,11 @@ def _loss_collapse(ctx: Context) -> float:
     loss, shape = ctx.loss, ctx.shape
     if loss is None or shape is None or not (shape.base > 0):
         return 1.0
-    hist = loss.before(ctx.event.start_step).finite().values
-    if len(hist) < 8 or np.any(hist <= 0):
+    fl = ctx.arrays.finite("loss")
+    n = fl.pos(ctx.event.start_step) if fl is not None else 0
+    if n < 8 or ctx.arrays.running("loss", "min")[n - 1] <= 0:
         return 1.0
-    level = block_max_median(hist, max(5, min(ctx.config.window, len(hist) // 4)))
+    level = history_level(ctx.arrays, "loss", n, ctx.config.window)
     return level / shape.base
 
 
@@ -81,7 +83,38 @@ def _resume_before(run: Run, event: Event) -> Restart | None:
     return best
 
 
+#: Momentum (or Adam beta1) at or above which the iterates can circle the minimum.
+HIGH_MOMENTUM = 0.95
+
+
+def _oscillation(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
+    """Momentum resonance: heavy-ball momentum near 1 makes the iterates overshoot and circle
+    a minimum with a period set by the LR and the curvature (Goh 2017, *Why momentum really
+    works*); Adam with beta2 not far above beta1 oscillates the same way."""
+    p = ctx.osc
+    if p is None:
+        return None
+    if p.momentum is None:
+        return Skipped(CAUSE, "needs momentum or adam_beta1 in the run's parameters")
+    if p.momentum < HIGH_MOMENTUM:
+        return None
+    score = 0.4 + (0.1 if p.period is not None and p.lr_period is None else 0.0)
+    parts = [f"momentum (beta1) is {fmt(p.momentum)}: with momentum this close to 1 the "
+             f"iterates overshoot and circle the minimum, a swing with a period set by the LR "
+             f"and the curvature"]
+    if p.beta2 is not None and p.beta2 <= p.momentum + 0.01:
+        score += 0.1
+        parts.append(f"and beta2 {fmt(p.beta2)} is not above it")
+    remedy = sentence([f"lower momentum (beta1) from {fmt(p.momentum)} to 0.9, or lower the LR; "
+                       f"keep Adam's beta2 well above beta1 (0.95-0.999)"])
+    facts = {"period_steps": p.period, "amplitude": p.amplitude, "momentum": p.momentum,
+             "beta2": p.beta2}
+    return evidence(CAUSE, score, sentence(parts), facts, remedy)
+
+
 def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
+    if event.kind == "oscillation":
+        return _oscillation(run, event, ctx)
     g_ok = usable(run, "grad_norm")[0] is not None
     u_ok = usable(run, "update_norm")[0] is not None
     resume = _resume_before(run, event)

@@ -1,0 +1,65 @@
+"""Cause `batch_noise` (oscillations): the loss of a small batch is a noisy estimate of the
+training loss, and the gradient noise of a small batch keeps the weights moving, so the logged
+loss swings step to step without a period. The noise of a mean over B samples falls like
+1/sqrt(B) (McCandlish et al. 2018, *An Empirical Model of Large-Batch Training*: the gradient
+noise scale sets how large a batch must be before it stops dominating). Evidence: a small batch
+per step from the log's samples/tokens counters or Run.params (global_batch_size), and a swing
+with no period and no LR cycle. A fixed period is not noise."""
+
+from __future__ import annotations
+
+from spikelens.causes import CAUSES
+from spikelens.causes._window import Context, evidence, fmt, fmt_int, mag, sentence
+from spikelens.model import Event, Evidence, Run, Skipped
+
+CAUSE = "batch_noise"
+#: Samples per step at or below which the batch is small (a mean over 32 samples has a noise
+#: of 1/sqrt(32) = 18% of the per-sample spread).
+SMALL_BATCH = 32
+#: Samples per step at or above which batch noise is not the explanation.
+LARGE_BATCH = 512
+
+
+def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
+    p = ctx.osc
+    if p is None:
+        return None
+    if p.lr_period is not None:
+        return None  # the LR cycles: lr_schedule
+    b = p.samples_per_step
+    parts: list[str] = []
+    if b is not None:
+        if b >= LARGE_BATCH:
+            return None
+        score = 0.35 + 0.4 * (1.0 - mag(max(b, 1.0), 1.0 * SMALL_BATCH, LARGE_BATCH))
+        parts.append(f"the batch is {fmt_int(b)} sample{'s' if round(b) != 1 else ''} per step "
+                     f"(from the log), so each logged loss is a mean over few samples and "
+                     f"its noise is large (about 1/sqrt({fmt_int(b)}) of the per-sample spread)")
+    elif p.period is not None:
+        return None  # a fixed period, and nothing says the batch is small
+    else:
+        score = 0.3
+        parts.append("the swing has no period and no LR cycle, the mark of batch noise; the log "
+                     "does not say the batch size (no samples/tokens counter or "
+                     "global_batch_size) to confirm it")
+    if p.period is not None:
+        score *= 0.4  # noise has no period
+        parts.append(f"but the loss has a fixed period of {fmt(p.period)} steps, which noise "
+                     f"does not produce")
+    if p.tokens_per_step is not None:
+        parts.append(f"{fmt_int(p.tokens_per_step)} tokens per step")
+    if score <= 0.05:
+        return Skipped(CAUSE, "needs the batch size (samples/tokens counters or "
+                              "global_batch_size) to judge")
+    k = 4
+    remedy = sentence([
+        f"raise the batch size or accumulate gradients over several steps: {k}x the batch "
+        f"halves the noise (it falls like 1/sqrt(batch)); scale the LR with the batch if "
+        f"training gets slower",
+        "or judge the run by a smoothed loss (an EMA over ~50 steps) rather than each step's"])
+    facts = {"period_steps": p.period, "amplitude": p.amplitude, "samples_per_step": b,
+             "tokens_per_step": p.tokens_per_step}
+    return evidence(CAUSE, score, sentence(parts), facts, remedy)
+
+
+CAUSES.add(CAUSE, rule)
