@@ -70,6 +70,7 @@ class Superseded:
     resumed_at: int
     last_step: int
     frame: pd.DataFrame  # indexed by step (int64, increasing), the same columns as Run.frame
+    nan_steps: Mapping[str, np.ndarray] = field(default_factory=dict)  # logged NaN, per column
 
 
 @dataclass(frozen=True, eq=False)

@@ -106,9 +106,12 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = ()) -> D
     oscs = _oscillations(run, loss, rises, nonfinite, config, batch)
     stall = _stall(run, loss, rises, nonfinite, config)
     if stall is not None:
-        # a loss that makes no progress is stuck, not swinging: a periodic or erratic
-        # region inside the stall is its noise (a swing locked to a cyclic LR is kept)
-        inside = [o for o in oscs if o.source != "lr" and o.start >= stall.start - config.window
+        # a loss that makes no progress is stuck, not swinging: a periodic region inside
+        # the stall whose swing is under the incident ratio (min_ratio) is its wandering
+        # noise (a swing locked to a cyclic LR, an erratic one, or a large one is kept)
+        small = math.log(config.min_ratio)
+        inside = [o for o in oscs if o.source == "periodic" and o.log_swing < small
+                  and o.start >= stall.start - config.window
                   and o.end <= stall.end + config.window]
         if inside:
             notes.append(f"{len(inside)} oscillation region(s) inside the stall were counted "
@@ -564,8 +567,9 @@ def _restart_notes(run: Run) -> list[str]:
         if r.replayed is not None:
             a, b = r.replayed
             out.append(f"steps {a}-{b} were logged again by segment {r.segment} (a resume from "
-                       f"an earlier checkpoint): the later values are analysed and anything "
-                       f"only in the rolled-back segment {r.segment - 1} there is dropped")
+                       f"an earlier checkpoint): the later values are the run's history, and "
+                       f"the rolled-back values of segment {r.segment - 1} are analysed on "
+                       "their own (incidents there are reported with their segment)")
     return out
 
 
@@ -677,9 +681,15 @@ def _superseded_events(run: Run, config: Config, notes: list[str]) -> list[Event
         before = run.frame[run.frame.index < sup.resumed_at]
         frame = pd.concat([before, sup.frame.reindex(columns=run.frame.columns)]).sort_index()
         frame = frame[~frame.index.duplicated(keep="last")]
+        # NaNs logged before the replayed range, and those of the superseded rows
+        nan_steps = {c: np.union1d(np.asarray(v)[np.asarray(v) < sup.resumed_at],
+                                   sup.nan_steps.get(c, np.empty(0, np.int64)))
+                     for c, v in run.nan_steps.items()}
+        for c, v in sup.nan_steps.items():
+            nan_steps.setdefault(c, np.asarray(v))
         sub = dataclasses.replace(run, frame=frame, restarts=(), superseded=(),
                                   segment_of_step=None, eval_frame=pd.DataFrame(),
-                                  nan_steps={})
+                                  nan_steps=nan_steps)
         det = detect(sub, config)
         found = [dataclasses.replace(e, segment=sup.segment, rolled_back_at=sup.last_step)
                  for e in det.events if e.metric == "loss" and e.kind in INCIDENT_KINDS
