@@ -481,10 +481,10 @@ def _absorb_in_oscillation(rises: list[Rise], oscs: Sequence[Oscillation], loss:
 
 
 def _near_peak(i: int, o: Oscillation) -> bool:
-    """The point i is within a quarter period after (or a tenth before) a maximum of the
-    cyclic LR: the loss answers a high LR with a short lag."""
+    """The point i is within a quarter period of a maximum of the cyclic LR: on the high
+    half of the cycle, where the LR pushes the loss up (it answers with a short lag)."""
     per = float(o.period or 0.0)
-    return any(-0.1 * per <= i - p <= 0.25 * per for p in o.lr_peaks)
+    return any(abs(i - p) <= 0.25 * per for p in o.lr_peaks)
 
 
 def _osc_event(run: Run, loss: _Loss, o: Oscillation, batch: float | None = None) -> Event:

@@ -168,15 +168,22 @@ def test_statistics(x: FloatArray, st: Stats, p: RiseParams,
     full = st.count >= p.min_window
     out: dict[str, FloatArray] = {}
     steps_up = _quanta_bar(st.level, p)
+    # the level is the median of `count` points, not of a full window: early in a log (the
+    # expanding window) it is itself uncertain, by 1.2533 sigma / sqrt(count). The point
+    # test's yardstick grows by that (normalised so a full window is unchanged), and the
+    # shift test's standard error uses the real count
+    cnt = np.maximum(np.minimum(st.count, p.window), 1).astype(np.float64)
+    lvl_var = MEDIAN_SE ** 2 / cnt
+    widen = np.sqrt((1.0 + lvl_var) / (1.0 + MEDIAN_SE ** 2 / p.window))
     with np.errstate(invalid="ignore", divide="ignore"):
-        z1 = excess / st.up_scale
+        z1 = excess / (st.up_scale * widen)
     bar = np.maximum(p.log_min_ratio_point, steps_up)
     out["point"] = np.where(full & (excess >= bar), z1, np.nan)
     for k in p.shift_windows:
         zk = np.full(n, np.nan)
         if n >= k:
             fm = forward[k] if forward is not None and k in forward else forward_median(x, k)
-            se = MEDIAN_SE * st.scale * np.sqrt(st.inflation * (1.0 / k + 1.0 / p.window))
+            se = MEDIAN_SE * st.scale * np.sqrt(st.inflation * (1.0 / k + 1.0 / cnt))
             with np.errstate(invalid="ignore", divide="ignore"):
                 z = (fm - st.level) / se
             ok = full & (fm - st.level >= np.maximum(p.log_min_ratio_shift, steps_up))
