@@ -276,11 +276,18 @@ def _nan_iteration_steps(run: Run) -> NDArray[np.int64] | None:
 
 def _rise_params(run: Run, loss: _Loss, config: Config) -> RiseParams:
     ratio = config.min_ratio
+    batch = _batch_size(run)
+    tiny = batch is not None and batch <= config.tiny_batch
     # a one-step spike of ratio r is diluted to 1 + (r - 1) / n in an n-step average
     point_ratio = 1 + (ratio - 1) / run.interval if run.averaged and run.interval > 1 else ratio
     first = int(loss.steps[loss.fin[0]]) if len(loss.fin) else 0
     from_start = first <= config.min_window * max(1, run.interval)
-    if loss.is_log:
+    if loss.is_log and tiny:
+        # the log says the batch is tiny: its loss routinely doubles and halves, so a ratio
+        # with no scale to measure it against says nothing (the z tests still run)
+        lp, ls = math.log(point_ratio), math.log(ratio)
+        lshort = lstart = math.inf
+    elif loss.is_log:
         lp, ls = math.log(point_ratio), math.log(ratio)
         lshort, lstart = math.log(config.short_ratio), math.log(config.start_ratio)
     else:
@@ -464,7 +471,10 @@ def _absorb_in_oscillation(rises: list[Rise], oscs: Sequence[Oscillation], loss:
             dropped.append(int(st[r.peak]))
             continue
         locked = [o for o in inside if o.source == "lr" and o.period is not None]
-        if r.recovered and any(_near_peak(r.peak, o) for o in locked):
+        # a rise the log cuts off is judged too, if it has lasted under half a cycle (the LR
+        # has not had the time to bring it down)
+        brief = r.recovered or any(r.end - r.start < 0.5 * float(o.period or 0) for o in locked)
+        if brief and any(_near_peak(r.peak, o) for o in locked):
             # timed with a peak of the cyclic LR the loss follows: the LR made it
             timed.append(int(st[r.peak]))
             continue
@@ -637,10 +647,9 @@ def _stall_event(run: Run, loss: _Loss, s: Stall) -> Event:
         kind="stall", metric="loss", start_step=start, peak_step=start, end_step=end,
         recovered=s.end < len(st) - 1, size=Size(z=0.0, ratio=1.0),
         segment=_segment_of(run, start), baseline=level,
-        detail=(f"no decrease beyond noise for {end - start} steps (a block of "
-                f"{len(st) and min(len(st), 100)} points had to fall "
-                f"{100 * math.expm1(s.progress_bar):.2g}% below the best level so far); "
-                f"the loss stays near {level:.4g}; {why}"),
+        detail=(f"no decrease beyond noise for {end - start} steps (the median of its "
+                f"second half would have had to sit {100 * math.expm1(s.progress_bar):.2g}% "
+                f"below the first half's); the loss stays near {level:.4g}; {why}"),
     )
 
 

@@ -11,7 +11,8 @@ resolve a slow descent that block-to-block comparisons would call flat. The earl
 stretch without progress is a stall when one of the two mechanisms the seed names holds:
 
 * the run never learned: the stall starts within the first fifth of the log and its level is
-  within 10 % of the first logged losses (a run that learned and then converged has left its
+  within 10 % of the loss's median over its first points (a quarter of its first tenth, at
+  most a quarter window, at least 8 points) (a run that learned and then converged has left its
   starting level far behind, so its plateau is not reported), or
 * vanishing gradients: over the stall the grad norm's median is `stall_grad_drop` (10x) below
   its median before it.
@@ -83,6 +84,16 @@ def find_stall(x: NDArray[np.float64], block: int, min_blocks: int, grad_drop: f
     if found is None:
         return None
     s0, bar = found
+    # the grid of starts is coarse: the stall begins where the loss has come down to the
+    # plateau, i.e. once a block's median is no longer above the plateau's level by more
+    # than three standard errors of a block median
+    plateau = float(np.median(x[(s0 + n) // 2:]))
+    step = max(1, block // 5)
+    while s0 + block < n - min_blocks * block:
+        blk = x[s0:s0 + block]
+        if float(np.median(blk)) - plateau <= 3 * math.sqrt(2) * _noise_se(blk) * math.sqrt(0.5):
+            break
+        s0 += step
     s1 = n - 1
     drop_gn = None
     if gn is not None:
@@ -91,7 +102,7 @@ def find_stall(x: NDArray[np.float64], block: int, min_blocks: int, grad_drop: f
         if len(before) >= 8 and len(during) >= 8:
             d = float(np.median(during))
             drop_gn = float(np.median(before)) / d if d > 0 else math.inf
-    start_level = float(np.median(x[:min(n, 8)]))
+    start_level = float(np.median(x[:max(8, min(block, n // 10) // 4)]))
     level = float(np.median(x[s0:]))
     if s0 <= n // 5 and level >= start_level - NEVER_LEARNED:
         why = "never learned"
