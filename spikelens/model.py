@@ -251,7 +251,7 @@ class Config:
 
     window: int = 100  # trailing baseline length, in logged points
     min_window: int = 8  # fewest baseline points for the z tests (fewer: ratio rules)
-    z_threshold: float = 10.0  # robust z (log space) of a one-point rise
+    z_threshold: float = 9.3  # robust z (log space) of a one-point rise
     shift_z_threshold: float = 5.5  # z of a sustained rise (median of k points)
     shift_windows: tuple[int, ...] = (5, 20, 80)  # the k of the sustained-rise test
     min_ratio: float = 1.10  # a rise must also exceed this ratio to the baseline

@@ -84,7 +84,8 @@ def test_qlora_epoch_sawtooth_is_one_periodic_finding() -> None:
 
 
 @pytest.mark.parametrize(("path", "outliers"), [
-    (SAMPLES / "text" / "modded_nanogpt_124M_2024-11-06_ShortcutsTweaks.log", [947, 1760]),
+    (SAMPLES / "text" / "modded_nanogpt_124M_2024-11-06_ShortcutsTweaks.log",
+     [919, 947, 1760]),
     (DATA / "causes" / "modded_nanogpt_124M_2024-10-10_Muon_eb5659d0_steps0-1200.log",
      [919, 947]),
     (DATA / "causes" / "modded_nanogpt_124M_2024-10-14_ModernArch_dabaaddd_steps0-1200.log",
@@ -163,7 +164,7 @@ def test_every_bench_run(name: str) -> None:
         assert det.verdict in ("spiky", "diverged", "nonfinite")
 
 
-def test_full_modded_nanogpt_1_5b_stays_nearly_quiet() -> None:
+def test_full_modded_nanogpt_1_5b_reports_only_isolated_outliers() -> None:
     path = SHARED / "real_logs" / "modded_nanogpt" / "1.5B-52L_2024-10-20_ScaleUp1B_87bd51fd.log"
     if not path.exists():
         pytest.skip("../shared/real_logs is not beside this checkout")
@@ -173,7 +174,8 @@ def test_full_modded_nanogpt_1_5b_stays_nearly_quiet() -> None:
     # another order than the consensus runs: nothing in one log says which are bad batches)
     events = [e for e in det.events if e.kind in INCIDENT_KINDS]
     assert [e.peak_step for e in events] == \
-        [607, 3962, 5964, 7799, 8246, 9435, 10664, 10989, 13144, 14675, 14738]
+        [428, 607, 1120, 3101, 3962, 5964, 6146, 7799, 8246, 8542, 9435, 10664, 10989, 13144,
+         14675, 14738]
     loss = read_log(path).series("loss")
     assert loss is not None
     for e in events:

@@ -117,6 +117,14 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = ()) -> D
             notes.append(f"{len(inside)} oscillation region(s) inside the stall were counted "
                          "as its noise")
             oscs = [o for o in oscs if o not in inside]
+    if any(o.source == "erratic" for o in oscs):
+        notes.append(
+            "erratic swing: the log says "
+            + (f"{batch:g} samples per step, so it is the noise of a tiny batch"
+               if batch is not None else
+               "nothing of the batch size (no samples or tokens counter, no config), so it "
+               "cannot tell batch noise of a tiny batch from a noisy run; judged on the swing "
+               f"alone (q90/q10 >= {config.osc_spread:g})"))
     rises = _absorb_in_oscillation(rises, oscs, loss, notes)
     for r in rises:
         events.append(_rise_event(run, loss, r, config))
