@@ -71,6 +71,9 @@ class RiseParams:
     # per-point z bar of the point test where it differs from z_point (outliers that recur
     # across runs, see joint.py); None everywhere else
     point_bar: FloatArray | None = None
+    # the isolated one-step outlier statistic beside the trailing point test (the loss; the
+    # grad norm keeps the trailing test alone)
+    isolated: bool = True
 
 
 @dataclass(frozen=True)
@@ -186,10 +189,17 @@ def test_statistics(x: FloatArray, st: Stats, p: RiseParams,
         z1 = excess / (st.up_scale * widen)
     bar = np.maximum(p.log_min_ratio_point, steps_up)
     out["point"] = np.where(full & (excess >= bar), z1, np.nan)
-    zc, ec = isolated_z(x, p.window, st.floor)
-    with np.errstate(invalid="ignore"):
-        iso = (st.count >= p.window) & (ec >= bar) & (zc > np.nan_to_num(out["point"], nan=-np.inf))
-    out["point"] = np.where(iso, zc, out["point"])
+    # the isolated-outlier parts depend on x alone: both passes share them through the
+    # `forward` cache (negative keys: forward medians use the positive ones)
+    if p.isolated:
+        cache = forward if forward is not None else {}
+        if _ISO_E not in cache:
+            cache[_ISO_E], cache[_ISO_MID], cache[_ISO_SCALE] = _isolated_parts(x, p.window)
+        zc, ec = _isolated_from(cache[_ISO_E], cache[_ISO_MID], cache[_ISO_SCALE], st.floor)
+        with np.errstate(invalid="ignore"):
+            iso = (st.count >= p.window) & (ec >= bar) & \
+                (zc > np.nan_to_num(out["point"], nan=-np.inf))
+        out["point"] = np.where(iso, zc, out["point"])
     for k in p.shift_windows:
         zk = np.full(n, np.nan)
         if n >= k:
@@ -208,9 +218,16 @@ def _t_factor(count: FloatArray, window: int) -> FloatArray:
     """t quantile (99.9 %) at count - 1 degrees of freedom over the one at window - 1."""
     from scipy.special import stdtrit
 
-    df = np.maximum(count - 1.0, 2.0)
-    full = float(stdtrit(max(window - 1.0, 2.0), 0.999))
-    return np.asarray(stdtrit(df, 0.999) / full, dtype=np.float64)
+    out = np.ones(len(count))
+    short = count < window  # only the first `window` points have a short baseline
+    if short.any():
+        df = np.maximum(count[short] - 1.0, 2.0)
+        full = float(stdtrit(max(window - 1.0, 2.0), 0.999))
+        out[short] = stdtrit(df, 0.999) / full
+    return out
+
+
+_ISO_E, _ISO_MID, _ISO_SCALE = -1, -2, -3
 
 
 #: Points either side of the two-sided neighbourhood of the isolated-outlier test.
@@ -230,22 +247,30 @@ def isolated_z(x: FloatArray, window: int, floor: FloatArray | None = None
     widening of the trailing test. z = (e - median of the window's e) / that scale. On the
     modded-nanogpt records it puts the outliers that 78 runs replicate (919, 947, 1760, 3361,
     5335, 6127) at 10-13.6 where the trailing test gave 8.6-11 (docs/detection.md)."""
+    return _isolated_from(*_isolated_parts(x, window), floor)
+
+
+def _isolated_parts(x: FloatArray, window: int) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """(excess, trailing median of the excess, trailing IQR scale of the excess)."""
     n = len(x)
-    z = np.full(n, np.nan)
-    e = np.full(n, np.nan)
     if n < 2 * NEIGHBOURS + 2 or n <= window:
-        return z, e
+        nan = np.full(n, np.nan)
+        return nan, nan, nan
     foot = np.ones(2 * NEIGHBOURS + 1, dtype=bool)
     foot[NEIGHBOURS] = False
     from scipy import ndimage
 
     e = x - ndimage.median_filter(x, footprint=foot, mode="reflect")
     q = trailing_quantiles(e, window, (0.25, 0.5, 0.75), max(1, window // STRIDE_DIVISOR))
-    scale = np.maximum((q[:, 2] - q[:, 0]) / IQR_TO_SIGMA, REL_SCALE_FLOOR)
+    return e, q[:, 1], np.maximum((q[:, 2] - q[:, 0]) / IQR_TO_SIGMA, REL_SCALE_FLOOR)
+
+
+def _isolated_from(e: FloatArray, mid: FloatArray, scale: FloatArray,
+                   floor: FloatArray | None) -> tuple[FloatArray, FloatArray]:
     if floor is not None:  # never below the resolution of the loss (rounding, precision)
         scale = np.maximum(scale, floor)
     with np.errstate(invalid="ignore"):
-        z = (e - q[:, 1]) / scale
+        z = (e - mid) / scale
     return z, e
 
 

@@ -41,19 +41,22 @@ class Stall:
     grad_drop: float | None
 
 
-def _noise_se(seg: NDArray[np.float64]) -> float:
-    """Standard error of the median of half of `seg`: 1.2533 * sigma * sqrt(infl / half),
-    sigma the IQR scale of the residuals around the segment's least-squares line and infl
-    the AR(1) inflation (1 + rho) / (1 - rho), rho from the first differences."""
-    t = np.arange(len(seg)) - (len(seg) - 1) / 2
-    slope = float(np.polyfit(t, seg, 1)[0])
-    r = seg - slope * t
-    q25, q75 = np.percentile(r, [25, 75])
-    sigma = max(float(q75 - q25) / IQR_TO_SIGMA, REL_SCALE_FLOOR)
-    dq25, dq75 = np.percentile(np.diff(r), [25, 75])
-    sd = float(dq75 - dq25) / IQR_TO_SIGMA
-    rho = min(max(1.0 - sd * sd / (2 * sigma * sigma), 0.0), 0.9)
-    return MEDIAN_SE * sigma * math.sqrt((1 + rho) / (1 - rho) / (len(seg) / 2))
+def _block_noise(x: NDArray[np.float64], block: int) -> tuple[NDArray[np.float64],
+                                                                 NDArray[np.float64]]:
+    """Per block of `block` points: sigma (the IQR scale of the residuals around the block's
+    least-squares line) and the AR(1) inflation (1 + rho) / (1 - rho), rho from the IQR
+    scale of the first differences (as the shift test estimates it). Vectorised."""
+    nb = len(x) // block
+    w = x[: nb * block].reshape(nb, block)
+    t = np.arange(block) - (block - 1) / 2
+    slope = (w @ t) / float(t @ t)
+    r = w - slope[:, None] * t[None, :]
+    q = np.percentile(r, [25, 75], axis=1)
+    sigma = np.maximum((q[1] - q[0]) / IQR_TO_SIGMA, REL_SCALE_FLOOR)
+    dq = np.percentile(np.diff(r, axis=1), [25, 75], axis=1)
+    sd = (dq[1] - dq[0]) / IQR_TO_SIGMA
+    rho = np.clip(1.0 - sd * sd / (2 * sigma * sigma), 0.0, 0.9)
+    return sigma, (1 + rho) / (1 - rho)
 
 
 #: A run that never learned is still within 10 % (the `min_ratio` of an incident, in log
@@ -72,12 +75,16 @@ def find_stall(x: NDArray[np.float64], block: int, min_blocks: int, grad_drop: f
     head = n // 10
     if n - head < min_blocks * block:
         return None
+    sig, infl = _block_noise(x[head:], block)
     found: tuple[int, float] | None = None
     for s0 in np.linspace(head, n - min_blocks * block, _STARTS).astype(int):
         seg = x[s0:]
         h = len(seg) // 2
         drop = float(np.median(seg[:h]) - np.median(seg[h:]))
-        bar = 3 * math.sqrt(2) * _noise_se(seg)
+        b0 = (s0 - head) // block
+        se = MEDIAN_SE * float(np.median(sig[b0:])) * math.sqrt(
+            float(np.median(infl[b0:])) / max(1, h))
+        bar = 3 * math.sqrt(2) * se
         if drop <= bar:
             found = (int(s0), bar)
             break
@@ -90,8 +97,9 @@ def find_stall(x: NDArray[np.float64], block: int, min_blocks: int, grad_drop: f
     plateau = float(np.median(x[(s0 + n) // 2:]))
     step = max(1, block // 5)
     while s0 + block < n - min_blocks * block:
-        blk = x[s0:s0 + block]
-        if float(np.median(blk)) - plateau <= 3 * math.sqrt(2) * _noise_se(blk) * math.sqrt(0.5):
+        b = min(len(sig) - 1, max(0, (s0 - head) // block))
+        se_blk = MEDIAN_SE * float(sig[b]) * math.sqrt(float(infl[b]) / block)
+        if float(np.median(x[s0:s0 + block])) - plateau <= 3 * se_blk:
             break
         s0 += step
     s1 = n - 1
