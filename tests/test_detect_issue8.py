@@ -297,3 +297,20 @@ def test_short_baselines_need_a_larger_rise() -> None:
         zl = rise_statistics(make_run(late), CFG).z["point"][300]
         ratios.append(zl / ze)
     assert float(np.median(ratios)) >= 1.2
+
+
+# --- the first points, judged by ratio, against what follows -----------------------------
+def test_a_ragged_start_is_not_a_spike_when_the_rest_of_the_log_is_as_ragged() -> None:
+    # a batch of 3 with no samples counter: the loss doubles and halves from the first step
+    rng = np.random.default_rng(14)
+    n = 1500
+    trend = 1.7 + 0.6 * (1 + np.arange(n) / 100) ** -1.0
+    loss = trend * rng.gamma(3.0, 1 / 3.0, n)
+    loss[2] = 2.6 * np.median(loss[:2])  # a 2.6x "jump" at step 3, as its noise makes them
+    assert incidents(detect(make_run(loss), CFG)) == []
+
+
+def test_a_real_jump_at_the_start_of_a_calm_log_is_still_found() -> None:
+    loss = descending(1500, seed=15, noise=0.02)
+    loss[2] = 2.6 * np.median(loss[:2])
+    assert incidents(detect(make_run(loss), CFG)) == [("spike", 3, 3)]

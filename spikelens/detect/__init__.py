@@ -482,7 +482,9 @@ def _absorb_in_oscillation(rises: list[Rise], oscs: Sequence[Oscillation], loss:
         # a rise the log cuts off is judged too, if it has lasted under half a cycle (the LR
         # has not had the time to bring it down)
         brief = r.recovered or any(r.end - r.start < 0.5 * float(o.period or 0) for o in locked)
-        if brief and any(_near_peak(r.peak, o) for o in locked):
+        # the loss follows the LR up (the rise starts near its peak) and answers it with a
+        # lag (the rise peaks near or after it): either end near a peak ties them
+        if brief and any(_near_peak(r.peak, o) or _near_peak(r.start, o) for o in locked):
             # timed with a peak of the cyclic LR the loss follows: the LR made it
             timed.append(int(st[r.peak]))
             continue

@@ -299,10 +299,29 @@ def _candidates(x: FloatArray, st: Stats, p: RiseParams, forward: dict[int, Floa
         excess = x - st.level
         short = (st.count >= 1) & (st.count < p.min_window)
         bar = np.where(np.arange(n) < p.start_points, p.log_start_ratio, p.log_short_ratio)
-        fired[short & (excess >= bar)] = 1
+        for i in np.flatnonzero(short & (excess >= bar)):
+            if _stands_out_ahead(x, int(i), p):
+                fired[i] = 1
         for k in sorted(p.shift_windows):
             fired[(fired == 0) & (z[f"shift{k}"] >= p.z_shift)] = k
     return np.flatnonzero(fired).astype(np.int64), fired
+
+
+def _stands_out_ahead(x: FloatArray, i: int, p: RiseParams) -> bool:
+    """A point judged by ratio alone (too few points before it) must also be an outlier
+    against the points that follow it, when the log has enough of them: a log is read after
+    the fact, and a loss whose later noise routinely doubles it (a tiny batch) says that
+    such a ratio at its start is noise. z against the next `window` points (their median and
+    the larger of their IQR and upper-tail scales, around their falling local line) must
+    reach the point bar. With fewer than `min_window` points after it (a 3-line excerpt)
+    the ratio alone decides, as before."""
+    ahead = x[i + 1:i + 1 + p.window]
+    if len(ahead) < p.min_window:
+        return True
+    lv, qs = detrended_quantiles(ahead[None, :], (0.25, 0.5, 0.75, 0.9))
+    q25, q50, q75, q90 = (float(v) for v in qs[0])
+    scale = max((q75 - q25) / IQR_TO_SIGMA, (q90 - q50) / Z90, REL_SCALE_FLOOR)
+    return bool((x[i] - float(lv[0])) / scale >= p.z_point)
 
 
 def _first_recovery(inband: NDArray[np.bool_], settled: NDArray[np.bool_], run: int) -> int:
