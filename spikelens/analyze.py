@@ -51,7 +51,7 @@ def analyze(runs: Run | Sequence[Run], config: Config | None = None) -> Report:
     for run, det in zip(run_list, detections, strict=True):
         findings: list[Finding] = []
         for ev in det.events:
-            if ev.metric != "loss":
+            if ev.kind == "stall" or ev.metric != "loss":
                 findings.append(Finding(event=ev))
                 continue
             findings.append(

@@ -46,6 +46,9 @@ class FailOn(StrEnum):
     divergence = "divergence"
     nonfinite = "nonfinite"
     any = "any"
+    insufficient_data = "insufficient_data"  # a verdict: too little loss to judge
+    stall = "stall"  # informational kinds: only when asked for by name
+    overfitting = "overfitting"
 
 
 class PlotlyJs(StrEnum):
@@ -133,8 +136,11 @@ def _exit_code(report: Report, fail_on: FailOn | None) -> int:
         return EXIT_OK
     kinds = {"spike", "divergence", "nonfinite"} if fail_on is FailOn.any else {fail_on.value}
     for rr in report.runs:
+        if fail_on is FailOn.insufficient_data and rr.verdict == "insufficient_data":
+            return EXIT_FINDINGS
         for f in rr.findings:
-            if f.event.metric == "loss" and f.event.kind in kinds:
+            on_loss = f.event.metric == "loss" or f.event.kind == "overfitting"
+            if f.event.kind in kinds and on_loss:
                 return EXIT_FINDINGS
     return EXIT_OK
 

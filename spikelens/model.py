@@ -65,6 +65,18 @@ class Restart:
 
 
 @dataclass(frozen=True, eq=False)
+class Superseded:
+    """The values one segment logged for steps that a later segment logged again: the run
+    was rolled back after `last_step` and resumed at `resumed_at` (<= last_step)."""
+
+    segment: int
+    resumed_at: int
+    last_step: int
+    frame: pd.DataFrame  # indexed by step (int64, increasing), the same columns as Run.frame
+    nan_steps: Mapping[str, np.ndarray] = field(default_factory=dict)  # logged NaN, per column
+
+
+@dataclass(frozen=True, eq=False)
 class Run:
     """One training run in canonical form.
 
@@ -94,6 +106,9 @@ class Run:
     params: Mapping[str, Any] = field(default_factory=dict)
     #: Non-metric lines kept by the reader (errors, warnings, checkpoints), in file order.
     messages: tuple[LogMessage, ...] = ()
+    #: Rows that a later segment replaced (a rollback to an earlier checkpoint), kept so the
+    #: incident that caused the rollback can still be found; one entry per superseded segment.
+    superseded: tuple[Superseded, ...] = ()
 
     def column(self, role: str) -> str | None:
         return self.roles.get(role)
@@ -156,6 +171,17 @@ class Event:
     amplitude: float | None = None  # oscillation only: relative peak-to-trough
     first_nonfinite: str | None = None  # nonfinite only: which series went first
     baseline: float | None = None  # the loss level before the event
+    #: Incident in a superseded segment: the last step that segment logged before the run
+    #: was rolled back to an earlier checkpoint (its values were replaced by the replay).
+    rolled_back_at: int | None = None
+    #: Oscillation only: correlation of the loss residual with a cyclic LR (None: no cyclic
+    #: LR in the log), and the samples per optimizer step read from the log (None: unknown).
+    lr_corr: float | None = None
+    batch_size: float | None = None
+    #: Oscillation only: what found it, "periodic", "lr" or "erratic".
+    source: str | None = None
+    #: Informational events (stall, overfitting): one sentence with the numbers.
+    detail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -232,7 +258,7 @@ class Config:
 
     window: int = 100  # trailing baseline length, in logged points
     min_window: int = 8  # fewest baseline points for the z tests (fewer: ratio rules)
-    z_threshold: float = 10.0  # robust z (log space) of a one-point rise
+    z_threshold: float = 9.3  # robust z (log space) of a one-point rise
     shift_z_threshold: float = 5.5  # z of a sustained rise (median of k points)
     shift_windows: tuple[int, ...] = (5, 20, 80)  # the k of the sustained-rise test
     min_ratio: float = 1.10  # a rise must also exceed this ratio to the baseline
@@ -252,6 +278,12 @@ class Config:
     joint_min_z: float = 8.0  # point z a run needs where its outlier recurs in other runs
     joint_alpha: float = 0.01  # expected chance coincidences allowed over the whole log
     joint_tolerance: int = 1  # logged steps by which the same batch may be numbered apart
+    # short logs, batch noise, stall (issue 8; docs/detection.md)
+    climb_rises: int = 3  # consecutive rises that make a climb on a short log
+    tiny_batch: float = 8.0  # samples per step at or below which batch noise is expected
+    stall_blocks: int = 5  # baseline windows without progress that make a stall
+    stall_grad_drop: float = 10.0  # a grad norm that falls this much during a plateau
+    overfit_points: int = 3  # consecutive eval rises (above the eval minimum) that count
 
     def __post_init__(self) -> None:
         if self.window < 4:

@@ -40,7 +40,7 @@ def test_invalid_config_is_refused_with_the_field_named(kwargs: dict[str, object
 
 def test_calibrated_defaults() -> None:
     cfg = Config()
-    assert (cfg.z_threshold, cfg.shift_z_threshold, cfg.shift_windows) == (10.0, 5.5, (5, 20, 80))
+    assert (cfg.z_threshold, cfg.shift_z_threshold, cfg.shift_windows) == (9.3, 5.5, (5, 20, 80))
     assert (cfg.window, cfg.min_window, cfg.recover_run, cfg.band_z) == (100, 8, 10, 3.0)
     assert (cfg.min_ratio, cfg.short_ratio, cfg.start_ratio) == (1.10, 1.5, 2.0)
 

@@ -34,9 +34,9 @@ def _loss_peaks(det: Detection) -> list[int]:
 
 def test_shared_bump_below_single_run_bar_is_found_jointly() -> None:
     cfg = Config()
-    # 0.17 in log units: about 8.5 sigmas of this noise, under the single-run bar of 10
-    # (seeds whose trailing scale estimate puts the bump between the two bars)
-    runs = [_noisy_run(seed, 1800, 0.17) for seed in (4, 10, 13, 15)]
+    # 0.15 in log units: about 7.5 sigmas of this noise, under the single-run bar of 9.3
+    # (seeds whose scale estimate puts the bump between the two bars)
+    runs = [_noisy_run(seed, 1800, 0.15) for seed in (4, 10, 12, 15)]
     zs = [point_z(r, cfg) for r in runs]
     at = [float(z.z[np.searchsorted(z.steps, 1800)]) for z in zs]
     assert all(cfg.joint_min_z <= v < cfg.z_threshold for v in at), at

@@ -55,7 +55,7 @@ def noisy_curve(n: int = 1000, seed: int = 0, noise: float = 0.03) -> np.ndarray
 
 def incidents(det: Detection) -> list[tuple[str, int, int, int]]:
     return [(e.kind, e.start_step, e.peak_step, e.end_step) for e in det.events
-            if e.metric == "loss" and e.kind != "oscillation"]
+            if e.metric == "loss" and e.kind not in ("oscillation", "stall")]
 
 
 def test_clean_noisy_curve_gives_nothing() -> None:
@@ -150,8 +150,9 @@ def test_period_two_zigzag_is_one_oscillation_with_period_two() -> None:
     n = 2000
     loss = 1.6 * np.where(np.arange(n) % 2 == 0, 1.15, 0.87) * np.exp(0.03 * rng.standard_normal(n))
     det = detect(make_run(loss), CFG)
-    [osc] = det.events
-    assert osc.kind == "oscillation"
+    # the level never moves from where it started: also an informational stall (issue 8)
+    [osc, stall] = det.events
+    assert (osc.kind, stall.kind) == ("oscillation", "stall")
     assert osc.period == 2.0
     assert osc.amplitude == pytest.approx(1.15 / 0.87 - 1, rel=0.15)
     assert det.verdict == "oscillating"
@@ -245,8 +246,8 @@ def test_spike_after_a_restart_carries_its_segment_and_replay_is_noted() -> None
     assert (ev.start_step, ev.segment) == (800, 1)
     assert det.notes == (
         "steps 601-700 were logged again by segment 1 (a resume from an earlier checkpoint):"
-        " the later values are analysed and anything only in the rolled-back segment 0 "
-        "there is dropped",
+        " the later values are the run's history, and the rolled-back values of segment 0"
+        " are analysed on their own (incidents there are reported with their segment)",
     )
 
 
@@ -275,12 +276,13 @@ def test_constant_zero_grad_norm_is_skipped_with_a_note() -> None:
         in det.notes
 
 
-def test_no_train_loss_means_nothing_to_detect() -> None:
+def test_no_train_loss_is_insufficient_data() -> None:
     frame = pd.DataFrame({"eval_loss": [2.0, 1.9]}, index=pd.Index([100, 200], name="step"))
     run = Run(source="x.csv", format="csv", frame=frame, roles={"eval_loss": "eval_loss"})
     det = detect(run, CFG)
     assert (det.events, det.verdict, det.notes) == \
-        ((), "healthy", ("no train loss: nothing to detect on",))
+        ((), "insufficient_data",
+         ("no train loss: nothing to detect on (the log has eval_loss)",))
 
 
 def test_negative_loss_is_judged_in_its_own_units() -> None:

@@ -21,12 +21,14 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from spikelens.detect.baseline import infer_quantum, to_log
+from spikelens.detect.climb import tail_climb
 from spikelens.detect.divergence import kind_of
 from spikelens.detect.gradnorm import find_surges, usable
 from spikelens.detect.joint import PointZ
 from spikelens.detect.nonfinite import NonFinite, find_nonfinite, nonfinite_mask
 from spikelens.detect.ops import ops_events
 from spikelens.detect.oscillation import Oscillation, OscParams, find_oscillations
+from spikelens.detect.overfit import find_overfit
 from spikelens.detect.spikes import (
     Rise,
     RiseParams,
@@ -35,8 +37,9 @@ from spikelens.detect.spikes import (
     trailing_stats,
     window_stats,
 )
+from spikelens.detect.stall import Stall, find_stall
 from spikelens.detect.verdict import verdict_of
-from spikelens.model import Config, Event, Run, Size
+from spikelens.model import INCIDENT_KINDS, Config, Event, Run, Size
 
 __all__ = ["Detection", "RiseStatistics", "detect", "point_z", "rise_statistics"]
 
@@ -49,7 +52,8 @@ _SQRT12 = math.sqrt(12.0)
 #: Steps (in logging intervals) by which a grad-norm surge may precede the loss incident it
 #: belongs to.
 _GRAD_LEAD = 20
-_KIND_ORDER = {"nonfinite": 0, "divergence": 1, "spike": 2, "oscillation": 3}
+_KIND_ORDER = {"nonfinite": 0, "divergence": 1, "spike": 2, "oscillation": 3, "stall": 4,
+               "overfitting": 5}
 
 
 @dataclass(frozen=True)
@@ -84,8 +88,9 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = ()) -> D
     notes: list[str] = []
     series = run.series("loss")
     if series is None or len(series) == 0:
-        return Detection(events=(), verdict="healthy",
-                         notes=("no train loss: nothing to detect on",))
+        have = ", ".join(sorted(r for r in run.roles if r != "loss")) or "nothing"
+        return Detection(events=(), verdict="insufficient_data",
+                         notes=(f"no train loss: nothing to detect on (the log has {have})",))
     loss = _prepare(run, series, config, notes)
     notes += _restart_notes(run)
     params = _rise_params(run, loss, config)
@@ -98,19 +103,59 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = ()) -> D
     events: list[Event] = []
     rises = find_rises(loss.x, params, loss.abs_floor, loss.is_log) if len(loss.x) >= 2 else []
     nonfinite = _nonfinite(run, loss, params, config)
-    oscs = _oscillations(run, loss, rises, nonfinite, config)
+    batch = _batch_size(run)
+    oscs = _oscillations(run, loss, rises, nonfinite, config, batch)
+    stall = _stall(run, loss, rises, nonfinite, config)
+    if stall is not None:
+        # a loss that makes no progress is stuck, not swinging: a periodic region inside
+        # the stall whose swing is under the incident ratio (min_ratio) is its wandering
+        # noise (a swing locked to a cyclic LR, an erratic one, or a large one is kept)
+        small = math.log(config.min_ratio)
+        inside = [o for o in oscs if o.source == "periodic" and o.log_swing < small
+                  and o.start >= stall.start - config.window
+                  and o.end <= stall.end + config.window]
+        if inside:
+            notes.append(f"{len(inside)} oscillation region(s) inside the stall were counted "
+                         "as its noise")
+            oscs = [o for o in oscs if o not in inside]
+    if any(o.source == "erratic" for o in oscs):
+        notes.append(
+            "erratic swing: the log says "
+            + (f"{batch:g} samples per step, so it is the noise of a tiny batch"
+               if batch is not None else
+               "nothing of the batch size (no samples or tokens counter, no config), so it "
+               "cannot tell batch noise of a tiny batch from a noisy run; judged on the swing "
+               f"alone (q90/q10 >= {config.osc_spread:g})"))
     rises = _absorb_in_oscillation(rises, oscs, loss, notes)
     for r in rises:
         events.append(_rise_event(run, loss, r, config))
+    climb = _climb_event(run, loss, config, events)
+    if climb is not None:
+        events = [e for e in events if not (e.kind in ("spike", "divergence")
+                                            and not e.recovered
+                                            and e.end_step >= climb.start_step)]
+        events.append(climb)
     for nf in nonfinite:
         events.append(_nonfinite_event(run, loss, nf, params))
     for o in oscs:
-        events.append(_osc_event(run, loss, o))
+        events.append(_osc_event(run, loss, o, batch))
+    if stall is not None:
+        events.append(_stall_event(run, loss, stall))
+    overfit = _overfit_event(run, series, config)
+    if overfit is not None:
+        events.append(overfit)
+    events += _superseded_events(run, config, notes)
     events += _grad_surges(run, events, params, config, notes)
     events += ops_events(run, events, config, notes)  # slowdowns and hangs (issue 14)
     _grad_nonfinite_note(run, loss, nonfinite, notes)
     events.sort(key=lambda e: (e.start_step, _KIND_ORDER.get(e.kind, 9), e.metric))
-    return Detection(events=tuple(events), verdict=verdict_of(events), notes=tuple(notes))
+    verdict = verdict_of(events)
+    if verdict == "healthy" and len(loss.fin) < config.min_window:
+        verdict = "insufficient_data"
+        notes.append(f"only {len(loss.fin)} finite loss point(s): too few to judge (no noise "
+                     f"scale below {config.min_window} points; only a rise of "
+                     f"{config.short_ratio:g}x or a climb would show)")
+    return Detection(events=tuple(events), verdict=verdict, notes=tuple(notes))
 
 
 @dataclass(frozen=True)
@@ -241,11 +286,18 @@ def _nan_iteration_steps(run: Run) -> NDArray[np.int64] | None:
 
 def _rise_params(run: Run, loss: _Loss, config: Config) -> RiseParams:
     ratio = config.min_ratio
+    batch = _batch_size(run)
+    tiny = batch is not None and batch <= config.tiny_batch
     # a one-step spike of ratio r is diluted to 1 + (r - 1) / n in an n-step average
     point_ratio = 1 + (ratio - 1) / run.interval if run.averaged and run.interval > 1 else ratio
     first = int(loss.steps[loss.fin[0]]) if len(loss.fin) else 0
     from_start = first <= config.min_window * max(1, run.interval)
-    if loss.is_log:
+    if loss.is_log and tiny:
+        # the log says the batch is tiny: its loss routinely doubles and halves, so a ratio
+        # with no scale to measure it against says nothing (the z tests still run)
+        lp, ls = math.log(point_ratio), math.log(ratio)
+        lshort = lstart = math.inf
+    elif loss.is_log:
         lp, ls = math.log(point_ratio), math.log(ratio)
         lshort, lstart = math.log(config.short_ratio), math.log(config.start_ratio)
     else:
@@ -362,13 +414,45 @@ def _aligned_lr(run: Run, steps: NDArray[np.int64]) -> NDArray[np.float64] | Non
     return np.asarray(vals[idx], dtype=np.float64)
 
 
+def _batch_size(run: Run) -> float | None:
+    """Samples per optimizer step, from the log when it says: the step-to-step increase of
+    a samples counter (or of a token counter divided by the sequence length), else the
+    global batch size of the run's config. None when the log cannot tell."""
+    for role in ("samples", "tokens"):
+        s = run.series(role)
+        if s is None or len(s) < 3:
+            continue
+        v = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        st = s.index.to_numpy().astype(np.float64)
+        ok = np.isfinite(v)
+        if ok.sum() < 3:
+            continue
+        dv, ds = np.diff(v[ok]), np.diff(st[ok])
+        good = (ds > 0) & (dv > 0)
+        if good.sum() < 2:
+            continue
+        per_step = float(np.median(dv[good] / ds[good]))
+        if role == "tokens":
+            seq = run.params.get("seq_length")
+            if not isinstance(seq, (int, float)) or seq <= 0:
+                continue
+            per_step /= float(seq)
+        return per_step
+    for key in ("global_batch_size", "micro_batch_size"):
+        val = run.params.get(key)
+        if isinstance(val, (int, float)) and val > 0:
+            return float(val)
+    return None
+
+
 def _oscillations(run: Run, loss: _Loss, rises: Sequence[Rise],
-                  nonfinite: Sequence[NonFinite], config: Config) -> list[Oscillation]:
+                  nonfinite: Sequence[NonFinite], config: Config,
+                  batch: float | None = None) -> list[Oscillation]:
     if len(loss.x) < 16:
         return []
     p = OscParams(block=config.osc_block, max_period=config.osc_max_period,
                   min_acf=config.osc_min_acf, spread=config.osc_spread, lr_z=config.osc_lr_z,
-                  min_cycles=3)
+                  min_cycles=3, batch=batch, tiny_batch=config.tiny_batch)
     # the first descent from initialisation is a trend, not a swing
     skip = _incident_mask(loss, rises, nonfinite)
     head = min(len(loss.x) // 10, config.window)
@@ -387,22 +471,45 @@ def _absorb_in_oscillation(rises: list[Rise], oscs: Sequence[Oscillation], loss:
     """Drop spikes that are one swing of a periodic oscillation (no larger than it)."""
     keep: list[Rise] = []
     dropped: list[int] = []
+    timed: list[int] = []
     st = loss.steps[loss.fin]
     for r in rises:
-        inside = [o for o in oscs if o.period is not None and o.start <= r.peak <= o.end]
+        inside = [o for o in oscs if o.start <= r.peak <= o.end]
         if r.recovered and inside and \
                 loss.x[r.peak] - r.level <= max(o.log_swing for o in inside):
+            # inside the swing's own envelope (periodic, LR-locked or erratic)
             dropped.append(int(st[r.peak]))
+            continue
+        locked = [o for o in inside if o.source == "lr" and o.period is not None]
+        # a rise the log cuts off is judged too, if it has lasted under half a cycle (the LR
+        # has not had the time to bring it down)
+        brief = r.recovered or any(r.end - r.start < 0.5 * float(o.period or 0) for o in locked)
+        # the loss follows the LR up (the rise starts near its peak) and answers it with a
+        # lag (the rise peaks near or after it): either end near a peak ties them
+        if brief and any(_near_peak(r.peak, o) or _near_peak(r.start, o) for o in locked):
+            # timed with a peak of the cyclic LR the loss follows: the LR made it
+            timed.append(int(st[r.peak]))
             continue
         keep.append(r)
     if dropped:
         shown = ", ".join(str(s) for s in dropped[:5]) + (", ..." if len(dropped) > 5 else "")
-        notes.append(f"{len(dropped)} rise(s) no larger than the periodic oscillation they sit "
+        notes.append(f"{len(dropped)} rise(s) no larger than the oscillation they sit "
                      f"in were counted as part of it (peaks at {shown})")
+    if timed:
+        shown = ", ".join(str(s) for s in timed[:5]) + (", ..." if len(timed) > 5 else "")
+        notes.append(f"{len(timed)} rise(s) at a peak of the cyclic LR the loss follows were "
+                     f"counted as part of the oscillation (peaks at {shown})")
     return keep
 
 
-def _osc_event(run: Run, loss: _Loss, o: Oscillation) -> Event:
+def _near_peak(i: int, o: Oscillation) -> bool:
+    """The point i is within a quarter period of a maximum of the cyclic LR: on the high
+    half of the cycle, where the LR pushes the loss up (it answers with a short lag)."""
+    per = float(o.period or 0.0)
+    return any(abs(i - p) <= 0.25 * per for p in o.lr_peaks)
+
+
+def _osc_event(run: Run, loss: _Loss, o: Oscillation, batch: float | None = None) -> Event:
     st = loss.steps[loss.fin]
     seg = loss.x[o.start:o.end + 1]
     peak = o.start + int(np.argmax(seg))
@@ -417,6 +524,7 @@ def _osc_event(run: Run, loss: _Loss, o: Oscillation) -> Event:
         segment=_segment_of(run, int(st[o.start])),
         period=o.period * spacing if o.period is not None else None,
         amplitude=o.amplitude, baseline=_unit(loss, float(np.median(seg))),
+        lr_corr=o.lr_corr, batch_size=batch, source=o.source,
     )
 
 
@@ -441,7 +549,8 @@ def _grad_surges(run: Run, events: Sequence[Event], params: RiseParams, config: 
     gp = RiseParams(**{**params.__dict__, "start_points": 0, "min_window": params.window,
                        "log_short_ratio": math.inf, "log_min_ratio_point": lr,
                        "log_min_ratio_shift": lr,
-                       "shift_windows": (min(params.shift_windows),), "quantum": 0.0})
+                       "shift_windows": (min(params.shift_windows),), "quantum": 0.0,
+                       "isolated": False})
     for s in find_surges(vals, steps, gp, spans, _GRAD_LEAD * max(1, run.interval)):
         r = s.rise
         start, peak, end = int(s.steps[r.start]), int(s.steps[r.peak]), int(s.steps[r.end])
@@ -481,6 +590,135 @@ def _restart_notes(run: Run) -> list[str]:
         if r.replayed is not None:
             a, b = r.replayed
             out.append(f"steps {a}-{b} were logged again by segment {r.segment} (a resume from "
-                       f"an earlier checkpoint): the later values are analysed and anything "
-                       f"only in the rolled-back segment {r.segment - 1} there is dropped")
+                       f"an earlier checkpoint): the later values are the run's history, and "
+                       f"the rolled-back values of segment {r.segment - 1} are analysed on "
+                       "their own (incidents there are reported with their segment)")
+    return out
+
+
+def _climb_event(run: Run, loss: _Loss, config: Config, events: Sequence[Event]
+                 ) -> Event | None:
+    """A divergence on a short log: consecutive rises to the end (climb.py)."""
+    if not loss.is_log or len(loss.fin) < config.climb_rises + 1:
+        return None
+    st = loss.steps[loss.fin]
+    gn = run.series("grad_norm")
+    gs = gn.index.to_numpy().astype(np.int64) if gn is not None else None
+    gv = gn.to_numpy(dtype=np.float64, na_value=np.nan) if gn is not None else None
+    c = tail_climb(loss.x, st, config.climb_rises, math.log(config.short_ratio),
+                   math.log(config.start_ratio), config.window, gs, gv)
+    if c is None:
+        return None
+    start = int(st[c.start + 1])
+    for e in events:
+        if e.kind == "divergence" and e.start_step <= start:
+            return None  # already a divergence
+    level = float(loss.x[c.start])
+    return Event(
+        kind="divergence", metric="loss", start_step=start, peak_step=int(st[c.end]),
+        end_step=int(st[c.end]), recovered=False,
+        size=Size(z=math.inf, ratio=float(math.exp(c.log_rise))),
+        segment=_segment_of(run, start), baseline=_unit(loss, level),
+        detail=(f"the loss rose at each of the last {c.end - c.start} logged steps, "
+                f"{math.exp(c.log_rise):.2f}x in all"
+                + (f", while the grad norm rose {c.grad_ratio:.2f}x" if c.grad_ratio else "")),
+    )
+
+
+def _aligned_metric(run: Run, role: str, steps: NDArray[np.int64]) -> NDArray[np.float64] | None:
+    s = run.series(role)
+    if s is None or len(s) == 0:
+        return None
+    out = np.full(len(steps), np.nan)
+    idx = s.index.to_numpy().astype(np.int64)
+    pos = np.searchsorted(steps, idx)
+    ok = (pos < len(steps))
+    ok[ok] &= steps[pos[ok]] == idx[ok]
+    out[pos[ok]] = s.to_numpy(dtype=np.float64, na_value=np.nan)[ok]
+    return out
+
+
+def _stall(run: Run, loss: _Loss, rises: Sequence[Rise], nonfinite: Sequence[NonFinite],
+           config: Config) -> Stall | None:
+    if not loss.is_log or len(loss.x) < (config.stall_blocks + 2) * config.window:
+        return None
+    if _incident_mask(loss, rises, nonfinite).mean() > 0.25:
+        return None  # a run mostly in incidents is judged by them
+    st = loss.steps[loss.fin]
+    return find_stall(loss.x, config.window, config.stall_blocks, config.stall_grad_drop,
+                      _aligned_metric(run, "grad_norm", st))
+
+
+def _stall_event(run: Run, loss: _Loss, s: Stall) -> Event:
+    st = loss.steps[loss.fin]
+    start, end = int(st[s.start]), int(st[s.end])
+    level = _unit(loss, s.level)
+    why = ("the run never learned: the plateau starts in the first fifth of the log"
+           if s.why == "never learned" else
+           f"the grad norm fell {s.grad_drop:.3g}x: vanishing gradients")
+    return Event(
+        kind="stall", metric="loss", start_step=start, peak_step=start, end_step=end,
+        recovered=s.end < len(st) - 1, size=Size(z=0.0, ratio=1.0),
+        segment=_segment_of(run, start), baseline=level,
+        detail=(f"no decrease beyond noise for {end - start} steps (the median of its "
+                f"second half would have had to sit {100 * math.expm1(s.progress_bar):.2g}% "
+                f"below the first half's); the loss stays near {level:.4g}; {why}"),
+    )
+
+
+def _overfit_event(run: Run, series: pd.Series, config: Config) -> Event | None:
+    ev = run.series("eval_loss")
+    if ev is None or len(ev) < config.overfit_points + 2:
+        return None
+    o = find_overfit(ev.index.to_numpy().astype(np.int64),
+                     ev.to_numpy(dtype=np.float64, na_value=np.nan),
+                     series.index.to_numpy().astype(np.int64),
+                     series.to_numpy(dtype=np.float64, na_value=np.nan),
+                     config.overfit_points, config.window)
+    if o is None:
+        return None
+    return Event(
+        kind="overfitting", metric="eval_loss", start_step=o.start, peak_step=o.peak,
+        end_step=o.end, recovered=False, size=Size(z=0.0, ratio=o.eval_last / o.eval_min),
+        segment=_segment_of(run, o.start), baseline=o.eval_min,
+        detail=(f"the eval loss rose from its minimum {o.eval_min:.4g} (step {o.start}) to "
+                f"{o.eval_last:.4g} and never came back, while the train loss fell from "
+                f"{o.train_before:.4g} to {o.train_after:.4g}"),
+    )
+
+
+def _superseded_events(run: Run, config: Config, notes: list[str]) -> list[Event]:
+    """Incidents in the values of segments that a rollback replaced. Each superseded
+    segment is analysed as the run looked to its operators: the canonical history before
+    the replayed range, then the superseded values. Only incidents that start inside the
+    superseded range are reported; they carry that segment and the step after which the
+    run was rolled back, and they count for the verdict."""
+    out: list[Event] = []
+    col = run.column("loss")
+    if col is None:
+        return out
+    for sup in run.superseded:
+        if col not in sup.frame.columns or not sup.frame[col].notna().any():
+            continue
+        before = run.frame[run.frame.index < sup.resumed_at]
+        frame = pd.concat([before, sup.frame.reindex(columns=run.frame.columns)]).sort_index()
+        frame = frame[~frame.index.duplicated(keep="last")]
+        # NaNs logged before the replayed range, and those of the superseded rows
+        nan_steps = {c: np.union1d(np.asarray(v)[np.asarray(v) < sup.resumed_at],
+                                   sup.nan_steps.get(c, np.empty(0, np.int64)))
+                     for c, v in run.nan_steps.items()}
+        for c, v in sup.nan_steps.items():
+            nan_steps.setdefault(c, np.asarray(v))
+        sub = dataclasses.replace(run, frame=frame, restarts=(), superseded=(),
+                                  segment_of_step=None, eval_frame=pd.DataFrame(),
+                                  nan_steps=nan_steps)
+        det = detect(sub, config)
+        found = [dataclasses.replace(e, segment=sup.segment, rolled_back_at=sup.last_step)
+                 for e in det.events if e.metric == "loss" and e.kind in INCIDENT_KINDS
+                 and e.start_step >= sup.resumed_at]
+        for e in found:
+            notes.append(f"{e.kind} at step {e.peak_step} in segment {sup.segment}, whose "
+                         f"steps {sup.resumed_at}-{sup.last_step} were rolled back (the run "
+                         f"resumed at step {sup.resumed_at} after step {sup.last_step})")
+        out += found
     return out

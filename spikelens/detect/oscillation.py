@@ -40,6 +40,9 @@ class OscParams:
     spread: float  # q90 / q10 ratio of the residual for an erratic swing
     lr_z: float  # |r| * sqrt(n) between loss and a periodic LR
     min_cycles: int  # cycles a periodic region (or LR) must show
+    #: samples per optimizer step read from the log, or None when the log cannot tell
+    batch: float | None = None
+    tiny_batch: float = 8.0  # at or below: batch noise is expected, and is the swing
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ class Oscillation:
     amplitude: float  # relative peak-to-trough
     log_swing: float  # the same in log units (what a rise must exceed to stand out)
     source: str  # "periodic", "lr" or "erratic"
+    lr_corr: float | None = None  # correlation of the loss residual with a cyclic LR
+    lr_peaks: tuple[int, ...] = ()  # indices of the cyclic LR's maxima (LR-locked only)
 
 
 def residual(x: FloatArray, max_period: int) -> FloatArray:
@@ -83,15 +88,23 @@ def _acf_rows(rows: FloatArray, max_lag: int) -> FloatArray:
         return np.asarray(a / a[:, :1])
 
 
-def first_period(acf: FloatArray, min_acf: float) -> int | None:
-    """The first local maximum >= min_acf after the autocorrelation has gone negative."""
+def first_period(acf: FloatArray, min_acf: float, repeat: bool = False,
+                 max_lag: int | None = None) -> int | None:
+    """The first local maximum >= min_acf after the autocorrelation has gone negative.
+
+    With `repeat`, the peak must also come back at twice the lag (at least min_acf / 2
+    there): a periodic swing repeats, while slowly wandering noise (a loss smoothed by a
+    running mean, a stalled run) has one bump of autocorrelation and no second one."""
     neg = np.flatnonzero(acf[1:] < 0)
     if not len(neg):
         return None
     lo = max(2, int(neg[0]) + 1)
     a = acf
-    for j in range(lo, len(a) - 1):
+    hi = len(a) - 1 if max_lag is None else min(len(a) - 1, max_lag + 1)
+    for j in range(lo, hi):
         if a[j] >= min_acf and a[j] >= a[j - 1] and a[j] >= a[j + 1]:
+            if repeat and not (2 * j < len(a) and a[2 * j] >= min_acf / 2):
+                continue
             return j
     return None
 
@@ -104,9 +117,9 @@ def _periodic_regions(r: FloatArray, p: OscParams) -> list[tuple[int, int, int]]
     max_lag = min(p.max_period, block // p.min_cycles)
     if nb == 0 or max_lag < 3:
         return []
-    acf = _acf_rows(r[: nb * block].reshape(nb, block), max_lag)
-    periods = [first_period(row, p.min_acf) if np.all(np.isfinite(row)) else None
-               for row in acf]
+    acf = _acf_rows(r[: nb * block].reshape(nb, block), min(2 * max_lag, block - 1))
+    periods = [first_period(row, p.min_acf, repeat=True, max_lag=max_lag)
+               if np.all(np.isfinite(row)) else None for row in acf]
     out: list[tuple[int, int, int]] = []
     b = 0
     while b < nb:
@@ -143,7 +156,10 @@ def _erratic_regions(r: FloatArray, p: OscParams) -> list[tuple[int, int]]:
     width = srt[:, rank_index(cell, 0.9)] - srt[:, rank_index(cell, 0.1)]
     steady = ndimage.median_filter(width, size=min(nc, 8), mode="nearest")
     wide = np.zeros(n, dtype=bool)
-    wide[: nc * cell] = np.repeat(steady >= np.log(p.spread), cell)
+    # a batch the log says is tiny is the mechanism itself: the bar only has to tell its
+    # noise from a quiet loss (the square root of the bar: +-19 % around the trend)
+    bar = np.log(p.spread) if p.batch is None else 0.5 * np.log(p.spread)
+    wide[: nc * cell] = np.repeat(steady >= bar, cell)
     return [(s, e) for s, e in _runs(wide) if e - s + 1 >= p.block]
 
 
@@ -176,13 +192,25 @@ def lr_period(lr: FloatArray, min_cycles: int) -> int | None:
 
 
 def _lr_locked(x: FloatArray, lr: FloatArray, per: int, p: OscParams) -> float:
-    """|r| * sqrt(n) between the loss and LR residuals at the LR's period."""
+    """The correlation r between the loss and LR residuals at the LR's period (the test is
+    |r| * sqrt(n) >= lr_z)."""
     rx = residual(x, per)
     rl = residual(np.nan_to_num(lr, nan=float(np.nanmedian(lr))), per)
     if float(np.std(rx)) == 0 or float(np.std(rl)) == 0:
         return 0.0
-    c = float(np.corrcoef(rx, rl)[0, 1])
-    return abs(c) * float(np.sqrt(len(x)))
+    return float(np.corrcoef(rx, rl)[0, 1])
+
+
+def _lr_peaks(lr: FloatArray, per: int) -> tuple[int, ...]:
+    """Indices of the cyclic LR's maxima: the highest point of each period-long stretch
+    that is also the highest within half a period either side."""
+    y = np.nan_to_num(lr, nan=float(np.nanmin(lr)))
+    size = max(3, per) | 1
+    top = ndimage.maximum_filter1d(y, size=size, mode="nearest")
+    idx = np.flatnonzero((y >= top) & (y > np.median(y)))
+    # a flat top holds several equal points: keep the first of each run
+    keep = [int(i) for k, i in enumerate(idx) if k == 0 or i - idx[k - 1] > 1]
+    return tuple(keep)
 
 
 def _fold_swing(r: FloatArray, period: float, size: int) -> float:
@@ -216,14 +244,26 @@ def find_oscillations(x: FloatArray, lr: FloatArray | None, p: OscParams,
     if skip is not None and skip.any():
         r = np.where(skip, 0.0, r)
     regions = [_Region(s, e, float(per), "periodic") for s, e, per in _periodic_regions(r, p)]
+    corr: float | None = None
+    peaks: tuple[int, ...] = ()
     if lr is not None:
         per_lr = lr_period(lr, p.min_cycles)
         if per_lr is not None:
             keep = ~skip if skip is not None else np.ones(n, dtype=bool)
-            if _lr_locked(x[keep], lr[keep], per_lr, p) >= p.lr_z:
+            c = _lr_locked(x[keep], lr[keep], per_lr, p)
+            corr = c
+            if abs(c) * float(np.sqrt(keep.sum())) >= p.lr_z:
                 regions.append(_Region(0, n - 1, float(per_lr), "lr"))
-    regions += [_Region(s, e, None, "erratic") for s, e in _erratic_regions(r, p)]
-    return _merge(regions, x, r, p.block)
+                peaks = _lr_peaks(lr, per_lr)
+    # an erratic swing is batch noise: with a known batch above `tiny_batch` samples it is
+    # the ordinary noise of a mini-batch, not a condition of the run (periodic and LR-locked
+    # swings are judged whatever the batch)
+    if p.batch is None or p.batch <= p.tiny_batch:
+        regions += [_Region(s, e, None, "erratic") for s, e in _erratic_regions(r, p)]
+    out = _merge(regions, x, r, p.block)
+    return [Oscillation(o.start, o.end, o.period, o.amplitude, o.log_swing, o.source,
+                        lr_corr=corr, lr_peaks=peaks if o.source == "lr" else ())
+            for o in out]
 
 
 @dataclass

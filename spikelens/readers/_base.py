@@ -19,7 +19,7 @@ import pandas as pd
 
 from spikelens.errors import LogFormatError, MissingMetricError
 from spikelens.metrics import assign_roles, find_step_column
-from spikelens.model import LogMessage, Restart, Run
+from spikelens.model import LogMessage, Restart, Run, Superseded
 
 #: Largest step accepted: every integer up to 2^53 is exact in a float64.
 _MAX_STEP = float(2**53)
@@ -215,6 +215,30 @@ def _restarts(steps: np.ndarray) -> tuple[Restart, ...]:
     )
 
 
+def _superseded(frame: pd.DataFrame, masks: Mapping[str, np.ndarray], steps: np.ndarray,
+                segment_of_row: np.ndarray, restarts: Sequence[Restart]
+                ) -> tuple[Superseded, ...]:
+    """The rows a rollback replaced: for each restart that went back (steps logged again),
+    the rows of the segment before it at the steps from the resume on. They are what the
+    run logged before its operators rolled it back, often the very incident that made them
+    do it, so the detector looks at them too (one entry per superseded segment)."""
+    out = []
+    for r in restarts:
+        if r.replayed is None:
+            continue
+        rows = np.flatnonzero((segment_of_row == r.segment - 1) & (steps >= r.resumed_at))
+        if not len(rows):
+            continue
+        sub = frame.iloc[rows].set_axis(pd.Index(steps[rows], name="step"), axis=0)
+        sub = sub[~sub.index.duplicated(keep="last")].sort_index()
+        # logged NaNs in those rows are evidence too
+        nan_at = {c: np.unique(steps[rows][m[rows]]) for c, m in masks.items()
+                  if len(m) == len(steps) and m[rows].any()}
+        out.append(Superseded(segment=r.segment - 1, resumed_at=r.resumed_at,
+                              last_step=r.previous_last, frame=sub, nan_steps=nan_at))
+    return tuple(out)
+
+
 def mode_spacing(steps: np.ndarray | Sequence[float]) -> int | None:
     """The most common positive gap between consecutive steps (the logging interval), or
     None with fewer than two steps. NaN steps are ignored."""
@@ -319,6 +343,7 @@ def build_run(
     for r in restarts:
         segment_of_row[r.row:] = r.segment
     segment_of_step = segment_of_row[winner] if restarts else None
+    superseded = _superseded(metric_frame, masks, steps, segment_of_row, restarts)
 
     eval_frame = pd.DataFrame(index=pd.Index([], dtype=np.int64, name="step"))
     if raw.eval_frame is not None and len(raw.eval_frame):
@@ -356,6 +381,7 @@ def build_run(
         name=raw.name,
         params=dict(raw.params),
         messages=tuple(raw.messages),
+        superseded=superseded,
     )
 
 

@@ -43,6 +43,11 @@ def _event(finding: Finding) -> dict[str, Any]:
         "period": full_float(ev.period),
         "amplitude": full_float(ev.amplitude),
         "first_nonfinite": ev.first_nonfinite,
+        "rolled_back_at": None if ev.rolled_back_at is None else int(ev.rolled_back_at),
+        "lr_corr": full_float(ev.lr_corr),
+        "batch_size": full_float(ev.batch_size),
+        "source": ev.source,
+        "detail": ev.detail,
         "skipped_causes": [{"cause": s.cause, "reason": s.reason} for s in finding.skipped],
     }
 
@@ -76,6 +81,7 @@ def _recurrence(rec: Recurrence) -> dict[str, Any]:
         "axis": rec.axis,
         "position": _position(rec.position),
         "members": [{"source": src, "peak_step": int(step)} for src, step in rec.members],
+        "differ": list(rec.differ),
     }
 
 
