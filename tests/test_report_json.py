@@ -77,7 +77,8 @@ def test_bloom_report_exactly() -> None:
                      "remedy": "Inspect consumed samples 47776688–47778736."},
                 ],
                 "recovery_steps": 34, "segment": 0, "baseline": 2.198845, "period": None,
-                "amplitude": None, "first_nonfinite": None,
+                "amplitude": None, "first_nonfinite": None, "rolled_back_at": None,
+                "lr_corr": None, "batch_size": None, "source": None, "detail": None,
                 "skipped_causes": [{"cause": "amp_overflow",
                                     "reason": "needs loss_scale, not in this log"}],
             }],
@@ -184,7 +185,8 @@ def test_multi_run_report_has_the_recurrences() -> None:
     assert [r["verdict"] for r in doc["runs"]] == ["healthy", "spiky"]
     assert doc["runs"][0]["events"] == []
     assert doc["recurrences"] == [{"axis": "step", "position": 918, "members": [
-        {"source": "a.log", "peak_step": 918}, {"source": "b.log", "peak_step": 919}]}]
+        {"source": "a.log", "peak_step": 918}, {"source": "b.log", "peak_step": 919}],
+        "differ": []}]
 
 
 def test_schema_rejects_what_the_contract_forbids() -> None:
