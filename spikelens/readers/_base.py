@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -47,6 +47,7 @@ class RawLog:
     averaged: bool = False  # values are averages over the interval
     name: str | None = None  # run name, for files holding several runs
     eval_step_column: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)  # run config (Run.params)
 
 
 class Reader(Protocol):
@@ -352,6 +353,7 @@ def build_run(
         segment_of_step=segment_of_step,
         warnings=tuple(warnings),
         name=raw.name,
+        params=dict(raw.params),
     )
 
 
