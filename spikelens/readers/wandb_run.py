@@ -666,6 +666,10 @@ def decode_records(fr: Frames, path: Path) -> RawLog:
         step_col = "_step" if "_step" in frame.columns else None
     config = {k: v for k, v in info.config.items() if k != "_wandb"}
     params = canonical_params(config)
+    if info.run_id:
+        params["run_id"] = info.run_id
+    if info.project:
+        params["project"] = info.project
     if summary:
         params["summary"] = summary
     return RawLog(frame=frame, step_column=step_col, nan_mask=masks, row_lines=rec_numbers,
