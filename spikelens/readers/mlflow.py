@@ -196,12 +196,12 @@ def _metric_file(f: Path, key: str, pts: _Points, warnings: list[str]) -> None:
         shown = ", ".join(map(str, bad[:3])) + (", ..." if len(bad) > 3 else "")
         warnings.append(f"{f}: skipped {len(bad)} line(s) that are not `timestamp value step` "
                         f"(line{'s' if len(bad) > 1 else ''} {shown})")
-    v = np.asarray(vals, dtype=np.float64)
-    pts.keys.append(np.full(len(v), key, dtype=object))
-    pts.values.append(v)
+    arr = np.asarray(vals, dtype=np.float64)
+    pts.keys.append(np.full(len(arr), key, dtype=object))
+    pts.values.append(arr)
     pts.times.append(np.asarray(ts, dtype=np.float64))
     pts.steps.append(np.asarray(steps, dtype=np.float64))
-    pts.nans.append(np.isnan(v))
+    pts.nans.append(np.isnan(arr))
 
 
 def _read_run_dir(d: Path) -> RawLog | None:
