@@ -286,6 +286,39 @@ def report(
 
 
 @app.command()
+@_one_line_errors
+def watch(
+    logs: Annotated[list[str], typer.Argument(
+        help="Logs still being written: JSONL/CSV/text files, a TensorBoard directory, a W&B "
+        "run (directory or .wandb file).", show_default=False)],
+    interval: Annotated[
+        float, typer.Option("--interval", metavar="SECONDS", help="Seconds between polls.")
+    ] = 2.0,
+    fail_on: Annotated[
+        Optional[list[FailOn]],  # noqa: UP045
+        typer.Option("--fail-on", help="Exit 1 as soon as such a loss incident is confirmed "
+                      "(repeatable)."),
+    ] = None,
+    webhook: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--webhook", metavar="URL", help="POST each incident as JSON (a `text` "
+                     "field for Slack/Mattermost incoming webhooks, plus the event)."),
+    ] = None,
+    metric: MetricOpt = None,
+) -> None:
+    """Follow growing logs and report each loss incident once, when it is confirmed. Exit 0
+    on Ctrl-C, 1 when an incident matched --fail-on, 2 on bad input."""
+    from spikelens.metrics import parse_overrides
+    from spikelens.watch import Watcher
+
+    paths = [Path(x) for x in logs]
+    kinds = [f.value for f in fail_on or []]
+    watcher = Watcher(paths, interval=interval, fail_on=kinds, webhook=webhook,
+                      metrics=dict(parse_overrides(metric or [])) or None)
+    raise typer.Exit(watcher.run().exit_code)
+
+
+@app.command()
 def formats() -> None:
     """List the log formats spikelens reads."""
     from spikelens.readers import READERS, format_names
