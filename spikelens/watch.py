@@ -536,7 +536,12 @@ class Watched:
                 whole.add(raw)
         if self.tail.rows == 0:
             return [], notices
-        return self._detect(whole if whole is not None else self.tail, initial), notices
+        found = self._detect(whole if whole is not None else self.tail, initial)
+        if initial and whole is not None:
+            last = f", up to step {self.last_step}" if self.last_step is not None else ""
+            notices.append(f"{self.path}: {whole.rows} rows already written{last}, analysed; "
+                           "following what is appended")
+        return found, notices
 
     def _detect(self, tail: _Tail, initial: bool) -> list[Incident]:
         from spikelens.detect import detect
@@ -669,7 +674,7 @@ class Watcher:
         for w in self.logs:
             incidents, notices = w.poll(initial=self.polls == 1)
             for n in notices:
-                self._say(f"warning: {n}", err=True)
+                self._say(n if "rows already written" in n else f"warning: {n}", err=True)
             for inc in incidents:
                 self.incidents.append(inc)
                 stamp = time.strftime("%H:%M:%S")
