@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -53,15 +54,18 @@ def main() -> None:
         write(path, args.steps)
         print(f"wrote {path} ({path.stat().st_size / 1e6:.0f} MB) in "
               f"{time.perf_counter() - t:.0f} s")
-    times = []
+    times, cpus = [], []
     for _ in range(args.repeat):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         run = read_log(path)
         times.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
         assert len(run.steps) == args.steps and len(run.frame.columns) == len(METRICS)
-    print(f"read {args.steps} steps x {len(METRICS)} metrics: median "
-          f"{statistics.median(times):.2f} s (runs: {', '.join(f'{x:.2f}' for x in times)}; "
-          "target <= 3 s)")
+    load = os.getloadavg()[0]
+    print(f"read {args.steps} steps x {len(METRICS)} metrics ({path.stat().st_size / 1e6:.0f} "
+          f"MB): median {statistics.median(times):.2f} s wall (runs: "
+          f"{', '.join(f'{x:.2f}' for x in times)}), median {statistics.median(cpus):.2f} s "
+          f"CPU; load average {load:.1f} on {os.cpu_count()} cores; target <= 3 s")
 
 
 if __name__ == "__main__":

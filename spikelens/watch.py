@@ -505,14 +505,26 @@ class Watched:
             return False
         try:
             self.fmt = detect_format(self.path)
-        except SpikelensError as exc:
-            if "empty file" in str(exc) or "directory with no logs" in str(exc):
-                return False  # nothing written yet
+        except SpikelensError:
+            if self._too_early():
+                return False  # nothing (or only a first partial line) written yet
             raise
         sub = self.workdir / str(abs(hash(str(self.path))))
         sub.mkdir(exist_ok=True)
         self.follower = follower_for(self.path, self.fmt, sub)
         return True
+
+    def _too_early(self) -> bool:
+        """Whether a log the readers do not recognise yet may still become one: an empty run
+        directory, or a file shorter than the sniffing window (a first line being written)."""
+        from spikelens.readers import HEAD_BYTES
+
+        try:
+            if self.path.is_dir():
+                return not any(self.path.iterdir())
+            return self.path.stat().st_size < HEAD_BYTES
+        except OSError:
+            return True
 
     def poll(self, initial: bool = False) -> tuple[list[Incident], list[str]]:
         """New rows since the last poll, and the incidents they decided. On the `initial`

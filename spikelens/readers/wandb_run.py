@@ -22,7 +22,9 @@ run per run directory; `latest-run` links are not read twice."""
 
 from __future__ import annotations
 
+import ctypes
 import json
+import mmap
 import os
 import zlib
 from collections.abc import Iterator
@@ -67,15 +69,32 @@ class Frames:
 
 
 def load(path: Path) -> np.ndarray:
-    """The file in a writable uint8 array with `_PAD` zero bytes after it."""
+    """The file in a writable uint8 array followed by `_PAD` zero bytes. Mapped (private,
+    copy-on-write) when the last page has room for the padding: the bytes past the end of a
+    file in its last mapped page read as zeros, so no copy of the file is made; otherwise
+    read into a padded array."""
     try:
         size = os.path.getsize(path)
+        slack = -size % mmap.PAGESIZE
+        if size and _PAD <= slack:
+            return _mapped(path, size)
         buf = np.zeros(size + _PAD, dtype=np.uint8)
         with open(path, "rb") as fh:
             got = fh.readinto(memoryview(buf.data)[:size])
     except OSError as exc:
         raise LogFormatError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return buf[: got + _PAD] if got < size else buf
+
+
+def _mapped(path: Path, size: int) -> np.ndarray:
+    with open(path, "rb") as fh:
+        mm = mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0),
+                       prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    anchor = ctypes.c_char.from_buffer(mm)
+    view = (ctypes.c_uint8 * (size + _PAD)).from_address(ctypes.addressof(anchor))
+    view._keep = (mm, anchor)  # type: ignore[attr-defined]  # the map lives as long as the array
+    arr: np.ndarray = np.ctypeslib.as_array(view)
+    return arr
 
 
 def frame_records(buf: np.ndarray, path: Path | str, check_crc: bool = False) -> Frames:
@@ -434,23 +453,18 @@ def _walk_items(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, keys: _Ke
     k = 0
     while len(idx):
         p = cur[idx]
-        tag, q = varints(buf, p)
-        wire = tag & 7
         e = ends[idx]
-        nxt = np.full(len(idx), np.iinfo(np.int64).max // 2, np.int64)
-        size = np.zeros(len(idx), np.int64)
-        m = np.flatnonzero(wire == 2)
-        ln, s = varints(buf, q[m])
-        size[m], nxt[m] = ln, s + ln
-        start = q.copy()
-        start[m] = s
-        m = np.flatnonzero(wire == 0)
-        if len(m):
-            nxt[m] = varints(buf, q[m])[1]
-        m = np.flatnonzero(wire == 1)
-        nxt[m] = q[m] + 8
-        m = np.flatnonzero(wire == 5)
-        nxt[m] = q[m] + 4
+        # the usual field: a one-byte tag of a length-delimited field with a one-byte length
+        t0 = buf[p]
+        l0 = buf[p + 1]
+        common = (t0 < 0x80) & ((t0 & 7) == 2) & (l0 < 0x80)
+        if common.all():
+            tag = t0.astype(np.int64)
+            size = l0.astype(np.int64)
+            start = p + 2
+            nxt = start + size
+        else:
+            tag, start, size, nxt = _fields_general(buf, p)
         ok = (nxt <= e) & ((tag >> 3) > 0)
         if not ok.all():
             bad.append(int((~ok).sum()))
@@ -460,6 +474,29 @@ def _walk_items(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, keys: _Ke
         cur[idx[ok]] = nxt[ok]
         idx = idx[ok][nxt[ok] < e[ok]]
         k += 1
+
+
+def _fields_general(buf: np.ndarray, p: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(tag, payload start, payload size or varint value, next field) of the field at each
+    position, any wire type."""
+    tag, q = varints(buf, p)
+    wire = tag & 7
+    nxt = np.full(len(p), np.iinfo(np.int64).max // 2, np.int64)
+    size = np.zeros(len(p), np.int64)
+    m = np.flatnonzero(wire == 2)
+    ln, s = varints(buf, q[m])
+    size[m], nxt[m] = ln, s + ln
+    start = q.copy()
+    start[m] = s
+    m = np.flatnonzero(wire == 0)
+    if len(m):
+        nxt[m] = varints(buf, q[m])[1]
+    m = np.flatnonzero(wire == 1)
+    nxt[m] = q[m] + 8
+    m = np.flatnonzero(wire == 5)
+    nxt[m] = q[m] + 4
+    return tag, start, size, nxt
 
 
 def _item_chunk(buf: np.ndarray, owner: np.ndarray, k: int, s: np.ndarray, ln: np.ndarray,
