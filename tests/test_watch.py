@@ -274,3 +274,41 @@ def test_wandb_run_being_written(tmp_path: Path) -> None:
     assert len(inc) == 1 and "spike at step 150" in inc[0][1] and "[live]" in inc[0][1]
     assert _confirmed(inc[0][1]) == 160 and inc[0][0] - t_conf <= 2 * INTERVAL
     assert "220 rows read" in w.lines[-1][1]
+
+
+_WANDB_LIVE = r'''
+import os, sys, time
+import wandb
+go = sys.argv[1]
+run = wandb.init(project="spikelens-watch", name="live-real", config={"max_grad_norm": 1.0})
+for s in range(200):
+    while s == 50 and not os.path.exists(go):  # the watcher is up before the spike
+        time.sleep(0.05)
+    wandb.log({"train/loss": 2.0 + 0.001 * (s % 3) + (5.0 if s == 120 else 0.0)}, step=s)
+    time.sleep(0.03)
+run.finish()
+'''
+
+
+def test_real_wandb_offline_run_while_it_logs(tmp_path: Path) -> None:
+    pytest.importorskip("wandb", reason="the wandb package (dev extra) is not installed")
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path),
+           "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true"}
+    go = tmp_path / "go"
+    writer = subprocess.Popen([sys.executable, "-c", _WANDB_LIVE, str(go)], env=env)
+    _LIVE.append(writer)
+    end = time.time() + 60
+    while not list((tmp_path / "wandb").glob("offline-run-*/*.wandb")):
+        assert time.time() < end and writer.poll() is None, "wandb did not start a run"
+        time.sleep(0.1)
+    run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
+    w = _watch([str(run_dir)])
+    go.touch()
+    assert writer.wait(timeout=120) == 0
+    time.sleep(3 * INTERVAL)
+    assert _stop(w) == 0
+    inc = _incidents(w)
+    # wandb-core flushes its log on its own schedule, so only the step is checked here
+    assert len(inc) == 1 and "spike at step 120" in inc[0][1] and "[live-real]" in inc[0][1]
+    assert _confirmed(inc[0][1]) == 130
+    assert "200 rows read" in w.lines[-1][1]
