@@ -7,8 +7,8 @@ noticed and read again from its start. Only the new bytes go through the format'
 CSV's header line is kept and put in front of each new piece), and the rows are kept in
 memory as a trailing table long enough for the detector's baseline plus the longest
 confirmation (`tail_points`); the shared `build_run` and the detector (`spikelens.detect`)
-then run on that tail, not on the whole log. What is already in a log when watching starts is
-analysed once, in full.
+then run on that tail, not on the whole log. The first rows read from a log (what it held
+when watching started) are analysed once, in full.
 
 An incident is reported once, when the detector can first decide it, and the message says
 what the decision waited for:
@@ -495,6 +495,7 @@ class Watched:
         self.reported: list[Event] = []
         self.rows_seen = 0
         self.last_step: int | None = None
+        self.started = False  # rows were read from this log
 
     def _open(self) -> bool:
         from spikelens.readers import detect_format
@@ -527,9 +528,9 @@ class Watched:
             return True
 
     def poll(self, initial: bool = False) -> tuple[list[Incident], list[str]]:
-        """New rows since the last poll, and the incidents they decided. On the `initial`
-        poll, what the log already holds is analysed whole (it may be longer than the
-        tail)."""
+        """New rows since the last poll, and the incidents they decided. The first rows of a
+        log are analysed whole (what it already holds may be longer than the tail); on the
+        `initial` poll, its incidents were there before watching started."""
         if not self._open():
             return [], []
         assert self.follower is not None
@@ -539,7 +540,8 @@ class Watched:
             return [], notices
         if getattr(self.follower, "replaces", False):
             self.tail = _Tail(keep=self.tail.keep)
-        whole = _Tail(keep=1 << 62) if initial else None
+        whole = _Tail(keep=1 << 62) if not self.started else None
+        self.started = True
         for raw in raws:
             notices.extend(raw.warnings)
             self.rows_seen += len(raw.frame)
@@ -549,7 +551,7 @@ class Watched:
         if self.tail.rows == 0:
             return [], notices
         found = self._detect(whole if whole is not None else self.tail, initial)
-        if initial and whole is not None:
+        if whole is not None:
             last = f", up to step {self.last_step}" if self.last_step is not None else ""
             notices.append(f"{self.path}: {whole.rows} rows already written{last}, analysed; "
                            "following what is appended")
