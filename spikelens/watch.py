@@ -497,7 +497,8 @@ class Watched:
         self.last_step: int | None = None
         self.started = False  # rows were read from this log
 
-    def _open(self) -> bool:
+    def open(self) -> bool:
+        """Find the log's format and its follower, once it has something to sniff."""
         from spikelens.readers import detect_format
 
         if self.follower is not None:
@@ -531,7 +532,7 @@ class Watched:
         """New rows since the last poll, and the incidents they decided. The first rows of a
         log are analysed whole (what it already holds may be longer than the tail); on the
         `initial` poll, its incidents were there before watching started."""
-        if not self._open():
+        if not self.open():
             return [], []
         assert self.follower is not None
         raws = self.follower.poll()
@@ -709,6 +710,8 @@ class Watcher:
 
         spikelens.readers.format_names()
         del spikelens
+        for w in self.logs:
+            w.open()  # a log that cannot be followed is an error before watching starts
         names = ", ".join(str(w.path) for w in self.logs)
         self._say(f"watching {names} every {self.interval:g} s (Ctrl-C to stop)", err=True)
         code = 0

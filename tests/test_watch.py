@@ -312,3 +312,17 @@ def test_real_wandb_offline_run_while_it_logs(tmp_path: Path) -> None:
     assert len(inc) == 1 and "spike at step 120" in inc[0][1] and "[live-real]" in inc[0][1]
     assert _confirmed(inc[0][1]) == 130
     assert "200 rows read" in w.lines[-1][1]
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from spikelens.cli import app
+
+    res = CliRunner().invoke(app, ["watch", str(tmp_path / "x.jsonl"), "--interval", "0"])
+    assert res.exit_code == 2 and res.stderr == "Error: --interval must be > 0 seconds, got 0.0\n"
+    db = ROOT / "sample_logs" / "mlflow" / "mlflow.db"
+    res = CliRunner().invoke(app, ["watch", str(db)])
+    assert res.exit_code == 2
+    assert res.stderr.startswith(f"Error: {db}: cannot follow a mlflow log while it grows")
+    assert "Traceback" not in res.output
