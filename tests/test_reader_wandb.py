@@ -207,3 +207,38 @@ def test_committed_fixture_is_a_real_wandb_run() -> None:
     assert files, "sample_logs/wandb holds a run written by wandb"
     run = read_log(files[0])
     assert run.format == "wandb_run" and run.params.get("clip_grad") == 1.0
+
+
+def test_many_batches_decoded_in_threads_keep_every_value(tmp_path: Path) -> None:
+    # more records than one decoding batch (16 384), keys in a different order per record
+    # (wandb-core writes Go map order), a NaN, an infinity, a string, a replayed step
+    path = tmp_path / "run-big.wandb"
+    w = LogWriter(path)
+    n = 40_000
+    for s in range(n):
+        vals: dict[str, object] = {"train/loss": 1.0 + s / n, "train/lr": s * 1e-7,
+                                   "train/grad_norm": float(s % 97)}
+        if s == 30_000:
+            vals["train/loss"] = float("nan")
+        if s == 31_000:
+            vals["train/grad_norm"] = float("inf")
+        if s == 32_000:
+            vals["status"] = "checkpoint"
+        order = list(vals.items())
+        if s % 2:
+            order.reverse()
+        w.write(history_record(s + 1, s, dict(order)), flush=False)
+    w.write(history_record(n + 1, 100, {"train/loss": 9.0}), flush=False)  # a resume
+    w.close()
+    run = read_log(path)
+    loss = run.frame["train/loss"].to_numpy().copy()
+    expect = 1.0 + np.arange(n) / n
+    expect[100] = 9.0  # the replayed step's later value wins
+    assert np.isnan(loss[30_000]) and list(run.nan_steps["train/loss"]) == [30_000]
+    loss[30_000] = expect[30_000] = 0.0
+    assert np.array_equal(loss, expect)
+    assert np.array_equal(run.frame["train/lr"].to_numpy(), np.arange(n) * 1e-7)
+    gn = run.frame["train/grad_norm"].to_numpy()
+    assert gn[31_000] == np.inf and gn[31_001] == 31_001 % 97
+    assert [(r.resumed_at, r.previous_last) for r in run.restarts] == [(100, n - 1)]
+    assert "status" not in run.frame.columns

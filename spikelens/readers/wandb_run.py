@@ -357,7 +357,8 @@ def _hash_keys(buf: np.ndarray, ks: np.ndarray, kl: np.ndarray) -> np.ndarray:
     return out
 
 
-def _parse_numbers(buf: np.ndarray, vs: np.ndarray, vl: np.ndarray) -> np.ndarray:
+def _parse_numbers(buf: np.ndarray, vs: np.ndarray, vl: np.ndarray, threads: bool = True
+                   ) -> np.ndarray:
     """float64 of the JSON numbers at (vs, vl) (NaN and Infinity included), parsed by Arrow's
     string-to-double cast on a string-view array over the file buffer itself (no copy of the
     text), in two threads. Raises ValueError (ArrowInvalid) if a value is not a number."""
@@ -387,7 +388,7 @@ def _parse_numbers(buf: np.ndarray, vs: np.ndarray, vl: np.ndarray) -> np.ndarra
         v[short, 3] = u32[ss + 8] & m
     arr = pa.Array.from_buffers(pa.string_view(), n, [None, pa.py_buffer(v),
                                                       pa.py_buffer(buf)])
-    if n < 1 << 16:
+    if n < 1 << 16 or not threads:
         out: np.ndarray = pc.cast(arr, pa.float64()).to_numpy()
         return out
     from concurrent.futures import ThreadPoolExecutor
@@ -404,16 +405,20 @@ class _KeyTable:
     up by the hash of their bytes (each new hash decoded once), odd ones by name."""
 
     def __init__(self) -> None:
+        import threading
+
         self.by_hash: dict[int, int] = {}
         self.by_name: dict[str, int] = {}
         self.names: list[str] = []
+        self.lock = threading.RLock()  # batches are decoded in two threads
 
     def code_of(self, name: str) -> int:
-        c = self.by_name.get(name)
-        if c is None:
-            c = self.by_name[name] = len(self.names)
-            self.names.append(name)
-        return c
+        with self.lock:
+            c = self.by_name.get(name)
+            if c is None:
+                c = self.by_name[name] = len(self.names)
+                self.names.append(name)
+            return c
 
     def codes(self, buf: np.ndarray, ks: np.ndarray, kl: np.ndarray) -> np.ndarray:
         h = _hash_keys(buf, ks, kl)
@@ -424,7 +429,8 @@ class _KeyTable:
             if c is None:
                 i = int(np.argmax(local == u))
                 name = bytes(buf[ks[i]:ks[i] + kl[i]]).decode("utf-8", "replace")
-                c = self.by_hash[hv] = self.code_of(name)
+                with self.lock:
+                    c = self.by_hash[hv] = self.code_of(name)
             lut[u] = c
         out: np.ndarray = lut[local]
         return out
@@ -714,19 +720,55 @@ def decode_records(fr: Frames, path: Path) -> RawLog:
                   params=params)
 
 
+@dataclass
+class _Numbers:
+    """One chunk's values, ready to be put in their columns."""
+
+    codes: np.ndarray
+    owners: np.ndarray
+    vals: np.ndarray
+    nan: np.ndarray  # a NaN the run logged
+    texts: list[tuple[int, int, str]]  # (code, owner, value_json) of the other values
+
+
+def _numbers(buf: np.ndarray, ch: _Chunk, skip: np.ndarray) -> _Numbers:
+    want = (ch.code >= 0) & ~np.isin(ch.code, skip)
+    plain = want.copy()
+    if ch.odd:
+        plain[np.fromiter(ch.odd, np.int64)] = False
+    num = plain & _numeric_start(buf, ch.vs)
+    sel = np.flatnonzero(num)
+    texts = [(int(ch.code[i]), int(ch.owner[i]), _text(buf, ch.vs[i], ch.vl[i]))
+             for i in np.flatnonzero(plain & ~num).tolist()]
+    texts += [(int(ch.code[i]), int(ch.owner[i]), t) for i, t in ch.odd.items() if want[i]]
+    try:
+        vals = _parse_numbers(buf, ch.vs[sel], ch.vl[sel], threads=False)
+        nan = np.isnan(vals)
+    except Exception:  # noqa: BLE001 - Arrow refused a value (e.g. `1.0e`): Python decides
+        texts += [(int(ch.code[i]), int(ch.owner[i]), _text(buf, ch.vs[i], ch.vl[i]))
+                  for i in sel.tolist()]
+        sel = sel[:0]
+        vals, nan = np.empty(0), np.zeros(0, bool)
+    return _Numbers(ch.code[sel], ch.owner[sel], vals, nan, texts)
+
+
 def _history(buf: np.ndarray, ps: np.ndarray, pl: np.ndarray, rec_idx: np.ndarray
              ) -> tuple[pd.DataFrame | None, dict[str, np.ndarray], np.ndarray, set[str], int]:
     """History records -> one column per key (a row per record), the logged-NaN masks, the
-    record numbers, keys whose values were not scalars, and the malformed count."""
+    record numbers, keys whose values were not scalars, and the malformed count. Batches of
+    records are decoded in two threads (numpy and Arrow release the GIL); their values are
+    put in the columns here, in file order."""
+    from concurrent.futures import ThreadPoolExecutor
+
     nrec = len(ps)
     if nrec == 0:
         return None, {}, np.empty(0, np.int64), set(), 0
     keys = _KeyTable()
-    bad: list[int] = []
     cols: list[np.ndarray | None] = []
     nans: dict[int, np.ndarray] = {}
     dropped: set[int] = set()
-    skip = {keys.code_of(k) for k in _RESERVED}  # wall-clock bookkeeping: not parsed
+    # wall-clock bookkeeping: not parsed
+    skip = np.array([keys.code_of(k) for k in _RESERVED], dtype=np.int64)
 
     def column(c: int) -> np.ndarray:
         while len(cols) <= c:
@@ -736,42 +778,36 @@ def _history(buf: np.ndarray, ps: np.ndarray, pl: np.ndarray, rec_idx: np.ndarra
             col = cols[c] = np.full(nrec, np.nan)
         return col
 
-    for ch in _batched(buf, ps, pl, keys, bad):
-        want = ch.code >= 0
-        for c in skip:
-            want &= ch.code != c
-        plain = want.copy()
-        if ch.odd:
-            plain[np.fromiter(ch.odd, np.int64)] = False
-        num = plain & _numeric_start(buf, ch.vs)
-        sel = np.flatnonzero(num)
-        try:
-            vals = _parse_numbers(buf, ch.vs[sel], ch.vl[sel])
-        except Exception:  # noqa: BLE001 - Arrow refused a value (e.g. `1.0e`): one by one
-            vals = np.array([_scalar(json_value(_text(buf, ch.vs[i], ch.vl[i])))[0]
-                             if _scalar(json_value(_text(buf, ch.vs[i], ch.vl[i])))[0]
-                             is not None else np.nan for i in sel.tolist()], dtype=np.float64)
-        codes, owners = ch.code[sel], ch.owner[sel]
-        for c in np.unique(codes).tolist():
-            m = codes == c
-            col = column(c)
-            col[owners[m]] = vals[m]
-            isn = np.isnan(vals[m])
-            if isn.any():
-                nm = nans.setdefault(c, np.zeros(nrec, bool))
-                nm[owners[m][isn]] = True
-        texts = {int(i): _text(buf, ch.vs[i], ch.vl[i]) for i in
-                 np.flatnonzero(plain & ~num).tolist()}
-        texts.update({i: t for i, t in ch.odd.items() if want[i]})
-        for i, text in texts.items():
-            c = int(ch.code[i])
-            f, nan = _scalar(json_value(text))
-            if f is None:
-                dropped.add(c)
-                continue
-            column(c)[ch.owner[i]] = f
-            if nan:
-                nans.setdefault(c, np.zeros(nrec, bool))[ch.owner[i]] = True
+    def decode(b: int) -> tuple[list[_Numbers], int]:
+        bad: list[int] = []
+        s, ln = ps[b:b + _BATCH], pl[b:b + _BATCH]
+        out = []
+        for ch in _walk_items(buf, s, s + ln, keys, bad):
+            ch.owner = ch.owner + b
+            out.append(_numbers(buf, ch, skip))
+        return out, sum(bad)
+
+    malformed = 0
+    starts = range(0, nrec, _BATCH)
+    with ThreadPoolExecutor(2) as ex:
+        for parts, nbad in (ex.map(decode, starts) if len(starts) > 1 else map(decode, starts)):
+            malformed += nbad
+            for part in parts:
+                codes, owners, vals = part.codes, part.owners, part.vals
+                for c in np.unique(codes).tolist():
+                    m = codes == c
+                    column(c)[owners[m]] = vals[m]
+                    isn = part.nan[m]
+                    if isn.any():
+                        nans.setdefault(c, np.zeros(nrec, bool))[owners[m][isn]] = True
+                for c, owner, text in part.texts:
+                    f, nan = _scalar(json_value(text))
+                    if f is None:
+                        dropped.add(c)
+                        continue
+                    column(c)[owner] = f
+                    if nan:
+                        nans.setdefault(c, np.zeros(nrec, bool))[owner] = True
     data: dict[str, np.ndarray] = {}
     masks: dict[str, np.ndarray] = {}
     for c, maybe in enumerate(cols):
@@ -783,7 +819,7 @@ def _history(buf: np.ndarray, ps: np.ndarray, pl: np.ndarray, rec_idx: np.ndarra
             masks[name] = nans[c]
     dropped_names = {keys.names[c] for c in dropped} - set(data)
     return (pd.DataFrame(data, copy=False), masks, rec_idx.astype(np.int64) + 1,
-            dropped_names, sum(bad))
+            dropped_names, malformed)
 
 
 #: records decoded together: their bytes (about 10 MB) stay in the CPU cache through the
