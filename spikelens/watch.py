@@ -392,6 +392,7 @@ class _Tail:
     rows: int = 0  # rows currently held
     dropped: int = 0  # rows trimmed off the front
     step_column: str | None = None
+    eval_step_column: str | None = None
     interval: int | None = None
     averaged: bool = False
     name: str | None = None
@@ -399,6 +400,8 @@ class _Tail:
     def add(self, raw: Any) -> None:
         if self.step_column is None and raw.step_column is not None:
             self.step_column = raw.step_column
+        if self.eval_step_column is None and raw.eval_step_column is not None:
+            self.eval_step_column = raw.eval_step_column
         if self.interval is None and raw.interval is not None:
             self.interval = raw.interval
         self.averaged = self.averaged or raw.averaged
@@ -448,7 +451,7 @@ class _Tail:
         ev = pd.concat(self.evals, ignore_index=True, sort=False) if self.evals else None
         return RawLog(frame=self._frame(), step_column=self.step_column, eval_frame=ev,
                       nan_mask=self._masks(), interval=self.interval, averaged=self.averaged,
-                      name=self.name)
+                      name=self.name, eval_step_column=self.eval_step_column)
 
 
 def _decide(ev: Event, run: Run, cfg: Config) -> tuple[int, int, str] | None:
@@ -496,6 +499,7 @@ class Watched:
         self.rows_seen = 0
         self.last_step: int | None = None
         self.started = False  # rows were read from this log
+        self.pending: list[Event] = []  # seen in the last detection, not decided yet
 
     def open(self) -> bool:
         """Find the log's format and its follower, once it has something to sniff."""
@@ -575,6 +579,7 @@ class Watched:
         min_start = int(logged[min(self.cfg.window, len(logged) - 1)]) \
             if tail.dropped and len(logged) else None
         out: list[Incident] = []
+        self.pending = []
         for ev in det.events:
             if ev.metric != "loss" or ev.kind not in INCIDENT_KINDS:
                 continue
@@ -584,6 +589,7 @@ class Watched:
                 continue
             decided = _decide(ev, run, self.cfg)
             if decided is None:
+                self.pending.append(ev)
                 continue
             step, delay, rule = decided
             self.reported.append(ev)
@@ -743,6 +749,10 @@ class Watcher:
             mine = [i for i in self.incidents if i.source == str(w.path)]
             inc = ", ".join(f"{i.event.kind} at {i.event.peak_step}" for i in mine) or \
                 "no incident"
+            if w.pending:
+                # a rise still open when watching stopped: neither confirmed nor dismissed
+                inc += "; not decided yet: " + ", ".join(
+                    f"a rise peaking at step {e.peak_step}" for e in w.pending)
             parts.append(f"{w.path} ({w.fmt}): {w.rows_seen} rows read{last}; {inc}")
         return (f"watched {len(self.logs)} log(s) for {secs:.1f} s ({self.polls} polls): "
                 + "; ".join(parts))
