@@ -17,9 +17,8 @@ JSONL reader. The run's config goes to `Run.params` under canonical keys
 the end of the file (a run still writing, or killed) is skipped with a warning, as is a
 damaged record (the rest of its block is lost, as in LevelDB); set
 `SPIKELENS_WANDB_CHECK_CRC=1` to verify every record's checksum (the last one always is).
-A `wandb/` directory (or any directory whose subdirectories are run directories, or the
-directory holding `wandb/`) yields one run per run directory; `latest-run` links are not read
-twice."""
+A `wandb/` directory (or any directory whose subdirectories are run directories) yields one
+run per run directory; `latest-run` links are not read twice."""
 
 from __future__ import annotations
 
@@ -581,8 +580,7 @@ def _run_record(data: bytes, info: _RunInfo) -> None:
 
 def wandb_files(directory: Path) -> list[Path]:
     """The `.wandb` logs of a run directory, or of each run directory below `directory`
-    (one level), each file once (`latest-run` links to a run directory listed anyway); in
-    the directory a run was started from, those of its `wandb/` directory."""
+    (one level), each file once (`latest-run` links to a run directory listed anyway)."""
     direct = sorted(p for p in directory.glob("*.wandb") if p.is_file())
     if direct:
         return direct
@@ -592,8 +590,6 @@ def wandb_files(directory: Path) -> list[Path]:
         subdirs = sorted(p for p in directory.iterdir() if p.is_dir())
     except OSError:
         return []
-    if (directory / "wandb").is_dir() and not any(any(s.glob("*.wandb")) for s in subdirs):
-        return wandb_files(directory / "wandb")  # the project directory wandb.init ran in
     for sub in subdirs:
         for f in sorted(sub.glob("*.wandb")):
             key = f.resolve()
