@@ -72,6 +72,14 @@ LogFormatOpt = Annotated[
 ]
 
 
+RunOpt = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option("--run", metavar="NAME_OR_ID",
+                 help="Only this run of a store that holds several (MLflow, W&B directory): "
+                 "its name or run id (repeatable)."),
+]
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -89,7 +97,8 @@ def _one_line_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _read_all(paths: list[Path], log_format: str | None, metric: list[str] | None) -> list[Run]:
+def _read_all(paths: list[Path], log_format: str | None, metric: list[str] | None,
+              run: list[str] | None = None) -> list[Run]:
     from spikelens.metrics import parse_overrides
     from spikelens.readers import read_runs
 
@@ -107,6 +116,10 @@ def _read_all(paths: list[Path], log_format: str | None, metric: list[str] | Non
     else:
         for p in paths:
             runs.extend(read_runs(p, format=log_format, metrics=overrides))
+    if run:
+        from spikelens.readers._select import select_runs
+
+        runs = select_runs(runs, run)
     return runs
 
 
@@ -153,6 +166,7 @@ def inspect(
     metric: MetricOpt = None,
     log_format: LogFormatOpt = None,
     no_color: Annotated[bool, typer.Option("--no-color", help="Plain text output.")] = False,
+    run: RunOpt = None,
 ) -> None:
     """Show how a log was read: format, steps, the role of each metric, restarts, warnings."""
     import json
@@ -161,7 +175,7 @@ def inspect(
 
     if format not in ("text", "json"):
         raise ConfigError(f"--format must be text or json, got {format!r}")
-    runs = _read_all(expand_paths(logs), log_format, metric)
+    runs = _read_all(expand_paths(logs), log_format, metric, run)
     if format == "json":
         objs = [describe(r) for r in runs]
         _write(json.dumps(objs[0] if len(objs) == 1 else objs, indent=2), None)
@@ -170,11 +184,12 @@ def inspect(
 
 
 def _analyse(
-    logs: list[str], log_format: str | None, metric: list[str] | None
+    logs: list[str], log_format: str | None, metric: list[str] | None,
+    run: list[str] | None = None,
 ) -> tuple[Report, list[Run]]:
     from spikelens.analyze import analyze as run_analysis
 
-    runs = _read_all(expand_paths(logs), log_format, metric)
+    runs = _read_all(expand_paths(logs), log_format, metric, run)
     return run_analysis(runs), runs
 
 
@@ -205,6 +220,7 @@ def analyze(
         typer.Option("--output", "-o", metavar="PATH", help="Write the report here."),
     ] = None,
     no_color: Annotated[bool, typer.Option("--no-color", help="Plain text output.")] = False,
+    run: RunOpt = None,
 ) -> None:
     """Find loss incidents, classify them, rank their causes. Exit 0 = analysed, 1 =
     findings matched --fail-on, 2 = bad input or usage."""
@@ -216,7 +232,7 @@ def analyze(
                           "`spikelens report LOG --html out.html`)")
     for target in (output, summary):
         _check_writable(target)
-    report, runs = _analyse(logs, log_format, metric)
+    report, runs = _analyse(logs, log_format, metric, run)
     text = render(report, runs, format, verbose=verbose,
                   color=_color(no_color) if output is None else False)
     _write(text, output)
@@ -261,17 +277,51 @@ def report(
         Optional[FailOn],  # noqa: UP045
         typer.Option("--fail-on", help="Exit 1 when such loss incidents are found."),
     ] = None,
+    run: RunOpt = None,
 ) -> None:
     """Write one self-contained HTML page (plotly) with the curves, the incidents and their
     causes."""
     from spikelens.report import render
 
     _check_writable(html)
-    report_, runs = _analyse(logs, log_format, metric)
+    report_, runs = _analyse(logs, log_format, metric, run)
     _write(render(report_, runs, "html", plotlyjs=plotlyjs.value), html)
     verdicts = ", ".join(r.verdict for r in report_.runs)
     typer.echo(f"wrote {html} ({verdicts})", err=True)
     raise typer.Exit(_exit_code(report_, fail_on))
+
+
+@app.command()
+@_one_line_errors
+def watch(
+    logs: Annotated[list[str], typer.Argument(
+        help="Logs still being written: JSONL/CSV/text files, a TensorBoard directory, a W&B "
+        "run (directory or .wandb file).", show_default=False)],
+    interval: Annotated[
+        float, typer.Option("--interval", metavar="SECONDS", help="Seconds between polls.")
+    ] = 2.0,
+    fail_on: Annotated[
+        Optional[list[FailOn]],  # noqa: UP045
+        typer.Option("--fail-on", help="Exit 1 as soon as such a loss incident is confirmed "
+                      "(repeatable)."),
+    ] = None,
+    webhook: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--webhook", metavar="URL", help="POST each incident as JSON (a `text` "
+                     "field for Slack/Mattermost incoming webhooks, plus the event)."),
+    ] = None,
+    metric: MetricOpt = None,
+) -> None:
+    """Follow growing logs and report each loss incident once, when it is confirmed. Exit 0
+    on Ctrl-C, 1 when an incident matched --fail-on, 2 on bad input."""
+    from spikelens.metrics import parse_overrides
+    from spikelens.watch import Watcher
+
+    paths = [Path(x) for x in logs]
+    kinds = [f.value for f in fail_on or []]
+    watcher = Watcher(paths, interval=interval, fail_on=kinds, webhook=webhook,
+                      metrics=dict(parse_overrides(metric or [])) or None)
+    raise typer.Exit(watcher.run().exit_code)
 
 
 @app.command()

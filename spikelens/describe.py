@@ -88,6 +88,21 @@ def _logged(run: Run, col: str) -> int:
     return int(np.count_nonzero(frame[col].notna().to_numpy())) + len(run.nan_steps.get(col, ()))
 
 
+def _print_params(console: Any, params: dict[str, Any]) -> None:
+    """Run config (tracker config, MLflow params): canonical keys first, nested dicts (a W&B
+    summary, MLflow tags) on their own lines."""
+    from rich.markup import escape
+
+    flat = {k: v for k, v in params.items() if not isinstance(v, dict)}
+    if flat:
+        text = ", ".join(f"{k}={v}" for k, v in flat.items())
+        console.print(escape(f"params: {text}"), highlight=False, soft_wrap=True)
+    for k, v in params.items():
+        if isinstance(v, dict) and v:
+            text = ", ".join(f"{k2}={v2}" for k2, v2 in v.items())
+            console.print(escape(f"{k}: {text}"), highlight=False, soft_wrap=True)
+
+
 def describe_text(run: Run, color: bool | None = None) -> str:
     from rich.console import Console
     from rich.table import Table
@@ -99,7 +114,9 @@ def describe_text(run: Run, color: bool | None = None) -> str:
                       force_terminal=bool(color), color_system="auto" if color else None)
     st = d["steps"]
     title = f"{d['source']}" + (f" [{d['name']}]" if d["name"] else "")
-    console.print(f"[bold]{title}[/bold]", highlight=False)
+    from rich.markup import escape
+
+    console.print(f"[bold]{escape(title)}[/bold]", highlight=False)  # `[name]` is not markup
     console.print(f"format: {d['format']}", highlight=False)
     if st["count"]:
         avg = ", values averaged over the interval" if st["averaged"] else ""
@@ -123,6 +140,7 @@ def describe_text(run: Run, color: bool | None = None) -> str:
                 else "jumped forward")
         console.print(f"restart: resumed at step {r['resumed_at']} after step "
                       f"{r['previous_last']} ({what})", highlight=False)
+    _print_params(console, d["params"])
     for w in d["warnings"]:
         console.print(f"warning: {w}", highlight=False, soft_wrap=True)
     if d["ranks"]:

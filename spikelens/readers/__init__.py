@@ -91,7 +91,7 @@ def read_runs(
         return _read_stream(p, format, metrics)
     fmt = format or detect_format(p)
     reader = READERS.get(fmt)
-    if p.is_dir() and fmt not in ("tensorboard", "ranks"):
+    if p.is_dir() and not getattr(reader, "reads_directories", fmt in ("tensorboard", "ranks")):
         raise LogFormatError(f"{p}: is a directory (the {fmt} format reads files)")
     try:
         raws = reader.read(p)

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -48,7 +48,7 @@ class RawLog:
     name: str | None = None  # run name, for files holding several runs
     eval_step_column: str | None = None
     messages: list[LogMessage] = field(default_factory=list)  # non-metric lines kept
-    params: dict[str, object] = field(default_factory=dict)  # run configuration, if stated
+    params: dict[str, Any] = field(default_factory=dict)  # run configuration, if stated
 
 
 class Reader(Protocol):
