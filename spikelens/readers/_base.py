@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,9 @@ import pandas as pd
 from spikelens.errors import LogFormatError, MissingMetricError
 from spikelens.metrics import assign_roles, find_step_column
 from spikelens.model import Restart, Run
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 #: Largest step accepted: every integer up to 2^53 is exact in a float64.
 _MAX_STEP = float(2**53)
@@ -71,54 +74,181 @@ def skip_warning(path: Path | str, count: int, what: str, lines: Sequence[int]) 
     return f"{path}: skipped {count} {what} ({lines_note(lines)})"
 
 
+#: What a number looks like: the cells the vectorised cast takes. Anything else that is not a
+#: NaN/Inf/true/false word goes through Python's `float` one by one (`1_000`, full-width
+#: digits), which only ever sees the few odd cells of a numeric column.
+_NUMBER_RE = r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$"
+#: Above this many rows, a column whose first cells hold few distinct values (a run name, a
+#: phase) is dictionary-encoded, and only its distinct values are parsed.
+_DICT_MIN_ROWS = 4096
+
+
+def _text_verdict(bad: int, numbers: int) -> bool:
+    """A column is text when more of its present cells fail to parse than the few a torn
+    line leaves behind (3) and than half of the cells that do parse."""
+    return bad > max(3, 0.5 * numbers)
+
+
+def _parse_strings(
+    sa: pa.Array, decided: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Parse a pyarrow string array. Returns (values, logged NaN, unparseable, is_text).
+
+    Vectorised: trimming, the number pattern and the NaN/Inf/boolean words are pyarrow
+    kernels. Only the cells none of them takes go through Python, and those stop as soon as
+    the column is sure to be text (`decided` is False while it could still be a metric)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(sa)
+    out = np.full(n, np.nan)
+    logged = np.zeros(n, dtype=bool)
+    bad = np.zeros(n, dtype=bool)
+    if n == 0:
+        return out, logged, bad, False
+    # strip whitespace, then quotes, then whitespace again (`" 1.5 "` is 1.5)
+    t = pc.utf8_trim_whitespace(pc.utf8_trim(pc.utf8_trim_whitespace(sa), '"'))
+
+    def mask(arr: pa.Array) -> np.ndarray:
+        m: np.ndarray = pc.fill_null(arr, False).to_numpy(zero_copy_only=False)
+        return m
+
+    present = mask(pc.greater(pc.utf8_length(t), 0))
+    number = mask(pc.match_substring_regex(t, _NUMBER_RE)) & present
+    if number.any():
+        out[number] = pc.cast(pc.filter(t, pa.array(number)), pa.float64()).to_numpy(
+            zero_copy_only=False)
+    rest = present & ~number
+    if rest.any():
+        low = pc.utf8_lower(t)
+        for words, value in ((_NAN_WORDS, np.nan), (_POS_INF, np.inf), (_NEG_INF, -np.inf),
+                             ({"true"}, 1.0), ({"false"}, 0.0)):
+            hit = mask(pc.is_in(low, value_set=pa.array(sorted(words), pa.string()))) & rest
+            if hit.any():
+                out[hit] = value
+                if value != value:
+                    logged |= hit
+                rest &= ~hit
+    odd = np.flatnonzero(rest)
+    if len(odd) == 0:
+        return out, logged, bad, False
+    numbers = int(np.count_nonzero(~np.isnan(out)))
+    nbad = 0
+    for lo in range(0, len(odd), 256):  # fetched in blocks: a text column stops early
+        block = odd[lo:lo + 256]
+        for i, s in zip(block.tolist(), t.take(pa.array(block)).to_pylist(), strict=True):
+            try:
+                f = float(s)
+            except (ValueError, TypeError):
+                bad[i] = True
+                nbad += 1
+                # even if every cell not yet seen parsed, this column would be text
+                if not decided and _text_verdict(nbad, numbers + len(odd) - nbad):
+                    bad[odd] |= np.isnan(out[odd])
+                    return out, logged, bad, True
+                continue
+            out[i] = f
+            logged[i] = f != f
+    return out, logged, bad, _text_verdict(nbad, int(np.count_nonzero(~np.isnan(out))))
+
+
+def _arrow_strings(values: pd.Series) -> pa.Array | None:
+    """The column as one pyarrow string array, or None when it mixes decoded floats with
+    strings (a JSON column that is a number on some lines and text on others)."""
+    import pyarrow as pa
+
+    arr = values.array
+    try:
+        if values.dtype == object:
+            sa = pa.array(np.asarray(arr, dtype=object), type=pa.string())
+        else:
+            sa = pa.array(arr)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    if isinstance(sa, pa.ChunkedArray):
+        sa = sa.combine_chunks()
+    if not (pa.types.is_string(sa.type) or pa.types.is_large_string(sa.type)):
+        sa = sa.cast(pa.string())
+    return sa
+
+
 def coerce_numeric(values: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Strings to float64. Returns (values, logged_nan_mask, unparseable_mask).
 
     Missing cells (None, empty) become NaN and are *not* in the logged-NaN mask; the words
     NaN/Infinity in any spelling are kept as NaN/inf and the NaN ones are flagged.
     """
+    arr, logged, bad, _ = _coerce(values, decided=True)
+    return arr, logged, bad
+
+
+def _coerce(
+    values: pd.Series, decided: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """`coerce_numeric`, plus whether the column is text (then the unparsed rest of it is
+    marked bad without being parsed, unless `decided`)."""
+    import pyarrow as pa
+
     n = len(values)
     if values.dtype.kind in "fiub":
         arr = values.to_numpy(dtype=np.float64, na_value=np.nan)
-        return arr, np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
-    # In an object column (built by a JSON decoder) a float NaN was written in the log; in a
-    # pandas string column NaN only marks a missing cell.
-    decoded = values.dtype == object
-    obj = np.asarray(values.to_numpy(dtype=object), dtype=object)
-    present = np.array(
-        [v is not None and v is not pd.NA and v != "" and (decoded or v == v) for v in obj],
-        dtype=bool,
-    ) if n else np.zeros(0, bool)
-    # vectorised first pass; only cells it cannot parse (or parses to NaN) go through Python
-    out = np.array(pd.to_numeric(values, errors="coerce"), dtype=np.float64)
-    logged_nan = np.zeros(n, dtype=bool)
-    bad = np.zeros(n, dtype=bool)
-    for i in np.flatnonzero(np.isnan(out) & present):
-        v = obj[i]
-        if isinstance(v, float):  # a real NaN written by a JSON/arrow decoder
-            logged_nan[i] = True
+        return arr, np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), False
+    sa = _arrow_strings(values)
+    if sa is None:
+        # an object column built by a JSON decoder: its floats were written as numbers (a
+        # float NaN there was written in the log), its strings are parsed as text cells
+        obj = np.asarray(values.to_numpy(dtype=object), dtype=object)
+        is_str = np.fromiter((type(v) is str for v in obj), bool, n)
+        out = np.full(n, np.nan)
+        logged = np.zeros(n, dtype=bool)
+        bad = np.zeros(n, dtype=bool)
+        num = np.flatnonzero(np.fromiter((type(v) is float for v in obj), bool, n))
+        out[num] = obj[num].astype(np.float64)
+        logged[num] = np.isnan(out[num])
+        idx = np.flatnonzero(is_str)
+        o, lg, b, _ = _parse_strings(pa.array(obj[idx].tolist(), type=pa.string()), True)
+        out[idx], logged[idx], bad[idx] = o, lg, b
+        return out, logged, bad, _text_verdict(int(bad.sum()), int((~np.isnan(out)).sum()))
+    if n > _DICT_MIN_ROWS and len(set(sa.slice(0, 1024).to_pylist())) <= 16:
+        # a label column (run name, phase): parse its few distinct values only
+        enc = sa.dictionary_encode()
+        dictionary, indices = enc.dictionary, enc.indices
+        if len(dictionary) <= n // 16:
+            o, lg, b, _ = _parse_strings(dictionary, True)
+            idx = indices.to_numpy(zero_copy_only=False)
+            valid = pa.compute.is_valid(indices).to_numpy(zero_copy_only=False)
+            idx = np.where(valid, idx, 0)
+            out = np.where(valid, o[idx], np.nan) if len(o) else np.full(n, np.nan)
+            logged = valid & lg[idx] if len(lg) else np.zeros(n, bool)
+            bad = valid & b[idx] if len(b) else np.zeros(n, bool)
+            text = _text_verdict(int(bad.sum()), int((~np.isnan(out)).sum()))
+            return out, logged, bad, text
+    return _parse_strings(sa, decided)
+
+
+def _header_rows(raw_frame: pd.DataFrame) -> np.ndarray:
+    """Rows that repeat the whole header (a resumed job that wrote its header again): every
+    cell is its own column's name or empty, and at least two cells (the only one, in a
+    one-column table) are names. A data row where one cell happens to equal its column name
+    (a `phase` column holding "phase") is data."""
+    n = len(raw_frame)
+    cand = np.ones(n, dtype=bool)
+    named = np.zeros(n, dtype=np.int64)
+    for name in raw_frame.columns:
+        s = raw_frame[name]
+        if s.dtype.kind in "fiub":
+            missing = s.isna().to_numpy(dtype=bool)
+            if not missing.any():
+                return np.zeros(n, dtype=bool)  # a number in every row: no header row
+            cand &= missing
             continue
-        s = str(v).strip().strip('"').strip()
-        if not s:
-            continue
-        low = s.lower()
-        if low in _NAN_WORDS:
-            logged_nan[i] = True
-        elif low in _POS_INF:
-            out[i] = np.inf
-        elif low in _NEG_INF:
-            out[i] = -np.inf
-        elif low in ("true", "false"):
-            out[i] = 1.0 if low == "true" else 0.0
-        else:
-            try:
-                f = float(s)
-            except ValueError:
-                bad[i] = True
-                continue
-            out[i] = f
-            logged_nan[i] = f != f
-    return out, logged_nan, bad
+        eq = (s == name).to_numpy(dtype=bool, na_value=False)
+        named += eq
+        cand &= eq | s.isna().to_numpy(dtype=bool)
+        if not cand.any():
+            return cand
+    result: np.ndarray = cand & (named >= min(2, len(raw_frame.columns)))
+    return result
 
 
 def _numeric_frame(
@@ -128,19 +258,17 @@ def _numeric_frame(
     cols: dict[str, np.ndarray] = {}
     masks: dict[str, np.ndarray] = {k: v for k, v in nan_mask.items() if v.any()}
     n = len(raw_frame)
-    header_rows = np.zeros(n, dtype=bool)
+    header_rows = _header_rows(raw_frame) if n else np.zeros(0, dtype=bool)
     text_cols: list[str] = []
     for name in raw_frame.columns:
         s = raw_frame[name]
         if s.dtype.kind in "fiub":
             cols[str(name)] = s.to_numpy(dtype=np.float64, na_value=np.nan)
             continue
-        # a repeated header line carries the column's own name as its value
-        is_header = (s.astype(object) == name).to_numpy(dtype=bool)
-        header_rows |= is_header
-        arr, logged, bad = coerce_numeric(s)
-        bad &= ~is_header
-        if bad.sum() > max(3, 0.5 * (~np.isnan(arr)).sum()):
+        if header_rows.any():
+            s = s.mask(pd.Series(header_rows, index=s.index))  # header cells are not values
+        arr, logged, bad, text = _coerce(s)
+        if text:
             text_cols.append(str(name))  # a text column (run name, tags): not a metric
             continue
         arr[bad] = np.nan
