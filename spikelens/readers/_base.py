@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import pandas as pd
 
-from spikelens.errors import LogFormatError, MissingMetricError
-from spikelens.metrics import assign_roles, find_step_column
+from spikelens.errors import ConfigError, LogFormatError, MissingMetricError
+from spikelens.metrics import assign_roles, find_step_column, normalise
 from spikelens.model import Restart, Run
 
 if TYPE_CHECKING:
@@ -160,10 +160,16 @@ def _arrow_strings(values: pd.Series) -> pa.Array | None:
     arr = values.array
     try:
         if values.dtype == object:
-            sa = pa.array(np.asarray(arr, dtype=object), type=pa.string())
+            obj = np.asarray(arr, dtype=object)
+            try:
+                sa = pa.array(obj, type=pa.string())
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                sa = pa.array(obj)  # dates, times: text to be parsed like any other
+                if not pa.types.is_temporal(sa.type):
+                    return None
         else:
             sa = pa.array(arr)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return None
     if isinstance(sa, pa.ChunkedArray):
         sa = sa.combine_chunks()
@@ -199,10 +205,12 @@ def _coerce(
         # float NaN there was written in the log), its strings are parsed as text cells
         obj = np.asarray(values.to_numpy(dtype=object), dtype=object)
         is_str = np.fromiter((type(v) is str for v in obj), bool, n)
+        is_float = np.fromiter((type(v) is float for v in obj), bool, n)
         out = np.full(n, np.nan)
         logged = np.zeros(n, dtype=bool)
-        bad = np.zeros(n, dtype=bool)
-        num = np.flatnonzero(np.fromiter((type(v) is float for v in obj), bool, n))
+        # anything else that is there (a date object, a list) is not a number
+        bad = ~(is_str | is_float) & np.fromiter((v is not None for v in obj), bool, n)
+        num = np.flatnonzero(is_float)
         out[num] = obj[num].astype(np.float64)
         logged[num] = np.isnan(out[num])
         idx = np.flatnonzero(is_str)
@@ -341,6 +349,40 @@ def _restarts(steps: np.ndarray) -> tuple[Restart, ...]:
     )
 
 
+def series_order(steps: np.ndarray, present: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """Row order that reads each series by its own step order, or None to keep file order.
+
+    A log can interleave series that count steps differently (a TensorBoard tag logged per
+    epoch next to one logged per iteration; DeepSpeed's optimizer `step=` lines next to
+    DeepSpeed-Chat's `step:` lines). Read in file order, every switch from one to the other
+    looks like a step counter going backwards, a false restart. A restart is where some
+    series' *own* steps go back (`present[name]` marks its rows); restarts of several
+    series with no row of theirs in between are one restart. Between restarts the rows are
+    sorted by step (stable: equal steps keep file order, so the last write still wins), so
+    that the shared restart bookkeeping sees backward steps only where a series went back."""
+    n = len(steps)
+    if n < 2 or bool(np.all(steps[1:] >= steps[:-1])):
+        return None
+    cands: list[tuple[int, int]] = []  # (row of the restart, previous row of that series)
+    for mask in present.values():
+        idx = np.flatnonzero(mask)
+        if len(idx) < 2:
+            continue
+        st = steps[idx]
+        back = np.flatnonzero(st[1:] < st[:-1])
+        cands.extend(zip(idx[back + 1].tolist(), idx[back].tolist(), strict=True))
+    bounds: list[int] = []
+    for row, prev in sorted(cands):
+        if bounds and prev < bounds[-1]:
+            continue  # this series' first row since the last restart: the same restart
+        bounds.append(row)
+    edges = [0, *bounds, n]
+    parts = [lo + np.argsort(steps[lo:hi], kind="stable")
+             for lo, hi in zip(edges[:-1], edges[1:], strict=True) if hi > lo]
+    order: np.ndarray = np.concatenate(parts)
+    return None if bool(np.all(order == np.arange(n))) else order
+
+
 def mode_spacing(steps: np.ndarray | Sequence[float]) -> int | None:
     """The most common positive gap between consecutive steps (the logging interval), or
     None with fewer than two steps. NaN steps are ignored."""
@@ -365,14 +407,66 @@ def _interval(frame: pd.DataFrame, loss_col: str | None) -> int:
     return mode_spacing(idx) or 1
 
 
+#: Column names that can serve as the step axis when a log has no step counter (a daily
+#: logbook by date, a monitor that stamps each line with the time).
+TIME_AXIS_NAMES = ("date", "day", "datetime", "timestamp", "_timestamp", "time", "wall_time")
+
+
+def _time_steps(values: pd.Series) -> tuple[np.ndarray, str] | None:
+    """Dates or timestamps as integer steps: days since the first date when every value is
+    a whole day, else seconds since the first timestamp; None when most cells are not times.
+    Returns (float steps, NaN where a cell is not a time; what a step counts)."""
+    import warnings as _w
+
+    with _w.catch_warnings():
+        _w.simplefilter("ignore")  # "could not infer format": the fallback below handles it
+        ts = pd.to_datetime(values, errors="coerce", format="ISO8601", utc=True)
+        if ts.notna().sum() * 2 <= values.notna().sum():
+            ts = pd.to_datetime(values, errors="coerce", format="mixed", utc=True)
+    ok = ts.notna().to_numpy()
+    if not ok.any() or ok.sum() * 2 <= values.notna().sum():
+        return None
+    ns = ts.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    day = 86_400 * 10**9
+    first = int(ns[ok].min())
+    if bool(np.all(ns[ok] % day == 0)):
+        steps = (ns - first) // day
+        unit = f"days since {pd.Timestamp(first, tz='UTC').date()}"
+    else:
+        steps = (ns - first) // 10**9
+        unit = f"seconds since {pd.Timestamp(first, tz='UTC').isoformat()}"
+    out = steps.astype(np.float64)
+    out[~ok] = np.nan
+    return out, unit
+
+
 def _steps_of(
-    path: Path, frame: pd.DataFrame, step_col: str | None, what: str
-) -> tuple[str, np.ndarray]:
+    path: Path, frame: pd.DataFrame, step_col: str | None, what: str,
+    raw_frame: pd.DataFrame | None = None,
+) -> tuple[str, np.ndarray, str | None]:
+    """(step column, steps as floats, note when the steps were made from dates or times).
+
+    A numeric column is the step counter as written. A column of dates or timestamps (named
+    by `--metric step=COL`, or found by name when the log has no step counter) counts days
+    or seconds from its first value."""
     col = step_col or find_step_column(frame.columns)
+    if col is None and raw_frame is not None:
+        for name in raw_frame.columns:
+            if normalise(str(name)) in TIME_AXIS_NAMES and str(name) not in frame.columns:
+                col = str(name)  # a text column of dates (a numeric one is a metric)
+                break
+    if col is not None and col not in frame.columns and raw_frame is not None \
+            and col in raw_frame.columns:
+        timed = _time_steps(raw_frame[col])
+        if timed is None:
+            raise LogFormatError(f"{path}: step column {col!r} holds neither numbers nor "
+                                 "dates or timestamps")
+        steps, unit = timed
+        return col, steps, f"{path}: steps are {unit} (from the {col!r} column)"
     if col is None or col not in frame.columns:
         found = ", ".join(map(str, frame.columns)) or "none"
         raise MissingMetricError(f"{path}: no step column in the {what} (found: {found})")
-    return col, frame[col].to_numpy()
+    return col, frame[col].to_numpy(), None
 
 
 def build_run(
@@ -409,7 +503,16 @@ def build_run(
         src = raw.row_lines[idx] if raw.row_lines is not None else idx + 2
         return [int(x) for x in src]
 
-    step_col, steps_f = _steps_of(path, frame, raw.step_column, "log")
+    overrides = dict(overrides or {})
+    step_override = overrides.pop("step", None)
+    if step_override is not None and step_override not in raw.frame.columns:
+        found = ", ".join(map(str, raw.frame.columns)) or "none"
+        raise ConfigError(f"--metric step={step_override}: no such column (found: {found})")
+    step_col, steps_f, step_note = _steps_of(path, frame, step_override or raw.step_column,
+                                             "log", raw.frame)
+    if step_note is not None:
+        warnings.append(step_note)
+        text_cols = [c for c in text_cols if c != step_col]
     # a step beyond 2^53 is not an integer a float can hold, nor a training step
     keep = ~header_rows & np.isfinite(steps_f) & (np.abs(steps_f) <= _MAX_STEP)
     if header_rows.any():
@@ -428,7 +531,7 @@ def build_run(
     steps = steps_f.astype(np.int64)
     if len(steps) and not np.array_equal(steps, steps_f):
         warnings.append(f"{path}: non-integer steps in {step_col!r} were truncated")
-    metric_frame = frame.drop(columns=[step_col])
+    metric_frame = frame.drop(columns=[step_col]) if step_col in frame.columns else frame
     masks.pop(step_col, None)
     restarts = _restarts(steps)
     kept_rows = np.flatnonzero(keep)
@@ -449,7 +552,8 @@ def build_run(
     eval_frame = pd.DataFrame(index=pd.Index([], dtype=np.int64, name="step"))
     if raw.eval_frame is not None and len(raw.eval_frame):
         ef, emasks, _, _ = _numeric_frame(raw.eval_frame, {})
-        ecol, esteps = _steps_of(path, ef, raw.eval_step_column or raw.step_column, "eval rows")
+        ecol, esteps, _ = _steps_of(path, ef, raw.eval_step_column or raw.step_column,
+                                    "eval rows")
         ok = ~np.isnan(esteps)
         ef = ef[ok].drop(columns=[ecol])
         renames = {c: f"eval/{c}" for c in ef.columns if c in collapsed.columns}

@@ -43,6 +43,41 @@ def _line_number(buf: bytes | mmap.mmap, pos: int) -> int:
     return bytes(buf[:pos]).count(b"\n") + 1
 
 
+def _invalid_lines(buf: mmap.mmap, texts: list[str]) -> list[int]:
+    """Line numbers of the rows pyarrow set aside, sorted. Each is looked up as a whole line
+    (a short row is also the start of the row it was cut from), and a text seen several times
+    (the same traceback line) is looked up after its previous match."""
+    after: dict[bytes, int] = {}
+    found: list[int] = []
+    for text in texts:
+        needle = text.encode("utf-8", "replace").rstrip(b"\r")
+        pos = after.get(needle, 0)
+        while True:
+            pos = buf.find(needle, pos)
+            if pos < 0:
+                break
+            end = pos + len(needle)
+            whole = (pos == 0 or buf[pos - 1:pos] == b"\n") and (
+                end == len(buf) or buf[end:end + 1] in (b"\r", b"\n"))
+            if whole:
+                break
+            pos += 1
+        if pos < 0:
+            continue
+        after[needle] = pos + 1
+        found.append(pos)
+    found.sort()
+    if not found:
+        return []
+    # one pass over the bytes for all of them
+    lines, line, prev = [], 1, 0
+    for pos in found:
+        line += bytes(buf[prev:pos]).count(b"\n")
+        lines.append(line)
+        prev = pos
+    return lines
+
+
 def load_csv(path: Path) -> CsvTable:
     """Parse a delimited file into a frame in file order, with warnings for what was skipped."""
     import pyarrow as pa
@@ -114,12 +149,8 @@ def load_csv(path: Path) -> CsvTable:
         msg = str(exc).splitlines()[0]
         raise LogFormatError(f"{path}: not a valid CSV file ({msg})") from None
     if invalid:
-        lines = []
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            for text in invalid[:3]:
-                pos = mm.find(text.encode("utf-8", "replace"))
-                lines.append(_line_number(mm, pos) if pos >= 0 else -1)
-        shown = [n for n in lines if n > 0]
+            shown = _invalid_lines(mm, invalid[:50])[:3]
         warnings.append(
             f"{path}: skipped {len(invalid)} malformed row(s)"
             + (f" (line{'s' if len(shown) > 1 else ''} {', '.join(map(str, shown))}"

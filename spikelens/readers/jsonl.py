@@ -407,7 +407,7 @@ def _arrow_part(table: pa.Table, lines: np.ndarray, dropped: set[str]) -> _Part:
                         nan[name] = isnan
             cols[name] = arr
         elif pa.types.is_string(t) or pa.types.is_large_string(t):
-            cols[name] = np.asarray(col.to_numpy(), dtype=object)
+            cols[name] = _object_strings(col)
         elif pa.types.is_temporal(t):
             # pyarrow reads ISO-looking strings as timestamps; they are text to spikelens
             cols[name] = np.asarray(pc.cast(col, pa.string()).to_numpy(), dtype=object)
@@ -423,6 +423,28 @@ def _arrow_part(table: pa.Table, lines: np.ndarray, dropped: set[str]) -> _Part:
     for name, col in zip(table.column_names, table.columns, strict=True):
         add(name, col, True)
     return _Part(cols, nan, lines, np.zeros(len(lines), dtype=np.int8))
+
+
+def _object_strings(col: pa.ChunkedArray) -> np.ndarray:
+    """A string column as an object array (None where missing). A label column (a run name,
+    a phase: few distinct values) is built from its distinct values, not one Python string
+    per row."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    n = len(arr)
+    if n > 4096 and len(set(arr.slice(0, 1024).to_pylist())) <= 16:
+        enc = arr.dictionary_encode()
+        if len(enc.dictionary) <= n // 16:
+            words = np.empty(len(enc.dictionary) + 1, dtype=object)
+            words[:-1] = enc.dictionary.to_pylist()
+            words[-1] = None
+            idx = pc.fill_null(enc.indices, len(enc.dictionary)).to_numpy(
+                zero_copy_only=False)
+            out: np.ndarray = words[idx]
+            return out
+    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=object)
 
 
 def _read_arrow(buf: mmap.mmap | bytearray) -> pa.Table | None:
@@ -554,11 +576,15 @@ def _apply_discriminator(part: _Part) -> None:
     for key in list(part.cols):
         if key.lower() not in _DISCRIMINATORS or part.cols[key].dtype != object:
             continue
-        vals = [v.strip().lower() if isinstance(v, str) else v for v in part.cols[key]]
-        known = _EVAL_VALUES | _TRAIN_VALUES | {None}
-        if not all(v in known for v in vals):
-            continue
-        is_eval = np.fromiter((v in _EVAL_VALUES for v in vals), bool, len(vals))
+        # the distinct values decide (a million rows hold two or three of them)
+        codes, uniques = pd.factorize(part.cols[key], use_na_sentinel=True)
+        vals = [v.strip().lower() if isinstance(v, str) else v for v in uniques]
+        known = _EVAL_VALUES | _TRAIN_VALUES
+        if not all(v in known for v in vals) or any(
+                v is not None for v in part.cols[key][codes < 0]):
+            continue  # other words, or a logged NaN: not a train/eval marker
+        evalish = np.array([v in _EVAL_VALUES for v in vals] + [False], dtype=bool)
+        is_eval = evalish[codes]  # a missing value (code -1) takes the last entry: not eval
         part.kinds[is_eval & (part.kinds == TRAIN)] = EVAL
         del part.cols[key]
         part.nan.pop(key, None)
