@@ -51,6 +51,9 @@ def detect_format(path: Path) -> str:
     """The registered format that is surest it can read `path`."""
     _register_builtin()
     if not path.exists():
+        if path.is_symlink():
+            raise LogFormatError(f"{path}: symbolic link to nothing readable (it is dangling, "
+                                 "or a loop)")
         raise LogFormatError(f"{path}: no such file or directory")
     head = _head(path)
     if not path.is_dir():

@@ -194,6 +194,7 @@ def _coerce(
     """`coerce_numeric`, plus whether the column is text (then the unparsed rest of it is
     marked bad without being parsed, unless `decided`)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     n = len(values)
     if values.dtype.kind in "fiub":
@@ -223,12 +224,13 @@ def _coerce(
         dictionary, indices = enc.dictionary, enc.indices
         if len(dictionary) <= n // 16:
             o, lg, b, _ = _parse_strings(dictionary, True)
-            idx = indices.to_numpy(zero_copy_only=False)
-            valid = pa.compute.is_valid(indices).to_numpy(zero_copy_only=False)
-            idx = np.where(valid, idx, 0)
-            out = np.where(valid, o[idx], np.nan) if len(o) else np.full(n, np.nan)
-            logged = valid & lg[idx] if len(lg) else np.zeros(n, bool)
-            bad = valid & b[idx] if len(b) else np.zeros(n, bool)
+            valid = pc.is_valid(indices).to_numpy(zero_copy_only=False)
+            if not len(o):  # nothing but missing cells
+                return np.full(n, np.nan), np.zeros(n, bool), np.zeros(n, bool), False
+            idx = pc.fill_null(indices, 0).to_numpy(zero_copy_only=False)
+            out = np.where(valid, o[idx], np.nan)
+            logged = valid & lg[idx]
+            bad = valid & b[idx]
             text = _text_verdict(int(bad.sum()), int((~np.isnan(out)).sum()))
             return out, logged, bad, text
     return _parse_strings(sa, decided)
@@ -455,8 +457,9 @@ def _steps_of(
             if normalise(str(name)) in TIME_AXIS_NAMES and str(name) not in frame.columns:
                 col = str(name)  # a text column of dates (a numeric one is a metric)
                 break
-    if col is not None and col not in frame.columns and raw_frame is not None \
-            and col in raw_frame.columns:
+    if col is not None and raw_frame is not None and col in raw_frame.columns \
+            and raw_frame[col].dtype.kind not in "fiub" and raw_frame[col].notna().any() \
+            and (col not in frame.columns or not frame[col].notna().any()):
         timed = _time_steps(raw_frame[col])
         if timed is None:
             raise LogFormatError(f"{path}: step column {col!r} holds neither numbers nor "

@@ -33,7 +33,7 @@ import pandas as pd
 from spikelens.errors import LogFormatError
 from spikelens.metrics import STEP_NAMES, normalise
 from spikelens.readers import READERS
-from spikelens.readers._base import RawLog, looks_binary, skip_warning
+from spikelens.readers._base import RawLog, lines_note, looks_binary, skip_warning
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -265,6 +265,30 @@ def _prefix_kind(prefix: bytes) -> tuple[int, str]:
     return TRAIN, tag
 
 
+# A `\\ud800`-`\\udfff` escape: JSON text can spell a UTF-16 surrogate that pairs with
+# nothing, which no UTF-8 string (pandas, pyarrow) can hold.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _fix_text(s: str) -> str:
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:  # a lone surrogate: U+FFFD, the replacement character
+        return s.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _without_lone_surrogates(v: Any) -> Any:
+    """The decoded record with every lone surrogate in its keys and strings replaced."""
+    if type(v) is str:
+        return _fix_text(v)
+    if type(v) is dict:
+        return {_fix_text(k): _without_lone_surrogates(x) for k, x in v.items()}
+    if type(v) is list:
+        return [_without_lone_surrogates(x) for x in v]
+    return v
+
+
 class _LineParser:
     """Parses lines one by one with `json.loads`; the reference behaviour."""
 
@@ -279,6 +303,7 @@ class _LineParser:
         self.fairseq = False
         self.summaries = 0
         self.dropped: set[str] = set()
+        self.surrogates: list[int] = []  # lines where a lone surrogate was replaced
 
     def _bad(self, lineno: int, s: bytes, into: list[int]) -> None:
         into.append(lineno)
@@ -303,6 +328,11 @@ class _LineParser:
         if type(obj) is not dict:
             self._bad(lineno, s, self.malformed)
             return
+        if _SURROGATE_ESCAPE.search(s) is not None:
+            fixed = _without_lone_surrogates(obj)
+            if fixed != obj:
+                obj = fixed
+                self.surrogates.append(lineno)
         kind, tag = TRAIN, ""
         if i:
             self.prefixed += 1
@@ -678,6 +708,10 @@ class JsonlReader:
             warnings.append(skip_warning(path, len(skipped), "malformed line(s)", skipped))
         if parser.dropped:
             warnings.append(dropped_warning(path, parser.dropped))
+        if parser.surrogates:
+            warnings.append(
+                f"{path}: replaced lone UTF-16 surrogate escapes (\\ud800-\\udfff) with U+FFFD "
+                f"in {lines_note(parser.surrogates)}")
         _apply_discriminator(part)
         frame, nan, eval_frame, train = split_frames(part.cols, part.nan, part.kinds)
         step_col: str | None = None
