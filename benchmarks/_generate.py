@@ -378,9 +378,11 @@ class WideRun:
     spike_steps: tuple[int, ...]
     nan_steps: tuple[int, ...]
     garbage_after: tuple[int, ...]  # 0-based rows after which a traceback line is written
+    dirty: bool = True  # also a short row / torn object at 30% and a torn last line
 
 
-def make_wide(n_steps: int, n_spikes: int = 50, seed: int = 42) -> WideRun:
+def make_wide(n_steps: int, n_spikes: int = 50, seed: int = 42,
+              n_nan: int = N_WIDE_NAN, dirty: bool = True) -> WideRun:
     rng = np.random.default_rng(seed)
     s = np.arange(n_steps, dtype=np.int64)
     t = s.astype(np.float64)
@@ -391,7 +393,7 @@ def make_wide(n_steps: int, n_spikes: int = 50, seed: int = 42) -> WideRun:
     k = min(n_spikes, len(pool) // 20)
     sp = np.sort(rng.choice(pool[::10], size=k, replace=False)) if k else np.empty(0, np.int64)
     loss[sp] *= rng.uniform(3, 10, len(sp))
-    nan_at = np.sort(rng.choice(np.setdiff1d(s, sp), size=min(N_WIDE_NAN, n_steps // 20),
+    nan_at = np.sort(rng.choice(np.setdiff1d(s, sp), size=min(n_nan, n_steps // 20),
                                 replace=False))
     loss[nan_at] = np.nan
     lr = 3e-4 * 0.5 * (1 + np.cos(np.pi * t / n_steps))
@@ -409,9 +411,9 @@ def make_wide(n_steps: int, n_spikes: int = 50, seed: int = 42) -> WideRun:
         "accuracy": np.clip(1 - loss / 4, 0, 1), "val_loss": val,
     }
     every = max(1, n_steps // N_WIDE_GARBAGE)
-    garbage = tuple(range(every // 2, n_steps - 1, every))[:N_WIDE_GARBAGE]
+    garbage = tuple(range(every // 2, n_steps - 1, every))[:N_WIDE_GARBAGE] if dirty else ()
     return WideRun(n_steps, cols, tuple(int(x) for x in sp), tuple(int(x) for x in nan_at),
-                   garbage)
+                   garbage, dirty)
 
 
 def _py_texts(values: np.ndarray, spell: dict[str, str], missing: str | None) -> list[str]:
@@ -432,7 +434,7 @@ def write_wide_csv(path: Path, run: WideRun) -> None:
     row (the job was killed while writing it)."""
     spell = {"nan": "nan", "inf": "inf", "-inf": "-inf"}
     n = run.n_steps
-    short_at = int(0.3 * n)
+    short_at = int(0.3 * n) if run.dirty else -1
     with open(path, "w", encoding="utf-8", newline="") as fh:
         fh.write(",".join(WIDE_FIELDS) + "\r\n")
         for lo in range(0, n, _CHUNK):
@@ -449,7 +451,7 @@ def write_wide_csv(path: Path, run: WideRun) -> None:
                     rows.insert(i - lo + 1, WIDE_GARBAGE)
                 if i == short_at:
                     rows.insert(i - lo + 1, ",".join(rows[i - lo].split(",")[:5]))
-            if hi == n:  # torn last row: the first six cells
+            if hi == n and run.dirty:  # torn last row: the first six cells
                 rows[-1] = ",".join(rows[-1].split(",")[:6])
                 fh.write("\r\n".join(rows))
             else:
@@ -461,7 +463,7 @@ def write_wide_jsonl(path: Path, run: WideRun) -> None:
     steps, the traceback lines, a blank line and a torn object at 30%, a torn last line."""
     spell = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
     n = run.n_steps
-    torn_at = int(0.3 * n)
+    torn_at = int(0.3 * n) if run.dirty else -1
     names = WIDE_FIELDS[1:11]
     with open(path, "w", encoding="utf-8", newline="\n") as fh:
         for lo in range(0, n, _CHUNK):
@@ -482,7 +484,7 @@ def write_wide_jsonl(path: Path, run: WideRun) -> None:
                 if i == torn_at:
                     rec = rows[i - lo]
                     rows[i - lo + 1:i - lo + 1] = ["", rec[: len(rec) // 2]]
-            if hi == n:
+            if hi == n and run.dirty:
                 rows[-1] = rows[-1][: len(rows[-1]) // 2]
                 fh.write("\n".join(rows))
             else:
@@ -543,16 +545,19 @@ class WideInputs:
 
 def ensure_wide(data_dir: Path, n_steps: int = 1_000_000, n_spikes: int = 50, seed: int = 42,
                 kinds: Sequence[str] = ("csv", "jsonl", "tensorboard"),
-                log: Callable[[str], None] | None = None) -> WideInputs:
-    """Generate (once) and return the real-shaped inputs."""
-    d = data_dir / f"wide-v{GEN_VERSION}-steps{n_steps}-spikes{n_spikes}-seed{seed}"
+                log: Callable[[str], None] | None = None, clean: bool = False) -> WideInputs:
+    """Generate (once) and return the real-shaped inputs. `clean`: no NaN losses and no
+    damaged lines, so that the spikes are the only incidents (the sweep against E)."""
+    d = data_dir / (f"wide-v{GEN_VERSION}-steps{n_steps}-spikes{n_spikes}-seed{seed}"
+                    + ("-clean" if clean else ""))
     (d / "tb").mkdir(parents=True, exist_ok=True)
     paths = {"csv": d / "log.csv", "jsonl": d / "log.jsonl",
              "tensorboard": d / "tb" / "events.out.tfevents.1700000000.benchhost.4242.0"}
     missing = [k for k in kinds if not paths[k].exists()]
     if missing:
         t0 = time.perf_counter()
-        run = make_wide(n_steps, n_spikes, seed)
+        run = make_wide(n_steps, n_spikes, seed, n_nan=0 if clean else N_WIDE_NAN,
+                        dirty=not clean)
         writers: dict[str, Callable[[Path], None]] = {
             "csv": lambda p: write_wide_csv(p, run),
             "jsonl": lambda p: write_wide_jsonl(p, run),
