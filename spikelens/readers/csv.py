@@ -137,7 +137,7 @@ def load_csv(path: Path) -> CsvTable:
     delim = _delimiter(header_text)
     warnings: list[str] = []
     header_lines: list[int] = []
-    source: Any = pa.OSFile(str(path))
+    body: bytes | None = None  # the file without its repeated header lines, when it has any
 
     # A resumed job appends its header again; cut those lines out of the bytes before parsing
     # (cheap: one find per occurrence) so numeric columns stay numeric.
@@ -156,7 +156,7 @@ def load_csv(path: Path) -> CsvTable:
             pos = _find(buf, needle, end)
         if header_lines:
             body_parts.append(buf[start:])
-            source = pa.BufferReader(b"".join(body_parts))
+            body = b"".join(body_parts)
             warnings.append(
                 skip_warning(path, len(header_lines), "repeated header line(s)", header_lines)
             )
@@ -169,16 +169,31 @@ def load_csv(path: Path) -> CsvTable:
         invalid.append(row.text)
         return "skip"
 
+    def source() -> Any:
+        return pa.BufferReader(body) if body is not None else pa.OSFile(str(path))
+
+    parse = pacsv.ParseOptions(delimiter=delim, invalid_row_handler=on_invalid)
+    convert = pacsv.ConvertOptions(null_values=[""], strings_can_be_null=True,
+                                   quoted_strings_can_be_null=True)
+    # 4 MiB blocks: as fast as 16 MiB here, with a smaller parser working set
+    opts = pacsv.ReadOptions(block_size=1 << 22)
     try:
-        table = pacsv.read_csv(
-            source,
-            parse_options=pacsv.ParseOptions(delimiter=delim, invalid_row_handler=on_invalid),
-            convert_options=pacsv.ConvertOptions(
-                null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=True
-            ),
-            # 4 MiB blocks: as fast as 16 MiB here, with a smaller parser working set
-            read_options=pacsv.ReadOptions(block_size=1 << 22),
-        )
+        # The streaming reader first: it holds a block at a time besides the table (peak
+        # 281 MB instead of 508 MB, and 1.0 instead of 1.5 CPU-s, on a 201 MB file). It fixes
+        # the column types from the first block, so a file whose types change later (a
+        # column empty at first, an integer column that turns float) is read again whole.
+        with source() as src:
+            reader = pacsv.open_csv(src, parse_options=parse, convert_options=convert,
+                                    read_options=opts)
+            table = pa.Table.from_batches(list(reader), schema=reader.schema)
+    except pa.ArrowInvalid:
+        invalid.clear()
+        table = None
+    try:
+        if table is None:
+            with source() as src:
+                table = pacsv.read_csv(src, parse_options=parse, convert_options=convert,
+                                       read_options=opts)
     except pa.ArrowInvalid as exc:
         msg = str(exc).splitlines()[0]
         raise LogFormatError(f"{path}: not a valid CSV file ({msg})") from None
