@@ -520,13 +520,13 @@ FLEET_FIELDS = ("step", "loss", "lr", "grad_norm", "tokens_per_sec")
 
 def write_fleet(directory: Path, n_runs: int, n_steps: int, seed: int = 7) -> None:
     """`n_runs` CSV logs of `n_steps` steps each (pandas `to_csv` layout), each with its own
-    seed, a few spikes and a few NaN losses: a sweep's output directory."""
+    seed, 3 loss spikes and 2 NaN losses: a sweep's output directory."""
     directory.mkdir(parents=True, exist_ok=True)
     for r in range(n_runs):
         path = directory / f"run-{r:03d}.csv"
         if path.exists():
             continue
-        w = make_wide(n_steps, n_spikes=3, seed=seed * 1000 + r)
+        w = make_wide(n_steps, n_spikes=3, seed=seed * 1000 + r, n_nan=2)
         frame = pd.DataFrame({"step": np.arange(n_steps), "loss": w.cols["loss"],
                               "lr": w.cols["lr"], "grad_norm": w.cols["grad_norm"],
                               "tokens_per_sec": w.cols["tokens_per_sec"]})
@@ -573,7 +573,7 @@ def ensure_wide(data_dir: Path, n_steps: int = 1_000_000, n_spikes: int = 50, se
 
 def ensure_fleet(data_dir: Path, n_runs: int = 100, n_steps: int = 100_000, seed: int = 7,
                  log: Callable[[str], None] | None = None) -> Path:
-    d = data_dir / f"fleet-v{GEN_VERSION}-runs{n_runs}-steps{n_steps}-seed{seed}"
+    d = data_dir / f"fleet-v{GEN_VERSION}-runs{n_runs}-steps{n_steps}-seed{seed}-nan2"
     if len(list(d.glob("run-*.csv"))) < n_runs:
         t0 = time.perf_counter()
         write_fleet(d, n_runs, n_steps, seed)
