@@ -444,8 +444,10 @@ def _main_table(
     cols, masks, steps, walls, lines = _merged(streams)
     # tags that count steps differently (per epoch, per token, per iteration) interleave;
     # restarts are where a tag's own steps go back
-    order = series_order(steps, {k: ~np.isnan(v) | masks[k] if k in masks else ~np.isnan(v)
-                                 for k, v in cols.items()})
+    order = None
+    if len(steps) > 1 and not bool(np.all(steps[1:] >= steps[:-1])):
+        order = series_order(steps, {k: ~np.isnan(v) | masks[k] if k in masks
+                                     else ~np.isnan(v) for k, v in cols.items()})
     if order is not None:
         steps, walls, lines = steps[order], walls[order], lines[order]
         cols = {k: v[order] for k, v in cols.items()}

@@ -260,8 +260,10 @@ class TextReader:
         # lines of different kinds can count steps differently (DeepSpeed's `step=` next to
         # DeepSpeed-Chat's `step:`): restarts are where a key's own steps go back
         steps = frame[STEP].to_numpy()
-        order = series_order(steps, {c: frame[c].notna().to_numpy() | masks.get(c, False)
-                                     for c in frame.columns if c != STEP})
+        order = None
+        if len(steps) > 1 and not bool(np.all(steps[1:] >= steps[:-1])):
+            order = series_order(steps, {c: frame[c].notna().to_numpy() | masks.get(c, False)
+                                         for c in frame.columns if c != STEP})
         if order is not None:
             frame = frame.iloc[order].reset_index(drop=True)
             masks = {c: m[order] for c, m in masks.items()}
