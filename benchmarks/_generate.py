@@ -348,6 +348,241 @@ def _bad_lines(n_steps: int, seed: int) -> list[int]:
     return [p + k + 1 for k, p in enumerate(malformed_positions(n_steps, seed))]
 
 
+# -- real-shaped inputs (issue 10) ---------------------------------------------------------
+#
+# The logs issue 10 measures: what a hand-rolled logger writes with `csv.DictWriter` or
+# `json.dumps` per step. 14 columns (step, epoch, 8 metrics, wall time, accuracy, a val_loss
+# every 1000 steps and two text columns `phase` and `run`), single-step loss spikes x3-10,
+# 200 NaN losses, +-inf grad norms, 10 traceback lines, a short row (CSV) or a torn object
+# and a blank line (JSONL) mid-file, and a torn last line. The shape follows
+# `shared/perf/gen_text.py`, vectorised and seeded here so that anyone can regenerate it.
+
+WIDE_FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "tokens_per_sec",
+               "samples_per_sec", "loss_scale", "mem_gb", "time", "accuracy", "val_loss",
+               "phase", "run")
+#: The 8 tags of the TensorBoard version (one event per tag per step).
+WIDE_TB_TAGS = ("train/loss", "train/lr", "train/grad_norm", "train/tokens_per_sec",
+                "train/samples_per_sec", "train/loss_scale", "train/mem_gb",
+                "train/accuracy")
+WIDE_GARBAGE = "Traceback (most recent call last): RuntimeError: CUDA error: out of memory"
+N_WIDE_GARBAGE = 10
+N_WIDE_NAN = 200
+
+
+@dataclass(frozen=True)
+class WideRun:
+    """One real-shaped run: numeric columns (val_loss NaN where not logged), ground truth."""
+
+    n_steps: int
+    cols: dict[str, np.ndarray]
+    spike_steps: tuple[int, ...]
+    nan_steps: tuple[int, ...]
+    garbage_after: tuple[int, ...]  # 0-based rows after which a traceback line is written
+    dirty: bool = True  # also a short row / torn object at 30% and a torn last line
+
+
+def make_wide(n_steps: int, n_spikes: int = 50, seed: int = 42,
+              n_nan: int = N_WIDE_NAN, dirty: bool = True) -> WideRun:
+    rng = np.random.default_rng(seed)
+    s = np.arange(n_steps, dtype=np.int64)
+    t = s.astype(np.float64)
+    loss = (2.5 * np.exp(-t / (0.2 * n_steps)) + 0.5) * (1 + 0.05 * rng.standard_normal(n_steps))
+    # spikes away from the first 1% (the warm-up descent) and from each other
+    lo = max(1, n_steps // 100)
+    pool = np.arange(lo, n_steps - 10)
+    k = min(n_spikes, len(pool) // 20)
+    sp = np.sort(rng.choice(pool[::10], size=k, replace=False)) if k else np.empty(0, np.int64)
+    loss[sp] *= rng.uniform(3, 10, len(sp))
+    nan_at = np.sort(rng.choice(np.setdiff1d(s, sp), size=min(n_nan, n_steps // 20),
+                                replace=False))
+    loss[nan_at] = np.nan
+    lr = 3e-4 * 0.5 * (1 + np.cos(np.pi * t / n_steps))
+    gn = np.exp(rng.normal(0, 0.5, n_steps))
+    gn[rng.choice(n_steps, min(100, n_steps // 100), replace=False)] = np.inf
+    gn[rng.choice(n_steps, min(20, n_steps // 500), replace=False)] = -np.inf
+    tps = rng.normal(150000, 5000, n_steps)
+    val = np.full(n_steps, np.nan)
+    val[::1000] = loss[::1000] * 1.05
+    cols = {
+        "epoch": t / 50000.0, "loss": loss, "lr": lr, "grad_norm": gn, "tokens_per_sec": tps,
+        "samples_per_sec": tps / 2048, "loss_scale": np.full(n_steps, 65536.0),
+        "mem_gb": rng.normal(61.2, 0.3, n_steps),
+        "time": 1.7e9 + t * 0.35 + rng.random(n_steps) * 0.01,
+        "accuracy": np.clip(1 - loss / 4, 0, 1), "val_loss": val,
+    }
+    every = max(1, n_steps // N_WIDE_GARBAGE)
+    garbage = tuple(range(every // 2, n_steps - 1, every))[:N_WIDE_GARBAGE] if dirty else ()
+    return WideRun(n_steps, cols, tuple(int(x) for x in sp), tuple(int(x) for x in nan_at),
+                   garbage, dirty)
+
+
+def _py_texts(values: np.ndarray, spell: dict[str, str], missing: str | None) -> list[str]:
+    """`str(float)` of each value, as `csv` and `json` write them; NaN/inf spelled by `spell`;
+    NaN written as `missing` when that is given (a cell that was not logged)."""
+    out = [repr(v) for v in values.tolist()]
+    bad = np.flatnonzero(~np.isfinite(values)).tolist()
+    for i in bad:
+        v = values[i]
+        out[i] = (missing if missing is not None and v != v
+                  else spell["nan" if v != v else ("inf" if v > 0 else "-inf")])
+    return out
+
+
+def write_wide_csv(path: Path, run: WideRun) -> None:
+    """`csv.DictWriter` layout: `nan`, `inf`, `-inf` as Python spells them, an empty cell for
+    a val_loss that was not logged, the traceback lines, a short row at 30% and a torn last
+    row (the job was killed while writing it)."""
+    spell = {"nan": "nan", "inf": "inf", "-inf": "-inf"}
+    n = run.n_steps
+    short_at = int(0.3 * n) if run.dirty else -1
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        fh.write(",".join(WIDE_FIELDS) + "\r\n")
+        for lo in range(0, n, _CHUNK):
+            hi = min(lo + _CHUNK, n)
+            parts = [[str(x) for x in range(lo, hi)]]
+            for name in WIDE_FIELDS[1:12]:
+                parts.append(_py_texts(run.cols[name][lo:hi], spell,
+                                       "" if name == "val_loss" else None))
+            parts.append(["train"] * (hi - lo))
+            parts.append(["exp-042-llama-1b"] * (hi - lo))
+            rows = [",".join(r) for r in zip(*parts, strict=True)]
+            for i in range(hi - 1, lo - 1, -1):  # backwards: insert without shifting
+                if i in run.garbage_after:
+                    rows.insert(i - lo + 1, WIDE_GARBAGE)
+                if i == short_at:
+                    rows.insert(i - lo + 1, ",".join(rows[i - lo].split(",")[:5]))
+            if hi == n and run.dirty:  # torn last row: the first six cells
+                rows[-1] = ",".join(rows[-1].split(",")[:6])
+                fh.write("\r\n".join(rows))
+            else:
+                fh.write("\r\n".join(rows) + "\r\n")
+
+
+def write_wide_jsonl(path: Path, run: WideRun) -> None:
+    """`json.dumps` per step (`NaN`, `Infinity`, `-Infinity`), val_loss only every 1000
+    steps, the traceback lines, a blank line and a torn object at 30%, a torn last line."""
+    spell = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+    n = run.n_steps
+    torn_at = int(0.3 * n) if run.dirty else -1
+    names = WIDE_FIELDS[1:11]
+    with open(path, "w", encoding="utf-8", newline="\n") as fh:
+        for lo in range(0, n, _CHUNK):
+            hi = min(lo + _CHUNK, n)
+            texts = [_py_texts(run.cols[k][lo:hi], spell, None) for k in names]
+            val = run.cols["val_loss"][lo:hi]
+            vtexts = _py_texts(val, spell, "")
+            rows = []
+            for j, cells in enumerate(zip(*texts, strict=True)):
+                body = ", ".join(f'"{k}": {v}' for k, v in zip(names, cells, strict=True))
+                v = vtexts[j]
+                extra = f', "val_loss": {v}' if v else ""
+                rows.append(f'{{"step": {lo + j}, {body}{extra}, "phase": "train", '
+                            f'"run": "exp-042-llama-1b"}}')
+            for i in range(hi - 1, lo - 1, -1):
+                if i in run.garbage_after:
+                    rows.insert(i - lo + 1, WIDE_GARBAGE)
+                if i == torn_at:
+                    rec = rows[i - lo]
+                    rows[i - lo + 1:i - lo + 1] = ["", rec[: len(rec) // 2]]
+            if hi == n and run.dirty:
+                rows[-1] = rows[-1][: len(rows[-1]) // 2]
+                fh.write("\n".join(rows))
+            else:
+                fh.write("\n".join(rows) + "\n")
+
+
+def write_wide_tensorboard(path: Path, run: WideRun) -> None:
+    """The 8 metric tags of the run, one `simple_value` event per tag per step."""
+    from spikelens.readers._tfrecord import write_scalar_events
+
+    names = ("loss", "lr", "grad_norm", "tokens_per_sec", "samples_per_sec", "loss_scale",
+             "mem_gb", "accuracy")
+    n = run.n_steps
+    with open(path, "wb") as fh:
+        for lo in range(0, n, _TB_CHUNK):
+            hi = min(lo + _TB_CHUNK, n)
+            chunk: dict[str, np.ndarray] = {"step": np.arange(lo, hi),
+                                            "wall_time": run.cols["time"][lo:hi]}
+            chunk.update({t: run.cols[c][lo:hi] for t, c in zip(WIDE_TB_TAGS, names,
+                                                                 strict=True)})
+            part = path.with_name(path.name + ".part")
+            try:
+                write_scalar_events(part, pd.DataFrame(chunk), layout="simple_value",
+                                    file_version=lo == 0, start_time=1.7e9 - 1.0)
+                fh.write(part.read_bytes())
+            finally:
+                part.unlink(missing_ok=True)
+
+
+#: Columns of each run of the many-runs directory (a nanoGPT/HF-style small log).
+FLEET_FIELDS = ("step", "loss", "lr", "grad_norm", "tokens_per_sec")
+
+
+def write_fleet(directory: Path, n_runs: int, n_steps: int, seed: int = 7) -> None:
+    """`n_runs` CSV logs of `n_steps` steps each (pandas `to_csv` layout), each with its own
+    seed, 3 loss spikes and 2 NaN losses: a sweep's output directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for r in range(n_runs):
+        path = directory / f"run-{r:03d}.csv"
+        if path.exists():
+            continue
+        w = make_wide(n_steps, n_spikes=3, seed=seed * 1000 + r, n_nan=2)
+        frame = pd.DataFrame({"step": np.arange(n_steps), "loss": w.cols["loss"],
+                              "lr": w.cols["lr"], "grad_norm": w.cols["grad_norm"],
+                              "tokens_per_sec": w.cols["tokens_per_sec"]})
+        _atomic(path, lambda p, f=frame: f.to_csv(p, index=False, na_rep="nan"))
+
+
+@dataclass(frozen=True)
+class WideInputs:
+    directory: Path
+    n_steps: int
+    n_spikes: int
+    csv: Path
+    jsonl: Path
+    tensorboard: Path
+
+
+def ensure_wide(data_dir: Path, n_steps: int = 1_000_000, n_spikes: int = 50, seed: int = 42,
+                kinds: Sequence[str] = ("csv", "jsonl", "tensorboard"),
+                log: Callable[[str], None] | None = None, clean: bool = False) -> WideInputs:
+    """Generate (once) and return the real-shaped inputs. `clean`: no NaN losses and no
+    damaged lines, so that the spikes are the only incidents (the sweep against E)."""
+    d = data_dir / (f"wide-v{GEN_VERSION}-steps{n_steps}-spikes{n_spikes}-seed{seed}"
+                    + ("-clean" if clean else ""))
+    (d / "tb").mkdir(parents=True, exist_ok=True)
+    paths = {"csv": d / "log.csv", "jsonl": d / "log.jsonl",
+             "tensorboard": d / "tb" / "events.out.tfevents.1700000000.benchhost.4242.0"}
+    missing = [k for k in kinds if not paths[k].exists()]
+    if missing:
+        t0 = time.perf_counter()
+        run = make_wide(n_steps, n_spikes, seed, n_nan=0 if clean else N_WIDE_NAN,
+                        dirty=not clean)
+        writers: dict[str, Callable[[Path], None]] = {
+            "csv": lambda p: write_wide_csv(p, run),
+            "jsonl": lambda p: write_wide_jsonl(p, run),
+            "tensorboard": lambda p: write_wide_tensorboard(p, run),
+        }
+        for k in missing:
+            _atomic(paths[k], writers[k])
+        if log is not None:
+            log(f"generated {', '.join(missing)} for {n_steps} steps, {n_spikes} spikes in "
+                f"{d} ({time.perf_counter() - t0:.1f} s)")
+    return WideInputs(d, n_steps, n_spikes, paths["csv"], paths["jsonl"], paths["tensorboard"])
+
+
+def ensure_fleet(data_dir: Path, n_runs: int = 100, n_steps: int = 100_000, seed: int = 7,
+                 log: Callable[[str], None] | None = None) -> Path:
+    d = data_dir / f"fleet-v{GEN_VERSION}-runs{n_runs}-steps{n_steps}-seed{seed}-nan2"
+    if len(list(d.glob("run-*.csv"))) < n_runs:
+        t0 = time.perf_counter()
+        write_fleet(d, n_runs, n_steps, seed)
+        if log is not None:
+            log(f"generated {n_runs} runs x {n_steps} steps in {d} "
+                f"({time.perf_counter() - t0:.1f} s)")
+    return d
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Generate the speed benchmark's inputs.")
     ap.add_argument("--steps", type=int, default=1_000_000)

@@ -32,7 +32,10 @@ from _generate import (  # noqa: E402
     JSONL_KEYS,
     TB_TAGS,
     Inputs,
+    WideInputs,
+    ensure_fleet,
     ensure_inputs,
+    ensure_wide,
     make_curves,
 )
 
@@ -345,6 +348,151 @@ def build_cases(inp: Inputs, small: Inputs | None, tb_python: str | None,
             (c.key.startswith("compare") and "compare" in selected)]
 
 
+# -- issue 10: real-shaped logs, many incidents, many runs ---------------------------------
+
+#: Analyses a log in a fresh process as the CLI does (read, analyze, render for the terminal)
+#: and reports the split and how many loss incidents were found: the sweeps against N and E.
+ANALYZE_CHILD = """
+import time
+t0 = time.monotonic()
+import json, sys
+import spikelens
+from spikelens.analyze import analyze
+from spikelens.report import render
+t1 = time.monotonic()
+run = spikelens.read_log(sys.argv[1])
+t2 = time.monotonic()
+report = analyze([run])
+t3 = time.monotonic()
+text = render(report, [run], "terminal", verbose=False, color=False)
+t4 = time.monotonic()
+events = [f.event for r in report.runs for f in r.findings]
+print(json.dumps({
+    "t_begin": t0, "t_done": t4, "import_s": t1 - t0, "read_s": t2 - t1,
+    "analyze_s": t3 - t2, "render_s": t4 - t3, "steps": int(len(run.frame)),
+    "incidents": sum(1 for e in events if e.metric == "loss" and e.kind != "oscillation"),
+    "events": len(events),
+}))
+"""
+
+
+def inspect_validator(n_steps: int) -> Callable[[Sample], str | None]:
+    """`inspect` must have read every step (a torn last line costs the last one)."""
+
+    def check(s: Sample) -> str | None:
+        out = s.stdout_tail
+        first = out.split("steps: ", 1)[1].split("\n", 1)[0] if "steps: " in out else ""
+        if f"({n_steps} logged" not in first and f"({n_steps - 1} logged" not in first:
+            return f"unexpected step line: {first!r}"
+        if "loss" not in out:
+            return "no loss role in the output"
+        return None
+
+    return check
+
+
+def html_validator(path: Path) -> Callable[[Sample], str | None]:
+    def check(s: Sample) -> str | None:
+        if not path.exists() or path.stat().st_size < 10_000:
+            return f"{path} was not written"
+        return None
+
+    return check
+
+
+#: Issue 10 targets: (inspect s, analyze s, peak RSS / file size).
+WIDE_TARGETS = {"csv": (0.8, 2.5, 2.5), "jsonl": (1.5, 3.0, 2.5), "tensorboard": (2.0, 3.0, 2.0)}
+SWEEP_N = (10_000, 30_000, 100_000, 300_000, 1_000_000)
+SWEEP_E = (0, 10, 100, 300, 1000)
+
+
+def wide_cases(wide: WideInputs, wide500: WideInputs | None, fleet: Path | None,
+               html_out: Path, selected: set[str]) -> list[Case]:
+    cli = spikelens_cli()
+    n = wide.n_steps
+    cases: list[Case] = []
+    for kind in ("csv", "jsonl", "tensorboard"):
+        path: Path = getattr(wide, kind)
+        arg = path.parent if kind == "tensorboard" else path
+        short = "tb" if kind == "tensorboard" else kind
+        t_inspect, t_analyze, mem = WIDE_TARGETS[kind]
+        cases.append(Case(f"w-inspect-{short}", f"inspect, {kind}, 14 columns, 50 spikes",
+                          (*cli, "inspect", str(arg)), t_inspect, path, mem,
+                          inspect_validator(n)))
+        cases.append(Case(f"w-analyze-{short}", f"analyze, {kind}, 14 columns, 50 spikes",
+                          (*cli, "analyze", str(arg)), t_analyze, path, mem, cli_validator))
+    if wide500 is not None:
+        cases.append(Case("w-analyze-csv500", "analyze, csv, 500 spikes",
+                          (*cli, "analyze", str(wide500.csv)), 3.5, wide500.csv, None,
+                          cli_validator))
+    if fleet is not None:
+        cases.append(Case("w-fleet", f"analyze, a directory of {len(list(fleet.glob('*.csv')))}"
+                          " runs x 100k steps", (*cli, "analyze", str(fleet)), 20.0, None,
+                          None, cli_validator))
+    cases.append(Case("w-html", "report --html, csv, 1M steps",
+                      (*cli, "report", str(wide.csv), "--html", str(html_out)), 4.0,
+                      wide.csv, None, html_validator(html_out)))
+    return [c for c in cases if c.key in selected]
+
+
+def sweep_cases(data: Path, sweep_steps: int, selected: set[str],
+                log: Callable[[str], None]) -> list[Case]:
+    """Analyze time against N (50 spikes, the dirty 14-column CSV) and against E (a clean
+    CSV of `sweep_steps` steps whose only incidents are E spikes)."""
+    py = sys.executable
+    cases: list[Case] = []
+    if "sweep-n" in selected:
+        for n in SWEEP_N:
+            w = ensure_wide(data, n, 50, kinds=("csv",), log=log)
+            cases.append(Case(f"sweep-n-{n}", f"analyze, csv, N = {n:,}",
+                              (py, "-c", ANALYZE_CHILD, str(w.csv)), None, w.csv))
+    if "sweep-e" in selected:
+        for e in SWEEP_E:
+            w = ensure_wide(data, sweep_steps, e, kinds=("csv",), log=log, clean=True)
+            cases.append(Case(f"sweep-e-{e}", f"analyze, csv, {sweep_steps:,} steps, E = {e}",
+                              (py, "-c", ANALYZE_CHILD, str(w.csv)), None, w.csv))
+    return cases
+
+
+def _fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """Least-squares slope and intercept."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else 0.0
+    return slope, my - slope * mx
+
+
+def sweep_tables(results: Sequence[Result]) -> str:
+    """Markdown tables of analyze time against N and against E, with the fitted slopes."""
+    out: list[str] = []
+    for prefix, what in (("sweep-n-", "N (steps)"), ("sweep-e-", "E (spikes)")):
+        rows = [r for r in results if r.key.startswith(prefix) and r.median_s is not None]
+        if not rows:
+            continue
+        out += ["", f"| {what} | incidents found | wall s (median) | read s | analyze s | "
+                "render s |", "|---:|---:|---:|---:|---:|---:|"]
+        xs, ys = [], []
+        for r in rows:
+            x = int(r.key[len(prefix):])
+            c = r.child or {}
+            out.append(f"| {x:,} | {c.get('incidents', '-')} | {r.median_s:.2f} | "
+                       f"{c.get('read_s', float('nan')):.2f} | "
+                       f"{c.get('analyze_s', float('nan')):.2f} | "
+                       f"{c.get('render_s', float('nan')):.2f} |")
+            xs.append(float(c.get("incidents", x)) if prefix == "sweep-e-" else float(x))
+            ys.append(float(c.get("analyze_s", r.median_s)))
+        if len(xs) >= 2:
+            slope, icpt = _fit(xs, ys)
+            if prefix == "sweep-n-":
+                out.append(f"\nanalysis time ~ {icpt:.2f} s + {slope * 1e6:.2f} s per 1M steps "
+                           "(least squares over the rows above)")
+            else:
+                out.append(f"\nanalysis time ~ {icpt:.2f} s + {slope * 1e3:.2f} ms per "
+                           "incident found (least squares over the rows above)")
+    return "\n".join(out)
+
+
 def make_curves_overflows(n_steps: int) -> tuple[int, ...]:
     return make_curves(n_steps, 0).overflow_steps
 
@@ -453,6 +601,11 @@ def machine() -> dict[str, Any]:
 
 
 KEYS = ("tb", "jsonl", "csv", "help", "analyze-csv", "analyze-tb", "analyze-jsonl", "compare")
+#: Issue 10: the real-shaped 14-column logs, 500 incidents, 100 runs, HTML, the sweeps.
+WIDE_KEYS = ("w-inspect-csv", "w-inspect-jsonl", "w-inspect-tb", "w-analyze-csv",
+             "w-analyze-jsonl", "w-analyze-tb", "w-analyze-csv500", "w-fleet", "w-html",
+             "sweep-n", "sweep-e")
+SUITES = {"issue2": KEYS, "issue10": WIDE_KEYS, "all": KEYS + WIDE_KEYS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -469,8 +622,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--tensorboard-python", default=sys.executable, metavar="PATH",
                     help="interpreter that has the `tensorboard` package (default: this one; "
                     "the comparison is skipped with a note if it cannot import tensorboard)")
-    ap.add_argument("--only", default=",".join(KEYS),
-                    help=f"comma-separated subset of: {', '.join(KEYS)}")
+    ap.add_argument("--suite", choices=sorted(SUITES), default="all",
+                    help="issue2: the 8-metric inputs; issue10: the real-shaped 14-column "
+                    "logs, 500 spikes, 100 runs, HTML and the sweeps against N and E; all: "
+                    "both (default: %(default)s)")
+    ap.add_argument("--only", default=None,
+                    help=f"comma-separated subset of: {', '.join(KEYS + WIDE_KEYS)}")
+    ap.add_argument("--sweep-steps", type=int, default=1_000_000,
+                    help="steps of the logs of the sweep against E (default: %(default)s)")
+    ap.add_argument("--fleet-runs", type=int, default=100,
+                    help="runs of 100k steps in the directory case (default: %(default)s)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per child run")
     ap.add_argument("--json", action="store_true", help="print results as JSON")
     ap.add_argument("--markdown", action="store_true",
@@ -478,48 +639,71 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="exit 1 if any target is missed")
     args = ap.parse_args(argv)
 
-    selected = {k.strip() for k in args.only.split(",") if k.strip()}
-    unknown = selected - set(KEYS)
+    known = KEYS + WIDE_KEYS
+    selected = ({k.strip() for k in args.only.split(",") if k.strip()} if args.only
+                else set(SUITES[args.suite]))
+    unknown = selected - set(known)
     if unknown:
-        ap.error(f"unknown --only key(s): {', '.join(sorted(unknown))} (known: {', '.join(KEYS)})")
+        ap.error(f"unknown --only key(s): {', '.join(sorted(unknown))} "
+                 f"(known: {', '.join(known)})")
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
     env_info = machine()
-    inp = ensure_inputs(args.data, args.steps, log=log)
-    small = None
-    tb_python: str | None = None
+    cases: list[Case] = []
+    inp: Inputs | None = None
     note = None
-    if "compare" in selected:
-        small = ensure_inputs(args.data, args.compare_steps, kinds=("tensorboard",), log=log)
-        ok, note = tensorboard_available(args.tensorboard_python)
-        tb_python = args.tensorboard_python if ok else None
-        if not ok:
-            log(f"tensorboard comparison skipped: {note} (see benchmarks/README.md)")
-    cases = build_cases(inp, small, tb_python, selected)
+    if selected & set(KEYS):
+        inp = ensure_inputs(args.data, args.steps, log=log)
+        small = None
+        tb_python: str | None = None
+        if "compare" in selected:
+            small = ensure_inputs(args.data, args.compare_steps, kinds=("tensorboard",),
+                                  log=log)
+            ok, note = tensorboard_available(args.tensorboard_python)
+            tb_python = args.tensorboard_python if ok else None
+            if not ok:
+                log(f"tensorboard comparison skipped: {note} (see benchmarks/README.md)")
+        cases += build_cases(inp, small, tb_python, selected)
+    tmp = tempfile.TemporaryDirectory(prefix="spikelens-bench-")
+    if selected & (set(WIDE_KEYS) - {"sweep-n", "sweep-e"}):
+        wide = ensure_wide(args.data, args.steps, 50, log=log)
+        wide500 = ensure_wide(args.data, args.steps, 500, kinds=("csv",), log=log) \
+            if "w-analyze-csv500" in selected else None
+        fleet = ensure_fleet(args.data, args.fleet_runs, 100_000, log=log) \
+            if "w-fleet" in selected else None
+        cases += wide_cases(wide, wide500, fleet, Path(tmp.name) / "report.html", selected)
+    cases += sweep_cases(args.data, args.sweep_steps, selected, log)
     warm(sorted({c.file for c in cases if c.file is not None}))
     results = []
     for case in cases:
         log(f"{case.key}: {case.label}")
         results.append(measure(case, args.repeats, args.timeout, log))
+    tmp.cleanup()
     env_info["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
 
     if args.json:
         print(json.dumps({
             "machine": env_info, "steps": args.steps, "repeats": args.repeats,
-            "inputs": {k: str(getattr(inp, k)) for k in ("csv", "jsonl", "tensorboard")},
+            "inputs": {k: str(getattr(inp, k)) for k in ("csv", "jsonl", "tensorboard")}
+            if inp is not None else {},
             "results": [{**{k: v for k, v in asdict(r).items()}, "failed": r.failed}
                         for r in results],
             "tensorboard_comparison": comparison(results, note),
         }, indent=2))
     else:
-        print(f"spikelens speed benchmark: {args.steps:,} steps x 8 metrics, median of "
+        print(f"spikelens speed benchmark: {args.steps:,} steps, median of "
               f"{args.repeats} fresh processes; python {env_info['python']}, "
               f"{env_info['cpus']} CPUs, load {env_info['loadavg']} -> "
               f"{env_info['loadavg_after']}, git {env_info['git']}")
-        print()
-        print(markdown(results) if args.markdown else table(results))
+        main_rows = [r for r in results if not r.key.startswith("sweep-")]
+        if main_rows:
+            print()
+            print(markdown(main_rows) if args.markdown else table(main_rows))
+        sweeps = sweep_tables(results)
+        if sweeps:
+            print(sweeps)
         extra = details(results)
         if extra:
             print()

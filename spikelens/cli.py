@@ -62,7 +62,8 @@ LogsArg = Annotated[
 MetricOpt = Annotated[
     Optional[list[str]],  # noqa: UP045 - typer needs Optional here
     typer.Option("--metric", "-m", metavar="ROLE=NAME",
-                 help="Use metric NAME for ROLE (loss, lr, grad_norm, loss_scale, ...)."),
+                 help="Use metric NAME for ROLE (loss, lr, grad_norm, loss_scale, ...); "
+                 "step=NAME names the step column (a counter, dates or timestamps)."),
 ]
 LogFormatOpt = Annotated[
     Optional[str],  # noqa: UP045

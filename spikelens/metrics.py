@@ -266,6 +266,8 @@ def assign_roles(
     roles: dict[str, str] = {}
     overrides = dict(overrides or {})
     for role, col in overrides.items():
+        if role == "step":
+            continue  # the step axis, chosen by the reader's shared half (build_run)
         if role not in ROLES:
             raise ConfigError(f"unknown metric role {role!r} (known: {', '.join(ROLES)})")
         if col not in cols:
@@ -305,14 +307,16 @@ def assign_roles(
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, str]:
-    """Parse `ROLE=NAME` strings from the command line."""
+    """Parse `ROLE=NAME` strings from the command line. `step=NAME` names the step column
+    (a counter, or a column of dates or timestamps)."""
     out: dict[str, str] = {}
     for item in items:
         role, sep, name = item.partition("=")
         role, name = role.strip(), name.strip()
         if not sep or not role or not name:
             raise ConfigError(f"--metric expects ROLE=NAME, got {item!r}")
-        if role not in ROLES:
-            raise ConfigError(f"unknown metric role {role!r} (known: {', '.join(ROLES)})")
+        if role not in ROLES and role != "step":
+            raise ConfigError(f"unknown metric role {role!r} (known: step, "
+                              f"{', '.join(ROLES)})")
         out[role] = name
     return out

@@ -9,7 +9,7 @@ import glob
 from collections.abc import Iterable
 from pathlib import Path
 
-from spikelens.errors import ConfigError, SpikelensError
+from spikelens.errors import ConfigError, LogFormatError, SpikelensError
 
 #: A reader must be at least this sure of a file found in a directory to read it.
 _DIR_SNIFF = 0.3
@@ -22,7 +22,11 @@ def expand_paths(items: Iterable[str]) -> list[Path]:
     seen: set[Path] = set()
     out: list[Path] = []
     for p in paths:
-        key = p if str(p) == "-" else p.resolve()
+        try:
+            key = p if str(p) == "-" else p.resolve()
+        except (RuntimeError, OSError):  # a symlink loop (RuntimeError before Python 3.13)
+            raise LogFormatError(f"{p}: symbolic link loop (the link leads back to itself)") \
+                from None
         if key not in seen:
             seen.add(key)
             out.append(p)

@@ -159,3 +159,24 @@ def test_wandb_panel_keeps_rows_whose_value_is_a_logged_nan(tmp_path: Path) -> N
     run = read_log(p)
     assert run.steps.tolist() == [1, 2, 3]
     assert run.nan_steps["a - train/loss"].tolist() == [2]
+
+
+def test_malformed_rows_are_numbered_where_they_are(tmp_path: Path) -> None:
+    # the same traceback line three times, and a short row that is also the start of the
+    # row it was cut from: each is found as a whole line, after the previous match
+    trace = "Traceback (most recent call last): RuntimeError: CUDA error: out of memory"
+    lines = ["step,loss,lr"]
+    for s in range(1, 13):
+        lines.append(f"{s},{3 - s * 0.01:.2f},0.001")
+        if s in (3, 6, 9):
+            lines.append(trace)
+        if s == 11:
+            lines.append(f"{s},{3 - s * 0.01:.2f}")
+    p = tmp_path / "log.csv"
+    p.write_text("\n".join(lines) + "\n")
+    run = read_log(p)
+    assert len(run.frame) == 12
+    assert run.warnings == (f"{p}: skipped 4 malformed row(s) (lines 5, 9, 13, ...)",)
+    lines.pop(12)  # the third traceback: the short row is now among the first three
+    p.write_text("\n".join(lines) + "\n")
+    assert read_log(p).warnings == (f"{p}: skipped 3 malformed row(s) (lines 5, 9, 15)",)

@@ -6,6 +6,7 @@ file."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,15 +51,16 @@ def detect_format(path: Path) -> str:
     """The registered format that is surest it can read `path`."""
     _register_builtin()
     if not path.exists():
+        if path.is_symlink():
+            raise LogFormatError(f"{path}: symbolic link to nothing readable (it is dangling, "
+                                 "or a loop)")
         raise LogFormatError(f"{path}: no such file or directory")
     head = _head(path)
     if not path.is_dir():
         if not head.strip():
             raise LogFormatError(f"{path}: empty file")
-    scores = [(reader.sniff(path, head), i, name) for i, (name, reader) in
-              enumerate(READERS.items())]
-    best = max(scores, key=lambda t: (t[0], -t[1]))
-    if best[0] <= 0:
+    ranked = _ranked(path, head)
+    if not ranked:
         if path.is_dir():
             raise LogFormatError(f"{path}: directory with no logs in it")
         if head[:2] == b"\x1f\x8b":
@@ -72,7 +74,53 @@ def detect_format(path: Path) -> str:
         raise UnknownFormatError(
             f"{path}: unknown log format (known: {', '.join(READERS.names())})"
         )
-    return best[2]
+    return ranked[0]
+
+
+def _ranked(path: Path, head: bytes) -> list[str]:
+    """The formats that could read `path`, surest first (ties in registration order)."""
+    scores = [(reader.sniff(path, head), i, name) for i, (name, reader) in
+              enumerate(READERS.items())]
+    return [name for score, _, name in sorted(scores, key=lambda t: (-t[0], t[1]))
+            if score > 0]
+
+
+def _read_with(p: Path, fmt: str, metrics: Mapping[str, str] | None) -> list[Run]:
+    reader = READERS.get(fmt)
+    if p.is_dir() and not getattr(reader, "reads_directories", fmt in ("tensorboard", "ranks")):
+        raise LogFormatError(f"{p}: is a directory (the {fmt} format reads files)")
+    try:
+        raws = reader.read(p)
+        if not raws:
+            raise LogFormatError(f"{p}: no records found in this {fmt} log")
+        return [build_run(raw, p, fmt, metrics) for raw in raws]
+    except SpikelensError:
+        raise
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LogFormatError(f"{p}: cannot read as {fmt}: {exc}") from None
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, OverflowError) as exc:
+        # a shape of input no reader test anticipated: still one line, never a traceback
+        raise LogFormatError(f"{p}: not a valid {fmt} log ({type(exc).__name__}: {exc})") \
+            from None
+
+
+def _read_other_format(
+    p: Path, first: str, metrics: Mapping[str, str], error: ConfigError
+) -> list[Run]:
+    """`--metric ROLE=NAME` named a series the sniffed format does not read (a DeepSpeed
+    stdout log whose DeepSpeed-Chat `act_loss` lines only the generic text reader parses):
+    any other format that could read the file and holds every named series reads it."""
+    for fmt in _ranked(p, _head(p)):
+        if fmt == first:
+            continue
+        try:
+            runs = _read_with(p, fmt, metrics)
+        except SpikelensError:
+            continue
+        note = (f"{p}: read as {fmt}: the {first} reader does not read "
+                f"{', '.join(sorted(set(metrics.values())))}")
+        return [dataclasses.replace(r, warnings=(note, *r.warnings)) for r in runs]
+    raise error
 
 
 def read_runs(
@@ -90,22 +138,12 @@ def read_runs(
     if p.exists() and not p.is_dir() and not p.is_file():
         return _read_stream(p, format, metrics)
     fmt = format or detect_format(p)
-    reader = READERS.get(fmt)
-    if p.is_dir() and not getattr(reader, "reads_directories", fmt in ("tensorboard", "ranks")):
-        raise LogFormatError(f"{p}: is a directory (the {fmt} format reads files)")
     try:
-        raws = reader.read(p)
-        if not raws:
-            raise LogFormatError(f"{p}: no records found in this {fmt} log")
-        return [build_run(raw, p, fmt, metrics) for raw in raws]
-    except SpikelensError:
-        raise
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LogFormatError(f"{p}: cannot read as {fmt}: {exc}") from None
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError, OverflowError) as exc:
-        # a shape of input no reader test anticipated: still one line, never a traceback
-        raise LogFormatError(f"{p}: not a valid {fmt} log ({type(exc).__name__}: {exc})") \
-            from None
+        return _read_with(p, fmt, metrics)
+    except ConfigError as exc:
+        if format is not None or not metrics or "no such metric" not in str(exc):
+            raise
+        return _read_other_format(p, fmt, metrics, exc)
 
 
 def _read_stream(

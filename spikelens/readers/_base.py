@@ -12,14 +12,17 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
 
-from spikelens.errors import LogFormatError, MissingMetricError
-from spikelens.metrics import assign_roles, find_step_column
+from spikelens.errors import ConfigError, LogFormatError, MissingMetricError
+from spikelens.metrics import assign_roles, find_step_column, normalise
 from spikelens.model import LogMessage, Restart, Run, Superseded
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 #: Largest step accepted: every integer up to 2^53 is exact in a float64.
 _MAX_STEP = float(2**53)
@@ -73,54 +76,191 @@ def skip_warning(path: Path | str, count: int, what: str, lines: Sequence[int]) 
     return f"{path}: skipped {count} {what} ({lines_note(lines)})"
 
 
+#: What a number looks like: the cells the vectorised cast takes. Anything else that is not a
+#: NaN/Inf/true/false word goes through Python's `float` one by one (`1_000`, full-width
+#: digits), which only ever sees the few odd cells of a numeric column.
+_NUMBER_RE = r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$"
+#: Above this many rows, a column whose first cells hold few distinct values (a run name, a
+#: phase) is dictionary-encoded, and only its distinct values are parsed.
+_DICT_MIN_ROWS = 4096
+
+
+def _text_verdict(bad: int, numbers: int) -> bool:
+    """A column is text when more of its present cells fail to parse than the few a torn
+    line leaves behind (3) and than half of the cells that do parse."""
+    return bad > max(3, 0.5 * numbers)
+
+
+def _parse_strings(
+    sa: pa.Array, decided: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Parse a pyarrow string array. Returns (values, logged NaN, unparseable, is_text).
+
+    Vectorised: trimming, the number pattern and the NaN/Inf/boolean words are pyarrow
+    kernels. Only the cells none of them takes go through Python, and those stop as soon as
+    the column is sure to be text (`decided` is False while it could still be a metric)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(sa)
+    out = np.full(n, np.nan)
+    logged = np.zeros(n, dtype=bool)
+    bad = np.zeros(n, dtype=bool)
+    if n == 0:
+        return out, logged, bad, False
+    # strip whitespace, then quotes, then whitespace again (`" 1.5 "` is 1.5)
+    t = pc.utf8_trim_whitespace(pc.utf8_trim(pc.utf8_trim_whitespace(sa), '"'))
+
+    def mask(arr: pa.Array) -> np.ndarray:
+        m: np.ndarray = pc.fill_null(arr, False).to_numpy(zero_copy_only=False)
+        return m
+
+    present = mask(pc.greater(pc.utf8_length(t), 0))
+    number = mask(pc.match_substring_regex(t, _NUMBER_RE)) & present
+    if number.any():
+        out[number] = pc.cast(pc.filter(t, pa.array(number)), pa.float64()).to_numpy(
+            zero_copy_only=False)
+    rest = present & ~number
+    if rest.any():
+        low = pc.utf8_lower(t)
+        for words, value in ((_NAN_WORDS, np.nan), (_POS_INF, np.inf), (_NEG_INF, -np.inf),
+                             ({"true"}, 1.0), ({"false"}, 0.0)):
+            hit = mask(pc.is_in(low, value_set=pa.array(sorted(words), pa.string()))) & rest
+            if hit.any():
+                out[hit] = value
+                if value != value:
+                    logged |= hit
+                rest &= ~hit
+    odd = np.flatnonzero(rest)
+    if len(odd) == 0:
+        return out, logged, bad, False
+    numbers = int(np.count_nonzero(~np.isnan(out)))
+    nbad = 0
+    for lo in range(0, len(odd), 256):  # fetched in blocks: a text column stops early
+        block = odd[lo:lo + 256]
+        for i, s in zip(block.tolist(), t.take(pa.array(block)).to_pylist(), strict=True):
+            try:
+                f = float(s)
+            except (ValueError, TypeError):
+                bad[i] = True
+                nbad += 1
+                # even if every cell not yet seen parsed, this column would be text
+                if not decided and _text_verdict(nbad, numbers + len(odd) - nbad):
+                    bad[odd] |= np.isnan(out[odd])
+                    return out, logged, bad, True
+                continue
+            out[i] = f
+            logged[i] = f != f
+    return out, logged, bad, _text_verdict(nbad, int(np.count_nonzero(~np.isnan(out))))
+
+
+def _arrow_strings(values: pd.Series) -> pa.Array | None:
+    """The column as one pyarrow string array, or None when it mixes decoded floats with
+    strings (a JSON column that is a number on some lines and text on others)."""
+    import pyarrow as pa
+
+    arr = values.array
+    try:
+        if values.dtype == object:
+            obj = np.asarray(arr, dtype=object)
+            try:
+                sa = pa.array(obj, type=pa.string())
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                sa = pa.array(obj)  # dates, times: text to be parsed like any other
+                if not pa.types.is_temporal(sa.type):
+                    return None
+        else:
+            sa = pa.array(arr)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+    if isinstance(sa, pa.ChunkedArray):
+        sa = sa.combine_chunks()
+    if not (pa.types.is_string(sa.type) or pa.types.is_large_string(sa.type)):
+        sa = sa.cast(pa.string())
+    return sa
+
+
 def coerce_numeric(values: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Strings to float64. Returns (values, logged_nan_mask, unparseable_mask).
 
     Missing cells (None, empty) become NaN and are *not* in the logged-NaN mask; the words
     NaN/Infinity in any spelling are kept as NaN/inf and the NaN ones are flagged.
     """
+    arr, logged, bad, _ = _coerce(values, decided=True)
+    return arr, logged, bad
+
+
+def _coerce(
+    values: pd.Series, decided: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """`coerce_numeric`, plus whether the column is text (then the unparsed rest of it is
+    marked bad without being parsed, unless `decided`)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     n = len(values)
     if values.dtype.kind in "fiub":
         arr = values.to_numpy(dtype=np.float64, na_value=np.nan)
-        return arr, np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
-    # In an object column (built by a JSON decoder) a float NaN was written in the log; in a
-    # pandas string column NaN only marks a missing cell.
-    decoded = values.dtype == object
-    obj = np.asarray(values.to_numpy(dtype=object), dtype=object)
-    present = np.array(
-        [v is not None and v is not pd.NA and v != "" and (decoded or v == v) for v in obj],
-        dtype=bool,
-    ) if n else np.zeros(0, bool)
-    # vectorised first pass; only cells it cannot parse (or parses to NaN) go through Python
-    out = np.array(pd.to_numeric(values, errors="coerce"), dtype=np.float64)
-    logged_nan = np.zeros(n, dtype=bool)
-    bad = np.zeros(n, dtype=bool)
-    for i in np.flatnonzero(np.isnan(out) & present):
-        v = obj[i]
-        if isinstance(v, float):  # a real NaN written by a JSON/arrow decoder
-            logged_nan[i] = True
+        return arr, np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), False
+    sa = _arrow_strings(values)
+    if sa is None:
+        # an object column built by a JSON decoder: its floats were written as numbers (a
+        # float NaN there was written in the log), its strings are parsed as text cells
+        obj = np.asarray(values.to_numpy(dtype=object), dtype=object)
+        is_str = np.fromiter((type(v) is str for v in obj), bool, n)
+        is_float = np.fromiter((type(v) is float for v in obj), bool, n)
+        out = np.full(n, np.nan)
+        logged = np.zeros(n, dtype=bool)
+        # anything else that is there (a date object, a list) is not a number
+        bad = ~(is_str | is_float) & np.fromiter((v is not None for v in obj), bool, n)
+        num = np.flatnonzero(is_float)
+        out[num] = obj[num].astype(np.float64)
+        logged[num] = np.isnan(out[num])
+        idx = np.flatnonzero(is_str)
+        o, lg, b, _ = _parse_strings(pa.array(obj[idx].tolist(), type=pa.string()), True)
+        out[idx], logged[idx], bad[idx] = o, lg, b
+        return out, logged, bad, _text_verdict(int(bad.sum()), int((~np.isnan(out)).sum()))
+    if n > _DICT_MIN_ROWS and len(set(sa.slice(0, 1024).to_pylist())) <= 16:
+        # a label column (run name, phase): parse its few distinct values only
+        enc = sa.dictionary_encode()
+        dictionary, indices = enc.dictionary, enc.indices
+        if len(dictionary) <= n // 16:
+            o, lg, b, _ = _parse_strings(dictionary, True)
+            valid = pc.is_valid(indices).to_numpy(zero_copy_only=False)
+            if not len(o):  # nothing but missing cells
+                return np.full(n, np.nan), np.zeros(n, bool), np.zeros(n, bool), False
+            idx = pc.fill_null(indices, 0).to_numpy(zero_copy_only=False)
+            out = np.where(valid, o[idx], np.nan)
+            logged = valid & lg[idx]
+            bad = valid & b[idx]
+            text = _text_verdict(int(bad.sum()), int((~np.isnan(out)).sum()))
+            return out, logged, bad, text
+    return _parse_strings(sa, decided)
+
+
+def _header_rows(raw_frame: pd.DataFrame) -> np.ndarray:
+    """Rows that repeat the whole header (a resumed job that wrote its header again): every
+    cell is its own column's name or empty, and at least two cells (the only one, in a
+    one-column table) are names. A data row where one cell happens to equal its column name
+    (a `phase` column holding "phase") is data."""
+    n = len(raw_frame)
+    cand = np.ones(n, dtype=bool)
+    named = np.zeros(n, dtype=np.int64)
+    for name in raw_frame.columns:
+        s = raw_frame[name]
+        if s.dtype.kind in "fiub":
+            missing = s.isna().to_numpy(dtype=bool)
+            if not missing.any():
+                return np.zeros(n, dtype=bool)  # a number in every row: no header row
+            cand &= missing
             continue
-        s = str(v).strip().strip('"').strip()
-        if not s:
-            continue
-        low = s.lower()
-        if low in _NAN_WORDS:
-            logged_nan[i] = True
-        elif low in _POS_INF:
-            out[i] = np.inf
-        elif low in _NEG_INF:
-            out[i] = -np.inf
-        elif low in ("true", "false"):
-            out[i] = 1.0 if low == "true" else 0.0
-        else:
-            try:
-                f = float(s)
-            except ValueError:
-                bad[i] = True
-                continue
-            out[i] = f
-            logged_nan[i] = f != f
-    return out, logged_nan, bad
+        eq = (s == name).to_numpy(dtype=bool, na_value=False)
+        named += eq
+        cand &= eq | s.isna().to_numpy(dtype=bool)
+        if not cand.any():
+            return cand
+    result: np.ndarray = cand & (named >= min(2, len(raw_frame.columns)))
+    return result
 
 
 def _numeric_frame(
@@ -130,19 +270,17 @@ def _numeric_frame(
     cols: dict[str, np.ndarray] = {}
     masks: dict[str, np.ndarray] = {k: v for k, v in nan_mask.items() if v.any()}
     n = len(raw_frame)
-    header_rows = np.zeros(n, dtype=bool)
+    header_rows = _header_rows(raw_frame) if n else np.zeros(0, dtype=bool)
     text_cols: list[str] = []
     for name in raw_frame.columns:
         s = raw_frame[name]
         if s.dtype.kind in "fiub":
             cols[str(name)] = s.to_numpy(dtype=np.float64, na_value=np.nan)
             continue
-        # a repeated header line carries the column's own name as its value
-        is_header = (s.astype(object) == name).to_numpy(dtype=bool)
-        header_rows |= is_header
-        arr, logged, bad = coerce_numeric(s)
-        bad &= ~is_header
-        if bad.sum() > max(3, 0.5 * (~np.isnan(arr)).sum()):
+        if header_rows.any():
+            s = s.mask(pd.Series(header_rows, index=s.index))  # header cells are not values
+        arr, logged, bad, text = _coerce(s)
+        if text:
             text_cols.append(str(name))  # a text column (run name, tags): not a metric
             continue
         arr[bad] = np.nan
@@ -239,6 +377,40 @@ def _superseded(frame: pd.DataFrame, masks: Mapping[str, np.ndarray], steps: np.
     return tuple(out)
 
 
+def series_order(steps: np.ndarray, present: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """Row order that reads each series by its own step order, or None to keep file order.
+
+    A log can interleave series that count steps differently (a TensorBoard tag logged per
+    epoch next to one logged per iteration; DeepSpeed's optimizer `step=` lines next to
+    DeepSpeed-Chat's `step:` lines). Read in file order, every switch from one to the other
+    looks like a step counter going backwards, a false restart. A restart is where some
+    series' *own* steps go back (`present[name]` marks its rows); restarts of several
+    series with no row of theirs in between are one restart. Between restarts the rows are
+    sorted by step (stable: equal steps keep file order, so the last write still wins), so
+    that the shared restart bookkeeping sees backward steps only where a series went back."""
+    n = len(steps)
+    if n < 2 or bool(np.all(steps[1:] >= steps[:-1])):
+        return None
+    cands: list[tuple[int, int]] = []  # (row of the restart, previous row of that series)
+    for mask in present.values():
+        idx = np.flatnonzero(mask)
+        if len(idx) < 2:
+            continue
+        st = steps[idx]
+        back = np.flatnonzero(st[1:] < st[:-1])
+        cands.extend(zip(idx[back + 1].tolist(), idx[back].tolist(), strict=True))
+    bounds: list[int] = []
+    for row, prev in sorted(cands):
+        if bounds and prev < bounds[-1]:
+            continue  # this series' first row since the last restart: the same restart
+        bounds.append(row)
+    edges = [0, *bounds, n]
+    parts = [lo + np.argsort(steps[lo:hi], kind="stable")
+             for lo, hi in zip(edges[:-1], edges[1:], strict=True) if hi > lo]
+    order: np.ndarray = np.concatenate(parts)
+    return None if bool(np.all(order == np.arange(n))) else order
+
+
 def mode_spacing(steps: np.ndarray | Sequence[float]) -> int | None:
     """The most common positive gap between consecutive steps (the logging interval), or
     None with fewer than two steps. NaN steps are ignored."""
@@ -263,14 +435,67 @@ def _interval(frame: pd.DataFrame, loss_col: str | None) -> int:
     return mode_spacing(idx) or 1
 
 
+#: Column names that can serve as the step axis when a log has no step counter (a daily
+#: logbook by date, a monitor that stamps each line with the time).
+TIME_AXIS_NAMES = ("date", "day", "datetime", "timestamp", "_timestamp", "time", "wall_time")
+
+
+def _time_steps(values: pd.Series) -> tuple[np.ndarray, str] | None:
+    """Dates or timestamps as integer steps: days since the first date when every value is
+    a whole day, else seconds since the first timestamp; None when most cells are not times.
+    Returns (float steps, NaN where a cell is not a time; what a step counts)."""
+    import warnings as _w
+
+    with _w.catch_warnings():
+        _w.simplefilter("ignore")  # "could not infer format": the fallback below handles it
+        ts = pd.to_datetime(values, errors="coerce", format="ISO8601", utc=True)
+        if ts.notna().sum() * 2 <= values.notna().sum():
+            ts = pd.to_datetime(values, errors="coerce", format="mixed", utc=True)
+    ok = ts.notna().to_numpy()
+    if not ok.any() or ok.sum() * 2 <= values.notna().sum():
+        return None
+    ns = ts.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    day = 86_400 * 10**9
+    first = int(ns[ok].min())
+    if bool(np.all(ns[ok] % day == 0)):
+        steps = (ns - first) // day
+        unit = f"days since {pd.Timestamp(first, tz='UTC').date()}"
+    else:
+        steps = (ns - first) // 10**9
+        unit = f"seconds since {pd.Timestamp(first, tz='UTC').isoformat()}"
+    out = steps.astype(np.float64)
+    out[~ok] = np.nan
+    return out, unit
+
+
 def _steps_of(
-    path: Path, frame: pd.DataFrame, step_col: str | None, what: str
-) -> tuple[str, np.ndarray]:
+    path: Path, frame: pd.DataFrame, step_col: str | None, what: str,
+    raw_frame: pd.DataFrame | None = None,
+) -> tuple[str, np.ndarray, str | None]:
+    """(step column, steps as floats, note when the steps were made from dates or times).
+
+    A numeric column is the step counter as written. A column of dates or timestamps (named
+    by `--metric step=COL`, or found by name when the log has no step counter) counts days
+    or seconds from its first value."""
     col = step_col or find_step_column(frame.columns)
+    if col is None and raw_frame is not None:
+        for name in raw_frame.columns:
+            if normalise(str(name)) in TIME_AXIS_NAMES and str(name) not in frame.columns:
+                col = str(name)  # a text column of dates (a numeric one is a metric)
+                break
+    if col is not None and raw_frame is not None and col in raw_frame.columns \
+            and raw_frame[col].dtype.kind not in "fiub" and raw_frame[col].notna().any() \
+            and (col not in frame.columns or not frame[col].notna().any()):
+        timed = _time_steps(raw_frame[col])
+        if timed is None:
+            raise LogFormatError(f"{path}: step column {col!r} holds neither numbers nor "
+                                 "dates or timestamps")
+        steps, unit = timed
+        return col, steps, f"{path}: steps are {unit} (from the {col!r} column)"
     if col is None or col not in frame.columns:
         found = ", ".join(map(str, frame.columns)) or "none"
         raise MissingMetricError(f"{path}: no step column in the {what} (found: {found})")
-    return col, frame[col].to_numpy()
+    return col, frame[col].to_numpy(), None
 
 
 def build_run(
@@ -307,7 +532,16 @@ def build_run(
         src = raw.row_lines[idx] if raw.row_lines is not None else idx + 2
         return [int(x) for x in src]
 
-    step_col, steps_f = _steps_of(path, frame, raw.step_column, "log")
+    overrides = dict(overrides or {})
+    step_override = overrides.pop("step", None)
+    if step_override is not None and step_override not in raw.frame.columns:
+        found = ", ".join(map(str, raw.frame.columns)) or "none"
+        raise ConfigError(f"--metric step={step_override}: no such column (found: {found})")
+    step_col, steps_f, step_note = _steps_of(path, frame, step_override or raw.step_column,
+                                             "log", raw.frame)
+    if step_note is not None:
+        warnings.append(step_note)
+        text_cols = [c for c in text_cols if c != step_col]
     # a step beyond 2^53 is not an integer a float can hold, nor a training step
     keep = ~header_rows & np.isfinite(steps_f) & (np.abs(steps_f) <= _MAX_STEP)
     if header_rows.any():
@@ -326,7 +560,7 @@ def build_run(
     steps = steps_f.astype(np.int64)
     if len(steps) and not np.array_equal(steps, steps_f):
         warnings.append(f"{path}: non-integer steps in {step_col!r} were truncated")
-    metric_frame = frame.drop(columns=[step_col])
+    metric_frame = frame.drop(columns=[step_col]) if step_col in frame.columns else frame
     masks.pop(step_col, None)
     restarts = _restarts(steps)
     kept_rows = np.flatnonzero(keep)
@@ -348,7 +582,8 @@ def build_run(
     eval_frame = pd.DataFrame(index=pd.Index([], dtype=np.int64, name="step"))
     if raw.eval_frame is not None and len(raw.eval_frame):
         ef, emasks, _, _ = _numeric_frame(raw.eval_frame, {})
-        ecol, esteps = _steps_of(path, ef, raw.eval_step_column or raw.step_column, "eval rows")
+        ecol, esteps, _ = _steps_of(path, ef, raw.eval_step_column or raw.step_column,
+                                    "eval rows")
         ok = ~np.isnan(esteps)
         ef = ef[ok].drop(columns=[ecol])
         renames = {c: f"eval/{c}" for c in ef.columns if c in collapsed.columns}

@@ -18,6 +18,8 @@ number, except in a prefixed log, where lines without a JSON record are ordinary
 
 from __future__ import annotations
 
+import bisect
+import io
 import json
 import math
 import mmap
@@ -33,7 +35,7 @@ import pandas as pd
 from spikelens.errors import LogFormatError
 from spikelens.metrics import STEP_NAMES, normalise
 from spikelens.readers import READERS
-from spikelens.readers._base import RawLog, looks_binary, skip_warning
+from spikelens.readers._base import RawLog, lines_note, looks_binary, skip_warning
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -265,6 +267,30 @@ def _prefix_kind(prefix: bytes) -> tuple[int, str]:
     return TRAIN, tag
 
 
+# A `\\ud800`-`\\udfff` escape: JSON text can spell a UTF-16 surrogate that pairs with
+# nothing, which no UTF-8 string (pandas, pyarrow) can hold.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _fix_text(s: str) -> str:
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:  # a lone surrogate: U+FFFD, the replacement character
+        return s.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _without_lone_surrogates(v: Any) -> Any:
+    """The decoded record with every lone surrogate in its keys and strings replaced."""
+    if type(v) is str:
+        return _fix_text(v)
+    if type(v) is dict:
+        return {_fix_text(k): _without_lone_surrogates(x) for k, x in v.items()}
+    if type(v) is list:
+        return [_without_lone_surrogates(x) for x in v]
+    return v
+
+
 class _LineParser:
     """Parses lines one by one with `json.loads`; the reference behaviour."""
 
@@ -279,6 +305,7 @@ class _LineParser:
         self.fairseq = False
         self.summaries = 0
         self.dropped: set[str] = set()
+        self.surrogates: list[int] = []  # lines where a lone surrogate was replaced
 
     def _bad(self, lineno: int, s: bytes, into: list[int]) -> None:
         into.append(lineno)
@@ -303,6 +330,11 @@ class _LineParser:
         if type(obj) is not dict:
             self._bad(lineno, s, self.malformed)
             return
+        if _SURROGATE_ESCAPE.search(s) is not None:
+            fixed = _without_lone_surrogates(obj)
+            if fixed != obj:
+                obj = fixed
+                self.surrogates.append(lineno)
         kind, tag = TRAIN, ""
         if i:
             self.prefixed += 1
@@ -342,11 +374,14 @@ class _Part:
     kinds: np.ndarray
 
 
-def _count_newlines(arr: np.ndarray, start: int, end: int) -> int:
+def _count_newlines(arr: np.ndarray, start: int, end: int,
+                    buf: mmap.mmap | bytearray | None = None) -> int:
     total = 0
     step = 1 << 24  # bounded temporaries: never a bool array the size of the file
     for s in range(start, end, step):
         total += int(np.count_nonzero(arr[s:min(s + step, end)] == _NL))
+        if buf is not None:
+            _drop_pages(buf, s, min(s + step, end))
     return total
 
 
@@ -368,21 +403,75 @@ def _line_numbers(arr: np.ndarray, starts: Sequence[int]) -> list[int]:
     return out
 
 
+_WINDOW = 1 << 24
+
+
+def _drop_pages(buf: mmap.mmap | bytearray, start: int, end: int) -> None:
+    """Hand the pages of a scanned window back (they stay in the page cache): a scan over
+    the map must not count the whole file into the process's peak memory. Only clean pages
+    of a map are released; the few blanked lines live in the private copies of their pages,
+    which MADV_DONTNEED would throw away, so a window is released before any blanking."""
+    if isinstance(buf, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        lo = start - start % mmap.PAGESIZE
+        if end > lo:
+            buf.madvise(mmap.MADV_DONTNEED, lo, min(end, len(buf)) - lo)
+
+
 def _odd_line_starts(buf: mmap.mmap | bytearray) -> list[int]:
     """Start offsets of the lines that are not a bare `{...}` between newlines."""
     n = len(buf)
     starts: set[int] = set()
     if buf[0] != _LBRACE:
         starts.add(0)
-    for m in _ODD_NEWLINE.finditer(buf):
-        p = m.start()
-        if p == 0 or buf[p - 1] != _RBRACE:
-            starts.add(buf.rfind(b"\n", 0, p) + 1)
-        if p + 1 < n and buf[p + 1] != _LBRACE:
-            starts.add(p + 1)
+    for lo in range(0, n, _WINDOW):
+        hi = min(n, lo + _WINDOW)
+        # the pattern looks one byte past the newline: the window ends one byte later
+        for m in _ODD_NEWLINE.finditer(buf, lo, min(n, hi + 1)):
+            p = m.start()
+            if p >= hi:
+                break
+            if p == 0 or buf[p - 1] != _RBRACE:
+                starts.add(buf.rfind(b"\n", 0, p) + 1)
+            if p + 1 < n and buf[p + 1] != _LBRACE:
+                starts.add(p + 1)
+        _drop_pages(buf, lo, hi)
     if buf[n - 1] not in (_NL, _RBRACE):
         starts.add(buf.rfind(b"\n") + 1)
     return sorted(starts)
+
+
+class _Blanked(io.RawIOBase):
+    """The file read through its own handle, with the set-aside lines blanked on the fly: the
+    parser gets the bytes it would get from a blanked copy, and the file is never held in
+    memory (neither copied nor counted as mapped pages)."""
+
+    def __init__(self, path: Path, ranges: Sequence[tuple[int, int]]) -> None:
+        super().__init__()
+        self._fh = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._ranges = sorted(ranges)
+        self._starts = [s for s, _ in self._ranges]
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        pos = self._fh.tell()
+        n = self._fh.readinto(b)
+        if not n:
+            return 0
+        view = memoryview(b)
+        k = max(0, bisect.bisect_right(self._starts, pos) - 1)
+        while k < len(self._ranges) and self._ranges[k][0] < pos + n:
+            s, e = self._ranges[k]
+            lo, hi = max(s, pos), min(e, pos + n)
+            if hi > lo:
+                view[lo - pos:hi - pos] = b" " * (hi - lo)
+            k += 1
+        return n
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
 
 
 def _arrow_part(table: pa.Table, lines: np.ndarray, dropped: set[str]) -> _Part:
@@ -407,7 +496,7 @@ def _arrow_part(table: pa.Table, lines: np.ndarray, dropped: set[str]) -> _Part:
                         nan[name] = isnan
             cols[name] = arr
         elif pa.types.is_string(t) or pa.types.is_large_string(t):
-            cols[name] = np.asarray(col.to_numpy(), dtype=object)
+            cols[name] = _object_strings(col)
         elif pa.types.is_temporal(t):
             # pyarrow reads ISO-looking strings as timestamps; they are text to spikelens
             cols[name] = np.asarray(pc.cast(col, pa.string()).to_numpy(), dtype=object)
@@ -425,15 +514,55 @@ def _arrow_part(table: pa.Table, lines: np.ndarray, dropped: set[str]) -> _Part:
     return _Part(cols, nan, lines, np.zeros(len(lines), dtype=np.int8))
 
 
-def _read_arrow(buf: mmap.mmap | bytearray) -> pa.Table | None:
+def _object_strings(col: pa.ChunkedArray) -> np.ndarray:
+    """A string column as an object array (None where missing). A label column (a run name,
+    a phase: few distinct values) is built from its distinct values, not one Python string
+    per row."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    n = len(arr)
+    if n > 4096 and len(set(arr.slice(0, 1024).to_pylist())) <= 16:
+        enc = arr.dictionary_encode()
+        if len(enc.dictionary) <= n // 16:
+            words = np.empty(len(enc.dictionary) + 1, dtype=object)
+            words[:-1] = enc.dictionary.to_pylist()
+            words[-1] = None
+            idx = pc.fill_null(enc.indices, len(enc.dictionary)).to_numpy(
+                zero_copy_only=False)
+            out: np.ndarray = words[idx]
+            return out
+    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=object)
+
+
+def _read_arrow(source: Any) -> pa.Table | None:
+    """pyarrow's JSON parse of the map (blanked), or of the file through `open_source()`, a
+    function that opens a fresh stream of it (`_Blanked`).
+
+    The streaming reader goes first: it holds one block at a time besides the table, half
+    the peak memory of `read_json` for the same CPU time. It fixes the column types from the
+    first block, so a log whose types change later (an integer column that turns float, a
+    key first seen after the first block) is read again by `read_json`, which sees it all."""
     import pyarrow as pa
     import pyarrow.json as pj
 
+    if isinstance(source, (mmap.mmap, bytearray)):
+        buf = source
+
+        def source() -> Any:
+            return pa.BufferReader(pa.py_buffer(buf))
+
+    opts = pj.ReadOptions(block_size=_BLOCK_SIZE, use_threads=True)
     try:
-        return pj.read_json(
-            pa.BufferReader(pa.py_buffer(buf)),
-            read_options=pj.ReadOptions(block_size=_BLOCK_SIZE, use_threads=True),
-        )
+        with source() as stream:
+            reader = pj.open_json(stream, read_options=opts)
+            return pa.Table.from_batches(list(reader), schema=reader.schema)
+    except (pa.ArrowException, ValueError, OverflowError):
+        pass
+    try:
+        with source() as stream:
+            return pj.read_json(stream, read_options=opts)
     except (pa.ArrowException, ValueError, OverflowError):
         # a type that changes between lines, `nan` spelt in lower case, a line longer than a
         # block, duplicate keys: all legal for the slow path, which then reads everything
@@ -499,8 +628,10 @@ def _release(fh: Any, buf: mmap.mmap | bytearray) -> None:
     fh.close()
 
 
-def _parse(buf: mmap.mmap | bytearray) -> tuple[_Part, _LineParser]:
-    """All records of the buffer, in line order, plus the parser that saw the odd lines."""
+def _parse(buf: mmap.mmap | bytearray, path: Path | None = None) -> tuple[_Part, _LineParser]:
+    """All records of the buffer, in line order, plus the parser that saw the odd lines.
+    With `path`, pyarrow reads the file itself with the odd lines blanked on the fly
+    (`_Blanked`) instead of reading a blanked copy of the map."""
     parser = _LineParser()
     starts = _odd_line_starts(buf)
     arr = np.frombuffer(buf, dtype=np.uint8)
@@ -515,16 +646,28 @@ def _parse(buf: mmap.mmap | bytearray) -> tuple[_Part, _LineParser]:
                 continue  # padded or CRLF, but a plain object line: pyarrow takes it
             odd.append((s, e, text))
         numbers = _line_numbers(arr, [s for s, _, _ in odd])
-        total = _count_newlines(arr, 0, len(buf)) + (buf[len(buf) - 1] != _NL)
-        for s, e, _ in odd:
-            buf[s:e] = b" " * (e - s)
+        total = _count_newlines(arr, 0, len(buf), buf) + (buf[len(buf) - 1] != _NL)
         expected = total - len(odd)
-        table = _read_arrow(buf) if expected > 0 else None
-        if expected > 0 and (table is None or table.num_rows != expected):
-            # pyarrow refused the file or saw another number of objects than lines (two
-            # objects on one line): put the odd lines back and read every line with json
+        table = None
+        if expected > 0 and path is not None:
+            import pyarrow as pa
+
+            ranges = [(s, e) for s, e, _ in odd]
+            file = path
+
+            def blanked() -> Any:
+                return pa.PythonFile(_Blanked(file, ranges), mode="r")
+
+            table = _read_arrow(blanked)
+        elif expected > 0:
+            for s, e, _ in odd:
+                buf[s:e] = b" " * (e - s)
+            table = _read_arrow(buf)
             for s, e, text in odd:
                 buf[s:e] = text
+        if expected > 0 and (table is None or table.num_rows != expected):
+            # pyarrow refused the file or saw another number of objects than lines (two
+            # objects on one line): read every line with json
             table = None
             parser = _LineParser()
             pos, lineno = 0, 1
@@ -554,11 +697,15 @@ def _apply_discriminator(part: _Part) -> None:
     for key in list(part.cols):
         if key.lower() not in _DISCRIMINATORS or part.cols[key].dtype != object:
             continue
-        vals = [v.strip().lower() if isinstance(v, str) else v for v in part.cols[key]]
-        known = _EVAL_VALUES | _TRAIN_VALUES | {None}
-        if not all(v in known for v in vals):
-            continue
-        is_eval = np.fromiter((v in _EVAL_VALUES for v in vals), bool, len(vals))
+        # the distinct values decide (a million rows hold two or three of them)
+        codes, uniques = pd.factorize(part.cols[key], use_na_sentinel=True)
+        vals = [v.strip().lower() if isinstance(v, str) else v for v in uniques]
+        known = _EVAL_VALUES | _TRAIN_VALUES
+        if not all(v in known for v in vals) or any(
+                v is not None for v in part.cols[key][codes < 0]):
+            continue  # other words, or a logged NaN: not a train/eval marker
+        evalish = np.array([v in _EVAL_VALUES for v in vals] + [False], dtype=bool)
+        is_eval = evalish[codes]  # a missing value (code -1) takes the last entry: not eval
         part.kinds[is_eval & (part.kinds == TRAIN)] = EVAL
         del part.cols[key]
         part.nan.pop(key, None)
@@ -632,7 +779,7 @@ class JsonlReader:
         try:
             if not len(buf):
                 raise LogFormatError(f"{path}: empty file")
-            part, parser = _parse(buf)
+            part, parser = _parse(buf, path)
         finally:
             _release(fh, buf)
         if not len(part.lines):
@@ -652,6 +799,10 @@ class JsonlReader:
             warnings.append(skip_warning(path, len(skipped), "malformed line(s)", skipped))
         if parser.dropped:
             warnings.append(dropped_warning(path, parser.dropped))
+        if parser.surrogates:
+            warnings.append(
+                f"{path}: replaced lone UTF-16 surrogate escapes (\\ud800-\\udfff) with U+FFFD "
+                f"in {lines_note(parser.surrogates)}")
         _apply_discriminator(part)
         frame, nan, eval_frame, train = split_frames(part.cols, part.nan, part.kinds)
         step_col: str | None = None

@@ -32,7 +32,7 @@ import pandas as pd
 
 from spikelens.errors import LogFormatError, MissingMetricError
 from spikelens.readers import READERS
-from spikelens.readers._base import RawLog
+from spikelens.readers._base import RawLog, series_order
 from spikelens.readers._tfrecord import (
     HEADER,
     DecodeState,
@@ -442,6 +442,16 @@ def _main_table(
     if not any(s.nrows for s in streams):
         return None, {}, None
     cols, masks, steps, walls, lines = _merged(streams)
+    # tags that count steps differently (per epoch, per token, per iteration) interleave;
+    # restarts are where a tag's own steps go back
+    order = None
+    if len(steps) > 1 and not bool(np.all(steps[1:] >= steps[:-1])):
+        order = series_order(steps, {k: ~np.isnan(v) | masks[k] if k in masks
+                                     else ~np.isnan(v) for k, v in cols.items()})
+    if order is not None:
+        steps, walls, lines = steps[order], walls[order], lines[order]
+        cols = {k: v[order] for k, v in cols.items()}
+        masks = {k: v[order] for k, v in masks.items()}
     data: dict[str, np.ndarray] = {"step": steps, "wall_time": walls}
     data.update(cols)
     frame = pd.DataFrame(data, copy=False)

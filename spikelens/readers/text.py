@@ -23,7 +23,7 @@ import pandas as pd
 from spikelens.errors import LogFormatError
 from spikelens.metrics import normalise, role_of
 from spikelens.readers import READERS
-from spikelens.readers._base import RawLog, looks_binary, skip_warning
+from spikelens.readers._base import RawLog, looks_binary, series_order, skip_warning
 from spikelens.readers._ranks import MessageSink, fold_table
 
 STEP = "step"
@@ -262,6 +262,18 @@ class TextReader:
                 skip_warning(path, len(stepless), "line(s) with metrics but no step", stepless)
             )
         frame, masks = frame_from_rows(train.rows, train.steps, train.columns, STEP)
+        row_lines = np.asarray(train.lines, dtype=np.int64)
+        # lines of different kinds can count steps differently (DeepSpeed's `step=` next to
+        # DeepSpeed-Chat's `step:`): restarts are where a key's own steps go back
+        steps = frame[STEP].to_numpy()
+        order = None
+        if len(steps) > 1 and not bool(np.all(steps[1:] >= steps[:-1])):
+            order = series_order(steps, {c: frame[c].notna().to_numpy() | masks.get(c, False)
+                                         for c in frame.columns if c != STEP})
+        if order is not None:
+            frame = frame.iloc[order].reset_index(drop=True)
+            masks = {c: m[order] for c, m in masks.items()}
+            row_lines = row_lines[order]
         eval_frame = eval_frame_from_rows(evals.rows, evals.steps, evals.columns, STEP) \
             if evals.rows else None
         return [RawLog(
@@ -270,7 +282,7 @@ class TextReader:
             eval_frame=eval_frame,
             eval_step_column=STEP,
             nan_mask=masks,
-            row_lines=np.asarray(train.lines, dtype=np.int64),
+            row_lines=row_lines,
             warnings=warnings + sink.warnings(path),
             messages=sink.messages,
         )]
