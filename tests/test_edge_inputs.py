@@ -50,15 +50,19 @@ def test_steps_beyond_2_53_are_not_steps(tmp_path: Path) -> None:
     assert any("skipped 1 row(s) without a step (line 4)" in w for w in run.warnings)
 
 
-def test_gzip_is_named(tmp_path: Path) -> None:
+def test_gzip_is_read_directly_and_a_torn_one_is_named(tmp_path: Path) -> None:
+    # issue 12: compressed logs are read directly (this test used to expect a refusal)
     import gzip
 
     p = tmp_path / "log.csv.gz"
-    p.write_bytes(gzip.compress(b"step,loss\n1,2\n"))
-    code, _, err = _run("inspect", p)
+    p.write_bytes(gzip.compress(b"step,loss\n1,2\n2,2.1\n"))
+    code, out, _ = _run("inspect", p)
+    assert code == 0 and "format: csv" in out
+    torn = tmp_path / "torn.csv.gz"
+    torn.write_bytes(p.read_bytes()[:-6])
+    code, _, err = _run("inspect", torn)
     assert code == 2
-    assert err == (f"Error: {p}: gzip-compressed; decompress it first "
-                   "(e.g. `zcat log.csv.gz > log`)\n")
+    assert err.startswith(f"Error: {torn}: corrupt gzip data (") and err.count("\n") == 1
 
 
 def test_the_same_log_named_twice_is_read_once(tmp_path: Path) -> None:
