@@ -99,6 +99,9 @@ def filesystem(url: str) -> tuple[Any, str]:
             from None
     except ValueError as exc:
         raise ConfigError(f"{url}: {exc}") from None
+    # fsspec keeps filesystems and their listings for the life of the process: a listing
+    # (and the ETag in it) taken before an upload must not hide the upload
+    fs.invalidate_cache()
     return fs, str(path)
 
 
