@@ -208,7 +208,11 @@ class PoolBackend(Backend):
             ctx.set_forkserver_preload(["spikelens.fleet", "spikelens.readers",
                                         "spikelens.detect", "spikelens.causes"])
         self.jobs = jobs
-        self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
+        # forkserver children inherit the server's environment, which may be older than
+        # ours (credentials, AWS_ENDPOINT_URL set since): each worker takes ours first
+        self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx,
+                                         initializer=_adopt_environment,
+                                         initargs=(dict(os.environ),))
 
     def map(self, tasks: Sequence[Task], progress: Progress | None) -> list[LogResult]:
         from concurrent.futures import as_completed
@@ -218,6 +222,11 @@ class PoolBackend(Backend):
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _adopt_environment(env: dict[str, str]) -> None:
+    os.environ.clear()
+    os.environ.update(env)
 
 
 class DaskBackend(Backend):
@@ -233,7 +242,8 @@ class DaskBackend(Backend):
             raise ConfigError("--dask needs dask.distributed: pip install 'spikelens[dask]'") \
                 from None
         try:
-            self._client = Client(address, timeout="20s")
+            # the connect timeout is dask's own (distributed.comm.timeouts.connect)
+            self._client = Client(address)
         except Exception as exc:  # noqa: BLE001 - OSError, TimeoutError, ValueError...
             raise ConfigError(f"{address}: cannot connect to the Dask scheduler "
                               f"({type(exc).__name__}: {exc})") from None
