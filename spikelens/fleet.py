@@ -243,7 +243,7 @@ class DaskBackend(Backend):
                 from None
         try:
             # the connect timeout is dask's own (distributed.comm.timeouts.connect)
-            self._client = Client(address)
+            self._client = Client(address)  # type: ignore[no-untyped-call]
         except Exception as exc:  # noqa: BLE001 - OSError, TimeoutError, ValueError...
             raise ConfigError(f"{address}: cannot connect to the Dask scheduler "
                               f"({type(exc).__name__}: {exc})") from None
@@ -252,10 +252,11 @@ class DaskBackend(Backend):
         from distributed import as_completed
 
         futures = self._client.map(run_task, list(tasks), pure=False)
-        return _in_order(futures, as_completed(futures), progress)
+        return _in_order(futures, as_completed(futures),  # type: ignore[no-untyped-call]
+                         progress)
 
     def close(self) -> None:
-        self._client.close()
+        self._client.close()  # type: ignore[no-untyped-call]
 
 
 def _in_order(futures: Sequence[Any], done: Iterator[Any],
@@ -574,7 +575,7 @@ def suspect_ranges(fleet: Fleet) -> list[SuspectRange]:
     out: list[SuspectRange] = []
     for rec in fleet.report.recurrences:
         runs = tuple(dict.fromkeys(k for k, _ in rec.members))
-        sigs = set()
+        sigs: set[tuple[object, ...]] = set()
         unknown = 0
         for k in runs:
             prm = params.get(k) or {}

@@ -127,7 +127,7 @@ def _decompressing(src: IO[bytes], codec: str, source: str) -> IO[bytes]:
     if codec == "gzip":
         import gzip
 
-        return gzip.GzipFile(fileobj=src, mode="rb")
+        return gzip.GzipFile(fileobj=src, mode="rb")  # type: ignore[return-value]
     if codec == "bz2":
         import bz2
 
