@@ -107,55 +107,73 @@ def filesystem(url: str) -> tuple[Any, str]:
 
 # --- decompression ----------------------------------------------------------------------
 
-def _zstd_reader(src: IO[bytes], source: str) -> IO[bytes]:
-    try:
-        import zstandard
-    except ImportError:
-        zstandard = None  # type: ignore[assignment]
-    if zstandard is not None:
-        return zstandard.ZstdDecompressor().stream_reader(  # type: ignore[no-any-return]
-            src, read_across_frames=True)
-    import pyarrow as pa
-
-    if pa.Codec.is_available("zstd"):
-        return pa.CompressedInputStream(pa.PythonFile(src, mode="r"), "zstd")  # type: ignore[return-value]
-    raise ConfigError(f"{source}: zstd-compressed; reading it needs the zstandard package: "
-                      f"{install_hint('zstd')}")
-
-
-def _decompressing(src: IO[bytes], codec: str, source: str) -> IO[bytes]:
+def _decompressor(codec: str, source: str) -> Any:
+    """An incremental decompressor (`decompress`, `eof`, `unused_data`) for one stream of
+    `codec`, or None when only a whole-file reader exists (zstd through pyarrow)."""
     if codec == "gzip":
-        import gzip
+        import zlib
 
-        return gzip.GzipFile(fileobj=src, mode="rb")  # type: ignore[return-value]
+        return zlib.decompressobj(wbits=31)  # gzip framing: the CRC and length are checked
     if codec == "bz2":
         import bz2
 
-        return bz2.BZ2File(src, mode="rb")
+        return bz2.BZ2Decompressor()
     if codec == "xz":
         import lzma
 
-        return lzma.LZMAFile(src, mode="rb")
-    return _zstd_reader(src, source)
-
-
-def _copy_decompressed(src: IO[bytes], dst: IO[bytes], codec: str | None, source: str) -> None:
-    if codec is None:
-        shutil.copyfileobj(src, dst, _COPY_CHUNK)
-        return
-    reader = _decompressing(src, codec, source)
+        return lzma.LZMADecompressor()
     try:
-        while True:
-            chunk = reader.read(_COPY_CHUNK)
-            if not chunk:
-                break
-            dst.write(chunk)
+        import zstandard
+    except ImportError:
+        import pyarrow as pa
+
+        if pa.Codec.is_available("zstd"):
+            return None
+        raise ConfigError(f"{source}: zstd-compressed; reading it needs the zstandard "
+                          f"package: {install_hint('zstd')}") from None
+    return zstandard.ZstdDecompressor().decompressobj()
+
+
+def _copy_decompressed(src: IO[bytes], dst: IO[bytes], codec: str, source: str) -> list[str]:
+    """Decompress `src` into `dst`: every concatenated stream (`cat a.gz b.gz`), checked as
+    it goes. A stream cut short (a log still being written, a copy interrupted) is read up to
+    the cut with a warning; damaged data is a one-line error."""
+    d = _decompressor(codec, source)
+    if d is None:  # zstd without the zstandard package: pyarrow's codec reads it whole
+        import pyarrow as pa
+
+        with pa.CompressedInputStream(pa.PythonFile(src, mode="r"), "zstd") as stream:
+            while chunk := stream.read(_COPY_CHUNK):
+                dst.write(chunk)
+        return []
+    started = False
+    written = 0
+    try:
+        while chunk := src.read(_COPY_CHUNK):
+            data = chunk
+            while data:
+                started = True
+                out = d.decompress(data)
+                dst.write(out)
+                written += len(out)
+                if d.eof:
+                    data = d.unused_data
+                    d = _decompressor(codec, source)
+                    started = False
+                    if not data.strip(b"\x00"):  # tar-style zero padding after the stream
+                        data = b""
+                else:
+                    data = b""
     except ConfigError:
         raise
-    except Exception as exc:  # noqa: BLE001 - each codec has its own error types
+    except Exception as exc:  # noqa: BLE001 - zlib.error, OSError, LZMAError, ZstdError
         if isinstance(exc, OSError) and exc.errno is not None:
-            raise  # a read error of the underlying file, not of the data
+            raise  # a read error of the file itself, not of its data
         raise LogFormatError(f"{source}: corrupt {codec} data ({_why(exc)})") from None
+    if started:
+        return [f"{source}: the {codec} stream is cut short (a file still being written, or "
+                f"an interrupted copy): read the {written:,} bytes before the cut"]
+    return []
 
 
 def _why(exc: BaseException) -> str:
@@ -216,13 +234,15 @@ def needs_copy(source: str) -> bool:
 
 
 @contextlib.contextmanager
-def materialised(source: str) -> Iterator[Path]:
+def materialised(source: str) -> Iterator[tuple[Path, list[str]]]:
     """A local, decompressed copy of `source` (a file, or a directory for a remote
-    TensorBoard run), removed on exit. Errors are one line naming `source`."""
+    TensorBoard run), removed on exit, and the warnings of the copy (a compressed stream cut
+    short). Errors are one line naming `source`."""
+    notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="spikelens-") as d:
         tmpdir = Path(d)
         if is_url(source):
-            yield _fetch_remote(source, tmpdir)
+            yield _fetch_remote(source, tmpdir, notes), notes
             return
         path = Path("/dev/stdin") if source == "-" else Path(local_path(source))
         name = path.name
@@ -236,14 +256,14 @@ def materialised(source: str) -> Iterator[Path]:
                 with open(target, "wb") as dst:
                     dst.write(b"" if codec else head)
                     if codec:
-                        _copy_decompressed(_prefixed(head, src), dst, codec, source)
+                        notes += _copy_decompressed(_prefixed(head, src), dst, codec, source)
                     else:
                         shutil.copyfileobj(src, dst, _COPY_CHUNK)
         except FileNotFoundError:
             raise LogFormatError(f"{source}: no such file or directory") from None
         except OSError as exc:
             raise LogFormatError(f"{source}: cannot read ({exc.strerror or exc})") from None
-        yield target
+        yield target, notes
 
 
 def _prefixed(head: bytes, rest: IO[bytes]) -> IO[bytes]:
@@ -271,11 +291,11 @@ def _prefixed(head: bytes, rest: IO[bytes]) -> IO[bytes]:
     return io.BufferedReader(_Raw(), buffer_size=_COPY_CHUNK)
 
 
-def _fetch_remote(url: str, tmpdir: Path) -> Path:
+def _fetch_remote(url: str, tmpdir: Path, notes: list[str]) -> Path:
     fs, path = filesystem(url)
     try:
         if fs.isdir(path):
-            return _fetch_remote_dir(url, fs, path, tmpdir)
+            return _fetch_remote_dir(url, fs, path, tmpdir, notes)
         with fs.open(path, "rb") as src:
             head = src.read(8)
             codec = codec_of(head)
@@ -283,7 +303,7 @@ def _fetch_remote(url: str, tmpdir: Path) -> Path:
             target = tmpdir / (inner_name(name) if codec else name)
             with open(target, "wb") as dst:
                 if codec:
-                    _copy_decompressed(_prefixed(head, src), dst, codec, url)
+                    notes += _copy_decompressed(_prefixed(head, src), dst, codec, url)
                 else:
                     dst.write(head)
                     shutil.copyfileobj(src, dst, _COPY_CHUNK)
@@ -301,7 +321,7 @@ def _fetch_remote(url: str, tmpdir: Path) -> Path:
             from None
 
 
-def _fetch_remote_dir(url: str, fs: Any, path: str, tmpdir: Path) -> Path:
+def _fetch_remote_dir(url: str, fs: Any, path: str, tmpdir: Path, notes: list[str]) -> Path:
     """A remote TensorBoard run directory: its event files and those one level below (the
     layout the TensorBoard reader reads), each decompressed if need be."""
     root = tmpdir / (basename(path) or "run")
@@ -319,8 +339,8 @@ def _fetch_remote_dir(url: str, fs: Any, path: str, tmpdir: Path) -> Path:
             target = target.with_name(inner_name(target.name)) if codec else target
             with open(target, "wb") as dst:
                 if codec:
-                    _copy_decompressed(_prefixed(head, src), dst, codec,
-                                       fs.unstrip_protocol(f))
+                    notes += _copy_decompressed(_prefixed(head, src), dst, codec,
+                                                fs.unstrip_protocol(f))
                 else:
                     dst.write(head)
                     shutil.copyfileobj(src, dst, _COPY_CHUNK)

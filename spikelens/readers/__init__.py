@@ -118,15 +118,14 @@ def _read_copy(
     from spikelens.opener import materialised
 
     shown = "/dev/stdin" if source == "-" else source
-    with materialised(source) as tmp:
+    with materialised(source) as (tmp, notes):
         try:
             runs = read_runs(tmp, format=format, metrics=metrics)
         except SpikelensError as exc:
             raise type(exc)(str(exc).replace(str(tmp), shown)) from None
     # the runs name the source the user gave, not the temporary copy
-    return [dataclasses.replace(r, source=shown,
-                                warnings=tuple(w.replace(str(tmp), shown) for w in r.warnings))
-            for r in runs]
+    return [dataclasses.replace(r, source=shown, warnings=tuple(notes) + tuple(
+        w.replace(str(tmp), shown) for w in r.warnings)) for r in runs]
 
 
 def read_log(
