@@ -183,12 +183,14 @@ def _analyse_fleet(
     from spikelens.cache import ResultCache
     from spikelens.fleet import analyze_sources
     from spikelens.metrics import parse_overrides
+    from spikelens.paths import expand_candidates
 
     overrides = parse_overrides(metric or [])
-    sources = expand_sources(logs)
+    found = expand_candidates(logs)  # files in directories are sniffed by the workers
+    sources = [s for s, _ in found]
     cache = None if no_cache else ResultCache(cache_dir)
     kwargs: dict[str, Any] = dict(format=log_format, metrics=overrides, jobs=jobs, dask=dask,
-                                  cache=cache)
+                                  cache=cache, found_in=[w for _, w in found])
     if sys.stderr.isatty() and len(sources) > 1:
         from rich.progress import Progress
 

@@ -61,6 +61,7 @@ class RunPart:
 class LogResult:
     source: str
     parts: tuple[RunPart, ...]
+    skipped: bool = False  # a file found in a directory that no reader claims
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,9 @@ class Task:
     #: recurrences that involve this log's runs (third pass), else None
     recurrences: tuple[Recurrence, ...] | None = None
     candidates: bool = True
+    #: the directory (as the user named it) this file was found in, unsniffed: the task
+    #: checks that it is a log first, and skips it otherwise
+    found_in: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,15 @@ def run_task(task: Task) -> LogResult:
     from spikelens.readers import read_runs
 
     cfg = task.config
-    runs = read_runs(task.source, format=task.format, metrics=dict(task.metrics) or None)
+    fmt = task.format
+    if task.found_in is not None:
+        from spikelens.paths import claim
+
+        ok, sniffed = claim(task.source)
+        if not ok:
+            return LogResult(source=task.source, parts=(), skipped=True)
+        fmt = fmt or sniffed
+    runs = read_runs(task.source, format=fmt, metrics=dict(task.metrics) or None)
     recurrent = dict(task.recurrent)
     parts: list[RunPart] = []
     for i, run in enumerate(runs):
@@ -307,14 +319,19 @@ def analyze_sources(
     cache: ResultCache | None = None,
     progress: Progress | None = None,
     total: Callable[[int], None] | None = None,
+    found_in: Sequence[str | None] | None = None,
 ) -> Fleet:
     """Analyse every log in `sources` (as `paths.expand_sources` gives them) and align the
     runs across logs: the report `analyze([every run])` would give. `jobs` processes (None:
     one per core), or the Dask scheduler at `dask` (or `$SPIKELENS_DASK_SCHEDULER`).
-    `progress(n)` is called as logs finish; `total(n)` when the count of work grows."""
+    `progress(n)` is called as logs finish; `total(n)` when the count of work grows.
+    `found_in[i]`: the directory item source i was found in unsniffed
+    (`paths.expand_candidates`); it is skipped if no reader claims it."""
     cfg = config or Config()
     mets = tuple(sorted((metrics or {}).items()))
-    base = [Task(source=s, config=cfg, format=format, metrics=mets) for s in sources]
+    where = list(found_in) if found_in is not None else [None] * len(sources)
+    base = [Task(source=s, config=cfg, format=format, metrics=mets, found_in=w)
+            for s, w in zip(sources, where, strict=True)]
     ids = _identities(sources, cache)
     if total:
         total(len(base))
@@ -322,7 +339,11 @@ def analyze_sources(
     runner = _Runner(backend, cache, ids, progress)
     try:
         results = runner.run(base)
-        results = _cross_run(results, base, runner, total)
+        _no_empty_directories(results, where)
+        kept = [i for i, r in enumerate(results) if not r.skipped]
+        runner.ids = {k: runner.ids[i] for k, i in enumerate(kept)}
+        results = _cross_run([results[i] for i in kept], [base[i] for i in kept], runner,
+                             total)
     finally:
         backend.close()
     parts = tuple(p for r in results for p in r.parts)
@@ -333,6 +354,18 @@ def analyze_sources(
                  cache_hits=cache.hits if cache else 0,
                  cache_misses=cache.misses if cache else 0,
                  warnings=warnings)
+
+
+def _no_empty_directories(results: Sequence[LogResult], where: Sequence[str | None]) -> None:
+    """A directory named by the user in which no file is a log is an error, as before the
+    sniffing moved into the workers."""
+    seen: dict[str, bool] = {}
+    for res, item in zip(results, where, strict=True):
+        if item is not None:
+            seen[item] = seen.get(item, False) or not res.skipped
+    for item, any_log in seen.items():
+        if not any_log:
+            raise ConfigError(f"{item}: directory with no logs in it")
 
 
 def _identities(sources: Sequence[str], cache: ResultCache | None) -> list[str | None]:

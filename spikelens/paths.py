@@ -35,16 +35,24 @@ _STREAM_WORDS = {"train", "training", "eval", "evaluation", "val", "valid", "val
 def expand_sources(items: Iterable[str]) -> list[str]:
     """Files, globs, directories and URLs -> log sources, in the order given, each once (a
     log named twice would otherwise "recur" with itself across runs)."""
+    return [src for src, _ in expand_candidates(items, defer=False)]
+
+
+def expand_candidates(items: Iterable[str], defer: bool = True) -> list[tuple[str, str | None]]:
+    """Like `expand_sources`, but with `defer` the files found in a directory are not sniffed
+    here: each comes with the directory item it was found in, and whoever reads it checks
+    first that it is a log (`claimed`), so that a fleet's thousand files are sniffed in the
+    workers, in parallel, once. Files named explicitly come with None."""
     seen: set[str] = set()
-    out: list[str] = []
-    for src in _expand(items):
+    out: list[tuple[str, str | None]] = []
+    for src, found_in in _expand(items, defer):
         if src == "-" or is_url(src):
             key = src
         else:
             key = str(Path(src).resolve())
         if key not in seen:
             seen.add(key)
-            out.append(src)
+            out.append((src, found_in))
     return out
 
 
@@ -58,17 +66,17 @@ def expand_paths(items: Iterable[str]) -> list[Path]:
     return out
 
 
-def _expand(items: Iterable[str]) -> list[str]:
+def _expand(items: Iterable[str], defer: bool) -> list[tuple[str, str | None]]:
     from spikelens.readers import format_names
 
     format_names()  # registers the readers
-    out: list[str] = []
+    out: list[tuple[str, str | None]] = []
     for item in items:
         if item == "-":  # standard input
-            out.append(item)
+            out.append((item, None))
             continue
         if is_url(item):
-            out.extend(_expand_remote(item))
+            out.extend(_expand_remote(item, defer))
             continue
         item = local_path(item)
         p = Path(item)
@@ -77,15 +85,19 @@ def _expand(items: Iterable[str]) -> list[str]:
             if not matches:
                 raise ConfigError(f"{item}: no file matches this pattern")
             for m in matches:
-                out.extend(_walk(Path(m)) if Path(m).is_dir() else [m])
+                if Path(m).is_dir():
+                    out.extend((f, m if deferred else None) for f, deferred in
+                               _walk(Path(m), defer))
+                else:
+                    out.append((m, None))
             continue
         if not p.is_dir():
-            out.append(item)
+            out.append((item, None))
             continue
-        found = _walk(p)
+        found = _walk(p, defer)
         if not found:
             raise ConfigError(f"{p}: directory with no logs in it")
-        out.extend(found)
+        out.extend((f, item if deferred else None) for f, deferred in found)
     return out
 
 
@@ -100,9 +112,10 @@ def _has_events(names: Iterable[str]) -> bool:
     return any("tfevents" in n for n in names)
 
 
-def _walk(top: Path) -> list[str]:
-    """Every log under `top`, depth first in name order."""
-    out: list[str] = []
+def _walk(top: Path, defer: bool) -> list[tuple[str, bool]]:
+    """Every log under `top`, depth first in name order, each with whether its sniffing was
+    deferred (a candidate file rather than a claimed log)."""
+    out: list[tuple[str, bool]] = []
     try:
         entries = sorted(os.scandir(top), key=lambda e: e.name)
     except OSError:
@@ -110,16 +123,20 @@ def _walk(top: Path) -> list[str]:
     files = [e for e in entries if not e.name.startswith(".") and _is_file(e)]
     dirs = [e for e in entries if not e.name.startswith(".") and _is_dir(e)]
     if _has_events(e.name for e in files):
-        return [str(top)]  # a TensorBoard run (its stream subfolders belong to it)
+        return [(str(top), False)]  # a TensorBoard run (its stream subfolders belong to it)
     streams = [d for d in dirs if _is_stream(d.name) and _dir_has_events(d.path)]
     if streams:
-        return [str(top)]
+        return [(str(top), False)]
     for e in files:
-        if _claimed(Path(e.path)):
-            out.append(e.path)
+        if inner_name(e.name).lower().endswith(_NOT_LOGS):
+            continue
+        if defer:
+            out.append((e.path, True))
+        elif claimed(e.path):
+            out.append((e.path, False))
     for d in dirs:
         if not d.is_symlink():  # a link loop must not send the walk round forever
-            out.extend(_walk(Path(d.path)))
+            out.extend(_walk(Path(d.path), defer))
     return out
 
 
@@ -145,51 +162,83 @@ def _is_dir(e: os.DirEntry[str]) -> bool:
         return False
 
 
-def _claimed(path: Path) -> bool:
-    """Whether some reader claims this file found in a directory (by its decompressed start
-    and its name without the compression suffix)."""
+def claimed(source: str) -> bool:
+    """Whether some reader claims this file found in a directory, by its decompressed start
+    and its name without the compression suffix (a local path or a URL)."""
+    return claim(source)[0]
+
+
+def claim(source: str) -> tuple[bool, str | None]:
+    """(claimed, format): whether some reader is sure enough of this file found in a
+    directory, and, for a plain local file, the format `detect_format` would pick from the
+    very same bytes (so the reader need not sniff it again); None when it must."""
+    from spikelens.opener import codec_of
     from spikelens.readers import HEAD_BYTES
 
-    if inner_name(path.name).lower().endswith(_NOT_LOGS):
-        return False
+    name = basename(source)
+    if name.startswith(".") or inner_name(name).lower().endswith(_NOT_LOGS):
+        return False, None
+    if is_url(source):
+        fs, path = filesystem(source)
+        try:
+            with fs.open(path, "rb") as fh:
+                raw = fh.read(HEAD_BYTES)
+        except FileNotFoundError:
+            return False, None
+        best = _best(Path(inner_name(name)), head_of(raw), real=False)
+        return best is not None and best[0] > _DIR_SNIFF, None
+    local = Path(source)
     try:
-        with path.open("rb") as fh:
+        with local.open("rb") as fh:
             raw = fh.read(HEAD_BYTES)
     except OSError:
-        return False
-    return _sniffed(path.parent / inner_name(path.name), head_of(raw), real=True)
+        return False, None
+    plain = codec_of(raw) is None
+    best = _best(local if plain else local.parent / inner_name(local.name), head_of(raw),
+                 real=True)
+    if best is None or best[0] <= _DIR_SNIFF:
+        return False, None
+    return True, best[1] if plain else None
 
 
-def _sniffed(named: Path, head: bytes, real: bool) -> bool:
-    from spikelens.readers import READERS
+def _best(named: Path, head: bytes, real: bool) -> tuple[float, str] | None:
+    """The surest reader's score and name, ties to the first registered (as
+    `detect_format`)."""
+    from spikelens.readers import READERS, format_names
 
+    format_names()  # registers the readers (a fresh worker process has not yet)
     if not head.strip():
-        return False
+        return None
     probe = named if real else Path("/nonexistent-remote-log") / named.name
-    for _, reader in READERS.items():
+    best: tuple[float, str] | None = None
+    for fmt, reader in READERS.items():
         try:
-            if reader.sniff(probe, head) > _DIR_SNIFF:
-                return True
+            score = reader.sniff(probe, head)
         except (OSError, SpikelensError):
             continue
-    return False
+        if best is None or score > best[0]:
+            best = (score, fmt)
+    return best
 
 
 # --- remote -----------------------------------------------------------------------------
 
-def _expand_remote(url: str) -> list[str]:
+def _expand_remote(url: str, defer: bool) -> list[tuple[str, str | None]]:
     fs, path = filesystem(url)
     try:
         if any(ch in path for ch in "*?["):
             matches = sorted(fs.glob(path))
             if not matches:
                 raise ConfigError(f"{url}: no object matches this pattern")
-            out: list[str] = []
+            out: list[tuple[str, str | None]] = []
             for m in matches:
-                out.extend(_remote_dir(fs, m) if fs.isdir(m) else [fs.unstrip_protocol(m)])
+                if fs.isdir(m):
+                    out.extend(_remote_dir(fs, m, defer, fs.unstrip_protocol(m)))
+                else:
+                    out.append((fs.unstrip_protocol(m), None))
             return out
         if fs.isdir(path):
-            found = _remote_dir(fs, path)
+            found = _remote_dir(fs, path, defer, url)
             if not found:
                 raise ConfigError(f"{url}: directory with no logs in it")
             return found
@@ -199,14 +248,12 @@ def _expand_remote(url: str) -> list[str]:
         raise LogFormatError(f"{url}: no such file or object") from None
     except Exception as exc:  # noqa: BLE001 - network and protocol errors of any library
         raise LogFormatError(f"{url}: cannot list ({type(exc).__name__}: {exc})") from None
-    return [url]  # a single object: its existence is checked when it is read
+    return [(url, None)]  # a single object: its existence is checked when it is read
 
 
-def _remote_dir(fs: Any, path: str) -> list[str]:
+def _remote_dir(fs: Any, path: str, defer: bool, item: str) -> list[tuple[str, str | None]]:
     """The logs under a remote folder: TensorBoard run folders by their event files, other
-    objects by their first bytes."""
-    from spikelens.readers import HEAD_BYTES
-
+    objects by their first bytes (sniffed here, or by the reader when deferred)."""
     base = path.rstrip("/")
     files = sorted(str(f) for f in fs.find(base))
     runs: set[str] = set()
@@ -216,7 +263,7 @@ def _remote_dir(fs: Any, path: str) -> list[str]:
             if parent != base and _is_stream(basename(parent)):
                 parent = parent.rsplit("/", 1)[0]
             runs.add(parent)
-    out: list[tuple[str, str]] = [(r, fs.unstrip_protocol(r)) for r in runs]
+    out: list[tuple[str, str, str | None]] = [(r, fs.unstrip_protocol(r), None) for r in runs]
     for f in files:
         name = basename(f)
         if name.startswith(".") or "tfevents" in name \
@@ -224,8 +271,9 @@ def _remote_dir(fs: Any, path: str) -> list[str]:
             continue
         if any(f.startswith(r + "/") for r in runs):
             continue
-        with fs.open(f, "rb") as fh:
-            raw = fh.read(HEAD_BYTES)
-        if _sniffed(Path(inner_name(name)), head_of(raw), real=False):
-            out.append((f, fs.unstrip_protocol(f)))
-    return [u for _, u in sorted(out)]
+        url = fs.unstrip_protocol(f)
+        if defer:
+            out.append((f, url, item))
+        elif claimed(url):
+            out.append((f, url, None))
+    return [(u, found_in) for _, u, found_in in sorted(out)]

@@ -14,7 +14,7 @@ from conftest import DATA, SAMPLES  # noqa: F401
 from fleet_sweep import write_sweep
 from typer.testing import CliRunner
 
-from spikelens.analyze import analyze
+from spikelens import analyze
 from spikelens.cache import ResultCache
 from spikelens.cli import TABLE_FORMATS, app
 from spikelens.fleet import (
