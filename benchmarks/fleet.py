@@ -103,9 +103,17 @@ def _tree_rss(proc: Any) -> int:
     return total
 
 
-def run_cli(args: Sequence[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
-    """(wall seconds, peak tree RSS in bytes, stdout) of `python -m spikelens ARGS`."""
+def run_cli(args: Sequence[str], env: dict[str, str] | None = None
+            ) -> tuple[float, int, str, float]:
+    """(wall seconds, peak tree RSS in bytes, stdout, CPU seconds) of `python -m spikelens
+    ARGS`. The CPU time is user + system of the command and every descendant (each is reaped
+    by its parent, so RUSAGE_CHILDREN sees them all): on a shared machine it is the figure the
+    load does not inflate much, and CPU / jobs is the wall time on an idle machine."""
+    import resource
+
     import psutil
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
 
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     t0 = time.perf_counter()
@@ -118,40 +126,44 @@ def run_cli(args: Sequence[str], env: dict[str, str] | None = None) -> tuple[flo
         time.sleep(0.05)
     wall = time.perf_counter() - t0
     out, err = p.communicate()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if p.returncode != 0:
         raise SystemExit(f"spikelens {' '.join(args)} failed ({p.returncode}): "
                          f"{err.decode()[-2000:]}")
-    return wall, peak, out.decode()
+    return wall, peak, out.decode(), cpu
 
 
 def median_of(fn: Any, repeats: int) -> dict[str, Any]:
-    walls, peaks = [], []
+    walls, peaks, cpus = [], [], []
     for _ in range(repeats):
-        wall, peak = fn()
+        wall, peak, cpu = fn()
         walls.append(wall)
         peaks.append(peak)
+        cpus.append(cpu)
     return {"seconds": statistics.median(walls), "all": [round(w, 2) for w in walls],
-            "peak_mb": max(peaks) / 1e6}
+            "peak_mb": max(peaks) / 1e6, "cpu_seconds": statistics.median(cpus),
+            "load": os.getloadavg()[0]}
 
 
 def bench_local(sweep: Path, repeats: int, work: Path, jobs: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     out = work / "report.json"
 
-    def cold() -> tuple[float, int]:
+    def cold() -> tuple[float, int, float]:
         cache = Path(tempfile.mkdtemp(dir=work, prefix="cache-"))
-        wall, peak, _ = run_cli([ "analyze", str(sweep), "--jobs", str(jobs), "--format",
+        wall, peak, _, cpu = run_cli([ "analyze", str(sweep), "--jobs", str(jobs), "--format",
                                  "json", "--output", str(out), "--cache-dir", str(cache)])
         cold.last_cache = cache  # type: ignore[attr-defined]
-        return wall, peak
+        return wall, peak, cpu
 
     results["cold"] = median_of(cold, repeats)
     cache = cold.last_cache  # type: ignore[attr-defined]
 
-    def warm() -> tuple[float, int]:
-        wall, peak, _ = run_cli(["analyze", str(sweep), "--jobs", str(jobs), "--format",
+    def warm() -> tuple[float, int, float]:
+        wall, peak, _, cpu = run_cli(["analyze", str(sweep), "--jobs", str(jobs), "--format",
                                  "json", "--output", str(out), "--cache-dir", str(cache)])
-        return wall, peak
+        return wall, peak, cpu
 
     results["warm"] = median_of(warm, repeats)
     doc = json.loads(out.read_text())
@@ -163,10 +175,10 @@ def bench_local(sweep: Path, repeats: int, work: Path, jobs: int) -> dict[str, A
 
 
 def bench_gzip(sweep: Path, repeats: int, work: Path, jobs: int) -> dict[str, Any]:
-    def cold() -> tuple[float, int]:
-        wall, peak, _ = run_cli(["analyze", str(sweep), "--jobs", str(jobs), "--format",
+    def cold() -> tuple[float, int, float]:
+        wall, peak, _, cpu = run_cli(["analyze", str(sweep), "--jobs", str(jobs), "--format",
                                  "json", "--output", str(work / "gz.json"), "--no-cache"])
-        return wall, peak
+        return wall, peak, cpu
 
     return {"cold": median_of(cold, repeats)}
 
@@ -210,16 +222,16 @@ def bench_s3(sweep: Path, n: int, repeats: int, work: Path, jobs: int) -> dict[s
             os.environ.update(old)
         url = f"s3://bench/{subset.name}/"
 
-        def remote() -> tuple[float, int]:
-            wall, peak, _ = run_cli(["analyze", url, "--jobs", str(jobs), "--format", "json",
+        def remote() -> tuple[float, int, float]:
+            wall, peak, _, cpu = run_cli(["analyze", url, "--jobs", str(jobs), "--format", "json",
                                      "--output", str(work / "s3.json"), "--no-cache"], env)
-            return wall, peak
+            return wall, peak, cpu
 
-        def local() -> tuple[float, int]:
-            wall, peak, _ = run_cli(["analyze", str(subset), "--jobs", str(jobs), "--format",
+        def local() -> tuple[float, int, float]:
+            wall, peak, _, cpu = run_cli(["analyze", str(subset), "--jobs", str(jobs), "--format",
                                      "json", "--output", str(work / "s3-local.json"),
                                      "--no-cache"])
-            return wall, peak
+            return wall, peak, cpu
 
         res = {"runs": n, "s3": median_of(remote, repeats), "local": median_of(local, repeats)}
         a = json.loads((work / "s3.json").read_text().replace(url.rstrip("/"), "<root>"))
@@ -241,15 +253,15 @@ def bench_dask(sweep: Path, repeats: int, work: Path) -> dict[str, Any]:
                                   dashboard_address=None) as cluster:
         addr = str(cluster.scheduler_address)
 
-        def on_dask() -> tuple[float, int]:
-            wall, peak, _ = run_cli(["analyze", *subset, "--dask", addr, "--format", "json",
+        def on_dask() -> tuple[float, int, float]:
+            wall, peak, _, cpu = run_cli(["analyze", *subset, "--dask", addr, "--format", "json",
                                      "--output", str(work / "dask.json"), "--no-cache"])
-            return wall, peak
+            return wall, peak, cpu
 
-        def local() -> tuple[float, int]:
-            wall, peak, _ = run_cli(["analyze", *subset, "--jobs", "2", "--format", "json",
+        def local() -> tuple[float, int, float]:
+            wall, peak, _, cpu = run_cli(["analyze", *subset, "--jobs", "2", "--format", "json",
                                      "--output", str(work / "dask-local.json"), "--no-cache"])
-            return wall, peak
+            return wall, peak, cpu
 
         res = {"dask": median_of(on_dask, repeats), "local": median_of(local, repeats)}
     res["same_results"] = (work / "dask.json").read_text() == \

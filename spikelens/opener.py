@@ -392,8 +392,28 @@ def identity(source: str) -> str | None:
     return f"file:{p.resolve()}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
 
 
+#: url -> identity of the objects listed while expanding the user's items: a listing gives
+#: every object's ETag at a thousand objects per request, where asking each object would be
+#: one request per run (a 100,000-run fleet)
+LISTED: dict[str, str] = {}
+
+
+def remember(fs: Any, path: str, info: Any) -> None:
+    """Keep the identity of an object seen in a listing (`fs.find(..., detail=True)`)."""
+    if isinstance(info, dict) and info.get("type", "file") == "file":
+        LISTED[fs.unstrip_protocol(path)] = _tag_of(fs, path, info)
+
+
 def _remote_tag(fs: Any, path: str) -> str:
-    info = fs.info(path)
+    # a listed identity serves once, for the analysis right after the listing; any later
+    # question asks the store again, so a replaced object is never taken for the old one
+    known = LISTED.pop(fs.unstrip_protocol(path), None)
+    if known is not None:
+        return known
+    return _tag_of(fs, path, fs.info(path))
+
+
+def _tag_of(fs: Any, path: str, info: Any) -> str:
     etag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("etag_")
     mtime = info.get("LastModified") or info.get("mtime") or info.get("last_modified") \
         or info.get("updated")

@@ -227,7 +227,12 @@ def _expand_remote(url: str, defer: bool) -> list[tuple[str, str | None]]:
     fs, path = filesystem(url)
     try:
         if any(ch in path for ch in "*?["):
-            matches = sorted(fs.glob(path))
+            from spikelens.opener import remember
+
+            listing = fs.glob(path, detail=True)
+            for m, info in listing.items():
+                remember(fs, str(m), info)
+            matches = sorted(str(m) for m in listing)
             if not matches:
                 raise ConfigError(f"{url}: no object matches this pattern")
             out: list[tuple[str, str | None]] = []
@@ -254,8 +259,13 @@ def _expand_remote(url: str, defer: bool) -> list[tuple[str, str | None]]:
 def _remote_dir(fs: Any, path: str, defer: bool, item: str) -> list[tuple[str, str | None]]:
     """The logs under a remote folder: TensorBoard run folders by their event files, other
     objects by their first bytes (sniffed here, or by the reader when deferred)."""
+    from spikelens.opener import remember
+
     base = path.rstrip("/")
-    files = sorted(str(f) for f in fs.find(base))
+    listing = fs.find(base, detail=True)
+    for f, info in listing.items():
+        remember(fs, str(f), info)
+    files = sorted(str(f) for f in listing)
     runs: set[str] = set()
     for f in files:
         if "tfevents" in basename(f):
