@@ -209,3 +209,21 @@ def test_a_rerun_with_the_same_seed_and_config_counts_once(sweep: Path) -> None:
     three = suspect_ranges(dataclasses.replace(fleet, parts=tuple(parts)))
     assert [s.distinct_configs for s in three] == [3, 3]
     assert all(s.unknown_configs == 0 and len(s.runs) == 5 for s in three)
+
+
+def test_files_that_are_not_logs_are_skipped_by_the_workers(tmp_path: Path) -> None:
+    write_sweep(tmp_path / "sweep", 2, steps=80)
+    (tmp_path / "sweep" / "run-00" / "weights.dat").write_bytes(bytes(range(256)) * 64)
+    (tmp_path / "sweep" / "run-01" / "notes.txt").write_text("lr 3e-4, looked fine\n")
+    r = CliRunner().invoke(app, ["analyze", str(tmp_path / "sweep"), "--format", "json",
+                                 "--jobs", "2", "--no-cache"])
+    assert r.exit_code == 0, r.output
+    assert [Path(x["source"]).name for x in json.loads(r.stdout)["runs"]] == [
+        "metrics.jsonl", "metrics.jsonl"]
+    empty = tmp_path / "empty" / "a"
+    empty.mkdir(parents=True)
+    (empty / "weights.dat").write_bytes(bytes(range(256)) * 64)
+    r = CliRunner().invoke(app, ["analyze", str(tmp_path / "empty"), "--jobs", "2",
+                                 "--no-cache"])
+    assert r.exit_code == 2
+    assert r.stderr == f"Error: {tmp_path / 'empty'}: directory with no logs in it\n"
