@@ -335,8 +335,7 @@ def analyze_sources(
     ids = _identities(sources, cache)
     if total:
         total(len(base))
-    backend = make_backend(jobs, dask, len(base))
-    runner = _Runner(backend, cache, ids, progress)
+    runner = _Runner(lambda n: make_backend(jobs, dask, n), cache, ids, progress)
     try:
         results = runner.run(base)
         _no_empty_directories(results, where)
@@ -345,7 +344,7 @@ def analyze_sources(
         results = _cross_run([results[i] for i in kept], [base[i] for i in kept], runner,
                              total)
     finally:
-        backend.close()
+        runner.close()
     parts = tuple(p for r in results for p in r.parts)
     recs = _recurrences(parts)
     warnings = (cache.write_error,) if cache is not None and cache.write_error else ()
@@ -379,9 +378,15 @@ def _identities(sources: Sequence[str], cache: ResultCache | None) -> list[str |
 class _Runner:
     """Tasks through the cache, the misses through the backend."""
 
-    def __init__(self, backend: Backend, cache: ResultCache | None, ids: list[str | None],
-                 progress: Progress | None) -> None:
-        self.backend, self.cache, self.progress = backend, cache, progress
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+
+    def __init__(self, make: Callable[[int], Backend], cache: ResultCache | None,
+                 ids: list[str | None], progress: Progress | None) -> None:
+        # the backend starts at the first miss: a warm sweep starts no pool, dials no cluster
+        self.make, self.cache, self.progress = make, cache, progress
+        self.backend: Backend | None = None
         self.ids = {i: ident for i, ident in enumerate(ids)}
 
     def run(self, tasks: Sequence[Task], index: Sequence[int] | None = None) -> list[LogResult]:
@@ -402,6 +407,8 @@ class _Runner:
                     continue
             todo.append(k)
         if todo:
+            if self.backend is None:
+                self.backend = self.make(len(todo))
             fresh = self.backend.map([tasks[k] for k in todo], self.progress)
             for k, res in zip(todo, fresh, strict=True):
                 out[k] = res
