@@ -327,6 +327,8 @@ def analyze_sources(
     `progress(n)` is called as logs finish; `total(n)` when the count of work grows.
     `found_in[i]`: the directory item source i was found in unsniffed
     (`paths.expand_candidates`); it is skipped if no reader claims it."""
+    if jobs is not None and jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     cfg = config or Config()
     mets = tuple(sorted((metrics or {}).items()))
     where = list(found_in) if found_in is not None else [None] * len(sources)
