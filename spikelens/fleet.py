@@ -1,21 +1,19 @@
-"""Many logs at once: a sweep folder, a glob on S3, every run of a quarter. The unit of work is
-one log: `open -> read -> detect -> explain` as a pure function of (source, config) that
-returns each run's `RunReport` plus the compact facts cross-run alignment needs: the run's
-one-point outlier candidates (`detect.joint.Candidates`: steps and z at or above the joint bar,
-not the series) and a thin stand-in `Run` holding only the rows of its consumed-tokens/samples
-counters that the alignment reads (its first and last point and the two points around each
-incident's peak), with its name, interval and params. The same function runs in this process,
-in a process pool (`jobs`) or as one Dask task per log on an existing cluster, where the
-workers read the log from where it is; only these compact results travel back.
-
-The reduce runs where the results come back and gives the very report `analyze(all runs)`
-gives: (1) one-point outliers that coincide across runs (`find_coincidences` on the
-candidates); the few logs that have such steps are analysed again with the lowered bar there;
-(2) incidents that recur at the same point of the data stream (`find_recurrences` on the thin
-runs); the logs whose incidents recur are explained again with the recurrence as evidence.
-Each pass is cached like the first (`spikelens.cache`), keyed also on the cross-run facts it
-used. Results keep the order of the sources whatever the backend, and the first bad log in
-that order is the error raised (one line, as everywhere)."""
+"""Many logs at once: a sweep folder, a glob on S3, every run of a quarter. The unit of work is one
+log: `open -> read -> detect -> explain` as a pure function of (source, config) that returns
+each run's `RunReport` plus the compact facts cross-run alignment needs: the run's one-point
+outlier candidates (`detect.joint.Candidates`: steps and z at or above the joint bar, not the
+series) and a thin stand-in `Run` holding only the rows of its consumed-tokens/samples counters
+that the alignment reads (its first and last point and the two points around each incident's
+peak), with its name, interval and params. The same function runs in this process, in a process
+pool (`jobs`) or as one Dask task per log on an existing cluster, where the workers read the log
+from where it is; only these compact results travel back. The reduce runs where the results come
+back and gives the very report `analyze(all runs)` gives: (1) one-point outliers that coincide
+across runs (`find_coincidences` on the candidates); the few logs that have such steps are
+analysed again with the lowered bar there; (2) incidents that recur at the same point of the
+data stream (`find_recurrences` on the thin runs); the logs whose incidents recur are explained
+again with the recurrence as evidence. Each pass is cached like the first (`spikelens.cache`),
+keyed also on the cross-run facts it used. Results keep the order of the sources whatever the
+backend, and the first bad log in that order is the error raised (one line, as everywhere)."""
 
 from __future__ import annotations
 
@@ -84,7 +82,8 @@ class Task:
 
 @dataclass(frozen=True)
 class Fleet:
-    """The fleet's report and, per report run, the run's params (for the fleet outputs)."""
+    """The fleet's report, and per report run (same order) its compact part: events,
+    positions on the data stream and params, for the fleet outputs."""
 
     report: Report
     parts: tuple[RunPart, ...]
