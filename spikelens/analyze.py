@@ -6,8 +6,12 @@ causes ranked. The result holds no DataFrame, so it can be rendered or dumped as
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from spikelens.model import Config, Finding, Report, Run, RunReport, StepInfo
+from spikelens.model import Config, Finding, Recurrence, Report, Run, RunReport, StepInfo
+
+if TYPE_CHECKING:
+    from spikelens.detect import Detection
 
 
 def _step_info(run: Run) -> StepInfo:
@@ -35,10 +39,37 @@ def _recurrent_outliers(runs: Sequence[Run], cfg: Config) -> dict[int, set[int]]
     return out
 
 
-def analyze(runs: Run | Sequence[Run], config: Config | None = None) -> Report:
-    """Detect, align across runs and explain. Pure and deterministic."""
-    from spikelens.align import find_recurrences, recurrence_for
+def report_of(run: Run, detection: Detection, cfg: Config,
+              recurrences: Sequence[Recurrence] = ()) -> RunReport:
+    """One run's report: every loss incident of `detection` explained, with the recurrence
+    that holds it (if any) as evidence for a bad batch."""
+    from spikelens.align import recurrence_for
     from spikelens.causes import explain
+
+    findings: list[Finding] = []
+    for ev in detection.events:
+        if ev.kind == "stall" or ev.metric != "loss":
+            findings.append(Finding(event=ev))
+            continue
+        findings.append(
+            explain(run, ev, detection.events, cfg, recurrence_for(recurrences, run, ev))
+        )
+    return RunReport(
+        source=run.source,
+        format=run.format,
+        verdict=detection.verdict,
+        steps=_step_info(run),
+        metrics=dict(run.roles),
+        findings=tuple(findings),
+        warnings=tuple(run.warnings) + tuple(detection.notes),
+        name=run.name,
+    )
+
+
+def analyze(runs: Run | Sequence[Run], config: Config | None = None) -> Report:
+    """Detect, align across runs and explain. Pure and deterministic. (`spikelens.fleet`
+    computes the same report from many logs without holding them all in one process.)"""
+    from spikelens.align import find_recurrences
     from spikelens.detect import detect
 
     cfg = config or Config()
@@ -47,26 +78,6 @@ def analyze(runs: Run | Sequence[Run], config: Config | None = None) -> Report:
     detections = [detect(run, cfg, recurrent.get(i, ())) for i, run in enumerate(run_list)]
     recs = find_recurrences(run_list, [d.events for d in detections]) if len(run_list) > 1 \
         else ()
-    reports: list[RunReport] = []
-    for run, det in zip(run_list, detections, strict=True):
-        findings: list[Finding] = []
-        for ev in det.events:
-            if ev.kind == "stall" or ev.metric != "loss":
-                findings.append(Finding(event=ev))
-                continue
-            findings.append(
-                explain(run, ev, det.events, cfg, recurrence_for(recs, run, ev))
-            )
-        reports.append(
-            RunReport(
-                source=run.source,
-                format=run.format,
-                verdict=det.verdict,
-                steps=_step_info(run),
-                metrics=dict(run.roles),
-                findings=tuple(findings),
-                warnings=tuple(run.warnings) + tuple(det.notes),
-                name=run.name,
-            )
-        )
+    reports = [report_of(run, det, cfg, recs) for run, det in zip(run_list, detections,
+                                                                   strict=True)]
     return Report(runs=tuple(reports), recurrences=tuple(recs))

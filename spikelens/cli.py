@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 import typer
 
 from spikelens.errors import ConfigError, SpikelensError
-from spikelens.paths import expand_paths
+from spikelens.paths import expand_sources
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -39,6 +39,8 @@ EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT = 0, 1, 2
 #: `analyze --format` choices. Spelled out so `--help` needs no renderer import; a test keeps
 #: it equal to the renderer registry (less `html`, which has its own command).
 OUTPUT_FORMATS = ("terminal", "json", "markdown", "github")
+#: `analyze --format` choices that write tables to files (`report.parquet.TABLE_WRITERS`).
+TABLE_FORMATS = ("parquet",)
 
 
 class FailOn(StrEnum):
@@ -98,14 +100,14 @@ def _one_line_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _read_all(paths: list[Path], log_format: str | None, metric: list[str] | None,
+def _read_all(paths: list[str], log_format: str | None, metric: list[str] | None,
               run: list[str] | None = None) -> list[Run]:
     from spikelens.metrics import parse_overrides
     from spikelens.readers import read_runs
 
     overrides = parse_overrides(metric or [])
     runs: list[Run] = []
-    big = sum(p.stat().st_size for p in paths if p.is_file()) > 64 * 2**20
+    big = sum(os.path.getsize(p) for p in paths if os.path.isfile(p)) > 64 * 2**20
     if sys.stderr.isatty() and (len(paths) > 1 or big):
         from rich.progress import Progress
 
@@ -176,7 +178,7 @@ def inspect(
 
     if format not in ("text", "json"):
         raise ConfigError(f"--format must be text or json, got {format!r}")
-    runs = _read_all(expand_paths(logs), log_format, metric, run)
+    runs = _read_all(expand_sources(logs), log_format, metric, run)
     if format == "json":
         objs = [describe(r) for r in runs]
         _write(json.dumps(objs[0] if len(objs) == 1 else objs, indent=2), None)
@@ -190,8 +192,43 @@ def _analyse(
 ) -> tuple[Report, list[Run]]:
     from spikelens.analyze import analyze as run_analysis
 
-    runs = _read_all(expand_paths(logs), log_format, metric, run)
+    runs = _read_all(expand_sources(logs), log_format, metric, run)
     return run_analysis(runs), runs
+
+
+def _analyse_fleet(
+    logs: list[str], log_format: str | None, metric: list[str] | None, jobs: int | None,
+    dask: str | None, no_cache: bool, cache_dir: Path | None,
+) -> Any:
+    """Many logs: one task per log on a process pool or a Dask cluster, through the result
+    cache, with a progress bar on a terminal (`spikelens.fleet`)."""
+    from spikelens.cache import ResultCache
+    from spikelens.fleet import analyze_sources
+    from spikelens.metrics import parse_overrides
+    from spikelens.paths import expand_candidates
+
+    overrides = parse_overrides(metric or [])
+    found = expand_candidates(logs)  # files in directories are sniffed by the workers
+    sources = [s for s, _ in found]
+    cache = None if no_cache else ResultCache(cache_dir)
+    kwargs: dict[str, Any] = dict(format=log_format, metrics=overrides, jobs=jobs, dask=dask,
+                                  cache=cache, found_in=[w for _, w in found])
+    if sys.stderr.isatty() and len(sources) > 1:
+        from rich.progress import Progress
+
+        with Progress(transient=True, console=_stderr_console()) as progress:
+            task = progress.add_task("analysing logs", total=0)
+            fleet = analyze_sources(
+                sources, **kwargs,
+                progress=lambda n: progress.advance(task, n),
+                total=lambda n: progress.update(
+                    task, total=(progress.tasks[0].total or 0) + n),
+            )
+    else:
+        fleet = analyze_sources(sources, **kwargs)
+    for w in fleet.warnings:
+        typer.echo(f"Warning: {w}", err=True)
+    return fleet
 
 
 @app.command()
@@ -199,7 +236,8 @@ def _analyse(
 def analyze(
     logs: LogsArg,
     format: Annotated[
-        str, typer.Option("--format", "-f", help=f"One of: {', '.join(OUTPUT_FORMATS)}.")
+        str, typer.Option("--format", "-f",
+                          help=f"One of: {', '.join(OUTPUT_FORMATS + TABLE_FORMATS)}.")
     ] = "terminal",
     metric: MetricOpt = None,
     log_format: LogFormatOpt = None,
@@ -222,23 +260,75 @@ def analyze(
     ] = None,
     no_color: Annotated[bool, typer.Option("--no-color", help="Plain text output.")] = False,
     run: RunOpt = None,
+    jobs: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--jobs", "-j", metavar="N", show_default=False,
+                     help="Analyse logs in N processes (default: one per core)."),
+    ] = None,
+    dask: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--dask", metavar="ADDRESS", show_default=False,
+                     help="Send one task per log to this Dask scheduler (e.g. "
+                     "tcp://scheduler:8786; default $SPIKELENS_DASK_SCHEDULER)."),
+    ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Neither use nor fill the result cache.")
+    ] = False,
+    cache_dir: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--cache-dir", metavar="DIR", show_default=False,
+                     help="Result cache directory (default: the user cache dir, or "
+                     "$SPIKELENS_CACHE_DIR)."),
+    ] = None,
+    top: Annotated[
+        int, typer.Option("--top", metavar="N",
+                          help="Fleet summary: show the N worst runs, count the rest.")
+    ] = 20,
 ) -> None:
     """Find loss incidents, classify them, rank their causes. Exit 0 = analysed, 1 =
     findings matched --fail-on, 2 = bad input or usage."""
     from spikelens.report import render
 
-    if format not in OUTPUT_FORMATS:
+    if format not in OUTPUT_FORMATS + TABLE_FORMATS:
         raise ConfigError(f"unknown output format {format!r} (known: "
-                          f"{', '.join(OUTPUT_FORMATS)}; for HTML use "
+                          f"{', '.join(OUTPUT_FORMATS + TABLE_FORMATS)}; for HTML use "
                           "`spikelens report LOG --html out.html`)")
-    for target in (output, summary):
-        _check_writable(target)
-    report, runs = _analyse(logs, log_format, metric, run)
-    text = render(report, runs, format, verbose=verbose,
-                  color=_color(no_color) if output is None else False)
-    _write(text, output)
+    if format in TABLE_FORMATS:
+        from spikelens.report.parquet import check_target
+
+        check_target(output)
+        _check_writable(summary)
+    else:
+        for target in (output, summary):
+            _check_writable(target)
+    if top < 1:
+        raise ConfigError(f"--top must be >= 1, got {top}")
+    if run and format in TABLE_FORMATS:
+        raise ConfigError("--run picks runs for the text reports; the parquet tables hold "
+                          "every run (filter them by the `run` column)")
+    if run:  # runs picked inside multi-run stores: read here, analyse the picked ones
+        report, _ = _analyse(logs, log_format, metric, run)
+        fleet = None
+    else:
+        fleet = _analyse_fleet(logs, log_format, metric, jobs, dask, no_cache, cache_dir)
+        report = fleet.report
+    if format in TABLE_FORMATS:
+        from spikelens.report.parquet import TABLE_WRITERS
+
+        assert output is not None and fleet is not None  # check_target refused None
+        written = TABLE_WRITERS.get(format)(fleet, output)
+        typer.echo(f"wrote {', '.join(str(p) for p in written)} "
+                   f"({len(report.runs)} runs)", err=True)
+    else:
+        text = render(report, [], format, verbose=verbose,
+                      color=_color(no_color) if output is None else False, top=top)
+        if format == "terminal" and fleet is not None and len(report.runs) > 1:
+            from spikelens.fleet import suspects_text
+
+            text = text + suspects_text(fleet)
+        _write(text, output)
     if summary is not None:
-        _append(render(report, runs, "markdown", verbose=verbose), summary)
+        _append(render(report, [], "markdown", verbose=verbose, top=top), summary)
     raise typer.Exit(_exit_code(report, fail_on))
 
 

@@ -31,3 +31,11 @@ def registered_reader(name: str) -> Reader:
 
 def isnan(value: object) -> bool:
     return isinstance(value, float) and math.isnan(value)  # numpy float64 is a float
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_result_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`spikelens analyze` caches results in the user cache dir; the tests use their own."""
+    import os
+
+    os.environ.setdefault("SPIKELENS_CACHE_DIR", str(tmp_path_factory.mktemp("result-cache")))

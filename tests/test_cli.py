@@ -117,7 +117,7 @@ def test_usage_errors_exit_2() -> None:
     code, _, err = _run("analyze", BLOOM, "--format", "yaml")
     assert code == 2
     assert err == ("Error: unknown output format 'yaml' (known: terminal, json, markdown, "
-                   "github; for HTML use `spikelens report LOG --html out.html`)\n")
+                   "github, parquet; for HTML use `spikelens report LOG --html out.html`)\n")
     code, _, err = _run("analyze", BLOOM, "--metric", "lossy")
     assert code == 2
     assert err == "Error: --metric expects ROLE=NAME, got 'lossy'\n"

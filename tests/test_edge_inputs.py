@@ -50,15 +50,29 @@ def test_steps_beyond_2_53_are_not_steps(tmp_path: Path) -> None:
     assert any("skipped 1 row(s) without a step (line 4)" in w for w in run.warnings)
 
 
-def test_gzip_is_named(tmp_path: Path) -> None:
+def test_gzip_is_read_directly_a_cut_one_up_to_the_cut(tmp_path: Path) -> None:
+    # issue 12: compressed logs are read directly (this test used to expect a refusal)
     import gzip
 
+    rows = "".join(f"{i},{2 + 0.001 * (i % 7)}\n" for i in range(1, 20001))
     p = tmp_path / "log.csv.gz"
-    p.write_bytes(gzip.compress(b"step,loss\n1,2\n"))
-    code, _, err = _run("inspect", p)
+    p.write_bytes(gzip.compress(("step,loss\n" + rows).encode()))
+    code, out, _ = _run("inspect", p)
+    assert code == 0 and "format: csv" in out and "steps: 1..20000" in out
+    # a gzip stream cut short (a log still being written): read up to the cut, with a warning
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2])
+    run = read_log(cut)
+    assert 1000 < len(run.steps) < 20000
+    assert any(w.startswith(f"{cut}: the gzip stream is cut short") for w in run.warnings)
+    # damaged data is one line and exit 2
+    bad = tmp_path / "bad.csv.gz"
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)
+    bad.write_bytes(bytes(data))
+    code, _, err = _run("inspect", bad)
     assert code == 2
-    assert err == (f"Error: {p}: gzip-compressed; decompress it first "
-                   "(e.g. `zcat log.csv.gz > log`)\n")
+    assert err.startswith(f"Error: {bad}: corrupt gzip data (") and err.count("\n") == 1
 
 
 def test_the_same_log_named_twice_is_read_once(tmp_path: Path) -> None:

@@ -38,25 +38,56 @@ class PointZ:
 
 
 @dataclass(frozen=True)
+class Candidates:
+    """What `find_coincidences` needs of one run, without its whole series (so a fleet's
+    runs can be analysed apart and aligned where the results come back): the steps and z of
+    its outliers at or above `min_z`, the sorted z of the same (the rank of an outlier only
+    counts points at least as large), how many points were tested, the logged step range
+    and how many steps were logged."""
+
+    steps: NDArray[np.int64]
+    z: NDArray[np.float64]
+    n_points: int
+    first: int | None
+    last: int | None
+    n_steps: int
+    interval: int
+
+
+def candidates(run: PointZ | Candidates, min_z: float) -> Candidates:
+    """A run's compact candidates (`run` itself if it is compact already)."""
+    if isinstance(run, Candidates):
+        return run
+    keep = np.nan_to_num(run.z, nan=-np.inf) >= min_z
+    n = len(run.steps)
+    return Candidates(steps=run.steps[keep].astype(np.int64), z=run.z[keep].astype(np.float64),
+                      n_points=len(run.z), first=int(run.steps[0]) if n else None,
+                      last=int(run.steps[-1]) if n else None, n_steps=n,
+                      interval=run.interval)
+
+
+@dataclass(frozen=True)
 class Coincidence:
     step: int  # the step of the first run that took part
     members: tuple[tuple[int, int], ...]  # (run index, that run's step)
     expected: float  # E, the chance expectation of a coincidence this strong
 
 
-def _tails(z: NDArray[np.float64]) -> tuple[NDArray[np.float64], int]:
-    """Sorted z values of a run's tested points, for ranking, and how many there are."""
-    ok = z[np.isfinite(z)]
-    return np.sort(ok), len(z)
+def _tails(c: Candidates) -> tuple[NDArray[np.float64], int]:
+    """Sorted z values of a run's outliers, for ranking, and how many points there are."""
+    ok = c.z[np.isfinite(c.z)]
+    return np.sort(ok), c.n_points
 
 
 def find_coincidences(
-    runs: Sequence[PointZ], min_z: float, alpha: float, tolerance: int
+    points: Sequence[PointZ | Candidates], min_z: float, alpha: float, tolerance: int
 ) -> list[Coincidence]:
-    """Steps where one-point outliers of several runs coincide beyond chance."""
-    if len(runs) < 2:
+    """Steps where one-point outliers of several runs coincide beyond chance. Each run is
+    given whole (`PointZ`) or compact (`Candidates` at the same `min_z`)."""
+    if len(points) < 2:
         return []
-    tails = [_tails(r.z) for r in runs]
+    runs = [candidates(r, min_z) for r in points]
+    tails = [_tails(r) for r in runs]
     # candidates: every outlier of every run at or above min_z, keyed by step
     cand: dict[int, list[tuple[int, int, float]]] = {}
     for i, r in enumerate(runs):
@@ -65,6 +96,10 @@ def find_coincidences(
     if not cand:
         return []
     keys = np.array(sorted(cand), dtype=np.int64)
+    firsts = np.sort(np.array([r.first for r in runs if r.first is not None and r.last is not None],
+                              dtype=np.int64))
+    lasts = np.sort(np.array([r.last for r in runs if r.first is not None and r.last is not None],
+                             dtype=np.int64))
     out: list[Coincidence] = []
     used: set[tuple[int, int]] = set()
     for step in keys.tolist():
@@ -76,10 +111,12 @@ def find_coincidences(
                     best[i] = (st, z)
         if len(best) < 2:
             continue
-        covering = [i for i, r in enumerate(runs) if len(r.steps) and r.steps[0] <= step
-                    <= r.steps[-1]]
-        n_runs = max(len(covering), len(best))
-        n_steps = max(len(runs[i].steps) for i in best)
+        # runs whose logged range covers the step: first <= step minus last < step (a
+        # subset of the former), by bisection, so a fleet of 100,000 runs stays cheap
+        covering = int(np.searchsorted(firsts, step, side="right")
+                       - np.searchsorted(lasts, step, side="left"))
+        n_runs = max(covering, len(best))
+        n_steps = max(runs[i].n_steps for i in best)
         log_e = math.log(n_steps) + math.log(math.comb(n_runs, len(best)))
         for i, (_, z) in best.items():
             sorted_z, n = tails[i]
@@ -94,6 +131,6 @@ def find_coincidences(
     return out
 
 
-def _tol_unit(runs: Sequence[PointZ]) -> int:
+def _tol_unit(runs: Sequence[Candidates]) -> int:
     # the tolerance is counted in logged steps; runs analysed together share an interval
     return max(1, min(r.interval for r in runs))

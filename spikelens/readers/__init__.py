@@ -128,15 +128,17 @@ def read_runs(
     format: str | None = None,
     metrics: Mapping[str, str] | None = None,
 ) -> list[Run]:
-    """Read every run in `path` (a W&B panel export can hold several). A pipe (`-`,
-    `/dev/stdin`, `<(zcat log.gz)`) is read once into a temporary file, since sniffing and
-    parsing both need the start of it."""
+    """Read every run in `path` (a W&B panel export can hold several). Whatever the readers
+    cannot read in place (standard input `-`, a pipe, a compressed file, an fsspec URL) goes
+    through `spikelens.opener` first: one local, decompressed copy, and the runs name the
+    source the user gave."""
     _register_builtin()
-    p = Path(path)
-    if str(p) == "-":
-        p = Path("/dev/stdin")
-    if p.exists() and not p.is_dir() and not p.is_file():
-        return _read_stream(p, format, metrics)
+    from spikelens.opener import local_path, needs_copy
+
+    src = os.fspath(path)
+    if needs_copy(src):
+        return _read_copy(src, format, metrics)
+    p = Path(local_path(src))
     fmt = format or detect_format(p)
     try:
         return _read_with(p, fmt, metrics)
@@ -146,29 +148,22 @@ def read_runs(
         return _read_other_format(p, fmt, metrics, exc)
 
 
-def _read_stream(
-    p: Path, format: str | None, metrics: Mapping[str, str] | None
+def _read_copy(
+    source: str, format: str | None, metrics: Mapping[str, str] | None
 ) -> list[Run]:
     import dataclasses
-    import shutil
-    import tempfile
 
-    name = p.name if p.name not in ("stdin", "-") and not p.name.isdigit() else "stdin"
-    with tempfile.TemporaryDirectory(prefix="spikelens-") as d:
-        tmp = Path(d) / name
-        try:
-            with open(p, "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-        except OSError as exc:
-            raise LogFormatError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    from spikelens.opener import materialised
+
+    shown = "/dev/stdin" if source == "-" else source
+    with materialised(source) as (tmp, notes):
         try:
             runs = read_runs(tmp, format=format, metrics=metrics)
         except SpikelensError as exc:
-            raise type(exc)(str(exc).replace(str(tmp), str(p))) from None
-    # the runs name the stream the user gave, not the temporary copy
-    return [dataclasses.replace(r, source=str(p),
-                                warnings=tuple(w.replace(str(tmp), str(p)) for w in r.warnings))
-            for r in runs]
+            raise type(exc)(str(exc).replace(str(tmp), shown)) from None
+    # the runs name the source the user gave, not the temporary copy
+    return [dataclasses.replace(r, source=shown, warnings=tuple(notes) + tuple(
+        w.replace(str(tmp), shown) for w in r.warnings)) for r in runs]
 
 
 def read_log(

@@ -45,13 +45,15 @@ def render(
     verbose: bool = False,
     color: bool | None = None,
     plotlyjs: str = "inline",
+    top: int | None = None,
 ) -> str:
     """Render `report` as `fmt` (one of `RENDERERS.names()`).
 
     `runs[i]` is the Run that `report.runs[i]` was computed from; only the HTML page uses
     them (for its plots), and `runs` may be empty to render without plots. `color=None`
     means colour on a terminal unless NO_COLOR is set; `plotlyjs` is "inline" (offline page)
-    or "cdn" (small page that loads plotly.js from its CDN).
+    or "cdn" (small page that loads plotly.js from its CDN). `top` cuts the multi-run summary
+    table of the text outputs to the worst `top` runs and counts the rest (fleets).
     """
     renderer = RENDERERS.get(fmt)
     if runs and len(runs) != len(report.runs):
@@ -68,6 +70,7 @@ def render(
         color=auto_color() if color is None else color,
         plotlyjs=plotlyjs,
         width=_width(),
+        top=top,
     )
     return renderer(report, list(runs), options)
 

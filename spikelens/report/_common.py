@@ -42,6 +42,7 @@ class RenderOptions:
     color: bool = False
     plotlyjs: str = "inline"
     width: int = 100
+    top: int | None = None  # several runs: the summary table shows the `top` worst, counts the rest
 
 
 class Renderer(Protocol):

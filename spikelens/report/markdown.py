@@ -193,7 +193,7 @@ def render(report: Report, runs: Sequence[Run | None], options: RenderOptions) -
             names = short_names([run_title(r) for r in report.runs])
             notes = repeated_notes(report)
             shared = {t: k for k, (t, _) in enumerate(notes, start=1)}
-            lines += ["", "### Runs", ""] + summary_table(report, names)
+            lines += ["", "### Runs", ""] + summary_table(report, names, top=options.top)
             lines += _recurrences(report, names, "###")
             if notes:
                 lines += ["", "### Said once for all runs", ""]

@@ -208,14 +208,19 @@ def _section(console: Console, run: RunReport, options: RenderOptions,
     _warnings(console, run)
 
 
-def _runs_table(console: Console, report: Report, names: Sequence[str]) -> None:
+def _runs_table(console: Console, report: Report, names: Sequence[str],
+               top: int | None = None) -> None:
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for col in ("run", "verdict", "incidents", "worst incident", "top cause"):
         table.add_column(col, overflow="fold")
-    for r in run_summary_rows(report, names=names).rows:
+    summary = run_summary_rows(report, names=names, top=top)
+    for r in summary.rows:
         table.add_row(Text(r.name), Text(r.verdict, style=VERDICT_STYLE.get(r.verdict, "")),
                       Text(r.incidents), Text(r.worst), Text(r.top_cause, style="bold"))
     console.print(table)
+    if summary.left_out:
+        console.print(Text(f"... and {summary.left_out} more runs not shown "
+                           f"({summary.total} in all; --top N shows more)"))
 
 
 def _recurrences(console: Console, report: Report, names: Sequence[str]) -> None:
@@ -257,7 +262,7 @@ def render(report: Report, runs: Sequence[Run | None], options: RenderOptions) -
         shared = {t: k for k, (t, _) in enumerate(notes, start=1)}
         if report.runs:
             console.print()
-            _runs_table(console, report, names)
+            _runs_table(console, report, names, options.top)
         _recurrences(console, report, names)
         _shared(console, notes)
         order = [r.index for r in run_summary_rows(report, names=names).rows]

@@ -1,0 +1,637 @@
+"""Many logs at once: a sweep folder, a glob on S3, every run of a quarter. The unit of work is one
+log: `open -> read -> detect -> explain` as a pure function of (source, config) that returns
+each run's `RunReport` plus the compact facts cross-run alignment needs: the run's one-point
+outlier candidates (`detect.joint.Candidates`: steps and z at or above the joint bar, not the
+series) and a thin stand-in `Run` holding only the rows of its consumed-tokens/samples counters
+that the alignment reads (its first and last point and the two points around each incident's
+peak), with its name, interval and params. The same function runs in this process, in a process
+pool (`jobs`) or as one Dask task per log on an existing cluster, where the workers read the log
+from where it is; only these compact results travel back. The reduce runs where the results come
+back and gives the very report `analyze(all runs)` gives: (1) one-point outliers that coincide
+across runs (`find_coincidences` on the candidates); the few logs that have such steps are
+analysed again with the lowered bar there; (2) incidents that recur at the same point of the
+data stream (`find_recurrences` on the thin runs); the logs whose incidents recur are explained
+again with the recurrence as evidence. Each pass is cached like the first (`spikelens.cache`),
+keyed also on the cross-run facts it used. Results keep the order of the sources whatever the
+backend, and the first bad log in that order is the error raised (one line, as everywhere)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from spikelens.errors import ConfigError, SpikelensError
+from spikelens.model import (
+    INCIDENT_KINDS,
+    Config,
+    Event,
+    Recurrence,
+    Report,
+    Run,
+    RunReport,
+)
+
+if TYPE_CHECKING:
+    from spikelens.cache import ResultCache
+    from spikelens.detect.joint import Candidates
+
+ENV_SCHEDULER = "SPIKELENS_DASK_SCHEDULER"
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class RunPart:
+    """One run's result: its report, the events it was built from, and what the cross-run
+    passes need of it."""
+
+    report: RunReport
+    events: tuple[Event, ...]
+    thin: Run  # alignment stand-in: counters at the rows the alignment reads, no loss
+    candidates: Candidates | None  # None in the second and third passes
+    #: per event (same order): consumed tokens and samples at its peak, when logged
+    positions: tuple[tuple[float | None, float | None], ...] = ()
+
+
+@dataclass(frozen=True)
+class LogResult:
+    source: str
+    parts: tuple[RunPart, ...]
+    skipped: bool = False  # a file found in a directory that no reader claims
+
+
+@dataclass(frozen=True)
+class Task:
+    """One log to analyse, and the cross-run facts known so far (empty in the first pass)."""
+
+    source: str
+    config: Config
+    format: str | None = None
+    metrics: tuple[tuple[str, str], ...] = ()
+    #: per run of this log (index in the file): steps with a coinciding outlier elsewhere
+    recurrent: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    #: recurrences that involve this log's runs (third pass), else None
+    recurrences: tuple[Recurrence, ...] | None = None
+    candidates: bool = True
+    #: the directory (as the user named it) this file was found in, unsniffed: the task
+    #: checks that it is a log first, and skips it otherwise
+    found_in: str | None = None
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """The fleet's report, and per report run (same order) its compact part: events,
+    positions on the data stream and params, for the fleet outputs."""
+
+    report: Report
+    parts: tuple[RunPart, ...]
+    cache_hits: int = 0
+    cache_misses: int = 0
+    warnings: tuple[str, ...] = field(default=())
+
+
+# --- the unit of work -------------------------------------------------------------------
+
+def run_task(task: Task) -> LogResult:
+    """Read one log and analyse each of its runs. Pure: the same task gives the same result
+    in any process."""
+    from spikelens.analyze import report_of
+    from spikelens.detect import detect, point_z
+    from spikelens.detect.joint import candidates
+    from spikelens.readers import read_runs
+
+    cfg = task.config
+    fmt = task.format
+    if task.found_in is not None:
+        from spikelens.paths import claim
+
+        ok, sniffed = claim(task.source)
+        if not ok:
+            return LogResult(source=task.source, parts=(), skipped=True)
+        fmt = fmt or sniffed
+    runs = read_runs(task.source, format=fmt, metrics=dict(task.metrics) or None)
+    recurrent = dict(task.recurrent)
+    parts: list[RunPart] = []
+    for i, run in enumerate(runs):
+        det = detect(run, cfg, recurrent.get(i, ()))
+        rep = report_of(run, det, cfg, task.recurrences or ())
+        cand = candidates(point_z(run, cfg), cfg.joint_min_z) if task.candidates else None
+        parts.append(RunPart(report=rep, events=det.events, thin=thin_run(run, det.events),
+                             candidates=cand, positions=_positions(run, det.events)))
+    return LogResult(source=task.source, parts=tuple(parts))
+
+
+def _usable_counter(run: Run, role: str) -> tuple[Any, Any] | None:
+    # the alignment's own reading of a counter, so the stand-in agrees with it
+    from spikelens.align import _counter
+
+    return _counter(run, role)
+
+
+def thin_run(run: Run, events: Sequence[Event]) -> Run:
+    """A stand-in for `run` that `align.find_recurrences` reads exactly as it reads the
+    whole run: the logged step range, and of each usable tokens/samples counter the first and
+    last points and the two points at or before each event's peak. A few rows, not the
+    series, so thousands of them fit in the process that aligns them."""
+    import numpy as np
+    import pandas as pd
+
+    steps = run.steps
+    keep: set[int] = set()
+    if len(steps):
+        keep.update((int(steps[0]), int(steps[-1])))
+    cols: dict[str, dict[int, float]] = {}
+    roles: dict[str, str] = {}
+    for role in ("tokens", "samples"):
+        cnt = _usable_counter(run, role)
+        if cnt is None:
+            continue
+        csteps, cvals = cnt
+        rows = {0, len(csteps) - 1}
+        for ev in events:
+            k = int(np.searchsorted(csteps, ev.peak_step, side="right")) - 1
+            rows.update(r for r in (k - 1, k) if 0 <= r < len(csteps))
+        name = run.roles[role]
+        roles[role] = name
+        cols[name] = {int(csteps[r]): float(cvals[r]) for r in sorted(rows)}
+        keep.update(cols[name])
+    index = pd.Index(sorted(keep), dtype=np.int64, name=run.frame.index.name)
+    frame = pd.DataFrame({name: pd.Series(vals, dtype=np.float64).reindex(index)
+                          for name, vals in cols.items()}, index=index)
+    return Run(source=run.source, format=run.format, frame=frame, roles=roles,
+               interval=run.interval, averaged=run.averaged, name=run.name,
+               params=dict(run.params))
+
+
+def _positions(run: Run, events: Sequence[Event]) -> tuple[tuple[float | None, float | None],
+                                                              ...]:
+    import numpy as np
+
+    counters = [_usable_counter(run, role) for role in ("tokens", "samples")]
+    out: list[tuple[float | None, float | None]] = []
+    for ev in events:
+        pos: list[float | None] = []
+        for cnt in counters:
+            if cnt is None:
+                pos.append(None)
+                continue
+            k = int(np.searchsorted(cnt[0], ev.peak_step, side="right")) - 1
+            pos.append(float(cnt[1][k]) if k >= 0 else None)
+        out.append((pos[0], pos[1]))
+    return tuple(out)
+
+
+# --- backends ---------------------------------------------------------------------------
+
+class Backend:
+    """Runs tasks, results in task order; the first failing task in that order raises."""
+
+    name = "serial"
+
+    def map(self, tasks: Sequence[Task], progress: Progress | None) -> list[LogResult]:
+        out = []
+        for t in tasks:
+            out.append(run_task(t))
+            if progress:
+                progress(1)
+        return out
+
+    def close(self) -> None:
+        return None
+
+
+class PoolBackend(Backend):
+    """A local process pool. Workers start from a forkserver that has the analysis modules
+    loaded (fork from a parent that runs a progress thread is unsafe; spawn would pay the
+    imports once per worker and per pass)."""
+
+    name = "pool"
+
+    def __init__(self, jobs: int) -> None:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        methods = mp.get_all_start_methods()
+        ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+        if "forkserver" in methods:
+            ctx.set_forkserver_preload(["spikelens.fleet", "spikelens.readers",
+                                        "spikelens.detect", "spikelens.causes"])
+        self.jobs = jobs
+        # forkserver children inherit the server's environment, which may be older than
+        # ours (credentials, AWS_ENDPOINT_URL set since): each worker takes ours first
+        self._pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx,
+                                         initializer=_adopt_environment,
+                                         initargs=(dict(os.environ),))
+
+    def map(self, tasks: Sequence[Task], progress: Progress | None) -> list[LogResult]:
+        from concurrent.futures import as_completed
+
+        futures = [self._pool.submit(run_task, t) for t in tasks]
+        return _in_order(futures, as_completed(futures), progress)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _adopt_environment(env: dict[str, str]) -> None:
+    os.environ.clear()
+    os.environ.update(env)
+
+
+class DaskBackend(Backend):
+    """One task per log on an existing Dask cluster. The workers read the logs themselves
+    (so they need spikelens, and the protocol packages and credentials of the store)."""
+
+    name = "dask"
+
+    def __init__(self, address: str) -> None:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise ConfigError("--dask needs dask.distributed: pip install 'spikelens[dask]'") \
+                from None
+        try:
+            # the connect timeout is dask's own (distributed.comm.timeouts.connect)
+            self._client = Client(address)  # type: ignore[no-untyped-call]
+        except Exception as exc:  # noqa: BLE001 - OSError, TimeoutError, ValueError...
+            raise ConfigError(f"{address}: cannot connect to the Dask scheduler "
+                              f"({type(exc).__name__}: {exc})") from None
+
+    def map(self, tasks: Sequence[Task], progress: Progress | None) -> list[LogResult]:
+        from distributed import as_completed
+
+        futures = self._client.map(run_task, list(tasks), pure=False)
+        return _in_order(futures, as_completed(futures),  # type: ignore[no-untyped-call]
+                         progress)
+
+    def close(self) -> None:
+        self._client.close()  # type: ignore[no-untyped-call]
+
+
+def _in_order(futures: Sequence[Any], done: Iterator[Any],
+              progress: Progress | None) -> list[LogResult]:
+    for _ in done:
+        if progress:
+            progress(1)
+    out: list[LogResult] = []
+    for f in futures:
+        exc = f.exception()
+        if exc is not None:
+            if isinstance(exc, SpikelensError):
+                raise exc
+            raise SpikelensError(f"a worker failed ({type(exc).__name__}: {exc})") from None
+        out.append(f.result())
+    return out
+
+
+def default_jobs() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def make_backend(jobs: int | None, dask: str | None, n_tasks: int) -> Backend:
+    address = dask or os.environ.get(ENV_SCHEDULER) or None
+    if address:
+        return DaskBackend(address)
+    n = default_jobs() if jobs is None else jobs
+    if n < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {n}")
+    if n == 1 or n_tasks <= 1:
+        return Backend()
+    return PoolBackend(min(n, n_tasks))
+
+
+# --- the fleet --------------------------------------------------------------------------
+
+def analyze_sources(
+    sources: Sequence[str],
+    config: Config | None = None,
+    *,
+    format: str | None = None,
+    metrics: Mapping[str, str] | None = None,
+    jobs: int | None = 1,
+    dask: str | None = None,
+    cache: ResultCache | None = None,
+    progress: Progress | None = None,
+    total: Callable[[int], None] | None = None,
+    found_in: Sequence[str | None] | None = None,
+) -> Fleet:
+    """Analyse every log in `sources` (as `paths.expand_sources` gives them) and align the
+    runs across logs: the report `analyze([every run])` would give. `jobs` processes (None:
+    one per core), or the Dask scheduler at `dask` (or `$SPIKELENS_DASK_SCHEDULER`).
+    `progress(n)` is called as logs finish; `total(n)` when the count of work grows.
+    `found_in[i]`: the directory item source i was found in unsniffed
+    (`paths.expand_candidates`); it is skipped if no reader claims it."""
+    if jobs is not None and jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    cfg = config or Config()
+    mets = tuple(sorted((metrics or {}).items()))
+    where = list(found_in) if found_in is not None else [None] * len(sources)
+    base = [Task(source=s, config=cfg, format=format, metrics=mets, found_in=w)
+            for s, w in zip(sources, where, strict=True)]
+    ids = _identities(sources, cache)
+    if total:
+        total(len(base))
+    runner = _Runner(lambda n: make_backend(jobs, dask, n), cache, ids, progress)
+    try:
+        results = runner.run(base)
+        _no_empty_directories(results, where)
+        kept = [i for i, r in enumerate(results) if not r.skipped]
+        runner.ids = {k: runner.ids[i] for k, i in enumerate(kept)}
+        results = _cross_run([results[i] for i in kept], [base[i] for i in kept], runner,
+                             total)
+    finally:
+        runner.close()
+    parts = tuple(p for r in results for p in r.parts)
+    recs = _recurrences(parts)
+    warnings = (cache.write_error,) if cache is not None and cache.write_error else ()
+    return Fleet(report=Report(runs=tuple(p.report for p in parts), recurrences=recs),
+                 parts=parts,
+                 cache_hits=cache.hits if cache else 0,
+                 cache_misses=cache.misses if cache else 0,
+                 warnings=warnings)
+
+
+def _no_empty_directories(results: Sequence[LogResult], where: Sequence[str | None]) -> None:
+    """A directory named by the user in which no file is a log is an error, as before the
+    sniffing moved into the workers."""
+    seen: dict[str, bool] = {}
+    for res, item in zip(results, where, strict=True):
+        if item is not None:
+            seen[item] = seen.get(item, False) or not res.skipped
+    for item, any_log in seen.items():
+        if not any_log:
+            raise ConfigError(f"{item}: directory with no logs in it")
+
+
+def _identities(sources: Sequence[str], cache: ResultCache | None) -> list[str | None]:
+    if cache is None:
+        return [None] * len(sources)
+    from spikelens.opener import identity
+
+    return [identity(s) for s in sources]
+
+
+class _Runner:
+    """Tasks through the cache, the misses through the backend."""
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+
+    def __init__(self, make: Callable[[int], Backend], cache: ResultCache | None,
+                 ids: list[str | None], progress: Progress | None) -> None:
+        # the backend starts at the first miss: a warm sweep starts no pool, dials no cluster
+        self.make, self.cache, self.progress = make, cache, progress
+        self.backend: Backend | None = None
+        self.ids = {i: ident for i, ident in enumerate(ids)}
+
+    def run(self, tasks: Sequence[Task], index: Sequence[int] | None = None) -> list[LogResult]:
+        idx = list(range(len(tasks))) if index is None else list(index)
+        out: list[LogResult | None] = [None] * len(tasks)
+        keys: list[str | None] = [None] * len(tasks)
+        todo: list[int] = []
+        for k, t in enumerate(tasks):
+            ident = self.ids.get(idx[k])
+            if self.cache is not None and ident is not None:
+                keys[k] = self.cache.key(ident, t.config, t.format, t.metrics, t.recurrent,
+                                         t.recurrences, t.candidates)
+                hit = self.cache.get(keys[k] or "")
+                if isinstance(hit, LogResult) and hit.source == t.source:
+                    out[k] = hit
+                    if self.progress:
+                        self.progress(1)
+                    continue
+            todo.append(k)
+        if todo:
+            if self.backend is None:
+                self.backend = self.make(len(todo))
+            fresh = self.backend.map([tasks[k] for k in todo], self.progress)
+            for k, res in zip(todo, fresh, strict=True):
+                out[k] = res
+                key = keys[k]
+                if self.cache is not None and key is not None:
+                    self.cache.put(key, res)
+        return [r for r in out if r is not None]
+
+
+def _cross_run(results: list[LogResult], tasks: list[Task], runner: _Runner,
+               total: Callable[[int], None] | None) -> list[LogResult]:
+    """The two cross-run passes of `analyze`, on the compact results."""
+    from spikelens.detect.joint import find_coincidences
+
+    flat = [(li, ri) for li, r in enumerate(results) for ri in range(len(r.parts))]
+    if len(flat) < 2:
+        return results
+    cfg = tasks[0].config
+    cands = [results[li].parts[ri].candidates for li, ri in flat]
+    found = find_coincidences([c for c in cands if c is not None], cfg.joint_min_z,
+                              cfg.joint_alpha, cfg.joint_tolerance)
+    recurrent: dict[int, dict[int, set[int]]] = {}
+    for c in found:
+        for gi, step in c.members:
+            li, ri = flat[gi]
+            recurrent.setdefault(li, {}).setdefault(ri, set()).add(step)
+    rec_t = {li: tuple(sorted((ri, tuple(sorted(st))) for ri, st in per.items()))
+             for li, per in recurrent.items()}
+    # pass 2: the logs with coinciding outliers, detected again with the lowered bar there
+    if rec_t:
+        redo = sorted(rec_t)
+        if total:
+            total(len(redo))
+        again = runner.run([_with(tasks[li], recurrent=rec_t[li]) for li in redo], redo)
+        for li, res in zip(redo, again, strict=True):
+            results[li] = _keep_candidates(res, results[li])
+    parts = [p for r in results for p in r.parts]
+    recs = _recurrences(tuple(parts))
+    # pass 3: the logs whose incidents recur, explained again with the recurrence
+    keys_of = {li: {_key(p.thin) for p in r.parts} for li, r in enumerate(results)}
+    involved: dict[int, tuple[Recurrence, ...]] = {}
+    for li, keys in keys_of.items():
+        mine = tuple(rc for rc in recs if any(k in keys for k, _ in rc.members))
+        if mine:
+            involved[li] = mine
+    if involved:
+        redo = sorted(involved)
+        if total:
+            total(len(redo))
+        again = runner.run([_with(tasks[li], recurrent=rec_t.get(li, ()),
+                                  recurrences=involved[li]) for li in redo], redo)
+        for li, res in zip(redo, again, strict=True):
+            results[li] = _keep_candidates(res, results[li])
+    return results
+
+
+def _with(task: Task, **changes: Any) -> Task:
+    import dataclasses
+
+    return dataclasses.replace(task, candidates=False, **changes)
+
+
+def _keep_candidates(new: LogResult, old: LogResult) -> LogResult:
+    import dataclasses
+
+    return dataclasses.replace(new, parts=tuple(
+        dataclasses.replace(n, candidates=o.candidates)
+        for n, o in zip(new.parts, old.parts, strict=True)))
+
+
+def _key(run: Run) -> str:
+    from spikelens.align import run_key
+
+    return run_key(run)
+
+
+def _recurrences(parts: Sequence[RunPart]) -> tuple[Recurrence, ...]:
+    from spikelens.align import find_recurrences
+
+    if len(parts) < 2:
+        return ()
+    return tuple(find_recurrences([p.thin for p in parts], [p.events for p in parts]))
+
+
+# --- fleet summaries --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One run of the fleet summary."""
+
+    run: str  # run key (source, plus #name inside a multi-run file)
+    short: str  # the shortest path suffix that tells it from the other runs
+    verdict: str
+    counts: Mapping[str, int]  # incidents by kind
+    worst: str  # worst incident, e.g. "spike at 1,234 (z 14, x2.1)", or ""
+    top_cause: str  # "bad_batch 0.82", or ""
+
+
+def summary_rows(fleet: Fleet) -> list[SummaryRow]:
+    """One row per run, worst first: by verdict, then number of loss incidents, then the
+    size of the worst one."""
+    from spikelens.report._common import verdict_rank
+
+    keys = [_key(p.thin) for p in fleet.parts]
+    shorts = short_names(keys)
+    rows: list[tuple[tuple[int, int, float, int], SummaryRow]] = []
+    for i, (part, key, short) in enumerate(zip(fleet.parts, keys, shorts, strict=True)):
+        incidents = [f for f in part.report.findings
+                     if f.event.metric == "loss" and f.event.kind in INCIDENT_KINDS]
+        counts = {k: sum(1 for f in incidents if f.event.kind == k) for k in INCIDENT_KINDS}
+        worst_f = max(incidents, key=_severity, default=None)
+        worst = ""
+        top = ""
+        if worst_f is not None:
+            ev = worst_f.event
+            worst = f"{ev.kind} at {ev.peak_step:,} (z {ev.size.z:.3g}, x{ev.size.ratio:.3g})"
+            if worst_f.causes:
+                best = max(worst_f.causes, key=lambda c: c.score)
+                top = f"{best.cause} {best.score:.2f}"
+        size = _severity(worst_f) if worst_f is not None else (0, 0.0)
+        rows.append(((verdict_rank(part.report.verdict), -len(incidents), -size[1], i),
+                     SummaryRow(run=key, short=short, verdict=part.report.verdict,
+                                counts=counts, worst=worst, top_cause=top)))
+    rows.sort(key=lambda t: t[0])
+    return [r for _, r in rows]
+
+
+def _severity(f: Any) -> tuple[int, float]:
+    import math
+
+    ev = f.event
+    order = {"nonfinite": 3, "divergence": 2, "spike": 1}
+    z = ev.size.z if math.isfinite(ev.size.z) else 1e300
+    return (order.get(ev.kind, 0), z)
+
+
+def short_names(keys: Sequence[str]) -> list[str]:
+    """The shortest trailing path parts that still tell the runs apart
+    (`sweep/run-17/metrics.jsonl` -> `run-17/metrics.jsonl`)."""
+    split = [k.rstrip("/").split("/") for k in keys]
+    out = []
+    for parts in split:
+        for n in range(1, len(parts) + 1):
+            tail = parts[-n:]
+            if sum(1 for o in split if o[-n:] == tail) == 1:
+                break
+        out.append("/".join(tail))
+    return out
+
+
+def summary_text(fleet: Fleet, top: int = 20) -> str:
+    """The fleet summary for a terminal: the `top` worst runs, then a count of the rest."""
+    rows = summary_rows(fleet)
+    if not rows:
+        return ""
+    from collections import Counter
+
+    verdicts = Counter(r.verdict for r in rows)
+    head = ", ".join(f"{n} {v}" for v, n in verdicts.most_common())
+    lines = [f"Fleet: {len(rows)} runs ({head})", ""]
+    width = min(48, max(len(r.short) for r in rows[:top]))
+    lines.append(f"{'run':<{width}}  {'verdict':<11} {'spk':>4} {'div':>4} {'nf':>4}  "
+                 "worst incident / top cause")
+    for r in rows[:top]:
+        name = r.short if len(r.short) <= width else "..." + r.short[-(width - 3):]
+        tail = r.worst + (f"  [{r.top_cause}]" if r.top_cause else "")
+        lines.append(f"{name:<{width}}  {r.verdict:<11} {r.counts['spike']:>4} "
+                     f"{r.counts['divergence']:>4} {r.counts['nonfinite']:>4}  {tail}")
+    if len(rows) > top:
+        rest = Counter(r.verdict for r in rows[top:])
+        lines.append(f"... and {len(rows) - top} more runs ("
+                     + ", ".join(f"{n} {v}" for v, n in rest.most_common()) + ")")
+    return "\n".join(lines) + "\n" + suspects_text(fleet)
+
+
+def suspects_text(fleet: Fleet) -> str:
+    """The suspect data ranges for a terminal ("" when there are none)."""
+    suspects = suspect_ranges(fleet)
+    if not suspects:
+        return ""
+    lines = ["", "Suspect data ranges (incidents recurring in >= "
+             f"{SUSPECT_MIN_RUNS} runs that differ in seed or config):"]
+    for s in suspects:
+        lines.append(f"  {s.axis} {s.position:,.0f}: {len(s.runs)} runs: "
+                     + ", ".join(short_names(list(s.runs))))
+    return "\n".join(lines) + "\n"
+
+
+# --- suspect data ranges ----------------------------------------------------------------
+
+#: A data range is suspect when incidents recur there in at least this many runs.
+SUSPECT_MIN_RUNS = 3
+
+
+@dataclass(frozen=True)
+class SuspectRange:
+    axis: str  # "tokens", "samples" or "step"
+    position: float
+    runs: tuple[str, ...]  # run keys
+    distinct_configs: int  # how many distinct (seed, config) among them
+    unknown_configs: int  # runs whose log carries no params
+
+
+def suspect_ranges(fleet: Fleet) -> list[SuspectRange]:
+    """Recurrences in >= SUSPECT_MIN_RUNS runs that differ in seed or config: the same data
+    hurting differently set-up runs points at the data, not the run. Runs with identical
+    params (a re-run of the same seed and config) count once, since a deterministic re-run
+    repeats its own spikes; a run whose log carries no params counts as its own config."""
+    params = {_key(p.thin): p.thin.params for p in fleet.parts}
+    out: list[SuspectRange] = []
+    for rec in fleet.report.recurrences:
+        runs = tuple(dict.fromkeys(k for k, _ in rec.members))
+        sigs: set[tuple[object, ...]] = set()
+        unknown = 0
+        for k in runs:
+            prm = params.get(k) or {}
+            if not prm:
+                unknown += 1
+                sigs.add(("?", k))
+            else:
+                sigs.add(tuple(sorted((str(a), repr(b)) for a, b in prm.items())))
+        if len(sigs) >= SUSPECT_MIN_RUNS:
+            out.append(SuspectRange(axis=rec.axis, position=rec.position, runs=runs,
+                                    distinct_configs=len(sigs), unknown_configs=unknown))
+    return out
