@@ -143,3 +143,17 @@ def test_a_log_piped_on_standard_input() -> None:
                        input=b"just some words\n", capture_output=True, check=False)
     assert r.returncode == 2
     assert r.stderr.decode().startswith("Error: /dev/stdin: unknown log format (known: ")
+
+
+def test_two_points_far_apart_are_not_an_averaging_interval(tmp_path: Path) -> None:
+    # issue 9: no warning invented from a gap; two points 749 steps apart are an excerpt,
+    # not "an average over 749 steps"
+    state = {"log_history": [{"step": 1, "loss": 2.5, "learning_rate": 1e-4},
+                             {"step": 750, "loss": 2.4, "learning_rate": 1e-4}],
+             "global_step": 750}
+    p = tmp_path / "trainer_state.json"
+    p.write_text(json.dumps(state))
+    run = read_log(p)
+    assert run.interval == 1 and not run.averaged
+    rr = analyze(run).runs[0]
+    assert not any("average over" in w for w in rr.warnings)

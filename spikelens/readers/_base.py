@@ -413,10 +413,12 @@ def series_order(steps: np.ndarray, present: Mapping[str, np.ndarray]) -> np.nda
 
 def mode_spacing(steps: np.ndarray | Sequence[float]) -> int | None:
     """The most common positive gap between consecutive steps (the logging interval), or
-    None with fewer than two steps. NaN steps are ignored."""
+    None with fewer than three steps. NaN steps are ignored. One gap is not an interval:
+    two points 749 steps apart are an excerpt or a skip, not a log written every 749 steps
+    (and not "an average over 749 steps")."""
     arr = np.asarray(steps, dtype=np.float64)
     arr = arr[np.isfinite(arr)]
-    if len(arr) < 2:
+    if len(arr) < 3:
         return None
     d = np.diff(arr)
     if d[0] > 0 and bool((d == d[0]).all()):  # the usual case: a fixed interval
