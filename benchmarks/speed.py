@@ -330,7 +330,7 @@ def build_cases(inp: Inputs, small: Inputs | None, tb_python: str | None,
     ]
     for key, path in (("csv", inp.csv), ("tb", inp.tensorboard), ("jsonl", inp.jsonl)):
         cases.append(Case(f"analyze-{key}", f"spikelens analyze, {key.upper()}",
-                          (*spikelens_cli(), "analyze", str(path)), 5.0, path, None,
+                          (*spikelens_cli(), "analyze", "--no-cache", str(path)), 5.0, path, None,
                           cli_validator))
     if small is not None:
         cases.append(Case("compare-spikelens",
@@ -420,14 +420,14 @@ def wide_cases(wide: WideInputs, wide500: WideInputs | None, fleet: Path | None,
                           (*cli, "inspect", str(arg)), t_inspect, path, mem,
                           inspect_validator(n)))
         cases.append(Case(f"w-analyze-{short}", f"analyze, {kind}, 14 columns, 50 spikes",
-                          (*cli, "analyze", str(arg)), t_analyze, path, mem, cli_validator))
+                          (*cli, "analyze", "--no-cache", str(arg)), t_analyze, path, mem, cli_validator))
     if wide500 is not None:
         cases.append(Case("w-analyze-csv500", "analyze, csv, 500 spikes",
-                          (*cli, "analyze", str(wide500.csv)), 3.5, wide500.csv, None,
+                          (*cli, "analyze", "--no-cache", str(wide500.csv)), 3.5, wide500.csv, None,
                           cli_validator))
     if fleet is not None:
         cases.append(Case("w-fleet", f"analyze, a directory of {len(list(fleet.glob('*.csv')))}"
-                          " runs x 100k steps", (*cli, "analyze", str(fleet)), 20.0, None,
+                          " runs x 100k steps", (*cli, "analyze", "--no-cache", str(fleet)), 20.0, None,
                           None, cli_validator))
     cases.append(Case("w-html", "report --html, csv, 1M steps",
                       (*cli, "report", str(wide.csv), "--html", str(html_out)), 4.0,
