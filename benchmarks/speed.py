@@ -420,15 +420,16 @@ def wide_cases(wide: WideInputs, wide500: WideInputs | None, fleet: Path | None,
                           (*cli, "inspect", str(arg)), t_inspect, path, mem,
                           inspect_validator(n)))
         cases.append(Case(f"w-analyze-{short}", f"analyze, {kind}, 14 columns, 50 spikes",
-                          (*cli, "analyze", "--no-cache", str(arg)), t_analyze, path, mem, cli_validator))
+                          (*cli, "analyze", "--no-cache", str(arg)), t_analyze, path, mem,
+                          cli_validator))
     if wide500 is not None:
         cases.append(Case("w-analyze-csv500", "analyze, csv, 500 spikes",
                           (*cli, "analyze", "--no-cache", str(wide500.csv)), 3.5, wide500.csv, None,
                           cli_validator))
     if fleet is not None:
         cases.append(Case("w-fleet", f"analyze, a directory of {len(list(fleet.glob('*.csv')))}"
-                          " runs x 100k steps", (*cli, "analyze", "--no-cache", str(fleet)), 20.0, None,
-                          None, cli_validator))
+                          " runs x 100k steps", (*cli, "analyze", "--no-cache", str(fleet)), 20.0,
+                          None, None, cli_validator))
     cases.append(Case("w-html", "report --html, csv, 1M steps",
                       (*cli, "report", str(wide.csv), "--html", str(html_out)), 4.0,
                       wide.csv, None, html_validator(html_out)))

@@ -171,6 +171,7 @@ def _dir_has_events(path: str) -> bool:
 
 
 def _is_file(e: os.DirEntry[str]) -> bool:
+    # a dangling link or a link loop is not a log, and must not abort a directory listing
     try:
         return e.is_file()
     except OSError:

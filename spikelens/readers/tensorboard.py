@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from spikelens.errors import LogFormatError, MissingMetricError
+from spikelens.paths import _is_dir, _is_file
 from spikelens.readers import READERS
 from spikelens.readers._base import RawLog, series_order
 from spikelens.readers._tfrecord import (
@@ -73,21 +74,6 @@ def _event_files(directory: Path) -> list[tuple[str, Path]]:
             found.extend((e.name, Path(x.path)) for x in inner
                          if _is_file(x) and "tfevents" in x.name)
     return found
-
-
-def _is_file(e: os.DirEntry[str]) -> bool:
-    # a dangling link or a link loop is not an event file, and must not abort the listing
-    try:
-        return e.is_file()
-    except OSError:
-        return False
-
-
-def _is_dir(e: os.DirEntry[str]) -> bool:
-    try:
-        return e.is_dir()
-    except OSError:
-        return False
 
 
 def _valid_header(head: bytes) -> bool:
