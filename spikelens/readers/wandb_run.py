@@ -39,6 +39,7 @@ from spikelens.errors import LogFormatError
 from spikelens.readers import READERS
 from spikelens.readers._base import RawLog
 from spikelens.readers._params import canonical_params, json_value
+from spikelens.readers._tfrecord import _one_varint as _pb_varint
 
 FILE_HEADER = b":W&B\xe1\xbe\x00"
 BLOCK = 32768
@@ -895,19 +896,6 @@ def iter_runs(path: Path) -> Iterator[Path]:
 
 # ---------------------------------------------------------------------------------------------
 # writing (tests and benchmarks)
-
-
-def _pb_varint(v: int) -> bytes:
-    out = bytearray()
-    v &= (1 << 64) - 1
-    while True:
-        b = v & 0x7F
-        v >>= 7
-        if v:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 def _pb_len(num: int, data: bytes) -> bytes:
