@@ -451,12 +451,7 @@ def calibrate(bench: Path, config: Config) -> dict[str, Any]:
         rs = rise_statistics(run, config)
         shift_tests = [t for t in rs.z if t.startswith("shift")]
         if not label["events"]:
-            # rises inside an oscillation the detector finds are judged by the oscillation
-            # rules (its envelope, the LR's peaks), not by the bars
-            inside = np.zeros(len(rs.steps), dtype=bool)
-            for e in detect(run, config).events:
-                if e.kind == "oscillation":
-                    inside |= (rs.steps >= e.start_step) & (rs.steps <= e.end_step)
+            inside = _in_oscillations(run, rs.steps, config)
             for test, z in rs.z.items():
                 key = "point" if test == "point" else "shift"
                 z = np.where(inside, np.nan, z)
@@ -536,6 +531,16 @@ def family_of(label: dict[str, Any]) -> str:
     return str(label.get("family") or str(label.get("scenario", "")).split("_")[0])
 
 
+def _in_oscillations(run: Any, steps: np.ndarray, config: Config) -> np.ndarray:
+    """The points inside an oscillation the detector finds: rises there are judged by the
+    oscillation rules (its envelope, the LR's peaks), not by the bars being calibrated."""
+    inside = np.zeros(len(steps), dtype=bool)
+    for e in detect(run, config).events:
+        if e.kind == "oscillation":
+            inside |= (steps >= e.start_step) & (steps <= e.end_step)
+    return inside
+
+
 def load_cv_runs(benches: Sequence[Path], config: Config) -> list[CvRun]:
     out: list[CvRun] = []
     for bench in benches:
@@ -550,12 +555,7 @@ def load_cv_runs(benches: Sequence[Path], config: Config) -> list[CvRun]:
             neg: dict[str, float] = {}
             events: list[dict[str, float]] = []
             if not label["events"]:
-                # rises inside an oscillation the detector finds are judged by the
-                # oscillation rules (its envelope, the LR's peaks), not by the bars
-                inside = np.zeros(len(rs.steps), dtype=bool)
-                for e in detect(run, config).events:
-                    if e.kind == "oscillation":
-                        inside |= (rs.steps >= e.start_step) & (rs.steps <= e.end_step)
+                inside = _in_oscillations(run, rs.steps, config)
                 for test, z in rs.z.items():
                     key = "point" if test == "point" else "shift"
                     zz = np.where(inside, np.nan, z)

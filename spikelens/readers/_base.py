@@ -65,6 +65,13 @@ class Reader(Protocol):
     def read(self, path: Path) -> list[RawLog]: ...
 
 
+def env_flag(name: str) -> bool:
+    """Whether an opt-in switch in the environment is on ("1", "true", "yes", "on")."""
+    import os
+
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def lines_note(lines: Sequence[int], limit: int = 3) -> str:
     """`line 7` / `lines 7, 9, 12, ...` for a warning."""
     shown = ", ".join(str(n) for n in lines[:limit])

@@ -33,7 +33,7 @@ import pandas as pd
 from spikelens.errors import LogFormatError, MissingMetricError
 from spikelens.paths import _is_dir, _is_file
 from spikelens.readers import READERS
-from spikelens.readers._base import RawLog, series_order
+from spikelens.readers._base import RawLog, env_flag, series_order
 from spikelens.readers._tfrecord import (
     HEADER,
     DecodeState,
@@ -287,7 +287,7 @@ class TensorBoardReader:
     def _crc(self) -> bool:
         if self.check_crc is not None:
             return self.check_crc
-        return os.environ.get(CRC_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+        return env_flag(CRC_ENV)
 
     def read(self, path: Path) -> list[RawLog]:
         if path.is_dir():

@@ -37,7 +37,7 @@ import pandas as pd
 
 from spikelens.errors import LogFormatError
 from spikelens.readers import READERS
-from spikelens.readers._base import RawLog
+from spikelens.readers._base import RawLog, env_flag
 from spikelens.readers._params import canonical_params, json_value
 from spikelens.readers._tfrecord import _one_varint as _pb_varint
 
@@ -624,7 +624,7 @@ class WandbRunReader:
     def _crc(self) -> bool:
         if self.check_crc is not None:
             return self.check_crc
-        return os.environ.get(CRC_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+        return env_flag(CRC_ENV)
 
     def read(self, path: Path) -> list[RawLog]:
         files = wandb_files(path) if path.is_dir() else [path]
