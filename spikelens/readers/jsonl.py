@@ -484,9 +484,15 @@ class _Blanked(io.RawIOBase):
         super().close()
 
 
-def _arrow_part(table: pa.Table, lines: np.ndarray, dropped: set[str]) -> _Part:
+def _arrow_part(held: list[pa.Table], lines: np.ndarray, dropped: set[str]) -> _Part:
+    """The table pyarrow parsed (taken out of `held`) as numpy columns. Each column's Arrow
+    buffers are handed back once it is converted, so the table and the columns are never
+    both whole in memory."""
     import pyarrow as pa
     import pyarrow.compute as pc
+
+    table = held.pop()
+    pool = pa.default_memory_pool()
 
     cols: dict[str, np.ndarray] = {}
     nan: dict[str, np.ndarray] = {}
@@ -519,8 +525,12 @@ def _arrow_part(table: pa.Table, lines: np.ndarray, dropped: set[str]) -> _Part:
         else:
             dropped.add(name)
 
-    for name, col in zip(table.column_names, table.columns, strict=True):
+    for name in list(table.column_names):
+        col = table.column(0)
+        table = table.remove_column(0)
         add(name, col, True)
+        del col
+        pool.release_unused()
     return _Part(cols, nan, lines, np.zeros(len(lines), dtype=np.int8))
 
 
@@ -696,8 +706,9 @@ def _parse(buf: mmap.mmap | bytearray, path: Path | None = None) -> tuple[_Part,
         return slow, parser
     set_aside = np.asarray(numbers, dtype=np.int64) - 1
     fast_lines = np.delete(np.arange(1, total + 1, dtype=np.int64), set_aside)
-    fast = _arrow_part(table, fast_lines, parser.dropped)
-    del table
+    held = [table]
+    del table  # `_arrow_part` holds the only reference, and frees the table column by column
+    fast = _arrow_part(held, fast_lines, parser.dropped)
     return _merge(fast, slow), parser
 
 
