@@ -173,6 +173,16 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def compile_checkout() -> None:
+    """Byte-compile the checkout's package once, as `pip install` does. A child imports it
+    from source otherwise whenever bytecode writing is off (PYTHONDONTWRITEBYTECODE, a
+    read-only checkout), and compiling its ~25 modules costs every `inspect` and `analyze`
+    child about 0.12 s that no installed copy pays. Writes `__pycache__/` (git-ignored)."""
+    import compileall
+
+    compileall.compile_dir(str(ROOT / "spikelens"), quiet=1)
+
+
 def run_child(argv: Sequence[str], timeout: float, cwd: Path) -> Sample:
     """Run `argv` to completion; its wall time and its own peak RSS."""
     with tempfile.TemporaryDirectory(prefix="spikelens-bench-") as tmp:
@@ -677,6 +687,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cases += wide_cases(wide, wide500, fleet, Path(tmp.name) / "report.html", selected)
     cases += sweep_cases(args.data, args.sweep_steps, selected, log)
     warm(sorted({c.file for c in cases if c.file is not None}))
+    compile_checkout()
     results = []
     for case in cases:
         log(f"{case.key}: {case.label}")

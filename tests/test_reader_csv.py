@@ -180,3 +180,36 @@ def test_malformed_rows_are_numbered_where_they_are(tmp_path: Path) -> None:
     lines.pop(12)  # the third traceback: the short row is now among the first three
     p.write_text("\n".join(lines) + "\n")
     assert read_log(p).warnings == (f"{p}: skipped 3 malformed row(s) (lines 5, 9, 15)",)
+
+
+def test_big_csv_columns_convert_straight_from_arrow(tmp_path: Path) -> None:
+    """A file of several parser blocks (4 MiB each), so every column arrives in chunks: the
+    numeric columns become float64 arrays directly, an empty cell stays apart from a logged
+    NaN, an integer column with empty cells and a true/false column still read as numbers,
+    and a text column is set aside with a warning."""
+    n = 300_000
+    step = np.arange(n)
+    nan_at = {7, 150_001, n - 1}
+    lines = ["step,loss,val_loss,tokens,skipped,phase"]
+    for i in range(n):
+        loss = "NaN" if i in nan_at else f"{2 + 1 / (i + 1):.9f}"
+        val = "nan" if i == 250_000 else (f"{1.5:.3f}" if i % 1000 == 0 else "")
+        tokens = "" if i % 7 == 3 else str(512 * i)
+        lines.append(f"{i},{loss},{val},{tokens},{'true' if i % 5 == 0 else 'false'},train")
+    p = tmp_path / "big.csv"
+    p.write_text("\n".join(lines) + "\n")
+    assert p.stat().st_size > 2 * (1 << 22)
+    run = read_log(p)
+    f = run.frame
+    assert list(f.columns) == ["loss", "val_loss", "tokens", "skipped"]
+    assert all(f[c].dtype == np.float64 for c in f.columns)
+    assert list(run.nan_steps["loss"]) == sorted(nan_at)
+    assert list(run.nan_steps["val_loss"]) == [250_000]  # the empty cells are not NaN
+    assert int(f["val_loss"].notna().sum()) == 299  # 300 logged values, one of them NaN
+    tokens = f["tokens"].to_numpy()
+    empty = step % 7 == 3
+    assert np.isnan(tokens[empty]).all()
+    np.testing.assert_array_equal(tokens[~empty], 512.0 * step[~empty])
+    np.testing.assert_array_equal(f["skipped"].to_numpy(), (step % 5 == 0).astype(float))
+    assert f["loss"].iloc[1] == pytest.approx(2.5)
+    assert run.warnings == (f"{p}: ignored non-numeric column(s): phase",)

@@ -216,6 +216,43 @@ def test_fast_path_and_json_fallback_agree(monkeypatch: pytest.MonkeyPatch) -> N
         _assert_same_run(a, b, str(p))
 
 
+@pytest.mark.parametrize("window", [5, 64, 1 << 24])
+@pytest.mark.parametrize("many", [0, 64])
+def test_line_numbers_do_not_depend_on_the_scan_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, window: int, many: int
+) -> None:
+    """The one-pass scan numbers the set-aside lines window by window (16 MiB on a real
+    log); lines that straddle windows, many odd lines in one window and the last line must
+    come out as the line-by-line reference numbers them."""
+    lines: list[str] = []
+    for i in range(1, 400):
+        if i % 7 == 0:
+            lines.append(f"Traceback line {i}: RuntimeError")
+        elif i % 11 == 0:
+            lines.append("")
+        elif i % 13 == 0:
+            lines.append(f'  {{"step": {i}, "loss": {1 + 1 / i}}}\r')  # padded and CRLF
+        else:
+            lines.append(f'{{"step": {i}, "loss": {1 + 1 / i}, "note": "{"x" * (i % 50)}"}}')
+    p = _write(tmp_path, "w.jsonl", "\n".join(lines) + '\n{"step": 400, "lo')  # torn end
+    monkeypatch.setattr(jsonl_mod, "_WINDOW", window)
+    monkeypatch.setattr(jsonl_mod, "_MANY_ODD", many)
+    parsed: list[Any] = []
+    read_arrow = jsonl_mod._read_arrow
+    monkeypatch.setattr(jsonl_mod, "_read_arrow", lambda src: parsed.append(read_arrow(src))
+                        or parsed[-1])
+    fast = read_log(p)
+    assert parsed and parsed[0] is not None  # pyarrow read the plain lines
+    # a long torn last line begins windows before the scan finds it
+    q = _write(tmp_path, "t.jsonl", "".join(f'{{"step": {i}, "loss": 1.5}}\n' for i in range(9))
+               + "oops\n" + '{"step": 9, "loss": 1.5, "pad": "' + "y" * 300)
+    assert read_log(q).warnings == (f"{q}: skipped 2 malformed line(s) (lines 10, 11)",)
+    monkeypatch.setattr(jsonl_mod, "_read_arrow", lambda buf: None)
+    slow = read_log(p)
+    _assert_same_run(fast, slow, f"window {window}")
+    assert fast.warnings[0].endswith("skipped 58 malformed line(s) (lines 7, 14, 21, ...)")
+
+
 def _assert_same_run(a: Run, b: Run, what: str) -> None:
     pd.testing.assert_frame_equal(a.frame, b.frame, obj=what)
     pd.testing.assert_frame_equal(a.eval_frame, b.eval_frame, obj=what, check_index_type=False)

@@ -141,11 +141,25 @@ def read_runs(
     p = Path(local_path(src))
     fmt = format or detect_format(p)
     try:
-        return _read_with(p, fmt, metrics)
+        runs = _read_with(p, fmt, metrics)
     except ConfigError as exc:
         if format is not None or not metrics or "no such metric" not in str(exc):
             raise
-        return _read_other_format(p, fmt, metrics, exc)
+        runs = _read_other_format(p, fmt, metrics, exc)
+    _release_arrow_memory()
+    return runs
+
+
+def _release_arrow_memory() -> None:
+    """Hand the memory pyarrow freed while parsing back to the system. Its allocator keeps
+    freed pages for its own reuse, but what comes next (detection, numpy and pandas) does
+    not allocate through it: on the 201 MB CSV, 109 MB stayed resident after the read and
+    counted under every later peak of `analyze`."""
+    import sys
+
+    pa = sys.modules.get("pyarrow")
+    if pa is not None:  # a reader that never imported pyarrow has nothing to release
+        pa.default_memory_pool().release_unused()
 
 
 def _read_copy(

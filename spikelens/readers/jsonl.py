@@ -64,7 +64,7 @@ _TRAIN_VALUES = {"train", "training", "train_inner", "fit"}
 _WANDB_STEPS = ("trainer/global_step", "train/global_step")
 
 _BLOCK_SIZE = 1 << 22  # pyarrow block; a single line longer than this falls back to json
-_MANY_ODD = 512  # above this many odd lines, map all newlines once instead of counting
+_MANY_ODD = 64  # above this many odd lines in a window, map its newlines once
 
 
 # -- records -> columns (shared with the HF trainer_state reader) ----------------------------
@@ -385,24 +385,6 @@ def _count_newlines(arr: np.ndarray, start: int, end: int,
     return total
 
 
-def _line_numbers(arr: np.ndarray, starts: Sequence[int]) -> list[int]:
-    """1-based line number of each (sorted) byte offset."""
-    if len(starts) > _MANY_ODD:
-        nl = np.concatenate([
-            np.flatnonzero(arr[s:s + (1 << 24)] == _NL) + s
-            for s in range(0, len(arr), 1 << 24)
-        ] or [np.empty(0, np.int64)])
-        found: list[int] = (np.searchsorted(nl, np.asarray(starts)) + 1).tolist()
-        return found
-    out: list[int] = []
-    line, prev = 1, 0
-    for s in starts:
-        line += _count_newlines(arr, prev, s)
-        out.append(line)
-        prev = s
-    return out
-
-
 _WINDOW = 1 << 24
 
 
@@ -417,27 +399,55 @@ def _drop_pages(buf: mmap.mmap | bytearray, start: int, end: int) -> None:
             buf.madvise(mmap.MADV_DONTNEED, lo, min(end, len(buf)) - lo)
 
 
-def _odd_line_starts(buf: mmap.mmap | bytearray) -> list[int]:
-    """Start offsets of the lines that are not a bare `{...}` between newlines."""
+def _odd_line_starts(
+    buf: mmap.mmap | bytearray, arr: np.ndarray
+) -> tuple[list[int], dict[int, int], int]:
+    """Start offsets of the lines that are not a bare `{...}` between newlines, the line
+    number of each, and the number of newlines in the file: all from one pass over the map
+    (it used to take three, each faulting the whole file in again: 0.37 to 0.25 CPU-s on a
+    358 MB log)."""
     n = len(buf)
     starts: set[int] = set()
     if buf[0] != _LBRACE:
         starts.add(0)
+    line_of: dict[int, int] = {}
+    before: list[int] = []  # newlines before each window
+    newlines = 0
     for lo in range(0, n, _WINDOW):
         hi = min(n, lo + _WINDOW)
+        here: set[int] = set()
         # the pattern looks one byte past the newline: the window ends one byte later
         for m in _ODD_NEWLINE.finditer(buf, lo, min(n, hi + 1)):
             p = m.start()
             if p >= hi:
                 break
             if p == 0 or buf[p - 1] != _RBRACE:
-                starts.add(buf.rfind(b"\n", 0, p) + 1)
+                here.add(buf.rfind(b"\n", 0, p) + 1)
             if p + 1 < n and buf[p + 1] != _LBRACE:
-                starts.add(p + 1)
+                here.add(p + 1)
+        starts |= here
+        before.append(newlines)
+        inside = sorted(x for x in here if lo <= x <= hi)
+        if len(inside) > _MANY_ODD:  # map the window's newlines once
+            nl = np.flatnonzero(arr[lo:hi] == _NL)
+            at = np.searchsorted(nl, np.asarray(inside) - lo).tolist()
+            line_of.update((s, newlines + k + 1) for s, k in zip(inside, at, strict=True))
+            newlines += len(nl)
+        else:
+            pos = lo
+            for s in inside:
+                newlines += int(np.count_nonzero(arr[pos:s] == _NL))
+                line_of[s] = newlines + 1
+                pos = s
+            newlines += int(np.count_nonzero(arr[pos:hi] == _NL))
         _drop_pages(buf, lo, hi)
     if buf[n - 1] not in (_NL, _RBRACE):
         starts.add(buf.rfind(b"\n") + 1)
-    return sorted(starts)
+    for s in starts - line_of.keys():
+        # a line that began in an earlier window (or the file's first or last line)
+        w = s // _WINDOW
+        line_of[s] = before[w] + _count_newlines(arr, w * _WINDOW, s, buf) + 1
+    return sorted(starts), line_of, newlines
 
 
 class _Blanked(io.RawIOBase):
@@ -474,9 +484,15 @@ class _Blanked(io.RawIOBase):
         super().close()
 
 
-def _arrow_part(table: pa.Table, lines: np.ndarray, dropped: set[str]) -> _Part:
+def _arrow_part(held: list[pa.Table], lines: np.ndarray, dropped: set[str]) -> _Part:
+    """The table pyarrow parsed (taken out of `held`) as numpy columns. Each column's Arrow
+    buffers are handed back once it is converted, so the table and the columns are never
+    both whole in memory."""
     import pyarrow as pa
     import pyarrow.compute as pc
+
+    table = held.pop()
+    pool = pa.default_memory_pool()
 
     cols: dict[str, np.ndarray] = {}
     nan: dict[str, np.ndarray] = {}
@@ -509,8 +525,12 @@ def _arrow_part(table: pa.Table, lines: np.ndarray, dropped: set[str]) -> _Part:
         else:
             dropped.add(name)
 
-    for name, col in zip(table.column_names, table.columns, strict=True):
+    for name in list(table.column_names):
+        col = table.column(0)
+        table = table.remove_column(0)
         add(name, col, True)
+        del col
+        pool.release_unused()
     return _Part(cols, nan, lines, np.zeros(len(lines), dtype=np.int8))
 
 
@@ -633,9 +653,9 @@ def _parse(buf: mmap.mmap | bytearray, path: Path | None = None) -> tuple[_Part,
     With `path`, pyarrow reads the file itself with the odd lines blanked on the fly
     (`_Blanked`) instead of reading a blanked copy of the map."""
     parser = _LineParser()
-    starts = _odd_line_starts(buf)
     arr = np.frombuffer(buf, dtype=np.uint8)
     try:
+        starts, line_of, newlines = _odd_line_starts(buf, arr)
         odd: list[tuple[int, int, bytes]] = []  # (start, end, text) of lines set aside
         for s in starts:
             e = buf.find(b"\n", s)
@@ -645,8 +665,8 @@ def _parse(buf: mmap.mmap | bytearray, path: Path | None = None) -> tuple[_Part,
             if t[:1] == b"{" and t[-1:] == b"}":
                 continue  # padded or CRLF, but a plain object line: pyarrow takes it
             odd.append((s, e, text))
-        numbers = _line_numbers(arr, [s for s, _, _ in odd])
-        total = _count_newlines(arr, 0, len(buf), buf) + (buf[len(buf) - 1] != _NL)
+        numbers = [line_of[s] for s, _, _ in odd]
+        total = newlines + (buf[len(buf) - 1] != _NL)
         expected = total - len(odd)
         table = None
         if expected > 0 and path is not None:
@@ -686,8 +706,9 @@ def _parse(buf: mmap.mmap | bytearray, path: Path | None = None) -> tuple[_Part,
         return slow, parser
     set_aside = np.asarray(numbers, dtype=np.int64) - 1
     fast_lines = np.delete(np.arange(1, total + 1, dtype=np.int64), set_aside)
-    fast = _arrow_part(table, fast_lines, parser.dropped)
-    del table
+    held = [table]
+    del table  # `_arrow_part` holds the only reference, and frees the table column by column
+    fast = _arrow_part(held, fast_lines, parser.dropped)
     return _merge(fast, slow), parser
 
 
