@@ -48,8 +48,10 @@ try:
     import torch
     import torch.nn.functional as F  # noqa: N812
     from torch import nn
+    _Module = nn.Module
 except ImportError:  # pragma: no cover - the hint is the point
     torch = None  # type: ignore[assignment]
+    _Module = object  # the model classes are defined, never built, without torch
 
 HINT = ("real_runs.py needs torch (a benchmark-only tool): python3 -m venv /work/venv-torch && "
         "/work/venv-torch/bin/pip install /opt/wheels/torch-*.whl numpy (or torch from "
@@ -175,11 +177,11 @@ class Sampler:
 # ---------------------------------------------------------------------------------------
 # models (forward returns the logits and the largest |activation|, for the fp16 emulation)
 # ---------------------------------------------------------------------------------------
-class MLP(nn.Module):
+class MLP(_Module):  # type: ignore[misc,valid-type]
     def __init__(self, hidden: int, depth: int = 2, act: str = "relu") -> None:
         super().__init__()
         dims = [D_IN] + [hidden] * depth
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims, dims[1:]))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims, dims[1:], strict=False))
         self.out = nn.Linear(dims[-1], N_CLASS)
         self.act = torch.relu if act == "relu" else torch.sigmoid
 
@@ -192,7 +194,7 @@ class MLP(nn.Module):
         return y, max(amax, float(y.detach().abs().max()))
 
 
-class TinyLM(nn.Module):
+class TinyLM(_Module):  # type: ignore[misc,valid-type]
     def __init__(self, d: int = 48) -> None:
         super().__init__()
         self.tok = nn.Embedding(VOCAB, d)
@@ -388,7 +390,7 @@ def write(out: Path, job: Job, log: Log) -> dict[str, Any]:
     ints = ("step", "samples", "tokens", "skipped")
     if job.fmt == "csv":
         lines: list[str] = []
-        for a, b in zip(segs, segs[1:]):
+        for a, b in zip(segs, segs[1:], strict=False):
             lines.append(",".join(names))  # a resumed job appends its header again
             for r in rows[a:b]:
                 lines.append(",".join(
@@ -399,7 +401,7 @@ def write(out: Path, job: Job, log: Log) -> dict[str, Any]:
         return {"file": f"runs/{job.rid}/train_log.csv", "format": "csv"}
     if job.fmt == "jsonl":
         out_lines: list[str] = []
-        for si, (a, b) in enumerate(zip(segs, segs[1:])):
+        for si, (a, b) in enumerate(zip(segs, segs[1:], strict=False)):
             for r in rows[a:b]:
                 rec: dict[str, Any] = {}
                 for k in names:
@@ -414,7 +416,7 @@ def write(out: Path, job: Job, log: Log) -> dict[str, Any]:
         (d / "metrics.jsonl").write_text("\n".join(out_lines) + "\n")
         return {"file": f"runs/{job.rid}/metrics.jsonl", "format": "jsonl"}
     if job.fmt == "megatron_log":
-        lines = [f"using world size: 1, data-parallel size: 1, tensor-model-parallel size: 1",
+        lines = ["using world size: 1, data-parallel size: 1, tensor-model-parallel size: 1",
                  "------------------------ arguments ------------------------",
                  f"  global_batch_size ............................... {job.batch}",
                  f"  train_iters ..................................... {job.steps}",
@@ -473,11 +475,24 @@ def write(out: Path, job: Job, log: Log) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------
 # labels
 # ---------------------------------------------------------------------------------------
+def logged(fmt: str, v: float) -> float:
+    """A loss as the format writes it."""
+    if not math.isfinite(v):
+        return v
+    if fmt == "hf_trainer_state":
+        return round(v, 4)
+    if fmt == "megatron_log":
+        return float(f"{v:.6E}")
+    return v
+
+
 def label(job: Job, log: Log, info: dict[str, Any], seed: int) -> dict[str, Any] | None:
     rows = log.rows
     first = rows[: log.segments[1]] if len(log.segments) > 1 else rows
     steps = np.array([r["step"] for r in first], dtype=np.int64)
-    loss = np.array([r["loss"] for r in first], dtype=np.float64)
+    # the rule reads the loss as the log holds it (HF rounds to 4 decimals, Megatron prints
+    # 7 digits), so the labels agree with what any reader of the file sees
+    loss = np.array([logged(job.fmt, r["loss"]) for r in first], dtype=np.float64)
     events = []
     if job.fault_step is not None and job.cause is not None:
         ev = label_event(steps, loss, job.fault_step, for_good=job.for_good)
@@ -708,6 +723,16 @@ SETS: dict[str, list[tuple[str, int, int]]] = {
            ("amp", 0, 701), ("amp", 1, 702),
            ("stall", 0, 801), ("stall", 2, 802),
            ("resume", 0, 901)],
+    "v2": [("clean", 2, 111), ("clean", 4, 112), ("clean", 5, 113), ("clean", 0, 114),
+           ("clean", 1, 115),
+           ("osc", 0, 211), ("osc", 1, 212), ("osc", 2, 213), ("osc", 3, 214), ("osc", 4, 215),
+           ("bb", 0, 311), ("bb", 1, 312), ("bb", 2, 313), ("bb", 3, 314), ("bb", 3, 315),
+           ("lr", 0, 411), ("lr", 1, 412), ("lr", 2, 413), ("lr", 3, 414),
+           ("gx", 1, 511), ("gx", 0, 512),
+           ("nan", 1, 611), ("nan", 0, 612), ("nan", 2, 613),
+           ("amp", 0, 711), ("amp", 1, 712), ("amp", 1, 713),
+           ("stall", 1, 811), ("stall", 0, 812),
+           ("resume", 1, 911), ("resume", 0, 912)],
 }
 
 
@@ -771,6 +796,56 @@ def pack(src: Path, dst: Path) -> int:
     return 0
 
 
+def score(dirs: list[Path]) -> int:
+    """Per family, the detector's figures on generated sets (no torch needed; spikelens and
+    `accuracy.py` do the reading and the matching): labelled events detected / missed, false
+    incidents, verdicts wrong, oscillating runs called oscillating, and quiet runs called
+    oscillating; then every run that is not fully right."""
+    from accuracy import SPIKELENS, evaluate_bench, match, verdict_ok
+
+    from spikelens.model import Config
+
+    fams: dict[str, dict[str, int]] = {}
+    wrong: list[str] = []
+    for d in dirs:
+        labels = json.loads((d / "labels.json").read_text())
+        results, _ = evaluate_bench(d, Config())
+        for r in results:
+            fam = str(labels[r.run].get("family") or r.scenario.split("_")[0])
+            f = fams.setdefault(fam, dict.fromkeys(
+                ("runs", "events", "found", "missed", "false", "verdict_wrong", "osc_runs",
+                 "osc_called", "quiet_called_osc"), 0))
+            spans = [(int(i["start"]), int(i["end"])) for i in r.incidents]
+            hit = match(spans, r.labelled)
+            f["runs"] += 1
+            f["events"] += len(r.labelled)
+            f["found"] += hit
+            f["missed"] += len(r.labelled) - hit
+            f["false"] += len(spans) - hit
+            ok = verdict_ok(r.expected, r.verdict)
+            f["verdict_wrong"] += int(not ok)
+            f["osc_runs"] += int(r.expected == "oscillating")
+            f["osc_called"] += int(r.expected == "oscillating" and r.verdict == "oscillating")
+            f["quiet_called_osc"] += int(r.expected == "healthy" and r.verdict == "oscillating")
+            if not ok or hit != len(r.labelled) or len(spans) != hit or r.error:
+                wrong.append(f"{d.name}/{r.run} ({labels[r.run]['notes']}): expected "
+                             f"{r.expected}, got {r.verdict}; labelled {r.labelled}, found "
+                             f"{[(i['start'], i['end'], i['kind']) for i in r.incidents]}"
+                             + (f" [{r.error}]" if r.error else ""))
+    cols = ["runs", "events", "found", "missed", "false", "verdict_wrong", "osc_runs",
+            "osc_called", "quiet_called_osc"]
+    tot = {c: sum(f[c] for f in fams.values()) for c in cols}
+    print(f"{SPIKELENS} on {tot['runs']} real runs ({', '.join(str(d) for d in dirs)})\n")
+    print("| family | " + " | ".join(cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
+    for name, f in [*sorted(fams.items()), ("all", tot)]:
+        print(f"| {name} | " + " | ".join(str(f[c]) for c in cols) + " |")
+    print(f"\n{len(wrong)} run(s) not fully right:")
+    for w in wrong:
+        print(f"  {w}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
@@ -778,7 +853,13 @@ def main() -> int:
     ap.add_argument("--only", action="append", help="run ids to (re)make; the others kept")
     ap.add_argument("--pack-from", type=Path, metavar="DIR",
                     help="no training: copy the generated set in DIR into OUT, gzipped")
+    ap.add_argument("--score", action="store_true",
+                    help="no training: score the detector on the sets OUT (and --also)")
+    ap.add_argument("--also", type=Path, action="append", default=[],
+                    help="another set for --score")
     args = ap.parse_args()
+    if args.score:
+        return score([args.out, *args.also])
     if args.pack_from:
         return pack(args.pack_from, args.out)
     if torch is None:
