@@ -122,6 +122,19 @@ EXPECTED = {
     "v1/v1clean02": "healthy",  # a clean resume from a checkpoint
     "v1/v1stall00": "healthy",  # LR 1e-7: a stall is informational
     "v1/v1stall01": "healthy",  # vanishing gradients
+    "v2/v2amp00": "healthy",  # the routine fp16 loss-scale sawtooth
+    "v2/v2amp01": "nonfinite",  # an fp16 overflow storm
+    "v2/v2bb01": "spiky",  # a batch of random tokens (HF state, 4 decimals)
+    "v2/v2bb04": "spiky",  # a 33-step shard, half of each batch random tokens
+    "v2/v2clean00": "healthy",  # batch 128, constant LR
+    "v2/v2clean02": "healthy",  # a transformer trained with SGD
+    "v2/v2clean04": "healthy",  # a transformer, AdamW, eval every 100
+    "v2/v2gx00": "diverged",  # a transformer whose LR grows until it blows up
+    "v2/v2lr00": "spiky",  # LR x27.8 from a step on
+    "v2/v2nan01": "nonfinite",  # one NaN in an input, the step skipped (Megatron log)
+    "v2/v2osc02": "oscillating",  # a dataset sorted by class, never shuffled
+    "v2/v2resume00": "spiky",  # random tokens in a segment the rollback superseded
+    "v2/v2stall00": "healthy",  # dead ReLUs
 }
 
 
@@ -136,6 +149,7 @@ def test_detector_verdict_on_real_runs(key: str) -> None:
                  if e.metric == "loss" and e.kind in INCIDENT_KINDS]
     if lab["events"]:
         ev = lab["events"][0]
+        assert len(incidents) == 1, incidents
         assert any(s <= ev["end"] and ev["start"] <= e for s, e in incidents)
     else:
         assert incidents == []
