@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/accuracy.py --json          # machine-readable
     .venv/bin/python benchmarks/accuracy.py --calibrate     # where the thresholds come from
     .venv/bin/python benchmarks/accuracy.py --bench DIR --real DIR
+    .venv/bin/python benchmarks/accuracy.py --cv --bench ../shared/bench --bench MORE_RUNS
 
 The bench (default `../shared/bench` next to the repository) holds runs with injected faults
 and `labels.json`. Every run is read with `spikelens.read_log` and scored:
@@ -523,6 +524,7 @@ class CvRun:
     run: Run | None
     neg: dict[str, float]  # negative run: the largest z per test ("point", "shift")
     events: list[dict[str, float]]  # positive run: best point / shift z per event
+    labelled_set: str = ""  # the --bench / --extra directory it came from
 
 
 def family_of(label: dict[str, Any]) -> str:
@@ -549,7 +551,8 @@ def load_cv_runs(benches: Sequence[Path], config: Config) -> list[CvRun]:
             try:
                 run = read_log(run_path(bench, label))
             except Exception:  # noqa: BLE001 - an unread run scores as missed, below
-                out.append(CvRun(f"{bench.name}/{name}", family_of(label), label, None, {}, []))
+                out.append(CvRun(f"{bench.name}/{name}", family_of(label), label, None, {}, [],
+                                 str(bench)))
                 continue
             rs = rise_statistics(run, config)
             neg: dict[str, float] = {}
@@ -573,7 +576,8 @@ def load_cv_runs(benches: Sequence[Path], config: Config) -> list[CvRun]:
                     "point": best(rs.z["point"][m]) if "point" in rs.z else 0.0,
                     "shift": max((best(rs.z[t][m]) for t in rs.z if t.startswith("shift")),
                                  default=0.0)})
-            out.append(CvRun(f"{bench.name}/{name}", family_of(label), label, run, neg, events))
+            out.append(CvRun(f"{bench.name}/{name}", family_of(label), label, run, neg, events,
+                             str(bench)))
     return out
 
 
@@ -662,6 +666,37 @@ def score_run(r: CvRun, config: Config, sc: CvScores) -> None:
                          f"{det.verdict}; labelled {labelled}, found {found}")
 
 
+#: The plain rule spikelens is compared with in the cross-validation: OLMo-core's
+#: StabilityMonitor (mean + 6 sigma over the 128 steps before, `anchors.olmo_core`). It has no
+#: threshold to place, so its figures are the same in every fold.
+SIX_SIGMA = "OLMo-core StabilityMonitor"
+
+
+def score_anchor(r: CvRun, rule: str, sc: CvScores) -> None:
+    """Score an anchor rule on one run as `score_run` scores spikelens: its flagged steps,
+    merged when consecutive, are its incidents. It has no verdict of its own: a run with a
+    flag is an incident verdict, any other run healthy (it can never say oscillating or
+    insufficient_data)."""
+    label = r.label
+    labelled = [(int(e["start"]), int(e["end"])) for e in label["events"]]
+    expected = expected_verdict(label)
+    sc.runs += 1
+    if expected == "oscillating":
+        sc.osc_runs += 1
+    if r.run is None:
+        sc.events.fn += len(labelled)
+        return
+    steps, loss = loss_array(r.run)
+    found = flagged_spans(steps, ANCHORS[rule](loss)) if len(loss) else []
+    hit = match(found, labelled)
+    sc.events.tp += hit
+    sc.events.fp += len(found) - hit
+    sc.events.fn += len(labelled) - hit
+    if not labelled:
+        sc.events.negative_events += len(found)
+    sc.verdicts += int(verdict_ok(expected, "spiky" if found else "healthy"))
+
+
 def cross_validate(benches: Sequence[Path], config: Config) -> dict[str, Any]:
     """In-sample (the configured thresholds on every run), leave-one-run-out and
     leave-one-family-out: in each fold the two z bars are placed on the other runs by
@@ -691,7 +726,18 @@ def cross_validate(benches: Sequence[Path], config: Config) -> dict[str, Any]:
         for r in runs:
             if r.family == fam:
                 score_run(r, cfg, lofo)
+    six = CvScores()
+    for r in runs:
+        score_anchor(r, SIX_SIGMA, six)
+    # every labelled set on its own: spikelens (configured bars) and the 6-sigma rule
+    per_set: dict[str, tuple[CvScores, CvScores]] = {}
+    for r in runs:
+        mine, theirs = per_set.setdefault(r.labelled_set, (CvScores(), CvScores()))
+        score_run(r, config, mine)
+        score_anchor(r, SIX_SIGMA, theirs)
     out["insample"] = insample
+    out["six_sigma"] = six
+    out["per_set"] = per_set
     out["pooled"] = (pooled, (zp_all, zs_all))
     out["loro"] = loro
     out["loro_bars"] = (min(b[0] for b in bars), max(b[0] for b in bars),
@@ -699,6 +745,11 @@ def cross_validate(benches: Sequence[Path], config: Config) -> dict[str, Any]:
     out["lofo"] = lofo
     out["lofo_bars"] = fam_bars
     return out
+
+
+def _set_name(path: str) -> str:
+    """A labelled set's name for the tables: its directory's name."""
+    return Path(path).name
 
 
 def print_cv(cv: dict[str, Any], config: Config) -> None:
@@ -712,10 +763,19 @@ def print_cv(cv: dict[str, Any], config: Config) -> None:
             cv["pooled"][0].row(f"in-sample (bars placed on all runs: {zp:.1f} / {zs:.1f})"),
             cv["loro"].row(f"leave one run out (bars {lb[0]:.1f}-{lb[1]:.1f} / "
                            f"{lb[2]:.1f}-{lb[3]:.1f})"),
-            cv["lofo"].row("leave one scenario family out")]
+            cv["lofo"].row("leave one scenario family out"),
+            cv["six_sigma"].row("OLMo-core mean + 6 sigma of 128 (fixed rule, every fold)")]
     print(f"Cross-validation on {cv['runs']} labelled runs, families: "
           f"{', '.join(cv['families'])}\n")
     print(_table(rows, header))
+    print("\nEach labelled set on its own (spikelens with the configured bars; the 6-sigma "
+          "rule has no verdict of its own: flagged = incident, else healthy)\n")
+    set_rows = []
+    for name, (mine, theirs) in cv["per_set"].items():
+        short = _set_name(name)
+        set_rows.append(mine.row(f"{short}: spikelens ({mine.runs} runs)"))
+        set_rows.append(theirs.row(f"{short}: OLMo-core 6 sigma"))
+    print(_table(set_rows, header))
     print("\nbars placed without each family (point / shift): " + ", ".join(
         f"{f} {p:.1f}/{s:.1f}" for f, (p, s) in cv["lofo_bars"].items()))
     for title, key in (("leave one run out", "loro"), ("leave one family out", "lofo")):
@@ -746,7 +806,11 @@ def bench_table(scores: dict[str, Scores]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bench", type=Path, default=REPO.parent / "shared" / "bench")
+    ap.add_argument("--bench", type=Path, action="append", default=None,
+                    help="a directory of labelled runs with labels.json (default: "
+                         "../shared/bench). May be given several times: --cv pools them all "
+                         "(with the generated runs); the in-sample tables and --calibrate use "
+                         "the first")
     ap.add_argument("--real", type=Path, default=REPO.parent / "shared" / "real_logs")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--calibrate", action="store_true",
@@ -758,16 +822,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="more labelled runs for --cv (default: generate them with "
                          "benchmarks/labelled.py, seed 1000, into a temporary directory)")
     args = ap.parse_args(argv)
-    if not (args.bench / "labels.json").exists():
-        print(f"accuracy: no labelled bench at {args.bench} (expected labels.json there); "
-              "pass --bench DIR", file=sys.stderr)
-        return 2
+    benches: list[Path] = args.bench or [REPO.parent / "shared" / "bench"]
+    for b in benches:
+        if not (b / "labels.json").exists():
+            print(f"accuracy: no labelled bench at {b} (expected labels.json there); "
+                  "pass --bench DIR", file=sys.stderr)
+            return 2
+    args.bench = benches[0]
     config = Config()
     if args.calibrate:
         print(json.dumps(calibrate(args.bench, config), indent=2))
         return 0
     if args.cv:
-        return _run_cv(args.bench, args.extra, config, args.json)
+        return _run_cv(benches, args.extra, config, args.json)
     results, scores = evaluate_bench(args.bench, config)
     real = real_checks(args.real, config) if args.real.exists() else []
     causes = cause_accuracy(args.bench, config)
@@ -833,16 +900,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _run_cv(bench: Path, extra: list[Path] | None, config: Config, as_json: bool) -> int:
+def _run_cv(benches: list[Path], extra: list[Path] | None, config: Config,
+            as_json: bool) -> int:
     import tempfile
 
     from labelled import generate
 
     with tempfile.TemporaryDirectory() as tmp:
         if extra is None:
-            generate(Path(tmp), GEN_SEED, GEN_PER_FAMILY)
-            extra = [Path(tmp)]
-        cv = cross_validate([bench, *extra], config)
+            gen = Path(tmp) / f"generated-seed{GEN_SEED}"
+            generate(gen, GEN_SEED, GEN_PER_FAMILY)
+            extra = [gen]
+        cv = cross_validate([*benches, *extra], config)
     if as_json:
         def dump(s: CvScores) -> dict[str, Any]:
             return {"events": s.events.as_dict(), "verdicts": s.verdicts, "runs": s.runs,
@@ -853,7 +922,10 @@ def _run_cv(bench: Path, extra: list[Path] | None, config: Config, as_json: bool
                           "pooled": {**dump(cv["pooled"][0]), "bars": cv["pooled"][1]},
                           "leave_one_run_out": {**dump(cv["loro"]), "bars": cv["loro_bars"]},
                           "leave_one_family_out": {**dump(cv["lofo"]),
-                                                   "bars": cv["lofo_bars"]}}, indent=2))
+                                                   "bars": cv["lofo_bars"]},
+                          "six_sigma": dump(cv["six_sigma"]),
+                          "per_set": {_set_name(k): {"spikelens": dump(a), "six_sigma": dump(b)}
+                                      for k, (a, b) in cv["per_set"].items()}}, indent=2))
         return 0
     print_cv(cv, config)
     return 0
