@@ -366,6 +366,39 @@ def _due_outliers(steps: np.ndarray, loss: np.ndarray, cons: np.ndarray) -> list
     return out
 
 
+def _neighbourhood_ratio(loss: np.ndarray, i: int) -> float:
+    """loss[i] over the median of the 10 logged losses either side (the point left out)."""
+    around = np.r_[loss[max(0, i - 10):i], loss[i + 1:i + 11]]
+    around = around[np.isfinite(around)]
+    if not len(around) or not np.isfinite(loss[i]):
+        return math.nan
+    return float(loss[i] / np.median(around))
+
+
+def same_data_order(steps: np.ndarray, loss: np.ndarray, cons: np.ndarray,
+                    bump: float = 1.2) -> tuple[int, int, float]:
+    """Does this log read its data in the consensus runs' order? The consensus steps are
+    bad batches only for runs that see the same batch at the same step (the README: runs
+    "that read the data in the same order"). Count the consensus steps where the log has a
+    point >= `bump` x its neighbourhood (one step either way) and compare with the chance
+    that a random step of this log does (the share of its +-1 windows with such a point):
+    (hits, steps checked, binomial p of at least that many hits by chance)."""
+    from scipy.stats import binom
+
+    r = np.array([_neighbourhood_ratio(loss, i) for i in range(len(loss))])
+    w = np.fmax(np.fmax(r[:-2], r[1:-1]), r[2:])  # the +-1 window around each point
+    base = float(np.mean(w[100:] >= bump)) if len(w) > 100 else 1.0
+    hits = checked = 0
+    for c in cons:
+        i = int(np.searchsorted(steps, c))
+        if i < 101 or i >= len(loss) - 11:
+            continue
+        checked += 1
+        hits += int(np.nanmax(r[i - 1:i + 2]) >= bump)
+    p = float(binom.sf(hits - 1, checked, base)) if checked else 1.0
+    return hits, checked, p
+
+
 def real_checks(real: Path, config: Config) -> list[RealRow]:
     rows: list[RealRow] = []
     for rel, what, step, tol in INCIDENTS:
@@ -399,11 +432,23 @@ def real_checks(real: Path, config: Config) -> list[RealRow]:
                 # issue 8: every consensus outlier that is >= 1.3x its neighbourhood in this
                 # log (the median of the 10 logged losses either side) must be found
                 due = _due_outliers(steps, loss, cons)
+                # ... in a log that reads the data in the consensus order: in one that does
+                # not, a consensus step is an ordinary step and a 1.3x point there is chance
+                hits, checked, p_order = same_data_order(steps, loss, cons)
+                shared_order = p_order < 0.01
                 missed = [c for c in due if not any(abs(e.peak_step - c) <= 1 for e in inc)]
                 text = (f"{len(inc)} incident(s): {len(at)} at consensus outlier steps "
                         f"({len(due) - len(missed)}/{len(due)} of those >= 1.3x found"
                         + (f", missed {', '.join(map(str, missed))}" if missed else "") + ")")
-                ok = not missed
+                if not shared_order:
+                    text += (f"; not the consensus data order ({hits}/{checked} consensus "
+                             f"steps >= 1.2x, p = {p_order:.2g} by chance): none due")
+                ok = not missed or not shared_order
+                ratios = [_neighbourhood_ratio(loss, int(np.searchsorted(steps, e.peak_step)))
+                          for e in inc]
+                if ratios:
+                    text += (f"; reported: {min(ratios):.2f}-{max(ratios):.2f}x their "
+                             "neighbourhood")
                 expected = "consensus outliers >= 1.3x found"
                 if len(inc) > len(at):
                     text += ", others at " + ", ".join(
