@@ -67,6 +67,7 @@ class Curve:
     cause: str | None = None
     oscillating: bool = False
     osc_cause: str | None = None
+    osc_share: float | None = None  # an epoch sawtooth's share of the variance (its label)
     extra: dict[str, np.ndarray] = field(default_factory=dict)
     segments: list[tuple[np.ndarray, np.ndarray]] | None = None  # resumed: (steps, rows)
     expected: str | None = None
@@ -188,7 +189,7 @@ def osc(rng: Rng) -> Curve:
     loss = loss * np.exp(saw)
     strong = share >= OSC_MIN_SHARE
     return Curve(np.arange(1, n + 1), loss, lr, _grad(rng, loss, trend), b,
-                 oscillating=strong, osc_cause="data_order",
+                 oscillating=strong, osc_cause="data_order", osc_share=share,
                  notes=f"epoch sawtooth, {per}-step epochs, +{100 * jump:.0f}% at each boundary, "
                        f"{100 * share:.0f}% of the variance around the trend"
                        + ("" if strong else ": a swing under the noise floor, not an "

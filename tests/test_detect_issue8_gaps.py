@@ -82,3 +82,78 @@ def test_a_run_that_drops_and_keeps_learning_has_no_stall(seed: int) -> None:
     det = detect(make_run(loss, steps), CFG)
     assert det.events == ()
     assert det.verdict == "healthy"
+
+
+# --- epoch sawtooths: the generator's label and the detector share one definition ----------
+def _labelled() -> object:
+    sys.path.insert(0, str(BENCHMARKS))
+    import labelled
+
+    return labelled
+
+
+def sawtooth(share: float, seed: int, per: int = 30, n: int = 2400, sigma: float = 0.08
+             ) -> tuple[np.ndarray, float]:
+    """A descending loss with Gaussian step noise (sigma, log units) and an epoch sawtooth
+    (a jump at each boundary that decays within the epoch) sized so that its periodic part
+    carries `share` of the variance around the trend. Returns the loss and the share."""
+    lab = _labelled()
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    noise = sigma * rng.standard_normal(n)
+    for jump in np.linspace(0.01, 2.0, 800):
+        saw = np.log1p(jump * np.exp(-(t % per) / (per / 4)))
+        got = lab.periodic_share(saw, noise)  # type: ignore[attr-defined]
+        if got >= share:
+            break
+    trend = 2.0 + 2.0 * (1 + t / 100) ** -1.0
+    return trend * np.exp(saw + noise), float(got)
+
+
+def test_the_periodic_share_is_the_autocorrelation_at_the_period() -> None:
+    lab = _labelled()
+    t = np.arange(40_000)
+    saw = np.log1p(0.3 * np.exp(-(t % 30) / 7.5))
+    noise = 0.05 * np.random.default_rng(0).standard_normal(len(t))
+    share = lab.periodic_share(saw, noise)  # type: ignore[attr-defined]
+    y = saw + noise - np.mean(saw + noise)
+    acf30 = float(np.dot(y[:-30], y[30:]) / np.dot(y, y))
+    assert share == pytest.approx(acf30, abs=0.02)
+    assert lab.periodic_share(np.zeros(10), np.ones(10)) == 0.0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_sawtooth_under_the_noise_floor_is_not_an_oscillation(seed: int) -> None:
+    # 10-20 % of the variance: the generator labels it a quiet run, and the detector agrees
+    for share in (0.1, 0.2):
+        loss, _ = sawtooth(share, seed)
+        det = detect(make_run(loss, np.arange(1, len(loss) + 1)), CFG)
+        assert det.events == ()
+        assert det.verdict == "healthy"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_a_sawtooth_above_the_noise_floor_is_an_oscillation_with_its_period(seed: int) -> None:
+    # 40 % of the variance (the label's bar is 30 %): one oscillation, period 30
+    loss, share = sawtooth(0.4, seed)
+    assert share >= 0.4
+    det = detect(make_run(loss, np.arange(1, len(loss) + 1)), CFG)
+    osc = [e for e in det.events if e.kind == "oscillation"]
+    assert [(e.period, e.source) for e in osc] == [(30.0, "periodic")]
+    assert [e for e in det.events if e.kind in INCIDENT_KINDS] == []
+    assert det.verdict == "oscillating"
+
+
+def test_generated_sawtooth_labels_follow_the_share() -> None:
+    lab = _labelled()
+    seen = set()
+    for s in range(400):  # draw osc runs until both kinds of sawtooth have come up
+        rng = np.random.default_rng(s)
+        c = lab.osc(rng)  # type: ignore[attr-defined]
+        if c.osc_cause != "data_order":
+            continue
+        assert c.oscillating == (c.osc_share >= lab.OSC_MIN_SHARE)  # type: ignore[attr-defined]
+        seen.add(c.oscillating)
+        if seen == {True, False}:
+            break
+    assert seen == {True, False}
