@@ -248,7 +248,7 @@ def isolated_z(x: FloatArray, window: int, floor: FloatArray | None = None
     trailing test: a noise level that rises (a run that starts to learn) is measured where
     the point is, not only where the run was. z = (e - trailing median of the e) / scale.
     On the modded-nanogpt records it puts the outliers that 78 runs replicate (919, 947,
-    1760, 3361, 5335, 6127) at 9.6-13.6 where the trailing test gave 8.6-11
+    1760, 3361, 5335, 6127) at 9.4-13.6 where the trailing test gave 8.6-11
     (docs/detection.md)."""
     return _isolated_from(*_isolated_parts(x, window), floor)
 
