@@ -21,7 +21,11 @@ and `labels.json`. Every run is read with `spikelens.read_log` and scored:
 The anchor rules (`anchors.py`) run on the same loss series; their flagged steps, merged when
 consecutive, are scored the same way. A second table checks the documented incidents in the
 real logs (`../shared/real_logs`: found, and at which step) and counts incidents on the benign
-look-alikes. `cause_accuracy` is the hook where the cause ranking (issue 4) is scored.
+look-alikes; on the modded-nanogpt logs, the consensus outliers a log owes (where it reads the
+data in the consensus order) and how far each reported outlier stands above its
+neighbourhood. `cause_accuracy` is the hook where the cause ranking (issue 4) is scored.
+`--cv` cross-validates over every `--bench` given and the generated runs, with OLMo-core's
+6-sigma rule as a comparison row and each labelled set scored on its own.
 """
 
 from __future__ import annotations
