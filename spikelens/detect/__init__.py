@@ -102,6 +102,7 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = ()) -> D
 
     events: list[Event] = []
     rises = find_rises(loss.x, params, loss.abs_floor, loss.is_log) if len(loss.x) >= 2 else []
+    rises = _join_back_to_back(rises, loss.x)
     nonfinite = _nonfinite(run, loss, params, config)
     batch = _batch_size(run)
     oscs = _oscillations(run, loss, rises, nonfinite, config, batch)
@@ -464,6 +465,23 @@ def _oscillations(run: Run, loss: _Loss, rises: Sequence[Rise],
     found = find_oscillations(loss.x, lr, p, skip)
     # a region that is mostly incident is the incident's shape, not a condition of the run
     return [o for o in found if skip[o.start:o.end + 1].mean() < 0.5]
+
+
+def _join_back_to_back(rises: list[Rise], x: NDArray[np.float64]) -> list[Rise]:
+    """One incident, not two: a rise that opens on the very point where the previous one was
+    declared over. An LR jump whose 80-point shift test fires a few steps early puts the
+    change point just before the jump; the first stretch "recovers" against its own band
+    and the rise the jump causes opens at once from a later baseline. The joined event
+    keeps the first baseline and the highest point of both."""
+    out: list[Rise] = []
+    for r in rises:
+        if out and out[-1].recovered and r.start <= out[-1].end:
+            a = out[-1]
+            peak = a.peak if x[a.peak] >= x[r.peak] else r.peak
+            out[-1] = dataclasses.replace(a, peak=peak, end=r.end, recovered=r.recovered)
+            continue
+        out.append(r)
+    return out
 
 
 def _absorb_in_oscillation(rises: list[Rise], oscs: Sequence[Oscillation], loss: _Loss,

@@ -243,15 +243,19 @@ def isolated_z(x: FloatArray, window: int, floor: FloatArray | None = None
     `NEIGHBOURS` after it (leaving the point itself out). A falling loss no longer lifts the
     trailing level above the point, a rising one no longer lowers it, and the neighbourhood
     is always the current one. The noise is one estimate: the IQR scale of those same
-    excesses over the trailing `window` (the point left out), without the upper-tail
-    widening of the trailing test. z = (e - median of the window's e) / that scale. On the
-    modded-nanogpt records it puts the outliers that 78 runs replicate (919, 947, 1760, 3361,
-    5335, 6127) at 10-13.6 where the trailing test gave 8.6-11 (docs/detection.md)."""
+    excesses over the trailing `window`, or over the `window` points centred on it (half
+    before, half after) where that is larger, without the upper-tail widening of the
+    trailing test: a noise level that rises (a run that starts to learn) is measured where
+    the point is, not only where the run was. z = (e - trailing median of the e) / scale.
+    On the modded-nanogpt records it puts the outliers that 78 runs replicate (919, 947,
+    1760, 3361, 5335, 6127) at 9.4-13.6 where the trailing test gave 8.6-11
+    (docs/detection.md)."""
     return _isolated_from(*_isolated_parts(x, window), floor)
 
 
 def _isolated_parts(x: FloatArray, window: int) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """(excess, trailing median of the excess, trailing IQR scale of the excess)."""
+    """(excess, trailing median of the excess, IQR scale of the excess: trailing, or
+    centred where that is larger)."""
     n = len(x)
     if n < 2 * NEIGHBOURS + 2 or n <= window:
         nan = np.full(n, np.nan)
@@ -262,7 +266,20 @@ def _isolated_parts(x: FloatArray, window: int) -> tuple[FloatArray, FloatArray,
 
     e = x - ndimage.median_filter(x, footprint=foot, mode="reflect")
     q = trailing_quantiles(e, window, (0.25, 0.5, 0.75), max(1, window // STRIDE_DIVISOR))
-    return e, q[:, 1], np.maximum((q[:, 2] - q[:, 0]) / IQR_TO_SIGMA, REL_SCALE_FLOOR)
+    scale = (q[:, 2] - q[:, 0]) / IQR_TO_SIGMA
+    # ... and the noise around the point: the trailing quantiles `window // 2` points later
+    # cover the `window // 2` excesses on either side of it. A trailing estimate cannot see
+    # a change of regime coming (a CPU run that sits at ln(10) with 0.5 % noise for 100
+    # steps and then starts to learn with 10 % noise: its first noisy points all look like
+    # outliers of the calm past); the noise around the point can. The scale is the larger
+    # of the two: a point is an outlier only against both the noise before it and the
+    # noise around it (a calmer stretch after it does not make it larger). The point's own
+    # excess is one of the centred `window` and moves a quartile by one rank at most; the
+    # last `window // 2` points have no after and keep the trailing scale.
+    h = window // 2
+    if 0 < h < n:
+        scale[: n - h] = np.fmax(scale[: n - h], scale[h:])
+    return e, q[:, 1], np.maximum(scale, REL_SCALE_FLOOR)
 
 
 def _isolated_from(e: FloatArray, mid: FloatArray, scale: FloatArray,
