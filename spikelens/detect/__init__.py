@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -63,6 +63,10 @@ class Detection:
     events: tuple[Event, ...]
     verdict: str
     notes: tuple[str, ...]
+    #: The point-test z of every logged loss step (`point_z`), kept from the detector's
+    #: first pass so a cross-run analysis need not compute it again; None when the loss had
+    #: fewer than 2 finite points (then `point_z(run, config)` computes it).
+    point_z: PointZ | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,9 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = ()) -> D
         params = dataclasses.replace(params, point_bar=bar)
 
     events: list[Event] = []
-    rises = find_rises(loss.x, params, loss.abs_floor, loss.is_log) if len(loss.x) >= 2 else []
+    first: dict[str, NDArray[np.float64]] = {}
+    rises = find_rises(loss.x, params, loss.abs_floor, loss.is_log, statistics=first) \
+        if len(loss.x) >= 2 else []
     nonfinite = _nonfinite(run, loss, params, config)
     batch = _batch_size(run)
     oscs = _oscillations(run, loss, rises, nonfinite, config, batch)
@@ -155,7 +161,11 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = ()) -> D
         notes.append(f"only {len(loss.fin)} finite loss point(s): too few to judge (no noise "
                      f"scale below {config.min_window} points; only a rise of "
                      f"{config.short_ratio:g}x or a climb would show)")
-    return Detection(events=tuple(events), verdict=verdict, notes=tuple(notes))
+    # the point z does not depend on the per-point bar (`recurrent_steps`): it is the one
+    # `point_z` gives
+    pz = PointZ(steps=loss.steps[loss.fin], z=first["point"], interval=run.interval) \
+        if "point" in first else None
+    return Detection(events=tuple(events), verdict=verdict, notes=tuple(notes), point_z=pz)
 
 
 @dataclass(frozen=True)

@@ -285,12 +285,16 @@ def _quanta_bar(level: FloatArray, p: RiseParams) -> FloatArray:
         return np.nan_to_num(np.log1p(2 * p.quantum / np.exp(level)), nan=0.0)
 
 
-def _candidates(x: FloatArray, st: Stats, p: RiseParams, forward: dict[int, FloatArray]
+def _candidates(x: FloatArray, st: Stats, p: RiseParams, forward: dict[int, FloatArray],
+                z_out: dict[str, FloatArray] | None = None
                 ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """Indices of the points that open an event, and for each point the length of the
-    shortest test that fired there (1 for the point test or a short-baseline ratio)."""
+    shortest test that fired there (1 for the point test or a short-baseline ratio).
+    `z_out` receives the test statistics."""
     n = len(x)
     z = test_statistics(x, st, p, forward)
+    if z_out is not None:
+        z_out.update(z)
     fired = np.zeros(n, dtype=np.int64)
     with np.errstate(invalid="ignore"):
         zbar = p.z_point if p.point_bar is None else p.point_bar
@@ -381,16 +385,19 @@ def _change_point(x: FloatArray, c: int, horizon: int, level: float, floor: int)
 
 
 def find_rises(x: FloatArray, p: RiseParams, abs_floor: float, is_log: bool,
-               second_pass: bool = True) -> list[Rise]:
+               second_pass: bool = True, statistics: dict[str, FloatArray] | None = None
+               ) -> list[Rise]:
     """Events on x (finite values, in test units: the log of the loss where it is positive),
     sorted by start. `abs_floor`: the loss's resolution in its own units. `second_pass`
-    re-runs the scan with the events clipped out of the baseline."""
+    re-runs the scan with the events clipped out of the baseline. `statistics`, when given,
+    receives the first pass's `test_statistics` (what `rise_statistics` computes), so the
+    cross-run point test does not compute them again."""
     n = len(x)
     if n < 2:
         return []
     # the forward medians depend on x alone: both passes share them
     forward = {k: forward_median(x, k) for k in p.shift_windows if len(x) >= k}
-    rises = _scan(x, x, p, abs_floor, is_log, forward)
+    rises = _scan(x, x, p, abs_floor, is_log, forward, statistics)
     # a few-point event barely moves a quartile; only long ones need the second pass
     if not second_pass or not any(r.end - r.start >= p.recover_run for r in rises):
         return rises
@@ -403,10 +410,11 @@ def find_rises(x: FloatArray, p: RiseParams, abs_floor: float, is_log: bool,
 
 
 def _scan(x: FloatArray, base_x: FloatArray, p: RiseParams, abs_floor: float,
-          is_log: bool, forward: dict[int, FloatArray]) -> list[Rise]:
+          is_log: bool, forward: dict[int, FloatArray],
+          z_out: dict[str, FloatArray] | None = None) -> list[Rise]:
     n = len(x)
     st = trailing_stats(base_x, p.window, abs_floor, is_log)
-    idx, fired = _candidates(x, st, p, forward)
+    idx, fired = _candidates(x, st, p, forward, z_out)
     rises: list[Rise] = []
     pos = 0
     for ci in idx:
