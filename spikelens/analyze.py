@@ -32,8 +32,10 @@ def _recurrent_outliers(runs: Sequence[Run], cfg: Config,
     from spikelens.detect import point_z
     from spikelens.detect.joint import find_coincidences
 
-    pzs = [d.point_z if d is not None and d.point_z is not None else point_z(r, cfg)
-           for r, d in zip(runs, detections or [None] * len(runs), strict=True)]
+    pzs = []
+    for i, r in enumerate(runs):
+        kept = detections[i].point_z if detections is not None else None
+        pzs.append(kept if kept is not None else point_z(r, cfg))
     found = find_coincidences(pzs, cfg.joint_min_z, cfg.joint_alpha, cfg.joint_tolerance)
     out: dict[int, set[int]] = {}
     for c in found:

@@ -301,7 +301,7 @@ class RunArrays:
         f = self.finite(role)
         assert f is not None
         v = f.values
-        key = ("block_min", role)
+        key = f"block_min:{role}"
         if key not in self.misc:
             self.misc[key] = np.minimum.reduceat(v, np.arange(0, len(v), _BLOCK)) \
                 if len(v) else np.empty(0)
