@@ -22,16 +22,21 @@ def _step_info(run: Run) -> StepInfo:
                     interval=run.interval)
 
 
-def _recurrent_outliers(runs: Sequence[Run], cfg: Config) -> dict[int, set[int]]:
+def _recurrent_outliers(runs: Sequence[Run], cfg: Config,
+                        detections: Sequence[Detection] | None = None) -> dict[int, set[int]]:
     """Per run, the steps of one-point outliers that coincide with other runs' beyond chance
-    (a batch that every run read at the same step)."""
+    (a batch that every run read at the same step). `detections`: the runs' detections
+    without recurrent steps, whose point z is reused."""
     if len(runs) < 2:
         return {}
     from spikelens.detect import point_z
     from spikelens.detect.joint import find_coincidences
 
-    found = find_coincidences([point_z(r, cfg) for r in runs], cfg.joint_min_z,
-                              cfg.joint_alpha, cfg.joint_tolerance)
+    pzs = []
+    for i, r in enumerate(runs):
+        kept = detections[i].point_z if detections is not None else None
+        pzs.append(kept if kept is not None else point_z(r, cfg))
+    found = find_coincidences(pzs, cfg.joint_min_z, cfg.joint_alpha, cfg.joint_tolerance)
     out: dict[int, set[int]] = {}
     for c in found:
         for i, step in c.members:
@@ -74,8 +79,12 @@ def analyze(runs: Run | Sequence[Run], config: Config | None = None) -> Report:
 
     cfg = config or Config()
     run_list = [runs] if isinstance(runs, Run) else list(runs)
-    recurrent = _recurrent_outliers(run_list, cfg)
-    detections = [detect(run, cfg, recurrent.get(i, ())) for i, run in enumerate(run_list)]
+    # detect every run once; the few whose outliers coincide with other runs' are detected
+    # again with the lowered bar at those steps (the first detection's point z finds them)
+    detections = [detect(run, cfg) for run in run_list]
+    recurrent = _recurrent_outliers(run_list, cfg, detections)
+    detections = [detect(run, cfg, recurrent[i]) if recurrent.get(i) else det
+                  for i, (run, det) in enumerate(zip(run_list, detections, strict=True))]
     recs = find_recurrences(run_list, [d.events for d in detections]) if len(run_list) > 1 \
         else ()
     reports = [report_of(run, det, cfg, recs) for run, det in zip(run_list, detections,

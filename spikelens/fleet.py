@@ -117,7 +117,8 @@ def run_task(task: Task) -> LogResult:
     for i, run in enumerate(runs):
         det = detect(run, cfg, recurrent.get(i, ()))
         rep = report_of(run, det, cfg, task.recurrences or ())
-        cand = candidates(point_z(run, cfg), cfg.joint_min_z) if task.candidates else None
+        cand = candidates(det.point_z if det.point_z is not None else point_z(run, cfg),
+                          cfg.joint_min_z) if task.candidates else None
         parts.append(RunPart(report=rep, events=det.events, thin=thin_run(run, det.events),
                              candidates=cand, positions=_positions(run, det.events)))
     return LogResult(source=task.source, parts=tuple(parts))

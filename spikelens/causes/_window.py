@@ -293,6 +293,39 @@ class RunArrays:
             self._cols[col] = (v, first, nan_at)
         return self._cols[col]
 
+    def start_at_or_above(self, role: str, end: int, thr: float) -> int:
+        """`stretch_start(lambda lo, hi: v[lo:hi] >= thr, end)` over the role's finite values
+        v, answered from the minima of blocks of `_BLOCK` values computed once per run: a
+        decaying LR stays above a later level all the way back to the warmup, so the
+        stretch scan read the whole history once per event."""
+        f = self.finite(role)
+        assert f is not None
+        v = f.values
+        key = f"block_min:{role}"
+        if key not in self.misc:
+            self.misc[key] = np.minimum.reduceat(v, np.arange(0, len(v), _BLOCK)) \
+                if len(v) else np.empty(0)
+        mins: np.ndarray = self.misc[key]
+        b = end // _BLOCK
+        lo = b * _BLOCK
+        # finite values: a block holds a value under thr exactly when its minimum is under
+        # it (and a NaN thr fails every comparison, as in the scan)
+        bad = np.flatnonzero(~(v[lo:end] >= thr))
+        if not len(bad):
+            blocks = np.flatnonzero(~(mins[:b] >= thr))
+            if not len(blocks):
+                return 0
+            lo = int(blocks[-1]) * _BLOCK
+            bad = np.flatnonzero(~(v[lo:lo + _BLOCK] >= thr))
+        return lo + int(bad[-1]) + 1
+
+    def columns(self) -> list[str]:
+        """The frame's column names (iterating a pandas Index costs per name, per event)."""
+        if "columns" not in self.misc:
+            self.misc["columns"] = list(self.run.frame.columns)
+        cols: list[str] = self.misc["columns"]
+        return cols
+
     def column_series(self, col: str) -> Series:
         """A frame column's logged (non-missing) points."""
         if col not in self._colseries:
@@ -301,6 +334,9 @@ class RunArrays:
                                           s.to_numpy(dtype=np.float64))
         return self._colseries[col]
 
+
+#: Values per block of `RunArrays.start_at_or_above`.
+_BLOCK = 1024
 
 _ARRAYS: weakref.WeakKeyDictionary[Run, RunArrays] = weakref.WeakKeyDictionary()
 #: Runs whose arrays are kept: the pipeline explains one run's events after another, so the
@@ -791,7 +827,7 @@ def _lr_profile(ctx: Context) -> LrProfile:
     hits = np.flatnonzero(hv[-PRECURSOR_POINTS:] >= thr)
     last_hit = len(hv) - min(PRECURSOR_POINTS, len(hv)) + int(hits[-1]) if len(hits) else (
         len(hv) - 1)
-    reached_i = stretch_start(lambda lo, hi: hv[lo:hi] >= thr, last_hit + 1)
+    reached_i = a.start_at_or_above("lr", last_hit + 1, thr)  # hv is a prefix of fin
     reached_i = min(reached_i, len(hv) - 1)
     reached_step = int(hist.steps[reached_i])
     k = stretch_start(lambda lo, hi: hv[lo - 1:hi - 1] < hv[lo:hi], reached_i + 1, floor=1) - 1
@@ -1243,7 +1279,7 @@ def _nonfinite(ctx: Context) -> Nonfinite | None:
     b = int(np.searchsorted(idx_all, hi, side="right"))
     idx = idx_all[a:b]
     nan_col = run.column("nan_count")
-    for col in run.frame.columns:
+    for col in arr.columns():
         whole, first_finite, nan_at = arr.column(col)
         # a series that was never finite before the event (a throughput column logged as
         # NaN throughout) did not *go* non-finite here: it is not evidence

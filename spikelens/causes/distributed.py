@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spikelens.causes import CAUSES
-from spikelens.causes._window import Context, evidence, fmt, fmt_ratio, mag, sentence
+from spikelens.causes._window import Context, arrays, evidence, fmt, fmt_ratio, mag, sentence
 from spikelens.metrics import role_of
 from spikelens.model import Event, Evidence, LogMessage, Run, Skipped
 from spikelens.readers._ranks import message_kind, rank_column
@@ -72,6 +72,15 @@ class BatchChange:
 
 
 def _per_rank(run: Run, role: str) -> dict[int, str]:
+    # a function of the run's columns alone, asked for by every event: parsed once per run
+    misc = arrays(run).misc
+    key = f"per_rank:{role}"
+    if key not in misc:
+        misc[key] = _parse_per_rank(run, role)
+    return dict(misc[key])
+
+
+def _parse_per_rank(run: Run, role: str) -> dict[int, str]:
     out: dict[int, str] = {}
     for col in run.frame.columns:
         rc = rank_column(str(col))

@@ -28,6 +28,7 @@ so one incident does not widen the yardstick for the next."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -101,7 +102,8 @@ class Stats:
     floor: FloatArray | None = None  # resolution floor of the scale (rounding, precision)
 
 
-def trailing_stats(x: FloatArray, window: int, abs_floor: float, is_log: bool) -> Stats:
+def trailing_stats(x: FloatArray, window: int, abs_floor: float, is_log: bool,
+                   reuse: dict[str, dict[str, Any]] | None = None) -> Stats:
     """Level, IQR-scale and upper-tail scale of the `window` points before each point.
 
     The scales (and the autocorrelation of the inflation factor) are measured on the
@@ -109,10 +111,13 @@ def trailing_stats(x: FloatArray, window: int, abs_floor: float, is_log: bool) -
     of early training, or of a log with one point every 10 steps, is not taken for noise.
     `abs_floor` is the resolution of the loss in its own units (half its rounding step, or
     the float precision floor): the scale never goes below it, expressed in log units at the
-    baseline level when the series is a log."""
+    baseline level when the series is a log. `reuse`: a dict shared by the calls on versions
+    of one series (the second pass), whose unchanged windows are not computed again
+    (`baseline.trailing_detrended`)."""
     n = len(x)
     stride = max(1, window // STRIDE_DIVISOR)
-    level, q = trailing_detrended(x, window, (0.25, 0.5, 0.75, 0.9), stride)
+    level, q = trailing_detrended(x, window, (0.25, 0.5, 0.75, 0.9), stride,
+                                  None if reuse is None else reuse.setdefault("detrended", {}))
     q25, q50, q75, q90 = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
     count = np.minimum(np.arange(n), window).astype(np.int64)
     raw = (q75 - q25) / IQR_TO_SIGMA
@@ -121,7 +126,9 @@ def trailing_stats(x: FloatArray, window: int, abs_floor: float, is_log: bool) -
     scale = np.maximum(np.maximum(raw, np.nan_to_num(floor)), REL_SCALE_FLOOR)
     up = np.maximum(scale, (q90 - q50) / Z90)
     return Stats(level=level, scale=scale, up_scale=up,
-                 inflation=_inflation(x, window, stride, raw), count=count,
+                 inflation=_inflation(x, window, stride, raw,
+                                      None if reuse is None else reuse.setdefault("diff", {})),
+                 count=count,
                  floor=np.maximum(np.nan_to_num(floor), REL_SCALE_FLOOR))
 
 
@@ -135,7 +142,8 @@ def window_stats(w: FloatArray, abs_floor: float, is_log: bool) -> tuple[float, 
     return level, scale, max(scale, (q90 - q50) / Z90)
 
 
-def _inflation(x: FloatArray, window: int, stride: int, raw_scale: FloatArray) -> FloatArray:
+def _inflation(x: FloatArray, window: int, stride: int, raw_scale: FloatArray,
+               reuse: dict[str, Any] | None = None) -> FloatArray:
     """(1 + rho) / (1 - rho) of the trailing window, rho its lag-1 autocorrelation.
 
     Noise that wanders (rho > 0) moves the median of k points far more than independent
@@ -152,7 +160,7 @@ def _inflation(x: FloatArray, window: int, stride: int, raw_scale: FloatArray) -
         return out
     # d[j] = x[j+1] - x[j]; point i uses the differences inside its window, d[i-w .. i-2].
     # The factor moves slowly, so it is refreshed four times less often than the baseline.
-    qd = trailing_quantiles(np.diff(x), window - 1, (0.25, 0.75), 4 * stride)
+    qd = trailing_quantiles(np.diff(x), window - 1, (0.25, 0.75), 4 * stride, reuse)
     sd = np.full(n, np.nan)
     sd[1:] = (qd[:, 1] - qd[:, 0]) / IQR_TO_SIGMA
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -302,12 +310,16 @@ def _quanta_bar(level: FloatArray, p: RiseParams) -> FloatArray:
         return np.nan_to_num(np.log1p(2 * p.quantum / np.exp(level)), nan=0.0)
 
 
-def _candidates(x: FloatArray, st: Stats, p: RiseParams, forward: dict[int, FloatArray]
+def _candidates(x: FloatArray, st: Stats, p: RiseParams, forward: dict[int, FloatArray],
+                z_out: dict[str, FloatArray] | None = None
                 ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """Indices of the points that open an event, and for each point the length of the
-    shortest test that fired there (1 for the point test or a short-baseline ratio)."""
+    shortest test that fired there (1 for the point test or a short-baseline ratio).
+    `z_out` receives the test statistics."""
     n = len(x)
     z = test_statistics(x, st, p, forward)
+    if z_out is not None:
+        z_out.update(z)
     fired = np.zeros(n, dtype=np.int64)
     with np.errstate(invalid="ignore"):
         zbar = p.z_point if p.point_bar is None else p.point_bar
@@ -398,16 +410,21 @@ def _change_point(x: FloatArray, c: int, horizon: int, level: float, floor: int)
 
 
 def find_rises(x: FloatArray, p: RiseParams, abs_floor: float, is_log: bool,
-               second_pass: bool = True) -> list[Rise]:
+               second_pass: bool = True, statistics: dict[str, FloatArray] | None = None
+               ) -> list[Rise]:
     """Events on x (finite values, in test units: the log of the loss where it is positive),
     sorted by start. `abs_floor`: the loss's resolution in its own units. `second_pass`
-    re-runs the scan with the events clipped out of the baseline."""
+    re-runs the scan with the events clipped out of the baseline. `statistics`, when given,
+    receives the first pass's `test_statistics` (what `rise_statistics` computes), so the
+    cross-run point test does not compute them again."""
     n = len(x)
     if n < 2:
         return []
     # the forward medians depend on x alone: both passes share them
     forward = {k: forward_median(x, k) for k in p.shift_windows if len(x) >= k}
-    rises = _scan(x, x, p, abs_floor, is_log, forward)
+    # ... and the second pass recomputes only the baseline windows that hold a clipped point
+    reuse: dict[str, dict[str, Any]] = {}
+    rises = _scan(x, x, p, abs_floor, is_log, forward, statistics, reuse)
     # a few-point event barely moves a quartile; only long ones need the second pass
     if not second_pass or not any(r.end - r.start >= p.recover_run for r in rises):
         return rises
@@ -416,14 +433,16 @@ def find_rises(x: FloatArray, p: RiseParams, abs_floor: float, is_log: bool,
     for r in rises:
         stop = r.end if r.recovered else n
         clipped[r.start:stop] = np.minimum(clipped[r.start:stop], r.band_hi)
-    return _scan(x, clipped, p, abs_floor, is_log, forward)
+    return _scan(x, clipped, p, abs_floor, is_log, forward, reuse=reuse)
 
 
 def _scan(x: FloatArray, base_x: FloatArray, p: RiseParams, abs_floor: float,
-          is_log: bool, forward: dict[int, FloatArray]) -> list[Rise]:
+          is_log: bool, forward: dict[int, FloatArray],
+          z_out: dict[str, FloatArray] | None = None,
+          reuse: dict[str, dict[str, Any]] | None = None) -> list[Rise]:
     n = len(x)
-    st = trailing_stats(base_x, p.window, abs_floor, is_log)
-    idx, fired = _candidates(x, st, p, forward)
+    st = trailing_stats(base_x, p.window, abs_floor, is_log, reuse)
+    idx, fired = _candidates(x, st, p, forward, z_out)
     rises: list[Rise] = []
     pos = 0
     for ci in idx:
