@@ -78,6 +78,10 @@ class Task:
     #: the directory (as the user named it) this file was found in, unsniffed: the task
     #: checks that it is a log first, and skips it otherwise
     found_in: str | None = None
+    #: a local directory where the first pass keeps the parsed runs (and detections) of a
+    #: log that may take part in the cross-run passes, so that those passes neither read nor
+    #: parse it again; None on a cluster, whose workers share no disk with each other
+    spill: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,23 +108,84 @@ def run_task(task: Task) -> LogResult:
 
     cfg = task.config
     fmt = task.format
-    if task.found_in is not None:
-        from spikelens.paths import claim
+    kept = _unspill(task)
+    if kept is not None:
+        runs, dets = kept
+    else:
+        if task.found_in is not None:
+            from spikelens.paths import claim
 
-        ok, sniffed = claim(task.source)
-        if not ok:
-            return LogResult(source=task.source, parts=(), skipped=True)
-        fmt = fmt or sniffed
-    runs = read_runs(task.source, format=fmt, metrics=dict(task.metrics) or None)
+            ok, sniffed = claim(task.source)
+            if not ok:
+                return LogResult(source=task.source, parts=(), skipped=True)
+            fmt = fmt or sniffed
+        runs, dets = read_runs(task.source, format=fmt, metrics=dict(task.metrics) or None), []
     recurrent = dict(task.recurrent)
     parts: list[RunPart] = []
     for i, run in enumerate(runs):
-        det = detect(run, cfg, recurrent.get(i, ()))
+        det = dets[i] if i < len(dets) else detect(run, cfg, recurrent.get(i, ()))
         rep = report_of(run, det, cfg, task.recurrences or ())
         cand = candidates(point_z(run, cfg), cfg.joint_min_z) if task.candidates else None
         parts.append(RunPart(report=rep, events=det.events, thin=thin_run(run, det.events),
                              candidates=cand, positions=_positions(run, det.events)))
+        if i == len(dets):
+            dets.append(det)
+    _spill(task, runs, dets, parts)
     return LogResult(source=task.source, parts=tuple(parts))
+
+
+# --- keeping parsed runs between the passes ---------------------------------------------
+
+def _spill_path(task: Task) -> str:
+    import hashlib
+
+    assert task.spill is not None
+    return os.path.join(task.spill, hashlib.sha256(task.source.encode()).hexdigest()[:40])
+
+
+def _spill(task: Task, runs: Sequence[Run], dets: Sequence[Any],
+           parts: Sequence[RunPart]) -> None:
+    """Keep the parsed runs, and the detections with the cross-run steps they used, of a
+    log that can take part in a later pass: one with a one-point outlier that may coincide
+    with other runs' (pass 2) or with events that may recur (pass 3). The file is the
+    worker's own pickle in the fleet's private temporary directory; one that cannot be
+    written only costs the later pass a read."""
+    if task.spill is None:
+        return
+    if task.candidates and not any(p.events or (p.candidates is not None
+                                                and len(p.candidates.steps))
+                                   for p in parts):
+        return  # neither pass can pick this log
+    if task.recurrences is not None:
+        return  # the last pass: nothing comes after it
+    import pickle
+    import tempfile
+
+    target = _spill_path(task)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=task.spill, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as fh:
+            pickle.dump((task.recurrent, tuple(runs), tuple(dets)), fh,
+                        protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, target)
+    except OSError:
+        return
+
+
+def _unspill(task: Task) -> tuple[list[Run], list[Any]] | None:
+    """What an earlier pass kept of this log: its runs, and their detections when they
+    were made with the very cross-run steps this task brings (else they are detected
+    again). None when nothing was kept (a cached first pass, a cluster, a full disk)."""
+    if task.spill is None or task.candidates:
+        return None
+    import pickle
+
+    try:
+        with open(_spill_path(task), "rb") as fh:
+            recurrent, runs, dets = pickle.load(fh)
+    except Exception:  # noqa: BLE001 - missing or damaged: read the log as usual
+        return None
+    return list(runs), list(dets) if recurrent == task.recurrent else []
 
 
 def _usable_counter(run: Run, role: str) -> tuple[Any, Any] | None:
@@ -331,7 +396,8 @@ def analyze_sources(
     cfg = config or Config()
     mets = tuple(sorted((metrics or {}).items()))
     where = list(found_in) if found_in is not None else [None] * len(sources)
-    base = [Task(source=s, config=cfg, format=format, metrics=mets, found_in=w)
+    spill = _spill_dir(sources, dask)
+    base = [Task(source=s, config=cfg, format=format, metrics=mets, found_in=w, spill=spill)
             for s, w in zip(sources, where, strict=True)]
     ids = _identities(sources, cache)
     if total:
@@ -346,6 +412,10 @@ def analyze_sources(
                              total)
     finally:
         runner.close()
+        if spill is not None:
+            import shutil
+
+            shutil.rmtree(spill, ignore_errors=True)
     parts = tuple(p for r in results for p in r.parts)
     recs = _recurrences(parts)
     warnings = (cache.write_error,) if cache is not None and cache.write_error else ()
@@ -354,6 +424,20 @@ def analyze_sources(
                  cache_hits=cache.hits if cache else 0,
                  cache_misses=cache.misses if cache else 0,
                  warnings=warnings)
+
+
+def _spill_dir(sources: Sequence[str], dask: str | None) -> str | None:
+    """A private temporary directory for the parsed runs the cross-run passes reuse
+    (`_spill`), when there are such passes (several logs) and the workers share this
+    machine's disk (not on a Dask cluster)."""
+    if len(sources) < 2 or dask or os.environ.get(ENV_SCHEDULER):
+        return None
+    import tempfile
+
+    try:
+        return tempfile.mkdtemp(prefix="spikelens-fleet-")
+    except OSError:
+        return None
 
 
 def _no_empty_directories(results: Sequence[LogResult], where: Sequence[str | None]) -> None:

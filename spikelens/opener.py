@@ -170,6 +170,9 @@ def _copy_decompressed(src: IO[bytes], dst: IO[bytes], codec: str, source: str) 
         if isinstance(exc, OSError) and exc.errno is not None:
             raise  # a read error of the file itself, not of its data
         raise LogFormatError(f"{source}: corrupt {codec} data ({_why(exc)})") from None
+    if started and written == 0:
+        raise LogFormatError(f"{source}: not a valid {codec} stream: it ends before any data "
+                             "(a file cut short after its header)")
     if started:
         return [f"{source}: the {codec} stream is cut short (a file still being written, or "
                 f"an interrupted copy): read the {written:,} bytes before the cut"]
@@ -181,33 +184,53 @@ def _why(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def head_of(raw: bytes, source: str = "") -> bytes:
-    """The first decompressed bytes of a log whose first raw bytes are `raw` (for sniffing
-    a file found in a directory); `raw` itself when it is not compressed, b"" when the
-    start cannot be decoded."""
+def head_of(raw: bytes, source: str = "", limit: int | None = None) -> bytes:
+    """The first decompressed bytes (at most `limit`) of a log whose first raw bytes are
+    `raw` (for sniffing a file found in a directory); `raw` itself when it is not
+    compressed, b"" when the start cannot be decoded."""
+    head = decoded_head(raw, limit)
+    return b"" if head is None else head
+
+
+def decoded_head(raw: bytes, limit: int | None = None) -> bytes | None:
+    """Like `head_of`, but None when `raw` starts a compressed stream that does not decode:
+    damaged data, or a stream that ends before giving any byte (a file cut after its
+    header). A complete stream of nothing (an empty log, compressed) is b"". Decompressing
+    only up to `limit` keeps a 64 KiB start of a text log that compresses tenfold from
+    becoming 640 KiB for the sniffers to scan."""
     codec = codec_of(raw)
     if codec is None:
-        return raw
+        return raw if limit is None else raw[:limit]
+    cap = limit or 0  # 0: no cap, for zlib, bz2 and lzma alike
     try:
         if codec == "gzip":
             import zlib
 
-            return zlib.decompressobj(wbits=47).decompress(raw)
-        if codec == "bz2":
+            d: Any = zlib.decompressobj(wbits=47)
+            out = d.decompress(raw, cap)
+        elif codec == "bz2":
             import bz2
 
-            return bz2.BZ2Decompressor().decompress(raw)
-        if codec == "xz":
+            d = bz2.BZ2Decompressor()
+            out = d.decompress(raw, cap or -1)
+        elif codec == "xz":
             import lzma
 
-            return lzma.LZMADecompressor().decompress(raw)
-        try:
-            import zstandard
-        except ImportError:
-            return b""
-        return zstandard.ZstdDecompressor().decompressobj().decompress(raw)  # type: ignore[no-any-return]
-    except Exception:  # noqa: BLE001 - a start that does not decode is simply not sniffed
-        return b""
+            d = lzma.LZMADecompressor()
+            out = d.decompress(raw, cap or -1)
+        else:
+            try:
+                import zstandard
+            except ImportError:
+                return b""  # not sniffed here; the reader decompresses it whole
+            d = zstandard.ZstdDecompressor().decompressobj()
+            out = d.decompress(raw)
+            out = out if limit is None else out[:limit]
+    except Exception:  # noqa: BLE001 - zlib.error, OSError, LZMAError, ZstdError
+        return None
+    if not out and not getattr(d, "eof", True):
+        return None  # a header and nothing after it
+    return bytes(out)
 
 
 # --- materialising ----------------------------------------------------------------------

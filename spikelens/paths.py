@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from spikelens.errors import ConfigError, LogFormatError, SpikelensError
-from spikelens.opener import basename, filesystem, head_of, inner_name, is_url, local_path
+from spikelens.opener import basename, filesystem, inner_name, is_url, local_path
 
 #: A reader must be at least this sure of a file found in a directory to read it.
 _DIR_SNIFF = 0.3
@@ -195,7 +195,7 @@ def claim(source: str) -> tuple[bool, str | None]:
     """(claimed, format): whether some reader is sure enough of this file found in a
     directory, and, for a plain local file, the format `detect_format` would pick from the
     very same bytes (so the reader need not sniff it again); None when it must."""
-    from spikelens.opener import codec_of
+    from spikelens.opener import codec_of, decoded_head
     from spikelens.readers import HEAD_BYTES
 
     name = basename(source)
@@ -208,7 +208,10 @@ def claim(source: str) -> tuple[bool, str | None]:
                 raw = fh.read(HEAD_BYTES)
         except FileNotFoundError:
             return False, None
-        best = _best(Path(inner_name(name)), head_of(raw), real=False)
+        head = decoded_head(raw, HEAD_BYTES)
+        if head is None:
+            return True, None  # damaged: the reader says so, naming it, not a silent skip
+        best = _best(Path(inner_name(name)), head, real=False)
         return best is not None and best[0] > _DIR_SNIFF, None
     local = Path(source)
     try:
@@ -217,11 +220,16 @@ def claim(source: str) -> tuple[bool, str | None]:
     except OSError:
         return False, None
     plain = codec_of(raw) is None
-    best = _best(local if plain else local.parent / inner_name(local.name), head_of(raw),
-                 real=True)
+    head = decoded_head(raw, HEAD_BYTES)
+    if head is None:
+        return True, None  # damaged: the reader says so, naming it, not a silent skip
+    best = _best(local if plain else local.parent / inner_name(local.name), head, real=True)
     if best is None or best[0] <= _DIR_SNIFF:
         return False, None
-    return True, best[1] if plain else None
+    # the reader of the decompressed copy (named without the suffix) would sniff the same
+    # first HEAD_BYTES: give it the format, unless this start is shorter than what it reads
+    # (a first stream of several that ends early)
+    return True, best[1] if plain or len(head) >= HEAD_BYTES else None
 
 
 def _best(named: Path, head: bytes, real: bool) -> tuple[float, str] | None:
