@@ -115,7 +115,7 @@ def run_task(task: Task) -> LogResult:
         if task.found_in is not None:
             from spikelens.paths import claim
 
-            ok, sniffed = claim(task.source)
+            ok, sniffed = claim(task.source, keep=True)
             if not ok:
                 return LogResult(source=task.source, parts=(), skipped=True)
             fmt = fmt or sniffed

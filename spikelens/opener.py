@@ -314,12 +314,56 @@ def _prefixed(head: bytes, rest: IO[bytes]) -> IO[bytes]:
     return io.BufferedReader(_Raw(), buffer_size=_COPY_CHUNK)
 
 
+#: The first request for a remote object asks for this many bytes (an HTTP range): a log of
+#: up to this size is then one GET, no HEAD, no listing; a larger one streams the rest.
+FIRST_CHUNK = 16 << 20
+
+#: url -> (its first bytes, whether that is the whole object), fetched by `paths.claim` to
+#: sniff a remote file found in a folder and kept for the read that follows it in the same
+#: task, so that sniffing and reading cost one request together. One entry at a time.
+_KEPT: dict[str, tuple[bytes, bool]] = {}
+
+
+def first_bytes(url: str, fs: Any, path: str, keep: bool = False) -> tuple[bytes, bool]:
+    """(the first FIRST_CHUNK bytes of a remote object, whether they are all of it), in one
+    ranged GET; with `keep`, held for the next `materialised(url)` in this process."""
+    data = bytes(fs.cat_file(path, start=0, end=FIRST_CHUNK))
+    # a server that ignores the range sends the whole object: more than asked is all of it
+    got = (data, len(data) != FIRST_CHUNK)
+    _KEPT.clear()
+    if keep:
+        _KEPT[url] = got
+    return got
+
+
+def _rest_after(data: bytes, fs: Any, path: str) -> IO[bytes]:
+    """A stream of `data` (the object's first bytes) then the rest of the object."""
+    import io
+
+    if not data:
+        return io.BytesIO(b"")
+    src = fs.open(path, "rb")
+    src.seek(len(data))
+    return _prefixed(data, src)
+
+
 def _fetch_remote(url: str, tmpdir: Path, notes: list[str]) -> Path:
     fs, path = filesystem(url)
     try:
-        if fs.isdir(path):
-            return _fetch_remote_dir(url, fs, path, tmpdir, notes)
-        with fs.open(path, "rb") as src:
+        kept = _KEPT.pop(url, None)
+        if kept is None:
+            try:
+                kept = first_bytes(url, fs, path)
+            except (FileNotFoundError, IsADirectoryError):
+                # not an object: a TensorBoard run folder, else missing (one listing more)
+                if fs.isdir(path):
+                    return _fetch_remote_dir(url, fs, path, tmpdir, notes)
+                raise FileNotFoundError(path) from None
+        data, whole = kept
+        import io
+
+        src = io.BytesIO(data) if whole else _rest_after(data, fs, path)
+        with src:
             head = src.read(8)
             codec = codec_of(head)
             name = basename(path) or "log"
@@ -383,6 +427,9 @@ def identity(source: str) -> str | None:
         return None
     if is_url(source):
         fs, path = filesystem(source)
+        known = LISTED.pop(source, None)
+        if known is not None:  # seen in the listing just made: no request
+            return known
         try:
             if fs.isdir(path):
                 parts = [_remote_tag(fs, f) for f in sorted(fs.find(path, maxdepth=2))]

@@ -191,11 +191,13 @@ def claimed(source: str) -> bool:
     return claim(source)[0]
 
 
-def claim(source: str) -> tuple[bool, str | None]:
+def claim(source: str, keep: bool = False) -> tuple[bool, str | None]:
     """(claimed, format): whether some reader is sure enough of this file found in a
-    directory, and, for a plain local file, the format `detect_format` would pick from the
-    very same bytes (so the reader need not sniff it again); None when it must."""
-    from spikelens.opener import codec_of, decoded_head
+    directory, and the format `detect_format` would pick from the very same bytes of the
+    (decompressed) log, so the reader need not sniff it again; None when it must. With
+    `keep`, the bytes fetched of a remote object to sniff it are kept for the read that
+    follows (`opener.first_bytes`): one request per log."""
+    from spikelens.opener import codec_of, decoded_head, first_bytes
     from spikelens.readers import HEAD_BYTES
 
     name = basename(source)
@@ -204,15 +206,17 @@ def claim(source: str) -> tuple[bool, str | None]:
     if is_url(source):
         fs, path = filesystem(source)
         try:
-            with fs.open(path, "rb") as fh:
-                raw = fh.read(HEAD_BYTES)
+            raw = first_bytes(source, fs, path, keep)[0][:HEAD_BYTES]
         except FileNotFoundError:
             return False, None
         head = decoded_head(raw, HEAD_BYTES)
         if head is None:
             return True, None  # damaged: the reader says so, naming it, not a silent skip
         best = _best(Path(inner_name(name)), head, real=False)
-        return best is not None and best[0] > _DIR_SNIFF, None
+        if best is None or best[0] <= _DIR_SNIFF:
+            return False, None
+        plain = codec_of(raw) is None
+        return True, best[1] if plain or len(head) >= HEAD_BYTES else None
     local = Path(source)
     try:
         with local.open("rb") as fh:
