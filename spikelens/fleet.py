@@ -578,6 +578,23 @@ def _recurrences(parts: Sequence[RunPart]) -> tuple[Recurrence, ...]:
     return tuple(find_recurrences([p.thin for p in parts], [p.events for p in parts]))
 
 
+def runs_of(fleet: Fleet, format: str | None = None,
+            metrics: Mapping[str, str] | None = None) -> list[Run]:
+    """The whole runs behind a fleet's report, in its order, read again from their logs
+    (each log once) for what needs the series, such as the HTML page's curves. A log that
+    changed since its analysis so that it no longer holds the same runs is a one-line
+    error rather than curves that do not match the report."""
+    from spikelens.readers import read_runs
+
+    sources = list(dict.fromkeys(p.thin.source for p in fleet.parts))
+    runs = [r for s in sources for r in read_runs(s, format=format, metrics=metrics)]
+    if [(r.source, r.name) for r in runs] != [(p.thin.source, p.thin.name)
+                                              for p in fleet.parts]:
+        raise SpikelensError(f"{sources[0] if len(sources) == 1 else 'the logs'}: changed "
+                             "while being analysed; run the command again")
+    return runs
+
+
 # --- fleet summaries --------------------------------------------------------------------
 
 @dataclass(frozen=True)
