@@ -12,11 +12,15 @@ across runs (`find_coincidences` on the candidates); the few logs that have such
 analysed again with the lowered bar there; (2) incidents that recur at the same point of the
 data stream (`find_recurrences` on the thin runs); the logs whose incidents recur are explained
 again with the recurrence as evidence. Each pass is cached like the first (`spikelens.cache`),
-keyed also on the cross-run facts it used. Results keep the order of the sources whatever the
+keyed also on the cross-run facts it used. On one machine the first pass keeps the parsed runs
+and detections of the logs that can take part in the later ones in a private temporary
+directory, so those passes neither read nor parse a log again (a cluster's workers share no
+disk: there they read it again). Results keep the order of the sources whatever the
 backend, and the first bad log in that order is the error raised (one line, as everywhere)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -162,14 +166,17 @@ def _spill(task: Task, runs: Sequence[Run], dets: Sequence[Any],
     import tempfile
 
     target = _spill_path(task)
+    tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=task.spill, prefix=".tmp-")
         with os.fdopen(fd, "wb") as fh:
             pickle.dump((task.recurrent, tuple(runs), tuple(dets)), fh,
                         protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, target)
-    except OSError:
-        return
+    except Exception:  # noqa: BLE001 - a full disk, an unpicklable param: the pass reads
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
 
 
 def _unspill(task: Task) -> tuple[list[Run], list[Any]] | None:

@@ -7,8 +7,10 @@ without its compression suffix (`metrics.jsonl.gz` -> `metrics.jsonl`, so sniffi
 still works), and the runs read from it are renamed back to the source the user gave. A new
 protocol or codec is therefore one change here, not one per reader. Remote protocols and zstd
 are optional extras, imported only when a source needs them; a missing one is a one-line
-error with the install command. This module also gives a source's identity (size and mtime,
-or the object store's ETag) for the result cache."""
+error with the install command. A remote object costs one request: a ranged GET of its
+first 16 MiB (the rest streamed after it only for a larger log), shared between sniffing a
+file found in a folder and reading it. This module also gives a source's identity (size and
+mtime, or the ETag from the listing or the object store) for the result cache."""
 
 from __future__ import annotations
 
