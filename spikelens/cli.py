@@ -369,17 +369,60 @@ def report(
         typer.Option("--fail-on", help="Exit 1 when such loss incidents are found."),
     ] = None,
     run: RunOpt = None,
+    jobs: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--jobs", "-j", metavar="N", show_default=False,
+                     help="Analyse logs in N processes (default: one per core)."),
+    ] = None,
+    dask: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--dask", metavar="ADDRESS", show_default=False,
+                     help="Send one task per log to this Dask scheduler (default "
+                     "$SPIKELENS_DASK_SCHEDULER)."),
+    ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Neither use nor fill the result cache.")
+    ] = False,
+    cache_dir: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--cache-dir", metavar="DIR", show_default=False,
+                     help="Result cache directory (default: the user cache dir, or "
+                     "$SPIKELENS_CACHE_DIR)."),
+    ] = None,
 ) -> None:
     """Write one self-contained HTML page (plotly) with the curves, the incidents and their
     causes."""
     from spikelens.report import render
 
     _check_writable(html)
-    report_, runs = _analyse(logs, log_format, metric, run)
+    if run or _read_here(logs):  # picked runs, one file, or input that reads only once
+        report_, runs = _analyse(logs, log_format, metric, run)
+    else:  # many logs: analysed as `analyze` does (process pool, cache), curves read here
+        from spikelens.fleet import runs_of
+        from spikelens.metrics import parse_overrides
+
+        fleet = _analyse_fleet(logs, log_format, metric, jobs, dask, no_cache, cache_dir)
+        report_ = fleet.report
+        runs = runs_of(fleet, log_format, parse_overrides(metric or []))
     _write(render(report_, runs, "html", plotlyjs=plotlyjs.value), html)
     verdicts = ", ".join(r.verdict for r in report_.runs)
     typer.echo(f"wrote {html} ({verdicts})", err=True)
     raise typer.Exit(_exit_code(report_, fail_on))
+
+
+def _read_here(logs: list[str]) -> bool:
+    """Whether `report` reads and analyses in this process: a single plain file (nothing to
+    parallelise, and the curves need it read anyway), or standard input or a pipe among the
+    logs (which cannot be read a second time for the curves)."""
+    from spikelens.opener import is_url
+
+    def once(item: str) -> bool:
+        return item == "-" or (os.path.exists(item) and not os.path.isfile(item)
+                               and not os.path.isdir(item))
+
+    if any(once(x) for x in logs):
+        return True
+    return len(logs) == 1 and not is_url(logs[0]) and os.path.isfile(logs[0])
 
 
 @app.command()

@@ -12,11 +12,15 @@ across runs (`find_coincidences` on the candidates); the few logs that have such
 analysed again with the lowered bar there; (2) incidents that recur at the same point of the
 data stream (`find_recurrences` on the thin runs); the logs whose incidents recur are explained
 again with the recurrence as evidence. Each pass is cached like the first (`spikelens.cache`),
-keyed also on the cross-run facts it used. Results keep the order of the sources whatever the
+keyed also on the cross-run facts it used. On one machine the first pass keeps the parsed runs
+and detections of the logs that can take part in the later ones in a private temporary
+directory, so those passes neither read nor parse a log again (a cluster's workers share no
+disk: there they read it again). Results keep the order of the sources whatever the
 backend, and the first bad log in that order is the error raised (one line, as everywhere)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -78,6 +82,10 @@ class Task:
     #: the directory (as the user named it) this file was found in, unsniffed: the task
     #: checks that it is a log first, and skips it otherwise
     found_in: str | None = None
+    #: a local directory where the first pass keeps the parsed runs (and detections) of a
+    #: log that may take part in the cross-run passes, so that those passes neither read nor
+    #: parse it again; None on a cluster, whose workers share no disk with each other
+    spill: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,24 +112,88 @@ def run_task(task: Task) -> LogResult:
 
     cfg = task.config
     fmt = task.format
-    if task.found_in is not None:
-        from spikelens.paths import claim
+    kept = _unspill(task)
+    if kept is not None:
+        runs, dets = kept
+    else:
+        if task.found_in is not None:
+            from spikelens.paths import claim
 
-        ok, sniffed = claim(task.source)
-        if not ok:
-            return LogResult(source=task.source, parts=(), skipped=True)
-        fmt = fmt or sniffed
-    runs = read_runs(task.source, format=fmt, metrics=dict(task.metrics) or None)
+            ok, sniffed = claim(task.source, keep=True)
+            if not ok:
+                return LogResult(source=task.source, parts=(), skipped=True)
+            fmt = fmt or sniffed
+        runs, dets = read_runs(task.source, format=fmt, metrics=dict(task.metrics) or None), []
     recurrent = dict(task.recurrent)
     parts: list[RunPart] = []
     for i, run in enumerate(runs):
-        det = detect(run, cfg, recurrent.get(i, ()))
+        det = dets[i] if i < len(dets) else detect(run, cfg, recurrent.get(i, ()))
         rep = report_of(run, det, cfg, task.recurrences or ())
         cand = candidates(det.point_z if det.point_z is not None else point_z(run, cfg),
                           cfg.joint_min_z) if task.candidates else None
         parts.append(RunPart(report=rep, events=det.events, thin=thin_run(run, det.events),
                              candidates=cand, positions=_positions(run, det.events)))
+        if i == len(dets):
+            dets.append(det)
+    _spill(task, runs, dets, parts)
     return LogResult(source=task.source, parts=tuple(parts))
+
+
+# --- keeping parsed runs between the passes ---------------------------------------------
+
+def _spill_path(task: Task) -> str:
+    import hashlib
+
+    assert task.spill is not None
+    return os.path.join(task.spill, hashlib.sha256(task.source.encode()).hexdigest()[:40])
+
+
+def _spill(task: Task, runs: Sequence[Run], dets: Sequence[Any],
+           parts: Sequence[RunPart]) -> None:
+    """Keep the parsed runs, and the detections with the cross-run steps they used, of a
+    log that can take part in a later pass: one with a one-point outlier that may coincide
+    with other runs' (pass 2) or with events that may recur (pass 3). The file is the
+    worker's own pickle in the fleet's private temporary directory; one that cannot be
+    written only costs the later pass a read."""
+    if task.spill is None:
+        return
+    if task.candidates and not any(p.events or (p.candidates is not None
+                                                and len(p.candidates.steps))
+                                   for p in parts):
+        return  # neither pass can pick this log
+    if task.recurrences is not None:
+        return  # the last pass: nothing comes after it
+    import pickle
+    import tempfile
+
+    target = _spill_path(task)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=task.spill, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as fh:
+            pickle.dump((task.recurrent, tuple(runs), tuple(dets)), fh,
+                        protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, target)
+    except Exception:  # noqa: BLE001 - a full disk, an unpicklable param: the pass reads
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+
+
+def _unspill(task: Task) -> tuple[list[Run], list[Any]] | None:
+    """What an earlier pass kept of this log: its runs, and their detections when they
+    were made with the very cross-run steps this task brings (else they are detected
+    again). None when nothing was kept (a cached first pass, a cluster, a full disk)."""
+    if task.spill is None or task.candidates:
+        return None
+    import pickle
+
+    try:
+        with open(_spill_path(task), "rb") as fh:
+            recurrent, runs, dets = pickle.load(fh)
+    except Exception:  # noqa: BLE001 - missing or damaged: read the log as usual
+        return None
+    return list(runs), list(dets) if recurrent == task.recurrent else []
 
 
 def _usable_counter(run: Run, role: str) -> tuple[Any, Any] | None:
@@ -332,7 +404,8 @@ def analyze_sources(
     cfg = config or Config()
     mets = tuple(sorted((metrics or {}).items()))
     where = list(found_in) if found_in is not None else [None] * len(sources)
-    base = [Task(source=s, config=cfg, format=format, metrics=mets, found_in=w)
+    spill = _spill_dir(sources, dask)
+    base = [Task(source=s, config=cfg, format=format, metrics=mets, found_in=w, spill=spill)
             for s, w in zip(sources, where, strict=True)]
     ids = _identities(sources, cache)
     if total:
@@ -347,6 +420,10 @@ def analyze_sources(
                              total)
     finally:
         runner.close()
+        if spill is not None:
+            import shutil
+
+            shutil.rmtree(spill, ignore_errors=True)
     parts = tuple(p for r in results for p in r.parts)
     recs = _recurrences(parts)
     warnings = (cache.write_error,) if cache is not None and cache.write_error else ()
@@ -355,6 +432,20 @@ def analyze_sources(
                  cache_hits=cache.hits if cache else 0,
                  cache_misses=cache.misses if cache else 0,
                  warnings=warnings)
+
+
+def _spill_dir(sources: Sequence[str], dask: str | None) -> str | None:
+    """A private temporary directory for the parsed runs the cross-run passes reuse
+    (`_spill`), when there are such passes (several logs) and the workers share this
+    machine's disk (not on a Dask cluster)."""
+    if len(sources) < 2 or dask or os.environ.get(ENV_SCHEDULER):
+        return None
+    import tempfile
+
+    try:
+        return tempfile.mkdtemp(prefix="spikelens-fleet-")
+    except OSError:
+        return None
 
 
 def _no_empty_directories(results: Sequence[LogResult], where: Sequence[str | None]) -> None:
@@ -493,6 +584,23 @@ def _recurrences(parts: Sequence[RunPart]) -> tuple[Recurrence, ...]:
     if len(parts) < 2:
         return ()
     return tuple(find_recurrences([p.thin for p in parts], [p.events for p in parts]))
+
+
+def runs_of(fleet: Fleet, format: str | None = None,
+            metrics: Mapping[str, str] | None = None) -> list[Run]:
+    """The whole runs behind a fleet's report, in its order, read again from their logs
+    (each log once) for what needs the series, such as the HTML page's curves. A log that
+    changed since its analysis so that it no longer holds the same runs is a one-line
+    error rather than curves that do not match the report."""
+    from spikelens.readers import read_runs
+
+    sources = list(dict.fromkeys(p.thin.source for p in fleet.parts))
+    runs = [r for s in sources for r in read_runs(s, format=format, metrics=metrics)]
+    if [(r.source, r.name) for r in runs] != [(p.thin.source, p.thin.name)
+                                              for p in fleet.parts]:
+        raise SpikelensError(f"{sources[0] if len(sources) == 1 else 'the logs'}: changed "
+                             "while being analysed; run the command again")
+    return runs
 
 
 # --- fleet summaries --------------------------------------------------------------------

@@ -7,8 +7,10 @@ without its compression suffix (`metrics.jsonl.gz` -> `metrics.jsonl`, so sniffi
 still works), and the runs read from it are renamed back to the source the user gave. A new
 protocol or codec is therefore one change here, not one per reader. Remote protocols and zstd
 are optional extras, imported only when a source needs them; a missing one is a one-line
-error with the install command. This module also gives a source's identity (size and mtime,
-or the object store's ETag) for the result cache."""
+error with the install command. A remote object costs one request: a ranged GET of its
+first 16 MiB (the rest streamed after it only for a larger log), shared between sniffing a
+file found in a folder and reading it. This module also gives a source's identity (size and
+mtime, or the ETag from the listing or the object store) for the result cache."""
 
 from __future__ import annotations
 
@@ -170,6 +172,9 @@ def _copy_decompressed(src: IO[bytes], dst: IO[bytes], codec: str, source: str) 
         if isinstance(exc, OSError) and exc.errno is not None:
             raise  # a read error of the file itself, not of its data
         raise LogFormatError(f"{source}: corrupt {codec} data ({_why(exc)})") from None
+    if started and written == 0:
+        raise LogFormatError(f"{source}: not a valid {codec} stream: it ends before any data "
+                             "(a file cut short after its header)")
     if started:
         return [f"{source}: the {codec} stream is cut short (a file still being written, or "
                 f"an interrupted copy): read the {written:,} bytes before the cut"]
@@ -181,33 +186,53 @@ def _why(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def head_of(raw: bytes, source: str = "") -> bytes:
-    """The first decompressed bytes of a log whose first raw bytes are `raw` (for sniffing
-    a file found in a directory); `raw` itself when it is not compressed, b"" when the
-    start cannot be decoded."""
+def head_of(raw: bytes, source: str = "", limit: int | None = None) -> bytes:
+    """The first decompressed bytes (at most `limit`) of a log whose first raw bytes are
+    `raw` (for sniffing a file found in a directory); `raw` itself when it is not
+    compressed, b"" when the start cannot be decoded."""
+    head = decoded_head(raw, limit)
+    return b"" if head is None else head
+
+
+def decoded_head(raw: bytes, limit: int | None = None) -> bytes | None:
+    """Like `head_of`, but None when `raw` starts a compressed stream that does not decode:
+    damaged data, or a stream that ends before giving any byte (a file cut after its
+    header). A complete stream of nothing (an empty log, compressed) is b"". Decompressing
+    only up to `limit` keeps a 64 KiB start of a text log that compresses tenfold from
+    becoming 640 KiB for the sniffers to scan."""
     codec = codec_of(raw)
     if codec is None:
-        return raw
+        return raw if limit is None else raw[:limit]
+    cap = limit or 0  # 0: no cap, for zlib, bz2 and lzma alike
     try:
         if codec == "gzip":
             import zlib
 
-            return zlib.decompressobj(wbits=47).decompress(raw)
-        if codec == "bz2":
+            d: Any = zlib.decompressobj(wbits=47)
+            out = d.decompress(raw, cap)
+        elif codec == "bz2":
             import bz2
 
-            return bz2.BZ2Decompressor().decompress(raw)
-        if codec == "xz":
+            d = bz2.BZ2Decompressor()
+            out = d.decompress(raw, cap or -1)
+        elif codec == "xz":
             import lzma
 
-            return lzma.LZMADecompressor().decompress(raw)
-        try:
-            import zstandard
-        except ImportError:
-            return b""
-        return zstandard.ZstdDecompressor().decompressobj().decompress(raw)  # type: ignore[no-any-return]
-    except Exception:  # noqa: BLE001 - a start that does not decode is simply not sniffed
-        return b""
+            d = lzma.LZMADecompressor()
+            out = d.decompress(raw, cap or -1)
+        else:
+            try:
+                import zstandard
+            except ImportError:
+                return b""  # not sniffed here; the reader decompresses it whole
+            d = zstandard.ZstdDecompressor().decompressobj()
+            out = d.decompress(raw)
+            out = out if limit is None else out[:limit]
+    except Exception:  # noqa: BLE001 - zlib.error, OSError, LZMAError, ZstdError
+        return None
+    if not out and not getattr(d, "eof", True):
+        return None  # a header and nothing after it
+    return bytes(out)
 
 
 # --- materialising ----------------------------------------------------------------------
@@ -291,12 +316,56 @@ def _prefixed(head: bytes, rest: IO[bytes]) -> IO[bytes]:
     return io.BufferedReader(_Raw(), buffer_size=_COPY_CHUNK)
 
 
+#: The first request for a remote object asks for this many bytes (an HTTP range): a log of
+#: up to this size is then one GET, no HEAD, no listing; a larger one streams the rest.
+FIRST_CHUNK = 16 << 20
+
+#: url -> (its first bytes, whether that is the whole object), fetched by `paths.claim` to
+#: sniff a remote file found in a folder and kept for the read that follows it in the same
+#: task, so that sniffing and reading cost one request together. One entry at a time.
+_KEPT: dict[str, tuple[bytes, bool]] = {}
+
+
+def first_bytes(url: str, fs: Any, path: str, keep: bool = False) -> tuple[bytes, bool]:
+    """(the first FIRST_CHUNK bytes of a remote object, whether they are all of it), in one
+    ranged GET; with `keep`, held for the next `materialised(url)` in this process."""
+    data = bytes(fs.cat_file(path, start=0, end=FIRST_CHUNK))
+    # a server that ignores the range sends the whole object: more than asked is all of it
+    got = (data, len(data) != FIRST_CHUNK)
+    _KEPT.clear()
+    if keep:
+        _KEPT[url] = got
+    return got
+
+
+def _rest_after(data: bytes, fs: Any, path: str) -> IO[bytes]:
+    """A stream of `data` (the object's first bytes) then the rest of the object."""
+    import io
+
+    if not data:
+        return io.BytesIO(b"")
+    src = fs.open(path, "rb")
+    src.seek(len(data))
+    return _prefixed(data, src)
+
+
 def _fetch_remote(url: str, tmpdir: Path, notes: list[str]) -> Path:
     fs, path = filesystem(url)
     try:
-        if fs.isdir(path):
-            return _fetch_remote_dir(url, fs, path, tmpdir, notes)
-        with fs.open(path, "rb") as src:
+        kept = _KEPT.pop(url, None)
+        if kept is None:
+            try:
+                kept = first_bytes(url, fs, path)
+            except (FileNotFoundError, IsADirectoryError):
+                # not an object: a TensorBoard run folder, else missing (one listing more)
+                if fs.isdir(path):
+                    return _fetch_remote_dir(url, fs, path, tmpdir, notes)
+                raise FileNotFoundError(path) from None
+        data, whole = kept
+        import io
+
+        src = io.BytesIO(data) if whole else _rest_after(data, fs, path)
+        with src:
             head = src.read(8)
             codec = codec_of(head)
             name = basename(path) or "log"
@@ -360,6 +429,9 @@ def identity(source: str) -> str | None:
         return None
     if is_url(source):
         fs, path = filesystem(source)
+        known = LISTED.pop(source, None)
+        if known is not None:  # seen in the listing just made: no request
+            return known
         try:
             if fs.isdir(path):
                 parts = [_remote_tag(fs, f) for f in sorted(fs.find(path, maxdepth=2))]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from spikelens.errors import ConfigError, LogFormatError, SpikelensError
-from spikelens.opener import basename, filesystem, head_of, inner_name, is_url, local_path
+from spikelens.opener import basename, filesystem, inner_name, is_url, local_path
 
 #: A reader must be at least this sure of a file found in a directory to read it.
 _DIR_SNIFF = 0.3
@@ -191,11 +191,13 @@ def claimed(source: str) -> bool:
     return claim(source)[0]
 
 
-def claim(source: str) -> tuple[bool, str | None]:
+def claim(source: str, keep: bool = False) -> tuple[bool, str | None]:
     """(claimed, format): whether some reader is sure enough of this file found in a
-    directory, and, for a plain local file, the format `detect_format` would pick from the
-    very same bytes (so the reader need not sniff it again); None when it must."""
-    from spikelens.opener import codec_of
+    directory, and the format `detect_format` would pick from the very same bytes of the
+    (decompressed) log, so the reader need not sniff it again; None when it must. With
+    `keep`, the bytes fetched of a remote object to sniff it are kept for the read that
+    follows (`opener.first_bytes`): one request per log."""
+    from spikelens.opener import codec_of, decoded_head, first_bytes
     from spikelens.readers import HEAD_BYTES
 
     name = basename(source)
@@ -204,12 +206,17 @@ def claim(source: str) -> tuple[bool, str | None]:
     if is_url(source):
         fs, path = filesystem(source)
         try:
-            with fs.open(path, "rb") as fh:
-                raw = fh.read(HEAD_BYTES)
+            raw = first_bytes(source, fs, path, keep)[0][:HEAD_BYTES]
         except FileNotFoundError:
             return False, None
-        best = _best(Path(inner_name(name)), head_of(raw), real=False)
-        return best is not None and best[0] > _DIR_SNIFF, None
+        head = decoded_head(raw, HEAD_BYTES)
+        if head is None:
+            return True, None  # damaged: the reader says so, naming it, not a silent skip
+        best = _best(Path(inner_name(name)), head, real=False)
+        if best is None or best[0] <= _DIR_SNIFF:
+            return False, None
+        plain = codec_of(raw) is None
+        return True, best[1] if plain or len(head) >= HEAD_BYTES else None
     local = Path(source)
     try:
         with local.open("rb") as fh:
@@ -217,11 +224,16 @@ def claim(source: str) -> tuple[bool, str | None]:
     except OSError:
         return False, None
     plain = codec_of(raw) is None
-    best = _best(local if plain else local.parent / inner_name(local.name), head_of(raw),
-                 real=True)
+    head = decoded_head(raw, HEAD_BYTES)
+    if head is None:
+        return True, None  # damaged: the reader says so, naming it, not a silent skip
+    best = _best(local if plain else local.parent / inner_name(local.name), head, real=True)
     if best is None or best[0] <= _DIR_SNIFF:
         return False, None
-    return True, best[1] if plain else None
+    # the reader of the decompressed copy (named without the suffix) would sniff the same
+    # first HEAD_BYTES: give it the format, unless this start is shorter than what it reads
+    # (a first stream of several that ends early)
+    return True, best[1] if plain or len(head) >= HEAD_BYTES else None
 
 
 def _best(named: Path, head: bytes, real: bool) -> tuple[float, str] | None:

@@ -156,3 +156,33 @@ def test_without_the_extra_the_error_says_what_to_install(monkeypatch: pytest.Mo
     assert code == 2
     assert err == ("Error: s3://bucket/sweep/metrics.jsonl: reading s3:// needs s3fs: "
                    "pip install 'spikelens[s3]'\n")
+
+
+def test_one_request_per_log(s3: object, uploaded: Path, monkeypatch: pytest.MonkeyPatch
+                             ) -> None:
+    """A sweep on S3 costs its listing and one GET per log (sniffing and reading share it;
+    no HEAD, no per-object listing): every S3 API call of the analysis is counted."""
+    import s3fs
+
+    from spikelens.cache import ResultCache
+    from spikelens.fleet import analyze_sources
+    from spikelens.paths import expand_candidates
+
+    calls: list[str] = []
+    real = s3fs.S3FileSystem._call_s3
+
+    async def counted(self: object, method: str, *args: object, **kwargs: object) -> object:
+        calls.append(method)
+        return await real(self, method, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counted)
+    found = expand_candidates([f"s3://{BUCKET}/sweep-7/"])
+    listing = len(calls)
+    assert listing <= 2 and len(found) == 5  # the README is left out by its name
+    cache = ResultCache(Path(str(uploaded) + "-cache"))
+    fleet = analyze_sources([s for s, _ in found], jobs=1, cache=cache,
+                            found_in=[w for _, w in found])
+    assert len(fleet.report.runs) == 5 and len(fleet.report.recurrences) == 2
+    # one GET per log, that both sniffed and read it; the cache identities (ETags) came
+    # from the listing
+    assert calls[listing:] == ["get_object"] * 5

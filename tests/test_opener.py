@@ -115,3 +115,25 @@ def test_an_empty_folder_is_still_an_error(tmp_path: Path) -> None:
     (tmp_path / "a" / "b").mkdir(parents=True)
     with pytest.raises(ConfigError, match="directory with no logs in it"):
         expand_sources([str(tmp_path)])
+
+
+def test_the_sniffed_start_of_a_compressed_log(tmp_path: Path) -> None:
+    """A file found in a folder is sniffed on the first 64 KiB of its decompressed start
+    (not the whole inflated first 64 KiB of compressed data), the format found there is the
+    one the reader of the decompressed copy would find, and a start that does not decode is
+    told apart from a compressed empty log."""
+    from spikelens.opener import decoded_head
+    from spikelens.paths import claim
+    from spikelens.readers import HEAD_BYTES
+
+    text = JSONL.read_bytes() * 8
+    packed = gzip.compress(text)
+    assert len(text) > 4 * HEAD_BYTES
+    assert decoded_head(packed[:HEAD_BYTES], HEAD_BYTES) == text[:HEAD_BYTES]
+    assert decoded_head(packed[:10]) is None  # a header and nothing after it
+    assert decoded_head(b"\x1f\x8b\x08\x00" + b"\xff" * 200) is None  # damaged
+    assert decoded_head(gzip.compress(b"")) == b""  # an empty log, compressed
+    p = tmp_path / "metrics.jsonl.gz"
+    p.write_bytes(packed)
+    assert claim(str(p)) == (True, "jsonl")
+    assert read_log(p).format == "jsonl"
