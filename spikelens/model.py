@@ -269,7 +269,9 @@ class Config:
     divergence_steps: int = 200  # a rise that lasts this long without recovery is a new level
     recover_run: int = 10  # consecutive in-band points that end an event
     osc_block: int = 400  # points per oscillation analysis block
-    osc_max_period: int = 50  # longest loss period looked for, in points
+    # longest loss period looked for, in points; None: the longest a block holds
+    # min_cycles times (osc_block // 3), so the limit follows the log, not a constant
+    osc_max_period: int | None = None
     osc_min_acf: float = 0.3  # autocorrelation at the period
     osc_spread: float = 2.0  # q90/q10 ratio around the trend of an erratic swing
     osc_lr_z: float = 4.0  # |r| sqrt(n) between the loss and a cyclic LR
@@ -312,7 +314,7 @@ class Config:
             raise ConfigError(f"recover_run must be >= 1, got {self.recover_run}")
         if self.osc_block < 16:
             raise ConfigError(f"osc_block must be >= 16, got {self.osc_block}")
-        if self.osc_max_period < 2:
+        if self.osc_max_period is not None and self.osc_max_period < 2:
             raise ConfigError(f"osc_max_period must be >= 2, got {self.osc_max_period}")
         if not 0 < self.osc_min_acf < 1:
             raise ConfigError(f"osc_min_acf must be in (0, 1), got {self.osc_min_acf}")

@@ -451,9 +451,14 @@ def _oscillations(run: Run, loss: _Loss, rises: Sequence[Rise],
                   batch: float | None = None) -> list[Oscillation]:
     if len(loss.x) < 16:
         return []
-    p = OscParams(block=config.osc_block, max_period=config.osc_max_period,
+    min_cycles = 3
+    # the period limit follows the log: the longest period an analysis block (or the whole
+    # log, when shorter) repeats min_cycles times; a fixed 50 missed 56- and 71-step epochs
+    max_period = config.osc_max_period if config.osc_max_period is not None else \
+        max(2, min(len(loss.x), config.osc_block) // min_cycles)
+    p = OscParams(block=config.osc_block, max_period=max_period,
                   min_acf=config.osc_min_acf, spread=config.osc_spread, lr_z=config.osc_lr_z,
-                  min_cycles=3, batch=batch, tiny_batch=config.tiny_batch)
+                  min_cycles=min_cycles, batch=batch, tiny_batch=config.tiny_batch)
     # the first descent from initialisation is a trend, not a swing
     skip = _incident_mask(loss, rises, nonfinite)
     head = min(len(loss.x) // 10, config.window)
