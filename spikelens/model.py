@@ -286,6 +286,9 @@ class Config:
     stall_blocks: int = 5  # baseline windows without progress that make a stall
     stall_grad_drop: float = 10.0  # a grad norm that falls this much during a plateau
     overfit_points: int = 3  # consecutive eval rises (above the eval minimum) that count
+    # shift z bar where the logged LR jumps up (x1.2 or more in one logged step, 10x its own
+    # typical change): the clean runs' 99.5th percentile of the shift z at one location
+    lr_jump_shift_z: float = 3.0
 
     def __post_init__(self) -> None:
         if self.window < 4:
@@ -296,7 +299,8 @@ class Config:
             raise ConfigError(f"joint_alpha must be in (0, 1), got {self.joint_alpha}")
         if self.joint_tolerance < 0:
             raise ConfigError(f"joint_tolerance must be >= 0, got {self.joint_tolerance}")
-        for name in ("z_threshold", "shift_z_threshold", "band_z", "osc_lr_z", "joint_min_z"):
+        for name in ("z_threshold", "shift_z_threshold", "band_z", "osc_lr_z", "joint_min_z",
+                     "lr_jump_shift_z"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if not self.shift_windows or any(k < 2 for k in self.shift_windows):

@@ -53,3 +53,38 @@ def test_the_same_noise_without_an_epoch_sawtooth_stays_quiet() -> None:
         det = detect(_epoch_run(71, jump=0.0, seed=seed), CFG)
         assert det.verdict == "healthy", (seed, det.verdict)
         assert [e for e in det.events if e.kind == "oscillation"] == []
+
+
+# --- a level shift where the logged LR jumps ---------------------------------------------------
+def _restart_run(lift: float, jump: bool, seed: int, n: int = 2000, at: int = 1200) -> Run:
+    """A descending loss with 20 % batch noise under a cosine LR; with `jump`, the schedule
+    restarts at its peak at step `at` + 1 (the LR x2 in one step); the loss is lifted by `lift`
+    for 300 steps from there."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    trend = 1.0 + 1.5 * (1 + t / 150) ** -1.0
+    base = 1e-3 * (1 + np.cos(np.pi * t / n)) / 2
+    lr = np.where(t < at, base, 1e-3 * (1 + np.cos(np.pi * (t - at) / n)) / 2) if jump else base
+    lifted = np.where((t >= at) & (t < at + 300), lift, 1.0)
+    return make_run(trend * lifted * np.exp(0.20 * rng.standard_normal(n)), lr=lr)
+
+
+def test_a_loss_lift_that_opens_at_an_lr_jump_is_found_under_the_whole_log_bar() -> None:
+    # x1.2 for 300 steps in 20 % noise: shift z 3-5, under the whole-log bar (5.5), which
+    # misses it (checked with the LR-jump bar raised to it); at the LR jump it is found
+    for seed in (2, 3, 4, 5):
+        run = _restart_run(1.2, jump=True, seed=seed)
+        found = incidents(detect(run, CFG))
+        assert len(found) == 1 and 1199 <= found[0][1] <= 1215, (seed, found)
+        assert incidents(detect(run, Config(lr_jump_shift_z=CFG.shift_z_threshold))) == []
+
+
+def test_the_same_lift_without_an_lr_jump_is_not_found() -> None:
+    for seed in (2, 3, 4, 5):
+        assert incidents(detect(_restart_run(1.2, jump=False, seed=seed), CFG)) == [], seed
+
+
+def test_an_lr_restart_that_does_not_move_the_loss_stays_quiet() -> None:
+    for seed in range(8):
+        det = detect(_restart_run(1.0, jump=True, seed=seed), CFG)
+        assert incidents(det) == [] and det.verdict == "healthy", seed

@@ -132,6 +132,7 @@ EXPECTED = {
     "v2/v2clean04": "healthy",  # a transformer, AdamW, eval every 100
     "v2/v2gx00": "diverged",  # a transformer whose LR grows until it blows up
     "v2/v2lr00": "spiky",  # LR x27.8 from a step on
+    "v2/v2lr01": "spiky",  # SGD warm restart: x1.16 for hundreds of steps at the LR jump
     "v2/v2nan01": "nonfinite",  # one NaN in an input, the step skipped (Megatron log)
     "v2/v2osc02": "oscillating",  # a dataset sorted by class, never shuffled
     "v2/v2osc04": "oscillating",  # an LM on 896 windows in a fixed order: 56-step epochs
