@@ -289,6 +289,10 @@ class Config:
     # shift z bar where the logged LR jumps up (x1.2 or more in one logged step, 10x its own
     # typical change): the clean runs' 99.5th percentile of the shift z at one location
     lr_jump_shift_z: float = 3.0
+    # a one-point jump this many times its 21-point neighbourhood's median needs only
+    # big_jump_z (6 sigma) in the point test (bad batches in a 25 %-noise loss)
+    big_jump_ratio: float = 3.0
+    big_jump_z: float = 6.0
 
     def __post_init__(self) -> None:
         if self.window < 4:
@@ -300,14 +304,15 @@ class Config:
         if self.joint_tolerance < 0:
             raise ConfigError(f"joint_tolerance must be >= 0, got {self.joint_tolerance}")
         for name in ("z_threshold", "shift_z_threshold", "band_z", "osc_lr_z", "joint_min_z",
-                     "lr_jump_shift_z"):
+                     "lr_jump_shift_z", "big_jump_z"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if not self.shift_windows or any(k < 2 for k in self.shift_windows):
             raise ConfigError(
                 f"shift_windows must be one or more lengths >= 2, got {self.shift_windows}"
             )
-        for name in ("min_ratio", "short_ratio", "start_ratio", "grad_min_ratio"):
+        for name in ("min_ratio", "short_ratio", "start_ratio", "grad_min_ratio",
+                     "big_jump_ratio"):
             if not getattr(self, name) >= 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.quantum is not None and not self.quantum >= 0:

@@ -125,6 +125,7 @@ EXPECTED = {
     "v1/v1stall01": "healthy",  # vanishing gradients
     "v2/v2amp00": "healthy",  # the routine fp16 loss-scale sawtooth
     "v2/v2amp01": "nonfinite",  # an fp16 overflow storm
+    "v2/v2bb00": "spiky",  # shuffled labels: x6.4 for one step in a 24 %-noise loss
     "v2/v2bb01": "spiky",  # a batch of random tokens (HF state, 4 decimals)
     "v2/v2bb04": "spiky",  # a 33-step shard, half of each batch random tokens
     "v2/v2clean00": "healthy",  # batch 128, constant LR
