@@ -115,3 +115,15 @@ def test_the_same_noise_without_the_jump_stays_quiet() -> None:
     for seed in range(8):
         det = detect(_noisy_classifier(seed, jump=1.0), CFG)
         assert incidents(det) == [] and det.verdict == "healthy", seed
+
+
+def test_the_lr_jump_bar_stays_on_the_loss_when_the_grad_norm_is_logged_less_often() -> None:
+    # the per-point bars are indexed by the loss's points; a grad norm logged every 10 steps
+    # (200 points) is tested with the ordinary bars and the loss's event is unchanged
+    run = _restart_run(1.2, jump=True, seed=3)
+    gn = np.full(len(run.frame), np.nan)
+    gn[::10] = 1.0 + 0.05 * np.random.default_rng(0).standard_normal(len(gn[::10]))
+    frame = run.frame.assign(grad_norm=gn)
+    run2 = Run(source=run.source, format=run.format, frame=frame,
+               roles={**run.roles, "grad_norm": "grad_norm"}, interval=1)
+    assert incidents(detect(run2, CFG)) == incidents(detect(run, CFG)) != []

@@ -627,9 +627,10 @@ def _grad_surges(run: Run, events: Sequence[Event], params: RiseParams, config: 
                        "log_min_ratio_shift": lr,
                        "shift_windows": (min(params.shift_windows),), "quantum": 0.0,
                        "isolated": False,
-                       # the loss's per-point bar (lowered at cross-run outliers) is indexed by
-                       # the loss's finite points, not the grad norm's
-                       "point_bar": None})
+                       # the loss's per-point bars (lowered at cross-run outliers, big jumps
+                       # and LR jumps) are indexed by the loss's finite points, not the grad
+                       # norm's
+                       "point_bar": None, "shift_bar": None})
     for s in find_surges(vals, steps, gp, spans, _GRAD_LEAD * max(1, run.interval)):
         r = s.rise
         start, peak, end = int(s.steps[r.start]), int(s.steps[r.peak]), int(s.steps[r.end])
