@@ -269,7 +269,9 @@ class Config:
     divergence_steps: int = 200  # a rise that lasts this long without recovery is a new level
     recover_run: int = 10  # consecutive in-band points that end an event
     osc_block: int = 400  # points per oscillation analysis block
-    osc_max_period: int = 50  # longest loss period looked for, in points
+    # longest loss period looked for, in points; None: the longest a block holds
+    # min_cycles times (osc_block // 3), so the limit follows the log, not a constant
+    osc_max_period: int | None = None
     osc_min_acf: float = 0.3  # autocorrelation at the period
     osc_spread: float = 2.0  # q90/q10 ratio around the trend of an erratic swing
     osc_lr_z: float = 4.0  # |r| sqrt(n) between the loss and a cyclic LR
@@ -284,6 +286,13 @@ class Config:
     stall_blocks: int = 5  # baseline windows without progress that make a stall
     stall_grad_drop: float = 10.0  # a grad norm that falls this much during a plateau
     overfit_points: int = 3  # consecutive eval rises (above the eval minimum) that count
+    # shift z bar where the logged LR jumps up (x1.2 or more in one logged step, 10x its own
+    # typical change): the clean runs' 99.5th percentile of the shift z at one location
+    lr_jump_shift_z: float = 3.0
+    # a one-point jump this many times its 21-point neighbourhood's median needs only
+    # big_jump_z (6 sigma) in the point test (bad batches in a 25 %-noise loss)
+    big_jump_ratio: float = 3.0
+    big_jump_z: float = 6.0
 
     def __post_init__(self) -> None:
         if self.window < 4:
@@ -294,14 +303,16 @@ class Config:
             raise ConfigError(f"joint_alpha must be in (0, 1), got {self.joint_alpha}")
         if self.joint_tolerance < 0:
             raise ConfigError(f"joint_tolerance must be >= 0, got {self.joint_tolerance}")
-        for name in ("z_threshold", "shift_z_threshold", "band_z", "osc_lr_z", "joint_min_z"):
+        for name in ("z_threshold", "shift_z_threshold", "band_z", "osc_lr_z", "joint_min_z",
+                     "lr_jump_shift_z", "big_jump_z"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if not self.shift_windows or any(k < 2 for k in self.shift_windows):
             raise ConfigError(
                 f"shift_windows must be one or more lengths >= 2, got {self.shift_windows}"
             )
-        for name in ("min_ratio", "short_ratio", "start_ratio", "grad_min_ratio"):
+        for name in ("min_ratio", "short_ratio", "start_ratio", "grad_min_ratio",
+                     "big_jump_ratio"):
             if not getattr(self, name) >= 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.quantum is not None and not self.quantum >= 0:
@@ -312,7 +323,7 @@ class Config:
             raise ConfigError(f"recover_run must be >= 1, got {self.recover_run}")
         if self.osc_block < 16:
             raise ConfigError(f"osc_block must be >= 16, got {self.osc_block}")
-        if self.osc_max_period < 2:
+        if self.osc_max_period is not None and self.osc_max_period < 2:
             raise ConfigError(f"osc_max_period must be >= 2, got {self.osc_max_period}")
         if not 0 < self.osc_min_acf < 1:
             raise ConfigError(f"osc_min_acf must be in (0, 1), got {self.osc_min_acf}")

@@ -117,6 +117,7 @@ EXPECTED = {
     "v1/v1amp01": "nonfinite",  # an fp16 overflow storm with NaN losses
     "v1/v1osc00": "oscillating",  # a triangular cyclic LR
     "v1/v1osc01": "oscillating",  # CosineAnnealingLR stepped every batch
+    "v1/v1osc02": "oscillating",  # sorted by class, never shuffled: 71-step epochs
     "v1/v1osc03": "oscillating",  # a batch of 4
     "v1/v1clean01": "healthy",  # a clean transformer run with eval loss
     "v1/v1clean02": "healthy",  # a clean resume from a checkpoint
@@ -124,6 +125,7 @@ EXPECTED = {
     "v1/v1stall01": "healthy",  # vanishing gradients
     "v2/v2amp00": "healthy",  # the routine fp16 loss-scale sawtooth
     "v2/v2amp01": "nonfinite",  # an fp16 overflow storm
+    "v2/v2bb00": "spiky",  # shuffled labels: x6.4 for one step in a 24 %-noise loss
     "v2/v2bb01": "spiky",  # a batch of random tokens (HF state, 4 decimals)
     "v2/v2bb04": "spiky",  # a 33-step shard, half of each batch random tokens
     "v2/v2clean00": "healthy",  # batch 128, constant LR
@@ -131,8 +133,10 @@ EXPECTED = {
     "v2/v2clean04": "healthy",  # a transformer, AdamW, eval every 100
     "v2/v2gx00": "diverged",  # a transformer whose LR grows until it blows up
     "v2/v2lr00": "spiky",  # LR x27.8 from a step on
+    "v2/v2lr01": "spiky",  # SGD warm restart: x1.16 for hundreds of steps at the LR jump
     "v2/v2nan01": "nonfinite",  # one NaN in an input, the step skipped (Megatron log)
     "v2/v2osc02": "oscillating",  # a dataset sorted by class, never shuffled
+    "v2/v2osc04": "oscillating",  # an LM on 896 windows in a fixed order: 56-step epochs
     "v2/v2resume00": "spiky",  # random tokens in a segment the rollback superseded
     "v2/v2stall00": "healthy",  # dead ReLUs
 }

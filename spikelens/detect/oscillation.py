@@ -89,16 +89,26 @@ def _acf_rows(rows: FloatArray, max_lag: int) -> FloatArray:
 
 
 def first_period(acf: FloatArray, min_acf: float, repeat: bool = False,
-                 max_lag: int | None = None) -> int | None:
+                 max_lag: int | None = None, points: int | None = None) -> int | None:
     """The first local maximum >= min_acf after the autocorrelation has gone negative.
 
     With `repeat`, the peak must also come back at twice the lag (at least min_acf / 2
     there): a periodic swing repeats, while slowly wandering noise (a loss smoothed by a
-    running mean, a stalled run) has one bump of autocorrelation and no second one."""
+    running mean, a stalled run) has one bump of autocorrelation and no second one.
+
+    With `points` (the number of points the autocorrelation was estimated from), the peak
+    must also stand 3 standard errors above zero, the standard error from Bartlett's formula
+    with the correlation the series has before it first goes negative: sqrt((1 + 2 sum
+    rho_j^2) / points). On white batch noise that is 0.05 for a 400-point block and the bar
+    stays min_acf; on a loss logged as a 50-step running mean it is about 0.25, and the
+    chance bumps of its autocorrelation at long lags (0.45-0.55) no longer pass."""
     neg = np.flatnonzero(acf[1:] < 0)
     if not len(neg):
         return None
     lo = max(2, int(neg[0]) + 1)
+    if points is not None and points > 0:
+        se = float(np.sqrt((1.0 + 2.0 * float(np.sum(acf[1:lo] ** 2))) / points))
+        min_acf = max(min_acf, 3.0 * se)
     a = acf
     hi = len(a) - 1 if max_lag is None else min(len(a) - 1, max_lag + 1)
     for j in range(lo, hi):
@@ -123,7 +133,7 @@ def _periodic_regions(r: FloatArray, p: OscParams) -> list[tuple[int, int, int]]
     # points). Undone, the estimate at the period is the share of the variance the periodic
     # part carries, the quantity the bar is about
     acf = acf * (block / (block - np.arange(acf.shape[1], dtype=np.float64)))[None, :]
-    periods = [first_period(row, p.min_acf, repeat=True, max_lag=max_lag)
+    periods = [first_period(row, p.min_acf, repeat=True, max_lag=max_lag, points=block)
                if np.all(np.isfinite(row)) else None for row in acf]
     out: list[tuple[int, int, int]] = []
     b = 0
@@ -152,7 +162,8 @@ def _periodic_regions(r: FloatArray, p: OscParams) -> list[tuple[int, int, int]]
         # at twice the lag) the whole run swings with that period
         rows = acf[np.all(np.isfinite(acf), axis=1)]
         if len(rows) >= 2:
-            per = first_period(rows.mean(axis=0), p.min_acf, repeat=True, max_lag=max_lag)
+            per = first_period(rows.mean(axis=0), p.min_acf, repeat=True, max_lag=max_lag,
+                               points=block * len(rows))
             if per is not None:
                 out.append((0, n - 1, per))
     return out
@@ -292,13 +303,16 @@ class _Region:
 
 def _merge(regions: list[_Region], x: FloatArray, r: FloatArray,
            block: int) -> list[Oscillation]:
-    """Overlapping regions become one; a period found by any source is kept."""
+    """Overlapping regions become one; a period found by any source is kept, the cyclic
+    LR's over the loss's own."""
     merged: list[_Region] = []
     for reg in sorted(regions, key=lambda g: g.start):
         if merged and reg.start <= merged[-1].end:
             last = merged[-1]
             last.end = max(last.end, reg.end)
-            if last.period is None and reg.period is not None:
+            # the LR's period is read off the schedule itself; the loss's is an estimate
+            # (on a zig-zag near the bar, a harmonic can clear it first)
+            if reg.period is not None and (last.period is None or reg.source == "lr"):
                 last.period, last.source = reg.period, reg.source
             continue
         merged.append(_Region(reg.start, reg.end, reg.period, reg.source))

@@ -75,6 +75,9 @@ class RiseParams:
     # the isolated one-step outlier statistic beside the trailing point test (the loss; the
     # grad norm keeps the trailing test alone)
     isolated: bool = True
+    # per-point z bar of the shift tests where it differs from z_shift (at an upward jump of
+    # the logged LR, see detect/__init__.py `_lr_jump_bar`); None everywhere else
+    shift_bar: FloatArray | None = None
 
 
 @dataclass(frozen=True)
@@ -331,8 +334,9 @@ def _candidates(x: FloatArray, st: Stats, p: RiseParams, forward: dict[int, Floa
         for i in np.flatnonzero(short & (excess >= bar)):
             if _stands_out_ahead(x, int(i), p):
                 fired[i] = 1
+        sbar = p.z_shift if p.shift_bar is None else p.shift_bar
         for k in sorted(p.shift_windows):
-            fired[(fired == 0) & (z[f"shift{k}"] >= p.z_shift)] = k
+            fired[(fired == 0) & (z[f"shift{k}"] >= sbar)] = k
     return np.flatnonzero(fired).astype(np.int64), fired
 
 
