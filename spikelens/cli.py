@@ -81,6 +81,27 @@ RunOpt = Annotated[
                  help="Only this run of a store that holds several (MLflow, W&B directory): "
                  "its name or run id (repeatable)."),
 ]
+# the fleet options `analyze` and `report` share (issue 12)
+JobsOpt = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option("--jobs", "-j", metavar="N", show_default=False,
+                 help="Analyse logs in N processes (default: one per core)."),
+]
+DaskOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--dask", metavar="ADDRESS", show_default=False,
+                 help="Send one task per log to this Dask scheduler (e.g. "
+                 "tcp://scheduler:8786; default $SPIKELENS_DASK_SCHEDULER)."),
+]
+NoCacheOpt = Annotated[
+    bool, typer.Option("--no-cache", help="Neither use nor fill the result cache.")
+]
+CacheDirOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--cache-dir", metavar="DIR", show_default=False,
+                 help="Result cache directory (default: the user cache dir, or "
+                 "$SPIKELENS_CACHE_DIR)."),
+]
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -260,26 +281,10 @@ def analyze(
     ] = None,
     no_color: Annotated[bool, typer.Option("--no-color", help="Plain text output.")] = False,
     run: RunOpt = None,
-    jobs: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option("--jobs", "-j", metavar="N", show_default=False,
-                     help="Analyse logs in N processes (default: one per core)."),
-    ] = None,
-    dask: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option("--dask", metavar="ADDRESS", show_default=False,
-                     help="Send one task per log to this Dask scheduler (e.g. "
-                     "tcp://scheduler:8786; default $SPIKELENS_DASK_SCHEDULER)."),
-    ] = None,
-    no_cache: Annotated[
-        bool, typer.Option("--no-cache", help="Neither use nor fill the result cache.")
-    ] = False,
-    cache_dir: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option("--cache-dir", metavar="DIR", show_default=False,
-                     help="Result cache directory (default: the user cache dir, or "
-                     "$SPIKELENS_CACHE_DIR)."),
-    ] = None,
+    jobs: JobsOpt = None,
+    dask: DaskOpt = None,
+    no_cache: NoCacheOpt = False,
+    cache_dir: CacheDirOpt = None,
     top: Annotated[
         int, typer.Option("--top", metavar="N",
                           help="Fleet summary: show the N worst runs, count the rest.")
@@ -369,26 +374,10 @@ def report(
         typer.Option("--fail-on", help="Exit 1 when such loss incidents are found."),
     ] = None,
     run: RunOpt = None,
-    jobs: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option("--jobs", "-j", metavar="N", show_default=False,
-                     help="Analyse logs in N processes (default: one per core)."),
-    ] = None,
-    dask: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option("--dask", metavar="ADDRESS", show_default=False,
-                     help="Send one task per log to this Dask scheduler (default "
-                     "$SPIKELENS_DASK_SCHEDULER)."),
-    ] = None,
-    no_cache: Annotated[
-        bool, typer.Option("--no-cache", help="Neither use nor fill the result cache.")
-    ] = False,
-    cache_dir: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option("--cache-dir", metavar="DIR", show_default=False,
-                     help="Result cache directory (default: the user cache dir, or "
-                     "$SPIKELENS_CACHE_DIR)."),
-    ] = None,
+    jobs: JobsOpt = None,
+    dask: DaskOpt = None,
+    no_cache: NoCacheOpt = False,
+    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Write one self-contained HTML page (plotly) with the curves, the incidents and their
     causes."""
