@@ -689,25 +689,39 @@ class CvScores:
                 f"{self.osc_called}/{self.osc_runs}", str(self.osc_false)]
 
 
-def score_run(r: CvRun, config: Config, sc: CvScores) -> None:
-    label = r.label
-    labelled = [(int(e["start"]), int(e["end"])) for e in label["events"]]
-    expected = expected_verdict(label)
+def _count_run(r: CvRun, sc: CvScores) -> tuple[list[tuple[int, int]], str]:
+    """Count one labelled run in `sc` (its labelled events are all missed if it was not
+    read): (its labelled spans, its expected verdict)."""
+    labelled = [(int(e["start"]), int(e["end"])) for e in r.label["events"]]
+    expected = expected_verdict(r.label)
     sc.runs += 1
     if expected == "oscillating":
         sc.osc_runs += 1
     if r.run is None:
         sc.events.fn += len(labelled)
-        sc.misses.append(f"{r.name}: unread")
-        return
-    det = detect(r.run, config)
-    found = incident_spans(det)
+    return labelled, expected
+
+
+def _count_events(found: Sequence[Span], labelled: Sequence[Span], sc: CvScores) -> int:
+    """Score found spans against labelled ones in `sc`; the number matched."""
     hit = match(found, labelled)
     sc.events.tp += hit
     sc.events.fp += len(found) - hit
     sc.events.fn += len(labelled) - hit
     if not labelled:
         sc.events.negative_events += len(found)
+    return hit
+
+
+def score_run(r: CvRun, config: Config, sc: CvScores) -> None:
+    label = r.label
+    labelled, expected = _count_run(r, sc)
+    if r.run is None:
+        sc.misses.append(f"{r.name}: unread")
+        return
+    det = detect(r.run, config)
+    found = incident_spans(det)
+    hit = _count_events(found, labelled, sc)
     ok = verdict_ok(expected, det.verdict)
     sc.verdicts += int(ok)
     if expected == "oscillating" and det.verdict == "oscillating":
@@ -730,23 +744,12 @@ def score_anchor(r: CvRun, rule: str, sc: CvScores) -> None:
     merged when consecutive, are its incidents. It has no verdict of its own: a run with a
     flag is an incident verdict, any other run healthy (it can never say oscillating or
     insufficient_data)."""
-    label = r.label
-    labelled = [(int(e["start"]), int(e["end"])) for e in label["events"]]
-    expected = expected_verdict(label)
-    sc.runs += 1
-    if expected == "oscillating":
-        sc.osc_runs += 1
+    labelled, expected = _count_run(r, sc)
     if r.run is None:
-        sc.events.fn += len(labelled)
         return
     steps, loss = loss_array(r.run)
     found = flagged_spans(steps, ANCHORS[rule](loss)) if len(loss) else []
-    hit = match(found, labelled)
-    sc.events.tp += hit
-    sc.events.fp += len(found) - hit
-    sc.events.fn += len(labelled) - hit
-    if not labelled:
-        sc.events.negative_events += len(found)
+    _count_events(found, labelled, sc)
     sc.verdicts += int(verdict_ok(expected, "spiky" if found else "healthy"))
 
 
