@@ -480,6 +480,21 @@ def real_checks(real: Path, config: Config) -> list[RealRow]:
 # ---------------------------------------------------------------------------------------
 # calibration
 # ---------------------------------------------------------------------------------------
+def negative_maxima(run: Run, rs: Any, config: Config) -> dict[str, tuple[float, int]]:
+    """On a run with no labelled event: the largest point and shift z outside the detector's
+    oscillations, with its step (what a bar must clear to raise no false incident)."""
+    inside = _in_oscillations(run, rs.steps, config)
+    out: dict[str, tuple[float, int]] = {}
+    for test, z in rs.z.items():
+        key = "point" if test == "point" else "shift"
+        zz = np.where(inside, np.nan, z)
+        if np.isfinite(zz).any():
+            i = int(np.nanargmax(zz))
+            if key not in out or zz[i] > out[key][0]:
+                out[key] = (float(zz[i]), int(rs.steps[i]))
+    return out
+
+
 def calibrate(bench: Path, config: Config) -> dict[str, Any]:
     """Where the two z thresholds come from.
 
@@ -501,14 +516,9 @@ def calibrate(bench: Path, config: Config) -> dict[str, Any]:
         rs = rise_statistics(run, config)
         shift_tests = [t for t in rs.z if t.startswith("shift")]
         if not label["events"]:
-            inside = _in_oscillations(run, rs.steps, config)
-            for test, z in rs.z.items():
-                key = "point" if test == "point" else "shift"
-                z = np.where(inside, np.nan, z)
-                if np.isfinite(z).any():
-                    i = int(np.nanargmax(z))
-                    if key not in neg or z[i] > neg[key][0]:
-                        neg[key] = (float(z[i]), name, int(rs.steps[i]))
+            for key, (z, step) in negative_maxima(run, rs, config).items():
+                if key not in neg or z > neg[key][0]:
+                    neg[key] = (z, name, step)
             continue
         for ev in label["events"]:
             if ev.get("nonfinite_steps"):
@@ -607,12 +617,8 @@ def load_cv_runs(benches: Sequence[Path], config: Config) -> list[CvRun]:
             neg: dict[str, float] = {}
             events: list[dict[str, float]] = []
             if not label["events"]:
-                inside = _in_oscillations(run, rs.steps, config)
-                for test, z in rs.z.items():
-                    key = "point" if test == "point" else "shift"
-                    zz = np.where(inside, np.nan, z)
-                    if np.isfinite(zz).any():
-                        neg[key] = max(neg.get(key, 0.0), float(np.nanmax(zz)))
+                neg = {key: max(z, 0.0)
+                       for key, (z, _) in negative_maxima(run, rs, config).items()}
             for ev in label["events"]:
                 if ev.get("nonfinite_steps") or ev.get("superseded"):
                     continue  # judged by the non-finite detector / in a superseded segment
