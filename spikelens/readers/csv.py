@@ -8,7 +8,6 @@ the W&B export reader."""
 
 from __future__ import annotations
 
-import io
 import mmap
 import os
 import re
@@ -291,31 +290,6 @@ def _split_points(data: bytes | mmap.mmap, lo: int, parts: int) -> list[int]:
     return out
 
 
-class _Span(io.RawIOBase):
-    """Bytes [start, end) of a file, read through its own handle."""
-
-    def __init__(self, path: Path, start: int, end: int) -> None:
-        super().__init__()
-        self._fh = open(path, "rb")  # noqa: SIM115 - closed by close()
-        self._fh.seek(start)
-        self._left = end - start
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        if self._left <= 0:
-            return 0
-        view = memoryview(b)[:self._left]
-        n = self._fh.readinto(view)
-        self._left -= n
-        return n
-
-    def close(self) -> None:
-        self._fh.close()
-        super().close()
-
-
 def _read_spans(path: Path, body: bytes | None, splits: list[int], schema: Any, delim: str,
                 invalid: list[str]) -> Any:
     """The file parsed in byte spans cut at row starts, one streaming reader per span on its
@@ -353,9 +327,9 @@ def _read_spans(path: Path, body: bytes | None, splits: list[int], schema: Any, 
             return "skip"
 
         parse = pacsv.ParseOptions(delimiter=delim, invalid_row_handler=on_invalid)
-        src = (pa.BufferReader(pa.py_buffer(body)[lo:hi]) if body is not None
-               else pa.PythonFile(_Span(path, lo, hi), mode="r"))
-        with src:
+        with (pa.BufferReader(pa.py_buffer(body)[lo:hi]) if body is not None
+              else pa.OSFile(str(path))) as whole:
+            src = whole if body is not None else whole.get_stream(lo, hi - lo)
             reader = pacsv.open_csv(src, parse_options=parse, convert_options=convert,
                                     read_options=head if k == 0 else rest)
             return pa.Table.from_batches(list(reader), schema=reader.schema)
