@@ -3,9 +3,9 @@ just missing cells; roles keep `val_loss` out of the train loss). Parsing is pya
 streaming CSV reader with the column types of the first block stated, a big file cut into
 byte spans parsed on several cores, so a 200 MB file loads in well under a second. Before
 parsing, the raw bytes are scanned for repeated header lines (a resumed job appends its
-header again) so they never turn numeric columns into text; rows with the wrong number of cells (a line
-torn by a crash) are skipped and reported with their line numbers. `load_csv` is shared with
-the W&B export reader."""
+header again) so they never turn numeric columns into text; rows with the wrong number of
+cells (a line torn by a crash) are skipped and reported with their line numbers.
+`load_csv` is shared with the W&B export reader."""
 
 from __future__ import annotations
 
