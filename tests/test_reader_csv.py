@@ -213,3 +213,28 @@ def test_big_csv_columns_convert_straight_from_arrow(tmp_path: Path) -> None:
     np.testing.assert_array_equal(f["skipped"].to_numpy(), (step % 5 == 0).astype(float))
     assert f["loss"].iloc[1] == pytest.approx(2.5)
     assert run.warnings == (f"{p}: ignored non-numeric column(s): phase",)
+
+
+def test_csv_types_that_change_after_the_first_block(tmp_path: Path) -> None:
+    """The numeric types are taken from the first 4 MiB block and stated to the parser; a
+    column that changes type further down (integers that turn into floats, numbers that turn
+    into words, a column empty at first) must still read as the whole file says, not fail
+    and not be cut to the first block's type."""
+    n = 400_000
+    lines = ["step,loss,tokens,note,late"]
+    for i in range(n):
+        tokens = str(512 * i) if i < 200_000 else f"{512 * i + 0.5}"
+        note = "1.5" if i < 130_000 else "diverged"  # mostly words: a text column
+        late = "" if i < 200_000 else f"{i / 10:.1f}"
+        lines.append(f"{i},{2 + 1 / (i + 1):.9f},{tokens},{note},{late}")
+    p = tmp_path / "drift.csv"
+    p.write_text("\n".join(lines) + "\n")
+    assert p.stat().st_size > 2 * (1 << 22)
+    run = read_log(p)
+    f = run.frame
+    assert list(f.columns) == ["loss", "tokens", "late"]
+    assert f["tokens"].iloc[10] == 5120.0
+    assert f["tokens"].iloc[n - 1] == 512 * (n - 1) + 0.5
+    assert f["late"].iloc[:200_000].isna().all()
+    assert f["late"].iloc[n - 1] == pytest.approx((n - 1) / 10)
+    assert run.warnings == (f"{p}: ignored non-numeric column(s): note",)
