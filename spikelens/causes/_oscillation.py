@@ -1,6 +1,7 @@
 """What the log says about an oscillation, for the oscillation cause rules: whether the LR
 cycles with the loss (and at what period), whether the swing shrank when the LR fell, the
-batch per step (from the samples/tokens counters or Run.params), the length of an epoch (from
+batch per step (from the samples/tokens counters or Run.params; a per-device batch alone is a
+lower bound), the length of an epoch (from
 the epoch column) and the optimizer's momentum (from Run.params). Computed once per event on
 the event's window only, from the run's prepared arrays."""
 
@@ -35,6 +36,9 @@ class OscProfile:
     epoch_steps: float | None  # steps per epoch, from the epoch column
     momentum: float | None  # momentum or Adam beta1, from the params
     beta2: float | None
+    #: the batch of one process (Run.params micro_batch_size): a lower bound on the batch per
+    #: step when gradient accumulation and data-parallel ranks are not in the log
+    micro_batch: float | None = None
     epoch_boundaries: int = 0  # whole epochs inside the oscillation
     epoch_jump: float = 0.0  # swing (log) of the loss folded by the phase of the epoch
     epoch_jump_z: float = 0.0  # that swing over its standard error
@@ -149,6 +153,7 @@ def osc_profile(ctx: Context) -> OscProfile | None:
         epoch_steps=epoch_steps,
         momentum=_param(ctx.run.params, "momentum", "adam_beta1", "beta1"),
         beta2=_param(ctx.run.params, "adam_beta2", "beta2"),
+        micro_batch=_param(ctx.run.params, "micro_batch_size"),
         epoch_boundaries=n_bound,
         epoch_jump=jump,
         epoch_jump_z=jump_z,

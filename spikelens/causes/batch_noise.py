@@ -4,7 +4,9 @@ loss swings step to step without a period. The noise of a mean over B samples fa
 1/sqrt(B) (McCandlish et al. 2018, *An Empirical Model of Large-Batch Training*: the gradient
 noise scale sets how large a batch must be before it stops dominating). Evidence: a small batch
 per step from the log's samples/tokens counters or Run.params (global_batch_size), and a swing
-with no period and no LR cycle. A fixed period is not noise."""
+with no period and no LR cycle. A fixed period is not noise. A per-device batch alone
+(micro_batch_size, e.g. HF trainer_state's train_batch_size) is a lower bound: a large one rules
+batch noise out, a small one is said to be only a bound."""
 
 from __future__ import annotations
 
@@ -37,6 +39,18 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
                      f"its noise is large (about 1/sqrt({fmt_int(b)}) of the per-sample spread)")
     elif p.period is not None:
         return None  # a fixed period, and nothing says the batch is small
+    elif p.micro_batch is not None:
+        # only one process's batch is known (HF trainer_state's train_batch_size): the batch
+        # per step is at least that, so a large one rules batch noise out, a small one
+        # confirms nothing (gradient accumulation and ranks may multiply it many times)
+        if p.micro_batch >= LARGE_BATCH:
+            return None
+        score = 0.3
+        parts.append(f"the swing has no period and no LR cycle, the mark of batch noise; the "
+                     f"log gives only the batch of one process ({fmt_int(p.micro_batch)} "
+                     f"sample{'s' if round(p.micro_batch) != 1 else ''}), not the gradient "
+                     f"accumulation or the data-parallel ranks, so the batch per step is at "
+                     f"least that and may be many times larger")
     else:
         score = 0.3
         parts.append("the swing has no period and no LR cycle, the mark of batch noise; the log "
@@ -58,6 +72,7 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
         f"training gets slower",
         "or judge the run by a smoothed loss (an EMA over ~50 steps) rather than each step's"])
     facts = {"period_steps": p.period, "amplitude": p.amplitude, "samples_per_step": b,
+             "micro_batch_size": p.micro_batch if b is None else None,
              "tokens_per_step": p.tokens_per_step}
     return evidence(CAUSE, score, sentence(parts), facts, remedy)
 
