@@ -744,8 +744,10 @@ def _stall(run: Run, loss: _Loss, rises: Sequence[Rise], nonfinite: Sequence[Non
     if _incident_mask(loss, rises, nonfinite).mean() > 0.25:
         return None  # a run mostly in incidents is judged by them
     st = loss.steps[loss.fin]
+    vocab = run.params.get("vocab_size")
     return find_stall(loss.x, config.window, config.stall_blocks, config.stall_grad_drop,
-                      _aligned_metric(run, "grad_norm", st))
+                      _aligned_metric(run, "grad_norm", st),
+                      float(vocab) if isinstance(vocab, (int, float)) else None)
 
 
 def _stall_event(run: Run, loss: _Loss, s: Stall) -> Event:
@@ -754,7 +756,12 @@ def _stall_event(run: Run, loss: _Loss, s: Stall) -> Event:
     level = _unit(loss, s.level)
     why = ("the run never learned: the plateau starts in the first fifth of the log"
            if s.why == "never learned" else
-           f"the grad norm fell {s.grad_drop:.3g}x: vanishing gradients")
+           f"the grad norm fell {s.grad_drop:.3g}x: vanishing gradients"
+           if s.why == "grad norm collapsed" else
+           f"the run learned only token frequencies: it started at {_unit(loss, s.first):.3g} "
+           f"(a uniform guess over {s.vocab:,.0f} tokens) and sits at the entropy of "
+           f"Zipf-distributed token frequencies ({s.unigram:.3g}) for "
+           f"{100 * (s.end - s.start + 1) / len(st):.0f} % of the log")
     return Event(
         kind="stall", metric="loss", start_step=start, peak_step=start, end_step=end,
         recovered=s.end < len(st) - 1, size=Size(z=0.0, ratio=1.0),
