@@ -16,8 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spikelens import read_log
-from spikelens.analyze import analyze
+from spikelens import analyze, read_log
 from spikelens.causes import explain
 from spikelens.model import Config, Event, Finding, Size
 from spikelens.readers._base import RawLog, build_run
@@ -149,3 +148,43 @@ def test_bench_trainer_state_batch_of_32_is_read() -> None:
     assert read_log(path).params["micro_batch_size"] == 32
     run = analyze(read_log(path)).runs[0]
     assert [f.event.kind for f in run.findings] == ["spike"]
+
+
+def _erratic_with_batch(batch: int, rho: float) -> Finding:
+    """An erratic swing in a log whose samples counter says `batch` a step: white noise
+    (rho = 0) or noise carried from step to step (AR(1), rho)."""
+    n = 2000
+    rng = np.random.default_rng(7)
+    e = rng.normal(0, 0.3, n)
+    for i in range(1, n):
+        e[i] += rho * e[i - 1]
+    step = np.arange(1, n + 1)
+    run = build_run(RawLog(frame=pd.DataFrame({"step": step, "loss": 1.5 * np.exp(e),
+                                                "samples": step * batch})),
+                    Path("b.csv"), "csv")
+    ev = Event(kind="oscillation", metric="loss", start_step=1, peak_step=11, end_step=n,
+               recovered=False, size=Size(2.0, 1.2), period=None, amplitude=1.0)
+    return explain(run, ev, [ev], Config())
+
+
+def test_white_noise_of_a_known_small_batch_says_what_the_log_cannot_tell() -> None:
+    bn = next(c for c in _erratic_with_batch(8, 0.0).causes if c.cause == "batch_noise")
+    assert abs(bn.evidence["residual_lag1"]) < 0.1
+    assert "is white (lag-1 autocorrelation" in bn.summary
+    assert "cannot tell whether training is unstable beneath the noise" in bn.summary
+    # a swing the loss carries from step to step is not called white sampling noise
+    carried = next(c for c in _erratic_with_batch(8, 0.6).causes if c.cause == "batch_noise")
+    assert carried.evidence["residual_lag1"] > 0.3
+    assert "white" not in carried.summary
+
+
+def test_a_small_per_device_batch_does_not_make_the_run_tiny_batch(tmp_path: Path) -> None:
+    # a per-device batch of 1 (common in HF fine-tunes with gradient accumulation) says
+    # nothing about the batch per step: the run is detected as if the batch were unknown
+    from spikelens.detect import detect
+
+    with_tbs = read_log(hf_state(tmp_path / "a.json", epoch_steps=412, saw=0.0, tbs=1))
+    (tmp_path / "b").mkdir()
+    bare = read_log(hf_state(tmp_path / "b" / "a.json", epoch_steps=412, saw=0.0))
+    a, b = detect(with_tbs, Config()), detect(bare, Config())
+    assert a.events == b.events and a.notes == b.notes

@@ -122,7 +122,7 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = ()) -> D
         if len(loss.x) >= 2 else []
     rises = _join_back_to_back(rises, loss.x)
     nonfinite = _nonfinite(run, loss, params, config)
-    batch = _batch_size(run)
+    batch = _batch_size(run, config.tiny_batch)
     oscs = _oscillations(run, loss, rises, nonfinite, config, batch)
     stall = _stall(run, loss, rises, nonfinite, config)
     if stall is not None:
@@ -309,7 +309,7 @@ def _nan_iteration_steps(run: Run) -> NDArray[np.int64] | None:
 
 def _rise_params(run: Run, loss: _Loss, config: Config) -> RiseParams:
     ratio = config.min_ratio
-    batch = _batch_size(run)
+    batch = _batch_size(run, config.tiny_batch)
     tiny = batch is not None and batch <= config.tiny_batch
     # a one-step spike of ratio r is diluted to 1 + (r - 1) / n in an n-step average
     point_ratio = 1 + (ratio - 1) / run.interval if run.averaged and run.interval > 1 else ratio
@@ -487,7 +487,7 @@ def _aligned_lr(run: Run, steps: NDArray[np.int64]) -> NDArray[np.float64] | Non
     return np.asarray(vals[idx], dtype=np.float64)
 
 
-def _batch_size(run: Run) -> float | None:
+def _batch_size(run: Run, tiny_batch: float) -> float | None:
     """Samples per optimizer step, from the log when it says: the step-to-step increase of
     a samples counter (or of a token counter divided by the sequence length), else the
     global batch size of the run's config. None when the log cannot tell."""
@@ -514,6 +514,10 @@ def _batch_size(run: Run) -> float | None:
     for key in ("global_batch_size", "micro_batch_size"):
         val = run.params.get(key)
         if isinstance(val, (int, float)) and val > 0:
+            # one process's batch is a lower bound (gradient accumulation and data-parallel
+            # ranks multiply it): it can say a batch is not tiny, never that it is
+            if key == "micro_batch_size" and val <= tiny_batch:
+                return None
             return float(val)
     return None
 

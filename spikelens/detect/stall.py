@@ -25,7 +25,9 @@ stretch without progress is a stall when one of the two mechanisms the seed name
   has learned anything about context is well below it, and a clean run that converged early
   converges to a level far below ln(V), so its plateau is not reported. The vocabulary is
   Run.params' vocab_size when the first loss is within 10 % of its logarithm, else exp(first
-  loss); a first loss away from ln(vocab_size) (a fine-tune) is never judged this way.
+  loss) for a first loss between ln(1000) and ln(10^6); a first loss away from
+  ln(vocab_size) (a fine-tune) or outside that band (other units) is never judged this way,
+  so a loss rescaled into the band can be (this one reason is not scale-invariant).
 
 A stall never changes the verdict."""
 
@@ -80,6 +82,10 @@ NEVER_LEARNED = math.log(1.10)
 #: A language model's first loss at or above ln(1000) is a uniform guess over a token
 #: vocabulary (a classifier's ln(classes) is smaller).
 MIN_VOCAB_LOG = math.log(1000)
+#: ... and at most ln(1,000,000): the largest tokenizers in use hold about 256k tokens, so a
+#: larger first loss is a loss in other units (or a sum over tokens), not nats per token.
+MAX_VOCAB = 1_000_000
+MAX_VOCAB_LOG = math.log(MAX_VOCAB)
 #: A plateau within this many nats of the Zipf unigram entropy has learned nothing the token
 #: frequencies do not give (a perplexity within 1.65x of the unigram model's).
 UNIGRAM_MARGIN = 0.5
@@ -100,12 +106,12 @@ def unigram_level(first: float, vocab: float | None) -> float | None:
     if vocab is not None and vocab > 1:
         if abs(first / math.log(vocab) - 1.0) > 0.10:
             return None  # not a uniform guess over this vocabulary: a fine-tune
-    elif first < MIN_VOCAB_LOG:
-        return None
+    elif not MIN_VOCAB_LOG <= first <= MAX_VOCAB_LOG:
+        return None  # a loss in other units, or no uniform guess over a token vocabulary
     v = int(round(vocab)) if vocab is not None and vocab > 1 else int(round(math.exp(first)))
-    if v < 1000:
+    if not 1000 <= v <= MAX_VOCAB:
         return None
-    return zipf_entropy(min(v, 2_000_000))
+    return zipf_entropy(v)
 
 
 #: Candidate starts tried for a stall (evenly spaced over the log after its first tenth).
@@ -175,4 +181,4 @@ def find_stall(x: NDArray[np.float64], block: int, min_blocks: int, grad_drop: f
         v = vocab if vocab is not None and vocab > 1 else math.exp(math.exp(first))
     return Stall(start=s0, end=s1, level=level, progress_bar=bar,
                  why=why, grad_drop=drop_gn, first=first, vocab=v,
-                 unigram=zipf_entropy(int(round(min(v, 2e6)))) if v is not None else None)
+                 unigram=zipf_entropy(int(round(v))) if v is not None else None)
