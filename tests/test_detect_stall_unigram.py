@@ -69,3 +69,17 @@ def test_clean_runs_of_the_same_start_stay_quiet(seed: int) -> None:
     # a 10-class classifier: starts at ln 10, drops, flat
     clf = loss * (2.3 / 10.8)
     assert [e.kind for e in detect(make_run(clf, steps), CFG).events] == []
+
+
+def test_the_verbose_report_says_why_it_is_a_stall() -> None:
+    # the reason is in the event's detail; the terminal and Markdown reports print it where an
+    # incident would list its causes
+    from spikelens import analyze
+    from spikelens.report import render
+
+    loss, steps = stuck_at_7_6(0, 1, drop=True)
+    report = analyze(make_run(loss, steps))
+    term = " ".join(render(report, [], "terminal", color=False, verbose=True).split())
+    assert "the run learned only token frequencies: it started at 10.8" in term
+    md = " ".join(render(report, [], "markdown").split())
+    assert "learned only token frequencies" in md
