@@ -1,6 +1,7 @@
 """What the log says about an oscillation, for the oscillation cause rules: whether the LR
 cycles with the loss (and at what period), whether the swing shrank when the LR fell, the
-batch per step (from the samples/tokens counters or Run.params), the length of an epoch (from
+batch per step (from the samples/tokens counters or Run.params; a per-device batch alone is a
+lower bound), the length of an epoch (from
 the epoch column) and the optimizer's momentum (from Run.params). Computed once per event on
 the event's window only, from the run's prepared arrays."""
 
@@ -35,6 +36,13 @@ class OscProfile:
     epoch_steps: float | None  # steps per epoch, from the epoch column
     momentum: float | None  # momentum or Adam beta1, from the params
     beta2: float | None
+    #: the batch of one process (Run.params micro_batch_size): a lower bound on the batch per
+    #: step when gradient accumulation and data-parallel ranks are not in the log
+    micro_batch: float | None = None
+    #: lag-1 autocorrelation of the loss around its trend: ~0 for the sampling noise of a
+    #: batch (independent batches), positive when the weights themselves swing
+    lag1: float | None = None
+    log_spread: float | None = None  # q90 - q10 of the log loss around its trend
     epoch_boundaries: int = 0  # whole epochs inside the oscillation
     epoch_jump: float = 0.0  # swing (log) of the loss folded by the phase of the epoch
     epoch_jump_z: float = 0.0  # that swing over its standard error
@@ -92,6 +100,8 @@ def osc_profile(ctx: Context) -> OscProfile | None:
             q = max(1, len(lr_on) // 4)
             first, last = float(np.median(lr_on[:q])), float(np.median(lr_on[-q:]))
             lr_decay = first / last if last > 0 else float("inf") if first > 0 else 1.0
+    lag1 = float(np.corrcoef(r[:-1], r[1:])[0, 1]) \
+        if len(r) >= 20 and float(np.std(r)) > 0 else None
     q = max(4, len(r) // 4)
     s0, s1 = _swing(r[:q]), _swing(r[-q:])
     swing_decay = s0 / s1 if s1 > 0 else 1.0
@@ -149,6 +159,9 @@ def osc_profile(ctx: Context) -> OscProfile | None:
         epoch_steps=epoch_steps,
         momentum=_param(ctx.run.params, "momentum", "adam_beta1", "beta1"),
         beta2=_param(ctx.run.params, "adam_beta2", "beta2"),
+        micro_batch=_param(ctx.run.params, "micro_batch_size"),
+        lag1=lag1 if lag1 is None or math.isfinite(lag1) else None,
+        log_spread=_swing(r),
         epoch_boundaries=n_bound,
         epoch_jump=jump,
         epoch_jump_z=jump_z,

@@ -122,7 +122,7 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = ()) -> D
         if len(loss.x) >= 2 else []
     rises = _join_back_to_back(rises, loss.x)
     nonfinite = _nonfinite(run, loss, params, config)
-    batch = _batch_size(run)
+    batch = _batch_size(run, config.tiny_batch)
     oscs = _oscillations(run, loss, rises, nonfinite, config, batch)
     stall = _stall(run, loss, rises, nonfinite, config)
     if stall is not None:
@@ -309,7 +309,7 @@ def _nan_iteration_steps(run: Run) -> NDArray[np.int64] | None:
 
 def _rise_params(run: Run, loss: _Loss, config: Config) -> RiseParams:
     ratio = config.min_ratio
-    batch = _batch_size(run)
+    batch = _batch_size(run, config.tiny_batch)
     tiny = batch is not None and batch <= config.tiny_batch
     # a one-step spike of ratio r is diluted to 1 + (r - 1) / n in an n-step average
     point_ratio = 1 + (ratio - 1) / run.interval if run.averaged and run.interval > 1 else ratio
@@ -487,7 +487,7 @@ def _aligned_lr(run: Run, steps: NDArray[np.int64]) -> NDArray[np.float64] | Non
     return np.asarray(vals[idx], dtype=np.float64)
 
 
-def _batch_size(run: Run) -> float | None:
+def _batch_size(run: Run, tiny_batch: float) -> float | None:
     """Samples per optimizer step, from the log when it says: the step-to-step increase of
     a samples counter (or of a token counter divided by the sequence length), else the
     global batch size of the run's config. None when the log cannot tell."""
@@ -514,6 +514,10 @@ def _batch_size(run: Run) -> float | None:
     for key in ("global_batch_size", "micro_batch_size"):
         val = run.params.get(key)
         if isinstance(val, (int, float)) and val > 0:
+            # one process's batch is a lower bound (gradient accumulation and data-parallel
+            # ranks multiply it): it can say a batch is not tiny, never that it is
+            if key == "micro_batch_size" and val <= tiny_batch:
+                return None
             return float(val)
     return None
 
@@ -744,8 +748,10 @@ def _stall(run: Run, loss: _Loss, rises: Sequence[Rise], nonfinite: Sequence[Non
     if _incident_mask(loss, rises, nonfinite).mean() > 0.25:
         return None  # a run mostly in incidents is judged by them
     st = loss.steps[loss.fin]
+    vocab = run.params.get("vocab_size")
     return find_stall(loss.x, config.window, config.stall_blocks, config.stall_grad_drop,
-                      _aligned_metric(run, "grad_norm", st))
+                      _aligned_metric(run, "grad_norm", st),
+                      float(vocab) if isinstance(vocab, (int, float)) else None)
 
 
 def _stall_event(run: Run, loss: _Loss, s: Stall) -> Event:
@@ -754,7 +760,12 @@ def _stall_event(run: Run, loss: _Loss, s: Stall) -> Event:
     level = _unit(loss, s.level)
     why = ("the run never learned: the plateau starts in the first fifth of the log"
            if s.why == "never learned" else
-           f"the grad norm fell {s.grad_drop:.3g}x: vanishing gradients")
+           f"the grad norm fell {s.grad_drop:.3g}x: vanishing gradients"
+           if s.why == "grad norm collapsed" else
+           f"the run learned only token frequencies: it started at {_unit(loss, s.first):.3g} "
+           f"(a uniform guess over {s.vocab:,.0f} tokens) and sits at the entropy of "
+           f"Zipf-distributed token frequencies ({s.unigram:.3g}) for "
+           f"{100 * (s.end - s.start + 1) / len(st):.0f} % of the log")
     return Event(
         kind="stall", metric="loss", start_step=start, peak_step=start, end_step=end,
         recovered=s.end < len(st) - 1, size=Size(z=0.0, ratio=1.0),

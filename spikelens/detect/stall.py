@@ -15,7 +15,19 @@ stretch without progress is a stall when one of the two mechanisms the seed name
   most a quarter window, at least 8 points) (a run that learned and then converged has left its
   starting level far behind, so its plateau is not reported), or
 * vanishing gradients: over the stall the grad norm's median is `stall_grad_drop` (10x) below
-  its median before it.
+  its median before it, or
+* the run learned only token frequencies: a language model trained from scratch starts at
+  the loss of a uniform guess, ln(vocabulary) (at least ln 1000: a token vocabulary, not
+  classes), drops within a few hundred steps to the entropy of the tokens' unigram
+  frequencies, and sits there. Token frequencies follow Zipf's law (p_k ~ 1/k), whose entropy
+  is about 0.7 ln(V) (7.57 nats for GPT-2's 50,257 tokens). The stall must hold at least half
+  of the logged points and sit no more than `UNIGRAM_MARGIN` below that entropy: a model that
+  has learned anything about context is well below it, and a clean run that converged early
+  converges to a level far below ln(V), so its plateau is not reported. The vocabulary is
+  Run.params' vocab_size when the first loss is within 10 % of its logarithm, else exp(first
+  loss) for a first loss between ln(1000) and ln(10^6); a first loss away from
+  ln(vocab_size) (a fine-tune) or outside that band (other units) is never judged this way,
+  so a loss rescaled into the band can be (this one reason is not scale-invariant).
 
 A stall never changes the verdict."""
 
@@ -23,6 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from numpy.typing import NDArray
@@ -37,8 +50,11 @@ class Stall:
     end: int  # last point of the stall
     level: float  # median over the stall (test units)
     progress_bar: float  # the decrease a block needed to count as progress (test units)
-    why: str  # "never learned" or "grad norm collapsed"
+    why: str  # "never learned", "grad norm collapsed" or "unigram"
     grad_drop: float | None
+    first: float = 0.0  # the loss at the first points (test units)
+    vocab: float | None = None  # the vocabulary a "unigram" stall was judged with
+    unigram: float | None = None  # that vocabulary's Zipf unigram entropy (nats)
 
 
 def _block_noise(x: NDArray[np.float64], block: int) -> tuple[NDArray[np.float64],
@@ -63,14 +79,50 @@ def _block_noise(x: NDArray[np.float64], block: int) -> tuple[NDArray[np.float64
 #: units) of the loss it started from.
 NEVER_LEARNED = math.log(1.10)
 
+#: A language model's first loss at or above ln(1000) is a uniform guess over a token
+#: vocabulary (a classifier's ln(classes) is smaller).
+MIN_VOCAB_LOG = math.log(1000)
+#: ... and at most ln(1,000,000): the largest tokenizers in use hold about 256k tokens, so a
+#: larger first loss is a loss in other units (or a sum over tokens), not nats per token.
+MAX_VOCAB = 1_000_000
+MAX_VOCAB_LOG = math.log(MAX_VOCAB)
+#: A plateau within this many nats of the Zipf unigram entropy has learned nothing the token
+#: frequencies do not give (a perplexity within 1.65x of the unigram model's).
+UNIGRAM_MARGIN = 0.5
+
+
+@lru_cache(maxsize=64)
+def zipf_entropy(vocab: int) -> float:
+    """Entropy (nats) of token frequencies p_k ~ 1/k over `vocab` tokens: ln(H_V) + sum(ln k /
+    k) / H_V, H_V the harmonic number."""
+    k = np.arange(1, max(2, vocab) + 1, dtype=np.float64)
+    h = float(np.sum(1.0 / k))
+    return math.log(h) + float(np.sum(np.log(k) / k)) / h
+
+
+def unigram_level(first: float, vocab: float | None) -> float | None:
+    """The no-learning plateau (nats) of a language model whose first loss is `first`, or
+    None when that loss is not a uniform guess over a token vocabulary."""
+    if vocab is not None and vocab > 1:
+        if abs(first / math.log(vocab) - 1.0) > 0.10:
+            return None  # not a uniform guess over this vocabulary: a fine-tune
+    elif not MIN_VOCAB_LOG <= first <= MAX_VOCAB_LOG:
+        return None  # a loss in other units, or no uniform guess over a token vocabulary
+    v = int(round(vocab)) if vocab is not None and vocab > 1 else int(round(math.exp(first)))
+    if not 1000 <= v <= MAX_VOCAB:
+        return None
+    return zipf_entropy(v)
+
+
 #: Candidate starts tried for a stall (evenly spaced over the log after its first tenth).
 _STARTS = 40
 
 
 def find_stall(x: NDArray[np.float64], block: int, min_blocks: int, grad_drop: float,
-               gn: NDArray[np.float64] | None) -> Stall | None:
-    """The longest stretch that runs to the end of x (finite points, log units) without
-    progress, or None. `gn` is the grad norm aligned with x (NaN where not logged)."""
+               gn: NDArray[np.float64] | None, vocab: float | None = None) -> Stall | None:
+    """The longest stretch that runs to the end of x (finite points, log of the loss) without
+    progress, or None. `gn` is the grad norm aligned with x (NaN where not logged); `vocab`
+    the vocabulary size from the run's parameters, if known."""
     n = len(x)
     head = n // 10
     if n - head < min_blocks * block:
@@ -111,12 +163,22 @@ def find_stall(x: NDArray[np.float64], block: int, min_blocks: int, grad_drop: f
             d = float(np.median(during))
             drop_gn = float(np.median(before)) / d if d > 0 else math.inf
     start_level = float(np.median(x[:max(8, min(block, n // 10) // 4)]))
+    # the loss before training moved it (the vocabulary test): a median of three points
+    # resists one odd first value, and a longer one would already hold the first drop
+    first = float(np.median(x[:3]))
     level = float(np.median(x[s0:]))
     if s0 <= n // 5 and level >= start_level - NEVER_LEARNED:
         why = "never learned"
     elif drop_gn is not None and drop_gn >= grad_drop:
         why = "grad norm collapsed"
+    elif n - s0 >= n / 2 and (uni := unigram_level(math.exp(first), vocab)) is not None \
+            and math.exp(level) >= uni - UNIGRAM_MARGIN:
+        why = "unigram"
     else:
         return None
+    v = None
+    if why == "unigram":
+        v = vocab if vocab is not None and vocab > 1 else math.exp(math.exp(first))
     return Stall(start=s0, end=s1, level=level, progress_bar=bar,
-                 why=why, grad_drop=drop_gn)
+                 why=why, grad_drop=drop_gn, first=first, vocab=v,
+                 unigram=zipf_entropy(int(round(v))) if v is not None else None)

@@ -235,6 +235,13 @@ class HfTrainerStateReader:
             # an evaluate()-only state: the eval steps are the run's steps
             frame = eval_frame[["step"]].copy()
         interval = _interval(st.meta)
+        # the state's train_batch_size is the dataloader's batch on one process (per-device
+        # batch x GPUs of DataParallel); gradient accumulation and data-parallel ranks, which
+        # multiply it into the batch per optimizer step, are not in trainer_state.json
+        tbs = st.meta.get("train_batch_size")
+        params: dict[str, Any] = {}
+        if isinstance(tbs, int) and not isinstance(tbs, bool) and tbs > 0:
+            params["micro_batch_size"] = tbs
         return [RawLog(
             frame=frame,
             step_column="step",
@@ -246,6 +253,7 @@ class HfTrainerStateReader:
             # the Trainer logs the mean loss since the previous log call
             averaged=(interval or _step_gap(frame)) > 1,
             eval_step_column="step",
+            params=params,
         )]
 
 

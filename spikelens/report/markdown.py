@@ -103,7 +103,8 @@ def _causes(findings: Sequence[Finding], verbose: bool, level: str,
         causes = ranked_causes(f)
         if not causes:
             out.append("No cause scored above the floor." if is_incident(ev) or
-                       is_condition(ev) else "No causes ranked (not a loss incident).")
+                       is_condition(ev) else esc(ev.detail) if ev.detail
+                       else "No causes ranked (not a loss incident).")
         for j, c in enumerate(causes, start=1):
             out.append(f"{j}. {code(c.cause)} (score {fmt_num(c.score, 2)}): {esc(c.summary)}")
             if c.remedy:

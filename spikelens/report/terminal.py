@@ -167,7 +167,8 @@ def _details(console: Console, findings: Sequence[Finding], shared: Mapping[str,
         causes = ranked_causes(f)
         if not causes:
             _indented(console, Text(cause_summary(f) if is_incident(ev) or is_condition(ev)
-                                    else "no causes ranked (not a loss incident)"), 2)
+                                    else ev.detail or "no causes ranked (not a loss incident)"),
+                      2)
         for j, c in enumerate(causes, start=1):
             _indented(console, Text(f"{j}. ") + Text(c.cause, style="bold")
                       + Text(f" (score {fmt_num(c.score, 2)}): {c.summary}"), 2)
