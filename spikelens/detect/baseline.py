@@ -20,6 +20,7 @@ estimated below the rounding error."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,7 +162,8 @@ def trailing_quantiles(x: FloatArray, window: int, probs: tuple[float, ...],
 MIN_TREND_POINTS = 8
 
 
-def detrended_quantiles(w: FloatArray, probs: tuple[float, ...]
+def detrended_quantiles(w: FloatArray, probs: tuple[float, ...],
+                        halves: tuple[FloatArray, FloatArray] | None = None
                         ) -> tuple[FloatArray, FloatArray]:
     """Median and residual quantiles of each row of `w` (shape (m, n): m windows of n points).
 
@@ -175,17 +177,32 @@ def detrended_quantiles(w: FloatArray, probs: tuple[float, ...]
     than it is (on the bench, removing rising lines too cost calibration margin). The level
     stays the median of the raw window: the median of its last quarter lags less but, with a
     quarter of the points, is noisy enough to put events on clean runs. Returns
-    (median (m,), residual quantiles (m, len(probs)))."""
+    (median (m,), residual quantiles (m, len(probs))).
+
+    `halves`: the medians of the rows' two halves, when the caller has them (the trailing
+    windows of `trailing_detrended` share their halves). A row whose line does not fall
+    (slope 0) has its raw values as residuals, so its quantiles are read from the sort that
+    gives the level rather than from a second sort (unless one of them is a zero: w - 0 * t
+    turns a -0.0 into 0.0, and the sort may leave either at the rank)."""
     n = w.shape[1]
-    res = w
+    srt = np.sort(w, axis=1)
+    level = srt[:, rank_index(n, 0.5)]
+    cols = [rank_index(n, q) for q in probs]
+    quant = srt[:, cols]
     if n >= MIN_TREND_POINTS:
         h = n // 2
-        first = np.sort(w[:, :h], axis=1)[:, rank_index(h, 0.5)]
-        second = np.sort(w[:, h:], axis=1)[:, rank_index(n - h, 0.5)]
+        if halves is None:
+            first = np.sort(w[:, :h], axis=1)[:, rank_index(h, 0.5)]
+            second = np.sort(w[:, h:], axis=1)[:, rank_index(n - h, 0.5)]
+        else:
+            first, second = halves
         slope = np.minimum((second - first) / (n / 2), 0.0)
-        res = w - slope[:, None] * (np.arange(n) - (n - 1) / 2)[None, :]
-    level = np.sort(w, axis=1)[:, rank_index(n, 0.5)]
-    quant = np.sort(res, axis=1)[:, [rank_index(n, q) for q in probs]]
+        tilt = (np.arange(n) - (n - 1) / 2)[None, :]
+        redo = np.flatnonzero(~((slope == 0) & (quant != 0).all(axis=1)))
+        if len(redo) == len(w):
+            quant = np.sort(w - slope[:, None] * tilt, axis=1)[:, cols]
+        elif len(redo):
+            quant[redo] = np.sort(w[redo] - slope[redo, None] * tilt, axis=1)[:, cols]
     return level, quant
 
 
@@ -231,9 +248,18 @@ def trailing_detrended(x: FloatArray, window: int, probs: tuple[float, ...], str
     else:
         lv_all = np.empty(len(views))
         q_all = np.empty((len(views), len(probs)))
+        # the second half of window r is the first half of window r + h / stride: each half
+        # is sorted once, not twice
+        h = window // 2
+        shared = window % 2 == 0 and window >= MIN_TREND_POINTS and h % stride == 0
+        blocks = sliding_window_view(x[: n - 1], h)[::stride] if shared else None
         for c in range(0, len(views), chunk):
-            lv_all[c:c + chunk], q_all[c:c + chunk] = detrended_quantiles(views[c:c + chunk],
-                                                                          probs)
+            rows = views[c:c + chunk]
+            halves = None
+            if blocks is not None:
+                bm = np.sort(blocks[c:c + len(rows) + h // stride], axis=1)[:, rank_index(h, 0.5)]
+                halves = (bm[:len(rows)], bm[h // stride:h // stride + len(rows)])
+            lv_all[c:c + chunk], q_all[c:c + chunk] = detrended_quantiles(rows, probs, halves)
     _remember(reuse, key, x, head, np.column_stack([lv_all, q_all]))
     # each point i >= window takes the latest window that ends at or before it
     pos = (np.arange(window, n) - window) // stride
@@ -303,3 +329,46 @@ def forward_median(x: FloatArray, k: int) -> FloatArray:
         tail = np.sort(x[i:])
         out[i] = tail[len(tail) // 2]
     return out
+
+
+#: Below this many values `fast_median` is `np.median` itself (its sample would be a good
+#: part of the array, and the bracketing passes would cost about what they save).
+_FAST_MEDIAN_MIN = 100_000
+
+
+def fast_median(a: FloatArray) -> float:
+    """`float(np.median(a))`, bit for bit, for a 1-D float `a`, about five times faster on
+    long arrays (the stall search takes the medians of 80 stretches of up to a million
+    points). The median is one order statistic (two for an even length): a strided sample of
+    16,384 values brackets it between two sample quantiles with a margin of six sampling
+    standard deviations, comparisons count the values below and inside the bracket, and
+    only the values inside it (a few thousand) are partitioned. When the bracket misses the
+    rank (the counts say so), or the median is a zero (whose sign the partition's path
+    decides), it falls back to `np.median`; an even length averages the two
+    middle values as `np.median` does, (a + b) / 2."""
+    n = len(a)
+    if n < _FAST_MEDIAN_MIN:
+        return float(np.median(a))
+    k2 = n // 2
+    k1 = k2 if n % 2 else k2 - 1
+    sample = a[:: max(1, n // 16384)]
+    m = len(sample)
+    r = k2 * m / n
+    # six standard deviations of the sample rank, sqrt(m p (1 - p)) at p = 1/2
+    margin = 3.0 * math.sqrt(m) + 2.0
+    i_lo, i_hi = int(r - margin), int(r + margin) + 1
+    if i_lo > 0 and i_hi < m:
+        part = np.partition(sample, [i_lo, i_hi])
+        lo, hi = float(part[i_lo]), float(part[i_hi])
+    else:
+        return float(np.median(a))
+    below = int(np.count_nonzero(a < lo))
+    inside = a[(a >= lo) & (a <= hi)]
+    above = int(np.count_nonzero(a > hi))
+    # a NaN is in none of the three counts: np.median then gives NaN, and so does this
+    if not (below <= k1 and k2 < below + len(inside)) or below + len(inside) + above != n:
+        return float(np.median(a))
+    part = np.partition(inside, [k1 - below, k2 - below])
+    out = part[k2 - below] if k1 == k2 else (part[k1 - below] + part[k2 - below]) / 2.0
+    # which of -0.0 and 0.0 a partition leaves at the rank depends on its path: np.median's
+    return float(out) if out != 0 else float(np.median(a))
