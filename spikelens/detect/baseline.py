@@ -254,12 +254,12 @@ def trailing_detrended(x: FloatArray, window: int, probs: tuple[float, ...], str
         shared = window % 2 == 0 and window >= MIN_TREND_POINTS and h % stride == 0
         blocks = sliding_window_view(x[: n - 1], h)[::stride] if shared else None
         for c in range(0, len(views), chunk):
-            rows = views[c:c + chunk]
+            win = views[c:c + chunk]
             halves = None
             if blocks is not None:
-                bm = np.sort(blocks[c:c + len(rows) + h // stride], axis=1)[:, rank_index(h, 0.5)]
-                halves = (bm[:len(rows)], bm[h // stride:h // stride + len(rows)])
-            lv_all[c:c + chunk], q_all[c:c + chunk] = detrended_quantiles(rows, probs, halves)
+                bm = np.sort(blocks[c:c + len(win) + h // stride], axis=1)[:, rank_index(h, 0.5)]
+                halves = (bm[:len(win)], bm[h // stride:h // stride + len(win)])
+            lv_all[c:c + chunk], q_all[c:c + chunk] = detrended_quantiles(win, probs, halves)
     _remember(reuse, key, x, head, np.column_stack([lv_all, q_all]))
     # each point i >= window takes the latest window that ends at or before it
     pos = (np.arange(window, n) - window) // stride
