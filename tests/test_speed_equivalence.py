@@ -181,3 +181,57 @@ def test_first_period_on_all_lags_at_once_matches_the_loop() -> None:
             hi = n - 1 if max_lag is None else min(n - 1, max_lag + 1)
             want = _plain_first_period(a, min_acf, repeat, hi, max(2, int(neg[0]) + 1))
         assert first_period(a, min_acf, repeat=repeat, max_lag=max_lag) == want
+
+
+@pytest.mark.parametrize("name", ["csv/bench_r05_fp16_overflow_storm.csv",
+                                  "jsonl/r18_bad_batch_lr_metrics.jsonl"])
+def test_test_statistics_in_chunks_match_one_pass(name: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The point and shift z computed chunk by chunk (to bound the temporaries) are the
+    bytes of one whole-series pass, whatever the chunk length."""
+    import dataclasses
+
+    import spikelens.detect as det
+    from spikelens.detect import spikes
+
+    run = read_log(ROOT / "sample_logs" / name)
+    cfg = Config()
+    series = run.series("loss")
+    assert series is not None
+    loss = det._prepare(run, series, cfg, [])
+    params = det._rise_params(run, loss, cfg)
+    st = trailing_stats(loss.x, params.window, loss.abs_floor, loss.is_log)
+    for isolated in (True, False):
+        p = dataclasses.replace(params, isolated=isolated)
+        monkeypatch.setattr(spikes, "TEST_CHUNK", len(loss.x) + 1)
+        whole = spikes.test_statistics(loss.x, st, p)
+        for chunk in (1, 7, 100):
+            monkeypatch.setattr(spikes, "TEST_CHUNK", chunk)
+            parts = spikes.test_statistics(loss.x, st, p)
+            assert whole.keys() == parts.keys()
+            for key in whole:
+                assert _same(whole[key], parts[key]), (key, chunk)
+        assert np.isfinite(whole["point"]).any()
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 16])
+def test_spread_by_repeat_matches_the_gather(chunk: int, monkeypatch: pytest.MonkeyPatch
+                                             ) -> None:
+    from spikelens.detect import baseline
+
+    monkeypatch.setattr(baseline, "_SPREAD_CHUNK", chunk)
+    rng = np.random.default_rng(chunk)
+    for _ in range(40):
+        n = int(rng.integers(1, 3000))
+        window = int(rng.integers(1, 120))
+        stride = int(rng.integers(1, 12))
+        if n <= window:
+            continue
+        rows = rng.standard_normal(((n - 1 - window) // stride + 1, 3))
+        for shape in ((n, 3), (n,)):
+            dst = np.full(shape, np.nan)
+            src = rows if len(shape) == 2 else rows[:, 0].copy()
+            baseline._spread(dst, src, window, stride)
+            want = np.full(shape, np.nan)
+            want[window:] = src[(np.arange(window, n) - window) // stride]
+            assert _same(dst, want)

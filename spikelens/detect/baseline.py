@@ -138,7 +138,7 @@ def trailing_quantiles(x: FloatArray, window: int, probs: tuple[float, ...],
     ranks = [rank_index(window, q) for q in probs]
     # window [t, t + window) serves the points from t + window on, t = 0, stride, 2 stride...
     views = sliding_window_view(x[: n - 1], window)[::stride]
-    chunk = max(1, 2_000_000 // window)
+    chunk = max(1, 1_000_000 // window)  # sorted copies of about 8 MB
     if prev is not None:
         vals = prev.rows.copy()
         redo = prev.redo(len(views), window, stride)
@@ -152,9 +152,27 @@ def trailing_quantiles(x: FloatArray, window: int, probs: tuple[float, ...],
             vals[c:c + chunk] = srt[:, ranks]
     _remember(reuse, key, x, out[:window], vals)
     # each point i >= window takes the latest window that ends at or before it
-    pos = np.arange(window, n)
-    out[window:] = vals[(pos - window) // stride]
+    _spread(out, vals, window, stride)
     return out
+
+
+#: Points per chunk when `_spread` copies the windows' rows out to the points.
+_SPREAD_CHUNK = 1 << 16
+
+
+def _spread(dst: FloatArray, rows: FloatArray, window: int, stride: int) -> None:
+    """dst[i] = rows[(i - window) // stride] for every i >= window: each point takes the
+    latest refreshed window that ends at or before it. In chunks, so that the index and the
+    repeated copy are never a whole series (40 MB at 1M points and four quantiles)."""
+    n = len(dst)
+    # chunks of whole strides: within one, point a + j takes row (a - window) / stride +
+    # j // stride, so each row is repeated `stride` times (a copy 20x faster than a gather)
+    step = stride * max(1, _SPREAD_CHUNK // stride)
+    for a in range(window, n, step):
+        b = min(n, a + step)
+        r0 = (a - window) // stride
+        dst[a:b] = np.repeat(rows[r0:r0 + (b - a + stride - 1) // stride], stride,
+                             axis=0)[:b - a]
 
 
 #: Fewer points than this give no usable local slope: the two half-medians of a 3-point
@@ -262,9 +280,8 @@ def trailing_detrended(x: FloatArray, window: int, probs: tuple[float, ...], str
             lv_all[c:c + chunk], q_all[c:c + chunk] = detrended_quantiles(win, probs, halves)
     _remember(reuse, key, x, head, np.column_stack([lv_all, q_all]))
     # each point i >= window takes the latest window that ends at or before it
-    pos = (np.arange(window, n) - window) // stride
-    level[window:] = lv_all[pos]
-    out[window:] = q_all[pos]
+    _spread(level, lv_all, window, stride)
+    _spread(out, q_all, window, stride)
     return level, out
 
 @dataclass(frozen=True)
