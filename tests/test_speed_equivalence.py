@@ -235,3 +235,26 @@ def test_spread_by_repeat_matches_the_gather(chunk: int, monkeypatch: pytest.Mon
             want = np.full(shape, np.nan)
             want[window:] = src[(np.arange(window, n) - window) // stride]
             assert _same(dst, want)
+
+
+def test_html_pack_within_room_is_the_full_pack_or_nothing() -> None:
+    """The page packs a series only within what is left of its budget, giving up early on
+    one that cannot fit: it gets the bytes a full pack gives when the full pack fits, and
+    None exactly when the full pack would not fit (or its steps cannot be packed)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from spikelens.report import html
+
+    rng = np.random.default_rng(4)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for trial in range(24):
+            n = int(rng.choice([1, 2, 1000, 300_000]))
+            x = np.cumsum(rng.integers(1, 3, n)).astype(np.int64)
+            y = [np.cumsum(rng.standard_normal(n)) * 1e-3 + 0.01 * rng.standard_normal(n),
+                 np.round(rng.standard_normal(n), 2), np.linspace(1e-4, 0, n)][trial % 3]
+            whole = html.pack_series(x, y)
+            assert whole is not None
+            cost = len(whole["dx"]) + len(whole["y"])
+            for room in (cost - 1, cost, cost + 1, cost // 3, 10 * cost):
+                got = html.pack_series(x, y, room, pool if trial % 2 else None)
+                assert got == (whole if cost <= room else None), (trial, room)
