@@ -258,3 +258,30 @@ def test_html_pack_within_room_is_the_full_pack_or_nothing() -> None:
             for room in (cost - 1, cost, cost + 1, cost // 3, 10 * cost):
                 got = html.pack_series(x, y, room, pool if trial % 2 else None)
                 assert got == (whole if cost <= room else None), (trial, room)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_expanding_head_in_one_sort_matches_window_by_window(seed: int) -> None:
+    """The first `window` points (expanding windows x[:i]) computed as one padded matrix
+    give what each window computed alone gives; zeros and NaN take the loop."""
+    from spikelens.detect.baseline import rank_index, trailing_detrended, trailing_quantiles
+
+    rng = np.random.default_rng(seed)
+    probs = (0.25, 0.5, 0.75, 0.9)
+    for trial in range(40):
+        n = int(rng.choice([1, 2, 3, 9, 60, 300]))
+        window = int(rng.choice([2, 3, 8, 9, 40, 100]))
+        x = 2.0 + np.cumsum(rng.standard_normal(n)) * 0.05 + 0.1 * rng.standard_normal(n)
+        if trial % 4 == 1:
+            x = np.round(x, 1)  # ties
+        if trial % 4 == 2:
+            x[rng.random(n) < 0.1] = 0.0
+        if trial % 4 == 3 and n > 3:
+            x[2] = np.nan
+        level, out = trailing_detrended(x, window, probs, 5)
+        tq = trailing_quantiles(x, window, probs, 5)
+        for i in range(1, min(n, window)):
+            lv, qs = _plain_detrended(x[None, :i], probs)
+            assert _same(level[i:i + 1], lv) and _same(out[i:i + 1], qs), (trial, i)
+            srt = np.sort(x[:i])
+            assert _same(tq[i], np.array([srt[rank_index(i, q)] for q in probs]))
