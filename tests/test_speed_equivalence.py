@@ -87,3 +87,201 @@ def test_detection_carries_the_point_z_of_point_z() -> None:
     assert _same(det.point_z.steps, want.steps)
     assert _same(det.point_z.z, want.z)
     assert np.isfinite(want.z).any()  # the comparison is about real values
+
+
+def test_fast_median_is_np_median_bit_for_bit() -> None:
+    from spikelens.detect.baseline import fast_median
+
+    rng = np.random.default_rng(2)
+    for trial in range(240):
+        n = int(rng.integers(1, 400_000)) if trial % 4 else int(rng.integers(90_000, 130_000))
+        a = [rng.standard_normal(n),  # noise
+             np.round(rng.standard_normal(n), 2),  # rounded: ties, and -0.0 beside 0.0
+             np.sort(rng.standard_normal(n))[::-1].copy(),  # monotone: a strided sample
+             np.cumsum(rng.standard_normal(n)),  # a wandering series
+             rng.integers(0, 3, n).astype(np.float64),  # three values
+             rng.standard_normal(n)][trial % 6]
+        if trial % 6 == 5:  # infinities, and NaN (the median is then NaN)
+            a[rng.integers(0, n, 3)] = [np.inf, -np.inf, np.nan if trial % 12 == 5 else 1.0]
+        assert np.float64(fast_median(a)).tobytes() == np.float64(np.median(a)).tobytes()
+
+
+def _plain_detrended(w: np.ndarray, probs: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """detrended_quantiles as first written: four sorts of every window."""
+    from spikelens.detect.baseline import MIN_TREND_POINTS, rank_index
+
+    n = w.shape[1]
+    res = w
+    if n >= MIN_TREND_POINTS:
+        h = n // 2
+        first = np.sort(w[:, :h], axis=1)[:, rank_index(h, 0.5)]
+        second = np.sort(w[:, h:], axis=1)[:, rank_index(n - h, 0.5)]
+        slope = np.minimum((second - first) / (n / 2), 0.0)
+        res = w - slope[:, None] * (np.arange(n) - (n - 1) / 2)[None, :]
+    level = np.sort(w, axis=1)[:, rank_index(n, 0.5)]
+    quant = np.sort(res, axis=1)[:, [rank_index(n, q) for q in probs]]
+    return level, quant
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_trailing_detrended_shared_halves_match_four_sorts(seed: int) -> None:
+    """Halves sorted once for two windows, and flat windows' residual quantiles read from
+    the window's own sort, give the plain computation's bytes (zeros of both signs too)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from spikelens.detect.baseline import trailing_detrended
+
+    rng = np.random.default_rng(seed)
+    probs = (0.25, 0.5, 0.75, 0.9)
+    for trial in range(30):
+        n = int(rng.choice([30, 101, 1000, 5000]))
+        window = int(rng.choice([7, 8, 20, 40, 100, 101]))
+        stride = int(rng.choice([1, 2, 4, 5, 10]))
+        x = np.cumsum(rng.standard_normal(n)) * 0.01 + 0.1 * rng.standard_normal(n)
+        if trial % 3 == 1:  # rounded, with plateaus: many flat windows and ties
+            x = np.repeat(np.round(x[: n // 5 + 1], 1), 5)[:n]
+        if trial % 3 == 2:  # zeros of both signs
+            x = np.where(rng.random(n) < 0.3, -0.0, np.where(rng.random(n) < 0.3, 0.0, x))
+        level, out = trailing_detrended(x, window, probs, stride)
+        if n <= window:
+            continue
+        views = sliding_window_view(x[: n - 1], window)[::stride]
+        lv, qs = _plain_detrended(views, probs)
+        pos = (np.arange(window, n) - window) // stride
+        assert _same(level[window:], lv[pos]) and _same(out[window:], qs[pos])
+
+
+def _plain_first_period(a: np.ndarray, min_acf: float, repeat: bool, hi: int,
+                        lo: int) -> int | None:
+    for j in range(lo, hi):
+        if a[j] >= min_acf and a[j] >= a[j - 1] and a[j] >= a[j + 1]:
+            if repeat and not (2 * j < len(a) and a[2 * j] >= min_acf / 2):
+                continue
+            return j
+    return None
+
+
+def test_first_period_on_all_lags_at_once_matches_the_loop() -> None:
+    from spikelens.detect.oscillation import first_period
+
+    rng = np.random.default_rng(3)
+    for trial in range(4000):
+        n = int(rng.integers(2, 80))
+        wave = 0.9 * np.cos(np.arange(n) * 2 * np.pi / rng.integers(2, 12))
+        a = rng.standard_normal(n) * 0.6 if trial % 3 else wave + 0.1 * rng.standard_normal(n)
+        a[0] = 1.0
+        if trial % 7 == 0:
+            a[rng.integers(1, n)] = np.nan
+        repeat = bool(trial % 2)
+        max_lag = None if trial % 5 == 0 else int(rng.integers(0, n + 3))
+        min_acf = float(rng.choice([0.2, 0.5, 0.8]))
+        neg = np.flatnonzero(a[1:] < 0)
+        want = None
+        if len(neg):  # no `points`: the bar stays min_acf
+            hi = n - 1 if max_lag is None else min(n - 1, max_lag + 1)
+            want = _plain_first_period(a, min_acf, repeat, hi, max(2, int(neg[0]) + 1))
+        assert first_period(a, min_acf, repeat=repeat, max_lag=max_lag) == want
+
+
+@pytest.mark.parametrize("name", ["csv/bench_r05_fp16_overflow_storm.csv",
+                                  "jsonl/r18_bad_batch_lr_metrics.jsonl"])
+def test_test_statistics_in_chunks_match_one_pass(name: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The point and shift z computed chunk by chunk (to bound the temporaries) are the
+    bytes of one whole-series pass, whatever the chunk length."""
+    import dataclasses
+
+    import spikelens.detect as det
+    from spikelens.detect import spikes
+
+    run = read_log(ROOT / "sample_logs" / name)
+    cfg = Config()
+    series = run.series("loss")
+    assert series is not None
+    loss = det._prepare(run, series, cfg, [])
+    params = det._rise_params(run, loss, cfg)
+    st = trailing_stats(loss.x, params.window, loss.abs_floor, loss.is_log)
+    for isolated in (True, False):
+        p = dataclasses.replace(params, isolated=isolated)
+        monkeypatch.setattr(spikes, "TEST_CHUNK", len(loss.x) + 1)
+        whole = spikes.test_statistics(loss.x, st, p)
+        for chunk in (1, 7, 100):
+            monkeypatch.setattr(spikes, "TEST_CHUNK", chunk)
+            parts = spikes.test_statistics(loss.x, st, p)
+            assert whole.keys() == parts.keys()
+            for key in whole:
+                assert _same(whole[key], parts[key]), (key, chunk)
+        assert np.isfinite(whole["point"]).any()
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 16])
+def test_spread_by_repeat_matches_the_gather(chunk: int, monkeypatch: pytest.MonkeyPatch
+                                             ) -> None:
+    from spikelens.detect import baseline
+
+    monkeypatch.setattr(baseline, "_SPREAD_CHUNK", chunk)
+    rng = np.random.default_rng(chunk)
+    for _ in range(40):
+        n = int(rng.integers(1, 3000))
+        window = int(rng.integers(1, 120))
+        stride = int(rng.integers(1, 12))
+        if n <= window:
+            continue
+        rows = rng.standard_normal(((n - 1 - window) // stride + 1, 3))
+        for shape in ((n, 3), (n,)):
+            dst = np.full(shape, np.nan)
+            src = rows if len(shape) == 2 else rows[:, 0].copy()
+            baseline._spread(dst, src, window, stride)
+            want = np.full(shape, np.nan)
+            want[window:] = src[(np.arange(window, n) - window) // stride]
+            assert _same(dst, want)
+
+
+def test_html_pack_within_room_is_the_full_pack_or_nothing() -> None:
+    """The page packs a series only within what is left of its budget, giving up early on
+    one that cannot fit: it gets the bytes a full pack gives when the full pack fits, and
+    None exactly when the full pack would not fit (or its steps cannot be packed)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from spikelens.report import html
+
+    rng = np.random.default_rng(4)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for trial in range(24):
+            n = int(rng.choice([1, 2, 1000, 300_000]))
+            x = np.cumsum(rng.integers(1, 3, n)).astype(np.int64)
+            y = [np.cumsum(rng.standard_normal(n)) * 1e-3 + 0.01 * rng.standard_normal(n),
+                 np.round(rng.standard_normal(n), 2), np.linspace(1e-4, 0, n)][trial % 3]
+            whole = html.pack_series(x, y)
+            assert whole is not None
+            cost = len(whole["dx"]) + len(whole["y"])
+            for room in (cost - 1, cost, cost + 1, cost // 3, 10 * cost):
+                got = html.pack_series(x, y, room, pool if trial % 2 else None)
+                assert got == (whole if cost <= room else None), (trial, room)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_expanding_head_in_one_sort_matches_window_by_window(seed: int) -> None:
+    """The first `window` points (expanding windows x[:i]) computed as one padded matrix
+    give what each window computed alone gives; zeros and NaN take the loop."""
+    from spikelens.detect.baseline import rank_index, trailing_detrended, trailing_quantiles
+
+    rng = np.random.default_rng(seed)
+    probs = (0.25, 0.5, 0.75, 0.9)
+    for trial in range(40):
+        n = int(rng.choice([1, 2, 3, 9, 60, 300]))
+        window = int(rng.choice([2, 3, 8, 9, 40, 100]))
+        x = 2.0 + np.cumsum(rng.standard_normal(n)) * 0.05 + 0.1 * rng.standard_normal(n)
+        if trial % 4 == 1:
+            x = np.round(x, 1)  # ties
+        if trial % 4 == 2:
+            x[rng.random(n) < 0.1] = 0.0
+        if trial % 4 == 3 and n > 3:
+            x[2] = np.nan
+        level, out = trailing_detrended(x, window, probs, 5)
+        tq = trailing_quantiles(x, window, probs, 5)
+        for i in range(1, min(n, window)):
+            lv, qs = _plain_detrended(x[None, :i], probs)
+            assert _same(level[i:i + 1], lv) and _same(out[i:i + 1], qs), (trial, i)
+            srt = np.sort(x[:i])
+            assert _same(tq[i], np.array([srt[rank_index(i, q)] for q in probs]))

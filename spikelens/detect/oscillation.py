@@ -111,12 +111,19 @@ def first_period(acf: FloatArray, min_acf: float, repeat: bool = False,
         min_acf = max(min_acf, 3.0 * se)
     a = acf
     hi = len(a) - 1 if max_lag is None else min(len(a) - 1, max_lag + 1)
-    for j in range(lo, hi):
-        if a[j] >= min_acf and a[j] >= a[j - 1] and a[j] >= a[j + 1]:
-            if repeat and not (2 * j < len(a) and a[2 * j] >= min_acf / 2):
-                continue
-            return j
-    return None
+    if hi <= lo:
+        return None
+    # the first lag j in [lo, hi) that passes, tested on all lags at once (a loop over the
+    # lags of 2,500 blocks cost 0.1 s on a 1M-step log)
+    aj = a[lo:hi]
+    ok = (aj >= min_acf) & (aj >= a[lo - 1:hi - 1]) & (aj >= a[lo + 1:hi + 1])
+    if repeat:
+        twice = np.arange(2 * lo, 2 * hi, 2)
+        inside = twice < len(a)
+        ok[~inside] = False
+        ok[inside] &= a[twice[inside]] >= min_acf / 2
+    hit = np.flatnonzero(ok)
+    return lo + int(hit[0]) if len(hit) else None
 
 
 def _periodic_regions(r: FloatArray, p: OscParams) -> list[tuple[int, int, int]]:

@@ -122,15 +122,20 @@ def trailing_stats(x: FloatArray, window: int, abs_floor: float, is_log: bool,
     level, q = trailing_detrended(x, window, (0.25, 0.5, 0.75, 0.9), stride,
                                   None if reuse is None else reuse.setdefault("detrended", {}))
     q25, q50, q75, q90 = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
-    count = np.minimum(np.arange(n), window).astype(np.int64)
     raw = (q75 - q25) / IQR_TO_SIGMA
+    tail = (q90 - q50) / Z90
+    # the quantiles (four floats a point) are let go before the inflation's own quantiles
+    # are taken: on a 1M-step log that is 32 MB off the peak of the analysis
+    del q, q25, q50, q75, q90
+    inflation = _inflation(x, window, stride, raw,
+                           None if reuse is None else reuse.setdefault("diff", {}))
+    count = np.minimum(np.arange(n), window).astype(np.int64)
     with np.errstate(over="ignore", invalid="ignore"):
         floor = np.log1p(abs_floor / np.exp(level)) if is_log else np.full(n, abs_floor)
     scale = np.maximum(np.maximum(raw, np.nan_to_num(floor)), REL_SCALE_FLOOR)
-    up = np.maximum(scale, (q90 - q50) / Z90)
+    up = np.maximum(scale, tail)
     return Stats(level=level, scale=scale, up_scale=up,
-                 inflation=_inflation(x, window, stride, raw,
-                                      None if reuse is None else reuse.setdefault("diff", {})),
+                 inflation=inflation,
                  count=count,
                  floor=np.maximum(np.nan_to_num(floor), REL_SCALE_FLOOR))
 
@@ -172,6 +177,13 @@ def _inflation(x: FloatArray, window: int, stride: int, raw_scale: FloatArray,
     return np.asarray((1.0 + rho) / (1.0 - rho), dtype=np.float64)
 
 
+#: Points per chunk of `test_statistics`: its two dozen temporaries are a million floats
+#: each on a 1M-step log (190 MB above the baseline's arrays, the peak of a whole analysis);
+#: in chunks they are 0.5 MB each. Every operation is element by element, so the values do
+#: not depend on the chunking.
+TEST_CHUNK = 65_536
+
+
 def test_statistics(x: FloatArray, st: Stats, p: RiseParams,
                     forward: dict[int, FloatArray] | None = None) -> dict[str, FloatArray]:
     """The z of every test at every point, NaN where the test does not apply (too short a
@@ -180,15 +192,39 @@ def test_statistics(x: FloatArray, st: Stats, p: RiseParams,
     benchmarks/accuracy.py reads them to place the thresholds. `forward` may hold the
     forward medians of x already computed (they do not depend on the baseline)."""
     n = len(x)
-    excess = x - st.level
-    full = st.count >= p.min_window
-    out: dict[str, FloatArray] = {}
-    steps_up = _quanta_bar(st.level, p)
+    iso: tuple[FloatArray, FloatArray, FloatArray] | None = None
+    # the isolated-outlier parts depend on x alone: both passes share them through the
+    # `forward` cache (negative keys: forward medians use the positive ones)
+    if p.isolated:
+        cache = forward if forward is not None else {}
+        if _ISO_E not in cache:
+            cache[_ISO_E], cache[_ISO_MID], cache[_ISO_SCALE] = _isolated_parts(x, p.window)
+        iso = (cache[_ISO_E], cache[_ISO_MID], cache[_ISO_SCALE])
+    fms = {k: forward[k] if forward is not None and k in forward else forward_median(x, k)
+           for k in p.shift_windows if n >= k}
+    out: dict[str, FloatArray] = {"point": np.empty(n)}
+    for k in p.shift_windows:
+        out[f"shift{k}"] = np.full(n, np.nan)
+    for a in range(0, n, TEST_CHUNK):
+        b = min(n, a + TEST_CHUNK)
+        _test_chunk(x, st, p, a, b, iso, fms, out)
+    return out
+
+
+def _test_chunk(x: FloatArray, st: Stats, p: RiseParams, a: int, b: int,
+                iso: tuple[FloatArray, FloatArray, FloatArray] | None,
+                fms: dict[int, FloatArray], out: dict[str, FloatArray]) -> None:
+    """`test_statistics` of the points a..b-1, written into `out`."""
+    n = len(x)
+    level, count = st.level[a:b], st.count[a:b]
+    excess = x[a:b] - level
+    full = count >= p.min_window
+    steps_up = _quanta_bar(level, p)
     # the level is the median of `count` points, not of a full window: early in a log (the
     # expanding window) it is itself uncertain, by 1.2533 sigma / sqrt(count). The point
     # test's yardstick grows by that (normalised so a full window is unchanged), and the
     # shift test's standard error uses the real count
-    cnt = np.maximum(np.minimum(st.count, p.window), 1).astype(np.float64)
+    cnt = np.maximum(np.minimum(count, p.window), 1).astype(np.float64)
     lvl_var = MEDIAN_SE ** 2 / cnt
     # ... and the scale estimated from `count` points is uncertain too: both z are divided
     # by the ratio of Student's t quantile (99.9 %) at count - 1 degrees of freedom to the
@@ -197,32 +233,26 @@ def test_statistics(x: FloatArray, st: Stats, p: RiseParams,
     small = _t_factor(cnt, p.window)
     widen = np.sqrt((1.0 + lvl_var) / (1.0 + MEDIAN_SE ** 2 / p.window)) * small
     with np.errstate(invalid="ignore", divide="ignore"):
-        z1 = excess / (st.up_scale * widen)
+        z1 = excess / (st.up_scale[a:b] * widen)
     bar = np.maximum(p.log_min_ratio_point, steps_up)
-    out["point"] = np.where(full & (excess >= bar), z1, np.nan)
-    # the isolated-outlier parts depend on x alone: both passes share them through the
-    # `forward` cache (negative keys: forward medians use the positive ones)
-    if p.isolated:
-        cache = forward if forward is not None else {}
-        if _ISO_E not in cache:
-            cache[_ISO_E], cache[_ISO_MID], cache[_ISO_SCALE] = _isolated_parts(x, p.window)
-        zc, ec = _isolated_from(cache[_ISO_E], cache[_ISO_MID], cache[_ISO_SCALE], st.floor)
+    point = np.where(full & (excess >= bar), z1, np.nan)
+    if iso is not None:
+        floor = st.floor[a:b] if st.floor is not None else None
+        zc, ec = _isolated_from(iso[0][a:b], iso[1][a:b], iso[2][a:b], floor)
         with np.errstate(invalid="ignore"):
-            iso = (st.count >= p.window) & (ec >= bar) & \
-                (zc > np.nan_to_num(out["point"], nan=-np.inf))
-        out["point"] = np.where(iso, zc, out["point"])
-    for k in p.shift_windows:
-        zk = np.full(n, np.nan)
-        if n >= k:
-            fm = forward[k] if forward is not None and k in forward else forward_median(x, k)
-            se = MEDIAN_SE * st.scale * np.sqrt(st.inflation * (1.0 / k + 1.0 / cnt))
-            with np.errstate(invalid="ignore", divide="ignore"):
-                z = (fm - st.level) / (se * small)
-            ok = full & (fm - st.level >= np.maximum(p.log_min_ratio_shift, steps_up))
-            ok[n - k + 1:] = False  # only complete forward windows
-            zk = np.where(ok, z, np.nan)
-        out[f"shift{k}"] = zk
-    return out
+            take = (count >= p.window) & (ec >= bar) & \
+                (zc > np.nan_to_num(point, nan=-np.inf))
+        point = np.where(take, zc, point)
+    out["point"][a:b] = point
+    scale, inflation = st.scale[a:b], st.inflation[a:b]
+    for k, fm_all in fms.items():
+        fm = fm_all[a:b]
+        se = MEDIAN_SE * scale * np.sqrt(inflation * (1.0 / k + 1.0 / cnt))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = (fm - level) / (se * small)
+        ok = full & (fm - level >= np.maximum(p.log_min_ratio_shift, steps_up))
+        ok[max(0, n - k + 1 - a):] = False  # only complete forward windows
+        out[f"shift{k}"][a:b] = np.where(ok, z, np.nan)
 
 
 def _t_factor(count: FloatArray, window: int) -> FloatArray:
@@ -290,7 +320,9 @@ def _isolated_parts(x: FloatArray, window: int) -> tuple[FloatArray, FloatArray,
     h = window // 2
     if 0 < h < n:
         scale[: n - h] = np.fmax(scale[: n - h], scale[h:])
-    return e, q[:, 1], np.maximum(scale, REL_SCALE_FLOOR)
+    # a copy of the median column, so the three-column quantiles (24 MB at 1M points) are
+    # not kept alive by a view for the rest of the detection
+    return e, q[:, 1].copy(), np.maximum(scale, REL_SCALE_FLOOR)
 
 
 def _isolated_from(e: FloatArray, mid: FloatArray, scale: FloatArray,
@@ -327,11 +359,12 @@ def _candidates(x: FloatArray, st: Stats, p: RiseParams, forward: dict[int, Floa
     with np.errstate(invalid="ignore"):
         zbar = p.z_point if p.point_bar is None else p.point_bar
         fired[z["point"] >= zbar] = 1
-        # too short a baseline for a scale: the ratio alone decides
-        excess = x - st.level
-        short = (st.count >= 1) & (st.count < p.min_window)
-        bar = np.where(np.arange(n) < p.start_points, p.log_start_ratio, p.log_short_ratio)
-        for i in np.flatnonzero(short & (excess >= bar)):
+        # too short a baseline for a scale: the ratio alone decides (the first `min_window`
+        # points: the excess and the bar are taken there only, not over the whole series)
+        short = np.flatnonzero((st.count >= 1) & (st.count < p.min_window))
+        excess = x[short] - st.level[short]
+        bar = np.where(short < p.start_points, p.log_start_ratio, p.log_short_ratio)
+        for i in short[excess >= bar]:
             if _stands_out_ahead(x, int(i), p):
                 fired[i] = 1
         sbar = p.z_shift if p.shift_bar is None else p.shift_bar
@@ -427,7 +460,7 @@ def find_rises(x: FloatArray, p: RiseParams, abs_floor: float, is_log: bool,
     # the forward medians depend on x alone: both passes share them
     forward = {k: forward_median(x, k) for k in p.shift_windows if len(x) >= k}
     # ... and the second pass recomputes only the baseline windows that hold a clipped point
-    reuse: dict[str, dict[str, Any]] = {}
+    reuse: dict[str, dict[str, Any]] | None = {} if second_pass else None
     rises = _scan(x, x, p, abs_floor, is_log, forward, statistics, reuse)
     # a few-point event barely moves a quartile; only long ones need the second pass
     if not second_pass or not any(r.end - r.start >= p.recover_run for r in rises):

@@ -40,7 +40,7 @@ from functools import lru_cache
 import numpy as np
 from numpy.typing import NDArray
 
-from spikelens.detect.baseline import IQR_TO_SIGMA, REL_SCALE_FLOOR
+from spikelens.detect.baseline import IQR_TO_SIGMA, REL_SCALE_FLOOR, fast_median
 from spikelens.detect.spikes import MEDIAN_SE
 
 
@@ -132,7 +132,7 @@ def find_stall(x: NDArray[np.float64], block: int, min_blocks: int, grad_drop: f
     for s0 in np.linspace(head, n - min_blocks * block, _STARTS).astype(int):
         seg = x[s0:]
         h = len(seg) // 2
-        drop = float(np.median(seg[:h]) - np.median(seg[h:]))
+        drop = fast_median(seg[:h]) - fast_median(seg[h:])  # np.median's, bit for bit
         b0 = (s0 - head) // block
         se = MEDIAN_SE * float(np.median(sig[b0:])) * math.sqrt(
             float(np.median(infl[b0:])) / max(1, h))
@@ -146,7 +146,7 @@ def find_stall(x: NDArray[np.float64], block: int, min_blocks: int, grad_drop: f
     # the grid of starts is coarse: the stall begins where the loss has come down to the
     # plateau, i.e. once a block's median is no longer above the plateau's level by more
     # than three standard errors of a block median
-    plateau = float(np.median(x[(s0 + n) // 2:]))
+    plateau = fast_median(x[(s0 + n) // 2:])
     step = max(1, block // 5)
     while s0 + block < n - min_blocks * block:
         b = min(len(sig) - 1, max(0, (s0 - head) // block))
@@ -166,7 +166,7 @@ def find_stall(x: NDArray[np.float64], block: int, min_blocks: int, grad_drop: f
     # the loss before training moved it (the vocabulary test): a median of three points
     # resists one odd first value, and a longer one would already hold the first drop
     first = float(np.median(x[:3]))
-    level = float(np.median(x[s0:]))
+    level = fast_median(x[s0:])
     if s0 <= n // 5 and level >= start_level - NEVER_LEARNED:
         why = "never learned"
     elif drop_gn is not None and drop_gn >= grad_drop:

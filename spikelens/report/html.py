@@ -227,40 +227,70 @@ def _b64z(raw: bytes) -> str:
     return base64.b64encode(zlib.compress(raw, 6)).decode("ascii")
 
 
-def pack_series(x: np.ndarray, y: np.ndarray) -> dict[str, Any] | None:
+#: Bytes fed to zlib at a time by `_deflate`: the point where a series that cannot fit the
+#: page's budget is given up is known to within this much input.
+_DEFLATE_CHUNK = 1 << 20
+
+
+def _deflate(raw: bytes, cap: int | None) -> bytes | None:
+    """`zlib.compress(raw, 6)`, or None as soon as the output is known to exceed `cap`
+    bytes. Fed in chunks with no flush, deflate writes the same stream as one call (the
+    chunking only decides when output is returned, not what it is)."""
+    if cap is None:
+        return zlib.compress(raw, 6)
+    c = zlib.compressobj(6)
+    out: list[bytes] = []
+    size = 0
+    view = memoryview(raw)
+    for a in range(0, len(raw), _DEFLATE_CHUNK):
+        part = c.compress(view[a:a + _DEFLATE_CHUNK])
+        out.append(part)
+        size += len(part)
+        if size > cap:
+            return None
+    out.append(c.flush())
+    size += len(out[-1])
+    return b"".join(out) if size <= cap else None
+
+
+def pack_series(x: np.ndarray, y: np.ndarray, room: int | None = None,
+                pool: Any = None) -> dict[str, Any] | None:
     """The full series, compact: steps as int32 deltas, values as float32 (byte-shuffled
     when that compresses better, as for noisy values; printed decimals often do better
-    unshuffled), each zlib-compressed and base64-encoded. None if steps do not fit."""
+    unshuffled), each zlib-compressed and base64-encoded. None if steps do not fit, or if
+    the packed series would be more than `room` base64 characters: its compression is then
+    abandoned as soon as that is certain (on a 1M-step page the noisy grad norm never fits
+    once the loss is in, and compressing it in full was a third of the page's time).
+    `pool`: an executor that compresses the two layouts of the values side by side (zlib
+    releases the GIL)."""
     d = np.diff(x)
     if len(d) and (d.min() < 0 or d.max() > 2**31 - 1):
         return None
+    dx = _b64z(d.astype("<i4").tobytes())
+    cap = None
+    if room is not None:
+        if len(dx) > room:
+            return None
+        cap = 3 * ((room - len(dx)) // 4)  # the most bytes whose base64 fits what is left
     f = y.astype("<f4")
-    raw = f.tobytes()
-    plain = zlib.compress(raw, 6)
-    shuffled = zlib.compress(f.view(np.uint8).reshape(-1, 4).T.tobytes(), 6)
-    use_shuffle = len(shuffled) < len(plain)
+    layouts = (f.tobytes(), f.view(np.uint8).reshape(-1, 4).T.tobytes())
+    if pool is not None:
+        plain, shuffled = pool.map(lambda raw: _deflate(raw, cap), layouts)
+    else:
+        plain, shuffled = (_deflate(raw, cap) for raw in layouts)
+    if plain is None and shuffled is None:
+        return None
+    # one given up is longer than `cap`, so longer than the other: the same choice
+    use_shuffle = plain is None or (shuffled is not None and len(shuffled) < len(plain))
     values = shuffled if use_shuffle else plain
+    assert values is not None
     return {
         "n": int(len(x)),
         "x0": int(x[0]),
-        "dx": _b64z(d.astype("<i4").tobytes()),
+        "dx": dx,
         "y": base64.b64encode(values).decode("ascii"),
         "shuffle": use_shuffle,
     }
-
-
-def _pack_all(items: Sequence[tuple[np.ndarray, np.ndarray]]
-              ) -> list[dict[str, Any] | None]:
-    """`pack_series` of every (x, y), two at a time: zlib releases the GIL while it
-    compresses, and compressing the full series was most of the page's rendering time (1M
-    steps, four series: 12 compressions of 4 MB each)."""
-    if len(items) < 2 or (os.cpu_count() or 1) < 2:
-        return [pack_series(x, y) for x, y in items]
-    from concurrent.futures import ThreadPoolExecutor
-
-    # each worker packs one series at a time, so at most two series' raw bytes are alive
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return list(pool.map(lambda xy: pack_series(*xy), items))
 
 
 def _event_windows(x: np.ndarray, findings: Sequence[Finding], interval: int) -> np.ndarray:
@@ -510,19 +540,27 @@ def _allot_full(figures: Sequence[tuple[_Figure, Run, RunReport]], lazy: bool) -
     role priority across all runs (the loss of every run before any grad norm), and finish
     each figure: a series without full data keeps full resolution around the events."""
     left = FULL_BUDGET
-    order = [s for role in FULL_PRIORITY for fig, _, _ in figures for s in fig.downsampled
-             if s.role == role]
-    packs = dict(zip(map(id, order), _pack_all([(s.x, s.y) for s in order]), strict=True))
-    for role in FULL_PRIORITY:
-        for fig, _, _ in figures:
-            for s in fig.downsampled:
-                if s.role != role:
-                    continue
-                packed = packs[id(s)]
-                cost = 0 if packed is None else len(packed["dx"]) + len(packed["y"])
-                if packed is not None and cost <= left:
-                    left -= cost
-                    s.full = packed
+    pool = None
+    if (os.cpu_count() or 1) >= 2 and any(fig.downsampled for fig, _, _ in figures):
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=2)
+    try:
+        for role in FULL_PRIORITY:
+            for fig, _, _ in figures:
+                for s in fig.downsampled:
+                    if s.role != role:
+                        continue
+                    # packed only within what is left of the budget: one that cannot fit is
+                    # given up early, and would have been left out all the same
+                    packed = pack_series(s.x, s.y, left, pool)
+                    cost = 0 if packed is None else len(packed["dx"]) + len(packed["y"])
+                    if packed is not None and cost <= left:
+                        left -= cost
+                        s.full = packed
+    finally:
+        if pool is not None:
+            pool.shutdown()
     for fig, run, rr in figures:
         for meta, s in zip(fig.series, fig.all_series, strict=True):
             meta["full"] = s.full
