@@ -416,8 +416,8 @@ def analyze_sources(
         _no_empty_directories(results, where)
         kept = [i for i, r in enumerate(results) if not r.skipped]
         runner.ids = {k: runner.ids[i] for k, i in enumerate(kept)}
-        results = _cross_run([results[i] for i in kept], [base[i] for i in kept], runner,
-                             total)
+        results, recs = _cross_run([results[i] for i in kept], [base[i] for i in kept],
+                                   runner, total)
     finally:
         runner.close()
         if spill is not None:
@@ -425,7 +425,6 @@ def analyze_sources(
 
             shutil.rmtree(spill, ignore_errors=True)
     parts = tuple(p for r in results for p in r.parts)
-    recs = _recurrences(parts)
     warnings = (cache.write_error,) if cache is not None and cache.write_error else ()
     return Fleet(report=Report(runs=tuple(p.report for p in parts), recurrences=recs),
                  parts=parts,
@@ -512,13 +511,15 @@ class _Runner:
 
 
 def _cross_run(results: list[LogResult], tasks: list[Task], runner: _Runner,
-               total: Callable[[int], None] | None) -> list[LogResult]:
-    """The two cross-run passes of `analyze`, on the compact results."""
+               total: Callable[[int], None] | None
+               ) -> tuple[list[LogResult], tuple[Recurrence, ...]]:
+    """The two cross-run passes of `analyze`, on the compact results; and the fleet's
+    recurrences."""
     from spikelens.detect.joint import find_coincidences
 
     flat = [(li, ri) for li, r in enumerate(results) for ri in range(len(r.parts))]
     if len(flat) < 2:
-        return results
+        return results, _recurrences([p for r in results for p in r.parts])
     cfg = tasks[0].config
     cands = [results[li].parts[ri].candidates for li, ri in flat]
     found = find_coincidences([c for c in cands if c is not None], cfg.joint_min_z,
@@ -553,9 +554,27 @@ def _cross_run(results: list[LogResult], tasks: list[Task], runner: _Runner,
             total(len(redo))
         again = runner.run([_with(tasks[li], recurrent=rec_t.get(li, ()),
                                   recurrences=involved[li]) for li in redo], redo)
+        same = True
         for li, res in zip(redo, again, strict=True):
+            same = same and _same_alignment(res, results[li])
             results[li] = _keep_candidates(res, results[li])
-    return results
+        # the third pass explains again with the very detections of the second (the same
+        # log, the same cross-run steps), so the alignment on its events and stand-ins is
+        # the one just made: not redone (a second or two of the reduce for 1,000 runs),
+        # unless a log changed in between
+        if not same:
+            recs = _recurrences([p for r in results for p in r.parts])
+    return results, recs
+
+
+def _same_alignment(new: LogResult, old: LogResult) -> bool:
+    """Whether `find_recurrences` reads the same of `new` as of `old`: the same events
+    and the same stand-in runs (rows, interval, params)."""
+    return len(new.parts) == len(old.parts) and all(
+        n.events == o.events and n.thin.interval == o.thin.interval
+        and n.thin.params == o.thin.params and n.thin.roles == o.thin.roles
+        and n.thin.frame.equals(o.thin.frame)
+        for n, o in zip(new.parts, old.parts, strict=True))
 
 
 def _with(task: Task, **changes: Any) -> Task:
