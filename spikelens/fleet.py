@@ -131,8 +131,10 @@ def run_task(task: Task) -> LogResult:
         rep = report_of(run, det, cfg, task.recurrences or ())
         cand = candidates(det.point_z if det.point_z is not None else point_z(run, cfg),
                           cfg.joint_min_z) if task.candidates else None
-        parts.append(RunPart(report=rep, events=det.events, thin=thin_run(run, det.events),
-                             candidates=cand, positions=_positions(run, det.events)))
+        counters = _counters(run)
+        parts.append(RunPart(report=rep, events=det.events,
+                             thin=thin_run(run, det.events, counters), candidates=cand,
+                             positions=_positions(det.events, counters)))
         if i == len(dets):
             dets.append(det)
     _spill(task, runs, dets, parts)
@@ -203,7 +205,14 @@ def _usable_counter(run: Run, role: str) -> tuple[Any, Any] | None:
     return _counter(run, role)
 
 
-def thin_run(run: Run, events: Sequence[Event]) -> Run:
+def _counters(run: Run) -> dict[str, tuple[Any, Any] | None]:
+    """The usable tokens and samples counters of `run`, read once for the stand-in and the
+    events' positions."""
+    return {role: _usable_counter(run, role) for role in ("tokens", "samples")}
+
+
+def thin_run(run: Run, events: Sequence[Event],
+             counters: Mapping[str, tuple[Any, Any] | None] | None = None) -> Run:
     """A stand-in for `run` that `align.find_recurrences` reads exactly as it reads the
     whole run: the logged step range, and of each usable tokens/samples counter the first and
     last points and the two points at or before each event's peak. A few rows, not the
@@ -217,8 +226,9 @@ def thin_run(run: Run, events: Sequence[Event]) -> Run:
         keep.update((int(steps[0]), int(steps[-1])))
     cols: dict[str, dict[int, float]] = {}
     roles: dict[str, str] = {}
+    counters = _counters(run) if counters is None else counters
     for role in ("tokens", "samples"):
-        cnt = _usable_counter(run, role)
+        cnt = counters[role]
         if cnt is None:
             continue
         csteps, cvals = cnt
@@ -238,15 +248,14 @@ def thin_run(run: Run, events: Sequence[Event]) -> Run:
                params=dict(run.params))
 
 
-def _positions(run: Run, events: Sequence[Event]) -> tuple[tuple[float | None, float | None],
-                                                              ...]:
+def _positions(events: Sequence[Event], counters: Mapping[str, tuple[Any, Any] | None]
+               ) -> tuple[tuple[float | None, float | None], ...]:
     import numpy as np
 
-    counters = [_usable_counter(run, role) for role in ("tokens", "samples")]
     out: list[tuple[float | None, float | None]] = []
     for ev in events:
         pos: list[float | None] = []
-        for cnt in counters:
+        for cnt in (counters["tokens"], counters["samples"]):
             if cnt is None:
                 pos.append(None)
                 continue
@@ -290,7 +299,9 @@ class PoolBackend(Backend):
         ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
         if "forkserver" in methods:
             ctx.set_forkserver_preload(["spikelens.fleet", "spikelens.readers",
-                                        "spikelens.detect", "spikelens.causes"])
+                                        "spikelens.detect", "spikelens.causes",
+                                        "spikelens.analyze", "spikelens.paths",
+                                        "spikelens.opener"])
         self.jobs = jobs
         # forkserver children inherit the server's environment, which may be older than
         # ours (credentials, AWS_ENDPOINT_URL set since): each worker takes ours first
