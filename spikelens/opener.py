@@ -2,7 +2,8 @@
 fsspec URL (`s3://`, `gs://`, `az://`, `http(s)://`), plain or compressed (gzip, bzip2, xz,
 zstd; recognised by their magic bytes, not by the name). The readers parse local files (they
 seek, memory-map and sniff the first bytes), so a source that is not already a plain local
-file is materialised once into a temporary file that carries the name the log would have
+file is materialised once into a temporary file (on the RAM disk, /dev/shm, for a small
+log) that carries the name the log would have
 without its compression suffix (`metrics.jsonl.gz` -> `metrics.jsonl`, so sniffing by name
 still works), and the runs read from it are renamed back to the source the user gave. A new
 protocol or codec is therefore one change here, not one per reader. Remote protocols and zstd
