@@ -131,8 +131,10 @@ def run_task(task: Task) -> LogResult:
         rep = report_of(run, det, cfg, task.recurrences or ())
         cand = candidates(det.point_z if det.point_z is not None else point_z(run, cfg),
                           cfg.joint_min_z) if task.candidates else None
-        parts.append(RunPart(report=rep, events=det.events, thin=thin_run(run, det.events),
-                             candidates=cand, positions=_positions(run, det.events)))
+        counters = _counters(run)
+        parts.append(RunPart(report=rep, events=det.events,
+                             thin=thin_run(run, det.events, counters), candidates=cand,
+                             positions=_positions(det.events, counters)))
         if i == len(dets):
             dets.append(det)
     _spill(task, runs, dets, parts)
@@ -203,7 +205,14 @@ def _usable_counter(run: Run, role: str) -> tuple[Any, Any] | None:
     return _counter(run, role)
 
 
-def thin_run(run: Run, events: Sequence[Event]) -> Run:
+def _counters(run: Run) -> dict[str, tuple[Any, Any] | None]:
+    """The usable tokens and samples counters of `run`, read once for the stand-in and the
+    events' positions."""
+    return {role: _usable_counter(run, role) for role in ("tokens", "samples")}
+
+
+def thin_run(run: Run, events: Sequence[Event],
+             counters: Mapping[str, tuple[Any, Any] | None] | None = None) -> Run:
     """A stand-in for `run` that `align.find_recurrences` reads exactly as it reads the
     whole run: the logged step range, and of each usable tokens/samples counter the first and
     last points and the two points at or before each event's peak. A few rows, not the
@@ -217,8 +226,9 @@ def thin_run(run: Run, events: Sequence[Event]) -> Run:
         keep.update((int(steps[0]), int(steps[-1])))
     cols: dict[str, dict[int, float]] = {}
     roles: dict[str, str] = {}
+    counters = _counters(run) if counters is None else counters
     for role in ("tokens", "samples"):
-        cnt = _usable_counter(run, role)
+        cnt = counters[role]
         if cnt is None:
             continue
         csteps, cvals = cnt
@@ -238,15 +248,14 @@ def thin_run(run: Run, events: Sequence[Event]) -> Run:
                params=dict(run.params))
 
 
-def _positions(run: Run, events: Sequence[Event]) -> tuple[tuple[float | None, float | None],
-                                                              ...]:
+def _positions(events: Sequence[Event], counters: Mapping[str, tuple[Any, Any] | None]
+               ) -> tuple[tuple[float | None, float | None], ...]:
     import numpy as np
 
-    counters = [_usable_counter(run, role) for role in ("tokens", "samples")]
     out: list[tuple[float | None, float | None]] = []
     for ev in events:
         pos: list[float | None] = []
-        for cnt in counters:
+        for cnt in (counters["tokens"], counters["samples"]):
             if cnt is None:
                 pos.append(None)
                 continue
@@ -290,7 +299,9 @@ class PoolBackend(Backend):
         ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
         if "forkserver" in methods:
             ctx.set_forkserver_preload(["spikelens.fleet", "spikelens.readers",
-                                        "spikelens.detect", "spikelens.causes"])
+                                        "spikelens.detect", "spikelens.causes",
+                                        "spikelens.analyze", "spikelens.paths",
+                                        "spikelens.opener"])
         self.jobs = jobs
         # forkserver children inherit the server's environment, which may be older than
         # ours (credentials, AWS_ENDPOINT_URL set since): each worker takes ours first
@@ -416,8 +427,8 @@ def analyze_sources(
         _no_empty_directories(results, where)
         kept = [i for i, r in enumerate(results) if not r.skipped]
         runner.ids = {k: runner.ids[i] for k, i in enumerate(kept)}
-        results = _cross_run([results[i] for i in kept], [base[i] for i in kept], runner,
-                             total)
+        results, recs = _cross_run([results[i] for i in kept], [base[i] for i in kept],
+                                   runner, total)
     finally:
         runner.close()
         if spill is not None:
@@ -425,7 +436,6 @@ def analyze_sources(
 
             shutil.rmtree(spill, ignore_errors=True)
     parts = tuple(p for r in results for p in r.parts)
-    recs = _recurrences(parts)
     warnings = (cache.write_error,) if cache is not None and cache.write_error else ()
     return Fleet(report=Report(runs=tuple(p.report for p in parts), recurrences=recs),
                  parts=parts,
@@ -512,13 +522,15 @@ class _Runner:
 
 
 def _cross_run(results: list[LogResult], tasks: list[Task], runner: _Runner,
-               total: Callable[[int], None] | None) -> list[LogResult]:
-    """The two cross-run passes of `analyze`, on the compact results."""
+               total: Callable[[int], None] | None
+               ) -> tuple[list[LogResult], tuple[Recurrence, ...]]:
+    """The two cross-run passes of `analyze`, on the compact results; and the fleet's
+    recurrences."""
     from spikelens.detect.joint import find_coincidences
 
     flat = [(li, ri) for li, r in enumerate(results) for ri in range(len(r.parts))]
     if len(flat) < 2:
-        return results
+        return results, _recurrences([p for r in results for p in r.parts])
     cfg = tasks[0].config
     cands = [results[li].parts[ri].candidates for li, ri in flat]
     found = find_coincidences([c for c in cands if c is not None], cfg.joint_min_z,
@@ -553,9 +565,27 @@ def _cross_run(results: list[LogResult], tasks: list[Task], runner: _Runner,
             total(len(redo))
         again = runner.run([_with(tasks[li], recurrent=rec_t.get(li, ()),
                                   recurrences=involved[li]) for li in redo], redo)
+        same = True
         for li, res in zip(redo, again, strict=True):
+            same = same and _same_alignment(res, results[li])
             results[li] = _keep_candidates(res, results[li])
-    return results
+        # the third pass explains again with the very detections of the second (the same
+        # log, the same cross-run steps), so the alignment on its events and stand-ins is
+        # the one just made: not redone (a second or two of the reduce for 1,000 runs),
+        # unless a log changed in between
+        if not same:
+            recs = _recurrences([p for r in results for p in r.parts])
+    return results, recs
+
+
+def _same_alignment(new: LogResult, old: LogResult) -> bool:
+    """Whether `find_recurrences` reads the same of `new` as of `old`: the same events
+    and the same stand-in runs (rows, interval, params)."""
+    return len(new.parts) == len(old.parts) and all(
+        n.events == o.events and n.thin.interval == o.thin.interval
+        and n.thin.params == o.thin.params and n.thin.roles == o.thin.roles
+        and n.thin.frame.equals(o.thin.frame)
+        for n, o in zip(new.parts, old.parts, strict=True))
 
 
 def _with(task: Task, **changes: Any) -> Task:

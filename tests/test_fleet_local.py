@@ -231,3 +231,25 @@ def test_files_that_are_not_logs_are_skipped_by_the_workers(tmp_path: Path) -> N
                                  "--no-cache"])
     assert r.exit_code == 2
     assert r.stderr == f"Error: {tmp_path / 'empty'}: directory with no logs in it\n"
+
+
+def test_the_reduce_aligns_again_only_when_the_third_pass_saw_other_runs(
+        tmp_path: Path) -> None:
+    """The alignment made after the second pass serves the fleet's recurrences unless the
+    third pass came back with other events or other counter rows (a log rewritten between
+    the passes): then the runs are aligned again."""
+    import dataclasses
+
+    from spikelens.fleet import _same_alignment
+
+    (p,) = write_sweep(tmp_path, 1, steps=2_000, bad=(500, 1200))
+    res = run_task(Task(source=str(p), config=Config()))
+    (part,) = res.parts
+    assert part.events  # the bad batches
+    assert _same_alignment(pickle.loads(pickle.dumps(res)), res)  # as a worker sends it
+    fewer = dataclasses.replace(part, events=part.events[1:])
+    assert not _same_alignment(dataclasses.replace(res, parts=(fewer,)), res)
+    moved = part.thin.frame * 2
+    other = dataclasses.replace(part, thin=dataclasses.replace(part.thin, frame=moved))
+    assert not _same_alignment(dataclasses.replace(res, parts=(other,)), res)
+    assert not _same_alignment(dataclasses.replace(res, parts=()), res)

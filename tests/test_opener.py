@@ -137,3 +137,36 @@ def test_the_sniffed_start_of_a_compressed_log(tmp_path: Path) -> None:
     p.write_bytes(packed)
     assert claim(str(p)) == (True, "jsonl")
     assert read_log(p).format == "jsonl"
+
+
+def test_a_small_compressed_log_is_copied_to_the_ram_disk(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """The decompressed copy of a small log goes to the tmpfs (no disk I/O for a sweep of
+    gzip logs), is removed after the read, and reads as the plain log; with TMPDIR set, the
+    user's temporary directory is used instead; a pipe (size unknown) never goes there."""
+    from spikelens import opener
+
+    if not Path(opener.TMPFS).is_dir():
+        pytest.skip(f"no {opener.TMPFS} on this machine")
+    monkeypatch.delenv("TMPDIR", raising=False)
+    log = tmp_path / "metrics.jsonl.gz"
+    log.write_bytes(gzip.compress(JSONL.read_bytes()))
+    with opener.materialised(str(log)) as (copy, notes):
+        assert str(copy).startswith(opener.TMPFS + "/")
+        assert copy.read_bytes() == JSONL.read_bytes()
+        assert notes == []
+    assert not copy.exists() and not copy.parent.exists()
+    assert read_log(log).frame.equals(read_log(JSONL).frame)
+    assert opener._scratch("-") is None
+    monkeypatch.setattr(opener, "TMPFS_MAX_SOURCE", log.stat().st_size - 1)
+    assert opener._scratch(str(log)) is None  # too large for the RAM disk
+    monkeypatch.setattr(opener, "TMPFS_MAX_SOURCE", 64 << 20)
+    mine = tmp_path / "tmp"
+    mine.mkdir()
+    monkeypatch.setenv("TMPDIR", str(mine))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # tempfile caches the directory it found
+    with opener.materialised(str(log)) as (copy, _):
+        assert copy.parent.parent == mine
