@@ -10,7 +10,10 @@ verdict. A grad norm that is constant (Megatron prints 0.000 when it is not comp
 mostly zero carries no information and is skipped with a note; non-finite grad norms are
 the non-finite detector's business and are left out here. Grad norms are far more heavy-tailed
 and drifting than losses, so a surge must also at least double the baseline (`min_ratio`)
-and come back: a grad norm that climbs out of initialisation and stays up is a drift."""
+and come back: a grad norm that climbs out of initialisation and stays up is a drift.
+`robust_z` gives the grad norm's one-point jumps on their own scale, which the loss point test
+uses as a second witness: a bad batch raises the loss and the gradient of the same step,
+while noise in the loss does not make the grad norm jump with it."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy import ndimage
 
 from spikelens.detect.spikes import Rise, RiseParams, find_rises
 
@@ -60,3 +64,52 @@ def find_surges(values: FloatArray, steps: NDArray[np.int64], p: RiseParams,
             continue
         out.append(Surge(rise=r, steps=st, x=x))
     return out
+
+
+#: centred window of the grad norm's median and MAD in `robust_z` (points)
+ROBUST_WIDTH = 41
+#: a MAD below this (log units: a grad norm printed at constant value) is not a scale
+_MIN_MAD = 1e-3
+
+
+def robust_z(values: FloatArray, steps: NDArray[np.int64],
+             at: NDArray[np.int64]) -> FloatArray:
+    """At each step of `at` (the loss's steps), the larger robust z of the log grad norm at
+    that step and at the grad-norm point logged before it (a grad-norm spike can lead the
+    loss by one logged point: tr8-104B exp11). The z of a grad-norm point is its log minus
+    the median of its centred 41-point neighbourhood, over 1.4826 times the neighbourhood's
+    median absolute residual: centred because the log is read after the fact, and local
+    because the grad norm drifts by orders of magnitude over a run. NaN where the grad norm
+    has fewer than 41 usable points or no point at or before the step."""
+    out = np.full(len(at), np.nan)
+    keep = np.isfinite(values) & (values > 0)
+    v, st = values[keep], steps[keep]
+    if len(v) < ROBUST_WIDTH or usable(v) is not None:
+        return out
+    x = np.log(v)
+    r = x - ndimage.median_filter(x, size=ROBUST_WIDTH, mode="nearest")
+    mad = ndimage.median_filter(np.abs(r), size=ROBUST_WIDTH, mode="nearest") * 1.4826
+    z = r / np.maximum(mad, _MIN_MAD)
+    idx = np.searchsorted(st, at, side="right") - 1  # last grad point at or before the step
+    pos = np.clip(idx, 0, None)
+    same = np.where((idx >= 0) & (st[pos] == at), z[pos], np.nan)
+    before = np.where(np.isfinite(same), idx - 1, idx)
+    prev = np.where(before >= 0, z[np.clip(before, 0, None)], np.nan)
+    with np.errstate(invalid="ignore"):
+        return np.fmax(same, prev)
+
+
+def confirmed(x: FloatArray, at: NDArray[np.int64], values: FloatArray,
+              steps: NDArray[np.int64], confirm_z: float, log_ratio: float,
+              full_window: int) -> NDArray[np.bool_]:
+    """The loss points (`x`: log loss at the steps `at`) whose one-point rise the grad norm
+    (`values` at `steps`) confirms: its `robust_z` at least `confirm_z`, the loss at least
+    `log_ratio` above the median of its centred 21-point neighbourhood, and at least
+    `full_window` points before it (on a shorter trailing window the loss scale is itself
+    uncertain)."""
+    gz = robust_z(values, steps, at)
+    mid = ndimage.median_filter(x, size=21, mode="nearest")
+    with np.errstate(invalid="ignore"):
+        ok = (gz >= confirm_z) & (x - mid >= log_ratio)
+    ok[:full_window] = False
+    return np.asarray(ok, dtype=np.bool_)
