@@ -542,6 +542,9 @@ def calibrate(bench: Path, config: Config) -> dict[str, Any]:
             for key, (z, step) in negative_maxima(run, rs, config).items():
                 if key not in neg or z > neg[key][0]:
                     neg[key] = (z, name, step)
+            conf = confirmed_maximum(run, rs, config)
+            if conf is not None and ("confirmed" not in neg or conf[0] > neg["confirmed"][0]):
+                neg["confirmed"] = (conf[0], name, conf[1])
             continue
         for ev in label["events"]:
             if ev.get("nonfinite_steps"):
@@ -583,7 +586,12 @@ def calibrate(bench: Path, config: Config) -> dict[str, Any]:
         "shift_threshold": zs,
         "point_interval": [min(ok), max(ok)] if ok else None,
         "point_threshold": math.sqrt(min(ok) * max(ok)) if ok else None,
-        "configured": {"point": config.z_threshold, "shift": config.shift_z_threshold},
+        "configured": {"point": config.z_threshold, "shift": config.shift_z_threshold,
+                       "grad_confirmed_point": config.grad_confirmed_point_z},
+        # the point bar at grad-confirmed points: CV_NEG_MARGIN above the largest point z at
+        # a confirmed point of the negative runs (docs/detection.md, "Fifth pass")
+        "grad_confirmed_point_threshold": CV_NEG_MARGIN * neg["confirmed"][0]
+        if "confirmed" in neg else None,
     }
 
 
