@@ -51,6 +51,7 @@ from anchors import ANCHORS, flagged_spans  # noqa: E402
 
 from spikelens import read_log  # noqa: E402
 from spikelens.detect import Detection, detect, rise_statistics  # noqa: E402
+from spikelens.detect.gradnorm import confirmed as grad_confirmed  # noqa: E402
 from spikelens.model import INCIDENT_KINDS, Config, Run  # noqa: E402
 
 SPIKELENS = "spikelens"
@@ -495,6 +496,28 @@ def negative_maxima(run: Run, rs: Any, config: Config) -> dict[str, tuple[float,
     return out
 
 
+def confirmed_maximum(run: Run, rs: Any, config: Config) -> tuple[float, int] | None:
+    """On a run with no labelled event: the largest point z at a point the grad norm
+    confirms (`gradnorm.confirmed`, the points where the point bar is
+    `grad_confirmed_point_z`), outside the detector's oscillations, with its step; None when
+    the run has no such point."""
+    gn = run.series("grad_norm")
+    s = run.series("loss")
+    if gn is None or s is None or "point" not in rs.z or len(rs.steps) <= config.window:
+        return None
+    v = s.loc[rs.steps].to_numpy(dtype=np.float64)
+    if not (v > 0).all():
+        return None  # the loss is not judged in log units: no confirmed points
+    ok = grad_confirmed(np.log(v), rs.steps, gn.to_numpy(dtype=np.float64, na_value=np.nan),
+                        gn.index.to_numpy().astype(np.int64), config.grad_confirm_z,
+                        math.log(config.grad_confirmed_ratio), config.window)
+    ok &= ~_in_oscillations(run, rs.steps, config) & np.isfinite(rs.z["point"])
+    if not ok.any():
+        return None
+    i = int(np.flatnonzero(ok)[np.argmax(rs.z["point"][ok])])
+    return float(rs.z["point"][i]), int(rs.steps[i])
+
+
 def calibrate(bench: Path, config: Config) -> dict[str, Any]:
     """Where the two z thresholds come from.
 
@@ -519,6 +542,9 @@ def calibrate(bench: Path, config: Config) -> dict[str, Any]:
             for key, (z, step) in negative_maxima(run, rs, config).items():
                 if key not in neg or z > neg[key][0]:
                     neg[key] = (z, name, step)
+            conf = confirmed_maximum(run, rs, config)
+            if conf is not None and ("confirmed" not in neg or conf[0] > neg["confirmed"][0]):
+                neg["confirmed"] = (conf[0], name, conf[1])
             continue
         for ev in label["events"]:
             if ev.get("nonfinite_steps"):
@@ -560,7 +586,12 @@ def calibrate(bench: Path, config: Config) -> dict[str, Any]:
         "shift_threshold": zs,
         "point_interval": [min(ok), max(ok)] if ok else None,
         "point_threshold": math.sqrt(min(ok) * max(ok)) if ok else None,
-        "configured": {"point": config.z_threshold, "shift": config.shift_z_threshold},
+        "configured": {"point": config.z_threshold, "shift": config.shift_z_threshold,
+                       "grad_confirmed_point": config.grad_confirmed_point_z},
+        # the point bar at grad-confirmed points: CV_NEG_MARGIN above the largest point z at
+        # a confirmed point of the negative runs (docs/detection.md, "Fifth pass")
+        "grad_confirmed_point_threshold": CV_NEG_MARGIN * neg["confirmed"][0]
+        if "confirmed" in neg else None,
     }
 
 
@@ -619,6 +650,9 @@ def load_cv_runs(benches: Sequence[Path], config: Config) -> list[CvRun]:
             if not label["events"]:
                 neg = {key: max(z, 0.0)
                        for key, (z, _) in negative_maxima(run, rs, config).items()}
+                conf = confirmed_maximum(run, rs, config)
+                if conf is not None:
+                    neg["confirmed"] = max(conf[0], 0.0)
             for ev in label["events"]:
                 if ev.get("nonfinite_steps") or ev.get("superseded"):
                     continue  # judged by the non-finite detector / in a superseded segment
@@ -675,6 +709,15 @@ def place_thresholds(train: Sequence[CvRun]) -> tuple[float, float]:
     # need (15.6 without the bb family, which then missed every held-out bad batch)
     zp = min(ok_p) if ok_p else pair[0]
     return zp, zs
+
+
+def place_confirmed_bar(train: Sequence[CvRun], zp: float) -> float:
+    """The point bar at grad-confirmed points from calibration runs only, as the configured
+    `grad_confirmed_point_z` is placed (docs/detection.md, *Fifth pass*): CV_NEG_MARGIN above
+    the largest point z at a confirmed point of the negative runs, never above the point
+    bar itself."""
+    neg = max([r.neg.get("confirmed", 0.0) for r in train] + [1.0])
+    return min(zp, CV_NEG_MARGIN * neg)
 
 
 @dataclass
@@ -770,21 +813,30 @@ def cross_validate(benches: Sequence[Path], config: Config) -> dict[str, Any]:
         score_run(r, config, insample)
     zp_all, zs_all = place_thresholds(runs)
     pooled = CvScores()
-    cfg_all = dataclasses.replace(config, z_threshold=zp_all, shift_z_threshold=zs_all)
+    cfg_all = dataclasses.replace(config, z_threshold=zp_all, shift_z_threshold=zs_all,
+                                  grad_confirmed_point_z=place_confirmed_bar(runs, zp_all))
+    out["confirmed_pooled"] = cfg_all.grad_confirmed_point_z
     for r in runs:
         score_run(r, cfg_all, pooled)
     loro = CvScores()
     bars: list[tuple[float, float]] = []
+    confirmed_bars: list[float] = []
     for i, r in enumerate(runs):
         zp, zs = place_thresholds(runs[:i] + runs[i + 1:])
         bars.append((zp, zs))
-        score_run(r, dataclasses.replace(config, z_threshold=zp, shift_z_threshold=zs), loro)
+        zc = place_confirmed_bar(runs[:i] + runs[i + 1:], zp)
+        confirmed_bars.append(zc)
+        score_run(r, dataclasses.replace(config, z_threshold=zp, shift_z_threshold=zs,
+                                         grad_confirmed_point_z=zc), loro)
     lofo = CvScores()
     fam_bars = {}
     for fam in out["families"]:
         zp, zs = place_thresholds([r for r in runs if r.family != fam])
         fam_bars[fam] = (zp, zs)
-        cfg = dataclasses.replace(config, z_threshold=zp, shift_z_threshold=zs)
+        zc = place_confirmed_bar([r for r in runs if r.family != fam], zp)
+        confirmed_bars.append(zc)
+        cfg = dataclasses.replace(config, z_threshold=zp, shift_z_threshold=zs,
+                                  grad_confirmed_point_z=zc)
         for r in runs:
             if r.family == fam:
                 score_run(r, cfg, lofo)
@@ -805,6 +857,8 @@ def cross_validate(benches: Sequence[Path], config: Config) -> dict[str, Any]:
     out["loro_bars"] = (min(b[0] for b in bars), max(b[0] for b in bars),
                         min(b[1] for b in bars), max(b[1] for b in bars))
     out["lofo"] = lofo
+    # the grad-confirmed point bar of every fold (leave one run out, then one family out)
+    out["confirmed_bars"] = (min(confirmed_bars), max(confirmed_bars))
     out["lofo_bars"] = fam_bars
     return out
 
@@ -840,6 +894,11 @@ def print_cv(cv: dict[str, Any], config: Config) -> None:
     print(_table(set_rows, header))
     print("\nbars placed without each family (point / shift): " + ", ".join(
         f"{f} {p:.1f}/{s:.1f}" for f, (p, s) in cv["lofo_bars"].items()))
+    if "confirmed_bars" in cv:
+        lo, hi = cv["confirmed_bars"]
+        print(f"point bar at grad-confirmed points, every fold: {lo:.1f}-{hi:.1f} (configured "
+              f"{config.grad_confirmed_point_z:g}, placed on all runs "
+              f"{cv['confirmed_pooled']:.1f})")
     for title, key in (("leave one run out", "loro"), ("leave one family out", "lofo")):
         misses = cv[key].misses
         if misses:
@@ -986,6 +1045,8 @@ def _run_cv(benches: list[Path], extra: list[Path] | None, config: Config,
                           "leave_one_family_out": {**dump(cv["lofo"]),
                                                    "bars": cv["lofo_bars"]},
                           "six_sigma": dump(cv["six_sigma"]),
+                          "grad_confirmed_bars": {"folds": cv["confirmed_bars"],
+                                                  "pooled": cv["confirmed_pooled"]},
                           "per_set": {_set_name(k): {"spikelens": dump(a), "six_sigma": dump(b)}
                                       for k, (a, b) in cv["per_set"].items()}}, indent=2))
         return 0

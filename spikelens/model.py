@@ -293,6 +293,13 @@ class Config:
     # big_jump_z (6 sigma) in the point test (bad batches in a 25 %-noise loss)
     big_jump_ratio: float = 3.0
     big_jump_z: float = 6.0
+    # a one-point rise the grad norm confirms (its robust z >= grad_confirm_z at the same
+    # step or the grad-norm point before) and at least grad_confirmed_ratio x its 21-point
+    # neighbourhood needs only grad_confirmed_point_z in the point test, once the loss has a
+    # full trailing window: 1.5x the largest such loss z on the labelled negatives (5.0)
+    grad_confirm_z: float = 3.0
+    grad_confirmed_point_z: float = 7.5
+    grad_confirmed_ratio: float = 1.3
 
     def __post_init__(self) -> None:
         if self.window < 4:
@@ -315,6 +322,11 @@ class Config:
                      "big_jump_ratio"):
             if not getattr(self, name) >= 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.grad_confirm_z > 0 and self.grad_confirmed_point_z > 0
+                and self.grad_confirmed_ratio >= 1):
+            raise ConfigError("grad_confirm_z and grad_confirmed_point_z must be > 0 and "
+                              f"grad_confirmed_ratio >= 1, got {self.grad_confirm_z}, "
+                              f"{self.grad_confirmed_point_z}, {self.grad_confirmed_ratio}")
         if self.quantum is not None and not self.quantum >= 0:
             raise ConfigError(f"quantum must be >= 0, got {self.quantum}")
         if self.divergence_steps < 1:
