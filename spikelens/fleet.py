@@ -9,7 +9,8 @@ pool (`jobs`) or as one Dask task per log on an existing cluster, where the work
 from where it is; only these compact results travel back. The reduce runs where the results come
 back and gives the very report `analyze(all runs)` gives: (1) one-point outliers that coincide
 across runs (`find_coincidences` on the candidates); the few logs that have such steps are
-analysed again with the lowered bar there; (2) incidents that recur at the same point of the
+analysed again with the lowered bar there, unless their first pass shows that bar cannot change
+their detection (`_changes`); (2) incidents that recur at the same point of the
 data stream (`find_recurrences` on the thin runs); the logs whose incidents recur are explained
 again with the recurrence as evidence. Each pass is cached like the first (`spikelens.cache`),
 keyed also on the cross-run facts it used. On one machine the first pass keeps the parsed runs
