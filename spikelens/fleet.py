@@ -9,7 +9,8 @@ pool (`jobs`) or as one Dask task per log on an existing cluster, where the work
 from where it is; only these compact results travel back. The reduce runs where the results come
 back and gives the very report `analyze(all runs)` gives: (1) one-point outliers that coincide
 across runs (`find_coincidences` on the candidates); the few logs that have such steps are
-analysed again with the lowered bar there; (2) incidents that recur at the same point of the
+analysed again with the lowered bar there, unless their first pass shows that bar cannot change
+their detection (`_changes`); (2) incidents that recur at the same point of the
 data stream (`find_recurrences` on the thin runs); the logs whose incidents recur are explained
 again with the recurrence as evidence. Each pass is cached like the first (`spikelens.cache`),
 keyed also on the cross-run facts it used. On one machine the first pass keeps the parsed runs
@@ -57,6 +58,9 @@ class RunPart:
     candidates: Candidates | None  # None in the second and third passes
     #: per event (same order): consumed tokens and samples at its peak, when logged
     positions: tuple[tuple[float | None, float | None], ...] = ()
+    #: first pass only: the steps where a lowered cross-run bar could change the detection
+    #: (`Detection.near_bar`); None: any step (not known, or a later pass)
+    near: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -127,14 +131,16 @@ def run_task(task: Task) -> LogResult:
     recurrent = dict(task.recurrent)
     parts: list[RunPart] = []
     for i, run in enumerate(runs):
-        det = dets[i] if i < len(dets) else detect(run, cfg, recurrent.get(i, ()))
+        det = dets[i] if i < len(dets) else detect(run, cfg, recurrent.get(i, ()),
+                                                     near_bar=task.candidates)
         rep = report_of(run, det, cfg, task.recurrences or ())
         cand = candidates(det.point_z if det.point_z is not None else point_z(run, cfg),
                           cfg.joint_min_z) if task.candidates else None
         counters = _counters(run)
         parts.append(RunPart(report=rep, events=det.events,
                              thin=thin_run(run, det.events, counters), candidates=cand,
-                             positions=_positions(det.events, counters)))
+                             positions=_positions(det.events, counters),
+                             near=det.near_bar if task.candidates else None))
         if i == len(dets):
             dets.append(det)
     _spill(task, runs, dets, parts)
@@ -542,7 +548,12 @@ def _cross_run(results: list[LogResult], tasks: list[Task], runner: _Runner,
             recurrent.setdefault(li, {}).setdefault(ri, set()).add(step)
     rec_t = {li: tuple(sorted((ri, tuple(sorted(st))) for ri, st in per.items()))
              for li, per in recurrent.items()}
-    # pass 2: the logs with coinciding outliers, detected again with the lowered bar there
+    # pass 2: the logs with coinciding outliers, detected again with the lowered bar there;
+    # only those where the lower bar can change the detection (`_changes`): the others'
+    # second pass would return their first pass as it is, so that one is kept, and the
+    # third pass treats them as logs with no coinciding steps (the same detection)
+    if SKIP_UNCHANGED_SECOND_PASS:
+        rec_t = {li: rt for li, rt in rec_t.items() if _changes(results[li], rt)}
     if rec_t:
         redo = sorted(rec_t)
         if total:
@@ -576,6 +587,33 @@ def _cross_run(results: list[LogResult], tasks: list[Task], runner: _Runner,
         if not same:
             recs = _recurrences([p for r in results for p in r.parts])
     return results, recs
+
+
+#: Skip the second pass of a log that it cannot change (`_changes`); False forces it for
+#: every log with coinciding steps (the tests compare both ways).
+SKIP_UNCHANGED_SECOND_PASS = True
+
+
+def _changes(first: LogResult, recurrent: tuple[tuple[int, tuple[int, ...]], ...]) -> bool:
+    """Whether detecting `first`'s log again with the lowered bar at these coinciding steps
+    (per run: index in the log, steps) can give anything but its first pass.
+
+    The second pass differs from the first in one thing only: `detect` gets the run's
+    coinciding steps, which lower the point test's bar there to `joint_min_z`; the report,
+    the stand-in and the positions are made from that detection as in the first pass
+    (pass 2 brings no recurrences), and the candidates are the first pass's anyway. The
+    coinciding steps are each run's own steps (`Coincidence.members`), matched exactly,
+    so the tolerance of the coincidence plays no part here. A lowered bar can only make the
+    point test fire at a step where the first pass's z was in [joint_min_z, bar), which is
+    the run's `near` set (`detect._rises_and_near` proves it, scan by scan); with no
+    coinciding step in it, the detection, and so the whole part, is the first pass's. A run
+    whose `near` is unknown (None: a long event made the detector scan twice, or a result
+    cached by an older version) is always detected again."""
+    for ri, steps in recurrent:
+        near = first.parts[ri].near if ri < len(first.parts) else None
+        if near is None or not set(steps).isdisjoint(near):
+            return True
+    return False
 
 
 def _same_alignment(new: LogResult, old: LogResult) -> bool:

@@ -70,6 +70,12 @@ class Detection:
     #: first pass so a cross-run analysis need not compute it again; None when the loss had
     #: fewer than 2 finite points (then `point_z(run, config)` computes it).
     point_z: PointZ | None = field(default=None, compare=False, repr=False)
+    #: The steps where a point test of the detector gave a z in [`joint_min_z`, the bar it
+    #: applied there): the only steps where the lowered bar of a cross-run coincidence
+    #: (`recurrent_steps`) could fire where this detection did not. Computed only on request
+    #: (`detect(near_bar=True)`); None when not asked for, or when the rise scan ran twice
+    #: (a long event: its second scan's z is not known here), meaning "any step".
+    near_bar: tuple[int, ...] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -94,11 +100,14 @@ class _Loss:
         return out
 
 
-def detect(run: Run, config: Config, recurrent_steps: Collection[int] = ()) -> Detection:
+def detect(run: Run, config: Config, recurrent_steps: Collection[int] = (), *,
+           near_bar: bool = False) -> Detection:
     """Events on the train loss (and informational grad-norm surges), and the verdict.
 
     `recurrent_steps`: steps where other runs analysed together have a one-point outlier
     too (`joint.find_coincidences`); the point test there needs only `config.joint_min_z`.
+    `near_bar`: also report `Detection.near_bar` (what a fleet needs to know which runs a
+    lowered bar can change, see `fleet._cross_run`); the events are the same either way.
     """
     notes: list[str] = []
     series = run.series("loss")
@@ -119,8 +128,12 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = ()) -> D
 
     events: list[Event] = []
     first: dict[str, NDArray[np.float64]] = {}
-    rises = find_rises(loss.x, params, loss.abs_floor, loss.is_log, statistics=first) \
-        if len(loss.x) >= 2 else []
+    near: tuple[int, ...] | None = None
+    if near_bar and len(loss.x) >= 2:
+        rises, near = _rises_and_near(loss, params, config, first)
+    else:
+        rises = find_rises(loss.x, params, loss.abs_floor, loss.is_log, statistics=first) \
+            if len(loss.x) >= 2 else []
     rises = _join_back_to_back(rises, loss.x)
     nonfinite = _nonfinite(run, loss, params, config)
     batch = _batch_size(run, config.tiny_batch)
@@ -179,7 +192,42 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = ()) -> D
     # `point_z` gives
     pz = PointZ(steps=loss.steps[loss.fin], z=first["point"], interval=run.interval) \
         if "point" in first else None
-    return Detection(events=tuple(events), verdict=verdict, notes=tuple(notes), point_z=pz)
+    return Detection(events=tuple(events), verdict=verdict, notes=tuple(notes), point_z=pz,
+                     near_bar=near)
+
+
+def _rises_and_near(loss: _Loss, params: RiseParams, config: Config,
+                    first: dict[str, NDArray[np.float64]]
+                    ) -> tuple[list[Rise], tuple[int, ...] | None]:
+    """`find_rises` as `detect` calls it, and the steps where its point test gave a z in
+    [`joint_min_z`, bar): (rises, near steps).
+
+    Why these steps are the only ones a cross-run bar can change: `recurrent_steps` only
+    lowers the per-point bar of the point test (`RiseParams.point_bar`) to
+    min(bar, joint_min_z) at those steps; nothing else in the detection reads that bar
+    (the non-finite, grad-norm and ops detectors take the window and band from `params`,
+    the grad-norm surges set their own bar). The bar enters `spikes._candidates` only as
+    `z["point"] >= bar`, and the z does not depend on it. So where z is NaN, below
+    joint_min_z, or at or above the bar, the lowered bar fires exactly where the bar did:
+    the scan opens the same candidates, hence the same rises. A scan's rises decide whether
+    there is a second scan (a long rise) and its clipped baseline, so when there is none the
+    first scan's z are every z the bar meets. When there is one, its z (on the clipped
+    baseline) are not exposed by `find_rises`, so the near set is None ("any step"): the
+    first scan is run alone here, and again inside a full `find_rises` when a rise is long
+    (the rises are always `find_rises`'s own)."""
+    rises = find_rises(loss.x, params, loss.abs_floor, loss.is_log, second_pass=False,
+                       statistics=first)
+    if any(r.end - r.start >= params.recover_run for r in rises):
+        # the second scan runs: the full scan, as `detect` would call it
+        return find_rises(loss.x, params, loss.abs_floor, loss.is_log), None
+    z = first.get("point")
+    if z is None:
+        return rises, ()
+    bar = np.full(len(z), params.z_point) if params.point_bar is None else params.point_bar
+    with np.errstate(invalid="ignore"):
+        hit = (z >= config.joint_min_z) & (z < bar)
+    steps = loss.steps[loss.fin][hit]
+    return rises, tuple(int(s) for s in steps)
 
 
 @dataclass(frozen=True)
