@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from labelled import _fmt as _num  # noqa: E402  one number format for both generators
 from labelled import label_event  # noqa: E402  the bench's labelling rule, not a second one
 
 try:
@@ -362,14 +363,6 @@ def train(job: Job, seed: int) -> Log:
 # ---------------------------------------------------------------------------------------
 # writing, in the formats real trainers write
 # ---------------------------------------------------------------------------------------
-def _num(v: float) -> str:
-    if math.isnan(v):
-        return "nan"
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    return repr(float(v))
-
-
 def _cols(rows: list[dict[str, float]]) -> list[str]:
     names: list[str] = []
     for r in rows:
