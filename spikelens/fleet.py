@@ -607,8 +607,8 @@ def _changes(first: LogResult, recurrent: tuple[tuple[int, tuple[int, ...]], ...
     point test fire at a step where the first pass's z was in [joint_min_z, bar), which is
     the run's `near` set (`detect._rises_and_near` proves it, scan by scan); with no
     coinciding step in it, the detection, and so the whole part, is the first pass's. A run
-    whose `near` is unknown (None: a long event made the detector scan twice, or a result
-    cached by an older version) is always detected again."""
+    whose `near` is unknown (None: a result cached by an older version) is always detected
+    again."""
     for ri, steps in recurrent:
         near = first.parts[ri].near if ri < len(first.parts) else None
         if near is None or not set(steps).isdisjoint(near):

@@ -68,7 +68,7 @@ def _near_spike(path: Path, loss: np.ndarray) -> None:
 @pytest.fixture(scope="module")
 def fleet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Eight runs: 0-3 hit the bad batch at BIG and the near-bar one at NEAR; 4 hits BIG and
-    has a long raised stretch (the detector scans twice: its near set is unknown); 5-6 hit
+    has a long raised stretch (the detector scans twice: its near set comes from both); 5-6 hit
     BIG only; 7 is clean."""
     root = tmp_path_factory.mktemp("second-pass")
     for i in range(8):
@@ -103,10 +103,10 @@ def test_skipping_the_second_pass_changes_nothing_and_skips(
         assert 8.0 <= _z_at(Path(sources[i]), NEAR) < 9.3  # between the bars
     forced, skipped, t_forced, t_skipped = _both_ways(sources, monkeypatch)
     assert skipped == forced
-    # first pass 8 logs; second pass 7 forced (every log with coinciding steps), 5 with the
-    # skip (0-3: a coinciding step is near the bar; 4: unknown); third pass 7 either way
+    # first pass 8 logs; second pass 7 forced (every log with coinciding steps), 4 with the
+    # skip (0-3: a coinciding step is near the bar); third pass 7 either way
     assert t_forced == [8, 7, 7]
-    assert t_skipped == [8, 5, 7]
+    assert t_skipped == [8, 4, 7]
     # the lowered bar did make events: the near-bar batch is a spike in runs 0-3 of the
     # fleet, and in none of them analysed alone
     doc = json.loads(skipped)
@@ -144,12 +144,18 @@ def test_steps_outside_the_near_set_cannot_change_a_detection(fleet_dir: Path) -
             assert det.near_bar == ()
 
 
-def test_a_detector_that_scans_twice_reports_no_near_set(fleet_dir: Path) -> None:
+def test_a_detector_that_scans_twice_reports_the_near_steps_of_both_scans(
+        fleet_dir: Path) -> None:
+    # run 4 has a long event, so the rise scan runs again on a clipped baseline: lowering
+    # the bar outside the near set (both scans' near steps) still changes nothing
     run = read_runs(str(fleet_dir / "run-4" / "metrics.jsonl"))[0]
-    det = detect(run, Config(), near_bar=True)
-    assert det.near_bar is None
-    assert det.events == detect(run, Config()).events
+    cfg = Config()
+    det = detect(run, cfg, near_bar=True)
+    assert det.near_bar is not None
+    assert det.events == detect(run, cfg).events
     assert any(e.end_step - e.start_step >= 100 for e in det.events)
+    far = set(int(s) for s in run.steps) - set(det.near_bar)
+    assert detect(run, cfg, far).events == det.events
 
 
 def test_the_benchmark_sweep_gives_the_same_json_both_ways(

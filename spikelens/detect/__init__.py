@@ -73,8 +73,8 @@ class Detection:
     #: The steps where a point test of the detector gave a z in [`joint_min_z`, the bar it
     #: applied there): the only steps where the lowered bar of a cross-run coincidence
     #: (`recurrent_steps`) could fire where this detection did not. Computed only on request
-    #: (`detect(near_bar=True)`); None when not asked for, or when the rise scan ran twice
-    #: (a long event: its second scan's z is not known here), meaning "any step".
+    #: (`detect(near_bar=True)`), from both rise scans when there were two; None when not
+    #: asked for, meaning "any step".
     near_bar: tuple[int, ...] | None = field(default=None, compare=False, repr=False)
 
 
@@ -198,9 +198,9 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = (), *,
 
 def _rises_and_near(loss: _Loss, params: RiseParams, config: Config,
                     first: dict[str, NDArray[np.float64]]
-                    ) -> tuple[list[Rise], tuple[int, ...] | None]:
-    """`find_rises` as `detect` calls it, and the steps where its point test gave a z in
-    [`joint_min_z`, bar): (rises, near steps).
+                    ) -> tuple[list[Rise], tuple[int, ...]]:
+    """`find_rises` as `detect` calls it, and the steps where one of its scans' point test
+    gave a z in [`joint_min_z`, bar): (rises, near steps).
 
     Why these steps are the only ones a cross-run bar can change: `recurrent_steps` only
     lowers the per-point bar of the point test (`RiseParams.point_bar`) to
@@ -209,23 +209,22 @@ def _rises_and_near(loss: _Loss, params: RiseParams, config: Config,
     the grad-norm surges set their own bar). The bar enters `spikes._candidates` only as
     `z["point"] >= bar`, and the z does not depend on it. So where z is NaN, below
     joint_min_z, or at or above the bar, the lowered bar fires exactly where the bar did:
-    the scan opens the same candidates, hence the same rises. A scan's rises decide whether
-    there is a second scan (a long rise) and its clipped baseline, so when there is none the
-    first scan's z are every z the bar meets. When there is one, its z (on the clipped
-    baseline) are not exposed by `find_rises`, so the near set is None ("any step"): the
-    first scan is run alone here, and again inside a full `find_rises` when a rise is long
-    (the rises are always `find_rises`'s own)."""
-    rises = find_rises(loss.x, params, loss.abs_floor, loss.is_log, second_pass=False,
-                       statistics=first)
-    if any(r.end - r.start >= params.recover_run for r in rises):
-        # the second scan runs: the full scan, as `detect` would call it
-        return find_rises(loss.x, params, loss.abs_floor, loss.is_log), None
-    z = first.get("point")
-    if z is None:
-        return rises, ()
-    bar = np.full(len(z), params.z_point) if params.point_bar is None else params.point_bar
-    with np.errstate(invalid="ignore"):
-        hit = (z >= config.joint_min_z) & (z < bar)
+    the first scan opens the same candidates, hence finds the same rises; those decide
+    whether there is a second scan (a long rise) and its clipped baseline, so the second
+    scan sees the same baseline and, by the same argument on its own z, finds the same
+    rises. The near steps are therefore those of the first scan and, when it ran, of the
+    second."""
+    second: dict[str, NDArray[np.float64]] = {}
+    rises = find_rises(loss.x, params, loss.abs_floor, loss.is_log, statistics=first,
+                       second_statistics=second)
+    bar = np.full(len(loss.x), params.z_point) if params.point_bar is None \
+        else params.point_bar
+    hit = np.zeros(len(loss.x), dtype=bool)
+    for stats in (first, second):
+        z = stats.get("point")
+        if z is not None:
+            with np.errstate(invalid="ignore"):
+                hit |= (z >= config.joint_min_z) & (z < bar)
     steps = loss.steps[loss.fin][hit]
     return rises, tuple(int(s) for s in steps)
 

@@ -447,13 +447,14 @@ def _change_point(x: FloatArray, c: int, horizon: int, level: float, floor: int)
 
 
 def find_rises(x: FloatArray, p: RiseParams, abs_floor: float, is_log: bool,
-               second_pass: bool = True, statistics: dict[str, FloatArray] | None = None
-               ) -> list[Rise]:
+               second_pass: bool = True, statistics: dict[str, FloatArray] | None = None,
+               second_statistics: dict[str, FloatArray] | None = None) -> list[Rise]:
     """Events on x (finite values, in test units: the log of the loss where it is positive),
     sorted by start. `abs_floor`: the loss's resolution in its own units. `second_pass`
     re-runs the scan with the events clipped out of the baseline. `statistics`, when given,
     receives the first pass's `test_statistics` (what `rise_statistics` computes), so the
-    cross-run point test does not compute them again."""
+    cross-run point test does not compute them again; `second_statistics` receives the
+    second pass's, and stays empty when there is none."""
     n = len(x)
     if n < 2:
         return []
@@ -470,7 +471,7 @@ def find_rises(x: FloatArray, p: RiseParams, abs_floor: float, is_log: bool,
     for r in rises:
         stop = r.end if r.recovered else n
         clipped[r.start:stop] = np.minimum(clipped[r.start:stop], r.band_hi)
-    return _scan(x, clipped, p, abs_floor, is_log, forward, reuse=reuse)
+    return _scan(x, clipped, p, abs_floor, is_log, forward, second_statistics, reuse)
 
 
 def _scan(x: FloatArray, base_x: FloatArray, p: RiseParams, abs_floor: float,
