@@ -91,8 +91,8 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
         remedy.append(shuffle)
     elif p.period is not None and megabatch_steps(p.epoch_steps) > SHORT_PERIOD \
             and _matches(p.period, megabatch_steps(p.epoch_steps), p.spacing) \
-            and not (folded and not (run.format.startswith("hf")
-                                     and p.epoch_jump < MEGA_FOLD * math.log1p(p.amplitude or 0))):
+            and (not folded or (run.format.startswith("hf")
+                                and p.epoch_jump < MEGA_FOLD * math.log1p(p.amplitude or 0))):
         # (a megabatch of a few steps cannot be told from a round-robin: the branch below.)
         # The megabatch sort restarts each epoch, so folding by the epoch's phase shows some
         # of it too; a whole-epoch sawtooth whose detected period is a harmonic at 50 steps
