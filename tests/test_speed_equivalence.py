@@ -285,3 +285,77 @@ def test_expanding_head_in_one_sort_matches_window_by_window(seed: int) -> None:
             assert _same(level[i:i + 1], lv) and _same(out[i:i + 1], qs), (trial, i)
             srt = np.sort(x[:i])
             assert _same(tq[i], np.array([srt[rank_index(i, q)] for q in probs]))
+
+
+def _rich_table_text(table: object, width: int) -> str:
+    from spikelens.report.terminal import RenderOptions, _console
+
+    console = _console(RenderOptions(width=width))
+    console.print(table)
+    return str(console.file.getvalue())  # type: ignore[attr-defined]
+
+
+_WORDS = ["1", "12", "spike", "nonfinite", "3965–3966", "(peak", "3965)", "×3.88,", "z", "33.9",
+          "yes,", "step", "bad_batch", "0.75", "grad_explosion", "-",
+          "non-finite,", "inf", "oscillation", "lr_schedule", "  ", "x", "a-very-long-word-indeed"]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_plain_event_table_is_riches_layout(seed: int) -> None:
+    """The colourless event table laid out without rich's per-row rendering is rich's text,
+    line for line, over random cells (wrapped, too long, blank) and widths from 70 to 200;
+    where it declines (a cell rich would cut with an ellipsis) rich prints it."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    from spikelens.report.terminal import RenderOptions, _console, _plain_table
+
+    rng = np.random.default_rng(seed)
+    declined = 0
+    for _ in range(40):
+        wide = bool(rng.integers(0, 2))
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        table.add_column("#", justify="right", no_wrap=True)
+        table.add_column("kind", no_wrap=True)
+        table.add_column("steps")
+        table.add_column("size")
+        table.add_column("recovered")
+        table.add_column("top cause", no_wrap=True)
+        if wide:
+            table.add_column("summary", ratio=1)
+        for i in range(int(rng.integers(1, 30))):
+            cells = [str(i + 1)]
+            for _c in range(len(table.columns) - 1):
+                last = _c == len(table.columns) - 2
+                k = int(rng.integers(0, 25 if last and wide else 4))
+                words = _WORDS if last else _WORDS[:-1]  # the long word: in the summary
+                cells.append(" ".join(str(w) for w in rng.choice(words, k)))
+            table.add_row(*(Text(c) for c in cells))
+        width = int(rng.integers(70, 200))
+        console = _console(RenderOptions(width=width))
+        lines = _plain_table(console, table)
+        if lines is None:
+            declined += 1
+            continue
+        assert "".join(line + "\n" for line in lines) == _rich_table_text(table, width)
+    assert declined <= 30  # most tables are laid out here, not handed back to rich
+
+
+@pytest.mark.parametrize("width", [60, 100, 120, 160])
+def test_terminal_reports_are_riches_text(width: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whole terminal reports (the sample logs one by one and the CSV ones together) are the
+    same text with the plain table as with rich's, verbose or not."""
+    from spikelens import analyze
+    from spikelens.report import terminal
+
+    paths = sorted(p for p in (ROOT / "sample_logs" / "csv").iterdir() if p.suffix == ".csv")
+    runs = [read_log(p) for p in paths]
+    cases = [(analyze(runs), runs)] + [(analyze(r), [r]) for r in runs]
+    for (report, rs), verbose in zip(cases, [True, False] * len(cases), strict=False):
+        options = terminal.RenderOptions(width=width, verbose=verbose)
+        fast = terminal.render(report, rs, options)
+        with monkeypatch.context() as m:
+            m.setattr(terminal, "_plain_table", lambda console, table: None)
+            plain = terminal.render(report, rs, options)
+        assert fast == plain

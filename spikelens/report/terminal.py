@@ -17,6 +17,8 @@ import io
 from collections.abc import Mapping, Sequence
 
 from rich import box
+from rich._wrap import divide_line
+from rich.cells import cell_len
 from rich.console import Console
 from rich.padding import Padding
 from rich.rule import Rule
@@ -131,12 +133,135 @@ def _table(console: Console, findings: Sequence[Finding], wide: bool) -> None:
         if wide:
             cells.append(Text(cause_summary(f)))
         table.add_row(*cells)
-    console.print(table)
+    lines = None if console.color_system is not None else _plain_table(console, table)
+    if lines is None:
+        console.print(table)
+    else:
+        console.file.write("".join(line + "\n" for line in lines))
     if not wide:
         for i, f in enumerate(findings, start=1):
             summary = cause_summary(f)
             if summary != "-":
                 _indented(console, Text(f"{i}. {summary}"), 1)
+
+
+def _cell_lines(text: str, width: int, justify: str, no_wrap: bool) -> list[str] | None:
+    """A plain cell's lines as rich lays them out in a column `width` cells wide (its
+    padding excluded): rich's own word breaks (`divide_line`), left-justified lines padded
+    to the width, right-justified ones stripped and padded on the left. None where rich
+    would do more than that (a line still too long to fit: its ellipsis; tabs, newlines)."""
+    if "\n" in text or "\t" in text or "\r" in text:
+        return None
+    pieces = [text]
+    if not no_wrap:
+        breaks = divide_line(text, width, fold=False)
+        if breaks:
+            bounds = [0, *breaks, len(text)]
+            pieces = [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    out = []
+    for piece in pieces:
+        if justify == "right":
+            piece = piece.rstrip()
+            n = cell_len(piece)
+            if n > width:
+                return None
+            out.append(" " * (width - n) + piece)
+            continue
+        n = cell_len(piece)
+        if n > width and len(piece) > width:  # rstrip_end: the blanks beyond the width
+            blanks = len(piece) - len(piece.rstrip())
+            piece = piece[:len(piece) - min(blanks, len(piece) - width)]
+            n = cell_len(piece)
+        if n > width:
+            return None
+        out.append(piece + " " * (width - n))
+    return out
+
+
+def _plain_table(console: Console, table: Table) -> list[str] | None:
+    """The lines `console.print(table)` writes for the event table without colour, laid out
+    without rich's per-row rendering (about 1 ms a row: 0.55 s of a 700-event report).
+    The column widths are rich's own, computed on a table holding, per column, the header
+    and the cells of largest minimum and maximum width (a column's width depends on its
+    cells only through those two maxima); every cell is then wrapped with rich's word
+    breaks. None (print with rich) where a cell would need more than wrapping and padding:
+    an ellipsis, a tab, a newline. `tests/test_speed_equivalence.py` checks the text is
+    rich's own over many tables and widths."""
+    columns = table.columns
+    if not columns or table.box is None \
+            or not all(isinstance(c, Text) for col in columns for c in col._cells):
+        return None
+    texts = [[c.plain for c in col._cells if isinstance(c, Text)] for col in columns]
+    if any(c.vertical != "top" or c.overflow != "ellipsis" or c.justify not in ("left", "right")
+           for c in columns):
+        return None
+    if any(t.justify or t.overflow or t.no_wrap is not None or t.tab_size is not None
+           for col in columns for t in col._cells if isinstance(t, Text)):
+        return None
+    proxy = Table(box=table.box, show_edge=table.show_edge, pad_edge=table.pad_edge,
+                  padding=table.padding, expand=table.expand, width=table.width)
+    extremes: list[list[Text]] = [[], []]
+    for col, col_texts in zip(columns, texts, strict=True):
+        proxy.add_column(col.header, justify=col.justify, no_wrap=col.no_wrap, ratio=col.ratio,
+                         width=col.width, min_width=col.min_width, max_width=col.max_width)
+        if not col_texts:
+            return None
+        widest = max(range(len(col_texts)), key=lambda i: cell_len(col_texts[i]))
+        longest = max(range(len(col_texts)),
+                      key=lambda i: max((cell_len(w) for w in col_texts[i].split()), default=0))
+        extremes[0].append(col._cells[widest])  # type: ignore[arg-type]
+        extremes[1].append(col._cells[longest])  # type: ignore[arg-type]
+    for row in extremes:
+        proxy.add_row(*row)
+    options = console.options
+    max_width = options.max_width if table.width is None else table.width
+    widths = proxy._calculate_column_widths(
+        console, options.update_width(max_width - proxy._extra_width))
+    box_ = table.box.substitute(options, safe=console.safe_box if table.safe_box is None
+                                else table.safe_box)
+    if table.show_edge or table.show_lines or table.leading or table.show_footer \
+            or any(r.end_section for r in table.rows):
+        return None
+    top, right_pad, _, left_pad = table.padding
+    if top or table.padding[2]:
+        return None
+    last = len(columns) - 1
+    pads = [(0 if (i == 0 and not table.pad_edge) else left_pad,
+             0 if (i == last and not table.pad_edge) else right_pad) for i in range(len(columns))]
+
+    def row_lines(cells: list[str], divider: str, bottom: bool) -> list[str] | None:
+        laid = []
+        for i, text in enumerate(cells):
+            left, right = pads[i]
+            col = columns[i]
+            got = _cell_lines(text, widths[i] - left - right, col.justify, col.no_wrap)
+            if got is None:
+                return None
+            laid.append([" " * left + g + " " * right for g in got])
+        height = max(len(c) for c in laid)
+        for i, c in enumerate(laid):
+            blank = [" " * widths[i]] * (height - len(c))
+            laid[i] = blank + c if bottom else c + blank
+        return [divider.join(parts) for parts in zip(*laid, strict=True)]
+
+    out: list[str] = []
+    n_rows = len(table.rows)
+    if table.show_header:
+        head = row_lines([c.header.plain if isinstance(c.header, Text) else str(c.header)
+                          for c in columns], box_.head_vertical, True)
+        if head is None:
+            return None
+        out += head
+        out.append(box_.get_row(widths, "head", edge=False))
+    for r in range(n_rows):
+        first = r == 0 and not table.show_header
+        divider = box_.head_vertical if first else \
+            (box_.foot_vertical if r == n_rows - 1 else box_.mid_vertical)
+        got = row_lines([col_texts[r] for col_texts in texts], divider, False)
+        if got is None:
+            return None
+        out += got
+    return out
 
 
 def _once(text: str, shared: Mapping[str, int]) -> str:
