@@ -381,3 +381,28 @@ def test_detection_on_two_threads_is_the_sequential_one(name: str,
     assert threaded.verdict == plain.verdict
     assert plain.point_z is not None and threaded.point_z is not None
     assert _same(threaded.point_z.z, plain.point_z.z)
+
+
+def test_short_medians_and_percentiles_are_numpys_bits() -> None:
+    """`median_of` / `percentiles_of` (one sort, the arithmetic in Python) give the bits of
+    `np.median` / `np.percentile` on short arrays: odd and even lengths, ties, tiny and
+    huge magnitudes, zeros of both signs, infinities and NaN (those two through numpy)."""
+    from spikelens.causes._window import median_of, percentiles_of
+
+    rng = np.random.default_rng(11)
+    qs = (0, 1, 10, 25, 50, 75, 90, 99, 100, 33.3)
+    for _ in range(3000):
+        n = int(rng.integers(1, 120))
+        scale = float(10.0 ** rng.integers(-300, 300)) if rng.random() < 0.2 else 1.0
+        v = rng.standard_normal(n) * scale
+        if rng.random() < 0.3:
+            v = np.round(v, int(rng.integers(0, 2)))  # ties and zeros (signed, too)
+        if rng.random() < 0.05:
+            v[int(rng.integers(0, n))] = float(rng.choice([np.inf, -np.inf, np.nan]))
+        if rng.random() < 0.1:
+            v = np.abs(v)
+        with np.errstate(all="ignore"):
+            med, want = np.median(v), [np.percentile(v, q) for q in qs]
+            got = [median_of(v), *percentiles_of(v, qs)]
+        for g, w in zip(got, [med, *want], strict=True):
+            assert np.float64(g).tobytes() == np.float64(w).tobytes(), v

@@ -118,6 +118,61 @@ def span_words(first: int, last: int) -> str:
     return f"step {first}" if last <= first else f"steps {first}-{last}"
 
 
+#: Up to this many values, `median_of` and `percentiles_of` take one numpy sort and do the
+#: rest in Python (a short window's `np.median` / `np.percentile` is mostly call overhead:
+#: 15-40 us each, several per event).
+_SMALL = 4096
+
+
+def _sorted_small(v: np.ndarray) -> list[float] | None:
+    """The values of a short float64 array sorted, or None (use numpy itself): empty, long,
+    another dtype, or a NaN or an infinity in it."""
+    if v.dtype != np.float64 or v.ndim != 1 or not 0 < len(v) <= _SMALL:
+        return None
+    s = np.sort(v)
+    if not (math.isfinite(s[0]) and math.isfinite(s[-1])):  # NaN sorts last
+        return None
+    out: list[float] = s.tolist()
+    return out
+
+
+def median_of(v: np.ndarray) -> float:
+    """`float(np.median(v))`, bit for bit: the middle value, or the two middle ones added and
+    halved as `np.mean` does (a + b then / 2). A zero falls back to numpy (which of -0.0 and
+    0.0 a sort leaves at the rank depends on its path)."""
+    s = _sorted_small(v)
+    if s is None:
+        return float(np.median(v))
+    h = len(s) // 2
+    out = s[h] if len(s) % 2 else (s[h - 1] + s[h]) / 2
+    return out if out != 0 else float(np.median(v))
+
+
+def percentiles_of(v: np.ndarray, qs: Sequence[float]) -> list[float]:
+    """`[float(np.percentile(v, q)) for q in qs]`, bit for bit, from one sort: numpy's
+    linear method, virtual index (n - 1) * q / 100, and its two-sided interpolation
+    (a + (b - a) * g, or b - (b - a) * (1 - g) from g = 0.5 on). A zero result falls back
+    to numpy, as in `median_of`."""
+    s = _sorted_small(v)
+    out: list[float] = []
+    for q in qs:
+        if s is None:
+            out.append(float(np.percentile(v, q)))
+            continue
+        n = len(s)
+        vi = (n - 1) * (q / 100)
+        if vi >= n - 1:
+            r = s[-1]
+        else:
+            i = math.floor(vi)
+            g = vi - i
+            a, b = s[i], s[i + 1]
+            d = b - a
+            r = b - d * (1 - g) if g >= 0.5 else a + d * g
+        out.append(r if r != 0 else float(np.percentile(v, q)))
+    return out
+
+
 def stale_mask(values: np.ndarray) -> np.ndarray:
     """True for values repeated verbatim from the line before, in runs of 3 or more equal
     values: a grad norm copied onto skipped steps (fp16 overflow) is a stale value, not a
@@ -928,7 +983,7 @@ def _grad_profile(ctx: Context, g: Series) -> GradProfile:
     older = Series(pre_all.steps[:-PRECURSOR_POINTS], pre_all.values[:-PRECURSOR_POINTS])
     base_win = Series(older.steps[-w:], older.values[-w:]).finite()
     if len(base_win) >= 3:
-        base = float(np.median(base_win.values))
+        base = median_of(base_win.values)
     else:
         # a short excerpt: the lowest value before the rise is the pre-ramp level
         fin = _finite_before(ctx, "grad_norm", start)
@@ -938,8 +993,7 @@ def _grad_profile(ctx: Context, g: Series) -> GradProfile:
         pos = pos[pos > 0]
         base = float(np.min(pos)) if len(pos) else float("nan")
     ref_vals = base_win.values
-    p50 = float(np.percentile(ref_vals, 50)) if len(ref_vals) else base
-    p99 = float(np.percentile(ref_vals, 99)) if len(ref_vals) else float("nan")
+    p50, p99 = percentiles_of(ref_vals, (50, 99)) if len(ref_vals) else (base, float("nan"))
     thr = GRAD_PRECURSOR
     if len(base_win) >= 20 and base > 0 and math.isfinite(p99):
         thr = max(GRAD_PRECURSOR, 1.5 * p99 / base)

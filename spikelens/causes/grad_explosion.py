@@ -26,6 +26,7 @@ from spikelens.causes._window import (
     fmt_ratio,
     lag_words,
     mag,
+    median_of,
     restart_advice,
     sentence,
     span_words,
@@ -102,7 +103,7 @@ def _first_layer(run: Run, ctx: Context) -> tuple[str, int, float] | None:
         base_vals = base_vals[np.isfinite(base_vals)]
         if len(base_vals) < 3:
             continue
-        base = float(np.median(base_vals))
+        base = median_of(base_vals)
         if base <= 0:
             continue
         if hi >= len(steps):

@@ -30,6 +30,7 @@ from spikelens.causes._window import (
     fmt,
     fmt_ratio,
     mag,
+    median_of,
     sentence,
 )
 from spikelens.metrics import normalise
@@ -106,8 +107,8 @@ def _departure(steps: np.ndarray, vals: np.ndarray, event: Event,
     if len(base) < MIN_BASE:
         return None
     lb = np.log(base)
-    med = float(np.median(lb))
-    scale = max(1.4826 * float(np.median(np.abs(lb - med))), SCALE_FLOOR)
+    med = median_of(lb)
+    scale = max(1.4826 * median_of(np.abs(lb - med)), SCALE_FLOOR)
     hi = int(np.searchsorted(steps, max(event.peak_step, event.start_step), side="right"))
     for i in range(lo, hi):
         v = float(vals[i])
@@ -190,12 +191,12 @@ def _ratio_rise(run: Run, event: Event, window: int) -> RatioRise | None:
         # the precursor: the points before the loss rose (the rise's own step included)
         pre = vals[lo:min(len(vals), start + 1)]
         if len(base) >= MIN_BASE and len(pre):
-            b = float(np.median(base))
+            b = median_of(base)
             k = int(np.argmax(pre))
             r = float(pre[k]) / b
             if r >= RATIO_PRECURSOR:
                 lb = np.log(base)
-                sc = max(1.4826 * float(np.median(np.abs(lb - np.median(lb)))), SCALE_FLOOR)
+                sc = max(1.4826 * median_of(np.abs(lb - np.median(lb))), SCALE_FLOOR)
                 return RatioRise("update/param ratio", int(steps[lo + k]), r, b,
                                  math.log(r) / sc)
         return None
@@ -217,8 +218,8 @@ def _ratio_rise(run: Run, event: Event, window: int) -> RatioRise | None:
     d = hist[k:] - hist[:-k] if len(hist) > k else np.empty(0)
     if len(d) < MIN_BASE:
         return None
-    med = float(np.median(d))
-    sc = max(1.4826 * float(np.median(np.abs(d - med))), SCALE_FLOOR / 5)
+    med = median_of(d)
+    sc = max(1.4826 * median_of(np.abs(d - med)), SCALE_FLOOR / 5)
     z = (jump - med) / sc
     if z >= PNORM_Z and jump >= math.log1p(PNORM_MIN):
         return RatioRise("param norm", int(steps[min(start, len(steps) - 1)]),

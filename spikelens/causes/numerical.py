@@ -21,6 +21,7 @@ from spikelens.causes._window import (
     fmt,
     fmt_ratio,
     mag,
+    median_of,
     restart_advice,
     sentence,
     usable,
@@ -52,7 +53,7 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
         assert fg is not None
         before = fg.before(nf.step)
         older = before.values[:-PRECURSOR_POINTS][-ctx.config.window:]
-        grad_base = float(np.median(older)) if len(older) >= 3 else (
+        grad_base = median_of(older) if len(older) >= 3 else (
             float(np.min(before.values)) if len(before) else float("nan"))
         near = before.values[-PRECURSOR_POINTS:]
         if len(near) and grad_base > 0:

@@ -23,6 +23,7 @@ from spikelens.causes._window import (
     fmt_ratio,
     history_level,
     mag,
+    median_of,
     restart_advice,
     sentence,
     usable,
@@ -48,7 +49,7 @@ def _update_surge(run: Run, ctx: Context) -> tuple[float, float] | None:
         base_vals = fu.before(ev.start_step).values if fu is not None else base_vals
     if len(base_vals) == 0:
         return None
-    base = float(np.median(base_vals))
+    base = median_of(base_vals)
     if base <= 0:
         return None
     near = u.between(int(older.steps[-PRECURSOR_POINTS:][0]) if len(older) else ev.start_step,
