@@ -128,28 +128,6 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = (), *,
         bar[joint] = np.minimum(bar[joint], config.joint_min_z)
         params = dataclasses.replace(params, point_bar=bar)
 
-    pool = _background(len(loss.x))
-    try:
-        grad: _GradJob | None = None
-        if pool is not None:
-            grad_in = _grad_input(run, params, config)
-            grad = _GradJob(grad_in, pool.submit(surge_rises, *grad_in)
-                            if isinstance(grad_in, tuple) else None)
-        return _detect_rest(run, series, loss, params, config, notes, near_bar, pool, grad)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _detect_rest(run: Run, series: pd.Series, loss: _Loss, params: RiseParams, config: Config,
-                 notes: list[str], near_bar: bool, pool: ThreadPoolExecutor | None,
-                 grad: _GradJob | None) -> Detection:
-    """`detect` from the loss's rise scans on. With `pool` (a long log, two cores), the
-    grad norm's rise scan (`grad`, submitted before the loss's scans) and the stall search
-    run on a second thread: they need nothing of what the loss's scans, the oscillation
-    scan and the events compute, and their numpy work (sorts and partitions of up to a
-    million points) lets go of the GIL. Their results are the same computations', taken
-    where the sequential code takes them."""
     first: dict[str, NDArray[np.float64]] = {}
     near: tuple[int, ...] | None = None
     if near_bar and len(loss.x) >= 2:
@@ -160,10 +138,34 @@ def _detect_rest(run: Run, series: pd.Series, loss: _Loss, params: RiseParams, c
     rises = _join_back_to_back(rises, loss.x)
     nonfinite = _nonfinite(run, loss, params, config)
     batch = _batch_size(run, config.tiny_batch)
+    pool = _background(len(loss.x))
+    try:
+        return _detect_rest(run, series, loss, params, config, notes, first, near, rises,
+                            nonfinite, batch, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _detect_rest(run: Run, series: pd.Series, loss: _Loss, params: RiseParams, config: Config,
+                 notes: list[str], first: dict[str, NDArray[np.float64]],
+                 near: tuple[int, ...] | None, rises: list[Rise],
+                 nonfinite: list[NonFinite], batch: float | None,
+                 pool: ThreadPoolExecutor | None) -> Detection:
+    """`detect` after the loss's rise scans. With `pool` (a long log, two cores), the stall
+    search and the grad norm's rise scan, which need nothing of what follows, run on a
+    second thread beside the oscillation scan and the events (their numpy work, sorts and
+    partitions of up to a million points, lets go of the GIL); their results are the
+    same computations', taken where the sequential code takes them."""
     events: list[Event] = []
     stall_args = _stall_input(run, loss, rises, nonfinite, config)
     stall_job = pool.submit(find_stall, *stall_args) \
         if pool is not None and stall_args is not None else None
+    grad: _GradJob | None = None
+    if pool is not None:
+        grad_in = _grad_input(run, params, config)
+        grad = _GradJob(grad_in, pool.submit(surge_rises, *grad_in)
+                        if isinstance(grad_in, tuple) else None)
     oscs = _oscillations(run, loss, rises, nonfinite, config, batch)
     stall = stall_job.result() if stall_job is not None else \
         find_stall(*stall_args) if stall_args is not None else None
