@@ -361,28 +361,6 @@ def test_terminal_reports_are_riches_text(width: int, monkeypatch: pytest.Monkey
         assert fast == plain
 
 
-@pytest.mark.parametrize("name", ["csv/bench_r05_fp16_overflow_storm.csv",
-                                  "jsonl/r18_bad_batch_lr_metrics.jsonl",
-                                  "csv/bench_r01_wandb_bad_batch.csv"])
-def test_detection_on_two_threads_is_the_sequential_one(name: str,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The stall search and the grad norm's rise scan run on a second thread for long logs
-    (`detect.PARALLEL_MIN`): the detection (events, notes, point z) is the sequential one."""
-    import spikelens.detect as det
-
-    run = read_log(ROOT / "sample_logs" / name)
-    cfg = Config()
-    monkeypatch.setattr(det, "PARALLEL_MIN", 10**12)
-    plain = detect(run, cfg)
-    monkeypatch.setattr(det, "PARALLEL_MIN", 0)
-    monkeypatch.setattr(det.os, "sched_getaffinity", lambda pid: {0, 1})
-    threaded = detect(run, cfg)
-    assert threaded.events == plain.events and threaded.notes == plain.notes
-    assert threaded.verdict == plain.verdict
-    assert plain.point_z is not None and threaded.point_z is not None
-    assert _same(threaded.point_z.z, plain.point_z.z)
-
-
 def test_short_medians_and_percentiles_are_numpys_bits() -> None:
     """`median_of` / `percentiles_of` (one sort, the arithmetic in Python) give the bits of
     `np.median` / `np.percentile` on short arrays: odd and even lengths, ties, tiny and

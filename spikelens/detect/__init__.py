@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Collection, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -28,7 +26,7 @@ from spikelens.detect.baseline import infer_quantum, to_log
 from spikelens.detect.climb import tail_climb
 from spikelens.detect.divergence import kind_of
 from spikelens.detect.gradnorm import confirmed as grad_confirmed
-from spikelens.detect.gradnorm import find_surges, surge_rises, usable
+from spikelens.detect.gradnorm import find_surges, usable
 from spikelens.detect.joint import PointZ
 from spikelens.detect.nonfinite import NonFinite, find_nonfinite, nonfinite_mask
 from spikelens.detect.ops import ops_events
@@ -128,6 +126,7 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = (), *,
         bar[joint] = np.minimum(bar[joint], config.joint_min_z)
         params = dataclasses.replace(params, point_bar=bar)
 
+    events: list[Event] = []
     first: dict[str, NDArray[np.float64]] = {}
     near: tuple[int, ...] | None = None
     if near_bar and len(loss.x) >= 2:
@@ -138,37 +137,8 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = (), *,
     rises = _join_back_to_back(rises, loss.x)
     nonfinite = _nonfinite(run, loss, params, config)
     batch = _batch_size(run, config.tiny_batch)
-    pool = _background(len(loss.x))
-    try:
-        return _detect_rest(run, series, loss, params, config, notes, first, near, rises,
-                            nonfinite, batch, pool)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _detect_rest(run: Run, series: pd.Series, loss: _Loss, params: RiseParams, config: Config,
-                 notes: list[str], first: dict[str, NDArray[np.float64]],
-                 near: tuple[int, ...] | None, rises: list[Rise],
-                 nonfinite: list[NonFinite], batch: float | None,
-                 pool: ThreadPoolExecutor | None) -> Detection:
-    """`detect` after the loss's rise scans. With `pool` (a long log, two cores), the stall
-    search and the grad norm's rise scan, which need nothing of what follows, run on a
-    second thread beside the oscillation scan and the events (their numpy work, sorts and
-    partitions of up to a million points, lets go of the GIL); their results are the
-    same computations', taken where the sequential code takes them."""
-    events: list[Event] = []
-    stall_args = _stall_input(run, loss, rises, nonfinite, config)
-    stall_job = pool.submit(find_stall, *stall_args) \
-        if pool is not None and stall_args is not None else None
-    grad: _GradJob | None = None
-    if pool is not None:
-        grad_in = _grad_input(run, params, config)
-        grad = _GradJob(grad_in, pool.submit(surge_rises, *grad_in)
-                        if isinstance(grad_in, tuple) else None)
     oscs = _oscillations(run, loss, rises, nonfinite, config, batch)
-    stall = stall_job.result() if stall_job is not None else \
-        find_stall(*stall_args) if stall_args is not None else None
+    stall = _stall(run, loss, rises, nonfinite, config)
     if stall is not None:
         # a loss that makes no progress is stuck, not swinging: a periodic region inside
         # the stall whose swing is under the incident ratio (min_ratio) is its wandering
@@ -208,7 +178,7 @@ def _detect_rest(run: Run, series: pd.Series, loss: _Loss, params: RiseParams, c
     if overfit is not None:
         events.append(overfit)
     events += _superseded_events(run, config, notes)
-    events += _grad_surges(run, events, params, config, notes, grad)
+    events += _grad_surges(run, events, params, config, notes)
     events += ops_events(run, events, config, notes)  # slowdowns and hangs (issue 14)
     _grad_nonfinite_note(run, loss, nonfinite, notes)
     events.sort(key=lambda e: (e.start_step, _KIND_ORDER.get(e.kind, 9), e.metric))
@@ -224,33 +194,6 @@ def _detect_rest(run: Run, series: pd.Series, loss: _Loss, params: RiseParams, c
         if "point" in first else None
     return Detection(events=tuple(events), verdict=verdict, notes=tuple(notes), point_z=pz,
                      near_bar=near)
-
-
-#: From this many finite loss points on, `detect` runs its independent passes on a second
-#: thread (below, a thread's start-up and the GIL hand-offs cost about what it saves).
-PARALLEL_MIN = 200_000
-
-_StallArgs = tuple[NDArray[np.float64], int, int, float, NDArray[np.float64] | None,
-                   float | None]
-
-
-@dataclass
-class _GradJob:
-    input: tuple[NDArray[np.float64], NDArray[np.int64], RiseParams] | str | None
-    rises: Future[tuple[NDArray[np.int64], NDArray[np.float64], list[Rise]]] | None
-
-
-def _background(n: int) -> ThreadPoolExecutor | None:
-    """A one-thread pool for a log of `n` points when it pays: long enough, and a second
-    core to run on."""
-    if n < PARALLEL_MIN:
-        return None
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="spikelens-detect") \
-        if cores > 1 else None
 
 
 def _rises_and_near(loss: _Loss, params: RiseParams, config: Config,
@@ -756,18 +699,20 @@ def _osc_event(run: Run, loss: _Loss, o: Oscillation, batch: float | None = None
     )
 
 
-def _grad_input(run: Run, params: RiseParams, config: Config
-                ) -> tuple[NDArray[np.float64], NDArray[np.int64], RiseParams] | str | None:
-    """What the grad-norm surge scan reads: (values, steps, parameters); a string (why the
-    grad norm cannot be analysed) or None (no grad norm)."""
+def _grad_surges(run: Run, events: Sequence[Event], params: RiseParams, config: Config,
+                 notes: list[str]) -> list[Event]:
     gn = run.series("grad_norm")
     if gn is None or len(gn) == 0:
-        return None
+        return []
     vals = gn.to_numpy(dtype=np.float64, na_value=np.nan)
     why = usable(vals)
     if why is not None:
-        return why
+        notes.append(f"grad norm not analysed: {why}")
+        return []
+    spans = [(e.start_step, e.end_step) for e in events
+             if e.metric == "loss" and e.kind != "oscillation"]
     steps = gn.index.to_numpy().astype(np.int64)
+    out = []
     # the grad norm often climbs out of initialisation and drifts for good: only transient
     # surges against a full window count (no ratio-only judgement on a short baseline)
     lr = math.log(config.grad_min_ratio)
@@ -781,25 +726,7 @@ def _grad_input(run: Run, params: RiseParams, config: Config
                        # and LR jumps) are indexed by the loss's finite points, not the grad
                        # norm's
                        "point_bar": None, "shift_bar": None})
-    return vals, steps, gp
-
-
-def _grad_surges(run: Run, events: Sequence[Event], params: RiseParams, config: Config,
-                 notes: list[str], grad: _GradJob | None = None) -> list[Event]:
-    """`grad`: the grad-norm input and its rises, computed beside the loss's passes."""
-    got = _grad_input(run, params, config) if grad is None else grad.input
-    if got is None:
-        return []
-    if isinstance(got, str):
-        notes.append(f"grad norm not analysed: {got}")
-        return []
-    vals, steps, gp = got
-    spans = [(e.start_step, e.end_step) for e in events
-             if e.metric == "loss" and e.kind != "oscillation"]
-    out = []
-    rises = grad.rises.result() if grad is not None and grad.rises is not None else None
-    for s in find_surges(vals, steps, gp, spans, _GRAD_LEAD * max(1, run.interval),
-                         rises):
+    for s in find_surges(vals, steps, gp, spans, _GRAD_LEAD * max(1, run.interval)):
         r = s.rise
         start, peak, end = int(s.steps[r.start]), int(s.steps[r.peak]), int(s.steps[r.end])
         out.append(Event(
@@ -886,24 +813,17 @@ def _aligned_metric(run: Run, role: str, steps: NDArray[np.int64]) -> NDArray[np
     return out
 
 
-def _stall_input(run: Run, loss: _Loss, rises: Sequence[Rise],
-                 nonfinite: Sequence[NonFinite], config: Config) -> _StallArgs | None:
-    """The arguments of `find_stall`, or None when the stall test does not apply."""
+def _stall(run: Run, loss: _Loss, rises: Sequence[Rise], nonfinite: Sequence[NonFinite],
+           config: Config) -> Stall | None:
     if not loss.is_log or len(loss.x) < (config.stall_blocks + 2) * config.window:
         return None
     if _incident_mask(loss, rises, nonfinite).mean() > 0.25:
         return None  # a run mostly in incidents is judged by them
     st = loss.steps[loss.fin]
     vocab = run.params.get("vocab_size")
-    return (loss.x, config.window, config.stall_blocks, config.stall_grad_drop,
-            _aligned_metric(run, "grad_norm", st),
-            float(vocab) if isinstance(vocab, (int, float)) else None)
-
-
-def _stall(run: Run, loss: _Loss, rises: Sequence[Rise], nonfinite: Sequence[NonFinite],
-           config: Config) -> Stall | None:
-    args = _stall_input(run, loss, rises, nonfinite, config)
-    return find_stall(*args) if args is not None else None
+    return find_stall(loss.x, config.window, config.stall_blocks, config.stall_grad_drop,
+                      _aligned_metric(run, "grad_norm", st),
+                      float(vocab) if isinstance(vocab, (int, float)) else None)
 
 
 def _stall_event(run: Run, loss: _Loss, s: Stall) -> Event:

@@ -48,28 +48,15 @@ def usable(values: FloatArray) -> str | None:
     return None
 
 
-def surge_rises(values: FloatArray, steps: NDArray[np.int64], p: RiseParams
-                ) -> tuple[NDArray[np.int64], FloatArray, list[Rise]]:
-    """The rises of the log grad norm (finite, positive points), before any loss span is
-    known: (their steps, the log grad norm, the rises). `find_surges` keeps the surges among
-    them; the detector computes them beside the loss's own passes (they need nothing of
-    the loss's events)."""
+def find_surges(values: FloatArray, steps: NDArray[np.int64], p: RiseParams,
+                loss_spans: Sequence[tuple[int, int]], lead: int) -> list[Surge]:
+    """Surges on the grad norm that stay clear of every loss incident span (steps)."""
     keep = np.isfinite(values) & (values > 0)
     st = steps[keep]
     x = np.log(values[keep])
-    # one pass: these events are informational, the clipped second pass is not worth it
-    return st, x, find_rises(x, p, 0.0, True, second_pass=False)
-
-
-def find_surges(values: FloatArray, steps: NDArray[np.int64], p: RiseParams,
-                loss_spans: Sequence[tuple[int, int]], lead: int,
-                rises: tuple[NDArray[np.int64], FloatArray, list[Rise]] | None = None
-                ) -> list[Surge]:
-    """Surges on the grad norm that stay clear of every loss incident span (steps).
-    `rises`: what `surge_rises(values, steps, p)` gives, when already computed."""
-    st, x, found = rises if rises is not None else surge_rises(values, steps, p)
     out = []
-    for r in found:
+    # one pass: these events are informational, the clipped second pass is not worth it
+    for r in find_rises(x, p, 0.0, True, second_pass=False):
         if not r.recovered:
             continue
         s0, s1 = int(st[r.start]), int(st[r.end])
