@@ -18,6 +18,7 @@ import pytest
 
 from spikelens.errors import LogFormatError
 from spikelens.readers import _tfrecord as tfr
+from spikelens.readers import tensorboard as tbr
 from spikelens.readers._tfrecord import (
     encode_event,
     encode_field,
@@ -227,3 +228,58 @@ def test_an_error_on_the_worker_thread_reaches_the_caller(
     monkeypatch.setattr(tfr, "_prepare_chunk", broken)
     with pytest.raises(MemoryError, match="worker"):
         list(tfr.iter_scalars(buf, fr, tfr.DecodeState(), chunk=5, parallel=True))
+
+
+class _ConcatPivot(tbr._Pivot):
+    """The pivot as first written: the carried run joined to each chunk by a copy of the
+    whole chunk. The reference the copy-free `feed` must match row for row."""
+
+    def feed(self, steps: np.ndarray, values: np.ndarray, cols: np.ndarray,
+             lines: np.ndarray, walls: np.ndarray) -> None:
+        parts: tuple[np.ndarray, ...] = (steps, values, cols, lines, walls)
+        if self.carry is not None:
+            parts = tuple(np.concatenate([c, p]) for c, p in zip(self.carry, parts,
+                                                                   strict=True))
+            self.carry = None
+        st = parts[0]
+        if len(st) == 0:
+            return
+        change = np.flatnonzero(st[1:] != st[:-1])
+        cut = int(change[-1]) + 1 if len(change) else 0
+        if len(st) - cut > tbr._MAX_CARRY:
+            cut = len(st)
+        self.carry = tuple(p[cut:] for p in parts) if cut < len(st) else None
+        if cut:
+            self.rows.add(*(p[:cut] for p in parts))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_rows_cut_chunk_by_chunk_match_the_reference_pivot(
+    monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    # runs of equal steps of all lengths, some longer than the (shrunk) carry limit
+    monkeypatch.setattr(tbr, "_MAX_CARRY", int(rng.integers(3, 12)))
+    runs = rng.integers(1, 25, size=40)
+    steps = np.repeat(np.cumsum(rng.integers(0, 3, size=40)), runs).astype(np.int64)
+    n = len(steps)
+    values = rng.normal(size=n)
+    values[rng.random(n) < 0.1] = np.nan
+    cols = rng.integers(0, 4, size=n).astype(np.int64)
+    lines = np.arange(1, n + 1, dtype=np.int64)
+    walls = np.arange(n, dtype=np.float64)
+    cuts = np.sort(rng.choice(np.arange(1, n), size=int(rng.integers(1, 30)), replace=False))
+    out = []
+    for cls in (tbr._Pivot, _ConcatPivot):
+        rows = tbr._Rows()
+        for c in range(4):
+            rows.col(f"c{c}")
+        pivot = cls(rows)
+        for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), n], strict=True):
+            pivot.feed(steps[a:b], values[a:b], cols[a:b], lines[a:b], walls[a:b])
+        pivot.flush()
+        data, masks, st_, wl, ln = rows.table()
+        out.append(([v.tobytes() for v in data.values()],
+                    {k: v.tobytes() for k, v in masks.items()},
+                    st_.tobytes(), wl.tobytes(), ln.tobytes()))
+    assert out[0] == out[1]
