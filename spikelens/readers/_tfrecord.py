@@ -336,9 +336,17 @@ def _py_walk(u64: np.ndarray, n: int, p: int, end: int) -> tuple[list[int], int]
 def _walk_chains(
     u64: np.ndarray, n: int, starts: np.ndarray, last_end: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_walk` with its offsets placed in one array."""
+    walk = _walk(u64, n, starts, last_end)
+    flat = np.empty(walk.total, dtype=np.int64)
+    walk.place(flat)
+    return flat, walk.base, walk.stop
+
+
+def _walk(u64: np.ndarray, n: int, starts: np.ndarray, last_end: int | None = None) -> _Walk:
     """Walk from every start to the next one, all chains in lock-step (one numpy step per
-    record of the longest chain). Returns the record offsets chain after chain, where each
-    chain's offsets begin in that array (plus the total), and where each chain stopped: the
+    record of the longest chain). Returns the record offsets (to be placed chain after
+    chain), where each chain's offsets begin (plus the total), and where each chain stopped: the
     first record boundary at or past the next start, or the record that did not fit. The
     last chain runs to `last_end` (the end of the file unless a later group of chains
     starts there: each chain's walk depends on its own start and end alone)."""
@@ -373,15 +381,33 @@ def _walk_chains(
         tail, stop[cid] = _py_walk(u64, n, pp, int(ends[cid]))
         tails[cid] = tail
         count[cid] += len(tail)
-    base = np.concatenate([[0], np.cumsum(count)]).astype(np.int64)
-    flat = np.empty(int(base[-1]), dtype=np.int64)
-    for k, (ids_k, p_k) in enumerate(steps):
-        flat[base[ids_k] + k] = p_k
-    for cid, tail in tails.items():
-        if tail:
-            hi = int(base[cid + 1])
-            flat[hi - len(tail):hi] = tail
-    return flat, base, stop
+    return _Walk(steps, tails, np.concatenate([[0], np.cumsum(count)]).astype(np.int64), stop)
+
+
+@dataclass
+class _Walk:
+    """The offsets a walk visited, step by step, before they are placed chain after chain
+    (so that two walks can place theirs into one array, with no copy to join them)."""
+
+    steps: list[tuple[np.ndarray, np.ndarray]]  # (chains, offsets) of each lock-step
+    tails: dict[int, list[int]]  # offsets of the chains finished in Python
+    base: np.ndarray  # where each chain's offsets begin, plus the total
+    stop: np.ndarray
+
+    @property
+    def total(self) -> int:
+        return int(self.base[-1])
+
+    def place(self, flat: np.ndarray) -> None:
+        """Write the offsets into `flat` (of `total` items), chain after chain."""
+        base = self.base
+        for k, (ids_k, p_k) in enumerate(self.steps):
+            flat[base[ids_k] + k] = p_k
+        for cid, tail in self.tails.items():
+            if tail:
+                hi = int(base[cid + 1])
+                flat[hi - len(tail):hi] = tail
+        self.steps, self.tails = [], {}  # freed as soon as placed
 
 
 def frame_records(buf: np.ndarray, source: str, check_crc: bool = False,
@@ -463,25 +489,32 @@ def _walk_checked(
     """`_walk_chains` over all chains plus whether each record's length checksum matches.
     In parallel the chains are split in two groups walked on two threads (the first
     group's last chain ends where the second group starts, as it would in one walk), and
-    the two results are joined: the same arrays as one walk gives."""
+    each thread then places its offsets into its part of one array and checks them: the
+    same arrays as one walk gives, and no more memory."""
 
-    def walk(st: np.ndarray, last_end: int | None
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        flat, base, stop = _walk_chains(u64, n, st, last_end)
-        ok = np.empty(len(flat), dtype=bool)
+    def check(flat: np.ndarray, ok: np.ndarray) -> None:
         for a in range(0, len(flat), _CHUNK):
             ok[a:a + _CHUNK] = _lengths_ok(u64, u32, flat[a:a + _CHUNK])
-        return flat, base, stop, ok
 
     h = len(starts) // 2
     if not parallel or h == 0:
-        return walk(starts, None)
-    first, second = _both(lambda: walk(starts[:h], int(starts[h])),
-                          lambda: walk(starts[h:], None))
-    return (np.concatenate([first[0], second[0]]),
-            np.concatenate([first[1][:-1], second[1] + first[1][-1]]),
-            np.concatenate([first[2], second[2]]),
-            np.concatenate([first[3], second[3]]))
+        flat, base, stop = _walk_chains(u64, n, starts)
+        ok = np.empty(len(flat), dtype=bool)
+        check(flat, ok)
+        return flat, base, stop, ok
+    first, second = _both(lambda: _walk(u64, n, starts[:h], int(starts[h])),
+                          lambda: _walk(u64, n, starts[h:]))
+    t = first.total
+    flat = np.empty(t + second.total, dtype=np.int64)
+    ok = np.empty(len(flat), dtype=bool)
+
+    def finish(w: _Walk, lo: int, hi: int) -> None:
+        w.place(flat[lo:hi])
+        check(flat[lo:hi], ok[lo:hi])
+
+    _both(lambda: finish(first, 0, t), lambda: finish(second, t, len(flat)))
+    return (flat, np.concatenate([first.base[:-1], second.base + t]),
+            np.concatenate([first.stop, second.stop]), ok)
 
 
 def _lengths_ok(u64: np.ndarray, u32: np.ndarray, off: np.ndarray) -> np.ndarray:
