@@ -177,7 +177,13 @@ PARALLEL_MIN_BYTES = 8 << 20
 
 def use_threads(nbytes: int) -> bool:
     """Whether to split the work of a file of `nbytes` over two threads."""
-    return nbytes >= PARALLEL_MIN_BYTES and (os.cpu_count() or 1) >= 2
+    if nbytes < PARALLEL_MIN_BYTES:
+        return False
+    try:
+        cores = len(os.sched_getaffinity(0))  # the cores this process may run on
+    except (AttributeError, OSError):  # not on Linux
+        cores = os.cpu_count() or 1
+    return cores >= 2
 
 
 _T = TypeVar("_T")
@@ -1100,7 +1106,6 @@ class _Prepared:
     g: np.ndarray
     tlen: np.ndarray
     words: list[np.ndarray]
-    walls: np.ndarray
 
 
 def _prepare_chunk(vw: _Views, off: np.ndarray) -> _Prepared:
@@ -1111,7 +1116,6 @@ def _prepare_chunk(vw: _Views, off: np.ndarray) -> _Prepared:
     values = np.empty(m, dtype=np.float64)
     tensor = np.zeros(m, dtype=bool)
     meta = np.zeros(m, dtype=bool)
-    walls = vw.f8[np.minimum(off + HEADER + 1, len(vw.f8) - 1)]
     d = off + HEADER
     ok = ln >= 22  # the shortest event of this shape (empty tag)
     if not ok.all():
@@ -1151,7 +1155,7 @@ def _prepare_chunk(vw: _Views, off: np.ndarray) -> _Prepared:
         q, tlen = q[idx], tlen[idx]
     g = q + 6  # first tag byte
     words = _tag_words(u64, g, tlen) if len(g) else []
-    return _Prepared(steps, values, tensor, meta, simple, idx, g, tlen, words, walls)
+    return _Prepared(steps, values, tensor, meta, simple, idx, g, tlen, words)
 
 
 def _fast_chunk(u8: np.ndarray, u64: np.ndarray, prep: _Prepared, table: _TagTable,
@@ -1309,7 +1313,8 @@ def _decode_chunk(buf: np.ndarray, fr: Framing, st: DecodeState, vw: _Views,
     if len(table.to_state):
         ids = table.to_state[ids]
     rec = a + np.arange(m, dtype=np.int64)
-    walls = prep.walls
+    # read here rather than ahead: it evens out the two threads' shares of the work
+    walls = vw.f8[np.minimum(fr.offsets[a:b] + HEADER + 1, len(vw.f8) - 1)]
     if not g.rec:
         if fast.all():
             return Scalars(steps, values, ids, rec, walls)
