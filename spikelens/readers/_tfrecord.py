@@ -17,7 +17,10 @@ vectorised path is tested against. Histograms (`Summary.Value.histo`, PyTorch
 read into four scalars per tag: `<tag>/hist_min`, `/hist_max`, `/hist_mean` and `/hist_rms`
 (exact from the proto's sums; from bucket centres for TF2 tensors). Damage is read around:
 a bad length checksum ends a walk, the walk resynchronises on the next valid header, and
-every skipped range is reported.
+every skipped range is reported. A large file uses two threads (numpy releases the GIL on
+big arrays): the two halves of the chains are walked at once, and the byte-level decoding
+of the next chunk, a pure function of its bytes, runs ahead of the chunk whose tags and
+state are being settled in file order; results are the same as on one thread.
 `write_scalar_events` is the inverse, vectorised too, for tests and benchmarks."""
 
 from __future__ import annotations
