@@ -1161,7 +1161,7 @@ def _prepare_chunk(vw: _Views, off: np.ndarray) -> _Prepared:
     return _Prepared(steps, values, tensor, meta, simple, idx, g, tlen, words)
 
 
-def _fast_chunk(u8: np.ndarray, u64: np.ndarray, prep: _Prepared, table: _TagTable,
+def _fast_chunk(u8: np.ndarray, prep: _Prepared, table: _TagTable,
                 ids: np.ndarray) -> np.ndarray:
     """Identify the tags of a prepared chunk into `ids`; returns which records the fast
     path read (the rest go to the general decoder)."""
@@ -1277,7 +1277,7 @@ def _decode_chunk(buf: np.ndarray, fr: Framing, st: DecodeState, vw: _Views,
     m = b - a
     steps, values, tensor, meta = prep.steps, prep.values, prep.tensor, prep.meta
     ids = np.empty(m, dtype=np.int32)
-    fast = _fast_chunk(vw.u8, vw.u64, prep, table, ids)
+    fast = _fast_chunk(vw.u8, prep, table, ids)
     # `scalars` metadata read by the fast path names the tag's plugin at that record,
     # in order with what the general decoder meets
     named: list[tuple[int, str]] = []
