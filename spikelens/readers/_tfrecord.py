@@ -29,9 +29,10 @@ import contextlib
 import functools
 import math
 import os
+import queue
 import struct
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -1244,32 +1245,68 @@ def iter_scalars(
     nrec = len(fr.offsets)
     bounds = [(a, min(nrec, a + chunk)) for a in range(0, nrec, chunk)]
 
-    def prepare(k: int) -> Callable[[], _Prepared]:
+    def prepare(k: int) -> _Prepared:
         a, b = bounds[k]
-        if parallel:
-            return _background(lambda: _prepare_chunk(vw, fr.offsets[a:b]))
-        with np.errstate(invalid="ignore"):
-            prep = _prepare_chunk(vw, fr.offsets[a:b])
-        return lambda: prep
+        return _prepare_chunk(vw, fr.offsets[a:b])
 
-    ahead = prepare(0) if bounds else None
-    for k, (a, b) in enumerate(bounds):
-        assert ahead is not None
-        prep = ahead()
-        ahead = prepare(k + 1) if k + 1 < len(bounds) else None
-        try:
+    preps = _ahead(prepare, len(bounds)) if parallel else _in_turn(prepare, len(bounds))
+    try:
+        for (a, b), prep in zip(bounds, preps, strict=True):
             # widening a float32 signalling NaN to float64 raises numpy's "invalid" flag;
             # the NaN is kept either way
             with np.errstate(invalid="ignore"):
                 part = _decode_chunk(buf, fr, st, vw, table, a, b, prep)
             yield part
-        except BaseException:
-            # the reader stopped (an error, or it closed the generator): wait for the chunk
-            # being prepared, whose result and errors no longer matter
-            if ahead is not None:
-                with contextlib.suppress(Exception):
-                    ahead()
-            raise
+    finally:
+        preps.close()  # the reader may stop early: stop the worker with it
+
+
+def _in_turn(fn: Callable[[int], _T], n: int) -> Generator[_T, None, None]:
+    for k in range(n):
+        with np.errstate(invalid="ignore"):
+            item = fn(k)
+        yield item
+
+
+#: chunks a worker may prepare ahead of the one being used (each is a few MB)
+_AHEAD = 2
+
+
+def _ahead(fn: Callable[[int], _T], n: int) -> Generator[_T, None, None]:
+    """fn(0), ..., fn(n - 1), computed in order on one worker thread that runs up to
+    `_AHEAD` items ahead of the caller. One long-lived thread and a queue rather than a
+    thread per item: on a busy machine every wake-up waits for a free core, so the fewer
+    times either side has to sleep, the better."""
+    out: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=_AHEAD)
+    stop = threading.Event()
+
+    def run() -> None:
+        with np.errstate(invalid="ignore"):  # numpy's error state is per thread
+            for k in range(n):
+                try:
+                    item: tuple[bool, Any] = (True, fn(k))
+                except BaseException as exc:  # handed to the caller, re-raised there
+                    item = (False, exc)
+                while not stop.is_set():
+                    try:
+                        out.put(item, timeout=0.05)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set() or not item[0]:
+                    return
+
+    t = threading.Thread(target=run, name="spikelens-tfrecord-ahead", daemon=True)
+    t.start()
+    try:
+        for _ in range(n):
+            ok, value = out.get()
+            if not ok:
+                raise value
+            yield value
+    finally:
+        stop.set()
+        t.join()
 
 
 def _decode_chunk(buf: np.ndarray, fr: Framing, st: DecodeState, vw: _Views,
