@@ -1235,7 +1235,7 @@ def iter_scalars(
     """Every scalar of the file in write order, `chunk` records at a time: the vectorised
     path for the common layouts, the general decoder for the rest of each chunk. Tag ids
     index `st.tags`, which grows as tags appear. `parallel` (default as `frame_records`)
-    works out the byte-level part of the next chunk on a second thread while this one's
+    works out the byte-level part of the next chunks on a second thread while this one's
     tags, general-decoder records and state are settled (in file order, on this thread, as
     without it) and the caller uses its scalars: the same results either way."""
     if parallel is None:
