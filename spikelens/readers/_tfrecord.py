@@ -17,18 +17,25 @@ vectorised path is tested against. Histograms (`Summary.Value.histo`, PyTorch
 read into four scalars per tag: `<tag>/hist_min`, `/hist_max`, `/hist_mean` and `/hist_rms`
 (exact from the proto's sums; from bucket centres for TF2 tensors). Damage is read around:
 a bad length checksum ends a walk, the walk resynchronises on the next valid header, and
-every skipped range is reported.
+every skipped range is reported. A large file uses two threads (numpy releases the GIL on
+big arrays): the two halves of the chains are walked at once, and the byte-level decoding
+of the next chunk, a pure function of its bytes, runs ahead of the chunk whose tags and
+state are being settled in file order; results are the same as on one thread.
 `write_scalar_events` is the inverse, vectorised too, for tests and benchmarks."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import os
+import queue
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -167,6 +174,67 @@ def _view(buf: np.ndarray, dtype: str) -> np.ndarray:
     return np.ndarray((n,), dtype=dtype, buffer=buf, offset=0, strides=(1,))
 
 
+#: files at least this large are framed and decoded on two threads (below it a thread's
+#: start and hand-offs cost more than they save)
+PARALLEL_MIN_BYTES = 8 << 20
+
+
+def use_threads(nbytes: int) -> bool:
+    """Whether to split the work of a file of `nbytes` over two threads."""
+    if nbytes < PARALLEL_MIN_BYTES:
+        return False
+    try:
+        cores = len(os.sched_getaffinity(0))  # the cores this process may run on
+    except (AttributeError, OSError):  # not on Linux
+        cores = os.cpu_count() or 1
+    return cores >= 2
+
+
+_T = TypeVar("_T")
+_U = TypeVar("_U")
+
+
+def _background(fn: Callable[[], _T]) -> Callable[[], _T]:
+    """Start `fn` on a thread; the returned callable waits for it and returns its result
+    (or raises its exception). The work handed to threads is numpy on large arrays, which
+    releases the GIL, and touches no shared state: each call writes its own arrays."""
+    box: list[Any] = []
+
+    def run() -> None:
+        try:
+            # widening a float32 signalling NaN raises numpy's "invalid" flag; numpy's error
+            # state is per thread, so the worker sets its own
+            with np.errstate(invalid="ignore"):
+                box.append((True, fn()))
+        except BaseException as exc:  # handed to the caller, re-raised there
+            box.append((False, exc))
+
+    t = threading.Thread(target=run, name="spikelens-tfrecord", daemon=True)
+    t.start()
+
+    def result() -> _T:
+        t.join()
+        ok, value = box[0]
+        if not ok:
+            raise value
+        out: _T = value
+        return out
+
+    return result
+
+
+def _both(f: Callable[[], _T], g: Callable[[], _U]) -> tuple[_T, _U]:
+    """f() here and g() on a second thread, at the same time."""
+    later = _background(g)
+    try:
+        a = f()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            later()  # joined all the same: no thread outlives the call
+        raise
+    return a, later()
+
+
 @dataclass(frozen=True)
 class Damage:
     """A byte range the walk could not read as records."""
@@ -276,14 +344,24 @@ def _py_walk(u64: np.ndarray, n: int, p: int, end: int) -> tuple[list[int], int]
 
 
 def _walk_chains(
-    u64: np.ndarray, n: int, starts: np.ndarray
+    u64: np.ndarray, n: int, starts: np.ndarray, last_end: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_walk` with its offsets placed in one array."""
+    walk = _walk(u64, n, starts, last_end)
+    flat = np.empty(walk.total, dtype=np.int64)
+    walk.place(flat)
+    return flat, walk.base, walk.stop
+
+
+def _walk(u64: np.ndarray, n: int, starts: np.ndarray, last_end: int | None = None) -> _Walk:
     """Walk from every start to the next one, all chains in lock-step (one numpy step per
-    record of the longest chain). Returns the record offsets chain after chain, where each
-    chain's offsets begin in that array (plus the total), and where each chain stopped: the
-    first record boundary at or past the next start, or the record that did not fit."""
+    record of the longest chain). Returns the record offsets (to be placed chain after
+    chain), where each chain's offsets begin (plus the total), and where each chain stopped: the
+    first record boundary at or past the next start, or the record that did not fit. The
+    last chain runs to `last_end` (the end of the file unless a later group of chains
+    starts there: each chain's walk depends on its own start and end alone)."""
     nc = len(starts)
-    ends = np.append(starts[1:], n).astype(np.int64)
+    ends = np.append(starts[1:], n if last_end is None else last_end).astype(np.int64)
     stop = np.empty(nc, dtype=np.int64)
     count = np.zeros(nc, dtype=np.int64)
     ids = np.arange(nc)
@@ -313,21 +391,44 @@ def _walk_chains(
         tail, stop[cid] = _py_walk(u64, n, pp, int(ends[cid]))
         tails[cid] = tail
         count[cid] += len(tail)
-    base = np.concatenate([[0], np.cumsum(count)]).astype(np.int64)
-    flat = np.empty(int(base[-1]), dtype=np.int64)
-    for k, (ids_k, p_k) in enumerate(steps):
-        flat[base[ids_k] + k] = p_k
-    for cid, tail in tails.items():
-        if tail:
-            hi = int(base[cid + 1])
-            flat[hi - len(tail):hi] = tail
-    return flat, base, stop
+    return _Walk(steps, tails, np.concatenate([[0], np.cumsum(count)]).astype(np.int64), stop)
 
 
-def frame_records(buf: np.ndarray, source: str, check_crc: bool = False) -> Framing:
+@dataclass
+class _Walk:
+    """The offsets a walk visited, step by step, before they are placed chain after chain
+    (so that two walks can place theirs into one array, with no copy to join them)."""
+
+    steps: list[tuple[np.ndarray, np.ndarray]]  # (chains, offsets) of each lock-step
+    tails: dict[int, list[int]]  # offsets of the chains finished in Python
+    base: np.ndarray  # where each chain's offsets begin, plus the total
+    stop: np.ndarray
+
+    @property
+    def total(self) -> int:
+        return int(self.base[-1])
+
+    def place(self, flat: np.ndarray) -> None:
+        """Write the offsets into `flat` (of `total` items), chain after chain."""
+        base = self.base
+        for k, (ids_k, p_k) in enumerate(self.steps):
+            flat[base[ids_k] + k] = p_k
+        for cid, tail in self.tails.items():
+            if tail:
+                hi = int(base[cid + 1])
+                flat[hi - len(tail):hi] = tail
+        self.steps, self.tails = [], {}  # freed as soon as placed
+
+
+def frame_records(buf: np.ndarray, source: str, check_crc: bool = False,
+                  parallel: bool | None = None) -> Framing:
     """Find every record of one event file. Lengths are always checked against their
     checksum; data checksums only when `check_crc`. Raises LogFormatError when the first
-    record is not a valid record; later damage is skipped and described in `damage`."""
+    record is not a valid record; later damage is skipped and described in `damage`.
+    `parallel` (default: a file of `PARALLEL_MIN_BYTES` or more on a machine with two cores
+    or more) walks the two halves of the chains on two threads; the result is the same."""
+    if parallel is None:
+        parallel = use_threads(int(buf.shape[0]))
     n = int(buf.shape[0])
     if n == 0:
         raise LogFormatError(f"{source}: empty file")
@@ -349,10 +450,7 @@ def frame_records(buf: np.ndarray, source: str, check_crc: bool = False) -> Fram
             f"{HEADER + ln0 + FOOTER} bytes, the file has {n}"
         )
     starts = _sync_points(u64, u32, n)
-    flat, base, stop = _walk_chains(u64, n, starts)
-    ok = np.empty(len(flat), dtype=bool)
-    for a in range(0, len(flat), _CHUNK):
-        ok[a:a + _CHUNK] = _lengths_ok(u64, u32, flat[a:a + _CHUNK])
+    flat, base, stop, ok = _walk_checked(u64, u32, n, starts, parallel)
     end = int(stop[-1])
     clean = (bool(ok.all()) and bool(np.all(stop[:-1] == starts[1:]))
              and (end == n or _is_torn(u32, n, end)))
@@ -371,10 +469,20 @@ def frame_records(buf: np.ndarray, source: str, check_crc: bool = False) -> Fram
     fr = Framing(offsets, numbered, (), gaps)
     if check_crc and len(offsets):
         good = np.empty(len(offsets), dtype=bool)
-        for a in range(0, len(offsets), _CHUNK):
-            off = offsets[a:a + _CHUNK]
-            ln = record_lengths(buf, off)
-            good[a:a + _CHUNK] = _crc_spans(buf, off + HEADER, ln) == u32[off + HEADER + ln]
+
+        def crcs(lo: int, hi: int) -> None:
+            for a in range(lo, hi, _CHUNK):
+                off = offsets[a:min(hi, a + _CHUNK)]
+                ln = record_lengths(buf, off)
+                good[a:a + len(off)] = (_crc_spans(buf, off + HEADER, ln)
+                                        == u32[off + HEADER + ln])
+
+        # disjoint halves of `good`, in whole chunks: the same checks either way
+        half = _CHUNK * ((len(offsets) // 2) // _CHUNK) if parallel else 0
+        if half:
+            _both(lambda: crcs(0, half), lambda: crcs(half, len(offsets)))
+        else:
+            crcs(0, len(offsets))
         if not good.all():
             dropped = np.flatnonzero(~good)
             bad = tuple(int(x) for x in fr.numbers(dropped))
@@ -383,6 +491,40 @@ def frame_records(buf: np.ndarray, source: str, check_crc: bool = False) -> Fram
             new_gaps = np.sort(np.concatenate([moved, dropped - np.arange(len(dropped))]))
             fr = Framing(offsets[good], numbered, bad, new_gaps)
     return fr
+
+
+def _walk_checked(
+    u64: np.ndarray, u32: np.ndarray, n: int, starts: np.ndarray, parallel: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`_walk_chains` over all chains plus whether each record's length checksum matches.
+    In parallel the chains are split in two groups walked on two threads (the first
+    group's last chain ends where the second group starts, as it would in one walk), and
+    each thread then places its offsets into its part of one array and checks them: the
+    same arrays as one walk gives, and no more memory."""
+
+    def check(flat: np.ndarray, ok: np.ndarray) -> None:
+        for a in range(0, len(flat), _CHUNK):
+            ok[a:a + _CHUNK] = _lengths_ok(u64, u32, flat[a:a + _CHUNK])
+
+    h = len(starts) // 2
+    if not parallel or h == 0:
+        flat, base, stop = _walk_chains(u64, n, starts)
+        ok = np.empty(len(flat), dtype=bool)
+        check(flat, ok)
+        return flat, base, stop, ok
+    first, second = _both(lambda: _walk(u64, n, starts[:h], int(starts[h])),
+                          lambda: _walk(u64, n, starts[h:]))
+    t = first.total
+    flat = np.empty(t + second.total, dtype=np.int64)
+    ok = np.empty(len(flat), dtype=bool)
+
+    def finish(w: _Walk, lo: int, hi: int) -> None:
+        w.place(flat[lo:hi])
+        check(flat[lo:hi], ok[lo:hi])
+
+    _both(lambda: finish(first, 0, t), lambda: finish(second, t, len(flat)))
+    return (flat, np.concatenate([first.base[:-1], second.base + t]),
+            np.concatenate([first.stop, second.stop]), ok)
 
 
 def _lengths_ok(u64: np.ndarray, u32: np.ndarray, off: np.ndarray) -> np.ndarray:
@@ -951,20 +1093,33 @@ def _tensor_values(
     return matched, values, tlen, has_meta
 
 
-def _fast_chunk(
-    vw: _Views,
-    off: np.ndarray,
-    ln: np.ndarray,
-    table: _TagTable,
-    steps: np.ndarray,
-    values: np.ndarray,
-    ids: np.ndarray,
-    tensor: np.ndarray,
-    meta: np.ndarray,
-) -> np.ndarray:
-    """Decode one chunk of records into the output slices; returns which records it read
-    (the rest go to the general decoder)."""
+@dataclass
+class _Prepared:
+    """What the bytes of one chunk of records say before any tag is identified: a pure
+    function of the bytes, so it can be worked out on another thread ahead of the chunk's
+    turn. `fast` marks the records of a fast-path layout (their tags still to be checked);
+    `idx` lists them (None when all are), and `g`, `tlen` and `words` are their tags'
+    starts, lengths and bytes as words."""
+
+    steps: np.ndarray
+    values: np.ndarray
+    tensor: np.ndarray
+    meta: np.ndarray
+    fast: np.ndarray
+    idx: np.ndarray | None
+    g: np.ndarray
+    tlen: np.ndarray
+    words: list[np.ndarray]
+
+
+def _prepare_chunk(vw: _Views, off: np.ndarray) -> _Prepared:
+    """The byte-level part of the fast path over the records at `off`."""
     u8, u64 = vw.u8, vw.u64
+    m = len(off)
+    ln = record_lengths(u8, off)
+    values = np.empty(m, dtype=np.float64)
+    tensor = np.zeros(m, dtype=bool)
+    meta = np.zeros(m, dtype=bool)
     d = off + HEADER
     ok = ln >= 22  # the shortest event of this shape (empty tag)
     if not ok.all():
@@ -978,9 +1133,9 @@ def _fast_chunk(
     s = (np.bitwise_count(vmask) >> 3).astype(np.int64)
     v &= vmask
     step = v & np.uint64(0x7F)
-    for k in range(1, min(int(s.max()), 7)):
+    for k in range(1, min(int(s.max()), 7) if m else 0):
         step |= (v >> np.uint64(k)) & np.uint64(0x7F << (7 * k))
-    steps[:] = step.view(np.int64)
+    steps = step.view(np.int64)
     q = d + 10 + s  # the Summary field
     mm = ln - s
     ok &= (mm >= 21) & (mm < 140)
@@ -991,8 +1146,6 @@ def _fast_chunk(
     values[:] = (w3 >> np.uint64(32)).astype(np.uint32).view(np.float32)
     tlen = mm - 21
     rest = np.flatnonzero(ok & ~simple)
-    tensor[:] = False
-    meta[:] = False
     if len(rest):
         matched, tvals, ttlen, tmeta = _tensor_values(vw, rest, w2, q, mm)
         meta[rest[tmeta]] = True
@@ -1001,15 +1154,24 @@ def _fast_chunk(
         tlen[rest] = ttlen[matched]
         tensor[rest] = True
         simple[rest] = True
-    fast: np.ndarray = simple
-    idx = None if fast.all() else np.flatnonzero(fast)
+    idx = None if simple.all() else np.flatnonzero(simple)
     if idx is not None:
         q, tlen = q[idx], tlen[idx]
-    if len(q) == 0:
+    g = q + 6  # first tag byte
+    words = _tag_words(u64, g, tlen) if len(g) else []
+    return _Prepared(steps, values, tensor, meta, simple, idx, g, tlen, words)
+
+
+def _fast_chunk(u8: np.ndarray, prep: _Prepared, table: _TagTable,
+                ids: np.ndarray) -> np.ndarray:
+    """Identify the tags of a prepared chunk into `ids`; returns which records the fast
+    path read (the rest go to the general decoder)."""
+    fast = prep.fast.copy()
+    idx = prep.idx
+    if len(prep.g) == 0:
         ids[:] = 0
         return fast
-    g = q + 6  # first tag byte
-    tag_ids, exact = _identify_tags(u8, u64, g, tlen, table)
+    tag_ids, exact = _identify_tags(u8, prep.g, prep.tlen, prep.words, table)
     if idx is None:
         ids[:] = tag_ids
         if not exact.all():
@@ -1041,12 +1203,11 @@ def _tag_words(u64: np.ndarray, g: np.ndarray, tlen: np.ndarray) -> list[np.ndar
     return words
 
 
-def _identify_tags(u8: np.ndarray, u64: np.ndarray, g: np.ndarray, tlen: np.ndarray,
+def _identify_tags(u8: np.ndarray, g: np.ndarray, tlen: np.ndarray, words: list[np.ndarray],
                    table: _TagTable) -> tuple[np.ndarray, np.ndarray]:
     """Tag id of each record and whether its tag bytes equal that tag's exactly. A cheap key
     first (the tag's length and last 8 bytes); records whose tag only shares that key with
     a known tag try again with a hash of all their bytes."""
-    words = _tag_words(u64, g, tlen)
     ln = tlen.astype(np.uint64)
     ids, exact = table.match(0, words[-1] ^ (ln * _K1), words, tlen, u8, g)
     if not exact.all():
@@ -1068,33 +1229,92 @@ def _word(raw: bytes, k: int) -> int:
 
 
 def iter_scalars(
-    buf: np.ndarray, fr: Framing, st: DecodeState, chunk: int = _CHUNK
+    buf: np.ndarray, fr: Framing, st: DecodeState, chunk: int = _CHUNK,
+    parallel: bool | None = None,
 ) -> Iterator[Scalars]:
     """Every scalar of the file in write order, `chunk` records at a time: the vectorised
     path for the common layouts, the general decoder for the rest of each chunk. Tag ids
-    index `st.tags`, which grows as tags appear."""
+    index `st.tags`, which grows as tags appear. `parallel` (default as `frame_records`)
+    works out the byte-level part of the next chunks on a second thread while this one's
+    tags, general-decoder records and state are settled (in file order, on this thread, as
+    without it) and the caller uses its scalars: the same results either way."""
+    if parallel is None:
+        parallel = use_threads(int(buf.shape[0]))
     vw = _Views(buf)
     table = _TagTable()
     nrec = len(fr.offsets)
-    for a in range(0, nrec, chunk):
-        # widening a float32 signalling NaN to float64 raises numpy's "invalid" flag; the
-        # NaN is kept either way
+    bounds = [(a, min(nrec, a + chunk)) for a in range(0, nrec, chunk)]
+
+    def prepare(k: int) -> _Prepared:
+        a, b = bounds[k]
+        return _prepare_chunk(vw, fr.offsets[a:b])
+
+    preps = _ahead(prepare, len(bounds)) if parallel else _in_turn(prepare, len(bounds))
+    try:
+        for (a, b), prep in zip(bounds, preps, strict=True):
+            # widening a float32 signalling NaN to float64 raises numpy's "invalid" flag;
+            # the NaN is kept either way
+            with np.errstate(invalid="ignore"):
+                part = _decode_chunk(buf, fr, st, vw, table, a, b, prep)
+            yield part
+    finally:
+        preps.close()  # the reader may stop early: stop the worker with it
+
+
+def _in_turn(fn: Callable[[int], _T], n: int) -> Generator[_T, None, None]:
+    for k in range(n):
         with np.errstate(invalid="ignore"):
-            part = _decode_chunk(buf, fr, st, vw, table, a, min(nrec, a + chunk))
-        yield part
+            item = fn(k)
+        yield item
+
+
+#: chunks a worker may prepare ahead of the one being used (each is a few MB)
+_AHEAD = 2
+
+
+def _ahead(fn: Callable[[int], _T], n: int) -> Generator[_T, None, None]:
+    """fn(0), ..., fn(n - 1), computed in order on one worker thread that runs up to
+    `_AHEAD` items ahead of the caller. One long-lived thread and a queue rather than a
+    thread per item: on a busy machine every wake-up waits for a free core, so the fewer
+    times either side has to sleep, the better."""
+    out: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=_AHEAD)
+    stop = threading.Event()
+
+    def run() -> None:
+        with np.errstate(invalid="ignore"):  # numpy's error state is per thread
+            for k in range(n):
+                try:
+                    item: tuple[bool, Any] = (True, fn(k))
+                except BaseException as exc:  # handed to the caller, re-raised there
+                    item = (False, exc)
+                while not stop.is_set():
+                    try:
+                        out.put(item, timeout=0.05)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set() or not item[0]:
+                    return
+
+    t = threading.Thread(target=run, name="spikelens-tfrecord-ahead", daemon=True)
+    t.start()
+    try:
+        for _ in range(n):
+            ok, value = out.get()
+            if not ok:
+                raise value
+            yield value
+    finally:
+        stop.set()
+        t.join()
 
 
 def _decode_chunk(buf: np.ndarray, fr: Framing, st: DecodeState, vw: _Views,
-                  table: _TagTable, a: int, b: int) -> Scalars:
+                  table: _TagTable, a: int, b: int, prep: _Prepared) -> Scalars:
     m = b - a
-    steps = np.empty(m, dtype=np.int64)
-    values = np.empty(m, dtype=np.float64)
+    steps, values, tensor, meta = prep.steps, prep.values, prep.tensor, prep.meta
     ids = np.empty(m, dtype=np.int32)
-    tensor = np.empty(m, dtype=bool)
-    meta = np.empty(m, dtype=bool)
-    off = fr.offsets[a:b]
-    fast = _fast_chunk(vw, off, record_lengths(buf, off), table, steps, values, ids,
-                       tensor, meta)
+    fast = _fast_chunk(vw.u8, prep, table, ids)
     # `scalars` metadata read by the fast path names the tag's plugin at that record,
     # in order with what the general decoder meets
     named: list[tuple[int, str]] = []
@@ -1133,6 +1353,7 @@ def _decode_chunk(buf: np.ndarray, fr: Framing, st: DecodeState, vw: _Views,
     if len(table.to_state):
         ids = table.to_state[ids]
     rec = a + np.arange(m, dtype=np.int64)
+    # read here rather than ahead: it evens out the two threads' shares of the work
     walls = vw.f8[np.minimum(fr.offsets[a:b] + HEADER + 1, len(vw.f8) - 1)]
     if not g.rec:
         if fast.all():

@@ -209,20 +209,41 @@ class _Pivot:
     def feed(self, steps: np.ndarray, values: np.ndarray, cols: np.ndarray, lines: np.ndarray,
              walls: np.ndarray) -> None:
         parts: tuple[np.ndarray, ...] = (steps, values, cols, lines, walls)
-        if self.carry is not None:
-            parts = tuple(np.concatenate([c, p]) for c, p in zip(self.carry, parts,
-                                                                   strict=True))
-            self.carry = None
-        st = parts[0]
-        if len(st) == 0:
+        n = len(steps)
+        if n == 0:
             return
-        change = np.flatnonzero(st[1:] != st[:-1])
-        cut = int(change[-1]) + 1 if len(change) else 0
-        if len(st) - cut > _MAX_CARRY:
-            cut = len(st)
-        self.carry = tuple(p[cut:] for p in parts) if cut < len(st) else None
-        if cut:
-            self.rows.add(*(p[:cut] for p in parts))
+        carry, self.carry = self.carry, None
+        c = len(carry[0]) if carry is not None else 0
+        # the rows of carry + chunk up to the last change of step, found in the chunk alone
+        # (the carry is one run of equal steps), so the chunk is never copied to join them
+        change = np.flatnonzero(steps[1:] != steps[:-1])
+        if len(change):
+            cut = c + int(change[-1]) + 1
+        elif carry is not None and steps[0] != carry[0][-1]:
+            cut = c
+        else:
+            cut = 0
+        if c + n - cut > _MAX_CARRY:
+            cut = c + n
+        k = cut - c  # scalars of this chunk in complete rows
+        if k < 0:  # no change at all: the carried run goes on
+            assert carry is not None
+            self.carry = tuple(np.concatenate([a, b]) for a, b in zip(carry, parts,
+                                                                    strict=True))
+            return
+        if carry is not None:
+            # the carried row, with the scalars of its step that open this chunk
+            head = 0 if steps[0] != carry[0][-1] else \
+                (int(change[0]) + 1 if len(change) else n)
+            head = min(head, k)
+            self.rows.add(*(np.concatenate([a, b[:head]]) for a, b in zip(carry, parts,
+                                                                          strict=True)))
+        else:
+            head = 0
+        if k > head:
+            self.rows.add(*(p[head:k] for p in parts))
+        if k < n:
+            self.carry = tuple(p[k:] for p in parts)
 
     def flush(self) -> None:
         """End of a file: its last row is complete (a new file starts a new row)."""
