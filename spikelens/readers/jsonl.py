@@ -506,7 +506,10 @@ def _arrow_part(held: list[pa.Table], lines: np.ndarray, dropped: set[str]) -> _
         if pa.types.is_null(t):
             return  # null on every line: never logged
         if pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t):
-            arr = (col if t == pa.float64() else pc.cast(col, pa.float64())).to_numpy()
+            # an integer beyond 2**53 rounds to the nearest float, as float(int) does in
+            # the slow path (a safe cast would raise)
+            arr = (col if t == pa.float64() else pc.cast(col, pa.float64(), safe=False)
+                   ).to_numpy()
             if pa.types.is_floating(t):
                 isnan = np.isnan(arr)
                 if isnan.any():
