@@ -33,8 +33,6 @@ if TYPE_CHECKING:
 _WINDOW = 1 << 24  # bytes per scan window: bounded temporaries
 _SAMPLE = 256  # lines looked at to learn the template
 _THREADS = 2
-# above this many lines outside the template the log is not templated: the plain path
-_MAX_OTHER = 50_000
 _MAX_INT_DIGITS = 15  # an integer that float64 holds exactly whatever the parser did
 _NL, _COMMA, _QUOTE, _RBRACE, _CR = 0x0A, 0x2C, 0x22, 0x7D, 0x0D
 
@@ -262,11 +260,11 @@ def _exact_enough(values: np.ndarray, vs: np.ndarray, fe: np.ndarray) -> None:
 
 
 def _has_dot_e(body: np.ndarray) -> bool:
-    """Whether the bytes hold '.e' or '.E' anywhere: two 16-bit views (even and odd
-    pairs) against one pattern, cheaper than finding every '.' of a million numbers."""
+    """Whether the bytes hold '.e' or '.E' anywhere: the even and the odd byte pairs as
+    16-bit words against the two patterns, cheaper than finding every '.' of the numbers."""
     for k in (0, 1):
         pairs = body[k:k + (len(body) - k) // 2 * 2].view("<u2")
-        if ((pairs | np.uint16(0x2000)) == np.uint16(0x652E)).any():
+        if np.count_nonzero(pairs == 0x652E) or np.count_nonzero(pairs == 0x452E):
             return True
     return False
 
@@ -491,8 +489,16 @@ def _template_parse(buf: Any, arr: np.ndarray) -> Parsed | None:
         bounds.append((lo, hi))
         lo = hi
 
+    stop: list[bool] = []
+
     def scan(bound: tuple[int, int]) -> _Window:
-        return _scan_window(buf, arr, words, data, bound[0], bound[1], tpl)
+        if stop:
+            raise _GiveUp
+        w = _scan_window(buf, arr, words, data, bound[0], bound[1], tpl)
+        if len(w.rest) > max(1000, w.count // 20):
+            stop.append(True)  # not a templated log after all: the other windows need not run
+            raise _GiveUp
+        return w
 
     # numpy and pyarrow let go of the GIL in the heavy steps: two windows at a time
     with ThreadPoolExecutor(max_workers=_THREADS) as pool:
@@ -506,8 +512,6 @@ def _template_parse(buf: Any, arr: np.ndarray) -> Parsed | None:
         for line, s, e in w.rest:
             # the plain path's split: object lines to pyarrow, the others to json.loads
             (rest if _is_object(bytes(buf[s:e])) else odd).append((line + line0, s, e))
-            if len(rest) + len(odd) > _MAX_OTHER:
-                raise _GiveUp  # not a templated log after all
         line0 += w.count
     total = line0 - 1
     t_lines = np.concatenate(t_parts)
@@ -531,17 +535,26 @@ def _merge_rest(buf: Any, tpl: Template, windows: list[_Window], t_lines: np.nda
     t_mask = np.ones(n_all, dtype=bool)
     t_mask[r_pos] = False
     t_idx = np.flatnonzero(t_mask)
-    t_cols: list[Any] = []
-    for j in range(k):
-        parts = [w.cols[j] for w in windows]
-        if tpl.text[j]:
-            t_cols.append(pa.chunked_array(parts, type=pa.string()).combine_chunks())
-        else:
-            t_cols.append(np.concatenate(parts))
+    # the windows' columns, handed over one column at a time: never two whole copies
+    parts_of: list[list[Any]] = [[w.cols[j] for w in windows] for j in range(k)]
     windows.clear()
+
+    def column(j: int, into: np.ndarray | None = None) -> Any:
+        parts, parts_of[j] = parts_of[j], []
+        if tpl.text[j]:
+            return pa.chunked_array(parts, type=pa.string()).combine_chunks()
+        if into is None:
+            return np.concatenate(parts)
+        at = 0
+        while parts:
+            part = parts.pop(0)
+            into[t_idx[at:at + len(part)]] = part
+            at += len(part)
+        return into
+
     if not n_r:
-        return pa.table({key: col if tpl.text[j] else pa.array(col, type=pa.float64())
-                         for j, (key, col) in enumerate(zip(tpl.keys, t_cols, strict=True))})
+        return pa.table({key: column(j) if tpl.text[j] else pa.array(column(j))
+                         for j, key in enumerate(tpl.keys)})
     table, keys = _rest_table(buf, rest)
     # column order: first appearance, line by line, as pyarrow's JSON reader orders them
     first_t = int(t_lines[0])
@@ -557,7 +570,7 @@ def _merge_rest(buf: Any, tpl: Template, windows: list[_Window], t_lines: np.nda
     if set(order) != set(tpl.keys) | set(table.column_names):
         raise _GiveUp
     text_of = dict(zip(tpl.keys, tpl.text, strict=True))
-    col_of = dict(zip(tpl.keys, t_cols, strict=True))
+    index_of = {key: j for j, key in enumerate(tpl.keys)}
     take: pa.Array | None = None
     out: dict[str, Any] = {}
     for name in order:
@@ -565,15 +578,16 @@ def _merge_rest(buf: Any, tpl: Template, windows: list[_Window], t_lines: np.nda
         kind = _plain_type(other.type) if other is not None else "null"
         if kind == "other" or (other is not None and not _no_digit_first(other)):
             raise _GiveUp
-        mine = col_of.get(name)
-        if mine is not None and not text_of[name] or mine is None and kind in ("number", "bool"):
+        j = index_of.get(name)
+        mine = j is not None
+        if mine and not text_of[name] or not mine and kind in ("number", "bool"):
             # numbers: placed with numpy, nulls as a mask
-            if kind not in ("null", "number", "bool") or (mine is not None and kind == "bool"):
+            if kind not in ("null", "number", "bool") or (mine and kind == "bool"):
                 raise _GiveUp
             values = np.empty(n_all)
             missing = None
-            if mine is not None:
-                values[t_idx] = mine
+            if j is not None:
+                column(j, values)
             else:
                 values[t_idx] = np.nan
                 missing = t_mask.copy()
@@ -595,12 +609,12 @@ def _merge_rest(buf: Any, tpl: Template, windows: list[_Window], t_lines: np.nda
             out[name] = pa.array(values, type=pa.float64(),
                                  mask=missing if missing is not None and missing.any() else None)
             continue
-        if mine is not None:  # text
+        if j is not None:  # text
             if kind not in ("null", "string"):
                 raise _GiveUp
             chunks = [pa.nulls(n_r, pa.string())] if other is None else \
                 other.cast(pa.string()).chunks
-            both = pa.concat_arrays([mine, *chunks])
+            both = pa.concat_arrays([column(j), *chunks])
         else:
             assert other is not None
             both = pa.concat_arrays([pa.nulls(n_t, other.type), *other.chunks])
