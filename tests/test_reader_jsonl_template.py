@@ -188,6 +188,18 @@ def test_a_log_without_a_common_shape_is_left_to_the_plain_path(tmp_path: Path) 
     assert_same(p)
 
 
+def test_a_log_whose_shape_changes_is_left_to_the_plain_path(tmp_path: Path) -> None:
+    """A resumed run that logs other keys from line 301 on: the template of the first lines
+    covers too little of the file, and the plain path reads it."""
+    rng = random.Random(3)
+    lines = [_line(i, None, rng) for i in range(300)]
+    lines += [json.dumps({"iter": i, "train_loss": rng.random()}) for i in range(1500)]
+    p = tmp_path / "resumed.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    assert not _templated(p)
+    assert_same(p)
+
+
 # -- random logs, mutated where the template must not accept them ---------------------------
 
 _VALUES = [

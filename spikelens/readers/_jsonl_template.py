@@ -30,7 +30,7 @@ import numpy as np
 if TYPE_CHECKING:
     import pyarrow as pa
 
-_WINDOW = 1 << 24  # bytes per scan window: bounded temporaries
+_WINDOW = 1 << 22  # bytes per scan window: its temporaries are a few times this
 _SAMPLE = 256  # lines looked at to learn the template
 _THREADS = 2
 _MAX_INT_DIGITS = 15  # an integer that float64 holds exactly whatever the parser did
