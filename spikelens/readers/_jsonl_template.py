@@ -1,19 +1,21 @@
-"""The template fast path of the JSON-lines reader. A flat log writes the same keys in the same
-order with the same spacing on nearly every line (`{"step": 7, "loss": 2.31, ...}`): only the
+"""The template path of the JSON-lines reader. A flat log writes the same keys in the same order
+with the same spacing on nearly every line (`{"step": 7, "loss": 2.31, ...}`): only the
 values change. The most common shape among the first lines is learnt as a template (the
-exact bytes before each value); numpy then finds every line's commas, checks each field's
-key bytes against the template eight bytes at a time, checks each value against the JSON
-number grammar (or a plain ASCII string without escapes) byte class by byte class, and
-pyarrow turns the number bytes into float64 with the same correctly rounded conversion its
-JSON reader uses. That is several times cheaper than pyarrow's JSON parser, which tokenises
-every byte. Every line that does not match exactly (NaN/Infinity, null, a missing or extra
-key, another key order or spacing, an escape, a comma in a string, a leading zero, `5.`,
-CRLF is allowed) goes with its line number to pyarrow's JSON parser, in a small buffer of
-its own, and is merged back in file order with the column order and types pyarrow would
-have given the whole file. Where that equivalence cannot be shown cheaply (a string that
-could be read as a timestamp, an integer beyond 15 digits, `-0`, a type that differs
-between template and other lines, lists) the path gives up and returns None: the caller
-then runs the plain path, which is the reference."""
+exact bytes before each value); numpy then finds every line's newline and commas, checks
+each field's key bytes against the template eight bytes at a time and each value's first
+and last bytes (a JSON number, NaN/Infinity, or a plain ASCII string without escapes), and
+pyarrow's cast turns the number bytes into float64 with the correctly rounded conversion
+its JSON reader uses, without tokenising every byte as that reader does. Lines that do not
+match exactly (null, a missing or extra key, another key order or spacing, an escape, a
+comma in a string, a leading zero, `5.`, `5.e3`) are parsed by pyarrow's JSON reader in a
+buffer of their own and merged back in line order, with the column order and types that
+reader gives the whole file; lines that are not objects are handed back, with their line
+numbers, for json.loads, exactly as the plain path sets them aside. Where the equivalence
+cannot be shown cheaply (a string that could be read as a timestamp, an integer beyond 15
+digits, `-0`, a type that differs between template and other lines, lists, duplicate keys,
+a log whose shape changes) the path gives up and returns None, and the caller runs the
+plain path, which is the reference (`tests/test_reader_jsonl_template.py` holds them
+equal)."""
 
 from __future__ import annotations
 
@@ -45,13 +47,6 @@ _TEXT = re.compile(rb'"[\x20\x21\x23-\x5b\x5d-\x7e]*"')
 # template path does not decide which
 _MINUS_ZERO = re.compile(rb"[:\[,][ \t]*-0(?![0-9.eE])")
 
-# byte classes of a number: 1 digit, 2 '.', 3 'e'/'E', 4 '+', 5 '-', 0 anything else
-_NUM_CLASS = np.zeros(256, dtype=np.uint8)
-_NUM_CLASS[ord("0"):ord("9") + 1] = 1
-_NUM_CLASS[ord(".")] = 2
-_NUM_CLASS[ord("e")] = _NUM_CLASS[ord("E")] = 3
-_NUM_CLASS[ord("+")] = 4
-_NUM_CLASS[ord("-")] = 5
 # bytes a template string may hold: printable ASCII without '"' and '\'
 _TEXT_OK = np.zeros(256, dtype=bool)
 _TEXT_OK[0x20:0x7F] = True

@@ -1,8 +1,10 @@
 """JSON-lines reader: one JSON object per line, as written by hand-rolled loggers, W&B offline
 runs (`wandb-history.jsonl`) and fairseq/metaseq (`... | INFO | train_inner | {...}`).
-Large files take a fast path: the file is memory-mapped, one regex pass finds the few lines
-that are not a plain `{...}` object (blank, torn, prefixed, tracebacks), those are blanked
-out, and pyarrow's multithreaded JSON parser reads the rest (it accepts `NaN`/`Infinity` and
+Large files take a fast path: the file is memory-mapped, and when most lines share one key
+template (`_jsonl_template`) numpy checks them and pyarrow's casts convert their values;
+otherwise one regex pass finds the few lines that are not a plain `{...}` object (blank,
+torn, prefixed, tracebacks), those are blanked out, and pyarrow's multithreaded JSON parser
+reads the rest (it accepts `NaN`/`Infinity` and
 keeps them apart from missing cells). The lines set aside go through `json.loads` one by
 one, and so does the whole file when pyarrow refuses it (a column that is a number on one
 line and a string on another): the slow path is the reference, the fast path must agree with
