@@ -1,8 +1,10 @@
 """JSON-lines reader: one JSON object per line, as written by hand-rolled loggers, W&B offline
 runs (`wandb-history.jsonl`) and fairseq/metaseq (`... | INFO | train_inner | {...}`).
-Large files take a fast path: the file is memory-mapped, one regex pass finds the few lines
-that are not a plain `{...}` object (blank, torn, prefixed, tracebacks), those are blanked
-out, and pyarrow's multithreaded JSON parser reads the rest (it accepts `NaN`/`Infinity` and
+Large files take a fast path: the file is memory-mapped, and when most lines share one key
+template (`_jsonl_template`) numpy checks them and pyarrow's casts convert their values;
+otherwise one regex pass finds the few lines that are not a plain `{...}` object (blank,
+torn, prefixed, tracebacks), those are blanked out, and pyarrow's multithreaded JSON parser
+reads the rest (it accepts `NaN`/`Infinity` and
 keeps them apart from missing cells). The lines set aside go through `json.loads` one by
 one, and so does the whole file when pyarrow refuses it (a column that is a number on one
 line and a string on another): the slow path is the reference, the fast path must agree with
@@ -36,6 +38,7 @@ from spikelens.errors import LogFormatError
 from spikelens.metrics import STEP_NAMES, normalise
 from spikelens.readers import READERS
 from spikelens.readers._base import RawLog, lines_note, looks_binary, skip_warning
+from spikelens.readers._jsonl_template import template_parse
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -65,6 +68,9 @@ _WANDB_STEPS = ("trainer/global_step", "train/global_step")
 
 _BLOCK_SIZE = 1 << 22  # pyarrow block; a single line longer than this falls back to json
 _MANY_ODD = 64  # above this many odd lines in a window, map its newlines once
+# below this size pyarrow's JSON parser is cheap enough; the template path's fixed costs
+# (learning the template, a second parse of the other lines) are not worth it
+_TEMPLATE_MIN_BYTES = 1 << 20
 
 
 # -- records -> columns (shared with the HF trainer_state reader) ----------------------------
@@ -502,7 +508,10 @@ def _arrow_part(held: list[pa.Table], lines: np.ndarray, dropped: set[str]) -> _
         if pa.types.is_null(t):
             return  # null on every line: never logged
         if pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t):
-            arr = (col if t == pa.float64() else pc.cast(col, pa.float64())).to_numpy()
+            # an integer beyond 2**53 rounds to the nearest float, as float(int) does in
+            # the slow path (a safe cast would raise)
+            arr = (col if t == pa.float64() else pc.cast(col, pa.float64(), safe=False)
+                   ).to_numpy()
             if pa.types.is_floating(t):
                 isnan = np.isnan(arr)
                 if isnan.any():
@@ -655,21 +664,33 @@ def _parse(buf: mmap.mmap | bytearray, path: Path | None = None) -> tuple[_Part,
     parser = _LineParser()
     arr = np.frombuffer(buf, dtype=np.uint8)
     try:
-        starts, line_of, newlines = _odd_line_starts(buf, arr)
-        odd: list[tuple[int, int, bytes]] = []  # (start, end, text) of lines set aside
-        for s in starts:
-            e = buf.find(b"\n", s)
-            e = len(buf) if e < 0 else e
-            text = bytes(buf[s:e])
-            t = text.strip()
-            if t[:1] == b"{" and t[-1:] == b"}":
-                continue  # padded or CRLF, but a plain object line: pyarrow takes it
-            odd.append((s, e, text))
-        numbers = [line_of[s] for s, _, _ in odd]
-        total = newlines + (buf[len(buf) - 1] != _NL)
-        expected = total - len(odd)
-        table = None
-        if expected > 0 and path is not None:
+        # most lines of a flat log share one key template: checked with numpy and converted
+        # with pyarrow's casts, without its JSON parser (`_jsonl_template`)
+        templated = template_parse(buf, arr) if len(buf) >= _TEMPLATE_MIN_BYTES else None
+        if templated is not None:
+            odd = [(s, e, bytes(buf[s:e])) for _, s, e in templated.odd]
+            numbers = [n for n, _, _ in templated.odd]
+            total, table = templated.total, templated.table
+            expected = total - len(odd)
+            del templated
+        else:
+            starts, line_of, newlines = _odd_line_starts(buf, arr)
+            odd = []  # (start, end, text) of lines set aside
+            for s in starts:
+                e = buf.find(b"\n", s)
+                e = len(buf) if e < 0 else e
+                text = bytes(buf[s:e])
+                t = text.strip()
+                if t[:1] == b"{" and t[-1:] == b"}":
+                    continue  # padded or CRLF, but a plain object line: pyarrow takes it
+                odd.append((s, e, text))
+            numbers = [line_of[s] for s, _, _ in odd]
+            total = newlines + (buf[len(buf) - 1] != _NL)
+            expected = total - len(odd)
+            table = None
+        if table is not None:
+            pass
+        elif expected > 0 and path is not None:
             import pyarrow as pa
 
             ranges = [(s, e) for s, e, _ in odd]
