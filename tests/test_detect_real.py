@@ -179,7 +179,7 @@ def test_full_modded_nanogpt_1_5b_reports_only_isolated_outliers() -> None:
     # way to the long one where they agree (docs/detection.md, sixth pass)
     events = [e for e in det.events if e.kind in INCIDENT_KINDS]
     assert [e.peak_step for e in events] == \
-        [428, 607, 1120, 1788, 3962, 5964, 7799, 8246, 9435, 10664, 10989, 13144, 14515,
+        [428, 607, 1120, 1788, 3962, 5964, 7799, 8246, 9435, 10664, 10989, 11607, 13144, 14515,
          14675, 14738, 17992, 20133]
     loss = read_log(path).series("loss")
     assert loss is not None

@@ -41,6 +41,7 @@ from spikelens.detect.baseline import (
     forward_median,
     trailing_detrended,
     trailing_quantiles,
+    rank_index,
 )
 
 #: Standard normal quantile of 0.9: (q90 - median) / Z90 estimates sigma from the upper tail.
@@ -356,11 +357,23 @@ def _steadied(e: FloatArray, scale: FloatArray, window: int) -> FloatArray:
     long = LONG_NOISE_WINDOWS * window
     if n <= long:
         return scale
-    q = trailing_quantiles(e, long, (0.25, 0.75), max(1, long // STRIDE_DIVISOR))
-    lng = (q[:, 1] - q[:, 0]) / IQR_TO_SIGMA
-    # row j of the trailing quantiles covers e[j - long:j]: the row `long // 2` after a
-    # point is centred on it, clipped so that every row used holds `long` points
-    rows = np.clip(np.arange(n) + long // 2, long, n - 1)
+    # the long windows start every `long // 4` points (a 1000-point estimate moves little
+    # in 250) and each point takes the one whose centre is nearest: it always holds the
+    # 375 points either side of it. The first and the last `long // 2` points take the
+    # first and the last window of the log. Sorted in chunks (numpy's SIMD sort beats a
+    # partition at two order statistics): 0.05 CPU-s per million points
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    step = max(1, long // 4)
+    views = sliding_window_view(e, long)[::step]
+    lo, hi = rank_index(long, 0.25), rank_index(long, 0.75)
+    lng = np.empty(len(views))
+    chunk = max(1, 1_000_000 // long)
+    for a in range(0, len(views), chunk):
+        srt = np.sort(views[a:a + chunk], axis=1)
+        lng[a:a + chunk] = (srt[:, hi] - srt[:, lo]) / IQR_TO_SIGMA
+    rows = np.clip(np.rint((np.arange(n) - long / 2) / step).astype(np.int64), 0,
+                   len(views) - 1)
     c = lng[rows]
     agree = float(np.exp(3.0 * IQR_SCALE_SE / np.sqrt(window)))
     with np.errstate(invalid="ignore"):
