@@ -39,9 +39,9 @@ from spikelens.detect.baseline import (
     FloatArray,
     detrended_quantiles,
     forward_median,
+    rank_index,
     trailing_detrended,
     trailing_quantiles,
-    rank_index,
 )
 
 #: Standard normal quantile of 0.9: (q90 - median) / Z90 estimates sigma from the upper tail.
@@ -194,7 +194,9 @@ def _long_rho(x: FloatArray, window: int) -> FloatArray:
     IQR scales of the lag-2 and lag-1 differences of the long trailing window, with no level
     scale and no line. The shift test takes the larger of the two: its standard error is
     never below what the log's longer past says about how its loss wanders. Both windows
-    end before the point, as the baseline does; refreshed every `long // 4` points."""
+    end before the point, as the baseline does; refreshed every `long // 4` points (a long
+    window moves little in a quarter of itself) and sorted in chunks: 0.03 CPU-s per
+    million points each."""
     n = len(x)
     out = np.zeros(n)
     long = LONG_NOISE_WINDOWS * window
@@ -202,14 +204,36 @@ def _long_rho(x: FloatArray, window: int) -> FloatArray:
     if n <= least + 2:
         return out
     step = max(1, long // 4)
-    q1 = trailing_quantiles(np.diff(x), long, (0.25, 0.75), step)
-    q2 = trailing_quantiles(x[2:] - x[:-2], long, (0.25, 0.75), step)
-    # row r of q1 covers x[..r]; of q2, x[..r + 1]: point i takes q1[i - 1] and q2[i - 2]
-    s1 = q1[least - 1:n - 1, 1] - q1[least - 1:n - 1, 0]
-    s2 = q2[least - 2:n - 2, 1] - q2[least - 2:n - 2, 0]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out[least:] = np.nan_to_num(s2 ** 2 / s1 ** 2 - 1.0, nan=0.0, posinf=0.0)
-    return out
+    # window k covers x[k * step : k * step + long + 1] (its `long` lag-1 differences and
+    # the lag-2 ones of the same points); point i takes the last window that ends before
+    # it. Before the first full window, the points from `least` on take all the points
+    # before them, refreshed every `window // 4`
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    def iqr(d: FloatArray, m: int) -> FloatArray:
+        rows = sliding_window_view(d, m)[::step]
+        res = np.empty(len(rows))
+        chunk = max(1, 1_000_000 // m)
+        for a in range(0, len(rows), chunk):
+            srt = np.sort(rows[a:a + chunk], axis=1)
+            res[a:a + chunk] = srt[:, rank_index(m, 0.75)] - srt[:, rank_index(m, 0.25)]
+        return res
+
+    def rho(s1: FloatArray | float, s2: FloatArray | float) -> FloatArray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.asarray(np.square(s2) / np.square(s1) - 1.0, dtype=np.float64)
+
+    d1, d2 = np.diff(x), x[2:] - x[:-2]
+    head = max(1, window // 4)
+    for m in range(least, min(n, long + 1), head):  # x[:m], for the points m .. m + head - 1
+        a1, a2 = np.sort(d1[:m - 1]), np.sort(d2[:m - 2])
+        out[m:m + head] = rho(a1[rank_index(m - 1, 0.75)] - a1[rank_index(m - 1, 0.25)],
+                              a2[rank_index(m - 2, 0.75)] - a2[rank_index(m - 2, 0.25)])
+    if n > long + 1:
+        r = rho(iqr(d1, long), iqr(d2, long - 1))
+        k = (np.arange(long + 1, n) - (long + 1)) // step
+        out[long + 1:] = r[np.minimum(k, len(r) - 1)]
+    return np.nan_to_num(out, nan=0.0, posinf=0.0)
 
 
 #: Points per chunk of `test_statistics`: its two dozen temporaries are a million floats
