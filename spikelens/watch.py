@@ -58,7 +58,12 @@ def tail_points(cfg: Config, interval: int = 1) -> int:
     """Logged points kept for detection: two baseline windows before an event, the longest
     sustained-rise test, a divergence (in points) and a recovery run, with room to spare."""
     div_points = -(-cfg.divergence_steps // max(1, interval))
-    return 2 * cfg.window + max(cfg.shift_windows) + div_points + 3 * cfg.recover_run + 64
+    # the isolated-outlier noise and the shift test's autocorrelation floor read up to
+    # LONG_NOISE_WINDOWS windows of the log (docs/detection.md, sixth pass)
+    from spikelens.detect.spikes import LONG_NOISE_WINDOWS
+
+    return max(2 * cfg.window, (LONG_NOISE_WINDOWS + 1) * cfg.window) + max(cfg.shift_windows) \
+        + div_points + 3 * cfg.recover_run + 64
 
 
 @dataclass(frozen=True)

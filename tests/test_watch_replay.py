@@ -36,10 +36,17 @@ def _replay(src: Path, dst: Path, piece: int) -> Watcher:
 def test_replayed_log_gives_the_batch_incidents(name: str, piece: int, tmp_path: Path) -> None:
     src = SAMPLES / name
     w = _replay(src, tmp_path / src.name, piece)
-    batch = [(e.kind, e.peak_step) for e in detect(read_log(src), Config()).events
+    run = read_log(src)
+    batch = [(e.kind, e.peak_step) for e in detect(run, Config()).events
              if e.metric == "loss" and e.kind in ("spike", "divergence", "nonfinite")]
     assert batch, "the sample has incidents"
-    assert [(i.event.kind, i.event.peak_step) for i in w.incidents] == batch
+    # a rise peaking within the last recover_run logged points cannot be decided yet: the
+    # summary names it (ShortcutsTweaks' 3194, six steps before the log ends)
+    late = int(run.steps[-Config().recover_run])
+    decided = [b for b in batch if b[1] < late]
+    assert [(i.event.kind, i.event.peak_step) for i in w.incidents] == decided
+    for _, peak in batch[len(decided):]:
+        assert f"a rise peaking at step {peak}" in w.summary()
     assert not any(i.before_watch for i in w.incidents)
 
 

@@ -413,7 +413,7 @@ def _big_jump_bar(loss: _Loss, config: Config) -> NDArray[np.float64] | None:
 
 def _grad_confirmed_bar(run: Run, loss: _Loss, config: Config,
                         bar: NDArray[np.float64] | None) -> NDArray[np.float64] | None:
-    """`bar` lowered to `grad_confirmed_point_z` (7.5) at a point the grad norm confirms:
+    """`bar` lowered to `grad_confirmed_point_z` (7.9) at a point the grad norm confirms:
     its robust z (`gradnorm.robust_z`) is at least `grad_confirm_z` (3) at the same step or
     the grad-norm point before, the loss is at least `grad_confirmed_ratio` (x1.3, issue 8's
     smallest outlier worth finding) its 21-point neighbourhood's median, and the point has a
