@@ -384,3 +384,49 @@ def test_short_medians_and_percentiles_are_numpys_bits() -> None:
             got = [median_of(v), *percentiles_of(v, qs)]
         for g, w in zip(got, [med, *want], strict=True):
             assert np.float64(g).tobytes() == np.float64(w).tobytes(), v
+
+
+def test_long_noise_estimates_in_place_equal_the_plain_gather() -> None:
+    """`_steadied` and `_long_rho` fill their million-point outputs in chunks and slices
+    (no whole-series index, gather or choice array on the detector's memory peak); the
+    values are those of the plain whole-series computation, NaN and the log's ends
+    included."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from spikelens.detect import spikes
+
+    rng = np.random.default_rng(5)
+    for n in (1_001, 1_501, 2_003, 70_001, 200_000):
+        e = rng.standard_normal(n) * 0.05
+        e[rng.integers(0, n, 5)] = np.nan
+        scale = np.abs(rng.standard_normal(n)) * 0.05 + 0.03
+        scale[::97] = np.nan
+        long, step = 1000, 500
+        srt = np.sort(sliding_window_view(e, long)[::step], axis=1)
+        lng = (srt[:, spikes.rank_index(long, 0.75)]
+               - srt[:, spikes.rank_index(long, 0.25)]) / spikes.IQR_TO_SIGMA
+        rows = np.clip(np.rint((np.arange(n) - long / 2) / step).astype(np.int64), 0,
+                       len(lng) - 1)
+        c = lng[rows]
+        agree = float(np.exp(3.0 * spikes.IQR_SCALE_SE / np.sqrt(100)))
+        with np.errstate(invalid="ignore"):
+            want = np.where((c < scale) & (scale <= agree * c), c, scale)
+        got = spikes._steadied(e, scale.copy(), 100)
+        assert got.tobytes() == want.tobytes()
+        # _long_rho: every point after the first long window takes the last window that
+        # ends before it; the tail of the output is that gather
+        x = np.cumsum(rng.standard_normal(n)) * 0.01 + rng.standard_normal(n) * 0.05
+        out = spikes._long_rho(x, 100)
+        d1, d2 = np.diff(x), x[2:] - x[:-2]
+
+        def iqr(d: np.ndarray, m: int) -> np.ndarray:
+            s = np.sort(sliding_window_view(d, m)[::step], axis=1)
+            hi, lo = spikes.rank_index(m, 0.75), spikes.rank_index(m, 0.25)
+            return np.asarray(s[:, hi] - s[:, lo])
+
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.square(iqr(d2, long - 1)) / np.square(iqr(d1, long)) - 1.0
+        r = r - 2 * spikes.LONG_RHO_SE / np.sqrt(long)
+        k = (np.arange(long + 1, n) - (long + 1)) // step
+        tail = np.nan_to_num(r[np.minimum(k, len(r) - 1)], nan=0.0, posinf=0.0)
+        assert out[long + 1:].tobytes() == tail.tobytes()

@@ -172,10 +172,14 @@ def _inflation(x: FloatArray, window: int, stride: int, raw_scale: FloatArray,
     qd = trailing_quantiles(np.diff(x), window - 1, (0.25, 0.75), 4 * stride, reuse)
     sd = np.full(n, np.nan)
     sd[1:] = (qd[:, 1] - qd[:, 0]) / IQR_TO_SIGMA
+    del qd
     with np.errstate(invalid="ignore", divide="ignore"):
         rho = 1.0 - sd**2 / (2.0 * raw_scale**2)
-    rho = np.fmax(np.nan_to_num(rho, nan=0.0), _long_rho(x, window))
-    rho = np.clip(rho, 0.0, 0.9)
+    del sd
+    # in place: these whole-series arrays sit on the detector's memory peak
+    np.nan_to_num(rho, copy=False, nan=0.0)
+    np.fmax(rho, _long_rho(x, window), out=rho)
+    np.clip(rho, 0.0, 0.9, out=rho)
     return np.asarray((1.0 + rho) / (1.0 - rho), dtype=np.float64)
 
 
@@ -232,18 +236,28 @@ def _long_rho(x: FloatArray, window: int) -> FloatArray:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.asarray(np.square(s2) / np.square(s1) - 1.0, dtype=np.float64)
 
-    d1, d2 = np.diff(x), x[2:] - x[:-2]
+    # one whole-series difference at a time, and no whole-series index or gather: this
+    # runs inside the detector's memory peak (a million points: 48 -> 16 MB)
+    d1 = np.diff(x)
     head = window
+    k = min(n, long + 1)
+    h2 = x[2:k] - x[:k - 2]  # the head's lag-2 differences (at most the first `long`)
     for m in range(least, min(n, long + 1), head):  # x[:m], for the points m .. m + head - 1
-        a1, a2 = np.sort(d1[:m - 1]), np.sort(d2[:m - 2])
+        a1, a2 = np.sort(d1[:m - 1]), np.sort(h2[:m - 2])
         out[m:m + head] = rho(a1[rank_index(m - 1, 0.75)] - a1[rank_index(m - 1, 0.25)],
                               a2[rank_index(m - 2, 0.75)] - a2[rank_index(m - 2, 0.25)]) \
             - 2 * LONG_RHO_SE / np.sqrt(m)
     if n > long + 1:
-        r = rho(iqr(d1, long), iqr(d2, long - 1)) - 2 * LONG_RHO_SE / np.sqrt(long)
-        k = (np.arange(long + 1, n) - (long + 1)) // step
-        out[long + 1:] = r[np.minimum(k, len(r) - 1)]
-    return np.nan_to_num(out, nan=0.0, posinf=0.0)
+        s1 = iqr(d1, long)
+        del d1
+        s2 = iqr(x[2:] - x[:-2], long - 1)
+        r = rho(s1, s2) - 2 * LONG_RHO_SE / np.sqrt(long)
+        # point i >= long + 1 takes window (i - long - 1) // step, the last one to the end
+        base = long + 1
+        for j in range(len(r)):
+            a = base + j * step
+            out[a:n if j == len(r) - 1 else a + step] = r[j]
+    return np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0)
 
 
 #: Points per chunk of `test_statistics`: its two dozen temporaries are a million floats
@@ -440,13 +454,24 @@ def _steadied(e: FloatArray, scale: FloatArray, window: int) -> FloatArray:
     for a in range(0, len(views), chunk):
         srt = np.sort(views[a:a + chunk], axis=1)
         lng[a:a + chunk] = (srt[:, hi] - srt[:, lo]) / IQR_TO_SIGMA
-    rows = np.clip(np.rint((np.arange(n) - long / 2) / step).astype(np.int64), 0,
-                   len(views) - 1)
-    c = lng[rows]
     agree = float(np.exp(3.0 * IQR_SCALE_SE / np.sqrt(window)))
-    with np.errstate(invalid="ignore"):
-        use = (c < scale) & (scale <= agree * c)
-    return np.where(use, c, scale)
+    # in place and in chunks of 64k points: whole-series temporaries here (the row of
+    # every point, its long scale, the choice) sat on the detector's memory peak, 20 MB
+    # at a million points
+    last = len(views) - 1
+    for a in range(0, n, _STEADY_CHUNK):
+        b = min(n, a + _STEADY_CHUNK)
+        rows = np.clip(np.rint((np.arange(a, b) - long / 2) / step).astype(np.int64), 0, last)
+        c = lng[rows]
+        s = scale[a:b]
+        with np.errstate(invalid="ignore"):
+            use = (c < s) & (s <= agree * c)
+        s[use] = c[use]
+    return scale
+
+
+#: Points per chunk of `_steadied`'s choice (its temporaries stay under a few MB).
+_STEADY_CHUNK = 1 << 16
 
 
 def _isolated_from(e: FloatArray, mid: FloatArray, scale: FloatArray,
