@@ -396,12 +396,12 @@ def test_long_noise_estimates_in_place_equal_the_plain_gather() -> None:
     from spikelens.detect import spikes
 
     rng = np.random.default_rng(5)
+    long, step = 1000, 500
     for n in (1_001, 1_501, 2_003, 70_001, 200_000):
         e = rng.standard_normal(n) * 0.05
         e[rng.integers(0, n, 5)] = np.nan
         scale = np.abs(rng.standard_normal(n)) * 0.05 + 0.03
         scale[::97] = np.nan
-        long, step = 1000, 500
         srt = np.sort(sliding_window_view(e, long)[::step], axis=1)
         lng = (srt[:, spikes.rank_index(long, 0.75)]
                - srt[:, spikes.rank_index(long, 0.25)]) / spikes.IQR_TO_SIGMA
