@@ -305,25 +305,15 @@ def test_plain_event_table_is_riches_layout(seed: int) -> None:
     """The colourless event table laid out without rich's per-row rendering is rich's text,
     line for line, over random cells (wrapped, too long, blank) and widths from 70 to 200;
     where it declines (a cell rich would cut with an ellipsis) rich prints it."""
-    from rich import box
-    from rich.table import Table
     from rich.text import Text
 
-    from spikelens.report.terminal import RenderOptions, _console, _plain_table
+    from spikelens.report.terminal import RenderOptions, _console, _event_table, _plain_table
 
     rng = np.random.default_rng(seed)
     declined = 0
     for _ in range(40):
         wide = bool(rng.integers(0, 2))
-        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-        table.add_column("#", justify="right", no_wrap=True)
-        table.add_column("kind", no_wrap=True)
-        table.add_column("steps")
-        table.add_column("size")
-        table.add_column("recovered")
-        table.add_column("top cause", no_wrap=True)
-        if wide:
-            table.add_column("summary", ratio=1)
+        table = _event_table(wide)
         for i in range(int(rng.integers(1, 30))):
             cells = [str(i + 1)]
             for _c in range(len(table.columns) - 1):

@@ -108,7 +108,9 @@ def _summary(console: Console, run: RunReport) -> None:
                        style="dim"))
 
 
-def _table(console: Console, findings: Sequence[Finding], wide: bool) -> None:
+def _event_table(wide: bool) -> Table:
+    """The event table's columns, no rows (the equivalence tests of `_plain_table` build
+    their tables with it)."""
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("kind", no_wrap=True)
@@ -118,6 +120,11 @@ def _table(console: Console, findings: Sequence[Finding], wide: bool) -> None:
     table.add_column("top cause", no_wrap=True)
     if wide:
         table.add_column("summary", ratio=1)
+    return table
+
+
+def _table(console: Console, findings: Sequence[Finding], wide: bool) -> None:
+    table = _event_table(wide)
     for i, f in enumerate(findings, start=1):
         ev = f.event
         tc = top_cause(f)
