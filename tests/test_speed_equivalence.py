@@ -351,6 +351,38 @@ def test_terminal_reports_are_riches_text(width: int, monkeypatch: pytest.Monkey
         assert fast == plain
 
 
+def test_terminal_report_without_riches_private_wrap_is_riches_text(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plain table uses a private function of rich (`rich._wrap.divide_line`); a rich
+    without it (`rich>=13` is not pinned) gets rich's own table, the same text, not a
+    traceback."""
+    import rich._wrap
+
+    from spikelens import analyze
+    from spikelens.report import terminal
+
+    run = read_log(ROOT / "sample_logs" / "csv" / "bench_r01_wandb_bad_batch.csv")
+    report = analyze(run)
+    assert report.runs[0].findings, "the sample must have an event table"
+    options = terminal.RenderOptions(width=120, verbose=True)
+    want = terminal.render(report, [run], options)
+    failed: list[BaseException] = []
+    plain = terminal._plain_table
+
+    def watched(console: object, table: object) -> object:
+        try:
+            return plain(console, table)  # type: ignore[arg-type]
+        except Exception as exc:
+            failed.append(exc)
+            raise
+
+    with monkeypatch.context() as m:
+        m.delattr(rich._wrap, "divide_line")
+        m.setattr(terminal, "_plain_table", watched)
+        assert terminal.render(report, [run], options) == want
+    assert failed and isinstance(failed[0], ImportError)
+
+
 def test_short_medians_and_percentiles_are_numpys_bits() -> None:
     """`median_of` / `percentiles_of` (one sort, the arithmetic in Python) give the bits of
     `np.median` / `np.percentile` on short arrays: odd and even lengths, ties, tiny and

@@ -17,7 +17,6 @@ import io
 from collections.abc import Mapping, Sequence
 
 from rich import box
-from rich._wrap import divide_line
 from rich.cells import cell_len
 from rich.console import Console
 from rich.padding import Padding
@@ -140,7 +139,7 @@ def _table(console: Console, findings: Sequence[Finding], wide: bool) -> None:
         if wide:
             cells.append(Text(cause_summary(f)))
         table.add_row(*cells)
-    lines = None if console.color_system is not None else _plain_table(console, table)
+    lines = None if console.color_system is not None else _plain_table_or_none(console, table)
     if lines is None:
         console.print(table)
     else:
@@ -159,6 +158,8 @@ def _cell_lines(text: str, width: int, justify: str, no_wrap: bool) -> list[str]
     would do more than that (a line still too long to fit: its ellipsis; tabs, newlines)."""
     if "\n" in text or "\t" in text or "\r" in text:
         return None
+    from rich._wrap import divide_line  # private: see _plain_table_or_none
+
     pieces = [text]
     if not no_wrap:
         breaks = divide_line(text, width, fold=False)
@@ -183,6 +184,16 @@ def _cell_lines(text: str, width: int, justify: str, no_wrap: bool) -> list[str]
             return None
         out.append(piece + " " * (width - n))
     return out
+
+
+def _plain_table_or_none(console: Console, table: Table) -> list[str] | None:
+    """`_plain_table`, or None (rich prints the table) where the rich installed lacks the
+    private pieces it uses (`rich._wrap.divide_line`, `Table._calculate_column_widths`):
+    `rich>=13` is not pinned, and a report must not fail because rich moved an internal."""
+    try:
+        return _plain_table(console, table)
+    except (ImportError, AttributeError, TypeError):
+        return None
 
 
 def _plain_table(console: Console, table: Table) -> list[str] | None:
