@@ -136,7 +136,9 @@ def learn(buf: Any) -> Template | None:
 
 def _is_object(line: bytes) -> bool:
     """The reader's test for a line pyarrow's JSON parser reads (any other line is set
-    aside for json.loads): a `{...}` once surrounding white space is stripped."""
+    aside for json.loads): a `{...}` once surrounding white space is stripped. Both paths
+    (this one and the plain odd-line scan in jsonl.py) use it, so they set aside the same
+    lines."""
     t = line.strip()
     return t[:1] == b"{" and t[-1:] == b"}"
 
@@ -623,8 +625,11 @@ def _merge_rest(buf: Any, tpl: Template, windows: list[_Window], t_lines: np.nda
 
 
 def _drop_pages(buf: Any, start: int, end: int) -> None:
-    """Hand a scanned window's pages back (they stay in the page cache), as the odd-line scan
-    does: the scan must not count the whole file into the process's peak memory."""
+    """Hand the pages of a scanned window back (they stay in the page cache): a scan over
+    the map must not count the whole file into the process's peak memory. Only clean pages
+    of a map are released; the few blanked lines live in the private copies of their pages,
+    which MADV_DONTNEED would throw away, so a window is released before any blanking.
+    (Both this path and the JSON-lines reader's odd-line scan use it.)"""
     if isinstance(buf, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
         lo = start - start % mmap.PAGESIZE
         if end > lo:

@@ -38,7 +38,7 @@ from spikelens.errors import LogFormatError
 from spikelens.metrics import STEP_NAMES, normalise
 from spikelens.readers import READERS
 from spikelens.readers._base import RawLog, lines_note, looks_binary, skip_warning
-from spikelens.readers._jsonl_template import template_parse
+from spikelens.readers._jsonl_template import _drop_pages, _is_object, template_parse
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -394,17 +394,6 @@ def _count_newlines(arr: np.ndarray, start: int, end: int,
 _WINDOW = 1 << 24
 
 
-def _drop_pages(buf: mmap.mmap | bytearray, start: int, end: int) -> None:
-    """Hand the pages of a scanned window back (they stay in the page cache): a scan over
-    the map must not count the whole file into the process's peak memory. Only clean pages
-    of a map are released; the few blanked lines live in the private copies of their pages,
-    which MADV_DONTNEED would throw away, so a window is released before any blanking."""
-    if isinstance(buf, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
-        lo = start - start % mmap.PAGESIZE
-        if end > lo:
-            buf.madvise(mmap.MADV_DONTNEED, lo, min(end, len(buf)) - lo)
-
-
 def _odd_line_starts(
     buf: mmap.mmap | bytearray, arr: np.ndarray
 ) -> tuple[list[int], dict[int, int], int]:
@@ -680,17 +669,14 @@ def _parse(buf: mmap.mmap | bytearray, path: Path | None = None) -> tuple[_Part,
                 e = buf.find(b"\n", s)
                 e = len(buf) if e < 0 else e
                 text = bytes(buf[s:e])
-                t = text.strip()
-                if t[:1] == b"{" and t[-1:] == b"}":
+                if _is_object(text):
                     continue  # padded or CRLF, but a plain object line: pyarrow takes it
                 odd.append((s, e, text))
             numbers = [line_of[s] for s, _, _ in odd]
             total = newlines + (buf[len(buf) - 1] != _NL)
             expected = total - len(odd)
             table = None
-        if table is not None:
-            pass
-        elif expected > 0 and path is not None:
+        if table is None and expected > 0 and path is not None:
             import pyarrow as pa
 
             ranges = [(s, e) for s, e, _ in odd]
@@ -700,7 +686,7 @@ def _parse(buf: mmap.mmap | bytearray, path: Path | None = None) -> tuple[_Part,
                 return pa.PythonFile(_Blanked(file, ranges), mode="r")
 
             table = _read_arrow(blanked)
-        elif expected > 0:
+        elif table is None and expected > 0:
             for s, e, _ in odd:
                 buf[s:e] = b" " * (e - s)
             table = _read_arrow(buf)
