@@ -419,7 +419,8 @@ def _grad_confirmed_bar(run: Run, loss: _Loss, config: Config,
     smallest outlier worth finding) its 21-point neighbourhood's median, and the point has a
     full trailing window (on a shorter one the loss scale is itself uncertain). On the 154
     labelled runs the largest loss point z at a confirmed point outside labelled events is
-    5.0 (bench r12): 7.5 is 1.5x that (docs/detection.md, *Fifth pass*)."""
+    5.27 (bench r12, under the steadied noise): 7.9 is 1.5x that (docs/detection.md, *Fifth
+    pass* and *Sixth pass*)."""
     gn = run.series("grad_norm")
     if not loss.is_log or gn is None or len(loss.x) <= config.window \
             or config.grad_confirmed_point_z >= config.z_threshold:

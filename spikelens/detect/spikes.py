@@ -37,6 +37,7 @@ from spikelens.detect.baseline import (
     IQR_TO_SIGMA,
     REL_SCALE_FLOOR,
     FloatArray,
+    _spread,
     detrended_quantiles,
     forward_median,
     rank_index,
@@ -183,6 +184,22 @@ def _inflation(x: FloatArray, window: int, stride: int, raw_scale: FloatArray,
     return np.asarray((1.0 + rho) / (1.0 - rho), dtype=np.float64)
 
 
+def _strided_iqr(d: FloatArray, m: int, step: int) -> FloatArray:
+    """q75 - q25 of the windows d[k * step : k * step + m], k = 0, 1, ... (the long noise
+    windows of `_steadied` and `_long_rho`). Sorted in chunks of about a million values
+    (numpy's SIMD sort beats a partition at two order statistics)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    rows = sliding_window_view(d, m)[::step]
+    lo, hi = rank_index(m, 0.25), rank_index(m, 0.75)
+    res = np.empty(len(rows))
+    chunk = max(1, 1_000_000 // m)
+    for a in range(0, len(rows), chunk):
+        srt = np.sort(rows[a:a + chunk], axis=1)
+        res[a:a + chunk] = srt[:, hi] - srt[:, lo]
+    return res
+
+
 #: Standard error of the long rho estimate times sqrt(points): 0.092 over 1,000 points of
 #: white noise (0.12 at rho 0.3, 0.14 at 0.6), simulated.
 LONG_RHO_SE = 2.9
@@ -221,17 +238,6 @@ def _long_rho(x: FloatArray, window: int) -> FloatArray:
     # the lag-2 ones of the same points); point i takes the last window that ends before
     # it. Before the first full window, the points from `least` on take all the points
     # before them, refreshed every `window` points
-    from numpy.lib.stride_tricks import sliding_window_view
-
-    def iqr(d: FloatArray, m: int) -> FloatArray:
-        rows = sliding_window_view(d, m)[::step]
-        res = np.empty(len(rows))
-        chunk = max(1, 1_000_000 // m)
-        for a in range(0, len(rows), chunk):
-            srt = np.sort(rows[a:a + chunk], axis=1)
-            res[a:a + chunk] = srt[:, rank_index(m, 0.75)] - srt[:, rank_index(m, 0.25)]
-        return res
-
     def rho(s1: FloatArray | float, s2: FloatArray | float) -> FloatArray:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.asarray(np.square(s2) / np.square(s1) - 1.0, dtype=np.float64)
@@ -248,15 +254,12 @@ def _long_rho(x: FloatArray, window: int) -> FloatArray:
                               a2[rank_index(m - 2, 0.75)] - a2[rank_index(m - 2, 0.25)]) \
             - 2 * LONG_RHO_SE / np.sqrt(m)
     if n > long + 1:
-        s1 = iqr(d1, long)
+        s1 = _strided_iqr(d1, long, step)
         del d1
-        s2 = iqr(x[2:] - x[:-2], long - 1)
+        s2 = _strided_iqr(x[2:] - x[:-2], long - 1, step)
         r = rho(s1, s2) - 2 * LONG_RHO_SE / np.sqrt(long)
-        # point i >= long + 1 takes window (i - long - 1) // step, the last one to the end
-        base = long + 1
-        for j in range(len(r)):
-            a = base + j * step
-            out[a:n if j == len(r) - 1 else a + step] = r[j]
+        # point i >= long + 1 takes window (i - long - 1) // step (the last one reaches the end)
+        _spread(out, r, long + 1, step)
     return np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0)
 
 
@@ -444,21 +447,13 @@ def _steadied(e: FloatArray, scale: FloatArray, window: int) -> FloatArray:
     # 250 points either side of it. The first and the last `long // 2` points take the
     # first and the last window of the log. Sorted in chunks (numpy's SIMD sort beats a
     # partition at two order statistics): 0.02 CPU-s per million points
-    from numpy.lib.stride_tricks import sliding_window_view
-
     step = max(1, long // 2)
-    views = sliding_window_view(e, long)[::step]
-    lo, hi = rank_index(long, 0.25), rank_index(long, 0.75)
-    lng = np.empty(len(views))
-    chunk = max(1, 1_000_000 // long)
-    for a in range(0, len(views), chunk):
-        srt = np.sort(views[a:a + chunk], axis=1)
-        lng[a:a + chunk] = (srt[:, hi] - srt[:, lo]) / IQR_TO_SIGMA
+    lng = _strided_iqr(e, long, step) / IQR_TO_SIGMA
     agree = float(np.exp(3.0 * IQR_SCALE_SE / np.sqrt(window)))
     # in place and in chunks of 64k points: whole-series temporaries here (the row of
     # every point, its long scale, the choice) sat on the detector's memory peak, 20 MB
     # at a million points
-    last = len(views) - 1
+    last = len(lng) - 1
     for a in range(0, n, _STEADY_CHUNK):
         b = min(n, a + _STEADY_CHUNK)
         rows = np.clip(np.rint((np.arange(a, b) - long / 2) / step).astype(np.int64), 0, last)
