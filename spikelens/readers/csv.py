@@ -163,7 +163,8 @@ def load_csv(path: Path) -> CsvTable:
             )
 
     data = body if body is not None else buf
-    splits = _split_points(data, 0 if nl < 0 else nl + 1, _parts(len(data)))
+    size = len(data)
+    splits = _split_points(data, 0 if nl < 0 else nl + 1, _parts(size))
     if isinstance(buf, mmap.mmap):
         buf.close()  # its pages count as our memory while mapped; the parser reads the file
     invalid: list[str] = []
@@ -178,9 +179,12 @@ def load_csv(path: Path) -> CsvTable:
     parse = pacsv.ParseOptions(delimiter=delim, invalid_row_handler=on_invalid)
     # 4 MiB blocks: as fast as 16 MiB here, with a smaller parser working set
     opts = pacsv.ReadOptions(block_size=1 << 22)
-    convert = pacsv.ConvertOptions(null_values=[""], strings_can_be_null=True,
-                                   quoted_strings_can_be_null=True)
-    schema = _first_block_schema(source, delim, opts)
+    convert = _convert()
+    # a file of one block read by one reader is not probed: the streaming reader infers its
+    # types from that same block, and the probe would parse the whole file twice (a fleet's
+    # small logs); spans always need the shared types
+    probe = bool(splits) or size > opts.block_size
+    schema = _first_block_schema(source, delim, opts) if probe else None
     named = schema is not None and len(set(schema.names)) == len(schema.names)
     try:
         # The streaming reader first: it holds a block at a time besides the table (peak
@@ -192,8 +196,7 @@ def load_csv(path: Path) -> CsvTable:
         else:
             types = ({f.name: f.type for f in schema if f.type in (pa.int64(), pa.float64())}
                      if named and schema is not None else {})
-            typed = pacsv.ConvertOptions(null_values=[""], strings_can_be_null=True,
-                                         quoted_strings_can_be_null=True, column_types=types)
+            typed = _convert(types)
             with source() as src:
                 reader = pacsv.open_csv(src, parse_options=parse, convert_options=typed,
                                         read_options=opts)
@@ -233,6 +236,16 @@ def load_csv(path: Path) -> CsvTable:
     return CsvTable(frame, nan_mask, warnings, header, row_lines)
 
 
+def _convert(types: dict[str, Any] | None = None) -> Any:
+    """The conversion every read of a CSV log shares (the probe, the streaming reader, the
+    spans, the whole-file read), so that they agree on what a missing value is: an empty
+    cell, quoted or not, is a null, never text. `types` states column types."""
+    import pyarrow.csv as pacsv
+
+    return pacsv.ConvertOptions(null_values=[""], strings_can_be_null=True,
+                                quoted_strings_can_be_null=True, column_types=types or {})
+
+
 def _first_block_schema(source: Callable[[], Any], delim: str, opts: Any) -> Any:
     """The column types pyarrow infers from the file's first block, or None when that block
     does not parse.
@@ -248,8 +261,7 @@ def _first_block_schema(source: Callable[[], Any], delim: str, opts: Any) -> Any
     import pyarrow.csv as pacsv
 
     parse = pacsv.ParseOptions(delimiter=delim, invalid_row_handler=lambda row: "skip")
-    convert = pacsv.ConvertOptions(null_values=[""], strings_can_be_null=True,
-                                   quoted_strings_can_be_null=True)
+    convert = _convert()
     # one thread: the probe needs the first block only, not the blocks read ahead
     first = pacsv.ReadOptions(block_size=opts.block_size, use_threads=False)
     try:
@@ -306,9 +318,7 @@ def _read_spans(path: Path, body: bytes | None, splits: list[int], schema: Any, 
 
     size = len(body) if body is not None else os.path.getsize(path)
     bounds = [0, *splits, size]
-    convert = pacsv.ConvertOptions(null_values=[""], strings_can_be_null=True,
-                                   quoted_strings_can_be_null=True,
-                                   column_types={f.name: f.type for f in schema})
+    convert = _convert({f.name: f.type for f in schema})
     # No read-ahead inside a span, and 1 MiB blocks: the spans are the parallelism, and
     # each reader's blocks in flight add to the peak memory (two spans of 4 MiB blocks with
     # read-ahead: 500-525 MB on the 201 MB CSV, against 410 MB for one reader; of 1 MiB
