@@ -377,9 +377,11 @@ def _in_order(futures: Sequence[Any], done: Iterator[Any],
 
 
 def default_jobs() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's count): the
+    fleet's default workers, and the readers' threads (CSV spans, the TensorBoard decode)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
+    except (AttributeError, OSError):  # not on Linux
         return max(1, os.cpu_count() or 1)
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import os
 import queue
 import struct
 import threading
@@ -183,11 +182,9 @@ def use_threads(nbytes: int) -> bool:
     """Whether to split the work of a file of `nbytes` over two threads."""
     if nbytes < PARALLEL_MIN_BYTES:
         return False
-    try:
-        cores = len(os.sched_getaffinity(0))  # the cores this process may run on
-    except (AttributeError, OSError):  # not on Linux
-        cores = os.cpu_count() or 1
-    return cores >= 2
+    from spikelens.fleet import default_jobs  # the cores this process may run on
+
+    return default_jobs() >= 2
 
 
 _T = TypeVar("_T")

@@ -282,11 +282,9 @@ def _parts(size: int) -> int:
     under `_SPLIT_MIN` (a thread pool costs more than it saves there)."""
     if size < _SPLIT_MIN:
         return 1
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(4, cores))
+    from spikelens.fleet import default_jobs
+
+    return max(1, min(4, default_jobs()))
 
 
 def _split_points(data: bytes | mmap.mmap, lo: int, parts: int) -> list[int]:
