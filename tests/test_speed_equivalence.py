@@ -452,3 +452,205 @@ def test_long_noise_estimates_in_place_equal_the_plain_gather() -> None:
         k = (np.arange(long + 1, n) - (long + 1)) // step
         tail = np.nan_to_num(r[np.minimum(k, len(r) - 1)], nan=0.0, posinf=0.0)
         assert out[long + 1:].tobytes() == tail.tobytes()
+
+
+# causes4: the cause rules' per-run preparations and the HTML page's plotly.js read
+
+
+def _dirty_log(path: Path, seed: int) -> Path:
+    """A seeded CSV with NaN / inf / -inf cells in every column, a Megatron-style NaN
+    counter, a throughput column that is NaN at first, per-layer grad norms and per-layer
+    statistics, so that every branch of the per-run preparations is taken."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.choice([300, 2000, 6000]))
+    cols: dict[str, np.ndarray] = {
+        "loss": 2.0 + 0.1 * rng.standard_normal(n),
+        "lr": np.linspace(1e-4, 1e-5, n),
+        "grad_norm": np.abs(1.0 + 0.3 * rng.standard_normal(n)),
+        "nan_iterations": np.cumsum(rng.random(n) < 0.01).astype(np.float64),
+        "throughput": 1000.0 + rng.standard_normal(n),
+        "layer_1/grad_norm": np.abs(rng.standard_normal(n)),
+        "layer_2/attn_logit_max": 5.0 + rng.random(n),
+        "layer_3/act_rms": 1.0 + rng.random(n),
+    }
+    cols["throughput"][: n // 3] = np.nan
+    cols["layer_2/attn_logit_max"][n // 2: n // 2 + 40] *= 20  # a departure
+    text = {k: [repr(float(x)) for x in v] for k, v in cols.items()}
+    for k in text:
+        for i in rng.choice(n, max(1, n // 50), replace=False):
+            text[k][i] = str(rng.choice(["nan", "inf", "-inf", ""]))
+    for i in (0, n - 1):  # edge-of-log non-finite values
+        text["loss"][i] = "inf"
+    out = path / f"dirty{seed}.csv"
+    lines = ["step," + ",".join(cols)]
+    lines += [f"{s}," + ",".join(text[k][s] for k in cols) for s in range(n)]
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def _events(run_steps: np.ndarray, rng: np.random.Generator, k: int) -> list[object]:
+    from spikelens.model import Event, Size
+
+    first, last = int(run_steps[0]), int(run_steps[-1])
+    out = []
+    for j in range(k):
+        a = int(rng.integers(first, last + 1)) if j > 1 else (first if j == 0 else last)
+        p = min(last, a + int(rng.integers(0, 5)))
+        e = min(last + 3, p + int(rng.integers(0, 300)))
+        out.append(Event("spike", "loss", a, p, e, True, Size(5.0, 2.0), baseline=2.0))
+    return out
+
+
+def _plain_nonfinite_first(ctx: object) -> dict[str, int]:
+    """The per-window masks `_nonfinite` used before its rows were prepared per run."""
+    run, ev, arr = ctx.run, ctx.event, ctx.arrays  # type: ignore[attr-defined]
+    hi = max(ev.peak_step, min(ev.end_step, ev.start_step + 10 * max(1, run.interval)))
+    lo = ev.start_step
+    first: dict[str, int] = {}
+    names = {col: role for role, col in run.roles.items()}
+    idx_all = arr.index
+    a = int(np.searchsorted(idx_all, lo, side="left"))
+    b = int(np.searchsorted(idx_all, hi, side="right"))
+    idx = idx_all[a:b]
+    nan_col = run.column("nan_count")
+    for col in arr.columns():
+        whole, first_finite, nan_at = arr.column(col)
+        if col != nan_col and first_finite >= a:
+            continue
+        bad = np.isinf(whole[a:b])
+        if len(nan_at):
+            near = nan_at[np.searchsorted(nan_at, lo):np.searchsorted(nan_at, hi, side="right")]
+            if len(near):
+                bad |= np.isin(idx, near)
+        if col == nan_col:
+            full = arr.increments("nan_count")
+            if full is not None:
+                inc = full.between(lo, hi)
+                bad |= np.isin(idx, inc.steps[inc.values > 0])
+        if bad.any():
+            first[names.get(col, col)] = int(idx[np.argmax(bad)])
+    return first
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_nonfinite_from_rows_prepared_once_matches_the_window_masks(
+        seed: int, tmp_path: Path) -> None:
+    from spikelens.causes._window import Context, _nonfinite, arrays
+
+    run = read_log(_dirty_log(tmp_path, seed))
+    assert run.column("nan_count") is not None and run.nan_steps
+    rng = np.random.default_rng(100 + seed)
+    seen = 0
+    for ev in _events(arrays(run).index, rng, 150):
+        ctx = Context(run=run, event=ev, events=(), config=Config())  # type: ignore[arg-type]
+        plain = _plain_nonfinite_first(ctx)
+        got = _nonfinite(ctx)
+        if not plain:
+            assert got is None
+            continue
+        seen += 1
+        assert got is not None
+        step = min(plain.values())
+        assert got.step == step
+        assert got.series == tuple(sorted(k for k, v in plain.items() if v == step))
+    assert seen > 20
+
+
+def test_rows_of_repeated_index_values_are_every_row() -> None:
+    class _Idx(RunArrays):
+        def __init__(self, index: np.ndarray) -> None:  # noqa: D107 - no Run needed
+            self.index = index
+
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        idx = np.sort(rng.integers(0, 50, int(rng.integers(1, 80))))
+        steps = np.unique(rng.integers(-3, 55, int(rng.integers(0, 20))))
+        assert _same(_Idx(idx)._rows_of(steps), np.flatnonzero(np.isin(idx, steps)))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_layer_columns_prepared_once_match_the_per_event_scan(seed: int,
+                                                              tmp_path: Path) -> None:
+    from spikelens.causes import grad_explosion, model_stats
+    from spikelens.causes._window import Context
+    from spikelens.metrics import normalise
+
+    run = read_log(_dirty_log(tmp_path, seed))
+
+    def plain_stats(ev: object) -> tuple[object, int]:
+        best, looked = None, 0
+        for col in run.extras:
+            if col not in run.frame.columns:
+                continue
+            kind = model_stats._kind(col)
+            if kind is None:
+                continue
+            s = run.frame[col]
+            keep = s.notna().to_numpy()
+            nan_at = run.nan_steps.get(col)
+            if nan_at is not None and len(nan_at):
+                keep = keep | np.isin(s.index.to_numpy(), nan_at)
+            if keep.sum() < model_stats.MIN_BASE + 1:
+                continue
+            looked += 1
+            d = model_stats._departure(s.index.to_numpy()[keep],
+                                       s.to_numpy(dtype=np.float64)[keep], ev,  # type: ignore[arg-type]
+                                       Config().window)
+            if d is None:
+                continue
+            cand = model_stats.Departure(col, kind, d[0], d[1], d[2],
+                                         d[0] < ev.start_step, d[3])  # type: ignore[attr-defined]
+            if best is None or cand.step < best.step or (
+                    cand.step == best.step and cand.ratio > best.ratio):
+                best = cand
+        return best, looked
+
+    total = run.column("grad_norm")
+    plain_grads = [c for c in run.extras if c in run.frame.columns and c != total
+                   and "grad" in normalise(c) and "norm" in normalise(c)
+                   and not c.startswith("rank")]
+    assert plain_grads == ["layer_1/grad_norm"]
+    rng = np.random.default_rng(seed)
+    departed = 0
+    for ev in _events(run.steps, rng, 60):
+        want = plain_stats(ev)
+        assert model_stats._first_layer(run, ev, Config().window) == want  # type: ignore[arg-type]
+        departed += want[0] is not None
+        ctx = Context(run=run, event=ev, events=(), config=Config())  # type: ignore[arg-type]
+        assert grad_explosion._layer_grad_columns(ctx.arrays, total) == plain_grads
+    assert want[1] == 2
+
+
+def test_dedupe_shortcut_is_np_unique() -> None:
+    from spikelens.causes._window import _dedupe
+
+    rng = np.random.default_rng(3)
+    for trial in range(300):
+        n = int(rng.integers(0, 30))
+        steps = [np.sort(rng.integers(0, 40, n)), np.arange(n) * 3,
+                 rng.integers(0, 40, n)][trial % 3]  # repeats, strictly rising, unsorted
+        vals = rng.random(n)
+        _, i = np.unique(steps, return_index=True)
+        s, v = _dedupe(steps, vals)
+        assert _same(s, steps[i]) and _same(v, vals[i])
+
+
+def test_plotlyjs_read_without_plotly_is_get_plotlyjs() -> None:
+    from plotly.offline import get_plotlyjs
+
+    from spikelens.report.html import _plotlyjs
+
+    assert _plotlyjs() == get_plotlyjs()
+
+
+def test_logged_nan_in_a_layer_statistic_does_not_crash_model_stats(tmp_path: Path) -> None:
+    # main raised "output array is read-only" here (pandas' read-only notna mask, `|=`)
+    from spikelens.causes import model_stats
+    from spikelens.causes._window import Context
+
+    run = read_log(_dirty_log(tmp_path, 1))
+    assert run.nan_steps.get("layer_3/act_rms") is not None
+    ev = _events(run.steps, np.random.default_rng(0), 3)[2]
+    ctx = Context(run=run, event=ev, events=(), config=Config())  # type: ignore[arg-type]
+    res = model_stats.rule(run, ev, ctx)  # type: ignore[arg-type]
+    assert res is None or res.cause == "model_stats"

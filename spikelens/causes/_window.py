@@ -213,7 +213,7 @@ class Series:
 
     def pos(self, step: int) -> int:
         """Index of the first point at or after `step`."""
-        return int(np.searchsorted(self.steps, step, side="left"))
+        return int(self.steps.searchsorted(step, side="left"))
 
     def before(self, step: int, n: int | None = None) -> Series:
         """The last `n` points strictly before `step` (all of them when n is None)."""
@@ -224,17 +224,17 @@ class Series:
     def between(self, lo: int, hi: int) -> Series:
         """Points with lo <= step <= hi."""
         a = self.pos(lo)
-        b = int(np.searchsorted(self.steps, hi, side="right"))
+        b = int(self.steps.searchsorted(hi, side="right"))
         return Series(self.steps[a:b], self.values[a:b])
 
     def after(self, step: int, n: int) -> Series:
         """The first `n` points strictly after `step`."""
-        a = int(np.searchsorted(self.steps, step, side="right"))
+        a = int(self.steps.searchsorted(step, side="right"))
         return Series(self.steps[a : a + n], self.values[a : a + n])
 
     def value_at(self, step: int) -> float | None:
         """The value logged at `step`, or at the last logged step before it."""
-        i = int(np.searchsorted(self.steps, step, side="right")) - 1
+        i = int(self.steps.searchsorted(step, side="right")) - 1
         if i < 0:
             return None
         return float(self.values[i])
@@ -380,6 +380,46 @@ class RunArrays:
             self.misc["columns"] = list(self.run.frame.columns)
         cols: list[str] = self.misc["columns"]
         return cols
+
+    def frame_extras(self) -> list[str]:
+        """`run.extras` that are columns of the frame, in their order (the property walks
+        the pandas column Index and the eval frame's, per event: prepared once per run)."""
+        if "frame_extras" not in self.misc:
+            cols = set(self.columns())
+            self.misc["frame_extras"] = [c for c in self.run.extras if c in cols]
+        got: list[str] = self.misc["frame_extras"]
+        return got
+
+    def bad_rows(self, col: str) -> np.ndarray:
+        """The sorted frame rows at which `_nonfinite` finds column `col` non-finite: an
+        infinity, a logged NaN (`nan_steps`) and, for the `nan_count` column, an increase of
+        the counter. Prepared once per column, so an event's first bad row is one
+        searchsorted instead of a mask over its window per column."""
+        key = f"bad_rows:{col}"
+        if key not in self.misc:
+            whole, _, nan_at = self.column(col)
+            parts = [np.flatnonzero(np.isinf(whole))]
+            if len(nan_at):
+                parts.append(self._rows_of(nan_at))
+            if col == self.run.column("nan_count"):
+                full = self.increments("nan_count")
+                if full is not None:
+                    parts.append(self._rows_of(full.steps[full.values > 0]))
+            rows = parts[0] if len(parts) == 1 else np.unique(np.concatenate(parts))
+            self.misc[key] = rows
+        got: np.ndarray = self.misc[key]
+        return got
+
+    def _rows_of(self, steps: np.ndarray) -> np.ndarray:
+        """The frame rows whose index value is one of `steps` (every row of a repeated
+        index value, as `np.isin` marks them)."""
+        idx = self.index
+        lo = idx.searchsorted(steps, "left")
+        hi = idx.searchsorted(steps, "right")
+        if not len(lo) or np.all(hi - lo <= 1):
+            return np.asarray(lo[hi > lo], dtype=np.int64)
+        return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in zip(lo, hi, strict=True)
+                               if b > a] or [np.empty(0, dtype=np.int64)])
 
     def column_series(self, col: str) -> Series:
         """A frame column's logged (non-missing) points."""
@@ -1158,8 +1198,8 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
         # routine rate: cuts outside the window, after calibration (running sums: the
         # whole run minus the window)
         st = after_cal.steps[1:]
-        a_ = int(np.searchsorted(st, window[0], side="left"))
-        b_ = int(np.searchsorted(st, window[1], side="right"))
+        a_ = int(st.searchsorted(window[0], side="left"))
+        b_ = int(st.searchsorted(window[1], side="right"))
         routine_cuts = int(prep.cut_cum[-1] - (prep.cut_cum[b_] - prep.cut_cum[a_]))
         span_steps = int(prep.gap_cum[-1] - (prep.gap_cum[b_] - prep.gap_cum[a_]))
     skips = 0
@@ -1313,6 +1353,13 @@ def _storm_start(scale: Series | None, inc: Series | None, lo: int, limit: int) 
 
 
 def _dedupe(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if len(steps) < 2:
+        return steps, values
+    new = steps[1:] != steps[:-1]
+    if bool((steps[1:] >= steps[:-1]).all()):
+        # sorted (the window is): np.unique keeps the first of each run of equal steps
+        keep = np.concatenate([[True], new])
+        return steps[keep], values[keep]
     _, idx = np.unique(steps, return_index=True)
     return steps[idx], values[idx]
 
@@ -1329,30 +1376,21 @@ def _nonfinite(ctx: Context) -> Nonfinite | None:
     names: dict[str, str] = {col: role for role, col in run.roles.items()}
     arr = ctx.arrays
     idx_all = arr.index
-    a = int(np.searchsorted(idx_all, lo, side="left"))
-    b = int(np.searchsorted(idx_all, hi, side="right"))
-    idx = idx_all[a:b]
+    a = int(idx_all.searchsorted(lo, side="left"))
+    b = int(idx_all.searchsorted(hi, side="right"))
     nan_col = run.column("nan_count")
     for col in arr.columns():
-        whole, first_finite, nan_at = arr.column(col)
+        _, first_finite, _ = arr.column(col)
         # a series that was never finite before the event (a throughput column logged as
         # NaN throughout) did not *go* non-finite here: it is not evidence
         if col != nan_col and first_finite >= a:
             continue
-        v = whole[a:b]
-        bad = np.isinf(v)
-        if len(nan_at):
-            near = nan_at[np.searchsorted(nan_at, lo):np.searchsorted(nan_at, hi, side="right")]
-            if len(near):
-                bad |= np.isin(idx, near)
-        if col == nan_col:
-            # Megatron counts NaN iterations instead of printing them: an increase is one
-            full = arr.increments("nan_count")
-            if full is not None:
-                inc = full.between(lo, hi)
-                bad |= np.isin(idx, inc.steps[inc.values > 0])
-        if bad.any():
-            first[names.get(col, col)] = int(idx[np.argmax(bad)])
+        # the column's first non-finite row in the event's window a..b-1 (an infinity, a
+        # logged NaN, a rise of Megatron's NaN-iteration counter), from its rows found once
+        rows = arr.bad_rows(col)
+        k = int(rows.searchsorted(a, "left"))
+        if k < len(rows) and rows[k] < b:
+            first[names.get(col, col)] = int(idx_all[rows[k]])
     if not first:
         return None
     step = min(first.values())

@@ -19,6 +19,7 @@ from spikelens.causes._window import (
     GRAD_PRECURSOR,
     PRECURSOR_POINTS,
     Context,
+    RunArrays,
     Series,
     evidence,
     excursion,
@@ -83,17 +84,27 @@ def _surge(ctx: Context, base: float) -> Surge | None:
     return best
 
 
+def _layer_grad_columns(a: RunArrays, total: str | None) -> list[str]:
+    """The per-layer grad-norm columns (names matched once per run, not per event)."""
+    key = f"layer_grad_columns:{total}"
+    if key not in a.misc:
+        out = []
+        for col in a.frame_extras():
+            n = normalise(col)
+            if col == total or "grad" not in n or "norm" not in n or col.startswith("rank"):
+                continue
+            out.append(col)
+        a.misc[key] = out
+    got: list[str] = a.misc[key]
+    return got
+
+
 def _first_layer(run: Run, ctx: Context) -> tuple[str, int, float] | None:
     """The per-layer grad norm that left its own baseline first (name, step, ratio)."""
     total = run.column("grad_norm")
     ev = ctx.event
     best: tuple[str, int, float] | None = None
-    for col in run.extras:
-        n = normalise(col)
-        if col == total or "grad" not in n or "norm" not in n or col.startswith("rank"):
-            continue
-        if col not in run.frame.columns:
-            continue
+    for col in _layer_grad_columns(ctx.arrays, total):
         s = ctx.arrays.column_series(col)
         steps, vals = s.steps, s.values
         if len(steps) == 0:

@@ -26,6 +26,7 @@ from spikelens.causes import CAUSES
 from spikelens.causes._window import (
     PRECURSOR_POINTS,
     Context,
+    arrays,
     evidence,
     fmt,
     fmt_ratio,
@@ -125,26 +126,40 @@ def _departure(steps: np.ndarray, vals: np.ndarray, event: Event,
     return None
 
 
+def _layer_columns(run: Run) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
+    """(column, kind, steps, values) of the per-layer statistics with enough logged points,
+    in the order of `run.extras`: prepared once per run (the kinds are regex matches on the
+    names, the logged points a mask over the whole column), not once per event."""
+    a = arrays(run)
+    if "model_stats_layers" not in a.misc:
+        out: list[tuple[str, str, np.ndarray, np.ndarray]] = []
+        for col in a.frame_extras():
+            kind = _kind(col)
+            if kind is None:
+                continue
+            s = run.frame[col]
+            keep = s.notna().to_numpy()
+            nan_at = run.nan_steps.get(col)
+            if nan_at is not None and len(nan_at):
+                # not `|=`: pandas may hand out a read-only mask (a logged NaN in a
+                # per-layer statistic crashed the rule on main: "output array is read-only")
+                keep = keep | np.isin(s.index.to_numpy(), nan_at)
+            if keep.sum() < MIN_BASE + 1:
+                continue
+            out.append((col, kind, s.index.to_numpy()[keep],
+                        s.to_numpy(dtype=np.float64)[keep]))
+        a.misc["model_stats_layers"] = out
+    got: list[tuple[str, str, np.ndarray, np.ndarray]] = a.misc["model_stats_layers"]
+    return got
+
+
 def _first_layer(run: Run, event: Event, window: int) -> tuple[Departure | None, int]:
     """The per-layer statistic that left its baseline first, and how many were looked at."""
     best: Departure | None = None
     looked = 0
-    for col in run.extras:
-        if col not in run.frame.columns:
-            continue
-        kind = _kind(col)
-        if kind is None:
-            continue
-        s = run.frame[col]
-        keep = s.notna().to_numpy()
-        nan_at = run.nan_steps.get(col)
-        if nan_at is not None and len(nan_at):
-            keep |= np.isin(s.index.to_numpy(), nan_at)
-        if keep.sum() < MIN_BASE + 1:
-            continue
+    for col, kind, steps, vals in _layer_columns(run):
         looked += 1
-        d = _departure(s.index.to_numpy()[keep], s.to_numpy(dtype=np.float64)[keep], event,
-                       window)
+        d = _departure(steps, vals, event, window)
         if d is None:
             continue
         cand = Departure(col, kind, d[0], d[1], d[2], d[0] < event.start_step, d[3])
