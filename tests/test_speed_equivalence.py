@@ -654,3 +654,46 @@ def test_logged_nan_in_a_layer_statistic_does_not_crash_model_stats(tmp_path: Pa
     ctx = Context(run=run, event=ev, events=(), config=Config())  # type: ignore[arg-type]
     res = model_stats.rule(run, ev, ctx)  # type: ignore[arg-type]
     assert res is None or res.cause == "model_stats"
+
+
+def _plain_lr_jump(full: Series) -> tuple[float, float, int | None, float, float]:
+    """The LR jump scan on numpy scalars, as `_lr_profile` did it."""
+    nan = float("nan")
+    jump, jump_step, jump_from, jump_to = 1.0, None, nan, nan
+    best = 1.0
+    v = full.values
+    for i in range(2, len(v)):
+        prev, cur = v[i - 1], v[i]
+        if prev <= 0 or cur <= prev:
+            continue
+        trend = v[i - 1] / v[i - 2] if v[i - 2] > 0 else 1.0
+        level = float(np.max(v[max(0, i - 10):i]))
+        ex = cur / max(prev * max(trend, 1.0), level)
+        if ex > best:
+            best = float(ex)
+            jump, jump_step = float(cur / prev), int(full.steps[i])
+            jump_from, jump_to = float(prev), float(cur)
+    return best, jump, jump_step, jump_from, jump_to
+
+
+def test_lr_jump_on_python_floats_is_the_numpy_scan() -> None:
+    from spikelens.causes._window import PRECURSOR_POINTS, lr_jump
+
+    assert PRECURSOR_POINTS == 10
+    rng = np.random.default_rng(11)
+    for trial in range(400):
+        n = int(rng.integers(0, 120))
+        kind = trial % 4
+        if kind == 0:  # warmup then decay, with a jump
+            v = np.concatenate([np.linspace(0, 1e-3, n // 3), np.linspace(1e-3, 1e-4, n - n // 3)])
+            if n > 5:
+                v[int(rng.integers(2, n))] *= float(rng.choice([1.2, 2.0, 8.0]))
+        elif kind == 1:  # cyclic
+            v = 1e-3 * (1.5 + np.sin(np.arange(n) / rng.uniform(1, 20)))
+        elif kind == 2:  # steps of a schedule, zeros included
+            v = np.round(rng.random(n) * 4) * 1e-4
+        else:
+            v = rng.random(n) * 10.0 ** rng.integers(-6, 0)
+        full = Series(np.arange(n, dtype=np.int64) * 7, v.astype(np.float64))
+        got, want = lr_jump(full), _plain_lr_jump(full)
+        assert repr(got) == repr(want)

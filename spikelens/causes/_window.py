@@ -140,7 +140,11 @@ def median_of(v: np.ndarray) -> float:
     """`float(np.median(v))`, bit for bit: the middle value, or the two middle ones added and
     halved as `np.mean` does (a + b then / 2). A zero falls back to numpy (which of -0.0 and
     0.0 a sort leaves at the rank depends on its path)."""
-    s = _sorted_small(v)
+    return _median_sorted(v, _sorted_small(v))
+
+
+def _median_sorted(v: np.ndarray, s: list[float] | None) -> float:
+    """`median_of(v)` given `s = _sorted_small(v)` (one sort shared with `percentiles_of`)."""
     if s is None:
         return float(np.median(v))
     h = len(s) // 2
@@ -153,7 +157,12 @@ def percentiles_of(v: np.ndarray, qs: Sequence[float]) -> list[float]:
     linear method, virtual index (n - 1) * q / 100, and its two-sided interpolation
     (a + (b - a) * g, or b - (b - a) * (1 - g) from g = 0.5 on). A zero result falls back
     to numpy, as in `median_of`."""
-    s = _sorted_small(v)
+    return _percentiles_sorted(v, _sorted_small(v), qs)
+
+
+def _percentiles_sorted(v: np.ndarray, s: list[float] | None,
+                        qs: Sequence[float]) -> list[float]:
+    """`percentiles_of(v, qs)` given `s = _sorted_small(v)`."""
     out: list[float] = []
     for q in qs:
         if s is None:
@@ -890,6 +899,33 @@ def _loss_shape(ctx: Context) -> LossShape | None:
 # ---------------------------------------------------------------------------- LR
 
 
+def lr_jump(full: Series) -> tuple[float, float, int | None, float, float]:
+    """(excess, jump, step, from, to) of the logged LR step of `full` (finite values) that
+    most beat its trend; excess 1.0 and no step when none rose."""
+    nan = float("nan")
+    jump, jump_step, jump_from, jump_to = 1.0, None, nan, nan
+    best_excess = 1.0
+    # Python floats (the same IEEE doubles as numpy's, without its per-scalar cost): the
+    # values are finite, so max() of a slice is np.max of it
+    v = full.values.tolist()
+    # from the third point: a step is judged against the trend of the one before it, and the
+    # first step has none (a warmup's 2e-5 -> 3e-5 is not a 1.5x jump)
+    for i in range(2, len(v)):
+        prev, cur = v[i - 1], v[i]
+        if prev <= 0 or cur <= prev:
+            continue
+        # a jump must beat both the trend (a warmup rises every step) and the recent level
+        # (climbing back after a drop, as a re-warmup does, is not a discontinuity)
+        trend = v[i - 1] / v[i - 2] if v[i - 2] > 0 else 1.0
+        level = max(v[max(0, i - PRECURSOR_POINTS):i])
+        ex = cur / max(prev * max(trend, 1.0), level)
+        if ex > best_excess:
+            best_excess = float(ex)
+            jump, jump_step = float(cur / prev), int(full.steps[i])
+            jump_from, jump_to = float(prev), float(cur)
+    return best_excess, jump, jump_step, jump_from, jump_to
+
+
 def _lr_profile(ctx: Context) -> LrProfile:
     ev = ctx.event
     start = ev.start_step
@@ -939,25 +975,8 @@ def _lr_profile(ctx: Context) -> LrProfile:
         ref = float(np.min(ramp[ramp > 0])) if np.any(ramp > 0) else nan
     ratio = at_rise / ref if ref > 0 and math.isfinite(ref) else 1.0
     # discontinuity: a logged step whose ratio beats the trend of the step before it
-    jump, jump_step, jump_from, jump_to = 1.0, None, nan, nan
-    best_excess = 1.0
     full = Series(hist.steps[-(h + 2):], hist.values[-(h + 2):])
-    v = full.values
-    # from the third point: a step is judged against the trend of the one before it, and the
-    # first step has none (a warmup's 2e-5 -> 3e-5 is not a 1.5x jump)
-    for i in range(2, len(v)):
-        prev, cur = v[i - 1], v[i]
-        if prev <= 0 or cur <= prev:
-            continue
-        # a jump must beat both the trend (a warmup rises every step) and the recent level
-        # (climbing back after a drop, as a re-warmup does, is not a discontinuity)
-        trend = v[i - 1] / v[i - 2] if v[i - 2] > 0 else 1.0
-        level = float(np.max(v[max(0, i - PRECURSOR_POINTS):i]))
-        ex = cur / max(prev * max(trend, 1.0), level)
-        if ex > best_excess:
-            best_excess = float(ex)
-            jump, jump_step = float(cur / prev), int(full.steps[i])
-            jump_from, jump_to = float(prev), float(cur)
+    best_excess, jump, jump_step, jump_from, jump_to = lr_jump(full)
     if best_excess < LR_JUMP:
         # not a discontinuity: the biggest step was within the trend
         jump, jump_step, jump_from, jump_to = 1.0, None, nan, nan
@@ -1022,8 +1041,11 @@ def _grad_profile(ctx: Context, g: Series) -> GradProfile:
     pre_win = Series(pre_all.steps[-PRECURSOR_POINTS:], pre_all.values[-PRECURSOR_POINTS:])
     older = Series(pre_all.steps[:-PRECURSOR_POINTS], pre_all.values[:-PRECURSOR_POINTS])
     base_win = Series(older.steps[-w:], older.values[-w:]).finite()
+    ref_vals = base_win.values
+    # one sort for the baseline's median and its percentiles
+    ref_sorted = _sorted_small(ref_vals) if len(ref_vals) else None
     if len(base_win) >= 3:
-        base = median_of(base_win.values)
+        base = _median_sorted(ref_vals, ref_sorted)
     else:
         # a short excerpt: the lowest value before the rise is the pre-ramp level
         fin = _finite_before(ctx, "grad_norm", start)
@@ -1032,8 +1054,8 @@ def _grad_profile(ctx: Context, g: Series) -> GradProfile:
         pos = _finite_before(ctx, "grad_norm", start)
         pos = pos[pos > 0]
         base = float(np.min(pos)) if len(pos) else float("nan")
-    ref_vals = base_win.values
-    p50, p99 = percentiles_of(ref_vals, (50, 99)) if len(ref_vals) else (base, float("nan"))
+    p50, p99 = _percentiles_sorted(ref_vals, ref_sorted, (50, 99)) if len(ref_vals) else (
+        base, float("nan"))
     thr = GRAD_PRECURSOR
     if len(base_win) >= 20 and base > 0 and math.isfinite(p99):
         thr = max(GRAD_PRECURSOR, 1.5 * p99 / base)
