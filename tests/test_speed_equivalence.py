@@ -697,3 +697,16 @@ def test_lr_jump_on_python_floats_is_the_numpy_scan() -> None:
         full = Series(np.arange(n, dtype=np.int64) * 7, v.astype(np.float64))
         got, want = lr_jump(full), _plain_lr_jump(full)
         assert repr(got) == repr(want)
+
+
+def test_scale_cuts_at_once_are_the_scan() -> None:
+    from spikelens.causes._window import scale_cuts
+
+    rng = np.random.default_rng(12)
+    for _ in range(500):
+        n = int(rng.integers(0, 60))
+        wv = 2.0 ** rng.integers(-3, 18, n).astype(np.float64)
+        wv[rng.random(n) < 0.1] = 0.0
+        ceiling = float(rng.choice([np.nan, np.inf, 1024.0, 2.0 ** rng.integers(0, 18)]))
+        plain = [j for j in range(1, n) if wv[j] < wv[j - 1] and wv[j] <= ceiling]
+        assert scale_cuts(wv, ceiling) == plain

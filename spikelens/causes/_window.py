@@ -1103,8 +1103,8 @@ def _grad_profile(ctx: Context, g: Series) -> GradProfile:
         p50=p50,
         p99=p99,
         base_points=len(base_win),
-        pre_values=tuple(float(x) for x in pv),
-        pre_steps=tuple(int(x) for x in pre_win.steps),
+        pre_values=tuple(pv.tolist()),  # Python floats, as float() of each gives
+        pre_steps=tuple(pre_win.steps.tolist()),
     )
 
 
@@ -1193,18 +1193,18 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
         if len(wv):
             scale_before = float(wv[0])
             scale_min = float(np.min(wv))
-        for j in range(1, len(wv)):
-            # a cut that still leaves the scale above its earlier ceiling is the scaler
-            # re-calibrating after a reset, not an overflow problem of this run
-            if wv[j] < wv[j - 1] and wv[j] <= ceiling:
-                cuts += 1
-                cut_factor *= float(wv[j - 1] / wv[j]) if wv[j] > 0 else math.inf
-                if first_cut is None:
-                    first_cut = int(win.steps[j])
-                    cut_from = float(wv[j - 1])
-                if megatron and loss is not None and not len(
-                        loss.between(int(win.steps[j]), int(win.steps[j]))):
-                    missing_cuts += 1
+        # a cut that still leaves the scale above its earlier ceiling is the scaler
+        # re-calibrating after a reset, not an overflow problem of this run (the cuts are
+        # found at once; the loop visits them in order, as a scan of the window did)
+        for j in scale_cuts(wv, ceiling):
+            cuts += 1
+            cut_factor *= float(wv[j - 1] / wv[j]) if wv[j] > 0 else math.inf
+            if first_cut is None:
+                first_cut = int(win.steps[j])
+                cut_from = float(wv[j - 1])
+            if megatron and loss is not None and not len(
+                    loss.between(int(win.steps[j]), int(win.steps[j]))):
+                missing_cuts += 1
         # the lowest scale the run needed before: since calibration, or in a short excerpt
         # the level it held before the first cut of the window
         floor = pre_min
@@ -1278,6 +1278,13 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
         missing_loss_cuts=missing_cuts,
         calibration_skips=calib_skips,
     )
+
+
+def scale_cuts(wv: np.ndarray, ceiling: float) -> list[int]:
+    """The positions j >= 1 of `wv` where the scale fell (wv[j] < wv[j - 1]) to at most
+    `ceiling`, in order: one vectorised comparison, not a Python scan of the window."""
+    out: list[int] = (np.flatnonzero((wv[1:] < wv[:-1]) & (wv[1:] <= ceiling)) + 1).tolist()
+    return out
 
 
 @dataclass(frozen=True, eq=False)
