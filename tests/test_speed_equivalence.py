@@ -710,3 +710,51 @@ def test_scale_cuts_at_once_are_the_scan() -> None:
         ceiling = float(rng.choice([np.nan, np.inf, 1024.0, 2.0 ** rng.integers(0, 18)]))
         plain = [j for j in range(1, n) if wv[j] < wv[j - 1] and wv[j] <= ceiling]
         assert scale_cuts(wv, ceiling) == plain
+
+
+@pytest.mark.parametrize("width", [24, 57, 100, 180])
+def test_indented_lines_without_rich_are_riches_text(width: int,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whole terminal reports, verbose or not (every summary, evidence, remedy and skipped
+    line goes through `_indented`), are the same text with the plain wrap as with rich's."""
+    from spikelens import analyze
+    from spikelens.report import terminal
+
+    paths = [ROOT / "sample_logs" / "csv" / "bench_r05_fp16_overflow_storm.csv",
+             ROOT / "sample_logs" / "csv" / "bench_r01_wandb_bad_batch.csv",
+             ROOT / "sample_logs" / "megatron" / "bigscience_tr8-104B_exp1_glitch_7000-7220.log"]
+    runs = [read_log(p) for p in paths]
+    cases = [(analyze(runs), runs)] + [(analyze(r), [r]) for r in runs]
+    for report, rs in cases:
+        for verbose in (False, True):
+            options = terminal.RenderOptions(width=width, verbose=verbose)
+            fast = terminal.render(report, rs, options)
+            with monkeypatch.context() as m:
+                m.setattr(terminal, "_plain_indented", lambda text, w, i: None)
+                plain = terminal.render(report, rs, options)
+            assert fast == plain
+
+
+def test_plain_indented_is_riches_padding_on_random_text() -> None:
+    from rich.padding import Padding
+    from rich.text import Text
+
+    from spikelens.report.terminal import RenderOptions, _console, _plain_indented
+
+    rng = np.random.default_rng(21)
+    words = ["a", "loss", "jumped", "1.45", "->", "3.17", "(1.9x", "its", "baseline);",
+             "x" * 30, "consumed", "samples", "51,136-51,200.", "—", "é", "  ", "grad_norm"]
+    checked = 0
+    for _ in range(400):
+        text = " ".join(str(w) for w in rng.choice(words, int(rng.integers(1, 40))))
+        width = int(rng.integers(8, 140))
+        indent = int(rng.integers(1, 6))
+        console = _console(RenderOptions(width=width, color=False))
+        console.print(Padding(Text(text), (0, 0, 0, indent), expand=False))
+        want = [ln.rstrip() for ln in console.file.getvalue().split("\n")[:-1]]  # type: ignore[attr-defined]
+        got = _plain_indented(text, width, indent)
+        if got is None:
+            continue
+        checked += 1
+        assert [(" " * indent + g).rstrip() for g in got] == want, (text, width, indent)
+    assert checked > 300
