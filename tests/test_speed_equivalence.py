@@ -610,15 +610,20 @@ def test_layer_columns_prepared_once_match_the_per_event_scan(seed: int,
                    and "grad" in normalise(c) and "norm" in normalise(c)
                    and not c.startswith("rank")]
     assert plain_grads == ["layer_1/grad_norm"]
+    from spikelens.model import Event, Size
+
     rng = np.random.default_rng(seed)
+    half = len(run.steps) // 2
+    # one event just after the planted departure of layer_2/attn_logit_max
+    at = Event("spike", "loss", half + 2, half + 3, half + 30, True, Size(5.0, 2.0))
     departed = 0
-    for ev in _events(run.steps, rng, 60):
+    for ev in [at, *_events(run.steps, rng, 60)]:
         want = plain_stats(ev)
         assert model_stats._first_layer(run, ev, Config().window) == want  # type: ignore[arg-type]
         departed += want[0] is not None
         ctx = Context(run=run, event=ev, events=(), config=Config())  # type: ignore[arg-type]
         assert grad_explosion._layer_grad_columns(ctx.arrays, total) == plain_grads
-    assert want[1] == 2
+    assert want[1] == 2 and departed >= 1
 
 
 def test_dedupe_shortcut_is_np_unique() -> None:
