@@ -518,3 +518,29 @@ def test_forward_medians_given_match_computed_ones(seed: int) -> None:
     for a, b in ((a1, b1), (a2, b2)):
         assert a.keys() == b.keys()
         assert all(_same(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_long_rho_of_the_second_pass_reuses_only_unchanged_windows(seed: int) -> None:
+    """The second pass's long rho (`spikes._long_rho` through `trailing_stats(reuse=...)`)
+    re-sorts only the long windows that hold a clipped point, and keeps the head when none
+    of it changed: its inflation is the plain computation's, bit for bit, whether the
+    clipping reaches the head or not, and on a series with NaN."""
+    from spikelens.detect import spikes
+
+    rng = np.random.default_rng(100 + seed)
+    n = int(rng.choice([1_050, 5_000, 200_000]))
+    x = np.cumsum(rng.standard_normal(n)) * 0.003 + 0.05 * rng.standard_normal(n)
+    if seed == 3:
+        x[rng.integers(0, n, 4)] = np.nan
+    clipped = x.copy()
+    lo = 0 if seed % 2 else 1_200
+    for a in rng.integers(lo, n, 30):
+        clipped[a:a + 50] = np.minimum(clipped[a:a + 50], float(np.nanmedian(x)) - 0.01)
+    reuse: dict[str, dict[str, object]] = {}
+    spikes.trailing_stats(x, 100, 1e-6, True, reuse)
+    assert reuse["long"]["key"] == (n, 100)
+    fast = spikes.trailing_stats(clipped, 100, 1e-6, True, reuse)
+    plain = spikes.trailing_stats(clipped, 100, 1e-6, True)
+    assert _same(fast.inflation, plain.inflation)
+    assert _same(spikes._long_rho(clipped, 100), spikes._long_rho(clipped, 100, {}, None))
