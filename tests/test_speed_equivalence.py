@@ -544,3 +544,29 @@ def test_long_rho_of_the_second_pass_reuses_only_unchanged_windows(seed: int) ->
     plain = spikes.trailing_stats(clipped, 100, 1e-6, True)
     assert _same(fast.inflation, plain.inflation)
     assert _same(spikes._long_rho(clipped, 100), spikes._long_rho(clipped, 100, {}, None))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_big_jump_and_lr_jump_medians_at_candidates_match_the_filter(seed: int) -> None:
+    """The big-jump bar's "x stands `ratio` above its 21-point median" and the LR-jump bar's
+    typical change take the median at their few candidates only (`_above_median21`,
+    `_median21_at`): the same booleans and the same medians, bit for bit, as the
+    whole-series median filter, with ties and signed zeros, a few candidates or many."""
+    from scipy import ndimage
+
+    from spikelens.detect import _above_median21, _median21_at
+
+    rng = np.random.default_rng(200 + seed)
+    for _ in range(400):
+        n = int(rng.integers(21, 5_000))
+        x = rng.standard_normal(n) * float(rng.choice([0.01, 0.3, 1.0]))
+        if rng.random() < 0.3:
+            x = np.round(x, 1)
+        x[rng.integers(0, n, int(rng.integers(0, 40)))] += float(rng.uniform(0.5, 3.0))
+        for log_ratio in (float(np.log(3.0)), float(np.log(1.2)), 0.01):
+            want = x - ndimage.median_filter(x, size=21, mode="nearest") >= log_ratio
+            assert np.array_equal(_above_median21(x, log_ratio), want)
+        idx = np.unique(rng.integers(0, n, int(rng.integers(1, n))))
+        a = np.abs(x)
+        assert _median21_at(a, idx).tobytes() == \
+            ndimage.median_filter(a, size=21, mode="nearest")[idx].tobytes()

@@ -211,11 +211,13 @@ def _detect(run: Run, config: Config, recurrent_steps: Collection[int], near_bar
             pool: ThreadPoolExecutor | None) -> Detection:
     """`detect` after the loss is prepared; `pool` is its worker thread, if any.
 
-    What runs beside what (a million points, tracemalloc): the stall search (51 MB of
-    temporaries at its peak) beside the oscillation scan (91 MB), then the grad-norm scan
-    (113 MB) beside the building of the events; neither pair adds up to the loss's rise
-    scans (163 MB), the detector's peak, so the second thread does not raise it. The grad
-    scan beside the oscillation scan would (analyze3: +110 MB)."""
+    What runs beside what (a million points, tracemalloc, above the prepared loss): the
+    grad-norm scan (106-113 MB at its peak) beside the loss's per-point bars (60 MB) and
+    forward medians (24 MB kept), waited for before the loss is scanned; the stall search
+    (51 MB) beside the oscillation scan (91 MB). Neither pair reaches the loss's rise scans
+    (163 MB above 33), the detector's peak, so the second thread does not raise it; the grad
+    scan beside the loss scan or the oscillation scan would (analyze3: +50 to +110 MB).
+    With no worker every pass runs where it always did (`_Later`)."""
     notes += _restart_notes(run)
     grad: None | str | _Later[_Scan] = None
     if pool is not None:
@@ -530,11 +532,39 @@ def _big_jump_bar(loss: _Loss, config: Config) -> NDArray[np.float64] | None:
     more than x1.5 its neighbourhood at z >= 5, so x3 is twice that."""
     if not loss.is_log or len(loss.x) < 21 or config.big_jump_z >= config.z_threshold:
         return None
-    mid = ndimage.median_filter(loss.x, size=21, mode="nearest")
-    big = loss.x - mid >= math.log(config.big_jump_ratio)
+    big = _above_median21(loss.x, math.log(config.big_jump_ratio))
     if not big.any():
         return None
     return np.where(big, config.big_jump_z, config.z_threshold).astype(np.float64)
+
+
+#: Above one candidate in this many points, `_above_median21` runs the median filter over
+#: the whole series instead (the same values; cheaper there), as `gradnorm.confirmed` does.
+_MEDIAN21_SHARE = 20
+
+
+def _median21_at(x: NDArray[np.float64], idx: NDArray[np.int64]) -> NDArray[np.float64]:
+    """`ndimage.median_filter(x, size=21, mode="nearest")[idx]`, from the 21 points around
+    each index only (clipping an index to the series is the "nearest" extension; the
+    median of an odd count is one of the values, as the filter's is), or from the filter
+    itself when the indices are many. For finite x."""
+    if len(idx) * _MEDIAN21_SHARE > len(x):
+        return np.asarray(ndimage.median_filter(x, size=21, mode="nearest")[idx])
+    return np.asarray(np.median(x[np.clip(idx[:, None] + np.arange(-10, 11), 0, len(x) - 1)],
+                                axis=1), dtype=np.float64)
+
+
+def _above_median21(x: NDArray[np.float64], log_ratio: float) -> NDArray[np.bool_]:
+    """`x - median_filter(x, 21, nearest) >= log_ratio` (x finite, log_ratio > 0), with the
+    median taken only where x stands `log_ratio` above its 21-point minimum (a point under
+    that cannot stand as far above the median, which is never below the minimum): a
+    whole-series median filter (0.05-0.1 CPU-s at a million points, holding the GIL the
+    detector's worker thread needs) for the few points a big jump can be."""
+    out = np.zeros(len(x), dtype=np.bool_)
+    cand = np.flatnonzero(x - ndimage.minimum_filter1d(x, 21, mode="nearest") >= log_ratio)
+    if len(cand):
+        out[cand] = x[cand] - _median21_at(x, cand) >= log_ratio
+    return out
 
 
 def _grad_confirmed_bar(run: Run, loss: _Loss, config: Config,
@@ -584,8 +614,12 @@ def _lr_jump_bar(run: Run, loss: _Loss, config: Config) -> NDArray[np.float64] |
     with np.errstate(invalid="ignore", divide="ignore"):
         dl = np.diff(np.log(np.where(lr > 0, lr, np.nan)))
     dl = np.nan_to_num(dl, nan=0.0, posinf=0.0, neginf=0.0)
-    typical = ndimage.median_filter(np.abs(dl), size=21, mode="nearest")
-    jumps = np.flatnonzero((dl >= math.log(_LR_JUMP_RATIO)) & (dl >= _LR_JUMP_LOCAL * typical))
+    # the typical change (the median of |dl| over 21 points) only where dl passes the ratio
+    # bar: an LR that jumps at all does so at a handful of points
+    jumps = np.flatnonzero(dl >= math.log(_LR_JUMP_RATIO))
+    if len(jumps):
+        typical = _median21_at(np.abs(dl), jumps)
+        jumps = jumps[dl[jumps] >= _LR_JUMP_LOCAL * typical]
     if not len(jumps):
         return None
     bar = np.full(len(lr), config.shift_z_threshold)
