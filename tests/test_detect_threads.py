@@ -5,7 +5,7 @@ point z and the near-bar steps, bit for bit), on seeded signals that exercise ev
 (spikes, a grad norm with surges of its own, a stall, a cyclic LR) and on the repository's
 sample logs and the shared bench. The automatic choice gives a thread only to the main
 thread of a process that is not a multiprocessing worker (a fleet's workers already fill the
-cores), and an error on the worker reaches the caller."""
+cores), on a machine with a core to spare, and an error on the worker reaches the caller."""
 
 from __future__ import annotations
 
@@ -123,13 +123,19 @@ def test_an_error_on_the_worker_reaches_the_caller(monkeypatch: pytest.MonkeyPat
         detect(_run(0, 5_000), CFG, threads=False)
 
 
-def test_only_a_long_log_on_the_main_thread_of_a_lone_process_gets_a_thread() -> None:
+def test_only_a_long_log_on_the_main_thread_of_a_lone_process_gets_a_thread(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import spikelens.detect as det
+    from spikelens.fleet import default_jobs
+
     assert _use_threads(True, 10) is True
     assert _use_threads(False, 10**7) is False
     assert _use_threads(None, THREAD_MIN_POINTS - 1) is False
-    from spikelens.fleet import default_jobs
-
+    monkeypatch.setattr(det, "_load", lambda: 0.3)  # an idle machine
     assert _use_threads(None, THREAD_MIN_POINTS) is (default_jobs() >= 2)
+    monkeypatch.setattr(det, "_load", lambda: float(default_jobs()))  # every core busy
+    assert _use_threads(None, THREAD_MIN_POINTS) is False
+    monkeypatch.setattr(det, "_load", lambda: 0.3)
     seen: list[bool] = []
     t = threading.Thread(target=lambda: seen.append(_use_threads(None, 10**7)))
     t.start()

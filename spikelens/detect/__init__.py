@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import multiprocessing
+import os
 import threading
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -162,7 +163,8 @@ THREAD_MIN_POINTS = 200_000
 
 def _use_threads(threads: bool | None, n: int) -> bool:
     """Whether `detect` may use a second thread: asked for, or (None) a long log analysed
-    by the main thread of a process that has the cores to itself. A fleet's worker
+    by the main thread of a process that has the cores to itself, on a machine with a core
+    to spare. A fleet's worker
     processes (`fleet.PoolBackend`, Dask's workers) already fill the cores one run each, and
     a caller's own thread (Dask's threaded workers) is one of several: neither gets a
     second thread. A fleet analysed by one process (`--jobs 1`, one source) runs one run
@@ -176,7 +178,20 @@ def _use_threads(threads: bool | None, n: int) -> bool:
         return False
     from spikelens.fleet import default_jobs  # the cores this process may run on
 
-    return default_jobs() >= 2
+    cores = default_jobs()
+    # ... and a core to spare: on a machine already busy (a 1-minute load of cores - 0.5 or
+    # more, this process included) the worker finds no idle core, and its passes only add
+    # the GIL handovers and the trims (measured at load 2.5-3 on 2 cores: 0.1-0.25 CPU-s
+    # more, no wall time gained)
+    return cores >= 2 and _load() < cores - 0.5
+
+
+def _load() -> float:
+    """The 1-minute load average (0 where the system does not say)."""
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return 0.0
 
 
 _T = TypeVar("_T")
