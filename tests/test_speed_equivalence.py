@@ -763,3 +763,120 @@ def test_plain_indented_is_riches_padding_on_random_text() -> None:
         checked += 1
         assert [(" " * indent + g).rstrip() for g in got] == want, (text, width, indent)
     assert checked > 300
+
+@pytest.mark.parametrize("seed", range(4))
+def test_grad_scan_kept_at_its_surges_matches_the_whole_series(seed: int) -> None:
+    """`gradnorm.surge_rises` keeps the steps and values of its recovered rises only (their
+    indices renumbered), so the detector's worker does not hold two whole series while the
+    loss is scanned: the surges read from it are those of the plain scan of the whole
+    series."""
+    from spikelens.detect import gradnorm
+    from spikelens.detect.spikes import RiseParams, find_rises
+
+    rng = np.random.default_rng(seed)
+    n = 20_000
+    v = np.exp(0.3 * rng.standard_normal(n))
+    for i in rng.integers(200, n - 50, 12):
+        v[i:i + int(rng.integers(1, 6))] *= float(rng.uniform(3, 10))
+    v[rng.integers(0, n, 20)] = np.nan
+    v[rng.integers(0, n, 5)] = 0.0
+    steps = np.arange(n, dtype=np.int64) * 10
+    p = RiseParams(window=100, min_window=100, z_point=6.0, z_shift=4.0, shift_windows=(5,),
+                   log_min_ratio_point=float(np.log(2)), log_min_ratio_shift=float(np.log(2)),
+                   log_short_ratio=np.inf, start_points=0, log_start_ratio=np.inf,
+                   recover_run=10, band_z=3.0, quantum=0.0, is_log=True, isolated=False)
+    spans = [(int(steps[a]), int(steps[a]) + 300) for a in rng.integers(0, n, 3)]
+    got = gradnorm.clear_of(gradnorm.surge_rises(v, steps, p), spans, 200)
+    keep = np.isfinite(v) & (v > 0)
+    st, x = steps[keep], np.log(v[keep])
+    want = [r for r in find_rises(x, p, 0.0, True, second_pass=False) if r.recovered
+            and not any(int(st[r.start]) <= b and a - 200 <= int(st[r.end]) for a, b in spans)]
+    assert len(want) >= 3
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        for f in ("start", "peak", "end"):
+            assert g.steps[getattr(g.rise, f)] == st[getattr(w, f)]
+        assert g.x[g.rise.peak] == x[w.peak]
+        assert (g.rise.level, g.rise.scale, g.rise.band_hi, g.rise.recovered) == \
+            (w.level, w.scale, w.band_hi, w.recovered)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_forward_medians_given_match_computed_ones(seed: int) -> None:
+    """`find_rises(forward=...)`: the forward medians the detector computes while its worker
+    scans the grad norm give the rises and statistics `find_rises` computes on its own."""
+    from spikelens.detect.spikes import RiseParams, find_rises, forward_medians
+
+    rng = np.random.default_rng(seed)
+    n = 30_000
+    x = np.cumsum(rng.standard_normal(n)) * 0.002 + 0.05 * rng.standard_normal(n)
+    for i in rng.integers(300, n - 400, 8):
+        x[i:i + int(rng.integers(1, 300))] += float(rng.uniform(0.3, 1.0))
+    p = RiseParams(window=100, min_window=8, z_point=6.0, z_shift=4.0,
+                   shift_windows=(5, 20, 80), log_min_ratio_point=0.2,
+                   log_min_ratio_shift=0.2, log_short_ratio=1.0, start_points=8,
+                   log_start_ratio=1.0, recover_run=10, band_z=3.0, quantum=0.0,
+                   is_log=True)
+    a1: dict[str, np.ndarray] = {}
+    a2: dict[str, np.ndarray] = {}
+    b1: dict[str, np.ndarray] = {}
+    b2: dict[str, np.ndarray] = {}
+    plain = find_rises(x, p, 1e-6, True, statistics=a1, second_statistics=a2)
+    given = find_rises(x, p, 1e-6, True, statistics=b1, second_statistics=b2,
+                       forward=forward_medians(x, p.shift_windows))
+    assert plain == given and len(plain) >= 3 and a2
+    for a, b in ((a1, b1), (a2, b2)):
+        assert a.keys() == b.keys()
+        assert all(_same(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_long_rho_of_the_second_pass_reuses_only_unchanged_windows(seed: int) -> None:
+    """The second pass's long rho (`spikes._long_rho` through `trailing_stats(reuse=...)`)
+    re-sorts only the long windows that hold a clipped point, and keeps the head when none
+    of it changed: its inflation is the plain computation's, bit for bit, whether the
+    clipping reaches the head or not, and on a series with NaN."""
+    from spikelens.detect import spikes
+
+    rng = np.random.default_rng(100 + seed)
+    n = int(rng.choice([1_050, 5_000, 200_000]))
+    x = np.cumsum(rng.standard_normal(n)) * 0.003 + 0.05 * rng.standard_normal(n)
+    if seed == 3:
+        x[rng.integers(0, n, 4)] = np.nan
+    clipped = x.copy()
+    lo = 0 if seed % 2 else 1_200
+    for a in rng.integers(lo, n, 30):
+        clipped[a:a + 50] = np.minimum(clipped[a:a + 50], float(np.nanmedian(x)) - 0.01)
+    reuse: dict[str, dict[str, object]] = {}
+    spikes.trailing_stats(x, 100, 1e-6, True, reuse)
+    assert reuse["long"]["key"] == (n, 100)
+    fast = spikes.trailing_stats(clipped, 100, 1e-6, True, reuse)
+    plain = spikes.trailing_stats(clipped, 100, 1e-6, True)
+    assert _same(fast.inflation, plain.inflation)
+    assert _same(spikes._long_rho(clipped, 100), spikes._long_rho(clipped, 100, {}, None))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_big_jump_and_lr_jump_medians_at_candidates_match_the_filter(seed: int) -> None:
+    """The big-jump bar's "x stands `ratio` above its 21-point median" and the LR-jump bar's
+    typical change take the median at their few candidates only (`_above_median21`,
+    `_median21_at`): the same booleans and the same medians, bit for bit, as the
+    whole-series median filter, with ties and signed zeros, a few candidates or many."""
+    from scipy import ndimage
+
+    from spikelens.detect import _above_median21, _median21_at
+
+    rng = np.random.default_rng(200 + seed)
+    for _ in range(400):
+        n = int(rng.integers(21, 5_000))
+        x = rng.standard_normal(n) * float(rng.choice([0.01, 0.3, 1.0]))
+        if rng.random() < 0.3:
+            x = np.round(x, 1)
+        x[rng.integers(0, n, int(rng.integers(0, 40)))] += float(rng.uniform(0.5, 3.0))
+        for log_ratio in (float(np.log(3.0)), float(np.log(1.2)), 0.01):
+            want = x - ndimage.median_filter(x, size=21, mode="nearest") >= log_ratio
+            assert np.array_equal(_above_median21(x, log_ratio), want)
+        idx = np.unique(rng.integers(0, n, int(rng.integers(1, n))))
+        a = np.abs(x)
+        assert _median21_at(a, idx).tobytes() == \
+            ndimage.median_filter(a, size=21, mode="nearest")[idx].tobytes()

@@ -17,6 +17,7 @@ while noise in the loss does not make the grad norm jump with it."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,8 +32,8 @@ FloatArray = NDArray[np.float64]
 
 @dataclass(frozen=True)
 class Surge:
-    rise: Rise
-    steps: NDArray[np.int64]  # steps of the tested (finite, positive) grad norms
+    rise: Rise  # its indices are into `steps` and `x`
+    steps: NDArray[np.int64]  # steps of (some of) the tested (finite, positive) grad norms
     x: FloatArray  # log grad norm at those steps
 
 
@@ -51,12 +52,39 @@ def usable(values: FloatArray) -> str | None:
 def find_surges(values: FloatArray, steps: NDArray[np.int64], p: RiseParams,
                 loss_spans: Sequence[tuple[int, int]], lead: int) -> list[Surge]:
     """Surges on the grad norm that stay clear of every loss incident span (steps)."""
+    return clear_of(surge_rises(values, steps, p), loss_spans, lead)
+
+
+def surge_rises(values: FloatArray, steps: NDArray[np.int64], p: RiseParams
+                ) -> tuple[NDArray[np.int64], FloatArray, list[Rise]]:
+    """The scan of `find_surges`, which needs nothing of the loss: (steps, log grad norm,
+    recovered rises) of the finite positive grad-norm points. Apart so that the detector
+    can run it on a worker thread while the loss is analysed (`detect._Later`).
+
+    Only what the surges are read at is kept: the steps and values at the start, peak and
+    end of each recovered rise, whose indices are renumbered into those short arrays (a
+    whole-series copy of steps and values, 16 MB at a million points, would otherwise be
+    held while the loss is scanned)."""
     keep = np.isfinite(values) & (values > 0)
     st = steps[keep]
     x = np.log(values[keep])
-    out = []
+    del keep
     # one pass: these events are informational, the clipped second pass is not worth it
-    for r in find_rises(x, p, 0.0, True, second_pass=False):
+    rises = [r for r in find_rises(x, p, 0.0, True, second_pass=False) if r.recovered]
+    at = np.unique(np.array([i for r in rises for i in (r.start, r.peak, r.end)],
+                            dtype=np.int64))
+    pos = {int(i): k for k, i in enumerate(at)}
+    return st[at], x[at], [dataclasses.replace(r, start=pos[r.start], peak=pos[r.peak],
+                                               end=pos[r.end]) for r in rises]
+
+
+def clear_of(scan: tuple[NDArray[np.int64], FloatArray, list[Rise]],
+             loss_spans: Sequence[tuple[int, int]], lead: int) -> list[Surge]:
+    """The recovered rises of a `surge_rises` scan that stay clear of every loss incident
+    span (steps), a surge leading the loss by up to `lead` steps included."""
+    st, x, rises = scan
+    out = []
+    for r in rises:
         if not r.recovered:
             continue
         s0, s1 = int(st[r.start]), int(st[r.end])
