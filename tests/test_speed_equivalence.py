@@ -880,3 +880,263 @@ def test_big_jump_and_lr_jump_medians_at_candidates_match_the_filter(seed: int) 
         a = np.abs(x)
         assert _median21_at(a, idx).tobytes() == \
             ndimage.median_filter(a, size=21, mode="nearest")[idx].tobytes()
+
+# readers4: the reading shortcuts of the fifth round give what the plain reads give
+
+
+def _same_run(a: object, b: object) -> None:
+    import pandas as pd
+
+    from spikelens.model import Run
+
+    assert isinstance(a, Run) and isinstance(b, Run)
+    pd.testing.assert_frame_equal(a.frame, b.frame, check_exact=True)
+    pd.testing.assert_frame_equal(a.eval_frame, b.eval_frame, check_exact=True)
+    assert a.nan_steps.keys() == b.nan_steps.keys()
+    for k in a.nan_steps:
+        assert _same(a.nan_steps[k], b.nan_steps[k])
+    assert a.warnings == b.warnings
+    assert a.messages == b.messages
+    assert a.roles == b.roles and a.interval == b.interval and a.restarts == b.restarts
+
+
+def _label_frame(n: int = 6000) -> dict[str, list[str | None]]:
+    cols: dict[str, list[str | None]] = {
+        "step": [str(i) for i in range(n)],
+        "loss": [f"{3 - i * 1e-4:.5f}" for i in range(n)],
+        # labels: text, and the warning names them
+        "phase": ["train" if i % 3 else "warmup" for i in range(n)],
+        "run": ["exp-042" for _ in range(n)],
+        # a numeric label-like column with a few odd words: numeric, the words NaN
+        "bucket": ["oops" if i in (5, 700, 4000) else str(i % 4) for i in range(n)],
+        # mostly numbers with one word in three among its first cells: not text
+        "mostly": ["w" if i % 3 == 0 else str(i % 5) for i in range(n)],
+        # words first, numbers after: the counts decide, not the first cells
+        "late": ["abc" if i < 1024 else str(i % 7) for i in range(n)],
+        # a word in two cells in three: text
+        "wordy": ["x" if i % 3 else "1" for i in range(n)],
+        # NaN/Inf words and empty cells among labels
+        "words": [None if i % 11 == 0 else ("nan" if i % 2 else "inf") for i in range(n)],
+        "date": [f"2024-01-{1 + i % 28:02d}" for i in range(n)],
+    }
+    for i in range(0, n, 997):
+        cols["run"][i] = None
+    return cols
+
+
+@pytest.mark.parametrize("name", ["phase", "run", "bucket", "mostly", "late", "wordy",
+                                  "words", "date"])
+def test_label_text_verdict_is_the_dictionary_paths(name: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import pandas as pd
+
+    import spikelens.readers._base as base
+
+    s = pd.Series(_label_frame()[name], dtype="str")
+    fast = base._coerce(s)
+    monkeypatch.setattr(base, "_label_is_text", lambda sa, first: False)
+    plain = base._coerce(s)
+    assert fast[3] == plain[3]
+    if not plain[3]:  # a metric: its values, logged NaNs and odd cells are the arrays
+        for x, y in zip(fast[:3], plain[:3], strict=True):
+            assert _same(x, y)
+    # and an object column of the same strings decides the same way
+    assert base._coerce(s.astype(object))[3] == plain[3]
+
+
+def test_text_columns_as_arrow_strings_build_the_same_run() -> None:
+    """A reader may hand `build_run` its text columns as Arrow-backed strings (pyarrow's
+    columns, kept without Python strings) or as objects: the Run is the same, warnings
+    (the ignored text columns, a repeated header row) and dates as steps included."""
+    import pandas as pd
+
+    from spikelens.readers._base import RawLog, build_run
+
+    cols = _label_frame()
+    for name in list(cols):  # a header written again mid-file, as a row
+        cols[name][3000] = name
+    as_arrow = pd.DataFrame({k: pd.Series(v, dtype="str") for k, v in cols.items()})
+    as_object = pd.DataFrame({k: pd.Series(v, dtype=object) for k, v in cols.items()})
+    assert all(str(t) == "str" for t in as_arrow.dtypes)
+    runs = [build_run(RawLog(frame=f), Path("x.csv"), "csv") for f in (as_arrow, as_object)]
+    _same_run(*runs)
+    assert any("repeated header" in w for w in runs[0].warnings)
+    assert any("ignored non-numeric column(s): phase, run, wordy" in w
+               for w in runs[0].warnings)
+    assert "bucket" in runs[0].frame.columns and "mostly" in runs[0].frame.columns
+    # dates as the step axis, from Arrow strings
+    dated = {k: cols[k] for k in ("date", "loss")}
+    dated["date"] = [f"2020-{1 + i // 28 % 12:02d}-{1 + i % 28:02d}"
+                     for i in range(len(cols["loss"]))]
+    dated["date"][3000] = "date"
+    dated["loss"][3000] = "loss"
+    runs = [build_run(RawLog(frame=pd.DataFrame({k: pd.Series(v, dtype=t)
+                                                 for k, v in dated.items()})),
+                      Path("d.csv"), "csv") for t in ("str", object)]
+    _same_run(*runs)
+    assert any("steps are days since" in w for w in runs[0].warnings)
+
+
+def _object_strings(col: object) -> np.ndarray:
+    """The JSONL reader's text columns as they were before the fifth round: Python
+    strings in an object array (None where missing)."""
+    import pyarrow as pa
+
+    assert isinstance(col, pa.ChunkedArray)
+    return np.asarray(col.combine_chunks().to_numpy(zero_copy_only=False), dtype=object)
+
+
+def _jsonl_lines(n: int, prefixed: bool) -> list[str]:
+    import json
+
+    out = []
+    for i in range(n):
+        rec: dict[str, object] = {"step": i, "loss": 3 - i * 1e-4, "run": "exp-1",
+                                  "mode": "val" if i % 50 == 49 else "train",
+                                  "tag": f"t{i % 5}", "note": f"n{i}"}
+        if i % 97 == 0:
+            rec["val_loss"] = 2.5
+        if i % 301 == 0:
+            del rec["tag"]  # a text cell missing
+        out.append(json.dumps(rec))
+    out.insert(1234, "[1, 2]")  # not an object
+    if prefixed:  # a line for the line-by-line parser: its rows are merged with pyarrow's
+        out.insert(2345, 'INFO {"step": 99999, "loss": 1.0, "run": "x"}')
+    return out
+
+
+@pytest.mark.parametrize("prefixed", [True, False])
+@pytest.mark.parametrize("templated", [True, False])
+def test_jsonl_text_columns_kept_as_arrow_read_as_python_strings_did(
+        tmp_path: Path, templated: bool, prefixed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pandas as pd
+
+    import spikelens.readers.jsonl as jsonl_mod
+
+    path = tmp_path / "log.jsonl"
+    path.write_text("\n".join(_jsonl_lines(6000, prefixed)) + "\n")
+    monkeypatch.setattr(jsonl_mod, "_TEMPLATE_MIN_BYTES", 0 if templated else 1 << 62)
+    raw_new = jsonl_mod.JsonlReader().read(path)[0]
+    new = read_log(path)
+    monkeypatch.setattr(jsonl_mod, "_text_column", _object_strings)
+    raw_old = jsonl_mod.JsonlReader().read(path)[0]
+    old = read_log(path)
+    pd.testing.assert_frame_equal(raw_new.frame, raw_old.frame, check_exact=True)
+    assert raw_new.eval_frame is not None and raw_old.eval_frame is not None
+    pd.testing.assert_frame_equal(raw_new.eval_frame, raw_old.eval_frame, check_exact=True)
+    assert raw_new.warnings == raw_old.warnings
+    assert raw_new.row_lines is not None and raw_old.row_lines is not None
+    assert _same(raw_new.row_lines, raw_old.row_lines)
+    _same_run(new, old)
+    assert "mode" not in raw_new.frame.columns  # the marker column made the eval rows
+
+
+def _big_csv(path: Path, rows: int, header_at: tuple[int, ...] = (), typo_at: int = -1,
+             float_from: int = -1) -> None:
+    header = "step,loss,lr,phase,run"
+    lines = [header]
+    for i in range(rows):
+        if i in header_at:
+            lines.append(header)
+        step = f"{i}.5" if 0 <= float_from <= i else str(i)
+        lines.append(f"{step},{3 - i * 1e-6:.9f},{1e-4:.6f},train,exp-{i % 3}")
+        if i == typo_at:
+            lines.append("Traceback (most recent call last): boom")
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("spans", [False, True])
+@pytest.mark.parametrize("case", ["clean", "headers", "headers+torn", "types", "types+headers",
+                                  "header-in-first-block"])
+def test_csv_header_scan_after_a_failed_parse_reads_as_scanning_first(
+        tmp_path: Path, case: str, spans: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A big CSV is parsed before its repeated header lines are looked for (a file that
+    parses has none); the table, warnings and line numbers are those of scanning first."""
+    import pandas as pd
+
+    import spikelens.readers.csv as csv_mod
+
+    path = tmp_path / "log.csv"
+    rows = 140_000  # about 5.4 MB: more than one 4 MiB block
+    kw: dict[str, object] = {}
+    if "headers" in case:
+        kw["header_at"] = (100_000, 120_000)
+    if "torn" in case:
+        kw["typo_at"] = 50_000
+    if "types" in case:
+        kw["float_from"] = 130_000
+    if case == "header-in-first-block":
+        kw["header_at"] = (10, 110_000)
+    _big_csv(path, rows, **kw)  # type: ignore[arg-type]
+    if spans:
+        monkeypatch.setattr(csv_mod, "_SPLIT_MIN", 1 << 20)
+        monkeypatch.setattr(csv_mod, "_parts", lambda size: 3)
+    fast = csv_mod.load_csv(path)
+    monkeypatch.setattr(csv_mod, "_header_fails", lambda schema: False)
+    plain = csv_mod.load_csv(path)
+    pd.testing.assert_frame_equal(fast.frame, plain.frame, check_exact=True)
+    assert fast.warnings == plain.warnings and fast.header == plain.header
+    assert (fast.row_lines is None) == (plain.row_lines is None)
+    if fast.row_lines is not None and plain.row_lines is not None:
+        assert _same(fast.row_lines, plain.row_lines)
+    if "headers" in case or case == "header-in-first-block":
+        assert any("repeated header line(s)" in w for w in fast.warnings)
+        assert fast.frame["loss"].dtype == np.float64
+    else:
+        assert not any("repeated header" in w for w in fast.warnings)
+
+
+def test_header_fails_only_for_a_numeric_column_named_by_a_word() -> None:
+    import pyarrow as pa
+
+    from spikelens.readers.csv import _header_fails
+
+    def schema(**cols: pa.DataType) -> pa.Schema:
+        return pa.schema(list(cols.items()))
+
+    assert _header_fails(schema(step=pa.int64(), phase=pa.string()))
+    assert _header_fails(schema(**{"\ufeffloss": pa.float64()}))
+    # names a float column would read as a value: NaN/Inf spellings, numbers, nothing
+    for name in ("nan", "Inf", "-infinity", "1e5", "", " ", "2.5"):
+        assert not _header_fails(schema(**{name: pa.float64(), "phase": pa.string()}))
+    assert not _header_fails(schema(phase=pa.string(), when=pa.timestamp("s")))
+    assert not _header_fails(None)
+
+
+def _plain_mode_spacing(steps: np.ndarray) -> int | None:
+    arr = np.asarray(steps, dtype=np.float64)
+    arr = arr[np.isfinite(arr)]
+    if len(arr) < 3:
+        return None
+    d = np.diff(arr)
+    if d[0] > 0 and bool((d == d[0]).all()):
+        return int(d[0])
+    d = d[d > 0]
+    if len(d) == 0:
+        return None
+    vals, counts = np.unique(d, return_counts=True)
+    return int(vals[np.argmax(counts)])
+
+
+def test_mode_spacing_by_counting_is_the_sorted_mode() -> None:
+    from spikelens.readers._base import mode_spacing
+
+    rng = np.random.default_rng(10)
+    for i in range(2000):
+        n = int(rng.integers(0, 80))
+        kind = i % 5
+        if kind == 0:  # counters with repeats, gaps and ties between gap sizes
+            x = np.cumsum(rng.integers(0, 5, n)).astype(np.float64)
+        elif kind == 1:  # going back and forth
+            x = rng.integers(-10, 10, n).astype(np.float64)
+        elif kind == 2:  # fractional gaps
+            x = np.cumsum(rng.choice([1, 2, 2, 3, 3, 0.5], n))
+        elif kind == 3:  # gaps too large to count
+            x = np.cumsum(rng.integers(1, 4, n)) * 1e9
+        else:
+            x = rng.standard_normal(n)
+            x[rng.random(n) < 0.2] = np.nan
+        assert mode_spacing(x) == _plain_mode_spacing(x)
+    x = np.delete(np.arange(1_000_000, dtype=np.float64), rng.choice(1_000_000, 200))
+    assert mode_spacing(x) == _plain_mode_spacing(x) == 1

@@ -227,7 +227,13 @@ def _coerce(
         o, lg, b, _ = _parse_strings(pa.array(obj[idx].tolist(), type=pa.string()), True)
         out[idx], logged[idx], bad[idx] = o, lg, b
         return out, logged, bad, _text_verdict(int(bad.sum()), int((~np.isnan(out)).sum()))
-    if n > _DICT_MIN_ROWS and len(set(sa.slice(0, 1024).to_pylist())) <= 16:
+    first = set(sa.slice(0, 1024).to_pylist())
+    if n > _DICT_MIN_ROWS and len(first) <= 16:
+        if not decided and _label_is_text(sa, first):
+            # text for sure: like `_parse_strings` when it stops early, the cells are
+            # marked bad without being parsed
+            bad = pc.is_valid(sa).to_numpy(zero_copy_only=False)
+            return np.full(n, np.nan), np.zeros(n, dtype=bool), bad, True
         # a label column (run name, phase): parse its few distinct values only
         enc = sa.dictionary_encode()
         dictionary, indices = enc.dictionary, enc.indices
@@ -243,6 +249,27 @@ def _coerce(
             text = _text_verdict(int(bad.sum()), int((~np.isnan(out)).sum()))
             return out, logged, bad, text
     return _parse_strings(sa, decided)
+
+
+def _label_is_text(sa: pa.Array, first: set[Any]) -> bool:
+    """Whether a column whose first cells hold a few words is text, known without encoding
+    it: the cells equal to those of its first words that do not parse are bad cells, every
+    other present cell at most a number, and `_text_verdict` grows with the one and falls
+    with the other. One string comparison per word (2-3 ms on a million cells) instead of
+    a dictionary encoding (25-30 ms) and the gathers after it; the verdict is the one the
+    dictionary path gives (a False here sends the column down that path)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    words = sorted(w for w in first if w is not None)
+    if not words:
+        return False
+    _, _, unparsed, _ = _parse_strings(pa.array(words, pa.string()), True)
+    bad = 0
+    for word, odd in zip(words, unparsed.tolist(), strict=True):
+        if odd:
+            bad += int(pc.sum(pc.equal(sa, word)).as_py() or 0)
+    return _text_verdict(bad, len(sa) - sa.null_count - bad)
 
 
 def _header_rows(raw_frame: pd.DataFrame) -> np.ndarray:
@@ -433,6 +460,14 @@ def mode_spacing(steps: np.ndarray | Sequence[float]) -> int | None:
     d = d[d > 0]
     if len(d) == 0:
         return None
+    top = float(d.max())
+    if top <= 4 * len(d) + 1024:
+        whole = d.astype(np.int64)
+        if bool(np.all(whole == d)):
+            # whole-number gaps (steps are counters): counted in one pass instead of a sort
+            # of every gap (0.03 s on a million steps with a few missing); the first
+            # largest count is the smallest such gap, as `np.unique`'s sorted values give
+            return int(np.argmax(np.bincount(whole)))
     vals, counts = np.unique(d, return_counts=True)
     return int(vals[np.argmax(counts)])
 

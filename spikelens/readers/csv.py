@@ -139,10 +139,37 @@ def load_csv(path: Path) -> CsvTable:
     warnings: list[str] = []
     header_lines: list[int] = []
     body: bytes | None = None  # the file without its repeated header lines, when it has any
+    invalid: list[str] = []  # the rows the parse that made the table set aside
 
-    # A resumed job appends its header again; cut those lines out of the bytes before parsing
-    # (cheap: one find per occurrence) so numeric columns stay numeric.
-    if nl >= 0:
+    def parse_options(into: list[str]) -> Any:
+        # every parse collects into a list of its own: a streaming reader that failed can
+        # still call its handler from a read-ahead thread while the next parse runs
+        def on_invalid(row: pacsv.InvalidRow) -> str:
+            into.append(row.text)
+            return "skip"
+
+        return pacsv.ParseOptions(delimiter=delim, invalid_row_handler=on_invalid)
+
+    def source() -> Any:
+        return pa.BufferReader(body) if body is not None else pa.OSFile(str(path))
+
+    # 4 MiB blocks: as fast as 16 MiB here, with a smaller parser working set
+    opts = pacsv.ReadOptions(block_size=1 << 22)
+
+    def layout() -> tuple[list[int], Any]:
+        """The spans and the first block's column types of what is parsed (`body` or the
+        file). A file of one block read by one reader is not probed: the streaming reader
+        infers its types from that same block, and the probe would parse the whole file
+        twice (a fleet's small logs); spans always need the shared types."""
+        data = body if body is not None else buf
+        splits = _split_points(data, 0 if nl < 0 else nl + 1, _parts(len(data)))
+        probe = bool(splits) or len(data) > opts.block_size
+        return splits, _first_block_schema(source, delim, opts) if probe else None
+
+    def cut_headers(buf: bytes | mmap.mmap) -> None:
+        """A resumed job appends its header again; cut those lines out of the bytes before
+        parsing (cheap: one find per occurrence) so numeric columns stay numeric."""
+        nonlocal body
         needle = b"\n" + header_line
         body_parts = [buf[bom : nl + 1]]
         start = nl + 1
@@ -162,53 +189,69 @@ def load_csv(path: Path) -> CsvTable:
                 skip_warning(path, len(header_lines), "repeated header line(s)", header_lines)
             )
 
-    data = body if body is not None else buf
-    size = len(data)
-    splits = _split_points(data, 0 if nl < 0 else nl + 1, _parts(size))
+    def typed_read(splits: list[int], schema: Any) -> Any:
+        """The parse with the first block's types (spans, or one streaming reader), or None
+        when a later block does not fit them."""
+        named = schema is not None and len(set(schema.names)) == len(schema.names)
+        got: list[str] = []
+        try:
+            # The streaming reader first: it holds a block at a time besides the table
+            # (peak 281 MB instead of 508 MB, and 1.0 instead of 1.5 CPU-s, on a 201 MB
+            # file). It fixes the column types from the first block, so a file whose types
+            # change later (a column empty at first, an integer column that turns float)
+            # is read again whole.
+            if splits and named and schema is not None:
+                table = _read_spans(path, body, splits, schema, delim, got)
+            else:
+                types = ({f.name: f.type for f in schema
+                          if f.type in (pa.int64(), pa.float64())}
+                         if named and schema is not None else {})
+                with source() as src:
+                    reader = pacsv.open_csv(src, parse_options=parse_options(got),
+                                            convert_options=_convert(types),
+                                            read_options=opts)
+                    table = pa.Table.from_batches(list(reader), schema=reader.schema)
+        except pa.ArrowInvalid:
+            return None
+        invalid.extend(got)
+        return table
+
+    table = None
+    # The repeated-header scan reads the whole file (0.13-0.16 s of page faults and finds
+    # on the 201 MB CSV). When the first block's types make a header line fail the typed
+    # parse (`_header_fails`), the scan is needed only if that parse fails: a file that
+    # parses has no repeated header line, and the table is the one the scan would have led
+    # to (same spans, same types). A parse that fails scans, and reads as before.
+    probed = deferred = False
+    if nl >= 0 and len(buf) > opts.block_size:
+        splits, schema = layout()
+        probed, deferred = True, _header_fails(schema)
+    if not deferred:
+        if nl >= 0:
+            cut_headers(buf)
+        if header_lines or not probed:
+            splits, schema = layout()
     if isinstance(buf, mmap.mmap):
         buf.close()  # its pages count as our memory while mapped; the parser reads the file
-    invalid: list[str] = []
-
-    def on_invalid(row: pacsv.InvalidRow) -> str:
-        invalid.append(row.text)
-        return "skip"
-
-    def source() -> Any:
-        return pa.BufferReader(body) if body is not None else pa.OSFile(str(path))
-
-    parse = pacsv.ParseOptions(delimiter=delim, invalid_row_handler=on_invalid)
-    # 4 MiB blocks: as fast as 16 MiB here, with a smaller parser working set
-    opts = pacsv.ReadOptions(block_size=1 << 22)
-    convert = _convert()
-    # a file of one block read by one reader is not probed: the streaming reader infers its
-    # types from that same block, and the probe would parse the whole file twice (a fleet's
-    # small logs); spans always need the shared types
-    probe = bool(splits) or size > opts.block_size
-    schema = _first_block_schema(source, delim, opts) if probe else None
-    named = schema is not None and len(set(schema.names)) == len(schema.names)
-    try:
-        # The streaming reader first: it holds a block at a time besides the table (peak
-        # 281 MB instead of 508 MB, and 1.0 instead of 1.5 CPU-s, on a 201 MB file). It fixes
-        # the column types from the first block, so a file whose types change later (a
-        # column empty at first, an integer column that turns float) is read again whole.
-        if splits and named and schema is not None:
-            table = _read_spans(path, body, splits, schema, delim, invalid)
-        else:
-            types = ({f.name: f.type for f in schema if f.type in (pa.int64(), pa.float64())}
-                     if named and schema is not None else {})
-            typed = _convert(types)
-            with source() as src:
-                reader = pacsv.open_csv(src, parse_options=parse, convert_options=typed,
-                                        read_options=opts)
-                table = pa.Table.from_batches(list(reader), schema=reader.schema)
-    except pa.ArrowInvalid:
-        invalid.clear()
-        table = None
+    table = typed_read(splits, schema)
+    if table is None and deferred:
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            cut_headers(mm)
+        if header_lines:
+            splits, schema = layout()
+            table = typed_read(splits, schema)
+        # else: the parse without the scan was the parse after it, and it failed
     try:
         if table is None:
+            got: list[str] = []
+            # one thread: a threaded whole-file parse calls the handler in no fixed order,
+            # and the warning shows the first rows it set aside (this read only runs when
+            # the types change after the first block: rare, and slower either way)
+            whole = pacsv.ReadOptions(block_size=opts.block_size, use_threads=False)
             with source() as src:
-                table = pacsv.read_csv(src, parse_options=parse, convert_options=convert,
-                                       read_options=opts)
+                table = pacsv.read_csv(src, parse_options=parse_options(got),
+                                       convert_options=_convert(), read_options=whole)
+            invalid.extend(got)
     except pa.ArrowInvalid as exc:
         msg = str(exc).splitlines()[0]
         raise LogFormatError(f"{path}: not a valid CSV file ({msg})") from None
@@ -234,6 +277,23 @@ def load_csv(path: Path) -> CsvTable:
         for h in header_lines:
             row_lines[row_lines >= h] += 1
     return CsvTable(frame, nan_mask, warnings, header, row_lines)
+
+
+#: Characters a header cell may hold and still parse as a number or a NaN/Inf word.
+_NUMBERISH = frozenset("0123456789+-.#() einfatyd")
+
+
+def _header_fails(schema: Any) -> bool:
+    """Whether a repeated header line would fail a typed parse with these column types:
+    some int64/float64 column is named by a word that is not a number nor a NaN/Inf
+    spelling (`loss`, `step`), so its header cell cannot convert. A first block that held
+    a repeated header line has no such column (the header cell made it text)."""
+    import pyarrow as pa
+
+    if schema is None or len(set(schema.names)) != len(schema.names):
+        return False
+    return any(f.type in (pa.int64(), pa.float64())
+               and set(f.name.lstrip("\ufeff").lower()) - _NUMBERISH for f in schema)
 
 
 def _convert(types: dict[str, Any] | None = None) -> Any:
