@@ -801,35 +801,6 @@ def test_grad_scan_kept_at_its_surges_matches_the_whole_series(seed: int) -> Non
             (w.level, w.scale, w.band_hi, w.recovered)
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_forward_medians_given_match_computed_ones(seed: int) -> None:
-    """`find_rises(forward=...)`: the forward medians the detector computes while its worker
-    scans the grad norm give the rises and statistics `find_rises` computes on its own."""
-    from spikelens.detect.spikes import RiseParams, find_rises, forward_medians
-
-    rng = np.random.default_rng(seed)
-    n = 30_000
-    x = np.cumsum(rng.standard_normal(n)) * 0.002 + 0.05 * rng.standard_normal(n)
-    for i in rng.integers(300, n - 400, 8):
-        x[i:i + int(rng.integers(1, 300))] += float(rng.uniform(0.3, 1.0))
-    p = RiseParams(window=100, min_window=8, z_point=6.0, z_shift=4.0,
-                   shift_windows=(5, 20, 80), log_min_ratio_point=0.2,
-                   log_min_ratio_shift=0.2, log_short_ratio=1.0, start_points=8,
-                   log_start_ratio=1.0, recover_run=10, band_z=3.0, quantum=0.0,
-                   is_log=True)
-    a1: dict[str, np.ndarray] = {}
-    a2: dict[str, np.ndarray] = {}
-    b1: dict[str, np.ndarray] = {}
-    b2: dict[str, np.ndarray] = {}
-    plain = find_rises(x, p, 1e-6, True, statistics=a1, second_statistics=a2)
-    given = find_rises(x, p, 1e-6, True, statistics=b1, second_statistics=b2,
-                       forward=forward_medians(x, p.shift_windows))
-    assert plain == given and len(plain) >= 3 and a2
-    for a, b in ((a1, b1), (a2, b2)):
-        assert a.keys() == b.keys()
-        assert all(_same(a[k], b[k]) for k in a)
-
-
 @pytest.mark.parametrize("seed", range(4))
 def test_long_rho_of_the_second_pass_reuses_only_unchanged_windows(seed: int) -> None:
     """The second pass's long rho (`spikes._long_rho` through `trailing_stats(reuse=...)`)

@@ -13,14 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import multiprocessing
-import os
-import threading
-from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Generic, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -30,8 +25,8 @@ from scipy import ndimage
 from spikelens.detect.baseline import infer_quantum, to_log
 from spikelens.detect.climb import tail_climb
 from spikelens.detect.divergence import kind_of
-from spikelens.detect.gradnorm import clear_of, surge_rises, usable
 from spikelens.detect.gradnorm import confirmed as grad_confirmed
+from spikelens.detect.gradnorm import find_surges, usable
 from spikelens.detect.joint import PointZ
 from spikelens.detect.nonfinite import NonFinite, find_nonfinite, nonfinite_mask
 from spikelens.detect.ops import ops_events
@@ -41,7 +36,6 @@ from spikelens.detect.spikes import (
     Rise,
     RiseParams,
     find_rises,
-    forward_medians,
     test_statistics,
     trailing_stats,
     window_stats,
@@ -107,15 +101,13 @@ class _Loss:
 
 
 def detect(run: Run, config: Config, recurrent_steps: Collection[int] = (), *,
-           near_bar: bool = False, threads: bool | None = None) -> Detection:
+           near_bar: bool = False) -> Detection:
     """Events on the train loss (and informational grad-norm surges), and the verdict.
 
     `recurrent_steps`: steps where other runs analysed together have a one-point outlier
     too (`joint.find_coincidences`); the point test there needs only `config.joint_min_z`.
     `near_bar`: also report `Detection.near_bar` (what a fleet needs to know which runs a
     lowered bar can change, see `fleet._cross_run`); the events are the same either way.
-    `threads`: run the stall search and the grad-norm scan on a second thread (True), or
-    everything on this one (False); None decides by `_use_threads`. The result is the same.
     """
     notes: list[str] = []
     series = run.series("loss")
@@ -124,129 +116,8 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = (), *,
         return Detection(events=(), verdict="insufficient_data",
                          notes=(f"no train loss: nothing to detect on (the log has {have})",))
     loss = _prepare(run, series, config, notes)
-    if not _use_threads(threads, len(loss.x)):
-        return _detect(run, config, recurrent_steps, near_bar, series, loss, notes, None)
-    try:
-        with ThreadPoolExecutor(1, thread_name_prefix="spikelens-detect") as pool:
-            return _detect(run, config, recurrent_steps, near_bar, series, loss, notes, pool)
-    finally:
-        _trim()
-
-
-def _trim() -> None:
-    """Give the pages the C heap holds free back to the system (glibc's `malloc_trim`; a
-    no-op elsewhere). A worker thread allocates from its own heap (glibc's per-thread
-    arenas), so it cannot reuse the pages the main thread's freed temporaries keep resident:
-    without this, the worker's passes sit on top of them and the CSV analyze peak rose by
-    20-30 MB (issue 10's 2.5x budget). Called before each pass is started on the worker and
-    once the worker is done."""
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
-        try:
-            import ctypes
-            import ctypes.util
-
-            _MALLOC_TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _MALLOC_TRIM = False
-    if _MALLOC_TRIM:
-        _MALLOC_TRIM(0)
-
-
-_MALLOC_TRIM: Any = None
-
-
-#: Below this many finite loss points the passes are too short for a second thread to pay
-#: for itself (a 100k-step log's stall search is a few ms).
-THREAD_MIN_POINTS = 200_000
-
-
-def _use_threads(threads: bool | None, n: int) -> bool:
-    """Whether `detect` may use a second thread: asked for, or (None) a long log analysed
-    by the main thread of a process that has the cores to itself, on a machine with a core
-    to spare. A fleet's worker
-    processes (`fleet.PoolBackend`, Dask's workers) already fill the cores one run each, and
-    a caller's own thread (Dask's threaded workers) is one of several: neither gets a
-    second thread. A fleet analysed by one process (`--jobs 1`, one source) runs one run
-    at a time on the main thread, like a single analyze, and does."""
-    if threads is not None:
-        return threads
-    if n < THREAD_MIN_POINTS:
-        return False
-    if threading.current_thread() is not threading.main_thread() \
-            or multiprocessing.parent_process() is not None:
-        return False
-    from spikelens.fleet import default_jobs  # the cores this process may run on
-
-    cores = default_jobs()
-    # ... and a core to spare: on a machine already busy (a 1-minute load of cores - 0.5 or
-    # more, this process included) the worker finds no idle core, and its passes only add
-    # the GIL handovers and the trims (measured at load 2.5-3 on 2 cores: 0.1-0.25 CPU-s
-    # more, no wall time gained)
-    return cores >= 2 and _load() < cores - 0.5
-
-
-def _load() -> float:
-    """The 1-minute load average (0 where the system does not say)."""
-    try:
-        return float(os.getloadavg()[0])
-    except (AttributeError, OSError):
-        return 0.0
-
-
-_T = TypeVar("_T")
-
-
-class _Later(Generic[_T]):
-    """A pass started on the detector's worker thread, or, with no worker, run when its
-    result is first asked for: so the one-thread path runs every pass where it always did
-    (and holds its temporaries at the same time as before). A worker's exception is raised
-    where the result is asked for."""
-
-    def __init__(self, pool: ThreadPoolExecutor | None, fn: Callable[..., _T],
-                 *args: Any) -> None:
-        self._future: Future[_T] | None = pool.submit(fn, *args) if pool is not None else None
-        # the worker's call holds its arguments until it is done; this holds them only for
-        # the call it will make itself
-        self._fn, self._args = fn, (args if pool is None else ())
-
-    def get(self) -> _T:
-        if self._future is not None:
-            return self._future.result()
-        return self._fn(*self._args)
-
-    def wait(self) -> None:
-        """Until the worker is done with it (nothing to wait for without one)."""
-        if self._future is not None:
-            self._future.exception()
-
-
-def _detect(run: Run, config: Config, recurrent_steps: Collection[int], near_bar: bool,
-            series: pd.Series, loss: _Loss, notes: list[str],
-            pool: ThreadPoolExecutor | None) -> Detection:
-    """`detect` after the loss is prepared; `pool` is its worker thread, if any.
-
-    What runs beside what (a million points, tracemalloc, above the prepared loss): the
-    grad-norm scan (106-113 MB at its peak) beside the loss's per-point bars (60 MB) and
-    forward medians (24 MB kept), waited for before the loss is scanned; the stall search
-    (51 MB) beside the oscillation scan (91 MB). Neither pair reaches the loss's rise scans
-    (163 MB above 33), the detector's peak, so the second thread does not raise it; the grad
-    scan beside the loss scan or the oscillation scan would (analyze3: +50 to +110 MB).
-    With no worker every pass runs where it always did (`_Later`)."""
     notes += _restart_notes(run)
-    grad: None | str | _Later[_Scan] = None
-    if pool is not None:
-        # the grad norm's scan needs none of the loss's per-point bars: it runs beside their
-        # computation, and is waited for before the loss is scanned (the two scans' peaks
-        # together would be the analysis's new peak)
-        grad = _grad_scan(run, _rise_params(run, loss, config, bars=False), config, pool)
     params = _rise_params(run, loss, config)
-    forward: dict[int, NDArray[np.float64]] | None = None
-    if isinstance(grad, _Later):
-        # the loss scan's forward medians (held through the scan anyway) fill the wait
-        forward = forward_medians(loss.x, params.shift_windows)
-        grad.wait()
-        _trim()
     if recurrent_steps:
         tested = loss.steps[loss.fin]
         bar = np.full(len(tested), params.z_point) if params.point_bar is None else \
@@ -259,25 +130,18 @@ def _detect(run: Run, config: Config, recurrent_steps: Collection[int], near_bar
     first: dict[str, NDArray[np.float64]] = {}
     near: tuple[int, ...] | None = None
     if near_bar and len(loss.x) >= 2:
-        rises, near = _rises_and_near(loss, params, config, first, forward)
+        rises, near = _rises_and_near(loss, params, config, first)
     else:
-        rises = find_rises(loss.x, params, loss.abs_floor, loss.is_log, statistics=first,
-                           forward=forward) if len(loss.x) >= 2 else []
-    # only the point z is read after the rise scans (PointZ): the shift z's and the forward
-    # medians (24 MB each at a million points) are let go before the passes that follow
+        rises = find_rises(loss.x, params, loss.abs_floor, loss.is_log, statistics=first) \
+            if len(loss.x) >= 2 else []
+    # only the point z is read after the rise scans (PointZ): the shift z's (24 MB each at
+    # a million points) are let go before the passes that follow
     first = {"point": first["point"]} if "point" in first else {}
-    forward = None
     rises = _join_back_to_back(rises, loss.x)
     nonfinite = _nonfinite(run, loss, params, config)
     batch = _batch_size(run, config.tiny_batch)
-    stall_args = _stall_args(run, loss, rises, nonfinite, config)
-    if pool is not None:
-        _trim()
-    stall_job = _Later(pool, find_stall, *stall_args) if stall_args is not None else None
     oscs = _oscillations(run, loss, rises, nonfinite, config, batch)
-    stall = stall_job.get() if stall_job is not None else None
-    if pool is None:
-        grad = _grad_scan(run, params, config, None)
+    stall = _stall(run, loss, rises, nonfinite, config)
     if stall is not None:
         # a loss that makes no progress is stuck, not swinging: a periodic region inside
         # the stall whose swing is under the incident ratio (min_ratio) is its wandering
@@ -317,7 +181,7 @@ def _detect(run: Run, config: Config, recurrent_steps: Collection[int], near_bar
     if overfit is not None:
         events.append(overfit)
     events += _superseded_events(run, config, notes)
-    events += _grad_surges(run, events, grad, config, notes)
+    events += _grad_surges(run, events, params, config, notes)
     events += ops_events(run, events, config, notes)  # slowdowns and hangs (issue 14)
     _grad_nonfinite_note(run, loss, nonfinite, notes)
     events.sort(key=lambda e: (e.start_step, _KIND_ORDER.get(e.kind, 9), e.metric))
@@ -336,8 +200,7 @@ def _detect(run: Run, config: Config, recurrent_steps: Collection[int], near_bar
 
 
 def _rises_and_near(loss: _Loss, params: RiseParams, config: Config,
-                    first: dict[str, NDArray[np.float64]],
-                    forward: dict[int, NDArray[np.float64]] | None = None
+                    first: dict[str, NDArray[np.float64]]
                     ) -> tuple[list[Rise], tuple[int, ...]]:
     """`find_rises` as `detect` calls it, and the steps where one of its scans' point test
     gave a z in [`joint_min_z`, bar): (rises, near steps).
@@ -356,7 +219,7 @@ def _rises_and_near(loss: _Loss, params: RiseParams, config: Config,
     second."""
     second: dict[str, NDArray[np.float64]] = {}
     rises = find_rises(loss.x, params, loss.abs_floor, loss.is_log, statistics=first,
-                       second_statistics=second, forward=forward)
+                       second_statistics=second)
     bar = np.full(len(loss.x), params.z_point) if params.point_bar is None \
         else params.point_bar
     hit = np.zeros(len(loss.x), dtype=bool)
@@ -495,9 +358,7 @@ def _nan_iteration_steps(run: Run) -> NDArray[np.int64] | None:
     return np.asarray(st[v > 0], dtype=np.int64)
 
 
-def _rise_params(run: Run, loss: _Loss, config: Config, bars: bool = True) -> RiseParams:
-    """The rise tests' knobs for the loss; `bars=False` leaves out its per-point bars
-    (`shift_bar`, `point_bar`: None), which the grad-norm scan does not use."""
+def _rise_params(run: Run, loss: _Loss, config: Config) -> RiseParams:
     ratio = config.min_ratio
     batch = _batch_size(run, config.tiny_batch)
     tiny = batch is not None and batch <= config.tiny_batch
@@ -518,9 +379,8 @@ def _rise_params(run: Run, loss: _Loss, config: Config, bars: bool = True) -> Ri
         lp = ls = 0.0
         lshort = lstart = math.inf
     return RiseParams(
-        shift_bar=_lr_jump_bar(run, loss, config) if bars else None,
-        point_bar=_grad_confirmed_bar(run, loss, config, _big_jump_bar(loss, config))
-        if bars else None,
+        shift_bar=_lr_jump_bar(run, loss, config),
+        point_bar=_grad_confirmed_bar(run, loss, config, _big_jump_bar(loss, config)),
         window=config.window,
         min_window=config.min_window,
         z_point=config.z_threshold,
@@ -573,8 +433,8 @@ def _above_median21(x: NDArray[np.float64], log_ratio: float) -> NDArray[np.bool
     """`x - median_filter(x, 21, nearest) >= log_ratio` (x finite, log_ratio > 0), with the
     median taken only where x stands `log_ratio` above its 21-point minimum (a point under
     that cannot stand as far above the median, which is never below the minimum): a
-    whole-series median filter (0.05-0.1 CPU-s at a million points, holding the GIL the
-    detector's worker thread needs) for the few points a big jump can be."""
+    whole-series median filter (0.05-0.1 CPU-s at a million points) for the few points a
+    big jump can be."""
     out = np.zeros(len(x), dtype=np.bool_)
     cand = np.flatnonzero(x - ndimage.minimum_filter1d(x, 21, mode="nearest") >= log_ratio)
     if len(cand):
@@ -875,22 +735,20 @@ def _osc_event(run: Run, loss: _Loss, o: Oscillation, batch: float | None = None
     )
 
 
-_Scan = tuple[NDArray[np.int64], NDArray[np.float64], list[Rise]]
-
-
-def _grad_scan(run: Run, params: RiseParams, config: Config,
-               pool: ThreadPoolExecutor | None) -> None | str | _Later[_Scan]:
-    """The grad norm's rise scan (`gradnorm.surge_rises`), which needs nothing of the loss's
-    events: started on the worker thread when there is one. None when the run has no grad
-    norm, the reason when it cannot be analysed (`gradnorm.usable`)."""
+def _grad_surges(run: Run, events: Sequence[Event], params: RiseParams, config: Config,
+                 notes: list[str]) -> list[Event]:
     gn = run.series("grad_norm")
     if gn is None or len(gn) == 0:
-        return None
+        return []
     vals = gn.to_numpy(dtype=np.float64, na_value=np.nan)
     why = usable(vals)
     if why is not None:
-        return why
+        notes.append(f"grad norm not analysed: {why}")
+        return []
+    spans = [(e.start_step, e.end_step) for e in events
+             if e.metric == "loss" and e.kind != "oscillation"]
     steps = gn.index.to_numpy().astype(np.int64)
+    out = []
     # the grad norm often climbs out of initialisation and drifts for good: only transient
     # surges against a full window count (no ratio-only judgement on a short baseline)
     lr = math.log(config.grad_min_ratio)
@@ -904,20 +762,7 @@ def _grad_scan(run: Run, params: RiseParams, config: Config,
                        # and LR jumps) are indexed by the loss's finite points, not the grad
                        # norm's
                        "point_bar": None, "shift_bar": None})
-    return _Later(pool, surge_rises, vals, steps, gp)
-
-
-def _grad_surges(run: Run, events: Sequence[Event], scan: None | str | _Later[_Scan],
-                 config: Config, notes: list[str]) -> list[Event]:
-    if scan is None:
-        return []
-    if isinstance(scan, str):
-        notes.append(f"grad norm not analysed: {scan}")
-        return []
-    spans = [(e.start_step, e.end_step) for e in events
-             if e.metric == "loss" and e.kind != "oscillation"]
-    out = []
-    for s in clear_of(scan.get(), spans, _GRAD_LEAD * max(1, run.interval)):
+    for s in find_surges(vals, steps, gp, spans, _GRAD_LEAD * max(1, run.interval)):
         r = s.rise
         start, peak, end = int(s.steps[r.start]), int(s.steps[r.peak]), int(s.steps[r.end])
         out.append(Event(
@@ -1004,19 +849,17 @@ def _aligned_metric(run: Run, role: str, steps: NDArray[np.int64]) -> NDArray[np
     return out
 
 
-def _stall_args(run: Run, loss: _Loss, rises: Sequence[Rise], nonfinite: Sequence[NonFinite],
-                config: Config) -> tuple[Any, ...] | None:
-    """The arguments of `find_stall` (numpy arrays and numbers: the run's frame is read
-    here, on the calling thread), or None when the stall is not searched."""
+def _stall(run: Run, loss: _Loss, rises: Sequence[Rise], nonfinite: Sequence[NonFinite],
+           config: Config) -> Stall | None:
     if not loss.is_log or len(loss.x) < (config.stall_blocks + 2) * config.window:
         return None
     if _incident_mask(loss, rises, nonfinite).mean() > 0.25:
         return None  # a run mostly in incidents is judged by them
     st = loss.steps[loss.fin]
     vocab = run.params.get("vocab_size")
-    return (loss.x, config.window, config.stall_blocks, config.stall_grad_drop,
-            _aligned_metric(run, "grad_norm", st),
-            float(vocab) if isinstance(vocab, (int, float)) else None)
+    return find_stall(loss.x, config.window, config.stall_blocks, config.stall_grad_drop,
+                      _aligned_metric(run, "grad_norm", st),
+                      float(vocab) if isinstance(vocab, (int, float)) else None)
 
 
 def _stall_event(run: Run, loss: _Loss, s: Stall) -> Event:
@@ -1087,8 +930,7 @@ def _superseded_events(run: Run, config: Config, notes: list[str]) -> list[Event
         sub = dataclasses.replace(run, frame=frame, restarts=(), superseded=(),
                                   segment_of_step=None, eval_frame=pd.DataFrame(),
                                   nan_steps=nan_steps)
-        # on this thread: the caller's worker may still be scanning the grad norm
-        det = detect(sub, config, threads=False)
+        det = detect(sub, config)
         found = [dataclasses.replace(e, segment=sup.segment, rolled_back_at=sup.last_step)
                  for e in det.events if e.metric == "loss" and e.kind in INCIDENT_KINDS
                  and e.start_step >= sup.resumed_at]

@@ -58,13 +58,12 @@ def find_surges(values: FloatArray, steps: NDArray[np.int64], p: RiseParams,
 def surge_rises(values: FloatArray, steps: NDArray[np.int64], p: RiseParams
                 ) -> tuple[NDArray[np.int64], FloatArray, list[Rise]]:
     """The scan of `find_surges`, which needs nothing of the loss: (steps, log grad norm,
-    recovered rises) of the finite positive grad-norm points. Apart so that the detector
-    can run it on a worker thread while the loss is analysed (`detect._Later`).
+    recovered rises) of the finite positive grad-norm points.
 
     Only what the surges are read at is kept: the steps and values at the start, peak and
     end of each recovered rise, whose indices are renumbered into those short arrays (a
     whole-series copy of steps and values, 16 MB at a million points, would otherwise be
-    held while the loss is scanned)."""
+    held by the surges)."""
     keep = np.isfinite(values) & (values > 0)
     st = steps[keep]
     x = np.log(values[keep])

@@ -649,22 +649,18 @@ def _change_point(x: FloatArray, c: int, horizon: int, level: float, floor: int)
 
 def find_rises(x: FloatArray, p: RiseParams, abs_floor: float, is_log: bool,
                second_pass: bool = True, statistics: dict[str, FloatArray] | None = None,
-               second_statistics: dict[str, FloatArray] | None = None,
-               forward: dict[int, FloatArray] | None = None) -> list[Rise]:
+               second_statistics: dict[str, FloatArray] | None = None) -> list[Rise]:
     """Events on x (finite values, in test units: the log of the loss where it is positive),
     sorted by start. `abs_floor`: the loss's resolution in its own units. `second_pass`
     re-runs the scan with the events clipped out of the baseline. `statistics`, when given,
     receives the first pass's `test_statistics` (what `rise_statistics` computes), so the
     cross-run point test does not compute them again; `second_statistics` receives the
-    second pass's, and stays empty when there is none. `forward`: the forward medians of x
-    (`forward_median(x, k)` for each k of `p.shift_windows` up to len(x)), when the caller
-    has computed them already."""
+    second pass's, and stays empty when there is none."""
     n = len(x)
     if n < 2:
         return []
     # the forward medians depend on x alone: both passes share them
-    if forward is None:
-        forward = forward_medians(x, p.shift_windows)
+    forward = {k: forward_median(x, k) for k in p.shift_windows if len(x) >= k}
     # ... and the second pass recomputes only the baseline windows that hold a clipped point
     reuse: dict[str, dict[str, Any]] | None = {} if second_pass else None
     rises = _scan(x, x, p, abs_floor, is_log, forward, statistics, reuse)
@@ -677,12 +673,6 @@ def find_rises(x: FloatArray, p: RiseParams, abs_floor: float, is_log: bool,
         stop = r.end if r.recovered else n
         clipped[r.start:stop] = np.minimum(clipped[r.start:stop], r.band_hi)
     return _scan(x, clipped, p, abs_floor, is_log, forward, second_statistics, reuse)
-
-
-def forward_medians(x: FloatArray, windows: tuple[int, ...]) -> dict[int, FloatArray]:
-    """`forward_median(x, k)` for each k of `windows` up to len(x): what `find_rises` takes
-    as `forward`."""
-    return {k: forward_median(x, k) for k in windows if len(x) >= k}
 
 
 def _scan(x: FloatArray, base_x: FloatArray, p: RiseParams, abs_floor: float,
