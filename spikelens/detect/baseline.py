@@ -368,16 +368,22 @@ class _Previous:
     def redo(self, n_rows: int, window: int, stride: int) -> NDArray[np.int64]:
         """The refreshed windows [r * stride, r * stride + window) that hold a changed
         position."""
-        if not len(self.changed):
-            return np.empty(0, np.int64)
-        c = self.changed
-        lo = np.maximum(-(-(c - window + 1) // stride), 0)  # ceil((c - window + 1) / stride)
-        hi = np.minimum(c // stride, n_rows - 1)
-        ok = lo <= hi
-        mark = np.zeros(n_rows + 1, np.int64)
-        np.add.at(mark, lo[ok], 1)
-        np.add.at(mark, hi[ok] + 1, -1)
-        return np.flatnonzero(np.cumsum(mark[:n_rows]) > 0).astype(np.int64)
+        return windows_holding(self.changed, n_rows, window, stride)
+
+
+def windows_holding(changed: NDArray[np.int64], n_rows: int, size: int, step: int
+                    ) -> NDArray[np.int64]:
+    """The windows [j * step, j * step + size) (j < n_rows) that hold a position of the
+    sorted `changed`: what a second pass over a partly changed series must compute again."""
+    if not len(changed):
+        return np.empty(0, np.int64)
+    lo = np.maximum(-(-(changed - size + 1) // step), 0)  # ceil((c - size + 1) / step)
+    hi = np.minimum(changed // step, n_rows - 1)
+    ok = lo <= hi
+    mark = np.zeros(n_rows + 1, np.int64)
+    np.add.at(mark, lo[ok], 1)
+    np.add.at(mark, hi[ok] + 1, -1)
+    return np.flatnonzero(np.cumsum(mark[:n_rows]) > 0).astype(np.int64)
 
 
 def _reusable(reuse: dict[str, Any] | None, key: tuple[Any, ...], x: FloatArray

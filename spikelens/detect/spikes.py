@@ -43,6 +43,7 @@ from spikelens.detect.baseline import (
     rank_index,
     trailing_detrended,
     trailing_quantiles,
+    windows_holding,
 )
 
 #: Standard normal quantile of 0.9: (q90 - median) / Z90 estimates sigma from the upper tail.
@@ -276,7 +277,7 @@ def _long_rho(x: FloatArray, window: int, reuse: dict[str, Any] | None = None,
         if changed is not None:
             # window j covers x[j * step : j * step + long + 1] (both its difference series)
             s1, s2 = prev["s1"].copy(), prev["s2"].copy()  # type: ignore[index]
-            redo = _windows_holding(changed, len(s1), long + 1, step)
+            redo = windows_holding(changed, len(s1), long + 1, step)
             chunk = max(1, 1_000_000 // long)
             for a in range(0, len(redo), chunk):
                 s1[redo[a:a + chunk]] = _strided_iqr_rows(d1, long, step, redo[a:a + chunk])
@@ -297,18 +298,6 @@ def _long_rho(x: FloatArray, window: int, reuse: dict[str, Any] | None = None,
     if reuse is not None and x_copy is not None:
         reuse.update(key=(n, window), x=x_copy, head=out[:k].copy(), s1=s1, s2=s2)
     return np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0)
-
-
-def _windows_holding(changed: NDArray[np.int64], n_rows: int, size: int, step: int
-                     ) -> NDArray[np.int64]:
-    """The windows [j * step, j * step + size) (j < n_rows) that hold a changed position."""
-    lo = np.maximum(-(-(changed - size + 1) // step), 0)  # ceil((c - size + 1) / step)
-    hi = np.minimum(changed // step, n_rows - 1)
-    ok = lo <= hi
-    mark = np.zeros(n_rows + 1, np.int64)
-    np.add.at(mark, lo[ok], 1)
-    np.add.at(mark, hi[ok] + 1, -1)
-    return np.flatnonzero(np.cumsum(mark[:n_rows]) > 0).astype(np.int64)
 
 
 def _strided_iqr_rows(d: FloatArray, m: int, step: int, rows: NDArray[np.int64]
