@@ -4,7 +4,10 @@ output formats, several logs in one call, `--summary` and `--fail-on`."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -163,3 +166,40 @@ def test_bad_output_paths_are_refused_before_the_analysis(tmp_path: Path) -> Non
     code, out, err = _run("analyze", BLOOM, "-o", target)
     assert (code, out) == (2, "")
     assert err == f"Error: {target}: no such directory {target.parent}\n"
+
+
+def _entry_point(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The console entry point (`spikelens.cli.main`) in a fresh interpreter, with an exit
+    handler of the caller's registered first, as a notebook or a wrapper script might."""
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print('exit handler ran', file=sys.stderr))\n"
+            f"sys.argv = ['spikelens', *{list(args)!r}]\n"
+            "from spikelens.cli import main\n"
+            "main()\n"
+            "print('not reached', file=sys.stderr)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "SPIKELENS_CACHE_DIR": str(tmp_path / "cache")}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def test_the_entry_point_leaves_with_the_status_whole_output_and_exit_handlers(
+        tmp_path: Path) -> None:
+    """`main` ends the process itself (`os._exit`, skipping the interpreter's teardown):
+    the whole JSON report still reaches a pipe, the caller's exit handlers still run, and
+    the status is the command's own, for a clean run, a failing gate and bad input."""
+    ok = _entry_point(tmp_path, "analyze", "--format", "json", str(STORM))
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["runs"][0]["verdict"] != "healthy"
+    assert ok.stderr.splitlines()[-1] == "exit handler ran"
+    assert "not reached" not in ok.stderr
+
+    gate = _entry_point(tmp_path, "analyze", "--fail-on", "any", str(STORM))
+    assert gate.returncode == 1
+    assert gate.stdout.startswith(_run("analyze", STORM)[1].splitlines()[0])
+
+    bad = _entry_point(tmp_path, "inspect", str(tmp_path / "missing.csv"))
+    assert bad.returncode == 2
+    assert bad.stderr.splitlines()[0] == f"Error: {tmp_path / 'missing.csv'}: no such file " \
+        "or directory"
+    assert "exit handler ran" in bad.stderr
