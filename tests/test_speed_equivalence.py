@@ -640,14 +640,6 @@ def test_dedupe_shortcut_is_np_unique() -> None:
         assert _same(s, steps[i]) and _same(v, vals[i])
 
 
-def test_plotlyjs_read_without_plotly_is_get_plotlyjs() -> None:
-    from plotly.offline import get_plotlyjs
-
-    from spikelens.report.html import _plotlyjs
-
-    assert _plotlyjs() == get_plotlyjs()
-
-
 def test_logged_nan_in_a_layer_statistic_does_not_crash_model_stats(tmp_path: Path) -> None:
     # main raised "output array is read-only" here (pandas' read-only notna mask, `|=`)
     from spikelens.causes import model_stats

@@ -1100,28 +1100,11 @@ def _json_for_script(payload: Any) -> str:
             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 
 
-def _plotlyjs() -> str:
-    """plotly.js as `plotly.offline.get_plotlyjs()` returns it (the package's
-    `package_data/plotly.min.js`, UTF-8), read without importing plotly: its import (about
-    0.08 s, mostly `importlib.metadata`) is all the page needs plotly for."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("plotly")
-    if spec is not None and spec.origin:
-        path = os.path.join(os.path.dirname(spec.origin), "package_data", "plotly.min.js")
-        if os.path.isfile(path):
-            with open(path, "rb") as fh:
-                return fh.read().decode("utf-8")
-    from plotly.offline import get_plotlyjs
-
-    return str(get_plotlyjs())
-
-
 def _plotly_tag(mode: str) -> str:
-    js = _plotlyjs()
-    if mode == "cdn":
-        from plotly.offline import get_plotlyjs_version
+    from plotly.offline import get_plotlyjs, get_plotlyjs_version
 
+    js = str(get_plotlyjs())
+    if mode == "cdn":
         digest = base64.b64encode(hashlib.sha384(js.encode("utf-8")).digest()).decode("ascii")
         url = f"https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js"
         return (f"<script src=\"{_esc(url)}\" integrity=\"sha384-{digest}\" "

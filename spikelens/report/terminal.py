@@ -14,7 +14,8 @@ a few characters."""
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from rich import box
 from rich.cells import cell_len
@@ -92,7 +93,7 @@ def _console(options: RenderOptions) -> Console:
 def _indented(console: Console, text: Text, indent: int) -> None:
     # Padding keeps the indent on wrapped lines too
     if console.color_system is None:
-        lines = _plain_indented_or_none(text.plain, console.options.max_width, indent)
+        lines = _or_rich(_plain_indented, text.plain, console.options.max_width, indent)
         if lines is not None:
             console.file.write("".join(" " * indent + line + "\n" for line in lines))
             return
@@ -104,31 +105,47 @@ def _plain_indented(text: str, max_width: int, indent: int) -> list[str] | None:
     `console.print(Padding(Text(text), (0, 0, 0, indent), expand=False))` writes after the
     indent, without rich's rendering (about 0.2 ms a line: a 700-event report prints one
     per event). Padding measures the text (its widest line, at most the console's width)
-    and wraps it to min(that, max_width - indent) cells with rich's own word breaks
-    (`divide_line`, folding words too long for a line). None (print with rich) where a
-    piece would still be too wide (its crop), or for tabs and newlines."""
-    if "\n" in text or "\t" in text or "\r" in text:
-        return None
+    and wraps it to min(that, max_width - indent) cells with rich's own word breaks,
+    folding words too long for a line. None (print with rich) where a piece would still be
+    too wide (its crop), or for tabs and newlines."""
     width = min(cell_len(text), max_width - indent)
     if width <= 0:
         return None
-    from rich._wrap import divide_line  # private: see _plain_indented_or_none
-
-    bounds = [0, *divide_line(text, width, fold=True), len(text)]
+    pieces = _pieces(text, width, fold=True)
+    if pieces is None:
+        return None
     out = []
-    for a, b in zip(bounds, bounds[1:], strict=False):
-        piece = text[a:b].rstrip()
+    for piece in pieces:
+        piece = piece.rstrip()
         if cell_len(piece) > width:
             return None
         out.append(piece)
     return out
 
 
-def _plain_indented_or_none(text: str, max_width: int, indent: int) -> list[str] | None:
-    """`_plain_indented`, or None (rich prints it) where the rich installed lacks
-    `rich._wrap.divide_line`."""
+def _pieces(text: str, width: int | None, fold: bool) -> list[str] | None:
+    """A plain one-line text cut where rich wraps it to `width` cells (its own word breaks,
+    `rich._wrap.divide_line`: private, hence `_or_rich`), whole when `width` is None (a
+    column that does not wrap); None for tabs and newlines, which rich lays out otherwise."""
+    if "\n" in text or "\t" in text or "\r" in text:
+        return None
+    if width is None:
+        return [text]
+    from rich._wrap import divide_line
+
+    bounds = [0, *divide_line(text, width, fold=fold), len(text)]
+    return [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+_L = TypeVar("_L")
+
+
+def _or_rich(fn: Callable[..., _L | None], *args: Any) -> _L | None:
+    """`fn(*args)`, or None (rich prints it) where the rich installed lacks a private piece
+    the plain layouts use (`rich._wrap.divide_line`, `Table._calculate_column_widths`):
+    `rich>=13` is not pinned, and a report must not fail because rich moved an internal."""
     try:
-        return _plain_indented(text, max_width, indent)
+        return fn(*args)
     except (ImportError, AttributeError, TypeError):
         return None
 
@@ -178,7 +195,7 @@ def _table(console: Console, findings: Sequence[Finding], wide: bool) -> None:
         if wide:
             cells.append(Text(cause_summary(f)))
         table.add_row(*cells)
-    lines = None if console.color_system is not None else _plain_table_or_none(console, table)
+    lines = None if console.color_system is not None else _or_rich(_plain_table, console, table)
     if lines is None:
         console.print(table)
     else:
@@ -195,16 +212,9 @@ def _cell_lines(text: str, width: int, justify: str, no_wrap: bool) -> list[str]
     padding excluded): rich's own word breaks (`divide_line`), left-justified lines padded
     to the width, right-justified ones stripped and padded on the left. None where rich
     would do more than that (a line still too long to fit: its ellipsis; tabs, newlines)."""
-    if "\n" in text or "\t" in text or "\r" in text:
+    pieces = _pieces(text, None if no_wrap else width, fold=False)
+    if pieces is None:
         return None
-    from rich._wrap import divide_line  # private: see _plain_table_or_none
-
-    pieces = [text]
-    if not no_wrap:
-        breaks = divide_line(text, width, fold=False)
-        if breaks:
-            bounds = [0, *breaks, len(text)]
-            pieces = [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
     out = []
     for piece in pieces:
         if justify == "right":
@@ -223,16 +233,6 @@ def _cell_lines(text: str, width: int, justify: str, no_wrap: bool) -> list[str]
             return None
         out.append(piece + " " * (width - n))
     return out
-
-
-def _plain_table_or_none(console: Console, table: Table) -> list[str] | None:
-    """`_plain_table`, or None (rich prints the table) where the rich installed lacks the
-    private pieces it uses (`rich._wrap.divide_line`, `Table._calculate_column_widths`):
-    `rich>=13` is not pinned, and a report must not fail because rich moved an internal."""
-    try:
-        return _plain_table(console, table)
-    except (ImportError, AttributeError, TypeError):
-        return None
 
 
 def _plain_table(console: Console, table: Table) -> list[str] | None:
