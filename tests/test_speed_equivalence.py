@@ -758,10 +758,9 @@ def test_plain_indented_is_riches_padding_on_random_text() -> None:
 
 @pytest.mark.parametrize("seed", range(4))
 def test_grad_scan_kept_at_its_surges_matches_the_whole_series(seed: int) -> None:
-    """`gradnorm.surge_rises` keeps the steps and values of its recovered rises only (their
-    indices renumbered), so the detector's worker does not hold two whole series while the
-    loss is scanned: the surges read from it are those of the plain scan of the whole
-    series."""
+    """`gradnorm.find_surges` keeps the steps and values of its surges only (their indices
+    renumbered), not two whole series: the surges read from it are those of the plain scan
+    of the whole series."""
     from spikelens.detect import gradnorm
     from spikelens.detect.spikes import RiseParams, find_rises
 
@@ -778,7 +777,7 @@ def test_grad_scan_kept_at_its_surges_matches_the_whole_series(seed: int) -> Non
                    log_short_ratio=np.inf, start_points=0, log_start_ratio=np.inf,
                    recover_run=10, band_z=3.0, quantum=0.0, is_log=True, isolated=False)
     spans = [(int(steps[a]), int(steps[a]) + 300) for a in rng.integers(0, n, 3)]
-    got = gradnorm.clear_of(gradnorm.surge_rises(v, steps, p), spans, 200)
+    got = gradnorm.find_surges(v, steps, p, spans, 200)
     keep = np.isfinite(v) & (v > 0)
     st, x = steps[keep], np.log(v[keep])
     want = [r for r in find_rises(x, p, 0.0, True, second_pass=False) if r.recovered

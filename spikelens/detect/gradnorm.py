@@ -51,17 +51,11 @@ def usable(values: FloatArray) -> str | None:
 
 def find_surges(values: FloatArray, steps: NDArray[np.int64], p: RiseParams,
                 loss_spans: Sequence[tuple[int, int]], lead: int) -> list[Surge]:
-    """Surges on the grad norm that stay clear of every loss incident span (steps)."""
-    return clear_of(surge_rises(values, steps, p), loss_spans, lead)
+    """Surges on the grad norm that stay clear of every loss incident span (steps), a
+    surge leading the loss by up to `lead` steps included.
 
-
-def surge_rises(values: FloatArray, steps: NDArray[np.int64], p: RiseParams
-                ) -> tuple[NDArray[np.int64], FloatArray, list[Rise]]:
-    """The scan of `find_surges`, which needs nothing of the loss: (steps, log grad norm,
-    recovered rises) of the finite positive grad-norm points.
-
-    Only what the surges are read at is kept: the steps and values at the start, peak and
-    end of each recovered rise, whose indices are renumbered into those short arrays (a
+    A surge keeps only what it is read at: the steps and values at the start, peak and end
+    of the recovered rises, whose indices are renumbered into those short arrays (a
     whole-series copy of steps and values, 16 MB at a million points, would otherwise be
     held by the surges)."""
     keep = np.isfinite(values) & (values > 0)
@@ -69,28 +63,15 @@ def surge_rises(values: FloatArray, steps: NDArray[np.int64], p: RiseParams
     x = np.log(values[keep])
     del keep
     # one pass: these events are informational, the clipped second pass is not worth it
-    rises = [r for r in find_rises(x, p, 0.0, True, second_pass=False) if r.recovered]
+    rises = [r for r in find_rises(x, p, 0.0, True, second_pass=False) if r.recovered
+             and not any(int(st[r.start]) <= b and a - lead <= int(st[r.end])
+                         for a, b in loss_spans)]
     at = np.unique(np.array([i for r in rises for i in (r.start, r.peak, r.end)],
                             dtype=np.int64))
     pos = {int(i): k for k, i in enumerate(at)}
-    return st[at], x[at], [dataclasses.replace(r, start=pos[r.start], peak=pos[r.peak],
-                                               end=pos[r.end]) for r in rises]
-
-
-def clear_of(scan: tuple[NDArray[np.int64], FloatArray, list[Rise]],
-             loss_spans: Sequence[tuple[int, int]], lead: int) -> list[Surge]:
-    """The recovered rises of a `surge_rises` scan that stay clear of every loss incident
-    span (steps), a surge leading the loss by up to `lead` steps included."""
-    st, x, rises = scan
-    out = []
-    for r in rises:
-        if not r.recovered:
-            continue
-        s0, s1 = int(st[r.start]), int(st[r.end])
-        if any(s0 <= b and a - lead <= s1 for a, b in loss_spans):
-            continue
-        out.append(Surge(rise=r, steps=st, x=x))
-    return out
+    st, x = st[at], x[at]
+    return [Surge(rise=dataclasses.replace(r, start=pos[r.start], peak=pos[r.peak],
+                                           end=pos[r.end]), steps=st, x=x) for r in rises]
 
 
 #: centred window of the grad norm's median and MAD in `robust_z` (points)
