@@ -460,12 +460,25 @@ def formats() -> None:
 def main() -> None:
     """Console entry point. typer turns usage errors into exit 2 itself; the commands turn
     library errors into one line and exit 2."""
+    _one_blas_thread()
     try:
         app()
         code = 0
     except SystemExit as exc:
         code = _status(exc.code)
     _leave(code)
+
+
+def _one_blas_thread() -> None:
+    """Run OpenBLAS on one thread in the command's process (and the fleet's workers, which
+    inherit it) unless the user chose otherwise. numpy and scipy each load their own
+    OpenBLAS, and each starts a server thread that busy-waits about 0.1 s after the library
+    loads and after every threaded call (a long dot product in the detector): on a 2-core
+    machine that spinning takes the second core from pyarrow's parse threads. spikelens does
+    no linear algebra large enough to gain from a second BLAS thread. Measured on `analyze` of
+    the 1M-step CSV (docs/performance.md): 0.3-0.7 CPU-s less, no spinning thread left in a
+    `perf` profile. Set here, before numpy is imported: OpenBLAS reads it when it loads."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def _status(code: object) -> int:

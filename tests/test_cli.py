@@ -183,6 +183,45 @@ def _entry_point(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]
                           env=env, timeout=120)
 
 
+def _blas_threads(tmp_path: Path, user_value: str | None) -> list[str]:
+    """What the console entry point leaves OpenBLAS with: the environment variable, then
+    (where threadpoolctl is installed) the thread count of each OpenBLAS that numpy and
+    scipy loaded, read by an exit handler after `analyze` has run."""
+    code = ("import atexit, os, sys\n"
+            "def report():\n"
+            "    print('env', os.environ.get('OPENBLAS_NUM_THREADS'), file=sys.stderr)\n"
+            "    try:\n"
+            "        from threadpoolctl import threadpool_info\n"
+            "    except ImportError:\n"
+            "        return\n"
+            "    for info in threadpool_info():\n"
+            "        if info['internal_api'] == 'openblas':\n"
+            "            print('openblas', info['num_threads'], file=sys.stderr)\n"
+            "atexit.register(report)\n"
+            f"sys.argv = ['spikelens', 'analyze', '--no-cache', {str(STORM)!r}]\n"
+            "from spikelens.cli import main\n"
+            "main()\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    env.update(PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+               SPIKELENS_CACHE_DIR=str(tmp_path / "cache"))
+    if user_value is not None:
+        env["OPENBLAS_NUM_THREADS"] = user_value
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return [line for line in done.stderr.splitlines() if line.startswith(("env", "openblas"))]
+
+
+def test_the_command_runs_openblas_on_one_thread_unless_the_user_chose(
+        tmp_path: Path) -> None:
+    """A spinning OpenBLAS server thread takes the second core from the parse on a 2-core
+    machine, so the command asks OpenBLAS for one thread; a value the user set is kept."""
+    lines = _blas_threads(tmp_path, None)
+    assert lines[0] == "env 1"
+    assert all(line == "openblas 1" for line in lines[1:])  # each library that loaded
+    assert _blas_threads(tmp_path, "2")[0] == "env 2"
+
+
 def test_the_entry_point_leaves_with_the_status_whole_output_and_exit_handlers(
         tmp_path: Path) -> None:
     """`main` ends the process itself (`os._exit`, skipping the interpreter's teardown):
