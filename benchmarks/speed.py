@@ -611,6 +611,39 @@ def machine() -> dict[str, Any]:
             "git": rev + ("+uncommitted" if dirty else "")}
 
 
+#: The machine's yardstick, in a fresh child: a pure-Python loop (the interpreter's speed,
+#: what imports and the per-event code scale with) and the first touch of 512 MB of new
+#: memory (the kernel's zeroing of fresh pages; on a virtual machine that also costs the
+#: host, and it was 0.3-1.0 s per GB on this project's machine, run to run). Both vary from
+#: machine to machine and hour to hour; printed next to the figures so that a slower
+#: machine can be told from a slower spikelens.
+YARDSTICK_CHILD = """
+import json, time
+import numpy as np
+t = time.perf_counter()
+s = 0
+for i in range(10_000_000):
+    s += i
+loop = time.perf_counter() - t
+t = time.perf_counter()
+for _ in range(2):
+    a = np.ones(32 * 1024 * 1024)  # 256 MB, first touch
+    del a
+touch = time.perf_counter() - t
+print(json.dumps({"python_loop_s": loop, "fresh_memory_gb_s": 0.512 / touch}))
+"""
+
+
+def yardstick(repeats: int = 3) -> dict[str, float]:
+    """Median of `repeats` fresh children of `YARDSTICK_CHILD`."""
+    runs = []
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, "-c", YARDSTICK_CHILD], capture_output=True,
+                             text=True, timeout=120, check=True).stdout
+        runs.append(json.loads(out.strip().splitlines()[-1]))
+    return {k: round(statistics.median(r[k] for r in runs), 2) for k in runs[0]}
+
+
 KEYS = ("tb", "jsonl", "csv", "help", "analyze-csv", "analyze-tb", "analyze-jsonl", "compare")
 #: Issue 10: the real-shaped 14-column logs, 500 incidents, 100 runs, HTML, the sweeps.
 WIDE_KEYS = ("w-inspect-csv", "w-inspect-jsonl", "w-inspect-tb", "w-analyze-csv",
@@ -688,6 +721,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases += sweep_cases(args.data, args.sweep_steps, selected, log)
     warm(sorted({c.file for c in cases if c.file is not None}))
     compile_checkout()
+    env_info["yardstick"] = yardstick()
     results = []
     for case in cases:
         log(f"{case.key}: {case.label}")
@@ -709,6 +743,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{args.repeats} fresh processes; python {env_info['python']}, "
               f"{env_info['cpus']} CPUs, load {env_info['loadavg']} -> "
               f"{env_info['loadavg_after']}, git {env_info['git']}")
+        yard = env_info["yardstick"]
+        print(f"machine yardstick (median of 3 fresh processes): a 10M-step Python loop "
+              f"{yard['python_loop_s']:.2f} s, first touch of new memory "
+              f"{yard['fresh_memory_gb_s']:.2f} GB/s")
         main_rows = [r for r in results if not r.key.startswith("sweep-")]
         if main_rows:
             print()
