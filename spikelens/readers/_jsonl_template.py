@@ -66,22 +66,32 @@ class Template:
     def lengths(self) -> np.ndarray:
         return np.array([len(p) for p in self.prefixes], dtype=np.int64)
 
-    def words(self) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
-        """The key bytes as little-endian 8-byte words: ((field, offset in the field) of
-        each word, its value, the mask of the bytes it covers)."""
+    def words(self) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray | None]:
+        """The key bytes as little-endian 8-byte words: ((field, offset from the field's
+        start) of each word, its value, the mask of the bytes it covers, or None when every
+        word covers eight bytes). A field after the first starts after a comma the scan found
+        there, so the comma counts as a key byte (offset -1): with it most prefixes fill
+        whole words, the last one overlapping the one before, and the words need no mask."""
         fields: list[int] = []
         offsets: list[int] = []
         want: list[int] = []
         mask: list[int] = []
         for j, prefix in enumerate(self.prefixes):
-            for w in range(0, len(prefix), 8):
-                chunk = prefix[w:w + 8]
+            start = 0 if j == 0 else -1
+            known = prefix if j == 0 else b"," + prefix
+            at = list(range(0, len(known) - 7, 8))
+            if len(known) % 8:
+                at.append(max(len(known) - 8, 0))
+            for w in at:
+                chunk = known[w:w + 8]
                 fields.append(j)
-                offsets.append(w)
+                offsets.append(start + w)
                 want.append(int.from_bytes(chunk.ljust(8, b"\0"), "little"))
                 mask.append((1 << (8 * len(chunk))) - 1)
+        full = all(m == (1 << 64) - 1 for m in mask)
         return ((np.array(fields), np.array(offsets, dtype=np.int64)),
-                np.array(want, dtype=np.uint64), np.array(mask, dtype=np.uint64))
+                np.array(want, dtype=np.uint64),
+                None if full else np.array(mask, dtype=np.uint64))
 
 
 def shape(line: bytes) -> Template | None:
@@ -331,14 +341,25 @@ def _scan_window(buf: Any, arr: np.ndarray, words: np.ndarray, data: Any, lo: in
     fe[:, -1] = close
     # the key bytes, eight at a time against the template's
     at, want, mask = tpl.words()
-    pos = (fs[:, at[0]] + at[1]).ravel()
-    inb = pos <= n - 8
-    np.minimum(pos, n - 8, out=pos)
-    match = (words[pos].reshape(len(cand), len(want)) & mask) == want
-    match &= inb.reshape(len(cand), len(want))
-    good &= match.all(axis=1)
-    del pos, inb, match
-    vs = fs + tpl.lengths()
+    pos = fs[:, at[0]]
+    pos += at[1]
+    pos = pos.ravel()
+    lengths = tpl.lengths()
+    if hi + int(lengths.max()) + 8 > n:
+        # the last window: a row whose key words would reach past the buffer's end is not
+        # taken. The words were once 0, 8, 16... bytes into each prefix, and a row is turned
+        # away exactly where one of those did not fit (no word now reaches further)
+        last = (lengths - 1) // 8 * 8
+        good &= ~(fs + last > n - 8).any(axis=1)
+        np.minimum(pos, n - 8, out=pos)
+    got = words[pos]
+    got = got.reshape(len(cand), len(want))
+    if mask is not None:
+        got &= mask
+    # the rows with a mismatch are few: find those rather than reduce every row
+    good[np.flatnonzero(got != want) // len(want)] = False
+    del pos, got
+    vs = fs + lengths
     del fs
     good &= (vs < fe).all(axis=1)
     text = np.asarray(tpl.text)
