@@ -162,25 +162,34 @@ class _Window:
 
 
 def _string_array(starts: np.ndarray, ends: np.ndarray, data: Any) -> pa.Array:
-    """The byte ranges [starts, ends) of `data` as one contiguous large_string array: a
-    zero-copy array over `data` whose every other element is a wanted range, then `take`."""
+    """The byte ranges [starts, ends) of `data` (ascending) as one contiguous string array: a
+    zero-copy array over `data` whose every other element is a wanted range, then `take`.
+    Over a window's slice of `data` the offsets fit 32 bits and `take` gives the string type
+    the table wants; only ranges spanning 2 GiB or more go through large_string and a cast."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     m = len(starts)
     if not m:
-        return pa.array([], type=pa.large_string())
-    offsets = np.empty(2 * m, dtype=np.int64)
-    offsets[0::2] = starts
-    offsets[1::2] = ends
-    whole = pa.Array.from_buffers(pa.large_string(), 2 * m - 1,
-                                  [None, pa.py_buffer(offsets), data])
-    return whole.take(pa.array(np.arange(0, 2 * m, 2, dtype=np.int64)))
+        return pa.array([], type=pa.string())
+    base, span = int(starts[0]), int(ends[-1]) - int(starts[0])
+    small = span < 1 << 31
+    offsets = np.empty(2 * m, dtype=np.int32 if small else np.int64)
+    offsets[0::2] = starts - base
+    offsets[1::2] = ends - base
+    whole = pa.Array.from_buffers(pa.string() if small else pa.large_string(), 2 * m - 1,
+                                  [None, pa.py_buffer(offsets), data.slice(base, span)])
+    got = whole.take(pa.array(np.arange(0, 2 * m, 2, dtype=np.int64)))
+    return got if small else pc.cast(got, pa.string())
 
 
 def _offsets(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """The value offsets and the data bytes of a large_string array."""
+    """The value offsets and the data bytes of a string or large_string array."""
+    import pyarrow as pa
+
     m = len(col)
-    offs = np.frombuffer(col.buffers()[1], dtype=np.int64)[col.offset:col.offset + m + 1]
+    kind = np.int64 if pa.types.is_large_string(col.type) else np.int32
+    offs = np.frombuffer(col.buffers()[1], dtype=kind)[col.offset:col.offset + m + 1]
     return offs, np.frombuffer(col.buffers()[2], dtype=np.uint8)
 
 
@@ -287,7 +296,7 @@ def _check_special(values: np.ndarray, keep: np.ndarray, arr: np.ndarray, vs: np
 
 
 def _check_text(col: pa.Array) -> np.ndarray:
-    """Rows of a large_string array (the content between the quotes) that hold only
+    """Rows of a string array (the content between the quotes) that hold only
     printable ASCII without quotes or backslashes. Raises _GiveUp when a value starts with a
     digit: pyarrow may read a column of such strings as timestamps."""
     m = len(col)
@@ -309,7 +318,6 @@ def _check_text(col: pa.Array) -> np.ndarray:
 def _scan_window(buf: Any, arr: np.ndarray, words: np.ndarray, data: Any, lo: int, hi: int,
                  tpl: Template) -> _Window:
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     n = len(arr)
     k = len(tpl.keys)
@@ -373,12 +381,14 @@ def _scan_window(buf: Any, arr: np.ndarray, words: np.ndarray, data: Any, lo: in
     vs, fe = vs[rows], fe[rows]
     number = ~text
     kn, kt = int(number.sum()), int(text.sum())
-    # all numbers of the window in one array (row by row), and all strings in another
+    # all numbers of the window in one array (row by row); each string column on its own,
+    # as the table wants it (no second copy of the strings to split them into columns)
     nvs, nfe = vs[:, number].ravel(), fe[:, number].ravel()
     ok = _number_rows(arr, nvs, nfe, lo, hi).reshape(len(rows), kn).all(axis=1)
-    if kt:
-        strs = _string_array(vs[:, text].ravel() + 1, fe[:, text].ravel() - 1, data)
-        ok &= _check_text(strs).reshape(len(rows), kt).all(axis=1)
+    strs: list[pa.Array] = []
+    for j in np.flatnonzero(text).tolist():
+        strs.append(_string_array(vs[:, j] + 1, fe[:, j] - 1, data))
+        ok &= _check_text(strs[-1])
     del vs, fe
     keep = np.repeat(ok, kn)
     values = _cast_numbers(nvs, nfe, keep, data)
@@ -389,13 +399,13 @@ def _scan_window(buf: Any, arr: np.ndarray, words: np.ndarray, data: Any, lo: in
     if not ok.all():
         values = values[ok]
         if kt:
-            strs = strs.filter(pa.array(np.repeat(ok, kt)))
+            kept = pa.array(ok)
+            strs = [col.filter(kept) for col in strs]
     cols: list[Any] = []
     jn = jt = 0
     for j in range(k):
         if tpl.text[j]:
-            cols.append(pc.cast(strs.take(pa.array(np.arange(jt, len(strs), kt))),
-                                pa.string()))
+            cols.append(strs[jt])
             jt += 1
         else:
             cols.append(np.ascontiguousarray(values[:, jn]))
