@@ -175,6 +175,18 @@ def test_small_windows_read_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert_same(p)
 
 
+def test_string_columns_spanning_2_gib_read_the_same(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """String ranges spanning 2 GiB or more (a window over one huge line) are taken as
+    large_string and cast: the path is forced here with a tiny span limit."""
+    import spikelens.readers._jsonl_template as template_mod
+
+    monkeypatch.setattr(template_mod, "_SPAN32", 10)
+    p = _realistic(tmp_path, n=3000)
+    assert _templated(p)
+    assert_same(p)
+
+
 def test_crlf_log_takes_the_template_path_and_reads_the_same(tmp_path: Path) -> None:
     p = _realistic(tmp_path, crlf=True)
     assert _templated(p)

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 _WINDOW = 1 << 22  # bytes per scan window: its temporaries are a few times this
 _SAMPLE = 256  # lines looked at to learn the template
 _THREADS = 2
+_SPAN32 = 1 << 31  # string ranges spanning less than this are taken with 32-bit offsets
 _MAX_INT_DIGITS = 15  # an integer that float64 holds exactly whatever the parser did
 _NL, _COMMA, _QUOTE, _RBRACE, _CR = 0x0A, 0x2C, 0x22, 0x7D, 0x0D
 
@@ -173,7 +174,7 @@ def _string_array(starts: np.ndarray, ends: np.ndarray, data: Any) -> pa.Array:
     if not m:
         return pa.array([], type=pa.string())
     base, span = int(starts[0]), int(ends[-1]) - int(starts[0])
-    small = span < 1 << 31
+    small = span < _SPAN32
     offsets = np.empty(2 * m, dtype=np.int32 if small else np.int64)
     offsets[0::2] = starts - base
     offsets[1::2] = ends - base
