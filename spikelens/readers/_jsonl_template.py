@@ -563,7 +563,9 @@ def _merge_rest(buf: Any, tpl: Template, windows: list[_Window], t_lines: np.nda
     r_pos = np.searchsorted(t_lines, r_lines) + np.arange(n_r)
     t_mask = np.ones(n_all, dtype=bool)
     t_mask[r_pos] = False
-    t_idx = np.flatnonzero(t_mask)
+    # template rows before each other row: template row i lands at i + the count of these
+    # that are <= i
+    t_before = r_pos - np.arange(n_r)
     # the windows' columns, handed over one column at a time: never two whole copies
     parts_of: list[list[Any]] = [[w.cols[j] for w in windows] for j in range(k)]
     windows.clear()
@@ -577,7 +579,13 @@ def _merge_rest(buf: Any, tpl: Template, windows: list[_Window], t_lines: np.nda
         at = 0
         while parts:
             part = parts.pop(0)
-            into[t_idx[at:at + len(part)]] = part
+            if len(part):
+                # the rows [a, b) of the table hold this window's template rows and the few
+                # other rows between them: a boolean assignment over that slice, no index array
+                last = at + len(part) - 1
+                a, b = np.searchsorted(t_before, [at, last], side="right").tolist()
+                a, b = at + a, last + b + 1
+                into[a:b][t_mask[a:b]] = part
             at += len(part)
         return into
 
@@ -618,7 +626,7 @@ def _merge_rest(buf: Any, tpl: Template, windows: list[_Window], t_lines: np.nda
             if j is not None:
                 column(j, values)
             else:
-                values[t_idx] = np.nan
+                values.fill(np.nan)  # the other rows' values are written over it below
                 missing = t_mask.copy()
             if other is not None and kind != "null":
                 try:
@@ -643,7 +651,10 @@ def _merge_rest(buf: Any, tpl: Template, windows: list[_Window], t_lines: np.nda
                 raise _GiveUp
             chunks = [pa.nulls(n_r, pa.string())] if other is None else \
                 other.cast(pa.string()).chunks
-            both = pa.concat_arrays([column(j), *chunks])
+            # the windows' parts and the other rows' in one copy (take copies them again)
+            parts, parts_of[j] = parts_of[j], []
+            both = pa.concat_arrays([*parts, *chunks])
+            del parts
         else:
             assert other is not None
             both = pa.concat_arrays([pa.nulls(n_t, other.type), *other.chunks])
