@@ -365,18 +365,17 @@ def _scan_window(buf: Any, arr: np.ndarray, words: np.ndarray, data: Any, lo: in
     got = got.reshape(len(cand), len(want))
     if mask is not None:
         got &= mask
-    # the rows with a mismatch are few: find those rather than reduce every row
-    good[np.flatnonzero(got != want) // len(want)] = False
+    _turn_away(good, got != want)
     del pos, got
     vs = fs + lengths
     del fs
-    good &= (vs < fe).all(axis=1)
+    _turn_away(good, vs >= fe)
     text = np.asarray(tpl.text)
     if text.any():
         tvs, tfe = vs[:, text], fe[:, text]
-        good &= (arr[np.minimum(tvs, n - 1)] == _QUOTE).all(axis=1)
-        good &= (arr[np.maximum(tfe - 1, 0)] == _QUOTE).all(axis=1)
-        good &= (tfe - tvs >= 2).all(axis=1)
+        _turn_away(good, arr[np.minimum(tvs, n - 1)] != _QUOTE)
+        _turn_away(good, arr[np.maximum(tfe - 1, 0)] != _QUOTE)
+        _turn_away(good, tfe - tvs < 2)
         del tvs, tfe
     rows = np.flatnonzero(good)
     vs, fe = vs[rows], fe[rows]
@@ -417,6 +416,12 @@ def _scan_window(buf: Any, arr: np.ndarray, words: np.ndarray, data: Any, lo: in
     rest = [(int(lines[i]), int(starts[i]), int(ends[i])) for i in np.flatnonzero(is_rest)]
     _drop_pages(buf, lo, hi)
     return _Window(lines[taken], cols, rest, len(ends))
+
+
+def _turn_away(good: np.ndarray, bad: np.ndarray) -> None:
+    """Clears `good` for the rows of `bad` (rows x fields) with a field set: such rows are
+    few, and finding them is cheaper than reducing every row with all(axis=1)."""
+    good[np.flatnonzero(bad) // bad.shape[1]] = False
 
 
 def _rest_table(buf: Any, rest: list[tuple[int, int, int]]) -> tuple[pa.Table, list[list[str]]]:
