@@ -346,7 +346,9 @@ def _scan_window(buf: Any, arr: np.ndarray, words: np.ndarray, data: Any, lo: in
     fe = np.empty((len(cand), k), dtype=np.int64)
     fs[:, 0] = starts[cand]
     if k > 1:
-        c = commas[first_comma[cand][:, None] + np.arange(k - 1)]
+        # every comma of the window lies in exactly one line, the lines' commas in line
+        # order: the candidates' commas are picked with a mask, no index array
+        c = commas[np.repeat(count == k - 1, count)].reshape(len(cand), k - 1)
         fe[:, :-1] = c
         fs[:, 1:] = c + 1
         del c
