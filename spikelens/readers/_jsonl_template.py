@@ -325,7 +325,8 @@ def _scan_window(buf: Any, arr: np.ndarray, words: np.ndarray, data: Any, lo: in
 
     n = len(arr)
     k = len(tpl.keys)
-    nl = np.flatnonzero(arr[lo:hi] == _NL) + lo
+    nl = np.flatnonzero(arr[lo:hi] == _NL)
+    nl += lo
     ends = np.append(nl, n) if hi == n and arr[n - 1] != _NL else nl
     starts = np.empty_like(ends)
     if len(ends):
@@ -333,9 +334,11 @@ def _scan_window(buf: Any, arr: np.ndarray, words: np.ndarray, data: Any, lo: in
         starts[1:] = ends[:-1] + 1
     lines = np.arange(len(ends), dtype=np.int64)
     plain = ends > starts
-    commas = np.flatnonzero(arr[lo:hi] == _COMMA) + lo
+    commas = np.flatnonzero(arr[lo:hi] == _COMMA)
+    commas += lo
     first_comma = np.searchsorted(commas, starts)
-    count = np.searchsorted(commas, ends) - first_comma
+    # a line's commas end where the next line's begin (a line ends at a newline, not a comma)
+    count = np.diff(first_comma, append=np.searchsorted(commas, ends[-1:]))
     cand = np.flatnonzero(plain & (count == k - 1))
     # field j runs from fs[:, j] to fe[:, j]: between the commas, and to the closing brace
     # (before an optional CR)
