@@ -65,16 +65,18 @@ class Template:
     def words(self) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray | None]:
         """The key bytes as little-endian 8-byte words: ((field, offset from the field's
         start) of each word, its value, the mask of the bytes it covers, or None when every
-        word covers eight bytes). A field after the first starts after a comma the scan found
-        there, so the comma counts as a key byte (offset -1): with it most prefixes fill
-        whole words, the last one overlapping the one before, and the words need no mask."""
+        word covers eight bytes). A prefix of eight bytes or more is covered by whole words,
+        the last one overlapping the one before; a field after the first starts after a comma
+        the scan found there, so a shorter prefix takes the comma as a key byte too (offset
+        -1) and fills a whole word from seven bytes on. Only still shorter ones need a mask."""
         fields: list[int] = []
         offsets: list[int] = []
         want: list[int] = []
         mask: list[int] = []
         for j, prefix in enumerate(self.prefixes):
-            start = 0 if j == 0 else -1
-            known = prefix if j == 0 else b"," + prefix
+            comma = j > 0 and len(prefix) < 8  # the comma only where it saves a mask
+            start = -1 if comma else 0
+            known = b"," + prefix if comma else prefix
             at = list(range(0, len(known) - 7, 8))
             if len(known) % 8:
                 at.append(max(len(known) - 8, 0))
@@ -255,7 +257,8 @@ def _cast_numbers(vs: np.ndarray, fe: np.ndarray, keep: np.ndarray, data: Any) -
     except (pa.ArrowException, ValueError):
         raise _GiveUp from None  # `1e`, `1.2.3`: not worth a search for the row
     values = np.frombuffer(got.buffers()[1], dtype=np.float64)[got.offset:got.offset + 2 * m:2]
-    out: np.ndarray = np.where(keep, values, np.nan)
+    # np.where costs a pass more than the copy that every value kept needs
+    out: np.ndarray = values.copy() if keep.all() else np.where(keep, values, np.nan)
     _exact_enough(out, vs, fe)
     return out
 
