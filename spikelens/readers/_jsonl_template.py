@@ -371,9 +371,10 @@ def _scan_window(buf: Any, arr: np.ndarray, words: np.ndarray, data: Any, lo: in
     pos = pos.ravel()
     lengths = tpl.lengths()
     if hi + int(lengths.max()) + 8 > n:
-        # the last window: a row whose key words would reach past the buffer's end is not
-        # taken. The words were once 0, 8, 16... bytes into each prefix, and a row is turned
-        # away exactly where one of those did not fit (no word now reaches further)
+        # the last window: a row is not taken where a word 0, 8, 16... bytes into one of its
+        # prefixes would reach past the buffer's end (no word read here reaches further).
+        # Which short last lines go to pyarrow's parse is kept as it was: whether the path
+        # gives up may depend on those lines
         last = (lengths - 1) // 8 * 8
         good &= ~(fs + last > n - 8).any(axis=1)
         np.minimum(pos, n - 8, out=pos)
