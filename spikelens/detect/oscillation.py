@@ -140,8 +140,17 @@ def _periodic_regions(r: FloatArray, p: OscParams) -> list[tuple[int, int, int]]
     # points). Undone, the estimate at the period is the share of the variance the periodic
     # part carries, the quantity the bar is about
     acf = acf * (block / (block - np.arange(acf.shape[1], dtype=np.float64)))[None, :]
-    periods = [first_period(row, p.min_acf, repeat=True, max_lag=max_lag, points=block)
-               if np.all(np.isfinite(row)) else None for row in acf]
+    finite = np.all(np.isfinite(acf), axis=1)
+    # first_period only takes a lag j >= 2 (below max_lag + 2 and the last lag) whose value
+    # reaches a bar of at least min_acf: a row with no such value gives None, so only the
+    # other rows are handed to it (on a 1M-step log 2,500 calls became a few dozen)
+    hi = min(acf.shape[1] - 1, max_lag + 1)
+    maybe = finite & np.any(acf[:, 2:hi] >= p.min_acf, axis=1) if hi > 2 else \
+        np.zeros(nb, dtype=bool)
+    periods: list[int | None] = [None] * nb
+    for k in np.flatnonzero(maybe).tolist():
+        periods[k] = first_period(acf[k], p.min_acf, repeat=True, max_lag=max_lag,
+                                  points=block)
     out: list[tuple[int, int, int]] = []
     b = 0
     while b < nb:
@@ -167,7 +176,7 @@ def _periodic_regions(r: FloatArray, p: OscParams) -> list[tuple[int, int, int]]
         # it in some blocks and not in others. The blocks' mean autocorrelation estimates
         # the same share with nb times less variance; when it clears the bar (and repeats
         # at twice the lag) the whole run swings with that period
-        rows = acf[np.all(np.isfinite(acf), axis=1)]
+        rows = acf[finite]
         if len(rows) >= 2:
             per = first_period(rows.mean(axis=0), p.min_acf, repeat=True, max_lag=max_lag,
                                points=block * len(rows))
@@ -213,7 +222,8 @@ def lr_period(lr: FloatArray, min_cycles: int) -> int | None:
     ok = np.isfinite(lr)
     if n < 12 or ok.sum() < 0.9 * n:
         return None
-    y = np.where(ok, lr, np.nanmedian(lr))
+    # with every value finite the fill is never taken: skip its median over the whole log
+    y = lr if ok.all() else np.where(ok, lr, np.nanmedian(lr))
     t = np.arange(n, dtype=np.float64)
     y = y - np.polyval(np.polyfit(t, y, 1), t)
     if float(np.std(y)) <= 1e-12 * max(1e-300, float(np.max(np.abs(lr[ok])))):
