@@ -1168,3 +1168,32 @@ def test_periodic_regions_prefilter_is_plain() -> None:
                       min_acf=float(rng.choice([0.05, 0.3, 0.6, 0.95])), spread=2.0,
                       lr_z=4.0, min_cycles=int(rng.choice([2, 3, 5])))
         assert _periodic_regions(r, p) == _plain_periodic_regions(r, p)
+
+
+# osc5: the stall's block quartiles come from one row sort, not np.percentile's partition.
+def test_row_quartiles_is_percentile() -> None:
+    from spikelens.detect.stall import _row_quartiles
+
+    rng = np.random.default_rng(56)
+    for i in range(2000):
+        m = int(rng.integers(1, 130))
+        shape = (int(rng.integers(1, 20)), m)
+        kind = i % 5
+        if kind == 0:
+            a = rng.standard_normal(shape)
+        elif kind == 1:  # ties and signed zeros
+            a = rng.integers(-2, 3, shape) * rng.choice([1.0, -0.0, 0.0], shape)
+        elif kind == 2:
+            a = rng.standard_normal(shape)
+            a[rng.random(shape) < 0.05] = np.nan
+        elif kind == 3:
+            a = np.cumsum(rng.standard_normal(shape), axis=1) * 1e-9
+        else:
+            a = rng.standard_normal(shape) * 1e300
+            a[rng.random(shape) < 0.05] = rng.choice([np.inf, -np.inf])
+        with np.errstate(all="ignore"):
+            want = np.percentile(a, [25, 75], axis=1)
+            got = _row_quartiles(a)
+        same = (want.view(np.int64) == got.view(np.int64)) | (np.isnan(want) & np.isnan(got))
+        # only the sign of a zero quartile may differ (it does not survive a difference)
+        assert (same | ((want == 0) & (got == 0))).all()

@@ -57,6 +57,37 @@ class Stall:
     unigram: float | None = None  # that vocabulary's Zipf unigram entropy (nats)
 
 
+def _row_quartiles(a: NDArray[np.float64]) -> NDArray[np.float64]:
+    """`np.percentile(a, [25, 75], axis=1)` of a 2-D float array, bit for bit, from one sort
+    of the rows: numpy's row sort is vectorised while its multi-kth partition along axis 1 is
+    not (9,000 rows of 100 points: 3 ms against 20 ms). The order statistics are the same
+    values; their interpolation below repeats numpy's "linear" method step for step. Only
+    the sign of a zero can differ (which of -0.0 and 0.0 lands at a rank), and a quartile
+    range or its square does not keep it."""
+    m = a.shape[1]
+    srt = np.sort(a, axis=1)
+    out = np.empty((2, a.shape[0]))
+    if m == 0:
+        out.fill(np.nan)
+        return out
+    for k, q in enumerate(np.true_divide(np.array([25, 75]), 100)):
+        # numpy's "linear" virtual index, then its _get_indexes and _get_gamma
+        vi = (m - 1) * q
+        lo = np.floor(vi)
+        if vi >= m - 1:
+            i0 = i1 = m - 1
+        else:
+            i0, i1 = int(lo), int(lo) + 1
+        g = vi - lo
+        a0, a1 = srt[:, i0], srt[:, i1]
+        d = a1 - a0
+        # numpy's _lerp: from the nearer end
+        out[k] = a1 - d * (1 - g) if g >= 0.5 else a0 + d * g
+    # a row holding a NaN gives NaN (np.sort puts it last, as the partition does)
+    out[:, np.isnan(srt[:, -1])] = np.nan
+    return out
+
+
 def _block_noise(x: NDArray[np.float64], block: int) -> tuple[NDArray[np.float64],
                                                                  NDArray[np.float64]]:
     """Per block of `block` points: sigma (the IQR scale of the residuals around the block's
@@ -67,9 +98,9 @@ def _block_noise(x: NDArray[np.float64], block: int) -> tuple[NDArray[np.float64
     t = np.arange(block) - (block - 1) / 2
     slope = (w @ t) / float(t @ t)
     r = w - slope[:, None] * t[None, :]
-    q = np.percentile(r, [25, 75], axis=1)
+    q = _row_quartiles(r)
     sigma = np.maximum((q[1] - q[0]) / IQR_TO_SIGMA, REL_SCALE_FLOOR)
-    dq = np.percentile(np.diff(r, axis=1), [25, 75], axis=1)
+    dq = _row_quartiles(np.diff(r, axis=1))
     sd = (dq[1] - dq[0]) / IQR_TO_SIGMA
     rho = np.clip(1.0 - sd * sd / (2 * sigma * sigma), 0.0, 0.9)
     return sigma, (1 + rho) / (1 - rho)
