@@ -1197,3 +1197,47 @@ def test_row_quartiles_is_percentile() -> None:
         same = (want.view(np.int64) == got.view(np.int64)) | (np.isnan(want) & np.isnan(got))
         # only the sign of a zero quartile may differ (it does not survive a difference)
         assert (same | ((want == 0) & (got == 0))).all()
+
+
+# osc5: the stall's grad norm is aligned through a step table when the steps allow it.
+def _plain_aligned(steps: np.ndarray, at: np.ndarray, values: np.ndarray) -> np.ndarray:
+    out = np.full(len(steps), np.nan)
+    pos = np.searchsorted(steps, at)
+    ok = (pos < len(steps))
+    ok[ok] &= steps[pos[ok]] == at[ok]
+    out[pos[ok]] = values[ok]
+    return out
+
+
+def test_align_to_is_searchsorted() -> None:
+    from spikelens.detect.stall import align_to
+
+    rng = np.random.default_rng(57)
+    for i in range(3000):
+        n = int(rng.integers(0, 60))
+        kind = i % 6
+        if kind == 0:  # dense steps with gaps
+            steps = np.cumsum(rng.integers(1, 3, n)) + int(rng.integers(-50, 50))
+        elif kind == 1:  # sparse: the search path
+            steps = np.cumsum(rng.integers(1, 1000, n))
+        elif kind == 2:  # repeated steps: the search path
+            steps = np.sort(rng.integers(0, n + 1, n))
+        elif kind == 3:  # unsorted
+            steps = rng.integers(0, 2 * n + 1, n)
+        elif kind == 4:  # one step, or none
+            steps = np.arange(min(n, 1)) + 7
+        else:  # steps near the int64 ends
+            steps = np.cumsum(rng.integers(1, 3, n)) + np.iinfo(np.int64).max // 2
+        steps = steps.astype(np.int64)
+        m = int(rng.integers(0, 80))
+        base = int(steps[0]) if len(steps) else 0
+        at = np.sort(rng.integers(base - 20, base + 3 * max(n, 1) + 20, m)).astype(np.int64)
+        if i % 5 == 0 and m:  # repeated grad steps: the last value wins in both
+            at[m // 2:] = at[m // 2]
+        if i % 7 == 0:
+            at = rng.permutation(at)
+        values = rng.standard_normal(m)
+        values[rng.random(m) < 0.1] = np.nan
+        want = _plain_aligned(steps, at, values)
+        got = align_to(steps, at, values)
+        assert want.tobytes() == got.tobytes()

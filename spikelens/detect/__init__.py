@@ -857,8 +857,14 @@ def _stall(run: Run, loss: _Loss, rises: Sequence[Rise], nonfinite: Sequence[Non
         return None  # a run mostly in incidents is judged by them
     st = loss.steps[loss.fin]
     vocab = run.params.get("vocab_size")
-    return find_stall(loss.x, config.window, config.stall_blocks, config.stall_grad_drop,
-                      _aligned_metric(run, "grad_norm", st),
+    from spikelens.detect.stall import align_to  # (this brief may edit only these functions)
+
+    gs = run.series("grad_norm")
+    # _aligned_metric's values, through a step table when the steps allow (align_to)
+    gn = None if gs is None or len(gs) == 0 else \
+        align_to(st, gs.index.to_numpy().astype(np.int64),
+                 gs.to_numpy(dtype=np.float64, na_value=np.nan))
+    return find_stall(loss.x, config.window, config.stall_blocks, config.stall_grad_drop, gn,
                       float(vocab) if isinstance(vocab, (int, float)) else None)
 
 

@@ -145,6 +145,33 @@ def unigram_level(first: float, vocab: float | None) -> float | None:
     return zipf_entropy(v)
 
 
+def align_to(steps: NDArray[np.int64], at: NDArray[np.int64],
+             values: NDArray[np.float64]) -> NDArray[np.float64]:
+    """`values` (logged at the steps `at`) placed at the (sorted) `steps`, NaN where not
+    logged: what `out[pos[ok]] = values[ok]` gives after `pos = np.searchsorted(steps, at)`
+    and `ok` the exact matches. When `steps` increase strictly over a span of at most four
+    times their number, a table from step to position finds the same matches, in the same
+    order, without a binary search per value (a million grad norms: 22 ms of searching)."""
+    out = np.full(len(steps), np.nan)
+    n = len(steps)
+    if n == 0:
+        return out
+    lo, span = int(steps[0]), int(steps[-1]) - int(steps[0]) + 1
+    if 0 < span <= 4 * n + 1024 and bool(np.all(steps[1:] > steps[:-1])):
+        table = np.full(span, -1, dtype=np.intp)
+        table[steps - lo] = np.arange(n)
+        inside = (at >= lo) & (at < lo + span)
+        pos = table[at[inside] - lo]
+        hit = pos >= 0
+        out[pos[hit]] = values[inside][hit]
+        return out
+    pos = np.searchsorted(steps, at)
+    ok = (pos < n)
+    ok[ok] &= steps[pos[ok]] == at[ok]
+    out[pos[ok]] = values[ok]
+    return out
+
+
 #: Candidate starts tried for a stall (evenly spaced over the log after its first tenth).
 _STARTS = 40
 
