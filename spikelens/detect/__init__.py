@@ -40,7 +40,7 @@ from spikelens.detect.spikes import (
     trailing_stats,
     window_stats,
 )
-from spikelens.detect.stall import Stall, find_stall
+from spikelens.detect.stall import Stall, align_to, find_stall
 from spikelens.detect.verdict import verdict_of
 from spikelens.model import INCIDENT_KINDS, Config, Event, Run, Size
 
@@ -837,16 +837,12 @@ def _climb_event(run: Run, loss: _Loss, config: Config, events: Sequence[Event]
 
 
 def _aligned_metric(run: Run, role: str, steps: NDArray[np.int64]) -> NDArray[np.float64] | None:
+    """The role's values placed at `steps` (sorted), NaN where it was not logged."""
     s = run.series(role)
     if s is None or len(s) == 0:
         return None
-    out = np.full(len(steps), np.nan)
-    idx = s.index.to_numpy().astype(np.int64)
-    pos = np.searchsorted(steps, idx)
-    ok = (pos < len(steps))
-    ok[ok] &= steps[pos[ok]] == idx[ok]
-    out[pos[ok]] = s.to_numpy(dtype=np.float64, na_value=np.nan)[ok]
-    return out
+    return align_to(steps, s.index.to_numpy().astype(np.int64),
+                    s.to_numpy(dtype=np.float64, na_value=np.nan))
 
 
 def _stall(run: Run, loss: _Loss, rises: Sequence[Rise], nonfinite: Sequence[NonFinite],
@@ -857,14 +853,8 @@ def _stall(run: Run, loss: _Loss, rises: Sequence[Rise], nonfinite: Sequence[Non
         return None  # a run mostly in incidents is judged by them
     st = loss.steps[loss.fin]
     vocab = run.params.get("vocab_size")
-    from spikelens.detect.stall import align_to  # (this brief may edit only these functions)
-
-    gs = run.series("grad_norm")
-    # _aligned_metric's values, through a step table when the steps allow (align_to)
-    gn = None if gs is None or len(gs) == 0 else \
-        align_to(st, gs.index.to_numpy().astype(np.int64),
-                 gs.to_numpy(dtype=np.float64, na_value=np.nan))
-    return find_stall(loss.x, config.window, config.stall_blocks, config.stall_grad_drop, gn,
+    return find_stall(loss.x, config.window, config.stall_blocks, config.stall_grad_drop,
+                      _aligned_metric(run, "grad_norm", st),
                       float(vocab) if isinstance(vocab, (int, float)) else None)
 
 
