@@ -1241,3 +1241,34 @@ def test_align_to_is_searchsorted() -> None:
         want = _plain_aligned(steps, at, values)
         got = align_to(steps, at, values)
         assert want.tobytes() == got.tobytes()
+
+
+# detect5: the second pass that borrows the first pass's series and leaves nothing behind
+
+@pytest.mark.parametrize("seed", range(4))
+def test_borrowed_and_final_reuse_match_the_plain_stats(seed: int) -> None:
+    from spikelens.detect.baseline import BORROW, FINAL
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.choice([50, 101, 3000, 20000]))
+    window = int(rng.choice([8, 100]))
+    x = np.cumsum(rng.standard_normal(n)) * 0.01 + 0.1 * rng.standard_normal(n)
+    x[rng.random(n) < 0.01] = 0.0
+    clipped = x.copy()
+    for _ in range(4):
+        a = int(rng.integers(0, n))
+        clipped[a:a + 200] = np.minimum(clipped[a:a + 200], float(np.median(x)))
+    reuse: dict[str, dict[str, object]] = {"detrended": {BORROW: True},
+                                           "diff": {BORROW: True}}
+    first = trailing_stats(x, window, 1e-6, True, reuse)
+    for d in reuse.values():
+        d[FINAL] = True
+    kept = {k: dict(d) for k, d in reuse.items()}
+    fast = trailing_stats(clipped, window, 1e-6, True, reuse)
+    assert reuse["detrended"]["x"] is x  # borrowed, not copied
+    for k, d in reuse.items():  # the final pass left nothing
+        assert d.keys() == kept[k].keys() and all(d[j] is kept[k][j] for j in d), k
+    for got, xs in ((first, x), (fast, clipped)):
+        plain = trailing_stats(xs, window, 1e-6, True)
+        for name in ("level", "scale", "up_scale", "inflation", "count", "floor"):
+            assert _same(getattr(got, name), getattr(plain, name)), name

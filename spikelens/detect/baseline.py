@@ -122,7 +122,10 @@ def trailing_quantiles(x: FloatArray, window: int, probs: tuple[float, ...],
     `reuse`: see `trailing_detrended`.
     """
     n = len(x)
-    out = np.full((n, len(probs)), np.nan)
+    # rows from `window` on are all written by `_spread`: only the head starts as NaN (a
+    # 1M-point fill less)
+    out = np.empty((n, len(probs)))
+    out[:window] = np.nan
     key = ("quantiles", n, window, probs, stride)
     prev = _reusable(reuse, key, x)
     head_from = 1 if prev is None else max(1, prev.first_change + 1)
@@ -235,8 +238,14 @@ def _spread(dst: FloatArray, rows: FloatArray, window: int, stride: int) -> None
     for a in range(window, n, step):
         b = min(n, a + step)
         r0 = (a - window) // stride
-        dst[a:b] = np.repeat(rows[r0:r0 + (b - a + stride - 1) // stride], stride,
-                             axis=0)[:b - a]
+        # the whole strides are written through a (rows, stride, ...) view of dst with the
+        # rows broadcast along the stride: no repeated copy to build and copy again (dst is
+        # always a fresh C-contiguous array here, so the reshape is a view, never a copy)
+        m = (b - a) // stride
+        dst[a:a + m * stride].reshape((m, stride) + dst.shape[1:])[:] = \
+            rows[r0:r0 + m, None]
+        if a + m * stride < b:  # the last, partial stride
+            dst[a + m * stride:b] = rows[r0 + m]
 
 
 #: Fewer points than this give no usable local slope: the two half-medians of a 3-point
@@ -281,10 +290,19 @@ def detrended_quantiles(w: FloatArray, probs: tuple[float, ...],
         slope = np.minimum((second - first) / (n / 2), 0.0)
         tilt = (np.arange(n) - (n - 1) / 2)[None, :]
         redo = np.flatnonzero(~((slope == 0) & (quant != 0).all(axis=1)))
+        # the residuals w - slope * tilt, the same two operations, made in the product's
+        # own array and sorted there: two window-sized copies fewer than w[redo], the
+        # difference and np.sort's copy
         if len(redo) == len(w):
-            quant = np.sort(w - slope[:, None] * tilt, axis=1)[:, cols]
+            res = slope[:, None] * tilt
+            np.subtract(w, res, out=res)
+            res.sort(axis=1)
+            quant = res[:, cols]
         elif len(redo):
-            quant[redo] = np.sort(w[redo] - slope[redo, None] * tilt, axis=1)[:, cols]
+            res = slope[redo, None] * tilt
+            np.subtract(w[redo], res, out=res)
+            res.sort(axis=1)
+            quant[redo] = res[:, cols]
     return level, quant
 
 
@@ -300,8 +318,12 @@ def trailing_detrended(x: FloatArray, window: int, probs: tuple[float, ...], str
     with the same arguments recomputes only the windows that hold a changed value. A window
     is a pure function of its values, so the result is the one a full computation gives."""
     n = len(x)
-    level = np.full(n, np.nan)
-    out = np.full((n, len(probs)), np.nan)
+    # rows from `window` on are all written by `_spread`: only the head starts as NaN (a
+    # 1M-point fill less)
+    level = np.empty(n)
+    out = np.empty((n, len(probs)))
+    level[:window] = np.nan
+    out[:window] = np.nan
     key = ("detrended", n, window, probs, stride)
     prev = _reusable(reuse, key, x)
     head_from = 1 if prev is None else max(1, prev.first_change + 1)
@@ -347,7 +369,8 @@ def trailing_detrended(x: FloatArray, window: int, probs: tuple[float, ...], str
                 bm = np.sort(blocks[c:c + len(win) + h // stride], axis=1)[:, rank_index(h, 0.5)]
                 halves = (bm[:len(win)], bm[h // stride:h // stride + len(win)])
             lv_all[c:c + chunk], q_all[c:c + chunk] = detrended_quantiles(win, probs, halves)
-    _remember(reuse, key, x, head, np.column_stack([lv_all, q_all]))
+    if _keeps(reuse):
+        _remember(reuse, key, x, head, np.column_stack([lv_all, q_all]))
     # each point i >= window takes the latest window that ends at or before it
     _spread(level, lv_all, window, stride)
     _spread(out, q_all, window, stride)
@@ -397,10 +420,25 @@ def _reusable(reuse: dict[str, Any] | None, key: tuple[Any, ...], x: FloatArray
     return _Previous(changed=changed, head=reuse["head"], rows=reuse["rows"])
 
 
+#: Keys of a `reuse` dict set by its owner. FINAL: no later call will read it (the
+#: detector's second pass is its last), so nothing is left there: the copy of the series
+#: and of its windows' results would be thrown away. BORROW: the series handed in stays
+#: unchanged while the dict lives (the first pass's loss, or a fresh difference), so it is
+#: kept as it is rather than copied (8 MB at a million points).
+FINAL, BORROW = "final", "borrow"
+
+
+def _keeps(reuse: dict[str, Any] | None) -> bool:
+    """Whether a call leaves its results in `reuse`."""
+    return reuse is not None and not reuse.get(FINAL)
+
+
 def _remember(reuse: dict[str, Any] | None, key: tuple[Any, ...], x: FloatArray,
               head: FloatArray, rows: FloatArray | None) -> None:
-    if reuse is not None:
-        reuse.update(key=key, x=np.array(x, dtype=np.float64), head=head.copy(), rows=rows)
+    if reuse is not None and _keeps(reuse):
+        kept = np.ascontiguousarray(x, dtype=np.float64) if reuse.get(BORROW) \
+            else np.array(x, dtype=np.float64)
+        reuse.update(key=key, x=kept, head=head.copy(), rows=rows)
 
 
 def forward_median(x: FloatArray, k: int) -> FloatArray:

@@ -34,6 +34,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from spikelens.detect.baseline import (
+    BORROW,
+    FINAL,
     IQR_TO_SIGMA,
     REL_SCALE_FLOOR,
     FloatArray,
@@ -134,15 +136,18 @@ def trailing_stats(x: FloatArray, window: int, abs_floor: float, is_log: bool,
                            None if reuse is None else reuse.setdefault("diff", {}),
                            None if reuse is None else reuse.setdefault("long", {}),
                            None if reuse is None else reuse["detrended"].get("x"))
-    count = np.minimum(np.arange(n), window).astype(np.int64)
+    count = np.minimum(np.arange(n), window).astype(np.int64, copy=False)
     with np.errstate(over="ignore", invalid="ignore"):
         floor = np.log1p(abs_floor / np.exp(level)) if is_log else np.full(n, abs_floor)
-    scale = np.maximum(np.maximum(raw, np.nan_to_num(floor)), REL_SCALE_FLOOR)
+    # NaN and infinities replaced once, in place (`floor` is this function's own array),
+    # for both the scale and the floor
+    np.nan_to_num(floor, copy=False)
+    scale = np.maximum(np.maximum(raw, floor), REL_SCALE_FLOOR)
     up = np.maximum(scale, tail)
     return Stats(level=level, scale=scale, up_scale=up,
                  inflation=inflation,
                  count=count,
-                 floor=np.maximum(np.nan_to_num(floor), REL_SCALE_FLOOR))
+                 floor=np.maximum(floor, REL_SCALE_FLOOR))
 
 
 def window_stats(w: FloatArray, abs_floor: float, is_log: bool) -> tuple[float, float, float]:
@@ -295,7 +300,7 @@ def _long_rho(x: FloatArray, window: int, reuse: dict[str, Any] | None = None,
         r = rho(s1, s2) - 2 * LONG_RHO_SE / np.sqrt(long)
         # point i >= long + 1 takes window (i - long - 1) // step (the last one reaches the end)
         _spread(out, r, long + 1, step)
-    if reuse is not None and x_copy is not None:
+    if reuse is not None and x_copy is not None and not reuse.get(FINAL):
         reuse.update(key=(n, window), x=x_copy, head=out[:k].copy(), s1=s1, s2=s2)
     return np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0)
 
@@ -650,13 +655,20 @@ def find_rises(x: FloatArray, p: RiseParams, abs_floor: float, is_log: bool,
         return []
     # the forward medians depend on x alone: both passes share them
     forward = {k: forward_median(x, k) for k in p.shift_windows if len(x) >= k}
-    # ... and the second pass recomputes only the baseline windows that hold a clipped point
-    reuse: dict[str, dict[str, Any]] | None = {} if second_pass else None
+    # ... and the second pass recomputes only the baseline windows that hold a clipped point.
+    # The first pass's series is x itself, unchanged until both passes are done, and the
+    # differences of `_inflation` are a fresh array: both are kept there without a copy
+    reuse: dict[str, dict[str, Any]] | None = \
+        {"detrended": {BORROW: True}, "diff": {BORROW: True}} if second_pass else None
     rises = _scan(x, x, p, abs_floor, is_log, forward, statistics, reuse)
     # a few-point event barely moves a quartile; only long ones need the second pass
     if not second_pass or not any(r.end - r.start >= p.recover_run for r in rises):
         return rises
-    # second pass: the baseline no longer sees the incidents it found
+    # second pass: the baseline no longer sees the incidents it found. It is the last: it
+    # leaves nothing in `reuse` (no copy of the clipped series or of its windows)
+    assert reuse is not None
+    for d in reuse.values():
+        d[FINAL] = True
     clipped = x.copy()
     for r in rises:
         stop = r.end if r.recovered else n
