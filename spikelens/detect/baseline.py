@@ -240,10 +240,14 @@ def _spread(dst: FloatArray, rows: FloatArray, window: int, stride: int) -> None
         r0 = (a - window) // stride
         # the whole strides are written through a (rows, stride, ...) view of dst with the
         # rows broadcast along the stride: no repeated copy to build and copy again (dst is
-        # always a fresh C-contiguous array here, so the reshape is a view, never a copy)
+        # a fresh C-contiguous array at every call site, so the reshape is a view)
         m = (b - a) // stride
-        dst[a:a + m * stride].reshape((m, stride) + dst.shape[1:])[:] = \
-            rows[r0:r0 + m, None]
+        view = dst[a:a + m * stride].reshape((m, stride) + dst.shape[1:])
+        if not np.may_share_memory(view, dst):  # a copy would take the writes: repeat instead
+            dst[a:b] = np.repeat(rows[r0:r0 + (b - a + stride - 1) // stride], stride,
+                                 axis=0)[:b - a]
+            continue
+        view[:] = rows[r0:r0 + m, None]
         if a + m * stride < b:  # the last, partial stride
             dst[a + m * stride:b] = rows[r0 + m]
 
