@@ -1105,69 +1105,33 @@ def test_mode_spacing_by_counting_is_the_sorted_mode() -> None:
 
 
 # osc5: _periodic_regions hands first_period only the blocks whose autocorrelation reaches
-# min_acf at some lag in [2, max_lag + 2); the others must be the None first_period gives.
-def _plain_periodic_regions(r: np.ndarray, p: object) -> list[tuple[int, int, int]]:
-    from spikelens.detect.oscillation import _acf_rows, first_period
-
-    n = len(r)
-    block = min(p.block, n)  # type: ignore[attr-defined]
-    nb = n // block
-    max_lag = min(p.max_period, block // p.min_cycles)  # type: ignore[attr-defined]
-    if nb == 0 or max_lag < 3:
-        return []
-    acf = _acf_rows(r[: nb * block].reshape(nb, block), min(2 * max_lag, block - 1))
-    acf = acf * (block / (block - np.arange(acf.shape[1], dtype=np.float64)))[None, :]
-    periods = [first_period(row, p.min_acf, repeat=True, max_lag=max_lag,  # type: ignore
-                            points=block) if np.all(np.isfinite(row)) else None
-               for row in acf]
-    out: list[tuple[int, int, int]] = []
-    b = 0
-    while b < nb:
-        per = periods[b]
-        if per is None:
-            b += 1
-            continue
-        e = b
-        found = [per]
-        while e + 1 < nb and periods[e + 1] is not None and \
-                abs(int(periods[e + 1] or 0) - per) <= max(1, per // 5):
-            e += 1
-            found.append(int(periods[e] or per))
-        if e > b or nb == 1:
-            out.append((b * block, (e + 1) * block - 1 if e + 1 < nb else n - 1,
-                        int(np.median(found))))
-        b = e + 1
-    if not out and nb >= 2:
-        rows = acf[np.all(np.isfinite(acf), axis=1)]
-        if len(rows) >= 2:
-            per = first_period(rows.mean(axis=0), p.min_acf, repeat=True,  # type: ignore
-                               max_lag=max_lag, points=block * len(rows))
-            if per is not None:
-                out.append((0, n - 1, per))
-    return out
-
-
-def test_periodic_regions_prefilter_is_plain() -> None:
-    from spikelens.detect.oscillation import OscParams, _periodic_regions
+# min_acf at some lag in [2, max_lag + 2) (`block_periods`); the others must be the None
+# first_period gives.
+def test_block_periods_prefilter_is_plain() -> None:
+    from spikelens.detect.oscillation import _acf_rows, block_periods, first_period
 
     rng = np.random.default_rng(55)
     for i in range(300):
         block = int(rng.choice([16, 20, 40, 100, 400]))
-        n = int(rng.integers(block // 2, 12 * block))
+        nb = int(rng.integers(1, 12))
         per = int(rng.integers(2, 60))
         amp = float(rng.choice([0.0, 0.3, 0.6, 1.0, 3.0]))
-        t = np.arange(n)
-        r = rng.standard_normal(n) + amp * np.sin(2 * np.pi * t / per)
+        t = np.arange(nb * block)
+        r = rng.standard_normal(nb * block) + amp * np.sin(2 * np.pi * t / per)
         if i % 4 == 1:  # periodic in some stretches only
-            r[: n // 2] = rng.standard_normal(n // 2)
-        if i % 6 == 2:  # a constant block: a NaN autocorrelation row
+            r[: len(r) // 2] = rng.standard_normal(len(r) // 2)
+        if i % 6 == 2 and nb > 1:  # a constant block: a NaN autocorrelation row
             r[block: 2 * block] = 0.0
         if i % 9 == 3:
             r = np.cumsum(r)  # wandering noise
-        p = OscParams(block=block, max_period=int(rng.integers(1, 140)),
-                      min_acf=float(rng.choice([0.05, 0.3, 0.6, 0.95])), spread=2.0,
-                      lr_z=4.0, min_cycles=int(rng.choice([2, 3, 5])))
-        assert _periodic_regions(r, p) == _plain_periodic_regions(r, p)
+        max_lag = int(rng.integers(1, 140))
+        min_acf = float(rng.choice([0.05, 0.3, 0.6, 0.95]))
+        with np.errstate(all="ignore"):
+            acf = _acf_rows(r.reshape(nb, block), max(1, min(2 * max_lag, block - 1)))
+        finite = np.all(np.isfinite(acf), axis=1)
+        want = [first_period(row, min_acf, repeat=True, max_lag=max_lag, points=block)
+                if ok else None for row, ok in zip(acf, finite, strict=True)]
+        assert block_periods(acf, finite, min_acf, max_lag, block) == want
 
 
 # osc5: the stall's block quartiles come from one row sort, not np.percentile's partition.

@@ -126,6 +126,23 @@ def first_period(acf: FloatArray, min_acf: float, repeat: bool = False,
     return lo + int(hit[0]) if len(hit) else None
 
 
+def block_periods(acf: FloatArray, finite: NDArray[np.bool_], min_acf: float, max_lag: int,
+                  block: int) -> list[int | None]:
+    """`first_period(row, min_acf, repeat=True, max_lag, points=block)` of each row of
+    `acf` that is all finite (`finite`), None for the others. first_period only takes a lag
+    j >= 2 (below max_lag + 2 and the last lag) whose value reaches a bar of at least
+    min_acf: a row with no such value gives None, so only the other rows are handed to it
+    (on a 1M-step log 2,500 calls became a few dozen)."""
+    periods: list[int | None] = [None] * len(acf)
+    hi = min(acf.shape[1] - 1, max_lag + 1)
+    if hi <= 2:
+        return periods
+    maybe = finite & np.any(acf[:, 2:hi] >= min_acf, axis=1)
+    for k in np.flatnonzero(maybe).tolist():
+        periods[k] = first_period(acf[k], min_acf, repeat=True, max_lag=max_lag, points=block)
+    return periods
+
+
 def _periodic_regions(r: FloatArray, p: OscParams) -> list[tuple[int, int, int]]:
     """(start, end, period) of runs of blocks sharing a period."""
     n = len(r)
@@ -141,16 +158,7 @@ def _periodic_regions(r: FloatArray, p: OscParams) -> list[tuple[int, int, int]]
     # part carries, the quantity the bar is about
     acf = acf * (block / (block - np.arange(acf.shape[1], dtype=np.float64)))[None, :]
     finite = np.all(np.isfinite(acf), axis=1)
-    # first_period only takes a lag j >= 2 (below max_lag + 2 and the last lag) whose value
-    # reaches a bar of at least min_acf: a row with no such value gives None, so only the
-    # other rows are handed to it (on a 1M-step log 2,500 calls became a few dozen)
-    hi = min(acf.shape[1] - 1, max_lag + 1)
-    maybe = finite & np.any(acf[:, 2:hi] >= p.min_acf, axis=1) if hi > 2 else \
-        np.zeros(nb, dtype=bool)
-    periods: list[int | None] = [None] * nb
-    for k in np.flatnonzero(maybe).tolist():
-        periods[k] = first_period(acf[k], p.min_acf, repeat=True, max_lag=max_lag,
-                                  points=block)
+    periods = block_periods(acf, finite, p.min_acf, max_lag, block)
     out: list[tuple[int, int, int]] = []
     b = 0
     while b < nb:
