@@ -211,9 +211,14 @@ def _analyse(
     logs: list[str], log_format: str | None, metric: list[str] | None,
     run: list[str] | None = None,
 ) -> tuple[Report, list[Run]]:
+    from spikelens.fleet import preload_analysis
+
+    sources = expand_sources(logs)
+    if sources:
+        preload_analysis(sources[0], log_format)
+    runs = _read_all(sources, log_format, metric, run)
     from spikelens.analyze import analyze as run_analysis
 
-    runs = _read_all(expand_sources(logs), log_format, metric, run)
     return run_analysis(runs), runs
 
 

@@ -106,12 +106,63 @@ class Fleet:
 
 # --- the unit of work -------------------------------------------------------------------
 
+#: The modules the analysis of a read log needs, beyond the readers (which the forkserver
+#: also preloads). Their imports (scipy.ndimage above all) are about 0.4 s of a fresh process.
+ANALYSIS_MODULES = ("spikelens.detect", "spikelens.detect.joint", "spikelens.causes",
+                    "spikelens.analyze", "spikelens.align")
+#: Imported inside functions of the detector, so `import spikelens.detect` does not load them.
+_LAZY_ANALYSIS_MODULES = ("scipy.special", "scipy.fft")
+
+
+def _import_quietly(names: Sequence[str]) -> None:
+    import importlib
+
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the analysis imports it again and reports it
+            return
+
+
+def preload_analysis(source: str, fmt: str | None = None) -> None:
+    """Import the analysis modules on a daemon thread when `source` is about to be read by
+    a reader whose read leaves a core idle (`idle_core_while_reading`). The imports are
+    pure Python; done while the read waits on its parse threads, they stop costing wall
+    time. Only modules that no reader imports are preloaded, and only once
+    `spikelens.readers` is loaded (as it is here), so the two threads never wait on each
+    other's module locks in a cycle; the cause rules are left to
+    `causes._register_builtin`, whose registry must fill in one go. A failed import is
+    dropped here and raised where the analysis imports the module."""
+    import sys
+    import threading
+
+    todo = [m for m in ANALYSIS_MODULES + _LAZY_ANALYSIS_MODULES if m not in sys.modules]
+    if todo and _read_leaves_a_core(source, fmt):
+        threading.Thread(target=_import_quietly, args=(todo,), name="spikelens-preload",
+                         daemon=True).start()
+
+
+def _read_leaves_a_core(source: str, fmt: str | None) -> bool:
+    """Whether the reader of `source` declares that its read leaves a core idle. A source
+    that is copied before reading (standard input, compressed, remote) is not sniffed
+    twice; a local file costs a second look at its 64 KB head."""
+    from pathlib import Path
+
+    from spikelens.opener import local_path, needs_copy
+    from spikelens.readers import READERS, detect_format
+
+    if needs_copy(source):
+        return False
+    try:
+        name = fmt or detect_format(Path(local_path(source)))
+        return bool(getattr(READERS.get(name), "idle_core_while_reading", False))
+    except (SpikelensError, OSError):
+        return False  # the read reports it
+
+
 def run_task(task: Task) -> LogResult:
     """Read one log and analyse each of its runs. Pure: the same task gives the same result
     in any process."""
-    from spikelens.analyze import report_of
-    from spikelens.detect import detect, point_z
-    from spikelens.detect.joint import candidates
     from spikelens.readers import read_runs
 
     cfg = task.config
@@ -127,7 +178,12 @@ def run_task(task: Task) -> LogResult:
             if not ok:
                 return LogResult(source=task.source, parts=(), skipped=True)
             fmt = fmt or sniffed
+        preload_analysis(task.source, fmt)
         runs, dets = read_runs(task.source, format=fmt, metrics=dict(task.metrics) or None), []
+    from spikelens.analyze import report_of
+    from spikelens.detect import detect, point_z
+    from spikelens.detect.joint import candidates
+
     recurrent = dict(task.recurrent)
     parts: list[RunPart] = []
     for i, run in enumerate(runs):
@@ -305,9 +361,8 @@ class PoolBackend(Backend):
         ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
         if "forkserver" in methods:
             ctx.set_forkserver_preload(["spikelens.fleet", "spikelens.readers",
-                                        "spikelens.detect", "spikelens.causes",
-                                        "spikelens.analyze", "spikelens.paths",
-                                        "spikelens.opener"])
+                                        "spikelens.paths", "spikelens.opener",
+                                        *ANALYSIS_MODULES])
         self.jobs = jobs
         # forkserver children inherit the server's environment, which may be older than
         # ours (credentials, AWS_ENDPOINT_URL set since): each worker takes ours first
