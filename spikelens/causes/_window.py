@@ -207,12 +207,33 @@ def stale_mask(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def stale_flags(v: Sequence[float]) -> list[bool]:
+    """`stale_mask` of a short window given as Python floats, as a list: the same tests
+    (equal to the value before, finite, not 0) without numpy's per-call cost, which is most
+    of the work on the dozen values of a precursor window."""
+    n = len(v)
+    out = [False] * n
+    if n < 3:
+        return out
+    i = 1
+    while i < n:
+        j = i
+        while j < n and v[j] == v[j - 1] and v[j] != 0 and math.isfinite(v[j]):
+            j += 1
+        if j - i >= 2:  # the first value plus at least two verbatim copies
+            out[i:j] = [True] * (j - i)
+        i = j + 1 if j == i else j
+    return out
+
+
 # ---------------------------------------------------------------------------- series
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False, slots=True)
 class Series:
-    """One role's logged values in step order (logged NaN kept as NaN, inf kept)."""
+    """One role's logged values in step order (logged NaN kept as NaN, inf kept). Read-only
+    by convention: not frozen, because a frozen dataclass's __init__ (object.__setattr__ per
+    field) is most of the cost of the ~20 window slices an event takes."""
 
     steps: np.ndarray  # int64
     values: np.ndarray  # float64
@@ -351,8 +372,8 @@ class RunArrays:
         """(values over the frame index, first finite row, sorted logged-NaN steps)."""
         if col not in self._cols:
             v = self.run.frame[col].to_numpy(dtype=np.float64)
-            fin = np.flatnonzero(np.isfinite(v))
-            first = int(fin[0]) if len(fin) else len(v)
+            fin = np.isfinite(v)
+            first = int(fin.argmax()) if len(v) and fin.any() else len(v)
             nan_at = np.sort(np.asarray(self.run.nan_steps.get(col, ()), dtype=np.int64))
             self._cols[col] = (v, first, nan_at)
         return self._cols[col]
@@ -417,6 +438,29 @@ class RunArrays:
             rows = parts[0] if len(parts) == 1 else np.unique(np.concatenate(parts))
             self.misc[key] = rows
         got: np.ndarray = self.misc[key]
+        return got
+
+    def all_bad_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every column's `bad_rows` merged, prepared once per run: (rows sorted, the
+        position in `columns()` of the column each row belongs to, each column's first
+        finite row). An event whose window holds no bad row of any column (nearly every
+        event) is then two searchsorted calls instead of three calls per column."""
+        if "all_bad_rows" not in self.misc:
+            cols = self.columns()
+            parts = [self.bad_rows(c) for c in cols]
+            rows = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+            owner = np.repeat(np.arange(len(cols), dtype=np.int64), [len(p) for p in parts])
+            order = np.argsort(rows, kind="stable")
+            first = np.array([self.column(c)[1] for c in cols], dtype=np.int64)
+            self.misc["all_bad_rows"] = (rows[order].astype(np.int64), owner[order], first)
+        got: tuple[np.ndarray, np.ndarray, np.ndarray] = self.misc["all_bad_rows"]
+        return got
+
+    def role_of_column(self) -> dict[str, str]:
+        """Column name -> role, for the columns that have one (built once per run)."""
+        if "role_of_column" not in self.misc:
+            self.misc["role_of_column"] = {col: role for role, col in self.run.roles.items()}
+        got: dict[str, str] = self.misc["role_of_column"]
         return got
 
     def _rows_of(self, steps: np.ndarray) -> np.ndarray:
@@ -773,7 +817,7 @@ def excursion(v: float, base: float) -> float:
 
 def excursions(v: np.ndarray, base: float) -> np.ndarray:
     """`excursion` of every value, vectorised (the common case: positive loss and base)."""
-    if base > 0 and len(v) and bool(np.all(np.isfinite(v) & (v > 0))):
+    if base > 0 and len(v) and bool((np.isfinite(v) & (v > 0)).all()):
         out: np.ndarray = np.log(v / base)
         return out
     return np.array([excursion(float(x), base) for x in v])
@@ -809,7 +853,7 @@ def _loss_shape(ctx: Context) -> LossShape | None:
     # for a non-finite peak, "half way back" means within 2x of the baseline again
     target = peak_exc / 2 if math.isfinite(peak_exc) else math.log(2.0)
     ex_after = excursions(after.values, base)
-    hit = np.flatnonzero(np.isfinite(ex_after) & (ex_after <= target))
+    hit = (np.isfinite(ex_after) & (ex_after <= target)).nonzero()[0]
     if len(hit):
         half, half_step = int(hit[0]) + 1, int(after.steps[hit[0]])
     interval = max(1, ctx.run.interval)
@@ -834,7 +878,7 @@ def _loss_shape(ctx: Context) -> LossShape | None:
     if math.isfinite(peak_exc) and peak_exc > 0 and base > 0 and len(after):
         exc = ex_after
         ok = np.isfinite(exc)
-        low = np.flatnonzero(ok & (exc <= 0.25 * peak_exc))
+        low = (ok & (exc <= 0.25 * peak_exc)).nonzero()[0]
         elevated = int(low[0]) if len(low) else len(exc)
         if elevated:
             later_ratio = float(math.exp(min(exc[elevated - 1], 50.0))) if ok[elevated - 1] \
@@ -848,7 +892,7 @@ def _loss_shape(ctx: Context) -> LossShape | None:
         # a gap in the log between the peak and the point the loss came back at
         span = np.concatenate([[ev.peak_step], after.steps[:max(elevated, 1) + 1]])
         d = np.diff(span)
-        big = np.flatnonzero(d > max(3 * interval, 10))
+        big = (d > max(3 * interval, 10)).nonzero()[0]
         if len(big):
             gap = (int(span[big[0]]), int(span[big[0] + 1]))
     # the loss of a uniform guess, when the run says its vocabulary
@@ -860,7 +904,7 @@ def _loss_shape(ctx: Context) -> LossShape | None:
     if uniform is not None and base < 0.7 * uniform:
         nxt = after.values[:3]
         nxt = nxt[np.isfinite(nxt)]
-        at_uniform = bool(len(nxt) >= 1 and np.min(nxt) >= 0.9 * uniform)
+        at_uniform = bool(len(nxt) >= 1 and nxt.min() >= 0.9 * uniform)
     # an averaged log (Megatron, HF): what one batch would have needed to lift the mean
     needed = bound = None
     k = interval
@@ -907,13 +951,15 @@ def lr_jump(full: Series) -> tuple[float, float, int | None, float, float]:
     best_excess = 1.0
     # Python floats (the same IEEE doubles as numpy's, without its per-scalar cost): the
     # values are finite, so max() of a slice is np.max of it
-    v = full.values.tolist()
+    fv = full.values
+    v = fv.tolist()
     # from the third point: a step is judged against the trend of the one before it, and the
-    # first step has none (a warmup's 2e-5 -> 3e-5 is not a 1.5x jump)
-    for i in range(2, len(v)):
+    # first step has none (a warmup's 2e-5 -> 3e-5 is not a 1.5x jump). Only a step up from a
+    # positive LR can be a jump: those are found at once (a decaying or constant LR has none,
+    # and the scan visits nothing)
+    ups: list[int] = (((fv[1:-1] > 0) & (fv[2:] > fv[1:-1])).nonzero()[0] + 2).tolist()
+    for i in ups:
         prev, cur = v[i - 1], v[i]
-        if prev <= 0 or cur <= prev:
-            continue
         # a jump must beat both the trend (a warmup rises every step) and the recent level
         # (climbing back after a drop, as a re-warmup does, is not a discontinuity)
         trend = v[i - 1] / v[i - 2] if v[i - 2] > 0 else 1.0
@@ -949,13 +995,13 @@ def _lr_profile(ctx: Context) -> LrProfile:
                          nan, False, None, None, nan)
     # the LR at the rise: the highest LR of the last few points (it acts within a few steps)
     recent = Series(look.steps[-PRECURSOR_POINTS:], look.values[-PRECURSOR_POINTS:])
-    at_rise = float(np.max(recent.values))
+    at_rise = float(recent.values.max())
     hv = hist.values
     # where the LR last came up to that level (the last upward crossing), and where the climb
     # to it began (a jump, a re-warmup after a dip, a cosine restart, the first warmup); both
     # scanned back from the rise only as far as the stretch goes
     thr = 0.999 * at_rise
-    hits = np.flatnonzero(hv[-PRECURSOR_POINTS:] >= thr)
+    hits = (hv[-PRECURSOR_POINTS:] >= thr).nonzero()[0]
     last_hit = len(hv) - min(PRECURSOR_POINTS, len(hv)) + int(hits[-1]) if len(hits) else (
         len(hv) - 1)
     reached_i = a.start_at_or_above("lr", last_hit + 1, thr)  # hv is a prefix of fin
@@ -967,12 +1013,12 @@ def _lr_profile(ctx: Context) -> LrProfile:
     # the level the model had been trained at before that climb: the highest LR of the few
     # points before it (after a dip, the LR it had before the dip)
     pre_ramp = hv[max(0, k - PRECURSOR_POINTS):k]
-    ref = float(np.max(pre_ramp)) if len(pre_ramp) else float(hv[k])
+    ref = float(pre_ramp.max()) if len(pre_ramp) else float(hv[k])
     if not ref > 0:
         # a warmup from LR 0 (schedulers log 0 at step 0): measure the climb from its first
         # positive value, not "1.0x"
         ramp = hv[k:reached_i + 1]
-        ref = float(np.min(ramp[ramp > 0])) if np.any(ramp > 0) else nan
+        ref = float(ramp[ramp > 0].min()) if (ramp > 0).any() else nan
     ratio = at_rise / ref if ref > 0 and math.isfinite(ref) else 1.0
     # discontinuity: a logged step whose ratio beats the trend of the step before it
     full = Series(hist.steps[-(h + 2):], hist.values[-(h + 2):])
@@ -994,7 +1040,7 @@ def _lr_profile(ctx: Context) -> LrProfile:
             prior = fin.before(r.resumed_at)
             lr_before_resume = float(prior.values[-1]) if len(prior) else nan
     lv = look.values
-    flat = bool(np.min(lv) > 0 and np.max(lv) <= 1.05 * np.min(lv)) if len(lv) else True
+    flat = bool(lv.min() > 0 and lv.max() <= 1.05 * lv.min()) if len(lv) else True
     return LrProfile(
         constant=constant,
         flat=flat,
@@ -1033,12 +1079,52 @@ def _finite_before(ctx: Context, role: str, step: int) -> np.ndarray:
     return f.before(step).values if f is not None else np.empty(0)
 
 
+def precursor_scan(pre_all: Series, base: float, thr: float
+                   ) -> tuple[list[float], list[int], float, int | None, list[int]]:
+    """The precursor window of the grad profile: the last PRECURSOR_POINTS values before the
+    rise (stale copies as NaN) and their steps, the highest ratio to `base` (non-finite
+    ratios as 0, 1.0 for an empty window) with its step, and the positions of the ratios at
+    or above `thr`. In Python floats (IEEE doubles: the same quotients and comparisons as
+    numpy's, without its per-call cost on ten values)."""
+    pv: list[float] = pre_all.values[-PRECURSOR_POINTS:].tolist()
+    steps: list[int] = pre_all.steps[-PRECURSOR_POINTS:].tolist()
+    if pv:
+        # a value copied verbatim onto skipped steps is stale, not a measurement
+        stale = stale_flags(pre_all.values[-(PRECURSOR_POINTS + 2):].tolist())[-len(pv):]
+        pv = [math.nan if old else x for old, x in zip(stale, pv, strict=True)]
+    fr = [0.0] * len(pv)
+    if base > 0:
+        fr = [r if math.isfinite(r) else 0.0 for r in (x / base for x in pv)]
+    ratio, step = 1.0, None
+    if fr:
+        ratio = max(fr)
+        if ratio == 0:
+            ratio = float(np.max(fr))  # which zero (0.0 or -0.0) np.max keeps
+        step = steps[fr.index(ratio)]  # the first maximum, as np.argmax
+    above = [i for i, r in enumerate(fr) if r >= thr]
+    return pv, steps, ratio, step, above
+
+
+def onset_peak(on: Series, base: float) -> tuple[float, int | None]:
+    """(highest finite value / `base`, its step) over the first 3 points of `on` (the
+    rise): ratio 1.0 when there is none or `base` is not positive, step None when no value is
+    finite. In Python floats, as `precursor_scan`."""
+    onv = [(x, st) for x, st in zip(on.values[:3].tolist(), on.steps[:3].tolist(), strict=True)
+           if math.isfinite(x)]
+    if not onv:
+        return 1.0, None
+    top = max(x for x, _ in onv)
+    if top == 0:
+        top = float(np.max([x for x, _ in onv]))  # which zero (0.0 or -0.0) np.max keeps
+    step = next(st for x, st in onv if x == top)  # the first maximum, as np.argmax
+    return (top / base if base > 0 else 1.0), step
+
+
 def _grad_profile(ctx: Context, g: Series) -> GradProfile:
     ev = ctx.event
     start = ev.start_step
     w = ctx.config.window
     pre_all = g.before(start)
-    pre_win = Series(pre_all.steps[-PRECURSOR_POINTS:], pre_all.values[-PRECURSOR_POINTS:])
     older = Series(pre_all.steps[:-PRECURSOR_POINTS], pre_all.values[:-PRECURSOR_POINTS])
     base_win = Series(older.steps[-w:], older.values[-w:]).finite()
     ref_vals = base_win.values
@@ -1049,32 +1135,19 @@ def _grad_profile(ctx: Context, g: Series) -> GradProfile:
     else:
         # a short excerpt: the lowest value before the rise is the pre-ramp level
         fin = _finite_before(ctx, "grad_norm", start)
-        base = float(np.min(fin)) if len(fin) else float("nan")
+        base = float(fin.min()) if len(fin) else float("nan")
     if not (base > 0):
         pos = _finite_before(ctx, "grad_norm", start)
         pos = pos[pos > 0]
-        base = float(np.min(pos)) if len(pos) else float("nan")
+        base = float(pos.min()) if len(pos) else float("nan")
     p50, p99 = _percentiles_sorted(ref_vals, ref_sorted, (50, 99)) if len(ref_vals) else (
         base, float("nan"))
     thr = GRAD_PRECURSOR
     if len(base_win) >= 20 and base > 0 and math.isfinite(p99):
         thr = max(GRAD_PRECURSOR, 1.5 * p99 / base)
-    pv = pre_win.values
-    if len(pv):
-        # a value copied verbatim onto skipped steps is stale, not a measurement
-        stale = stale_mask(pre_all.values[-(PRECURSOR_POINTS + 2):])[-len(pv):]
-        pv = np.where(stale, np.nan, pv)
-    ratios = pv / base if base > 0 else np.full(len(pv), np.nan)
-    fr = np.where(np.isfinite(ratios), ratios, 0.0)
-    pre_ratio = float(np.max(fr)) if len(fr) else 1.0
-    pre_step = int(pre_win.steps[int(np.argmax(fr))]) if len(fr) else None
-    above = np.flatnonzero(fr >= thr)
-    first_lead = int(pre_win.steps[above[0]]) if len(above) else None
-    on = g.between(start, ev.end_step)
-    on = Series(on.steps[:3], on.values[:3])
-    onv = on.values[np.isfinite(on.values)]
-    onset_ratio = float(np.max(onv) / base) if len(onv) and base > 0 else 1.0
-    onset_step = int(on.steps[np.isfinite(on.values)][int(np.argmax(onv))]) if len(onv) else None
+    pv, pre_steps, pre_ratio, pre_step, above = precursor_scan(pre_all, base, thr)
+    first_lead = pre_steps[above[0]] if above else None
+    onset_ratio, onset_step = onset_peak(g.between(start, ev.end_step), base)
     # the run's own earlier grad level: the highest trailing median before the event
     fg = ctx.arrays.finite("grad_norm")
     assert fg is not None
@@ -1103,8 +1176,8 @@ def _grad_profile(ctx: Context, g: Series) -> GradProfile:
         p50=p50,
         p99=p99,
         base_points=len(base_win),
-        pre_values=tuple(pv.tolist()),  # Python floats, as float() of each gives
-        pre_steps=tuple(pre_win.steps.tolist()),
+        pre_values=tuple(pv),  # Python floats, as float() of each gives
+        pre_steps=tuple(pre_steps),
     )
 
 
@@ -1192,7 +1265,7 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
         wv = win.values
         if len(wv):
             scale_before = float(wv[0])
-            scale_min = float(np.min(wv))
+            scale_min = float(wv.min())
         # a cut that still leaves the scale above its earlier ceiling is the scaler
         # re-calibrating after a reset, not an overflow problem of this run (the cuts are
         # found at once; the loop visits them in order, as a scan of the window did)
@@ -1211,8 +1284,8 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
         if first_cut is not None:
             held = win.before(first_cut).values
             if len(held):
-                floor = float(np.min(held)) if not math.isfinite(pre_min) else min(
-                    pre_min, float(np.min(held)))
+                floor = float(held.min()) if not math.isfinite(pre_min) else min(
+                    pre_min, float(held.min()))
         if math.isfinite(floor) and floor > 0 and math.isfinite(scale_min):
             # a scale of 0 is the deepest collapse there is (OPT's "loss scalar crashing")
             depth = max(0.0, math.log2(floor / scale_min)) if scale_min > 0 else 64.0
@@ -1231,7 +1304,7 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
     if skip is not None and inc_all is not None:
         inc = inc_all
         w = inc.between(window[0], window[1])
-        skips = int(round(float(np.sum(w.values))))
+        skips = int(round(float(w.values.sum())))
         # another column of the log may count the same skips its own way (DeepSpeed prints
         # an `OVERFLOW!` line per skipped step and a running `skipped=K` on its step lines):
         # every skipped step the log shows counts, so the larger count wins
@@ -1239,7 +1312,7 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
             ew = extra.between(window[0], window[1])
             if calib is not None:
                 ew = ew.between(calib + 1, 2**62)
-            skips = max(skips, int(round(float(np.sum(ew.values)))))
+            skips = max(skips, int(round(float(ew.values.sum()))))
         if loss is not None:
             # only a loss *logged* as inf/NaN counts: Megatron prints no loss at all on a
             # skipped iteration, and a missing value is not a non-finite one
@@ -1248,7 +1321,7 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
                     at = loss.between(int(st_), int(st_))
                     if len(at) and not math.isfinite(float(at.values[0])):
                         nonfinite_skipped += 1
-        routine_skips = int(round(float(prep.inc_total - np.sum(w.values))))
+        routine_skips = int(round(float(prep.inc_total - w.values.sum())))
         skip_span = int(inc.steps[-1] - inc.steps[0]) if len(inc) > 1 else 0
     if scale is not None and span_steps > 0:
         rate = routine_cuts / span_steps
@@ -1283,7 +1356,7 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
 def scale_cuts(wv: np.ndarray, ceiling: float) -> list[int]:
     """The positions j >= 1 of `wv` where the scale fell (wv[j] < wv[j - 1]) to at most
     `ceiling`, in order: one vectorised comparison, not a Python scan of the window."""
-    out: list[int] = (np.flatnonzero((wv[1:] < wv[:-1]) & (wv[1:] <= ceiling)) + 1).tolist()
+    out: list[int] = (((wv[1:] < wv[:-1]) & (wv[1:] <= ceiling)).nonzero()[0] + 1).tolist()
     return out
 
 
@@ -1328,7 +1401,7 @@ def _scale_run(a: RunArrays) -> _ScaleRun | None:
             inc = inc.between(calib + 1, 2**62)
         out = _ScaleRun(
             scale=scale, skip=skip, inc=inc,
-            inc_total=float(np.sum(inc.values)) if inc is not None else 0.0,
+            inc_total=float(inc.values.sum()) if inc is not None else 0.0,
             dynamic=dynamic, calib=calib, after_cal=after_cal,
             cal_max=np.maximum.accumulate(v) if len(v) else v,
             cal_min=np.minimum.accumulate(v) if len(v) else v,
@@ -1400,28 +1473,34 @@ def _nonfinite(ctx: Context) -> Nonfinite | None:
     run, ev = ctx.run, ctx.event
     hi = max(ev.peak_step, min(ev.end_step, ev.start_step + 10 * max(1, run.interval)))
     lo = ev.start_step
-    first: dict[str, int] = {}
-    loss_col = run.column("loss")
-    names: dict[str, str] = {col: role for role, col in run.roles.items()}
     arr = ctx.arrays
     idx_all = arr.index
     a = int(idx_all.searchsorted(lo, side="left"))
     b = int(idx_all.searchsorted(hi, side="right"))
+    # the bad rows (an infinity, a logged NaN, a rise of Megatron's NaN-iteration counter) of
+    # every column in the event's window a..b-1, from the rows found once per run
+    rows, owner, first_finite = arr.all_bad_rows()
+    k = int(rows.searchsorted(a, "left"))
+    e = int(rows.searchsorted(b, "left"))
+    if k == e:
+        return None
+    cols = arr.columns()
     nan_col = run.column("nan_count")
-    for col in arr.columns():
-        _, first_finite, _ = arr.column(col)
+    first_row: dict[int, int] = {}
+    for r, c in zip(rows[k:e].tolist(), owner[k:e].tolist(), strict=True):
         # a series that was never finite before the event (a throughput column logged as
         # NaN throughout) did not *go* non-finite here: it is not evidence
-        if col != nan_col and first_finite >= a:
+        if c in first_row or (cols[c] != nan_col and first_finite[c] >= a):
             continue
-        # the column's first non-finite row in the event's window a..b-1 (an infinity, a
-        # logged NaN, a rise of Megatron's NaN-iteration counter), from its rows found once
-        rows = arr.bad_rows(col)
-        k = int(rows.searchsorted(a, "left"))
-        if k < len(rows) and rows[k] < b:
-            first[names.get(col, col)] = int(idx_all[rows[k]])
-    if not first:
+        first_row[c] = r  # rows ascend: the column's first bad row in the window
+    if not first_row:
         return None
+    # in column order, as the names were written when each column was looked at in turn
+    names = arr.role_of_column()
+    first: dict[str, int] = {}
+    for c in sorted(first_row):
+        first[names.get(cols[c], cols[c])] = int(idx_all[first_row[c]])
+    loss_col = run.column("loss")
     step = min(first.values())
     series = tuple(sorted(k for k, v in first.items() if v == step))
     loss = ctx.loss
@@ -1429,7 +1508,7 @@ def _nonfinite(ctx: Context) -> Nonfinite | None:
     last_finite = None
     if loss is not None and loss_col is not None:
         w = loss.between(lo, ev.end_step)
-        nl = int(np.sum(~np.isfinite(w.values)))
+        nl = int((~np.isfinite(w.values)).sum())
         fl = arr.finite("loss")
         prev = fl.before(step) if fl is not None else loss.before(step)
         last_finite = float(prev.values[-1]) if len(prev) else None

@@ -31,7 +31,7 @@ from spikelens.causes._window import (
     restart_advice,
     sentence,
     span_words,
-    stale_mask,
+    stale_flags,
     usable,
 )
 from spikelens.metrics import normalise
@@ -66,9 +66,11 @@ def _surge(ctx: Context, base: float) -> Surge | None:
     gw = Series(gw.steps[:50], gw.values[:50])
     # with the point before, so that a value copied onto a skipped step is seen as stale
     prev = g.before(ev.start_step, 2)
-    stale = stale_mask(np.concatenate([prev.values, gw.values]))[len(prev):]
+    # as Python numbers: the same doubles, without numpy's per-scalar cost in the scan
+    gv_all: list[float] = gw.values.tolist()
+    stale = stale_flags(prev.values.tolist() + gv_all)[len(prev):]
     best: Surge | None = None
-    for st, gv, old in zip(gw.steps, gw.values, stale, strict=True):
+    for st, gv, old in zip(gw.steps.tolist(), gv_all, stale, strict=True):
         if old or not math.isfinite(gv) or gv / base < SURGE_MIN:
             continue
         lv = loss.value_at(int(st))

@@ -54,10 +54,10 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
         before = fg.before(nf.step)
         older = before.values[:-PRECURSOR_POINTS][-ctx.config.window:]
         grad_base = median_of(older) if len(older) >= 3 else (
-            float(np.min(before.values)) if len(before) else float("nan"))
+            float(before.values.min()) if len(before) else float("nan"))
         near = before.values[-PRECURSOR_POINTS:]
         if len(near) and grad_base > 0:
-            grad_prec = float(np.max(near) / grad_base)
+            grad_prec = float(near.max() / grad_base)
     sc = ctx.scale
     amp = bool(sc is not None and sc.has_scale and sc.dynamic
                and (sc.cuts >= 1 or sc.nonfinite_skipped >= 1))
