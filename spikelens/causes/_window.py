@@ -9,12 +9,13 @@ of writing numbers into a sentence."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -34,6 +35,26 @@ LR_JUMP = 1.5
 #: ln(256,000), the uniform-guess loss of the largest vocabularies in common use: an LM's
 #: per-token loss above twice this on one whole batch is not data, it is damage.
 LARGEST_UNIFORM = math.log(256_000)
+
+
+_T = TypeVar("_T")
+_FIELDS: dict[type, frozenset[str]] = {}
+
+
+def _make(cls: type[_T], **fields: Any) -> _T:
+    """`cls(**fields)` for a frozen dataclass, with every field given: the instance's
+    __dict__ filled at once. A frozen dataclass's __init__ sets each field through
+    object.__setattr__ (about 0.4 us a field: 10 us for `LossShape`'s 23), for several
+    profiles per event; the instance is just as frozen. A missing or unknown field is a
+    TypeError, as it is for __init__."""
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = frozenset(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+    if fields.keys() != names:
+        raise TypeError(f"{cls.__name__}: fields {sorted(names ^ fields.keys())} wrong")
+    obj = object.__new__(cls)
+    obj.__dict__.update(fields)
+    return obj
 
 
 class CauseRule(Protocol):
@@ -271,6 +292,10 @@ class Series:
 
     def finite(self) -> Series:
         m = np.isfinite(self.values)
+        if m.all():
+            # nothing to drop (a whole run's loss, most windows): the same arrays, not
+            # copies of them (1M-point roles are copied once per run otherwise)
+            return Series(self.steps, self.values)
         return Series(self.steps[m], self.values[m])
 
     def median(self) -> float | None:
@@ -302,6 +327,37 @@ def stretch_start(test: Callable[[int, int], np.ndarray], end: int, floor: int =
     return j
 
 
+class PrefixExtreme:
+    """The running maximum (or minimum) of a finite array at any index, `float(np.maximum.
+    accumulate(v)[i])`, from the extremes of blocks of `_BLOCK` values: a per-run
+    preparation of one reduceat instead of an accumulate over the whole run (1M values: about
+    1 ms against 4), and two numpy calls per question. Max and min are exact, so the value is
+    the same double; a zero is asked of the accumulate itself (which of 0.0 and -0.0 it keeps
+    depends on its order)."""
+
+    def __init__(self, v: np.ndarray, how: str) -> None:
+        self.v = v
+        self.op = np.maximum if how == "max" else np.minimum
+        self.high = how == "max"
+        blocks = self.op.reduceat(v, np.arange(0, len(v), _BLOCK)) if len(v) else v
+        self.prefix = self.op.accumulate(blocks) if len(blocks) else blocks
+        self._full: np.ndarray | None = None
+
+    def at(self, i: int) -> float:
+        """The extreme of v[0..i] (0 <= i < len(v))."""
+        b = i // _BLOCK
+        part = self.v[b * _BLOCK:i + 1]
+        m = float(part.max() if self.high else part.min())
+        if b:
+            p = float(self.prefix[b - 1])
+            m = (p if p > m else m) if self.high else (p if p < m else m)
+        if m == 0:
+            if self._full is None:
+                self._full = self.op.accumulate(self.v)
+            return float(self._full[i])
+        return m
+
+
 class RunArrays:
     """Per-run numpy arrays prepared once and shared by every event of the run: each role's
     logged series, its finite part, running maxima/minima and block medians, skip increments,
@@ -314,7 +370,6 @@ class RunArrays:
         self._series: dict[str, Series | None] = {}
         self._finite: dict[str, Series | None] = {}
         self._usable: dict[str, tuple[Series | None, str]] = {}
-        self._prefix: dict[tuple[str, str], np.ndarray] = {}
         self._blocks: dict[tuple[str, int], np.ndarray] = {}
         self._inc: dict[str, Series | None] = {}
         self._cols: dict[str, tuple[np.ndarray, int, np.ndarray]] = {}
@@ -339,15 +394,15 @@ class RunArrays:
             self._usable[role] = _usable(self, role)
         return self._usable[role]
 
-    def running(self, role: str, how: str) -> np.ndarray:
-        """Running max ("max") or min ("min") of the role's finite values."""
-        key = (role, how)
-        if key not in self._prefix:
+    def running_at(self, role: str, how: str, i: int) -> float:
+        """The running max (`how` "max") or min ("min") of the role's finite values at index
+        `i`: `float(np.maximum.accumulate(values)[i])`, from blocks (`PrefixExtreme`)."""
+        key = f"prefix:{role}:{how}"
+        if key not in self.misc:
             f = self.finite(role)
-            v = f.values if f is not None else np.empty(0)
-            op = np.maximum if how == "max" else np.minimum
-            self._prefix[key] = op.accumulate(v) if len(v) else v
-        return self._prefix[key]
+            self.misc[key] = PrefixExtreme(f.values if f is not None else np.empty(0), how)
+        got: PrefixExtreme = self.misc[key]
+        return got.at(i)
 
     def block_levels(self, role: str, k: int) -> np.ndarray:
         """Running max of the medians of consecutive blocks of `k` finite values (from the
@@ -828,16 +883,23 @@ def _loss_shape(ctx: Context) -> LossShape | None:
     if loss is None or len(loss) == 0:
         return None
     ev = ctx.event
-    pre = loss.before(ev.start_step, ctx.config.window).finite()
+    # the event's points found once by position (the windows below are slices between
+    # them: `before`, `between` and `after` would search the same steps again)
+    ls, lv = loss.steps, loss.values
+    i_start = int(ls.searchsorted(ev.start_step, "left"))
+    i_end = int(ls.searchsorted(ev.end_step, "right"))
+    i_peak = int(ls.searchsorted(ev.peak_step, "left"))
+    i_past = int(ls.searchsorted(ev.peak_step, "right"))  # first point after the peak
+    w0 = max(0, i_start - ctx.config.window)
+    pre = Series(ls[w0:i_start], lv[w0:i_start]).finite()
     base = ev.baseline if ev.baseline is not None else pre.median()
     if base is None:
         base = float("nan")
-    ser = loss.between(ev.start_step, ev.end_step)
-    if len(ser) == 0:
+    n_ser = max(0, i_end - i_start)
+    if n_ser == 0:
         return None
-    start_value = float(ser.values[0])
-    pk = loss.between(ev.peak_step, ev.peak_step)
-    peak_value = float(pk.values[0]) if len(pk) else float(np.nanmax(ser.values))
+    start_value = float(lv[i_start])
+    peak_value = float(lv[i_peak]) if i_past > i_peak else float(np.nanmax(lv[i_start:i_end]))
     peak_exc = excursion(peak_value, base)
     start_exc = excursion(start_value, base)
     if math.isinf(peak_exc):
@@ -846,8 +908,9 @@ def _loss_shape(ctx: Context) -> LossShape | None:
         onset_fraction = clip01(start_exc / peak_exc)
     else:
         onset_fraction = 1.0
-    onset_points = len(loss.between(ev.start_step, ev.peak_step)) - 1
-    after = loss.after(ev.peak_step, max(ctx.config.window, 50))
+    onset_points = max(0, i_past - i_start) - 1
+    n_after = max(ctx.config.window, 50)
+    after = Series(ls[i_past:i_past + n_after], lv[i_past:i_past + n_after])
     half: int | None = None
     half_step: int | None = None
     # for a non-finite peak, "half way back" means within 2x of the baseline again
@@ -914,7 +977,8 @@ def _loss_shape(ctx: Context) -> LossShape | None:
             bound = 2 * uniform
         elif ctx.run.format == "megatron" and base < LARGEST_UNIFORM:
             bound = 2 * LARGEST_UNIFORM  # an LM loss, vocabulary not logged
-    return LossShape(
+    return _make(
+        LossShape,
         base=float(base),
         start_value=start_value,
         peak_value=peak_value,
@@ -923,7 +987,7 @@ def _loss_shape(ctx: Context) -> LossShape | None:
         onset_fraction=onset_fraction,
         half_recovery_points=half,
         half_recovery_step=half_step,
-        duration_points=max(1, len(ser)),
+        duration_points=max(1, n_ser),
         quick=quick,
         before_value=before_value,
         before_step=before_step,
@@ -1027,7 +1091,7 @@ def _lr_profile(ctx: Context) -> LrProfile:
         # not a discontinuity: the biggest step was within the trend
         jump, jump_step, jump_from, jump_to = 1.0, None, nan, nan
     jump_lag = None if jump_step is None else start - jump_step
-    prev_max = float(a.running("lr", "max")[len(older) - 1]) if len(older) else nan
+    prev_max = a.running_at("lr", "max", len(older) - 1) if len(older) else nan
     # the first warmup: a climb from the first logged LR to the highest LR so far
     first_peak = bool(k == 0 and reached_i >= 1)
     resume: Restart | None = None
@@ -1041,7 +1105,8 @@ def _lr_profile(ctx: Context) -> LrProfile:
             lr_before_resume = float(prior.values[-1]) if len(prior) else nan
     lv = look.values
     flat = bool(lv.min() > 0 and lv.max() <= 1.05 * lv.min()) if len(lv) else True
-    return LrProfile(
+    return _make(
+        LrProfile,
         constant=constant,
         flat=flat,
         ref=float(ref),
@@ -1162,7 +1227,8 @@ def _grad_profile(ctx: Context, g: Series) -> GradProfile:
             j = stretch_start(lambda lo, hi: vals[lo:hi] <= low, n_hist)
             if j < n_hist:
                 stretch = int(start - fg.steps[j])
-    return GradProfile(
+    return _make(
+        GradProfile,
         base=base,
         pre_ratio=pre_ratio,
         pre_step=pre_step,
@@ -1254,14 +1320,12 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
         after_cal = prep.after_cal
         before = after_cal.before(window[0])
         nb = len(before)
-        ceiling = float(prep.cal_max[nb - 1]) if nb else float(scale.values[0])
-        pre_min = float(prep.cal_min[nb - 1]) if nb else float("nan")
+        ceiling = prep.cal_max.at(nb - 1) if nb else float(scale.values[0])
+        pre_min = prep.cal_min.at(nb - 1) if nb else float("nan")
         win = scale.between(window[0] - 1 if len(before) == 0 else int(before.steps[-1]),
                             window[1])
         if len(before):
-            win = Series(np.concatenate([before.steps[-1:], win.steps]),
-                         np.concatenate([before.values[-1:], win.values]))
-            win = Series(*_dedupe(win.steps, win.values))
+            win = _with_point_before(before, win)
         wv = win.values
         if len(wv):
             scale_before = float(wv[0])
@@ -1295,8 +1359,11 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
         st = after_cal.steps[1:]
         a_ = int(st.searchsorted(window[0], side="left"))
         b_ = int(st.searchsorted(window[1], side="right"))
-        routine_cuts = int(prep.cut_cum[-1] - (prep.cut_cum[b_] - prep.cut_cum[a_]))
-        span_steps = int(prep.gap_cum[-1] - (prep.gap_cum[b_] - prep.gap_cum[a_]))
+        cuts_in = int(prep.cut_at.searchsorted(b_, "left") - prep.cut_at.searchsorted(a_, "left"))
+        routine_cuts = len(prep.cut_at) - cuts_in
+        # the steps between logged points add up to the distance between their ends
+        s_ = after_cal.steps
+        span_steps = int(s_[-1] - s_[0]) - int(s_[b_] - s_[a_]) if len(s_) else 0
     skips = 0
     nonfinite_skipped = 0
     routine_skips = 0
@@ -1330,7 +1397,8 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
     else:
         rate = 0.0
     wsteps = max(1, window[1] - window[0] + 1)
-    return ScaleProfile(
+    return _make(
+        ScaleProfile,
         has_scale=scale is not None,
         has_skip=skip is not None,
         dynamic=dynamic,
@@ -1371,10 +1439,9 @@ class _ScaleRun:
     dynamic: bool
     calib: int | None
     after_cal: Series  # the scale after calibration
-    cal_max: np.ndarray  # running max / min of after_cal
-    cal_min: np.ndarray
-    cut_cum: np.ndarray  # running count of cuts (entry i: cuts among the first i steps)
-    gap_cum: np.ndarray  # running sum of the steps between logged scale points
+    cal_max: PrefixExtreme  # running max / min of after_cal
+    cal_min: PrefixExtreme
+    cut_at: np.ndarray  # the cuts: positions j of after_cal.values[j + 1] < [j], ascending
 
 
 def _scale_run(a: RunArrays) -> _ScaleRun | None:
@@ -1403,10 +1470,9 @@ def _scale_run(a: RunArrays) -> _ScaleRun | None:
             scale=scale, skip=skip, inc=inc,
             inc_total=float(inc.values.sum()) if inc is not None else 0.0,
             dynamic=dynamic, calib=calib, after_cal=after_cal,
-            cal_max=np.maximum.accumulate(v) if len(v) else v,
-            cal_min=np.minimum.accumulate(v) if len(v) else v,
-            cut_cum=np.concatenate([[0], np.cumsum(d < 0)]),
-            gap_cum=np.concatenate([[0], np.cumsum(np.diff(after_cal.steps))]),
+            cal_max=PrefixExtreme(v, "max"),
+            cal_min=PrefixExtreme(v, "min"),
+            cut_at=(d < 0).nonzero()[0],
         )
     a.misc["scale"] = out
     return out
@@ -1452,6 +1518,20 @@ def _storm_start(scale: Series | None, inc: Series | None, lo: int, limit: int) 
             break
         lo = int(back.steps[0])
     return lo
+
+
+def _with_point_before(before: Series, win: Series) -> Series:
+    """`win` with the last point of `before` put first, one point per step (the first of
+    each step kept, `_dedupe`). `win` starts at that point's step in the usual case and has
+    one point per step: the result is then `win` with its first value replaced, one copy
+    instead of two concatenations and a dedupe."""
+    ws, wv = win.steps, win.values
+    if len(ws) and ws[0] == before.steps[-1] and bool((ws[1:] > ws[:-1]).all()):
+        out = wv.copy()
+        out[0] = before.values[-1]
+        return Series(ws, out)
+    return Series(*_dedupe(np.concatenate([before.steps[-1:], ws]),
+                           np.concatenate([before.values[-1:], wv])))
 
 
 def _dedupe(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1545,14 +1625,20 @@ def evidence(
     """An Evidence with a clipped, rounded score and JSON-safe facts."""
     clean: dict[str, Any] = {}
     for k, v in facts.items():
-        if isinstance(v, bool) or v is None or isinstance(v, str):
+        t = type(v)
+        # the exact builtin types first (most facts): what the general tests below give them
+        if t is float:
+            clean[k] = v if math.isfinite(v) else None
+        elif t is int or t is str or t is bool or v is None:
+            clean[k] = v
+        elif isinstance(v, bool) or isinstance(v, str):
             clean[k] = v
         elif isinstance(v, (int, np.integer)):
             clean[k] = int(v)
         else:
             clean[k] = num(float(v))
-    return Evidence(cause=cause, score=round(clip01(score), 3), summary=summary,
-                    evidence=clean, remedy=remedy)
+    return _make(Evidence, cause=cause, score=round(clip01(score), 3), summary=summary,
+                 evidence=clean, remedy=remedy)
 
 
 def restart_advice(ctx: Context) -> tuple[int, int, int]:

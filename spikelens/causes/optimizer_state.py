@@ -69,7 +69,7 @@ def _loss_collapse(ctx: Context) -> float:
         return 1.0
     fl = ctx.arrays.finite("loss")
     n = fl.pos(ctx.event.start_step) if fl is not None else 0
-    if n < 8 or ctx.arrays.running("loss", "min")[n - 1] <= 0:
+    if n < 8 or ctx.arrays.running_at("loss", "min", n - 1) <= 0:
         return 1.0
     level = history_level(ctx.arrays, "loss", n, ctx.config.window)
     return level / shape.base
