@@ -182,3 +182,17 @@ def test_evidence_facts_by_exact_type_are_the_general_ones() -> None:
     got = evidence("c", 0.5, "s", facts, "r").evidence
     assert repr(got) == repr(plain)
     assert [type(x) for x in got.values()] == [type(x) for x in plain.values()]
+
+
+def test_row_medians_from_a_sort_are_numpys_medians() -> None:
+    from spikelens.causes._window import row_medians
+
+    rng = np.random.default_rng(65)
+    for trial in range(300):
+        k = int(rng.choice([1, 2, 5, 6, 99, 100]))
+        rows = int(rng.integers(1, 40))
+        x = rng.choice([-1.0, -0.0, 0.0, 0.5, 2.0, 1e300], (rows, k))
+        if trial % 2:
+            x = rng.standard_normal((rows, k)) * 10.0 ** rng.integers(-5, 5)
+        got, want = row_medians(x), np.median(x, axis=1)
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes()

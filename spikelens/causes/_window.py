@@ -327,6 +327,21 @@ def stretch_start(test: Callable[[int, int], np.ndarray], end: int, floor: int =
     return j
 
 
+def row_medians(x: np.ndarray) -> np.ndarray:
+    """`np.median(x, axis=1)` of a 2-D array of finite values, bit for bit: numpy's median
+    is the mean of the middle one or two values of a partition of each row, and a sort puts
+    the same values there (a row sort is vectorised, several times faster than the
+    partition on a whole run's blocks). A zero median goes to numpy itself, as in
+    `median_of` (which of 0.0 and -0.0 lands in the middle depends on the algorithm)."""
+    k = x.shape[1]
+    h = k // 2
+    s = np.sort(x, axis=1)
+    med: np.ndarray = np.mean(s[:, h - 1:h + 1] if k % 2 == 0 else s[:, h:h + 1], axis=1)
+    if not bool((med != 0).all()):
+        return np.asarray(np.median(x, axis=1))
+    return med
+
+
 class PrefixExtreme:
     """The running maximum (or minimum) of a finite array at any index, `float(np.maximum.
     accumulate(v)[i])`, from the extremes of blocks of `_BLOCK` values: a per-run
@@ -412,7 +427,7 @@ class RunArrays:
             f = self.finite(role)
             v = f.values if f is not None else np.empty(0)
             n = len(v) // k * k
-            med = np.median(v[:n].reshape(-1, k), axis=1) if n else np.empty(0)
+            med = row_medians(v[:n].reshape(-1, k)) if n else np.empty(0)
             self._blocks[key] = np.maximum.accumulate(med) if len(med) else med
         return self._blocks[key]
 
@@ -427,8 +442,11 @@ class RunArrays:
         """(values over the frame index, first finite row, sorted logged-NaN steps)."""
         if col not in self._cols:
             v = self.run.frame[col].to_numpy(dtype=np.float64)
-            fin = np.isfinite(v)
-            first = int(fin.argmax()) if len(v) and fin.any() else len(v)
+            if len(v) and math.isfinite(v[0]):
+                first = 0  # the usual case, without a pass over the column
+            else:
+                fin = np.isfinite(v)
+                first = int(fin.argmax()) if len(v) and fin.any() else len(v)
             nan_at = np.sort(np.asarray(self.run.nan_steps.get(col, ()), dtype=np.int64))
             self._cols[col] = (v, first, nan_at)
         return self._cols[col]
@@ -954,7 +972,7 @@ def _loss_shape(ctx: Context) -> LossShape | None:
             decaying = bool(h >= 2 and first >= 1.5 * max(second, 1e-12))
         # a gap in the log between the peak and the point the loss came back at
         span = np.concatenate([[ev.peak_step], after.steps[:max(elevated, 1) + 1]])
-        d = np.diff(span)
+        d = span[1:] - span[:-1]  # np.diff's own subtraction, without its call overhead
         big = (d > max(3 * interval, 10)).nonzero()[0]
         if len(big):
             gap = (int(span[big[0]]), int(span[big[0] + 1]))
@@ -1654,7 +1672,7 @@ def restart_advice(ctx: Context) -> tuple[int, int, int]:
 def sentence(parts: Sequence[str], sep: str = "; ") -> str:
     """Join clauses into one sentence: first letter upper-cased (the rest untouched, so
     "LR" stays "LR"), one final period."""
-    text = sep.join(p.strip().rstrip(".") for p in parts if p.strip())
+    text = sep.join([q.rstrip(".") for p in parts if (q := p.strip())])
     if not text:
         return ""
     return text[0].upper() + text[1:] + "."

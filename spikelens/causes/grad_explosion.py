@@ -32,7 +32,6 @@ from spikelens.causes._window import (
     sentence,
     span_words,
     stale_flags,
-    usable,
 )
 from spikelens.metrics import normalise
 from spikelens.model import Event, Evidence, Run, Skipped
@@ -58,7 +57,7 @@ def _surge(ctx: Context, base: float) -> Surge | None:
     """Scan the rise (start to peak, at most 50 logged points): the point where the grad
     norm's growth most exceeds the loss's. A bad batch raises both by a similar factor on the
     same step; an explosion shows the grad norm far ahead while the loss is still low."""
-    shape, loss, g = ctx.shape, ctx.loss, usable(ctx.run, "grad_norm")[0]
+    shape, loss, g = ctx.shape, ctx.loss, ctx.arrays.usable("grad_norm")[0]
     if shape is None or loss is None or g is None or not base > 0:
         return None
     ev = ctx.event
@@ -186,7 +185,7 @@ def _damage_without_grads(run: Run, event: Event, ctx: Context, why: str) -> Evi
 
 
 def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
-    s, why = usable(run, "grad_norm")
+    s, why = ctx.arrays.usable("grad_norm")
     if s is None:
         return _damage_without_grads(run, event, ctx, why)
     p = ctx.grad

@@ -24,7 +24,6 @@ from spikelens.causes._window import (
     median_of,
     restart_advice,
     sentence,
-    usable,
 )
 from spikelens.model import Event, Evidence, Run, Skipped
 
@@ -45,7 +44,7 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
     if nf.last_finite_loss is not None and nf.step > event.start_step and math.isfinite(base):
         e = excursion(nf.last_finite_loss, base)
         loss_prec = math.exp(e) if math.isfinite(e) else 1.0
-    g, _ = usable(run, "grad_norm")
+    g, _ = ctx.arrays.usable("grad_norm")
     grad_prec = 1.0
     grad_base = float("nan")
     if g is not None:
