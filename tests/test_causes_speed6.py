@@ -1,23 +1,38 @@
-"""The per-event shortcuts of the cause profiles (issue 10, seventh round) give exactly what
-the plain numpy computations they replace give: stale copies flagged in Python, the grad
-profile's precursor window and rise onset in Python floats. Exact equality (repr of every
-number, so 0.0 and -0.0 differ), on seeded data with NaN, infinities, zeros and empty or
-short windows."""
+"""The per-event and per-run shortcuts of the cause profiles (issue 10, seventh round) give
+exactly what the plain numpy computations they replace give: stale copies flagged in Python,
+the grad profile's precursor window and rise onset in Python floats, running extremes from
+block extremes, the loss-scale routine counts without running sums, the scale window's first
+point without concatenate + dedupe, frozen dataclasses built at once, evidence facts by exact
+type, block medians from a row sort. Exact equality (repr or bytes, so 0.0 and -0.0 differ),
+on seeded data with NaN, infinities, zeros and empty, short or block-edge windows."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
+import pytest
 
 from spikelens.causes._window import (
+    _BLOCK,
     PRECURSOR_POINTS,
+    GradProfile,
+    LossShape,
+    PrefixExtreme,
     Series,
+    _dedupe,
+    _make,
+    _with_point_before,
+    evidence,
+    num,
     onset_peak,
     precursor_scan,
+    row_medians,
     stale_flags,
     stale_mask,
 )
+from spikelens.model import Evidence
 
 
 def _values(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -48,7 +63,8 @@ def _plain_precursor(pre_all: Series, base: float, thr: float
     if len(pv):
         stale = stale_mask(pre_all.values[-(PRECURSOR_POINTS + 2):])[-len(pv):]
         pv = np.where(stale, np.nan, pv)
-    ratios = pv / base if base > 0 else np.full(len(pv), np.nan)
+    with np.errstate(invalid="ignore"):  # inf / inf for the infinite base: NaN, as wanted
+        ratios = pv / base if base > 0 else np.full(len(pv), np.nan)
     fr = np.where(np.isfinite(ratios), ratios, 0.0)
     pre_ratio = float(np.max(fr)) if len(fr) else 1.0
     pre_step = int(steps[int(np.argmax(fr))]) if len(fr) else None
@@ -80,8 +96,6 @@ def test_precursor_window_and_onset_in_python_are_the_numpy_ones() -> None:
 
 
 def test_prefix_extremes_from_blocks_are_the_accumulate() -> None:
-    from spikelens.causes._window import _BLOCK, PrefixExtreme
-
     rng = np.random.default_rng(62)
     for trial in range(60):
         n = int(rng.choice([1, 2, _BLOCK - 1, _BLOCK, _BLOCK + 1, 3 * _BLOCK + 17]))
@@ -122,8 +136,6 @@ def test_scale_cut_counts_and_spans_without_running_sums() -> None:
 
 
 def test_point_before_the_scale_window_is_the_concatenation_deduped() -> None:
-    from spikelens.causes._window import _dedupe, _with_point_before
-
     rng = np.random.default_rng(64)
     for _ in range(2000):
         n = int(rng.integers(0, 12))
@@ -140,20 +152,13 @@ def test_point_before_the_scale_window_is_the_concatenation_deduped() -> None:
 
 
 def test_frozen_profiles_built_at_once_are_the_constructors() -> None:
-    import dataclasses
-
-    import pytest
-
-    from spikelens.causes._window import GradProfile, LossShape, _make
-    from spikelens.model import Evidence
-
     for cls in (LossShape, GradProfile, Evidence):
         kw = {f.name: (i if i % 2 else f"v{i}") for i, f in
-              enumerate(dataclasses.fields(cls))}  # type: ignore[arg-type]
+              enumerate(dataclasses.fields(cls))}
         made = _make(cls, **kw)
         assert made == cls(**kw) and repr(made) == repr(cls(**kw))
         with pytest.raises(dataclasses.FrozenInstanceError):
-            made.cause = "x"  # type: ignore[union-attr]
+            made.cause = "x"  # type: ignore[attr-defined]
         extra = dict(kw, bogus=1)
         with pytest.raises(TypeError):
             _make(cls, **extra)
@@ -163,8 +168,6 @@ def test_frozen_profiles_built_at_once_are_the_constructors() -> None:
 
 
 def test_evidence_facts_by_exact_type_are_the_general_ones() -> None:
-    from spikelens.causes._window import evidence, num
-
     class _F(float):
         pass
 
@@ -178,15 +181,13 @@ def test_evidence_facts_by_exact_type_are_the_general_ones() -> None:
         elif isinstance(v, (int, np.integer)):
             plain[k] = int(v)
         else:
-            plain[k] = num(float(v))  # type: ignore[arg-type]
+            plain[k] = num(float(v))
     got = evidence("c", 0.5, "s", facts, "r").evidence
     assert repr(got) == repr(plain)
     assert [type(x) for x in got.values()] == [type(x) for x in plain.values()]
 
 
 def test_row_medians_from_a_sort_are_numpys_medians() -> None:
-    from spikelens.causes._window import row_medians
-
     rng = np.random.default_rng(65)
     for trial in range(300):
         k = int(rng.choice([1, 2, 5, 6, 99, 100]))
