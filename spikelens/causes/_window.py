@@ -9,12 +9,13 @@ of writing numbers into a sentence."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -34,6 +35,26 @@ LR_JUMP = 1.5
 #: ln(256,000), the uniform-guess loss of the largest vocabularies in common use: an LM's
 #: per-token loss above twice this on one whole batch is not data, it is damage.
 LARGEST_UNIFORM = math.log(256_000)
+
+
+_T = TypeVar("_T")
+_FIELDS: dict[type, frozenset[str]] = {}
+
+
+def _make(cls: type[_T], **fields: Any) -> _T:
+    """`cls(**fields)` for a frozen dataclass, with every field given: the instance's
+    __dict__ filled at once. A frozen dataclass's __init__ sets each field through
+    object.__setattr__ (about 0.4 us a field: 10 us for `LossShape`'s 23), for several
+    profiles per event; the instance is just as frozen. A missing or unknown field is a
+    TypeError, as it is for __init__."""
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = frozenset(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+    if fields.keys() != names:
+        raise TypeError(f"{cls.__name__}: fields {sorted(names ^ fields.keys())} wrong")
+    obj = object.__new__(cls)
+    obj.__dict__.update(fields)
+    return obj
 
 
 class CauseRule(Protocol):
@@ -207,12 +228,33 @@ def stale_mask(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def stale_flags(v: Sequence[float]) -> list[bool]:
+    """`stale_mask` of a short window given as Python floats, as a list: the same tests
+    (equal to the value before, finite, not 0) without numpy's per-call cost, which is most
+    of the work on the dozen values of a precursor window."""
+    n = len(v)
+    out = [False] * n
+    if n < 3:
+        return out
+    i = 1
+    while i < n:
+        j = i
+        while j < n and v[j] == v[j - 1] and v[j] != 0 and math.isfinite(v[j]):
+            j += 1
+        if j - i >= 2:  # the first value plus at least two verbatim copies
+            out[i:j] = [True] * (j - i)
+        i = j + 1 if j == i else j
+    return out
+
+
 # ---------------------------------------------------------------------------- series
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False, slots=True)
 class Series:
-    """One role's logged values in step order (logged NaN kept as NaN, inf kept)."""
+    """One role's logged values in step order (logged NaN kept as NaN, inf kept). Read-only
+    by convention: not frozen, because a frozen dataclass's __init__ (object.__setattr__ per
+    field) is most of the cost of the ~20 window slices an event takes."""
 
     steps: np.ndarray  # int64
     values: np.ndarray  # float64
@@ -250,6 +292,10 @@ class Series:
 
     def finite(self) -> Series:
         m = np.isfinite(self.values)
+        if m.all():
+            # nothing to drop (a whole run's loss, most windows): the same arrays, not
+            # copies of them (1M-point roles are copied once per run otherwise)
+            return Series(self.steps, self.values)
         return Series(self.steps[m], self.values[m])
 
     def median(self) -> float | None:
@@ -281,6 +327,52 @@ def stretch_start(test: Callable[[int, int], np.ndarray], end: int, floor: int =
     return j
 
 
+def row_medians(x: np.ndarray) -> np.ndarray:
+    """`np.median(x, axis=1)` of a 2-D array of finite values, bit for bit: numpy's median
+    is the mean of the middle one or two values of a partition of each row, and a sort puts
+    the same values there (a row sort is vectorised, several times faster than the
+    partition on a whole run's blocks). A zero median goes to numpy itself, as in
+    `median_of` (which of 0.0 and -0.0 lands in the middle depends on the algorithm)."""
+    k = x.shape[1]
+    h = k // 2
+    s = np.sort(x, axis=1)
+    med: np.ndarray = np.mean(s[:, h - 1:h + 1] if k % 2 == 0 else s[:, h:h + 1], axis=1)
+    if not bool((med != 0).all()):
+        return np.asarray(np.median(x, axis=1))
+    return med
+
+
+class PrefixExtreme:
+    """The running maximum (or minimum) of a finite array at any index, `float(np.maximum.
+    accumulate(v)[i])`, from the extremes of blocks of `_BLOCK` values: a per-run
+    preparation of one reduceat instead of an accumulate over the whole run (1M values: about
+    1 ms against 4), and two numpy calls per question. Max and min are exact, so the value is
+    the same double; a zero is asked of the accumulate itself (which of 0.0 and -0.0 it keeps
+    depends on its order)."""
+
+    def __init__(self, v: np.ndarray, how: str) -> None:
+        self.v = v
+        self.op = np.maximum if how == "max" else np.minimum
+        self.high = how == "max"
+        blocks = self.op.reduceat(v, np.arange(0, len(v), _BLOCK)) if len(v) else v
+        self.prefix = self.op.accumulate(blocks) if len(blocks) else blocks
+        self._full: np.ndarray | None = None
+
+    def at(self, i: int) -> float:
+        """The extreme of v[0..i] (0 <= i < len(v))."""
+        b = i // _BLOCK
+        part = self.v[b * _BLOCK:i + 1]
+        m = float(part.max() if self.high else part.min())
+        if b:
+            p = float(self.prefix[b - 1])
+            m = (p if p > m else m) if self.high else (p if p < m else m)
+        if m == 0:
+            if self._full is None:
+                self._full = self.op.accumulate(self.v)
+            return float(self._full[i])
+        return m
+
+
 class RunArrays:
     """Per-run numpy arrays prepared once and shared by every event of the run: each role's
     logged series, its finite part, running maxima/minima and block medians, skip increments,
@@ -293,7 +385,6 @@ class RunArrays:
         self._series: dict[str, Series | None] = {}
         self._finite: dict[str, Series | None] = {}
         self._usable: dict[str, tuple[Series | None, str]] = {}
-        self._prefix: dict[tuple[str, str], np.ndarray] = {}
         self._blocks: dict[tuple[str, int], np.ndarray] = {}
         self._inc: dict[str, Series | None] = {}
         self._cols: dict[str, tuple[np.ndarray, int, np.ndarray]] = {}
@@ -318,15 +409,15 @@ class RunArrays:
             self._usable[role] = _usable(self, role)
         return self._usable[role]
 
-    def running(self, role: str, how: str) -> np.ndarray:
-        """Running max ("max") or min ("min") of the role's finite values."""
-        key = (role, how)
-        if key not in self._prefix:
+    def running_at(self, role: str, how: str, i: int) -> float:
+        """The running max (`how` "max") or min ("min") of the role's finite values at index
+        `i`: `float(np.maximum.accumulate(values)[i])`, from blocks (`PrefixExtreme`)."""
+        key = f"prefix:{role}:{how}"
+        if key not in self.misc:
             f = self.finite(role)
-            v = f.values if f is not None else np.empty(0)
-            op = np.maximum if how == "max" else np.minimum
-            self._prefix[key] = op.accumulate(v) if len(v) else v
-        return self._prefix[key]
+            self.misc[key] = PrefixExtreme(f.values if f is not None else np.empty(0), how)
+        got: PrefixExtreme = self.misc[key]
+        return got.at(i)
 
     def block_levels(self, role: str, k: int) -> np.ndarray:
         """Running max of the medians of consecutive blocks of `k` finite values (from the
@@ -336,7 +427,7 @@ class RunArrays:
             f = self.finite(role)
             v = f.values if f is not None else np.empty(0)
             n = len(v) // k * k
-            med = np.median(v[:n].reshape(-1, k), axis=1) if n else np.empty(0)
+            med = row_medians(v[:n].reshape(-1, k)) if n else np.empty(0)
             self._blocks[key] = np.maximum.accumulate(med) if len(med) else med
         return self._blocks[key]
 
@@ -351,8 +442,11 @@ class RunArrays:
         """(values over the frame index, first finite row, sorted logged-NaN steps)."""
         if col not in self._cols:
             v = self.run.frame[col].to_numpy(dtype=np.float64)
-            fin = np.flatnonzero(np.isfinite(v))
-            first = int(fin[0]) if len(fin) else len(v)
+            if len(v) and math.isfinite(v[0]):
+                first = 0  # the usual case, without a pass over the column
+            else:
+                fin = np.isfinite(v)
+                first = int(fin.argmax()) if len(v) and fin.any() else len(v)
             nan_at = np.sort(np.asarray(self.run.nan_steps.get(col, ()), dtype=np.int64))
             self._cols[col] = (v, first, nan_at)
         return self._cols[col]
@@ -417,6 +511,29 @@ class RunArrays:
             rows = parts[0] if len(parts) == 1 else np.unique(np.concatenate(parts))
             self.misc[key] = rows
         got: np.ndarray = self.misc[key]
+        return got
+
+    def all_bad_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every column's `bad_rows` merged, prepared once per run: (rows sorted, the
+        position in `columns()` of the column each row belongs to, each column's first
+        finite row). An event whose window holds no bad row of any column (nearly every
+        event) is then two searchsorted calls instead of three calls per column."""
+        if "all_bad_rows" not in self.misc:
+            cols = self.columns()
+            parts = [self.bad_rows(c) for c in cols]
+            rows = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+            owner = np.repeat(np.arange(len(cols), dtype=np.int64), [len(p) for p in parts])
+            order = np.argsort(rows, kind="stable")
+            first = np.array([self.column(c)[1] for c in cols], dtype=np.int64)
+            self.misc["all_bad_rows"] = (rows[order].astype(np.int64), owner[order], first)
+        got: tuple[np.ndarray, np.ndarray, np.ndarray] = self.misc["all_bad_rows"]
+        return got
+
+    def role_of_column(self) -> dict[str, str]:
+        """Column name -> role, for the columns that have one (built once per run)."""
+        if "role_of_column" not in self.misc:
+            self.misc["role_of_column"] = {col: role for role, col in self.run.roles.items()}
+        got: dict[str, str] = self.misc["role_of_column"]
         return got
 
     def _rows_of(self, steps: np.ndarray) -> np.ndarray:
@@ -773,7 +890,7 @@ def excursion(v: float, base: float) -> float:
 
 def excursions(v: np.ndarray, base: float) -> np.ndarray:
     """`excursion` of every value, vectorised (the common case: positive loss and base)."""
-    if base > 0 and len(v) and bool(np.all(np.isfinite(v) & (v > 0))):
+    if base > 0 and len(v) and bool((np.isfinite(v) & (v > 0)).all()):
         out: np.ndarray = np.log(v / base)
         return out
     return np.array([excursion(float(x), base) for x in v])
@@ -784,16 +901,23 @@ def _loss_shape(ctx: Context) -> LossShape | None:
     if loss is None or len(loss) == 0:
         return None
     ev = ctx.event
-    pre = loss.before(ev.start_step, ctx.config.window).finite()
+    # the event's points found once by position (the windows below are slices between
+    # them: `before`, `between` and `after` would search the same steps again)
+    ls, lv = loss.steps, loss.values
+    i_start = int(ls.searchsorted(ev.start_step, "left"))
+    i_end = int(ls.searchsorted(ev.end_step, "right"))
+    i_peak = int(ls.searchsorted(ev.peak_step, "left"))
+    i_past = int(ls.searchsorted(ev.peak_step, "right"))  # first point after the peak
+    w0 = max(0, i_start - ctx.config.window)
+    pre = Series(ls[w0:i_start], lv[w0:i_start]).finite()
     base = ev.baseline if ev.baseline is not None else pre.median()
     if base is None:
         base = float("nan")
-    ser = loss.between(ev.start_step, ev.end_step)
-    if len(ser) == 0:
+    n_ser = max(0, i_end - i_start)
+    if n_ser == 0:
         return None
-    start_value = float(ser.values[0])
-    pk = loss.between(ev.peak_step, ev.peak_step)
-    peak_value = float(pk.values[0]) if len(pk) else float(np.nanmax(ser.values))
+    start_value = float(lv[i_start])
+    peak_value = float(lv[i_peak]) if i_past > i_peak else float(np.nanmax(lv[i_start:i_end]))
     peak_exc = excursion(peak_value, base)
     start_exc = excursion(start_value, base)
     if math.isinf(peak_exc):
@@ -802,14 +926,15 @@ def _loss_shape(ctx: Context) -> LossShape | None:
         onset_fraction = clip01(start_exc / peak_exc)
     else:
         onset_fraction = 1.0
-    onset_points = len(loss.between(ev.start_step, ev.peak_step)) - 1
-    after = loss.after(ev.peak_step, max(ctx.config.window, 50))
+    onset_points = max(0, i_past - i_start) - 1
+    n_after = max(ctx.config.window, 50)
+    after = Series(ls[i_past:i_past + n_after], lv[i_past:i_past + n_after])
     half: int | None = None
     half_step: int | None = None
     # for a non-finite peak, "half way back" means within 2x of the baseline again
     target = peak_exc / 2 if math.isfinite(peak_exc) else math.log(2.0)
     ex_after = excursions(after.values, base)
-    hit = np.flatnonzero(np.isfinite(ex_after) & (ex_after <= target))
+    hit = (np.isfinite(ex_after) & (ex_after <= target)).nonzero()[0]
     if len(hit):
         half, half_step = int(hit[0]) + 1, int(after.steps[hit[0]])
     interval = max(1, ctx.run.interval)
@@ -834,7 +959,7 @@ def _loss_shape(ctx: Context) -> LossShape | None:
     if math.isfinite(peak_exc) and peak_exc > 0 and base > 0 and len(after):
         exc = ex_after
         ok = np.isfinite(exc)
-        low = np.flatnonzero(ok & (exc <= 0.25 * peak_exc))
+        low = (ok & (exc <= 0.25 * peak_exc)).nonzero()[0]
         elevated = int(low[0]) if len(low) else len(exc)
         if elevated:
             later_ratio = float(math.exp(min(exc[elevated - 1], 50.0))) if ok[elevated - 1] \
@@ -847,8 +972,8 @@ def _loss_shape(ctx: Context) -> LossShape | None:
             decaying = bool(h >= 2 and first >= 1.5 * max(second, 1e-12))
         # a gap in the log between the peak and the point the loss came back at
         span = np.concatenate([[ev.peak_step], after.steps[:max(elevated, 1) + 1]])
-        d = np.diff(span)
-        big = np.flatnonzero(d > max(3 * interval, 10))
+        d = span[1:] - span[:-1]  # np.diff's own subtraction, without its call overhead
+        big = (d > max(3 * interval, 10)).nonzero()[0]
         if len(big):
             gap = (int(span[big[0]]), int(span[big[0] + 1]))
     # the loss of a uniform guess, when the run says its vocabulary
@@ -860,7 +985,7 @@ def _loss_shape(ctx: Context) -> LossShape | None:
     if uniform is not None and base < 0.7 * uniform:
         nxt = after.values[:3]
         nxt = nxt[np.isfinite(nxt)]
-        at_uniform = bool(len(nxt) >= 1 and np.min(nxt) >= 0.9 * uniform)
+        at_uniform = bool(len(nxt) >= 1 and nxt.min() >= 0.9 * uniform)
     # an averaged log (Megatron, HF): what one batch would have needed to lift the mean
     needed = bound = None
     k = interval
@@ -870,7 +995,8 @@ def _loss_shape(ctx: Context) -> LossShape | None:
             bound = 2 * uniform
         elif ctx.run.format == "megatron" and base < LARGEST_UNIFORM:
             bound = 2 * LARGEST_UNIFORM  # an LM loss, vocabulary not logged
-    return LossShape(
+    return _make(
+        LossShape,
         base=float(base),
         start_value=start_value,
         peak_value=peak_value,
@@ -879,7 +1005,7 @@ def _loss_shape(ctx: Context) -> LossShape | None:
         onset_fraction=onset_fraction,
         half_recovery_points=half,
         half_recovery_step=half_step,
-        duration_points=max(1, len(ser)),
+        duration_points=max(1, n_ser),
         quick=quick,
         before_value=before_value,
         before_step=before_step,
@@ -907,13 +1033,15 @@ def lr_jump(full: Series) -> tuple[float, float, int | None, float, float]:
     best_excess = 1.0
     # Python floats (the same IEEE doubles as numpy's, without its per-scalar cost): the
     # values are finite, so max() of a slice is np.max of it
-    v = full.values.tolist()
+    fv = full.values
+    v = fv.tolist()
     # from the third point: a step is judged against the trend of the one before it, and the
-    # first step has none (a warmup's 2e-5 -> 3e-5 is not a 1.5x jump)
-    for i in range(2, len(v)):
+    # first step has none (a warmup's 2e-5 -> 3e-5 is not a 1.5x jump). Only a step up from a
+    # positive LR can be a jump: those are found at once (a decaying or constant LR has none,
+    # and the scan visits nothing)
+    ups: list[int] = (((fv[1:-1] > 0) & (fv[2:] > fv[1:-1])).nonzero()[0] + 2).tolist()
+    for i in ups:
         prev, cur = v[i - 1], v[i]
-        if prev <= 0 or cur <= prev:
-            continue
         # a jump must beat both the trend (a warmup rises every step) and the recent level
         # (climbing back after a drop, as a re-warmup does, is not a discontinuity)
         trend = v[i - 1] / v[i - 2] if v[i - 2] > 0 else 1.0
@@ -949,13 +1077,13 @@ def _lr_profile(ctx: Context) -> LrProfile:
                          nan, False, None, None, nan)
     # the LR at the rise: the highest LR of the last few points (it acts within a few steps)
     recent = Series(look.steps[-PRECURSOR_POINTS:], look.values[-PRECURSOR_POINTS:])
-    at_rise = float(np.max(recent.values))
+    at_rise = float(recent.values.max())
     hv = hist.values
     # where the LR last came up to that level (the last upward crossing), and where the climb
     # to it began (a jump, a re-warmup after a dip, a cosine restart, the first warmup); both
     # scanned back from the rise only as far as the stretch goes
     thr = 0.999 * at_rise
-    hits = np.flatnonzero(hv[-PRECURSOR_POINTS:] >= thr)
+    hits = (hv[-PRECURSOR_POINTS:] >= thr).nonzero()[0]
     last_hit = len(hv) - min(PRECURSOR_POINTS, len(hv)) + int(hits[-1]) if len(hits) else (
         len(hv) - 1)
     reached_i = a.start_at_or_above("lr", last_hit + 1, thr)  # hv is a prefix of fin
@@ -967,12 +1095,12 @@ def _lr_profile(ctx: Context) -> LrProfile:
     # the level the model had been trained at before that climb: the highest LR of the few
     # points before it (after a dip, the LR it had before the dip)
     pre_ramp = hv[max(0, k - PRECURSOR_POINTS):k]
-    ref = float(np.max(pre_ramp)) if len(pre_ramp) else float(hv[k])
+    ref = float(pre_ramp.max()) if len(pre_ramp) else float(hv[k])
     if not ref > 0:
         # a warmup from LR 0 (schedulers log 0 at step 0): measure the climb from its first
         # positive value, not "1.0x"
         ramp = hv[k:reached_i + 1]
-        ref = float(np.min(ramp[ramp > 0])) if np.any(ramp > 0) else nan
+        ref = float(ramp[ramp > 0].min()) if (ramp > 0).any() else nan
     ratio = at_rise / ref if ref > 0 and math.isfinite(ref) else 1.0
     # discontinuity: a logged step whose ratio beats the trend of the step before it
     full = Series(hist.steps[-(h + 2):], hist.values[-(h + 2):])
@@ -981,7 +1109,7 @@ def _lr_profile(ctx: Context) -> LrProfile:
         # not a discontinuity: the biggest step was within the trend
         jump, jump_step, jump_from, jump_to = 1.0, None, nan, nan
     jump_lag = None if jump_step is None else start - jump_step
-    prev_max = float(a.running("lr", "max")[len(older) - 1]) if len(older) else nan
+    prev_max = a.running_at("lr", "max", len(older) - 1) if len(older) else nan
     # the first warmup: a climb from the first logged LR to the highest LR so far
     first_peak = bool(k == 0 and reached_i >= 1)
     resume: Restart | None = None
@@ -994,8 +1122,9 @@ def _lr_profile(ctx: Context) -> LrProfile:
             prior = fin.before(r.resumed_at)
             lr_before_resume = float(prior.values[-1]) if len(prior) else nan
     lv = look.values
-    flat = bool(np.min(lv) > 0 and np.max(lv) <= 1.05 * np.min(lv)) if len(lv) else True
-    return LrProfile(
+    flat = bool(lv.min() > 0 and lv.max() <= 1.05 * lv.min()) if len(lv) else True
+    return _make(
+        LrProfile,
         constant=constant,
         flat=flat,
         ref=float(ref),
@@ -1033,12 +1162,52 @@ def _finite_before(ctx: Context, role: str, step: int) -> np.ndarray:
     return f.before(step).values if f is not None else np.empty(0)
 
 
+def precursor_scan(pre_all: Series, base: float, thr: float
+                   ) -> tuple[list[float], list[int], float, int | None, list[int]]:
+    """The precursor window of the grad profile: the last PRECURSOR_POINTS values before the
+    rise (stale copies as NaN) and their steps, the highest ratio to `base` (non-finite
+    ratios as 0, 1.0 for an empty window) with its step, and the positions of the ratios at
+    or above `thr`. In Python floats (IEEE doubles: the same quotients and comparisons as
+    numpy's, without its per-call cost on ten values)."""
+    pv: list[float] = pre_all.values[-PRECURSOR_POINTS:].tolist()
+    steps: list[int] = pre_all.steps[-PRECURSOR_POINTS:].tolist()
+    if pv:
+        # a value copied verbatim onto skipped steps is stale, not a measurement
+        stale = stale_flags(pre_all.values[-(PRECURSOR_POINTS + 2):].tolist())[-len(pv):]
+        pv = [math.nan if old else x for old, x in zip(stale, pv, strict=True)]
+    fr = [0.0] * len(pv)
+    if base > 0:
+        fr = [r if math.isfinite(r) else 0.0 for r in (x / base for x in pv)]
+    ratio, step = 1.0, None
+    if fr:
+        ratio = max(fr)
+        if ratio == 0:
+            ratio = float(np.max(fr))  # which zero (0.0 or -0.0) np.max keeps
+        step = steps[fr.index(ratio)]  # the first maximum, as np.argmax
+    above = [i for i, r in enumerate(fr) if r >= thr]
+    return pv, steps, ratio, step, above
+
+
+def onset_peak(on: Series, base: float) -> tuple[float, int | None]:
+    """(highest finite value / `base`, its step) over the first 3 points of `on` (the
+    rise): ratio 1.0 when there is none or `base` is not positive, step None when no value is
+    finite. In Python floats, as `precursor_scan`."""
+    onv = [(x, st) for x, st in zip(on.values[:3].tolist(), on.steps[:3].tolist(), strict=True)
+           if math.isfinite(x)]
+    if not onv:
+        return 1.0, None
+    top = max(x for x, _ in onv)
+    if top == 0:
+        top = float(np.max([x for x, _ in onv]))  # which zero (0.0 or -0.0) np.max keeps
+    step = next(st for x, st in onv if x == top)  # the first maximum, as np.argmax
+    return (top / base if base > 0 else 1.0), step
+
+
 def _grad_profile(ctx: Context, g: Series) -> GradProfile:
     ev = ctx.event
     start = ev.start_step
     w = ctx.config.window
     pre_all = g.before(start)
-    pre_win = Series(pre_all.steps[-PRECURSOR_POINTS:], pre_all.values[-PRECURSOR_POINTS:])
     older = Series(pre_all.steps[:-PRECURSOR_POINTS], pre_all.values[:-PRECURSOR_POINTS])
     base_win = Series(older.steps[-w:], older.values[-w:]).finite()
     ref_vals = base_win.values
@@ -1049,32 +1218,19 @@ def _grad_profile(ctx: Context, g: Series) -> GradProfile:
     else:
         # a short excerpt: the lowest value before the rise is the pre-ramp level
         fin = _finite_before(ctx, "grad_norm", start)
-        base = float(np.min(fin)) if len(fin) else float("nan")
+        base = float(fin.min()) if len(fin) else float("nan")
     if not (base > 0):
         pos = _finite_before(ctx, "grad_norm", start)
         pos = pos[pos > 0]
-        base = float(np.min(pos)) if len(pos) else float("nan")
+        base = float(pos.min()) if len(pos) else float("nan")
     p50, p99 = _percentiles_sorted(ref_vals, ref_sorted, (50, 99)) if len(ref_vals) else (
         base, float("nan"))
     thr = GRAD_PRECURSOR
     if len(base_win) >= 20 and base > 0 and math.isfinite(p99):
         thr = max(GRAD_PRECURSOR, 1.5 * p99 / base)
-    pv = pre_win.values
-    if len(pv):
-        # a value copied verbatim onto skipped steps is stale, not a measurement
-        stale = stale_mask(pre_all.values[-(PRECURSOR_POINTS + 2):])[-len(pv):]
-        pv = np.where(stale, np.nan, pv)
-    ratios = pv / base if base > 0 else np.full(len(pv), np.nan)
-    fr = np.where(np.isfinite(ratios), ratios, 0.0)
-    pre_ratio = float(np.max(fr)) if len(fr) else 1.0
-    pre_step = int(pre_win.steps[int(np.argmax(fr))]) if len(fr) else None
-    above = np.flatnonzero(fr >= thr)
-    first_lead = int(pre_win.steps[above[0]]) if len(above) else None
-    on = g.between(start, ev.end_step)
-    on = Series(on.steps[:3], on.values[:3])
-    onv = on.values[np.isfinite(on.values)]
-    onset_ratio = float(np.max(onv) / base) if len(onv) and base > 0 else 1.0
-    onset_step = int(on.steps[np.isfinite(on.values)][int(np.argmax(onv))]) if len(onv) else None
+    pv, pre_steps, pre_ratio, pre_step, above = precursor_scan(pre_all, base, thr)
+    first_lead = pre_steps[above[0]] if above else None
+    onset_ratio, onset_step = onset_peak(g.between(start, ev.end_step), base)
     # the run's own earlier grad level: the highest trailing median before the event
     fg = ctx.arrays.finite("grad_norm")
     assert fg is not None
@@ -1089,7 +1245,8 @@ def _grad_profile(ctx: Context, g: Series) -> GradProfile:
             j = stretch_start(lambda lo, hi: vals[lo:hi] <= low, n_hist)
             if j < n_hist:
                 stretch = int(start - fg.steps[j])
-    return GradProfile(
+    return _make(
+        GradProfile,
         base=base,
         pre_ratio=pre_ratio,
         pre_step=pre_step,
@@ -1103,8 +1260,8 @@ def _grad_profile(ctx: Context, g: Series) -> GradProfile:
         p50=p50,
         p99=p99,
         base_points=len(base_win),
-        pre_values=tuple(pv.tolist()),  # Python floats, as float() of each gives
-        pre_steps=tuple(pre_win.steps.tolist()),
+        pre_values=tuple(pv),  # Python floats, as float() of each gives
+        pre_steps=tuple(pre_steps),
     )
 
 
@@ -1181,18 +1338,16 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
         after_cal = prep.after_cal
         before = after_cal.before(window[0])
         nb = len(before)
-        ceiling = float(prep.cal_max[nb - 1]) if nb else float(scale.values[0])
-        pre_min = float(prep.cal_min[nb - 1]) if nb else float("nan")
+        ceiling = prep.cal_max.at(nb - 1) if nb else float(scale.values[0])
+        pre_min = prep.cal_min.at(nb - 1) if nb else float("nan")
         win = scale.between(window[0] - 1 if len(before) == 0 else int(before.steps[-1]),
                             window[1])
         if len(before):
-            win = Series(np.concatenate([before.steps[-1:], win.steps]),
-                         np.concatenate([before.values[-1:], win.values]))
-            win = Series(*_dedupe(win.steps, win.values))
+            win = _with_point_before(before, win)
         wv = win.values
         if len(wv):
             scale_before = float(wv[0])
-            scale_min = float(np.min(wv))
+            scale_min = float(wv.min())
         # a cut that still leaves the scale above its earlier ceiling is the scaler
         # re-calibrating after a reset, not an overflow problem of this run (the cuts are
         # found at once; the loop visits them in order, as a scan of the window did)
@@ -1211,8 +1366,8 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
         if first_cut is not None:
             held = win.before(first_cut).values
             if len(held):
-                floor = float(np.min(held)) if not math.isfinite(pre_min) else min(
-                    pre_min, float(np.min(held)))
+                floor = float(held.min()) if not math.isfinite(pre_min) else min(
+                    pre_min, float(held.min()))
         if math.isfinite(floor) and floor > 0 and math.isfinite(scale_min):
             # a scale of 0 is the deepest collapse there is (OPT's "loss scalar crashing")
             depth = max(0.0, math.log2(floor / scale_min)) if scale_min > 0 else 64.0
@@ -1222,8 +1377,11 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
         st = after_cal.steps[1:]
         a_ = int(st.searchsorted(window[0], side="left"))
         b_ = int(st.searchsorted(window[1], side="right"))
-        routine_cuts = int(prep.cut_cum[-1] - (prep.cut_cum[b_] - prep.cut_cum[a_]))
-        span_steps = int(prep.gap_cum[-1] - (prep.gap_cum[b_] - prep.gap_cum[a_]))
+        cuts_in = int(prep.cut_at.searchsorted(b_, "left") - prep.cut_at.searchsorted(a_, "left"))
+        routine_cuts = len(prep.cut_at) - cuts_in
+        # the steps between logged points add up to the distance between their ends
+        s_ = after_cal.steps
+        span_steps = int(s_[-1] - s_[0]) - int(s_[b_] - s_[a_]) if len(s_) else 0
     skips = 0
     nonfinite_skipped = 0
     routine_skips = 0
@@ -1231,7 +1389,7 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
     if skip is not None and inc_all is not None:
         inc = inc_all
         w = inc.between(window[0], window[1])
-        skips = int(round(float(np.sum(w.values))))
+        skips = int(round(float(w.values.sum())))
         # another column of the log may count the same skips its own way (DeepSpeed prints
         # an `OVERFLOW!` line per skipped step and a running `skipped=K` on its step lines):
         # every skipped step the log shows counts, so the larger count wins
@@ -1239,7 +1397,7 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
             ew = extra.between(window[0], window[1])
             if calib is not None:
                 ew = ew.between(calib + 1, 2**62)
-            skips = max(skips, int(round(float(np.sum(ew.values)))))
+            skips = max(skips, int(round(float(ew.values.sum()))))
         if loss is not None:
             # only a loss *logged* as inf/NaN counts: Megatron prints no loss at all on a
             # skipped iteration, and a missing value is not a non-finite one
@@ -1248,7 +1406,7 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
                     at = loss.between(int(st_), int(st_))
                     if len(at) and not math.isfinite(float(at.values[0])):
                         nonfinite_skipped += 1
-        routine_skips = int(round(float(prep.inc_total - np.sum(w.values))))
+        routine_skips = int(round(float(prep.inc_total - w.values.sum())))
         skip_span = int(inc.steps[-1] - inc.steps[0]) if len(inc) > 1 else 0
     if scale is not None and span_steps > 0:
         rate = routine_cuts / span_steps
@@ -1257,7 +1415,8 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
     else:
         rate = 0.0
     wsteps = max(1, window[1] - window[0] + 1)
-    return ScaleProfile(
+    return _make(
+        ScaleProfile,
         has_scale=scale is not None,
         has_skip=skip is not None,
         dynamic=dynamic,
@@ -1283,7 +1442,7 @@ def _scale_profile(ctx: Context) -> ScaleProfile | None:
 def scale_cuts(wv: np.ndarray, ceiling: float) -> list[int]:
     """The positions j >= 1 of `wv` where the scale fell (wv[j] < wv[j - 1]) to at most
     `ceiling`, in order: one vectorised comparison, not a Python scan of the window."""
-    out: list[int] = (np.flatnonzero((wv[1:] < wv[:-1]) & (wv[1:] <= ceiling)) + 1).tolist()
+    out: list[int] = (((wv[1:] < wv[:-1]) & (wv[1:] <= ceiling)).nonzero()[0] + 1).tolist()
     return out
 
 
@@ -1298,10 +1457,9 @@ class _ScaleRun:
     dynamic: bool
     calib: int | None
     after_cal: Series  # the scale after calibration
-    cal_max: np.ndarray  # running max / min of after_cal
-    cal_min: np.ndarray
-    cut_cum: np.ndarray  # running count of cuts (entry i: cuts among the first i steps)
-    gap_cum: np.ndarray  # running sum of the steps between logged scale points
+    cal_max: PrefixExtreme  # running max / min of after_cal
+    cal_min: PrefixExtreme
+    cut_at: np.ndarray  # the cuts: positions j of after_cal.values[j + 1] < [j], ascending
 
 
 def _scale_run(a: RunArrays) -> _ScaleRun | None:
@@ -1328,12 +1486,11 @@ def _scale_run(a: RunArrays) -> _ScaleRun | None:
             inc = inc.between(calib + 1, 2**62)
         out = _ScaleRun(
             scale=scale, skip=skip, inc=inc,
-            inc_total=float(np.sum(inc.values)) if inc is not None else 0.0,
+            inc_total=float(inc.values.sum()) if inc is not None else 0.0,
             dynamic=dynamic, calib=calib, after_cal=after_cal,
-            cal_max=np.maximum.accumulate(v) if len(v) else v,
-            cal_min=np.minimum.accumulate(v) if len(v) else v,
-            cut_cum=np.concatenate([[0], np.cumsum(d < 0)]),
-            gap_cum=np.concatenate([[0], np.cumsum(np.diff(after_cal.steps))]),
+            cal_max=PrefixExtreme(v, "max"),
+            cal_min=PrefixExtreme(v, "min"),
+            cut_at=(d < 0).nonzero()[0],
         )
     a.misc["scale"] = out
     return out
@@ -1381,6 +1538,20 @@ def _storm_start(scale: Series | None, inc: Series | None, lo: int, limit: int) 
     return lo
 
 
+def _with_point_before(before: Series, win: Series) -> Series:
+    """`win` with the last point of `before` put first, one point per step (the first of
+    each step kept, `_dedupe`). `win` starts at that point's step in the usual case and has
+    one point per step: the result is then `win` with its first value replaced, one copy
+    instead of two concatenations and a dedupe."""
+    ws, wv = win.steps, win.values
+    if len(ws) and ws[0] == before.steps[-1] and bool((ws[1:] > ws[:-1]).all()):
+        out = wv.copy()
+        out[0] = before.values[-1]
+        return Series(ws, out)
+    return Series(*_dedupe(np.concatenate([before.steps[-1:], ws]),
+                           np.concatenate([before.values[-1:], wv])))
+
+
 def _dedupe(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if len(steps) < 2:
         return steps, values
@@ -1400,28 +1571,34 @@ def _nonfinite(ctx: Context) -> Nonfinite | None:
     run, ev = ctx.run, ctx.event
     hi = max(ev.peak_step, min(ev.end_step, ev.start_step + 10 * max(1, run.interval)))
     lo = ev.start_step
-    first: dict[str, int] = {}
-    loss_col = run.column("loss")
-    names: dict[str, str] = {col: role for role, col in run.roles.items()}
     arr = ctx.arrays
     idx_all = arr.index
     a = int(idx_all.searchsorted(lo, side="left"))
     b = int(idx_all.searchsorted(hi, side="right"))
+    # the bad rows (an infinity, a logged NaN, a rise of Megatron's NaN-iteration counter) of
+    # every column in the event's window a..b-1, from the rows found once per run
+    rows, owner, first_finite = arr.all_bad_rows()
+    k = int(rows.searchsorted(a, "left"))
+    e = int(rows.searchsorted(b, "left"))
+    if k == e:
+        return None
+    cols = arr.columns()
     nan_col = run.column("nan_count")
-    for col in arr.columns():
-        _, first_finite, _ = arr.column(col)
+    first_row: dict[int, int] = {}
+    for r, c in zip(rows[k:e].tolist(), owner[k:e].tolist(), strict=True):
         # a series that was never finite before the event (a throughput column logged as
         # NaN throughout) did not *go* non-finite here: it is not evidence
-        if col != nan_col and first_finite >= a:
+        if c in first_row or (cols[c] != nan_col and first_finite[c] >= a):
             continue
-        # the column's first non-finite row in the event's window a..b-1 (an infinity, a
-        # logged NaN, a rise of Megatron's NaN-iteration counter), from its rows found once
-        rows = arr.bad_rows(col)
-        k = int(rows.searchsorted(a, "left"))
-        if k < len(rows) and rows[k] < b:
-            first[names.get(col, col)] = int(idx_all[rows[k]])
-    if not first:
+        first_row[c] = r  # rows ascend: the column's first bad row in the window
+    if not first_row:
         return None
+    # in column order, as the names were written when each column was looked at in turn
+    names = arr.role_of_column()
+    first: dict[str, int] = {}
+    for c in sorted(first_row):
+        first[names.get(cols[c], cols[c])] = int(idx_all[first_row[c]])
+    loss_col = run.column("loss")
     step = min(first.values())
     series = tuple(sorted(k for k, v in first.items() if v == step))
     loss = ctx.loss
@@ -1429,7 +1606,7 @@ def _nonfinite(ctx: Context) -> Nonfinite | None:
     last_finite = None
     if loss is not None and loss_col is not None:
         w = loss.between(lo, ev.end_step)
-        nl = int(np.sum(~np.isfinite(w.values)))
+        nl = int((~np.isfinite(w.values)).sum())
         fl = arr.finite("loss")
         prev = fl.before(step) if fl is not None else loss.before(step)
         last_finite = float(prev.values[-1]) if len(prev) else None
@@ -1466,14 +1643,20 @@ def evidence(
     """An Evidence with a clipped, rounded score and JSON-safe facts."""
     clean: dict[str, Any] = {}
     for k, v in facts.items():
-        if isinstance(v, bool) or v is None or isinstance(v, str):
+        t = type(v)
+        # the exact builtin types first (most facts): what the general tests below give them
+        if t is float:
+            clean[k] = v if math.isfinite(v) else None
+        elif t is int or t is str or t is bool or v is None:
+            clean[k] = v
+        elif isinstance(v, bool) or isinstance(v, str):
             clean[k] = v
         elif isinstance(v, (int, np.integer)):
             clean[k] = int(v)
         else:
             clean[k] = num(float(v))
-    return Evidence(cause=cause, score=round(clip01(score), 3), summary=summary,
-                    evidence=clean, remedy=remedy)
+    return _make(Evidence, cause=cause, score=round(clip01(score), 3), summary=summary,
+                 evidence=clean, remedy=remedy)
 
 
 def restart_advice(ctx: Context) -> tuple[int, int, int]:
@@ -1489,7 +1672,7 @@ def restart_advice(ctx: Context) -> tuple[int, int, int]:
 def sentence(parts: Sequence[str], sep: str = "; ") -> str:
     """Join clauses into one sentence: first letter upper-cased (the rest untouched, so
     "LR" stays "LR"), one final period."""
-    text = sep.join(p.strip().rstrip(".") for p in parts if p.strip())
+    text = sep.join([q.rstrip(".") for p in parts if (q := p.strip())])
     if not text:
         return ""
     return text[0].upper() + text[1:] + "."

@@ -24,7 +24,6 @@ from spikelens.causes._window import (
     position,
     restart_advice,
     sentence,
-    usable,
 )
 from spikelens.model import Event, Evidence, Run, Skipped
 
@@ -45,8 +44,8 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
     if damage is not None:
         score *= 0.35
     lr, g, sc, nf = ctx.lr, ctx.grad, ctx.scale, ctx.nonfinite
-    lr_ok = usable(run, "lr")[0] is not None
-    g_ok = usable(run, "grad_norm")[0] is not None
+    lr_ok = ctx.arrays.usable("lr")[0] is not None
+    g_ok = ctx.arrays.usable("grad_norm")[0] is not None
     clean: list[str] = []
     against: list[str] = []
     if damage is not None:

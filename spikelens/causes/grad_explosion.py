@@ -31,8 +31,7 @@ from spikelens.causes._window import (
     restart_advice,
     sentence,
     span_words,
-    stale_mask,
-    usable,
+    stale_flags,
 )
 from spikelens.metrics import normalise
 from spikelens.model import Event, Evidence, Run, Skipped
@@ -58,7 +57,7 @@ def _surge(ctx: Context, base: float) -> Surge | None:
     """Scan the rise (start to peak, at most 50 logged points): the point where the grad
     norm's growth most exceeds the loss's. A bad batch raises both by a similar factor on the
     same step; an explosion shows the grad norm far ahead while the loss is still low."""
-    shape, loss, g = ctx.shape, ctx.loss, usable(ctx.run, "grad_norm")[0]
+    shape, loss, g = ctx.shape, ctx.loss, ctx.arrays.usable("grad_norm")[0]
     if shape is None or loss is None or g is None or not base > 0:
         return None
     ev = ctx.event
@@ -66,9 +65,11 @@ def _surge(ctx: Context, base: float) -> Surge | None:
     gw = Series(gw.steps[:50], gw.values[:50])
     # with the point before, so that a value copied onto a skipped step is seen as stale
     prev = g.before(ev.start_step, 2)
-    stale = stale_mask(np.concatenate([prev.values, gw.values]))[len(prev):]
+    # as Python numbers: the same doubles, without numpy's per-scalar cost in the scan
+    gv_all: list[float] = gw.values.tolist()
+    stale = stale_flags(prev.values.tolist() + gv_all)[len(prev):]
     best: Surge | None = None
-    for st, gv, old in zip(gw.steps, gw.values, stale, strict=True):
+    for st, gv, old in zip(gw.steps.tolist(), gv_all, stale, strict=True):
         if old or not math.isfinite(gv) or gv / base < SURGE_MIN:
             continue
         lv = loss.value_at(int(st))
@@ -184,7 +185,7 @@ def _damage_without_grads(run: Run, event: Event, ctx: Context, why: str) -> Evi
 
 
 def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
-    s, why = usable(run, "grad_norm")
+    s, why = ctx.arrays.usable("grad_norm")
     if s is None:
         return _damage_without_grads(run, event, ctx, why)
     p = ctx.grad

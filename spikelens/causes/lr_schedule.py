@@ -21,7 +21,6 @@ from spikelens.causes._window import (
     fmt_ratio,
     lag_words,
     sentence,
-    usable,
 )
 from spikelens.model import Event, Evidence, Run, Skipped
 
@@ -58,7 +57,7 @@ def _oscillation(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | N
 
 
 def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
-    s, why = usable(run, "lr")
+    s, why = ctx.arrays.usable("lr")
     if s is None:
         return Skipped(CAUSE, why)
     if event.kind == "oscillation":

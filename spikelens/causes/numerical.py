@@ -24,7 +24,6 @@ from spikelens.causes._window import (
     median_of,
     restart_advice,
     sentence,
-    usable,
 )
 from spikelens.model import Event, Evidence, Run, Skipped
 
@@ -45,7 +44,7 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
     if nf.last_finite_loss is not None and nf.step > event.start_step and math.isfinite(base):
         e = excursion(nf.last_finite_loss, base)
         loss_prec = math.exp(e) if math.isfinite(e) else 1.0
-    g, _ = usable(run, "grad_norm")
+    g, _ = ctx.arrays.usable("grad_norm")
     grad_prec = 1.0
     grad_base = float("nan")
     if g is not None:
@@ -54,10 +53,10 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
         before = fg.before(nf.step)
         older = before.values[:-PRECURSOR_POINTS][-ctx.config.window:]
         grad_base = median_of(older) if len(older) >= 3 else (
-            float(np.min(before.values)) if len(before) else float("nan"))
+            float(before.values.min()) if len(before) else float("nan"))
         near = before.values[-PRECURSOR_POINTS:]
         if len(near) and grad_base > 0:
-            grad_prec = float(np.max(near) / grad_base)
+            grad_prec = float(near.max() / grad_base)
     sc = ctx.scale
     amp = bool(sc is not None and sc.has_scale and sc.dynamic
                and (sc.cuts >= 1 or sc.nonfinite_skipped >= 1))

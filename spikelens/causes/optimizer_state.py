@@ -26,7 +26,6 @@ from spikelens.causes._window import (
     median_of,
     restart_advice,
     sentence,
-    usable,
 )
 from spikelens.model import Event, Evidence, Restart, Run, Skipped
 
@@ -37,7 +36,7 @@ COLLAPSE = 100.0
 
 def _update_surge(run: Run, ctx: Context) -> tuple[float, float] | None:
     """(update-norm ratio at the rise, grad-norm ratio at the rise) when update norms exist."""
-    u, _ = usable(run, "update_norm")
+    u, _ = ctx.arrays.usable("update_norm")
     if u is None:
         return None
     ev = ctx.event
@@ -69,7 +68,7 @@ def _loss_collapse(ctx: Context) -> float:
         return 1.0
     fl = ctx.arrays.finite("loss")
     n = fl.pos(ctx.event.start_step) if fl is not None else 0
-    if n < 8 or ctx.arrays.running("loss", "min")[n - 1] <= 0:
+    if n < 8 or ctx.arrays.running_at("loss", "min", n - 1) <= 0:
         return 1.0
     level = history_level(ctx.arrays, "loss", n, ctx.config.window)
     return level / shape.base
@@ -116,8 +115,8 @@ def _oscillation(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | N
 def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
     if event.kind == "oscillation":
         return _oscillation(run, event, ctx)
-    g_ok = usable(run, "grad_norm")[0] is not None
-    u_ok = usable(run, "update_norm")[0] is not None
+    g_ok = ctx.arrays.usable("grad_norm")[0] is not None
+    u_ok = ctx.arrays.usable("update_norm")[0] is not None
     resume = _resume_before(run, event)
     g = ctx.grad
     comps: list[tuple[float, str]] = []
