@@ -197,3 +197,19 @@ def test_row_medians_from_a_sort_are_numpys_medians() -> None:
             x = rng.standard_normal((rows, k)) * 10.0 ** rng.integers(-5, 5)
         got, want = row_medians(x), np.median(x, axis=1)
         assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+
+
+def test_make_leaves_a_class_with_post_init_to_its_init() -> None:
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Checked:
+        score: float
+
+        def __post_init__(self) -> None:
+            if not 0 <= self.score <= 1:
+                raise ValueError(f"score {self.score} out of [0, 1]")
+
+    assert _make(Checked, score=0.5) == Checked(0.5)
+    with pytest.raises(ValueError, match="out of"):
+        _make(Checked, score=2.0)

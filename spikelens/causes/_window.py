@@ -49,7 +49,11 @@ def _make(cls: type[_T], **fields: Any) -> _T:
     TypeError, as it is for __init__."""
     names = _FIELDS.get(cls)
     if names is None:
-        names = _FIELDS[cls] = frozenset(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        # a class with a __post_init__ (a check, a derived field) is built by its __init__
+        names = _FIELDS[cls] = frozenset() if hasattr(cls, "__post_init__") else \
+            frozenset(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+    if not names:
+        return cls(**fields)
     if fields.keys() != names:
         raise TypeError(f"{cls.__name__}: fields {sorted(names ^ fields.keys())} wrong")
     obj = object.__new__(cls)
