@@ -14,6 +14,7 @@ a few characters."""
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -108,7 +109,8 @@ def _plain_indented(text: str, max_width: int, indent: int) -> list[str] | None:
     and wraps it to min(that, max_width - indent) cells with rich's own word breaks,
     folding words too long for a line. None (print with rich) where a piece would still be
     too wide (its crop), or for tabs and newlines."""
-    width = min(cell_len(text), max_width - indent)
+    measure = len if _is_narrow(text) else cell_len  # the same count for one-cell characters
+    width = min(measure(text), max_width - indent)
     if width <= 0:
         return None
     pieces = _pieces(text, width, fold=True)
@@ -117,7 +119,7 @@ def _plain_indented(text: str, max_width: int, indent: int) -> list[str] | None:
     out = []
     for piece in pieces:
         piece = piece.rstrip()
-        if cell_len(piece) > width:
+        if measure(piece) > width:
             return None
         out.append(piece)
     return out
@@ -129,12 +131,113 @@ def _pieces(text: str, width: int | None, fold: bool) -> list[str] | None:
     column that does not wrap); None for tabs and newlines, which rich lays out otherwise."""
     if "\n" in text or "\t" in text or "\r" in text:
         return None
-    if width is None:
-        return [text]
+    # imported first even where `_narrow_breaks` cuts the text: a rich without it may wrap
+    # otherwise, and the plain layouts then give way to rich's own
     from rich._wrap import divide_line
 
-    bounds = [0, *divide_line(text, width, fold=fold), len(text)]
+    if width is None:
+        return [text]
+    breaks = _narrow_breaks(text, width, fold) if _is_narrow(text) else None
+    if breaks is None:
+        breaks = divide_line(text, width, fold=fold)
+    bounds = [0, *breaks, len(text)]
     return [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+#: Characters measured so far: one cell wide and not a blank other than " " (`_NARROW`), or
+#: not (`_NOT_NARROW`); a few hundred at most, those the reports use.
+_NARROW: set[str] = set()
+_NOT_NARROW: set[str] = set()
+
+
+def _is_narrow(text: str) -> bool:
+    """Whether every character of `text` is one cell wide by rich's measure (`cell_len`)
+    and the only blank is the space: then any slice is as many cells as characters (rich
+    adds character widths but for the zero-width joiner and variation selector, both zero
+    cells), and rich's word pattern (`\\s`) splits at spaces only."""
+    if _NARROW.issuperset(text):
+        return True
+    for ch in set(text).difference(_NARROW):
+        if ch in _NOT_NARROW:
+            return False
+        if ch == " " or (not ch.isspace() and cell_len(ch) == 1):
+            _NARROW.add(ch)
+        else:
+            _NOT_NARROW.add(ch)
+            return False
+    return True
+
+
+def _cells(text: str) -> int:
+    """`cell_len(text)`, counted as characters where they are all one cell wide."""
+    return len(text) if _is_narrow(text) else cell_len(text)
+
+
+def _widest_word(text: str) -> int:
+    """The cells of the widest word of `text` (blank-separated), 0 for none."""
+    if _is_narrow(text):
+        return max(map(len, text.split()), default=0)
+    return max(map(cell_len, text.split()), default=0)
+
+
+_SPACES = re.compile(" *")
+
+
+def _narrow_breaks(text: str, width: int, fold: bool) -> list[int] | None:
+    """`rich._wrap.divide_line(text, width, fold)` for a text of one-cell characters whose
+    only blank is the space (`_is_narrow`), found a line at a time rather than a word at a
+    time (its loop measures every word: most of a long report's rendering). rich's rule: a
+    word (with the blanks after it) joins the line while its end, blanks left out, is within
+    `width` cells of the line's start; a word that does not fit starts the next line, and
+    one longer than a line is folded into `width`-cell chunks (`fold`) or left whole, the
+    word after it starting a line. `tests/test_terminal_speed6.py` checks the breaks are
+    rich's over random texts and widths. None (ask rich) for a width below one cell."""
+    if width < 1:
+        return None
+    n = len(text)
+    end = len(text.rstrip(" "))
+    if end == 0:
+        return []  # no word at all
+    lead = n - len(text.lstrip(" "))  # the first word holds the blanks before it
+    breaks: list[int] = []
+    line = 0  # where the current line starts
+    pending = -1  # the start of a word known not to fit on the current line, else -1
+    while True:
+        if pending < 0:
+            p = line + width
+            if end <= p:
+                return breaks  # the rest of the text fits
+            if text[p] == " ":  # the word before p fits; the one after it does not
+                start = 0 if p < lead else _SPACES.match(text, p).end()  # type: ignore[union-attr]
+            else:  # p is inside the first word that does not fit
+                q = text.rfind(" ", line, p)
+                if q < lead:
+                    if line:
+                        return None  # not reached: a line after the first starts a word
+                    start = 0
+                else:
+                    start = q + 1
+        else:
+            start, pending = pending, -1
+        stop = text.find(" ", max(start, lead))  # the word's end, blanks left out
+        if stop < 0:
+            stop = n
+        if stop - start > width:  # longer than a line
+            after = _SPACES.match(text, stop).end()  # type: ignore[union-attr]
+            if fold:  # chunks of `width` cells from the word's start, blanks after it too
+                last = start + (after - start - 1) // width * width
+                breaks.extend(range(start or width, last + 1, width))
+                line = last
+                continue
+            if start:
+                breaks.append(start)
+            line = start
+            if after >= n:
+                return breaks
+            pending = after  # the word after a cropped one never fits on its line
+            continue
+        breaks.append(start)
+        line = start
 
 
 _L = TypeVar("_L")
@@ -215,20 +318,21 @@ def _cell_lines(text: str, width: int, justify: str, no_wrap: bool) -> list[str]
     pieces = _pieces(text, None if no_wrap else width, fold=False)
     if pieces is None:
         return None
+    measure = len if _is_narrow(text) else cell_len  # the same count for one-cell characters
     out = []
     for piece in pieces:
         if justify == "right":
             piece = piece.rstrip()
-            n = cell_len(piece)
+            n = measure(piece)
             if n > width:
                 return None
             out.append(" " * (width - n) + piece)
             continue
-        n = cell_len(piece)
+        n = measure(piece)
         if n > width and len(piece) > width:  # rstrip_end: the blanks beyond the width
             blanks = len(piece) - len(piece.rstrip())
             piece = piece[:len(piece) - min(blanks, len(piece) - width)]
-            n = cell_len(piece)
+            n = measure(piece)
         if n > width:
             return None
         out.append(piece + " " * (width - n))
@@ -263,9 +367,8 @@ def _plain_table(console: Console, table: Table) -> list[str] | None:
                          width=col.width, min_width=col.min_width, max_width=col.max_width)
         if not col_texts:
             return None
-        widest = max(range(len(col_texts)), key=lambda i: cell_len(col_texts[i]))
-        longest = max(range(len(col_texts)),
-                      key=lambda i: max((cell_len(w) for w in col_texts[i].split()), default=0))
+        widest = max(range(len(col_texts)), key=lambda i: _cells(col_texts[i]))
+        longest = max(range(len(col_texts)), key=lambda i: _widest_word(col_texts[i]))
         extremes[0].append(col._cells[widest])  # type: ignore[arg-type]
         extremes[1].append(col._cells[longest])  # type: ignore[arg-type]
     for row in extremes:
