@@ -104,3 +104,48 @@ def test_pieces_are_riches_breaks() -> None:
                                               for a, b in zip(bounds, bounds[1:], strict=False)]
     assert _pieces("a\tb", 10, True) is None
     assert _pieces("a b", None, False) == ["a b"]
+
+
+def test_paragraphs_without_text_are_riches_text() -> None:
+    """`_paragraph` (no `Text` built without colour, control codes stripped only where
+    there are some) writes what rich prints for the assembled `Text` in a `Padding` of the
+    indent, and at indent 0 what `console.print` of it prints, with colour or without, at
+    many widths; `_blank` writes what `console.print()` does."""
+    from rich.padding import Padding
+    from rich.text import Text
+
+    from spikelens.report.terminal import RenderOptions, _blank, _console, _paragraph
+
+    rng = np.random.default_rng(9)
+    extra = ["\x07", "bell\x08", "\r", "アプリ", "a\u200db", "\x1b[31m", "[bold]", "\u00a0"]
+    for trial in range(600):
+        parts = []
+        for _ in range(int(rng.integers(1, 4))):
+            text = _random_text(rng)
+            if rng.random() < 0.2:
+                text += str(rng.choice(extra)) + _random_text(rng)
+            parts.append((text, str(rng.choice(["", "bold", "dim"]))))
+        if not "".join(t for t, _ in parts):
+            parts[0] = ("x", parts[0][1])
+        width = int(rng.integers(20, 200))
+        indent = int(rng.choice([0, 1, 2, 5]))
+        color = trial % 3 == 0
+        want_console = _console(RenderOptions(width=width, color=color))
+        text = Text(parts[0][0], style=parts[0][1])
+        for t, style in parts[1:]:
+            text = text + Text(t, style=style)
+        if indent:
+            want_console.print(Padding(text, (0, 0, 0, indent), expand=False))
+        else:
+            want_console.print(text)
+        want_console.print()
+        got_console = _console(RenderOptions(width=width, color=color))
+        _paragraph(got_console, got_console.options.max_width, indent, *parts)
+        _blank(got_console)
+        want = want_console.file.getvalue()  # type: ignore[attr-defined]
+        got = got_console.file.getvalue()  # type: ignore[attr-defined]
+        if not color:  # `render` strips the blanks rich pads lines with
+            want = "\n".join(line.rstrip() for line in want.split("\n"))
+            got = "\n".join(line.rstrip() for line in got.split("\n"))
+        assert got == want, (parts, width, indent, color)
+

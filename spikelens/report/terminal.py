@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from rich import box
 from rich.cells import cell_len
 from rich.console import Console
+from rich.control import strip_control_codes
 from rich.padding import Padding
 from rich.rule import Rule
 from rich.table import Table
@@ -93,12 +94,52 @@ def _console(options: RenderOptions) -> Console:
 
 def _indented(console: Console, text: Text, indent: int) -> None:
     # Padding keeps the indent on wrapped lines too
-    if console.color_system is None:
-        lines = _or_rich(_plain_indented, text.plain, console.options.max_width, indent)
-        if lines is not None:
-            console.file.write("".join(" " * indent + line + "\n" for line in lines))
-            return
+    if console.color_system is None \
+            and _write_plain(console, text.plain, console.options.max_width, indent):
+        return
     console.print(Padding(text, (0, 0, 0, indent), expand=False))
+
+
+def _write_plain(console: Console, plain: str, max_width: int, indent: int) -> bool:
+    """Write `plain` indented by `indent` (wrapped lines too) as `_indented` prints it
+    without colour, and say so; False where it must be printed with rich (`_plain_indented`
+    gives no lines)."""
+    lines = _or_rich(_plain_indented, plain, max_width, indent)
+    if lines is None:
+        return False
+    console.file.write("".join(" " * indent + line + "\n" for line in lines))
+    return True
+
+
+def _paragraph(console: Console, max_width: int, indent: int, *parts: tuple[str, str]) -> None:
+    """`_indented(console, Text(t0, style=s0) + Text(t1, style=s1) + ..., indent)` for the
+    (text, style) `parts`, with the console's `options.max_width` given (it is worked out
+    anew at each call: environment look-ups) and, without colour, no `Text` built (its
+    control-code strip is a `str.translate`, done here only where a control character is
+    there to strip); `indent` 0 writes the lines `console.print` of that text writes (its
+    wrap width is the console's, and a text narrower than that is one line either way).
+    The verbose report prints several per event."""
+    if console.color_system is None:
+        plain = "".join(t for t, _ in parts)
+        if not plain.isprintable():  # a control code (all unprintable): as `Text` strips it
+            plain = strip_control_codes(plain)
+        if _write_plain(console, plain, max_width, indent):
+            return
+    text = Text(parts[0][0], style=parts[0][1])
+    for t, style in parts[1:]:
+        text = text + Text(t, style=style)
+    if indent:
+        console.print(Padding(text, (0, 0, 0, indent), expand=False))
+    else:
+        console.print(text)
+
+
+def _blank(console: Console) -> None:
+    """`console.print()`: without colour, the newline it writes, without its rendering."""
+    if console.color_system is None:
+        console.file.write("\n")
+    else:
+        console.print()
 
 
 def _plain_indented(text: str, max_width: int, indent: int) -> list[str] | None:
@@ -304,10 +345,11 @@ def _table(console: Console, findings: Sequence[Finding], wide: bool) -> None:
     else:
         console.file.write("".join(line + "\n" for line in lines))
     if not wide:
+        width = console.options.max_width
         for i, f in enumerate(findings, start=1):
             summary = cause_summary(f)
             if summary != "-":
-                _indented(console, Text(f"{i}. {summary}"), 1)
+                _paragraph(console, width, 1, (f"{i}. {summary}", ""))
 
 
 def _cell_lines(text: str, width: int, justify: str, no_wrap: bool) -> list[str] | None:
@@ -444,31 +486,32 @@ def _remedy(console: Console, findings: Sequence[Finding], shared: Mapping[str, 
 
 
 def _details(console: Console, findings: Sequence[Finding], shared: Mapping[str, int]) -> None:
+    width = console.options.max_width
     for i, f in enumerate(findings, start=1):
         ev = f.event
-        console.print()
-        console.print(Text(f"Event {i}: {event_label(ev)}, steps {fmt_steps(ev)}",
-                           style="bold"))
+        _blank(console)
+        _paragraph(console, width, 0, (f"Event {i}: {event_label(ev)}, steps {fmt_steps(ev)}",
+                                       "bold"))
         causes = ranked_causes(f)
         if not causes:
-            _indented(console, Text(cause_summary(f) if is_incident(ev) or is_condition(ev)
-                                    else ev.detail or "no causes ranked (not a loss incident)"),
-                      2)
+            _paragraph(console, width, 2, (cause_summary(f) if is_incident(ev) or is_condition(ev)
+                                           else ev.detail
+                                           or "no causes ranked (not a loss incident)", ""))
         for j, c in enumerate(causes, start=1):
-            _indented(console, Text(f"{j}. ") + Text(c.cause, style="bold")
-                      + Text(f" (score {fmt_num(c.score, 2)}): {c.summary}"), 2)
+            _paragraph(console, width, 2, (f"{j}. ", ""), (c.cause, "bold"),
+                       (f" (score {fmt_num(c.score, 2)}): {c.summary}", ""))
             rows = evidence_rows(c.evidence)
             if rows:
                 facts = "; ".join(f"{k}: {v}" for k, v in rows)
-                _indented(console, Text(f"evidence: {facts}", style="dim"), 5)
+                _paragraph(console, width, 5, (f"evidence: {facts}", "dim"))
             if c.remedy:
-                _indented(console, Text(f"remedy: {_once(c.remedy, shared)}"), 5)
+                _paragraph(console, width, 5, (f"remedy: {_once(c.remedy, shared)}", ""))
         own, refs = split_skipped(f.skipped, shared)
         for s in own:
-            _indented(console, Text(f"not judged: {skipped_text(s.cause, s.reason)}",
-                                    style="dim"), 2)
+            _paragraph(console, width, 2, (f"not judged: {skipped_text(s.cause, s.reason)}",
+                                           "dim"))
         if refs:
-            _indented(console, Text(f"not judged: see {refs}", style="dim"), 2)
+            _paragraph(console, width, 2, (f"not judged: see {refs}", "dim"))
 
 
 def _warnings(console: Console, run: RunReport) -> None:
