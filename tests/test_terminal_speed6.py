@@ -149,3 +149,42 @@ def test_paragraphs_without_text_are_riches_text() -> None:
             got = "\n".join(line.rstrip() for line in got.split("\n"))
         assert got == want, (parts, width, indent, color)
 
+
+_CELL_WORDS = ["1", "12", "spike", "nonfinite", "3965–3966", "(peak", "3965)", "×3.88,", "z",
+               "33.9", "yes,", "step", "bad_batch", "0.75", "grad_explosion", "-", "inf",
+               "100256–100257", "lr_schedule", "  ", "a-very-long-word-indeed", "é", "→"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_plain_table_with_ellipses_is_riches_layout(seed: int) -> None:
+    """The colourless event table on narrow consoles (30 to 130 cells), where rich cuts
+    words too long for their column with an ellipsis and squeezes columns to no cell at
+    all, is rich's text line for line; tables with wide (CJK) characters are rich's own
+    wherever the plain layout declines."""
+    from rich.text import Text
+
+    from spikelens.report.terminal import RenderOptions, _console, _event_table, _plain_table
+
+    rng = np.random.default_rng(100 + seed)
+    laid = 0
+    for trial in range(60):
+        wide = bool(rng.integers(0, 2))
+        table = _event_table(wide)
+        words = _CELL_WORDS + (["アプリ"] if trial % 5 == 0 else [])
+        for i in range(int(rng.integers(1, 25))):
+            cells = [str(i + 1)]
+            for c in range(len(table.columns) - 1):
+                k = int(rng.integers(0, 20 if c == len(table.columns) - 2 and wide else 4))
+                cells.append(" ".join(str(w) for w in rng.choice(words, k)))
+            table.add_row(*(Text(c) for c in cells))
+        width = int(rng.integers(30, 131))
+        console = _console(RenderOptions(width=width))
+        lines = _plain_table(console, table)
+        if lines is None:
+            continue
+        laid += 1
+        want = _console(RenderOptions(width=width))
+        want.print(table)
+        assert "".join(line + "\n" for line in lines) == want.file.getvalue(), (  # type: ignore[attr-defined]
+            seed, trial, width)
+    assert laid >= 40

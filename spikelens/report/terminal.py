@@ -355,30 +355,38 @@ def _table(console: Console, findings: Sequence[Finding], wide: bool) -> None:
 def _cell_lines(text: str, width: int, justify: str, no_wrap: bool) -> list[str] | None:
     """A plain cell's lines as rich lays them out in a column `width` cells wide (its
     padding excluded): rich's own word breaks (`divide_line`), left-justified lines padded
-    to the width, right-justified ones stripped and padded on the left. None where rich
-    would do more than that (a line still too long to fit: its ellipsis; tabs, newlines)."""
+    to the width, right-justified ones stripped and padded on the left, a line of one-cell
+    characters still too long cut to `width - 1` cells and an ellipsis (the column's
+    overflow, `Text.truncate`). None where rich would do more than that (such a line with
+    wider characters; tabs, newlines)."""
     pieces = _pieces(text, None if no_wrap else width, fold=False)
     if pieces is None:
         return None
-    measure = len if _is_narrow(text) else cell_len  # the same count for one-cell characters
+    if width <= 0:  # a column squeezed to no cell (its padding aside): rich renders nothing
+        return []
+    narrow = _is_narrow(text)
+    measure = len if narrow else cell_len  # the same count for one-cell characters
     out = []
     for piece in pieces:
         if justify == "right":
             piece = piece.rstrip()
-            n = measure(piece)
-            if n > width:
-                return None
-            out.append(" " * (width - n) + piece)
-            continue
-        n = measure(piece)
-        if n > width and len(piece) > width:  # rstrip_end: the blanks beyond the width
+        elif len(piece) > width and piece[-1:].isspace():  # rstrip_end: blanks past the width
+            if no_wrap:
+                return None  # rich 15 keeps them there (and cuts an ellipsis), rich 13 not
             blanks = len(piece) - len(piece.rstrip())
             piece = piece[:len(piece) - min(blanks, len(piece) - width)]
-            n = measure(piece)
+        n = measure(piece)
         if n > width:
-            return None
-        out.append(piece + " " * (width - n))
+            if not narrow or width < 1 or cell_len(_ELLIPSIS) != 1:
+                return None
+            piece, n = piece[:width - 1] + _ELLIPSIS, width
+        out.append(" " * (width - n) + piece if justify == "right"
+                   else piece + " " * (width - n))
     return out
+
+
+#: What rich ends a line cut by the "ellipsis" overflow with (`Text.truncate`).
+_ELLIPSIS = "…"
 
 
 def _plain_table(console: Console, table: Table) -> list[str] | None:
@@ -387,9 +395,11 @@ def _plain_table(console: Console, table: Table) -> list[str] | None:
     The column widths are rich's own, computed on a table holding, per column, the header
     and the cells of largest minimum and maximum width (a column's width depends on its
     cells only through those two maxima); every cell is then wrapped with rich's word
-    breaks. None (print with rich) where a cell would need more than wrapping and padding:
-    an ellipsis, a tab, a newline. `tests/test_speed_equivalence.py` checks the text is
-    rich's own over many tables and widths."""
+    breaks, and cut with an ellipsis where a line of one-cell characters is still too long
+    (narrow consoles). None (print with rich) where a cell would need more than that: an
+    ellipsis amid wider characters, a tab, a newline. `tests/test_speed_equivalence.py` and
+    `tests/test_terminal_speed6.py` check the text is rich's own over many tables and
+    widths."""
     columns = table.columns
     if not columns or table.box is None \
             or not all(isinstance(c, Text) for col in columns for c in col._cells):
