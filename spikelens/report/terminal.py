@@ -14,12 +14,14 @@ a few characters."""
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from rich import box
 from rich.cells import cell_len
 from rich.console import Console
+from rich.control import strip_control_codes
 from rich.padding import Padding
 from rich.rule import Rule
 from rich.table import Table
@@ -92,12 +94,52 @@ def _console(options: RenderOptions) -> Console:
 
 def _indented(console: Console, text: Text, indent: int) -> None:
     # Padding keeps the indent on wrapped lines too
-    if console.color_system is None:
-        lines = _or_rich(_plain_indented, text.plain, console.options.max_width, indent)
-        if lines is not None:
-            console.file.write("".join(" " * indent + line + "\n" for line in lines))
-            return
+    if console.color_system is None \
+            and _write_plain(console, text.plain, console.options.max_width, indent):
+        return
     console.print(Padding(text, (0, 0, 0, indent), expand=False))
+
+
+def _write_plain(console: Console, plain: str, max_width: int, indent: int) -> bool:
+    """Write `plain` indented by `indent` (wrapped lines too) as `_indented` prints it
+    without colour, and say so; False where it must be printed with rich (`_plain_indented`
+    gives no lines)."""
+    lines = _or_rich(_plain_indented, plain, max_width, indent)
+    if lines is None:
+        return False
+    console.file.write("".join(" " * indent + line + "\n" for line in lines))
+    return True
+
+
+def _paragraph(console: Console, max_width: int, indent: int, *parts: tuple[str, str]) -> None:
+    """`_indented(console, Text(t0, style=s0) + Text(t1, style=s1) + ..., indent)` for the
+    (text, style) `parts`, with the console's `options.max_width` given (it is worked out
+    anew at each call: environment look-ups) and, without colour, no `Text` built (its
+    control-code strip is a `str.translate`, done here only where a control character is
+    there to strip); `indent` 0 writes the lines `console.print` of that text writes (its
+    wrap width is the console's, and a text narrower than that is one line either way).
+    The verbose report prints several per event."""
+    if console.color_system is None:
+        plain = "".join(t for t, _ in parts)
+        if not plain.isprintable():  # a control code (all unprintable): as `Text` strips it
+            plain = strip_control_codes(plain)
+        if _write_plain(console, plain, max_width, indent):
+            return
+    text = Text(parts[0][0], style=parts[0][1])
+    for t, style in parts[1:]:
+        text = text + Text(t, style=style)
+    if indent:
+        console.print(Padding(text, (0, 0, 0, indent), expand=False))
+    else:
+        console.print(text)
+
+
+def _blank(console: Console) -> None:
+    """`console.print()`: without colour, the newline it writes, without its rendering."""
+    if console.color_system is None:
+        console.file.write("\n")
+    else:
+        console.print()
 
 
 def _plain_indented(text: str, max_width: int, indent: int) -> list[str] | None:
@@ -108,7 +150,8 @@ def _plain_indented(text: str, max_width: int, indent: int) -> list[str] | None:
     and wraps it to min(that, max_width - indent) cells with rich's own word breaks,
     folding words too long for a line. None (print with rich) where a piece would still be
     too wide (its crop), or for tabs and newlines."""
-    width = min(cell_len(text), max_width - indent)
+    measure = len if _is_narrow(text) else cell_len  # the same count for one-cell characters
+    width = min(measure(text), max_width - indent)
     if width <= 0:
         return None
     pieces = _pieces(text, width, fold=True)
@@ -117,7 +160,7 @@ def _plain_indented(text: str, max_width: int, indent: int) -> list[str] | None:
     out = []
     for piece in pieces:
         piece = piece.rstrip()
-        if cell_len(piece) > width:
+        if measure(piece) > width:
             return None
         out.append(piece)
     return out
@@ -129,12 +172,113 @@ def _pieces(text: str, width: int | None, fold: bool) -> list[str] | None:
     column that does not wrap); None for tabs and newlines, which rich lays out otherwise."""
     if "\n" in text or "\t" in text or "\r" in text:
         return None
-    if width is None:
-        return [text]
+    # imported first even where `_narrow_breaks` cuts the text: a rich without it may wrap
+    # otherwise, and the plain layouts then give way to rich's own
     from rich._wrap import divide_line
 
-    bounds = [0, *divide_line(text, width, fold=fold), len(text)]
+    if width is None:
+        return [text]
+    breaks = _narrow_breaks(text, width, fold) if _is_narrow(text) else None
+    if breaks is None:
+        breaks = divide_line(text, width, fold=fold)
+    bounds = [0, *breaks, len(text)]
     return [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+#: Characters measured so far: one cell wide and not a blank other than " " (`_NARROW`), or
+#: not (`_NOT_NARROW`); a few hundred at most, those the reports use.
+_NARROW: set[str] = set()
+_NOT_NARROW: set[str] = set()
+
+
+def _is_narrow(text: str) -> bool:
+    """Whether every character of `text` is one cell wide by rich's measure (`cell_len`)
+    and the only blank is the space: then any slice is as many cells as characters (rich
+    adds character widths but for the zero-width joiner and variation selector, both zero
+    cells), and rich's word pattern (`\\s`) splits at spaces only."""
+    if _NARROW.issuperset(text):
+        return True
+    for ch in set(text).difference(_NARROW):
+        if ch in _NOT_NARROW:
+            return False
+        if ch == " " or (not ch.isspace() and cell_len(ch) == 1):
+            _NARROW.add(ch)
+        else:
+            _NOT_NARROW.add(ch)
+            return False
+    return True
+
+
+def _cells(text: str) -> int:
+    """`cell_len(text)`, counted as characters where they are all one cell wide."""
+    return len(text) if _is_narrow(text) else cell_len(text)
+
+
+def _widest_word(text: str) -> int:
+    """The cells of the widest word of `text` (blank-separated), 0 for none."""
+    if _is_narrow(text):
+        return max(map(len, text.split()), default=0)
+    return max(map(cell_len, text.split()), default=0)
+
+
+_SPACES = re.compile(" *")
+
+
+def _narrow_breaks(text: str, width: int, fold: bool) -> list[int] | None:
+    """`rich._wrap.divide_line(text, width, fold)` for a text of one-cell characters whose
+    only blank is the space (`_is_narrow`), found a line at a time rather than a word at a
+    time (its loop measures every word: most of a long report's rendering). rich's rule: a
+    word (with the blanks after it) joins the line while its end, blanks left out, is within
+    `width` cells of the line's start; a word that does not fit starts the next line, and
+    one longer than a line is folded into `width`-cell chunks (`fold`) or left whole, the
+    word after it starting a line. `tests/test_terminal_speed6.py` checks the breaks are
+    rich's over random texts and widths. None (ask rich) for a width below one cell."""
+    if width < 1:
+        return None
+    n = len(text)
+    end = len(text.rstrip(" "))
+    if end == 0:
+        return []  # no word at all
+    lead = n - len(text.lstrip(" "))  # the first word holds the blanks before it
+    breaks: list[int] = []
+    line = 0  # where the current line starts
+    pending = -1  # the start of a word known not to fit on the current line, else -1
+    while True:
+        if pending < 0:
+            p = line + width
+            if end <= p:
+                return breaks  # the rest of the text fits
+            if text[p] == " ":  # the word before p fits; the one after it does not
+                start = 0 if p < lead else _SPACES.match(text, p).end()  # type: ignore[union-attr]
+            else:  # p is inside the first word that does not fit
+                q = text.rfind(" ", line, p)
+                if q < lead:
+                    if line:
+                        return None  # not reached: a line after the first starts a word
+                    start = 0
+                else:
+                    start = q + 1
+        else:
+            start, pending = pending, -1
+        stop = text.find(" ", max(start, lead))  # the word's end, blanks left out
+        if stop < 0:
+            stop = n
+        if stop - start > width:  # longer than a line
+            after = _SPACES.match(text, stop).end()  # type: ignore[union-attr]
+            if fold:  # chunks of `width` cells from the word's start, blanks after it too
+                last = start + (after - start - 1) // width * width
+                breaks.extend(range(start or width, last + 1, width))
+                line = last
+                continue
+            if start:
+                breaks.append(start)
+            line = start
+            if after >= n:
+                return breaks
+            pending = after  # the word after a cropped one never fits on its line
+            continue
+        breaks.append(start)
+        line = start
 
 
 _L = TypeVar("_L")
@@ -201,38 +345,48 @@ def _table(console: Console, findings: Sequence[Finding], wide: bool) -> None:
     else:
         console.file.write("".join(line + "\n" for line in lines))
     if not wide:
+        width = console.options.max_width
         for i, f in enumerate(findings, start=1):
             summary = cause_summary(f)
             if summary != "-":
-                _indented(console, Text(f"{i}. {summary}"), 1)
+                _paragraph(console, width, 1, (f"{i}. {summary}", ""))
 
 
 def _cell_lines(text: str, width: int, justify: str, no_wrap: bool) -> list[str] | None:
     """A plain cell's lines as rich lays them out in a column `width` cells wide (its
     padding excluded): rich's own word breaks (`divide_line`), left-justified lines padded
-    to the width, right-justified ones stripped and padded on the left. None where rich
-    would do more than that (a line still too long to fit: its ellipsis; tabs, newlines)."""
+    to the width, right-justified ones stripped and padded on the left, a line of one-cell
+    characters still too long cut to `width - 1` cells and an ellipsis (the column's
+    overflow, `Text.truncate`). None where rich would do more than that (such a line with
+    wider characters; tabs, newlines)."""
     pieces = _pieces(text, None if no_wrap else width, fold=False)
     if pieces is None:
         return None
+    if width <= 0:  # a column squeezed to no cell (its padding aside): rich renders nothing
+        return []
+    narrow = _is_narrow(text)
+    measure = len if narrow else cell_len  # the same count for one-cell characters
     out = []
     for piece in pieces:
         if justify == "right":
             piece = piece.rstrip()
-            n = cell_len(piece)
-            if n > width:
-                return None
-            out.append(" " * (width - n) + piece)
-            continue
-        n = cell_len(piece)
-        if n > width and len(piece) > width:  # rstrip_end: the blanks beyond the width
+        elif len(piece) > width and piece[-1:].isspace():  # rstrip_end: blanks past the width
+            if no_wrap:
+                return None  # rich 15 keeps them there (and cuts an ellipsis), rich 13 not
             blanks = len(piece) - len(piece.rstrip())
             piece = piece[:len(piece) - min(blanks, len(piece) - width)]
-            n = cell_len(piece)
+        n = measure(piece)
         if n > width:
-            return None
-        out.append(piece + " " * (width - n))
+            if not narrow or width < 1 or cell_len(_ELLIPSIS) != 1:
+                return None
+            piece, n = piece[:width - 1] + _ELLIPSIS, width
+        out.append(" " * (width - n) + piece if justify == "right"
+                   else piece + " " * (width - n))
     return out
+
+
+#: What rich ends a line cut by the "ellipsis" overflow with (`Text.truncate`).
+_ELLIPSIS = "…"
 
 
 def _plain_table(console: Console, table: Table) -> list[str] | None:
@@ -241,9 +395,11 @@ def _plain_table(console: Console, table: Table) -> list[str] | None:
     The column widths are rich's own, computed on a table holding, per column, the header
     and the cells of largest minimum and maximum width (a column's width depends on its
     cells only through those two maxima); every cell is then wrapped with rich's word
-    breaks. None (print with rich) where a cell would need more than wrapping and padding:
-    an ellipsis, a tab, a newline. `tests/test_speed_equivalence.py` checks the text is
-    rich's own over many tables and widths."""
+    breaks, and cut with an ellipsis where a line of one-cell characters is still too long
+    (narrow consoles). None (print with rich) where a cell would need more than that: an
+    ellipsis amid wider characters, a tab, a newline. `tests/test_speed_equivalence.py` and
+    `tests/test_terminal_speed6.py` check the text is rich's own over many tables and
+    widths."""
     columns = table.columns
     if not columns or table.box is None \
             or not all(isinstance(c, Text) for col in columns for c in col._cells):
@@ -263,9 +419,8 @@ def _plain_table(console: Console, table: Table) -> list[str] | None:
                          width=col.width, min_width=col.min_width, max_width=col.max_width)
         if not col_texts:
             return None
-        widest = max(range(len(col_texts)), key=lambda i: cell_len(col_texts[i]))
-        longest = max(range(len(col_texts)),
-                      key=lambda i: max((cell_len(w) for w in col_texts[i].split()), default=0))
+        widest = max(range(len(col_texts)), key=lambda i: _cells(col_texts[i]))
+        longest = max(range(len(col_texts)), key=lambda i: _widest_word(col_texts[i]))
         extremes[0].append(col._cells[widest])  # type: ignore[arg-type]
         extremes[1].append(col._cells[longest])  # type: ignore[arg-type]
     for row in extremes:
@@ -341,31 +496,32 @@ def _remedy(console: Console, findings: Sequence[Finding], shared: Mapping[str, 
 
 
 def _details(console: Console, findings: Sequence[Finding], shared: Mapping[str, int]) -> None:
+    width = console.options.max_width
     for i, f in enumerate(findings, start=1):
         ev = f.event
-        console.print()
-        console.print(Text(f"Event {i}: {event_label(ev)}, steps {fmt_steps(ev)}",
-                           style="bold"))
+        _blank(console)
+        _paragraph(console, width, 0, (f"Event {i}: {event_label(ev)}, steps {fmt_steps(ev)}",
+                                       "bold"))
         causes = ranked_causes(f)
         if not causes:
-            _indented(console, Text(cause_summary(f) if is_incident(ev) or is_condition(ev)
-                                    else ev.detail or "no causes ranked (not a loss incident)"),
-                      2)
+            _paragraph(console, width, 2, (cause_summary(f) if is_incident(ev) or is_condition(ev)
+                                           else ev.detail
+                                           or "no causes ranked (not a loss incident)", ""))
         for j, c in enumerate(causes, start=1):
-            _indented(console, Text(f"{j}. ") + Text(c.cause, style="bold")
-                      + Text(f" (score {fmt_num(c.score, 2)}): {c.summary}"), 2)
+            _paragraph(console, width, 2, (f"{j}. ", ""), (c.cause, "bold"),
+                       (f" (score {fmt_num(c.score, 2)}): {c.summary}", ""))
             rows = evidence_rows(c.evidence)
             if rows:
                 facts = "; ".join(f"{k}: {v}" for k, v in rows)
-                _indented(console, Text(f"evidence: {facts}", style="dim"), 5)
+                _paragraph(console, width, 5, (f"evidence: {facts}", "dim"))
             if c.remedy:
-                _indented(console, Text(f"remedy: {_once(c.remedy, shared)}"), 5)
+                _paragraph(console, width, 5, (f"remedy: {_once(c.remedy, shared)}", ""))
         own, refs = split_skipped(f.skipped, shared)
         for s in own:
-            _indented(console, Text(f"not judged: {skipped_text(s.cause, s.reason)}",
-                                    style="dim"), 2)
+            _paragraph(console, width, 2, (f"not judged: {skipped_text(s.cause, s.reason)}",
+                                           "dim"))
         if refs:
-            _indented(console, Text(f"not judged: see {refs}", style="dim"), 2)
+            _paragraph(console, width, 2, (f"not judged: see {refs}", "dim"))
 
 
 def _warnings(console: Console, run: RunReport) -> None:
