@@ -72,3 +72,15 @@ def test_the_command_with_the_preload_reports_what_the_library_does(tmp_path: Pa
     expected = render(spikelens.analyze(spikelens.read_log(STORM)), [], "json")
     assert json.loads(done.stdout) == json.loads(expected)
     assert json.loads(done.stdout)["runs"][0]["verdict"] != "healthy"
+
+
+def test_report_html_with_the_preload_writes_the_page(tmp_path: Path) -> None:
+    page = tmp_path / "out.html"
+    code = ("import sys\n"
+            f"sys.argv = ['spikelens', 'report', {str(STORM)!r}, '--html', {str(page)!r}]\n"
+            "from spikelens.cli import main\n"
+            "main()\n")
+    done = _fresh(code, tmp_path)
+    assert done.returncode == 0, done.stderr
+    text = page.read_text()
+    assert text.startswith("<!DOCTYPE html>") and "amp_overflow" in text
