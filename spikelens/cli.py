@@ -122,7 +122,8 @@ def _one_line_errors(fn: F) -> F:
 
 
 def _read_all(paths: list[str], log_format: str | None, metric: list[str] | None,
-              run: list[str] | None = None) -> list[Run]:
+              run: list[str] | None = None,
+              before_read: Callable[[str], None] | None = None) -> list[Run]:
     from spikelens.metrics import parse_overrides
     from spikelens.readers import read_runs
 
@@ -135,11 +136,13 @@ def _read_all(paths: list[str], log_format: str | None, metric: list[str] | None
         with Progress(transient=True, console=_stderr_console()) as progress:
             task = progress.add_task("reading logs", total=len(paths))
             for p in paths:
-                runs.extend(read_runs(p, format=log_format, metrics=overrides))
+                runs.extend(read_runs(p, format=log_format, metrics=overrides,
+                                      before_read=before_read))
                 progress.advance(task)
     else:
         for p in paths:
-            runs.extend(read_runs(p, format=log_format, metrics=overrides))
+            runs.extend(read_runs(p, format=log_format, metrics=overrides,
+                                      before_read=before_read))
     if run:
         from spikelens.readers._select import select_runs
 
@@ -213,10 +216,7 @@ def _analyse(
 ) -> tuple[Report, list[Run]]:
     from spikelens.fleet import preload_analysis
 
-    sources = expand_sources(logs)
-    if sources:
-        preload_analysis(sources[0], log_format)
-    runs = _read_all(sources, log_format, metric, run)
+    runs = _read_all(expand_sources(logs), log_format, metric, run, preload_analysis)
     from spikelens.analyze import analyze as run_analysis
 
     return run_analysis(runs), runs

@@ -124,40 +124,26 @@ def _import_quietly(names: Sequence[str]) -> None:
             return
 
 
-def preload_analysis(source: str, fmt: str | None = None) -> None:
-    """Import the analysis modules on a daemon thread when `source` is about to be read by
-    a reader whose read leaves a core idle (`idle_core_while_reading`). The imports are
-    pure Python; done while the read waits on its parse threads, they stop costing wall
-    time. Only modules that no reader imports are preloaded, and only once
-    `spikelens.readers` is loaded (as it is here), so the two threads never wait on each
-    other's module locks in a cycle; the cause rules are left to
-    `causes._register_builtin`, whose registry must fill in one go. A failed import is
-    dropped here and raised where the analysis imports the module."""
+def preload_analysis(fmt: str) -> None:
+    """Import the analysis modules on a daemon thread when a log of format `fmt` is about to
+    be read by a reader whose read leaves a core idle (`idle_core_while_reading`): the
+    `before_read` of `readers.read_runs`. The imports are pure Python; done while the read
+    waits on its parse threads, they stop costing wall time. Only modules that no reader
+    imports are preloaded, and only once `spikelens.readers` is loaded (as it is when
+    `read_runs` calls this), so the two threads never wait on each other's module locks in
+    a cycle; the cause rules are left to `causes._register_builtin`, whose registry must
+    fill in one go. A failed import is dropped here and raised where the analysis imports
+    the module; an unknown format is left to the read to report."""
     import sys
     import threading
 
+    from spikelens.readers import READERS
+
     todo = [m for m in ANALYSIS_MODULES + _LAZY_ANALYSIS_MODULES if m not in sys.modules]
-    if todo and _read_leaves_a_core(source, fmt):
+    if todo and fmt in READERS.names() \
+            and getattr(READERS.get(fmt), "idle_core_while_reading", False):
         threading.Thread(target=_import_quietly, args=(todo,), name="spikelens-preload",
                          daemon=True).start()
-
-
-def _read_leaves_a_core(source: str, fmt: str | None) -> bool:
-    """Whether the reader of `source` declares that its read leaves a core idle. A source
-    that is copied before reading (standard input, compressed, remote) is not sniffed
-    twice; a local file costs a second look at its 64 KB head."""
-    from pathlib import Path
-
-    from spikelens.opener import local_path, needs_copy
-    from spikelens.readers import READERS, detect_format
-
-    if needs_copy(source):
-        return False
-    try:
-        name = fmt or detect_format(Path(local_path(source)))
-        return bool(getattr(READERS.get(name), "idle_core_while_reading", False))
-    except (SpikelensError, OSError):
-        return False  # the read reports it
 
 
 def run_task(task: Task) -> LogResult:
@@ -178,8 +164,9 @@ def run_task(task: Task) -> LogResult:
             if not ok:
                 return LogResult(source=task.source, parts=(), skipped=True)
             fmt = fmt or sniffed
-        preload_analysis(task.source, fmt)
-        runs, dets = read_runs(task.source, format=fmt, metrics=dict(task.metrics) or None), []
+        runs = read_runs(task.source, format=fmt, metrics=dict(task.metrics) or None,
+                         before_read=preload_analysis)
+        dets = []
     from spikelens.analyze import report_of
     from spikelens.detect import detect, point_z
     from spikelens.detect.joint import candidates

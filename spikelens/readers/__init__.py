@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from spikelens.errors import ConfigError, LogFormatError, SpikelensError, UnknownFormatError
@@ -127,19 +127,24 @@ def read_runs(
     path: str | os.PathLike[str],
     format: str | None = None,
     metrics: Mapping[str, str] | None = None,
+    *,
+    before_read: Callable[[str], None] | None = None,
 ) -> list[Run]:
     """Read every run in `path` (a W&B panel export can hold several). Whatever the readers
     cannot read in place (standard input `-`, a pipe, a compressed file, an fsspec URL) goes
     through `spikelens.opener` first: one local, decompressed copy, and the runs name the
-    source the user gave."""
+    source the user gave. `before_read(format)` is called once the format is known, just
+    before its reader runs (`fleet.preload_analysis` starts the analysis imports there)."""
     _register_builtin()
     from spikelens.opener import local_path, needs_copy
 
     src = os.fspath(path)
     if needs_copy(src):
-        return _read_copy(src, format, metrics)
+        return _read_copy(src, format, metrics, before_read)
     p = Path(local_path(src))
     fmt = format or detect_format(p)
+    if before_read is not None:
+        before_read(fmt)
     try:
         runs = _read_with(p, fmt, metrics)
     except ConfigError as exc:
@@ -163,7 +168,8 @@ def _release_arrow_memory() -> None:
 
 
 def _read_copy(
-    source: str, format: str | None, metrics: Mapping[str, str] | None
+    source: str, format: str | None, metrics: Mapping[str, str] | None,
+    before_read: Callable[[str], None] | None = None,
 ) -> list[Run]:
     import dataclasses
 
@@ -172,7 +178,7 @@ def _read_copy(
     shown = "/dev/stdin" if source == "-" else source
     with materialised(source) as (tmp, notes):
         try:
-            runs = read_runs(tmp, format=format, metrics=metrics)
+            runs = read_runs(tmp, format=format, metrics=metrics, before_read=before_read)
         except SpikelensError as exc:
             raise type(exc)(str(exc).replace(str(tmp), shown)) from None
     # the runs name the source the user gave, not the temporary copy

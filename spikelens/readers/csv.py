@@ -470,9 +470,9 @@ class CsvReader:
     name = "csv"
     description = "CSV/TSV with a step column (generic, Lightning metrics.csv)"
     # pyarrow parses the spans on its threads while the caller's thread waits: on 2 cores
-    # part of the second one idles, and `fleet.preload_analysis` fills it (read and
-    # analysis imports of the 1M-step CSV 1.54 -> 1.37 s). The JSONL and TensorBoard reads
-    # keep both cores busy; there, the preload measured 0.05-0.15 s slower.
+    # part of the second one idles, and `fleet.preload_analysis` fills it (analyze of the
+    # 1M-step CSV 3.34 -> 3.24 s, median of 10 order-alternated pairs). The JSONL and
+    # TensorBoard reads keep both cores busy; there, the preload measured 0.05-0.15 s slower.
     idle_core_while_reading = True
 
     def sniff(self, path: Path, head: bytes) -> float:
