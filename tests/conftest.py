@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +29,27 @@ def registered_reader(name: str) -> Reader:
     """A built-in reader, through the registry (every reader registered first)."""
     format_names()
     return READERS.get(name)
+
+
+def random_event_table(rng: Any, wide: bool, rows: int, words: Sequence[str],
+                       summary_words: Sequence[str], summary_max: int) -> Any:
+    """The terminal's event table (`_event_table`) with `rows` rows of random cells: up to 3
+    `words` a cell, and up to `summary_max - 1` `summary_words` in the last (summary) column
+    of a wide table, for the plain layout's tests against rich's own."""
+    from rich.text import Text
+
+    from spikelens.report.terminal import _event_table
+
+    table = _event_table(wide)
+    for i in range(rows):
+        cells = [str(i + 1)]
+        for c in range(len(table.columns) - 1):
+            last = c == len(table.columns) - 2
+            k = int(rng.integers(0, summary_max if last and wide else 4))
+            cells.append(" ".join(str(w) for w in rng.choice(summary_words if last else words,
+                                                             k)))
+        table.add_row(*(Text(c) for c in cells))
+    return table
 
 
 def isnan(value: object) -> bool:

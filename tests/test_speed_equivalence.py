@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import random_event_table
 
 from spikelens import read_log
 from spikelens.causes._window import RunArrays, Series, stretch_start
@@ -305,23 +306,14 @@ def test_plain_event_table_is_riches_layout(seed: int) -> None:
     """The colourless event table laid out without rich's per-row rendering is rich's text,
     line for line, over random cells (wrapped, too long, blank) and widths from 70 to 200;
     where it declines (a cell rich would cut with an ellipsis) rich prints it."""
-    from rich.text import Text
-
-    from spikelens.report.terminal import RenderOptions, _console, _event_table, _plain_table
+    from spikelens.report.terminal import RenderOptions, _console, _plain_table
 
     rng = np.random.default_rng(seed)
     declined = 0
     for _ in range(40):
         wide = bool(rng.integers(0, 2))
-        table = _event_table(wide)
-        for i in range(int(rng.integers(1, 30))):
-            cells = [str(i + 1)]
-            for _c in range(len(table.columns) - 1):
-                last = _c == len(table.columns) - 2
-                k = int(rng.integers(0, 25 if last and wide else 4))
-                words = _WORDS if last else _WORDS[:-1]  # the long word: in the summary
-                cells.append(" ".join(str(w) for w in rng.choice(words, k)))
-            table.add_row(*(Text(c) for c in cells))
+        # the long word: in the summary only
+        table = random_event_table(rng, wide, int(rng.integers(1, 30)), _WORDS[:-1], _WORDS, 25)
         width = int(rng.integers(70, 200))
         console = _console(RenderOptions(width=width))
         lines = _plain_table(console, table)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import random_event_table
 from rich._wrap import divide_line
 from rich.cells import cell_len
 
@@ -161,22 +162,14 @@ def test_plain_table_with_ellipses_is_riches_layout(seed: int) -> None:
     words too long for their column with an ellipsis and squeezes columns to no cell at
     all, is rich's text line for line; tables with wide (CJK) characters are rich's own
     wherever the plain layout declines."""
-    from rich.text import Text
-
-    from spikelens.report.terminal import RenderOptions, _console, _event_table, _plain_table
+    from spikelens.report.terminal import RenderOptions, _console, _plain_table
 
     rng = np.random.default_rng(100 + seed)
     laid = 0
     for trial in range(60):
         wide = bool(rng.integers(0, 2))
-        table = _event_table(wide)
         words = _CELL_WORDS + (["アプリ"] if trial % 5 == 0 else [])
-        for i in range(int(rng.integers(1, 25))):
-            cells = [str(i + 1)]
-            for c in range(len(table.columns) - 1):
-                k = int(rng.integers(0, 20 if c == len(table.columns) - 2 and wide else 4))
-                cells.append(" ".join(str(w) for w in rng.choice(words, k)))
-            table.add_row(*(Text(c) for c in cells))
+        table = random_event_table(rng, wide, int(rng.integers(1, 25)), words, words, 20)
         width = int(rng.integers(30, 131))
         console = _console(RenderOptions(width=width))
         lines = _plain_table(console, table)
