@@ -112,10 +112,13 @@ def test_paragraphs_without_text_are_riches_text() -> None:
     there are some) writes what rich prints for the assembled `Text` in a `Padding` of the
     indent, and at indent 0 what `console.print` of it prints, with colour or without, at
     many widths; `_blank` writes what `console.print()` does."""
-    from rich.padding import Padding
-    from rich.text import Text
-
-    from spikelens.report.terminal import RenderOptions, _blank, _console, _paragraph
+    from spikelens.report.terminal import (
+        RenderOptions,
+        _blank,
+        _console,
+        _paragraph,
+        _rich_paragraph,
+    )
 
     rng = np.random.default_rng(9)
     extra = ["\x07", "bell\x08", "\r", "アプリ", "a\u200db", "\x1b[31m", "[bold]", "\u00a0"]
@@ -132,13 +135,7 @@ def test_paragraphs_without_text_are_riches_text() -> None:
         indent = int(rng.choice([0, 1, 2, 5]))
         color = trial % 3 == 0
         want_console = _console(RenderOptions(width=width, color=color))
-        text = Text(parts[0][0], style=parts[0][1])
-        for t, style in parts[1:]:
-            text = text + Text(t, style=style)
-        if indent:
-            want_console.print(Padding(text, (0, 0, 0, indent), expand=False))
-        else:
-            want_console.print(text)
+        _rich_paragraph(want_console, indent, *parts)
         want_console.print()
         got_console = _console(RenderOptions(width=width, color=color))
         _paragraph(got_console, got_console.options.max_width, indent, *parts)

@@ -125,6 +125,12 @@ def _paragraph(console: Console, max_width: int, indent: int, *parts: tuple[str,
             plain = strip_control_codes(plain)
         if _write_plain(console, plain, max_width, indent):
             return
+    _rich_paragraph(console, indent, *parts)
+
+
+def _rich_paragraph(console: Console, indent: int, *parts: tuple[str, str]) -> None:
+    """The paragraph of `_paragraph` printed by rich: the text of the styled parts, under
+    `Padding` where it is indented."""
     text = Text(parts[0][0], style=parts[0][1])
     for t, style in parts[1:]:
         text = text + Text(t, style=style)
