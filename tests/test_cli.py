@@ -242,3 +242,19 @@ def test_the_entry_point_leaves_with_the_status_whole_output_and_exit_handlers(
     assert bad.stderr.splitlines()[0] == f"Error: {tmp_path / 'missing.csv'}: no such file " \
         "or directory"
     assert "exit handler ran" in bad.stderr
+
+
+def test_a_cell_that_is_not_a_number_is_a_warning_in_every_report(tmp_path: Path) -> None:
+    # the run is still analysed (exit 0), and the JSON a pipeline reads carries the warning
+    p = tmp_path / "log.csv"
+    p.write_text("step,loss\n" + "".join(
+        f"{i},{'abc' if i == 7 else 2 - i / 1000}\n" for i in range(1, 200)))
+    code, out, _ = _run("analyze", p, "--format", "json")
+    assert code == 0
+    msg = (f"{p}: 1 value(s) of column 'loss' are not numbers (first 'abc'), read as missing "
+           "(line 8)")
+    assert msg in json.loads(out)["runs"][0]["warnings"]
+    code, out, _ = _run("analyze", p, "--format", "markdown")
+    assert code == 0
+    assert "1 value(s) of column 'loss' are not numbers (first 'abc'), read as missing " \
+        "(line 8)" in out  # the path before it is markdown-escaped

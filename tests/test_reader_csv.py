@@ -238,3 +238,51 @@ def test_csv_types_that_change_after_the_first_block(tmp_path: Path) -> None:
     assert f["late"].iloc[:200_000].isna().all()
     assert f["late"].iloc[n - 1] == pytest.approx((n - 1) / 10)
     assert run.warnings == (f"{p}: ignored non-numeric column(s): note",)
+
+
+def test_cells_that_are_not_numbers_are_read_as_missing_and_said(tmp_path: Path) -> None:
+    # `abc` in the loss and a sentence in the lr are typos or a writer's placeholders: the rows
+    # stay (their other cells are good), the cells become missing, and the warning names
+    # the column, the first such value and the lines, so nothing is dropped unsaid
+    p = tmp_path / "log.csv"
+    rows = [f"{i},{2.0 - i / 1000},0.001" for i in range(1, 41)]
+    rows[2] = "3,abc,0.001"
+    rows[4] = "5,2.0,this is not a learning rate"
+    rows[9] = "10,-,0.001"
+    rows[19] = "20,1.2.3,0.001"
+    rows[29] = "30, 'a very long placeholder text',0.001"
+    p.write_text("step,loss,lr\n" + "\n".join(rows) + "\n")
+    run = read_log(p)
+    assert run.steps.tolist() == list(range(1, 41))
+    loss = run.frame["loss"]
+    assert [s for s in run.steps if math.isnan(loss[s])] == [3, 10, 20, 30]
+    assert math.isnan(run.frame["lr"][5]) and run.frame["lr"][6] == 0.001
+    assert "loss" not in run.nan_steps  # a typo is not a NaN the run logged
+    assert run.warnings == (
+        f"{p}: 4 value(s) of column 'loss' are not numbers (first 'abc'), read as missing "
+        "(lines 4, 11, 21, ...)",
+        f"{p}: 1 value(s) of column 'lr' are not numbers (first 'this is not a learni'...), "
+        "read as missing (line 6)",
+    )
+
+
+def test_odd_cells_of_a_long_column_with_few_values_are_said(tmp_path: Path) -> None:
+    # past 4096 rows a column with few distinct values (a constant lr here) is parsed by
+    # its distinct values: its odd cells must still reach the warning, with their lines
+    p = tmp_path / "log.csv"
+    lines = ["step,loss,lr"]
+    for i in range(1, 6001):
+        lines.append(f"{i},{2.0 - i / 10000:.4f},{'warmup' if i % 1000 == 0 else '0.001'}")
+    p.write_text("\n".join(lines) + "\n")
+    run = read_log(p)
+    assert "lr" in run.frame.columns and int(run.frame["lr"].isna().sum()) == 6
+    assert run.warnings == (
+        f"{p}: 6 value(s) of column 'lr' are not numbers (first 'warmup'), read as missing "
+        "(lines 1001, 2001, 3001, ...)",
+    )
+
+
+def test_a_text_column_is_ignored_not_reported_cell_by_cell(tmp_path: Path) -> None:
+    p = tmp_path / "log.csv"
+    p.write_text("step,loss,note\n" + "".join(f"{i},{2 - i / 100},ok{i}\n" for i in range(1, 30)))
+    assert read_log(p).warnings == (f"{p}: ignored non-numeric column(s): note",)

@@ -216,3 +216,21 @@ def test_arbitrary_bytes_raise_only_spikelens_errors(data: bytes) -> None:
                 read_log(p, format="hf_trainer_state")
             except SpikelensError:
                 pass
+
+
+def test_an_eval_value_that_is_not_a_number_is_said_by_its_step(tmp_path: Path) -> None:
+    # eval rows carry no source line in trainer_state.json: the warning names their steps
+    hist: list[dict[str, Any]] = []
+    for i in range(1, 101):
+        hist.append({"step": i, "loss": 2.0 - i / 1000, "learning_rate": 1e-3, "epoch": i / 100})
+        if i % 25 == 0:
+            hist.append({"step": i, "eval_loss": "oops" if i == 50 else 1.9, "epoch": i / 100})
+    p = tmp_path / "trainer_state.json"
+    p.write_text(json.dumps({"log_history": hist, "global_step": 100}))
+    run = read_log(p)
+    assert run.eval_frame["eval_loss"].tolist()[0] == 1.9
+    assert math.isnan(run.eval_frame["eval_loss"][50])
+    assert run.warnings == (
+        f"{p}: 1 value(s) of eval column 'eval_loss' are not numbers (first 'oops'), read "
+        "as missing (steps 50)",
+    )

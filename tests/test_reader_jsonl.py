@@ -415,3 +415,19 @@ def test_text_lines_are_damage_unless_most_records_are_prefixed(tmp_path: Path) 
     run = read_log(p)
     assert list(run.frame["loss"]) == [2.0, 1.9, 1.8]
     assert run.warnings == (f"{p}: skipped 1 malformed line(s) (line 2)",)
+
+
+def test_a_string_that_is_not_a_number_is_missing_and_said(tmp_path: Path) -> None:
+    # the writer put a string in the loss (a placeholder, a formatting bug): the line's other
+    # fields stay, the loss there is missing, and the warning gives the line
+    p = tmp_path / "log.jsonl"
+    recs: list[dict[str, Any]] = [{"step": i, "loss": 2.0 - i / 1000, "lr": 1e-3}
+                                  for i in range(1, 61)]
+    recs[49]["loss"] = "abc"
+    p.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    run = read_log(p)
+    assert math.isnan(run.frame["loss"][50]) and run.frame["lr"][50] == 1e-3
+    assert run.warnings == (
+        f"{p}: 1 value(s) of column 'loss' are not numbers (first 'abc'), read as missing "
+        "(line 50)",
+    )

@@ -299,9 +299,12 @@ def _header_rows(raw_frame: pd.DataFrame) -> np.ndarray:
 
 def _numeric_frame(
     raw_frame: pd.DataFrame, nan_mask: Mapping[str, np.ndarray]
-) -> tuple[pd.DataFrame, dict[str, np.ndarray], np.ndarray, list[str]]:
-    """Coerce every column; report rows that are repeated headers and columns that are text."""
+) -> tuple[pd.DataFrame, dict[str, np.ndarray], np.ndarray, list[str], dict[str, np.ndarray]]:
+    """Coerce every column; report rows that are repeated headers, columns that are text,
+    and, per numeric column, the cells that held something other than a number (they are
+    read as missing, and the caller says so)."""
     cols: dict[str, np.ndarray] = {}
+    unparsed: dict[str, np.ndarray] = {}
     masks: dict[str, np.ndarray] = {k: v for k, v in nan_mask.items() if v.any()}
     n = len(raw_frame)
     header_rows = _header_rows(raw_frame) if n else np.zeros(0, dtype=bool)
@@ -317,13 +320,24 @@ def _numeric_frame(
         if text:
             text_cols.append(str(name))  # a text column (run name, tags): not a metric
             continue
-        arr[bad] = np.nan
+        if bad.any():
+            arr[bad] = np.nan
+            unparsed[str(name)] = bad
         cols[str(name)] = arr
         if logged.any():
             prev = masks.get(str(name))
             masks[str(name)] = logged if prev is None else (prev | logged)
     frame = pd.DataFrame(cols, index=pd.RangeIndex(n), copy=False)
-    return frame, masks, header_rows, text_cols
+    return frame, masks, header_rows, text_cols, unparsed
+
+
+def _cell_text(value: Any, limit: int = 20) -> str:
+    """A cell as a warning quotes it: its repr, the text cut after `limit` characters."""
+    if isinstance(value, str):
+        value = value.strip()
+        return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _last_per_step(
@@ -568,7 +582,7 @@ def build_run(
         masks_kept = {c: m for c, m in raw.nan_mask.items() if c not in dup}
         raw = dataclasses.replace(raw, frame=raw_frame.set_axis(names, axis=1),
                                   nan_mask=masks_kept)
-    frame, masks, header_rows, text_cols = _numeric_frame(raw.frame, raw.nan_mask)
+    frame, masks, header_rows, text_cols, unparsed = _numeric_frame(raw.frame, raw.nan_mask)
 
     def lines_of(rows: np.ndarray) -> list[int]:
         # 1-based source lines of the given rows (row number + 1 for a header by default)
@@ -595,6 +609,17 @@ def build_run(
     if orphan.any():
         ol = lines_of(orphan)
         warnings.append(skip_warning(path, len(ol), "row(s) without a step", ol))
+    for col, bad in unparsed.items():
+        # a cell that is not a number (`abc`, `-`, `1.2.3`) in a metric column: the row is
+        # kept and the cell read as missing, which a user must hear about (the step column's
+        # are rows without a step, said above)
+        rows = bad & keep
+        if col == step_col or not rows.any():
+            continue
+        bl = lines_of(rows)
+        first = _cell_text(raw.frame[col].iloc[int(np.flatnonzero(rows)[0])])
+        warnings.append(f"{path}: {len(bl)} value(s) of column {col!r} are not numbers "
+                        f"(first {first}), read as missing ({lines_note(bl)})")
     if not keep.all():
         frame = frame[keep].reset_index(drop=True)
         masks = {c: m[keep] for c, m in masks.items()}
@@ -625,10 +650,19 @@ def build_run(
 
     eval_frame = pd.DataFrame(index=pd.Index([], dtype=np.int64, name="step"))
     if raw.eval_frame is not None and len(raw.eval_frame):
-        ef, emasks, _, _ = _numeric_frame(raw.eval_frame, {})
+        ef, emasks, _, _, eunparsed = _numeric_frame(raw.eval_frame, {})
         ecol, esteps, _ = _steps_of(path, ef, raw.eval_step_column or raw.step_column,
                                     "eval rows")
         ok = ~np.isnan(esteps)
+        for col, bad in eunparsed.items():
+            # eval rows carry no source lines: their steps say where
+            at = esteps[bad & ok]
+            if col == ecol or not len(at):
+                continue
+            first = _cell_text(raw.eval_frame[col].iloc[int(np.flatnonzero(bad & ok)[0])])
+            shown = ", ".join(str(int(x)) for x in at[:3]) + (", ..." if len(at) > 3 else "")
+            warnings.append(f"{path}: {len(at)} value(s) of eval column {col!r} are not "
+                            f"numbers (first {first}), read as missing (steps {shown})")
         ef = ef[ok].drop(columns=[ecol])
         renames = {c: f"eval/{c}" for c in ef.columns if c in collapsed.columns}
         ef = ef.rename(columns=renames)
