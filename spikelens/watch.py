@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -130,13 +131,18 @@ class _Follower:
     def poll(self) -> list[Any]:  # list[RawLog]
         raise NotImplementedError
 
-    def _parse(self, name: str, data: bytes, fmt: str | None = None) -> list[Any]:
+    def _parse(self, name: str, data: bytes, fmt: str | None = None,
+               line_of: Callable[[int], int] | None = None) -> list[Any]:
+        """The RawLogs of one piece, read from a temporary copy. Their warnings name the log,
+        not the copy; `line_of` maps a line of the piece to its line in the log (a piece
+        starts where the last one ended), for the warnings and the rows' source lines."""
         from spikelens.readers import READERS
 
         tmp = self.workdir / name
         tmp.write_bytes(data)
         try:
-            return list(READERS.get(fmt or self.fmt).read(tmp))
+            raws = list(READERS.get(fmt or self.fmt).read(tmp))
+            return [self._own(raw, str(tmp), line_of) for raw in raws]
         except SpikelensError as exc:
             msg = str(exc).replace(str(tmp), str(self.path))
             # a piece with no metric row in it (log text between two rows) is not an error
@@ -146,6 +152,26 @@ class _Follower:
             return []
         finally:
             tmp.unlink(missing_ok=True)
+
+
+    def _own(self, raw: Any, tmp: str, line_of: Callable[[int], int] | None) -> Any:
+        def relined(text: str) -> str:
+            text = text.replace(tmp, str(self.path))
+            if line_of is None:
+                return text
+            return _LINES_RE.sub(lambda m: m.group(1) + " " + ", ".join(
+                str(line_of(int(x))) for x in m.group(2).split(", ")), text)
+
+        warnings = [relined(w) for w in raw.warnings]
+        row_lines = raw.row_lines
+        if line_of is not None and raw.row_unit == "line":
+            piece = row_lines if row_lines is not None else np.arange(2, len(raw.frame) + 2)
+            row_lines = np.fromiter((line_of(int(x)) for x in piece), np.int64, len(piece))
+        return dataclasses.replace(raw, warnings=warnings, row_lines=row_lines)
+
+
+#: `line 7` / `lines 7, 9, 12` in a reader's warning (`readers._base.lines_note`)
+_LINES_RE = re.compile(r"\b(lines?) (\d+(?:, \d+)*)")
 
 
 class _FileState:
@@ -189,20 +215,27 @@ class LineFollower(_Follower):
         super().__init__(path, fmt, workdir)
         self.state = _FileState()
         self.header = b""
+        self.lines_before = 0  # lines of the log before the next piece
 
     def poll(self) -> list[Any]:
         data, reset = self.state.new_bytes(self.path, self.notices, _to_last_newline)
         if reset:
             self.header = b""
+            self.lines_before = 0
         if not data:
             return []
+        before = self.lines_before
+        self.lines_before += data.count(b"\n")
         if self.fmt in _HEADER_FORMATS and self.state.offset == len(data):
             # the first piece: its first line is the header every later piece needs
             self.header = data[:data.find(b"\n") + 1]
-            body = data
-        else:
-            body = self.header + data
-        return self._parse(self.path.name, body)
+            return self._parse(self.path.name, data)
+        if self.header:
+            # the piece's line 1 is the header (line 1 of the log), its line k the log's
+            # line before + k - 1
+            return self._parse(self.path.name, self.header + data,
+                               line_of=lambda k: before + k - 1 if k > 1 else 1)
+        return self._parse(self.path.name, data, line_of=lambda k: before + k)
 
 
 def _tf_complete(data: bytes) -> int:
@@ -503,6 +536,7 @@ class Watched:
         self.reported: list[Event] = []
         self.rows_seen = 0
         self.last_step: int | None = None
+        self.metric_columns: set[str] = set()  # numeric columns of the last run built
         self.started = False  # rows were read from this log
         self.pending: list[Event] = []  # seen in the last detection, not decided yet
 
@@ -552,8 +586,15 @@ class Watched:
             self.tail = _Tail(keep=self.tail.keep)
         whole = _Tail(keep=1 << 62) if not self.started else None
         self.started = True
+        from spikelens.readers._base import odd_cell_warnings
+
         for raw in raws:
             notices.extend(raw.warnings)
+            # build_run warns about cells that are not numbers, but the runs here are built
+            # from a tail that has lost the source lines: each piece says it as it is read.
+            # A column the run already holds as a metric stays one in a piece of only odd
+            # cells (ten `xyz` losses in a row are not a text column).
+            notices.extend(odd_cell_warnings(raw, self.path, self.metric_columns))
             self.rows_seen += len(raw.frame)
             self.tail.add(raw)
             if whole is not None:
@@ -577,6 +618,7 @@ class Watched:
             return []  # no loss-like column yet
         if len(run.steps):
             self.last_step = int(run.steps[-1])
+        self.metric_columns = set(map(str, run.frame.columns))
         det = detect(run, self.cfg)
         loss = run.series("loss")
         logged = loss.index.to_numpy() if loss is not None else run.steps

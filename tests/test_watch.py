@@ -206,6 +206,32 @@ def test_csv_header_kept_and_truncation_reread(tmp_path: Path) -> None:
     assert any("truncated; reading it again from the start" in e for e in w.err)
 
 
+def test_warnings_name_the_log_and_its_lines_not_the_piece(tmp_path: Path) -> None:
+    # each appended piece is read on its own: its warnings must still name the log (not the
+    # watch's temporary copy) and the log's lines (not the piece's), and a cell that is not
+    # a number is said there, even in a piece whose loss cells are all odd
+    log = tmp_path / "metrics.csv"
+    rows = [f"{s},{2.0 + 0.001 * (s % 5)}\n" for s in range(1, 200)]
+    rows[9] = "10,abc\n"  # line 11
+    log.write_text("step,train_loss\n" + "".join(rows[:150]))
+    w = _watch([str(log)])
+    with log.open("a") as f:  # one write: one piece, whatever the poll's timing
+        f.write("".join(rows[150:])  # lines 152-200
+                + "".join(f"{s},xyz\n" for s in range(200, 205))  # lines 201-205
+                + "205,1,2,3\n"  # line 206, one field too many
+                + "206,2.0\n")
+    time.sleep(3 * INTERVAL)
+    assert _stop(w) == 0
+    warned = [e.rstrip("\n") for e in w.err if e.startswith("warning: ")]
+    assert warned == [
+        f"warning: {log}: 1 value(s) of column 'train_loss' are not numbers (first 'abc'), "
+        "read as missing (line 11)",
+        f"warning: {log}: skipped 1 malformed row(s) (line 206)",
+        f"warning: {log}: 5 value(s) of column 'train_loss' are not numbers (first 'xyz'), "
+        "read as missing (lines 201, 202, 203, ...)",
+    ]
+
+
 _TB_WRITER = r'''
 import math, sys, time
 from pathlib import Path

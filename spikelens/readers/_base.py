@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import pandas as pd
 
-from spikelens.errors import ConfigError, LogFormatError, MissingMetricError
+from spikelens.errors import ConfigError, LogFormatError, MissingMetricError, SpikelensError
 from spikelens.metrics import assign_roles, find_step_column, normalise
 from spikelens.model import LogMessage, Restart, Run, Superseded
 
@@ -331,6 +331,51 @@ def _numeric_frame(
     return frame, masks, header_rows, text_cols, unparsed
 
 
+def _odd_cell_warnings(path: Path | str, raw: RawLog, unparsed: Mapping[str, np.ndarray],
+                       keep: np.ndarray, step_col: str | None) -> list[str]:
+    """One warning per metric column with cells that are not numbers (`abc`, `-`, `1.2.3`):
+    their rows are kept and the cells read as missing, which a user must hear about. Rows
+    not kept and the step column's cells (rows without a step) are warned about elsewhere."""
+    out = []
+    for col, bad in unparsed.items():
+        rows = bad & keep
+        if col == step_col or not rows.any():
+            continue
+        idx = np.flatnonzero(rows)
+        # 1-based source lines (row number + 1 for a header when the reader gave none)
+        lines = [int(x) for x in (raw.row_lines[idx] if raw.row_lines is not None else idx + 2)]
+        first = _cell_text(raw.frame[col].iloc[int(idx[0])])
+        out.append(f"{path}: {len(lines)} value(s) of column {col!r} are not numbers "
+                   f"(first {first}), read as missing ({lines_note(lines)})")
+    return out
+
+
+def odd_cell_warnings(raw: RawLog, path: Path | str,
+                      numeric: Collection[str] = ()) -> list[str]:
+    """The warnings `build_run` gives about cells that are not numbers, for a piece of a log
+    read on its own (`spikelens watch` reads what was appended, then builds its runs from
+    a tail that no longer knows the source lines). `numeric`: columns known to be metrics
+    from the rows before, whose odd cells are said even where the piece alone would take
+    the column for text."""
+    if all(raw.frame[c].dtype.kind in "fiub" for c in raw.frame.columns):
+        return []  # only a column of strings can hold such a cell
+    frame, _, header_rows, text_cols, unparsed = _numeric_frame(raw.frame, {})
+    for col in text_cols:
+        if col in numeric:
+            s = raw.frame[col]
+            _, _, bad = coerce_numeric(s.mask(pd.Series(header_rows, index=s.index)))
+            if bad.any():
+                unparsed[col] = bad
+    if not unparsed:
+        return []
+    try:
+        step_col, steps, _ = _steps_of(Path(path), frame, raw.step_column, "log", raw.frame)
+    except SpikelensError:
+        return []  # no step column: build_run says so
+    keep = ~header_rows & np.isfinite(steps)
+    return _odd_cell_warnings(path, raw, unparsed, keep, step_col)
+
+
 def _cell_text(value: Any, limit: int = 20) -> str:
     """A cell as a warning quotes it: its repr, the text cut after `limit` characters."""
     if isinstance(value, str):
@@ -609,17 +654,7 @@ def build_run(
     if orphan.any():
         ol = lines_of(orphan)
         warnings.append(skip_warning(path, len(ol), "row(s) without a step", ol))
-    for col, bad in unparsed.items():
-        # a cell that is not a number (`abc`, `-`, `1.2.3`) in a metric column: the row is
-        # kept and the cell read as missing, which a user must hear about (the step column's
-        # are rows without a step, said above)
-        rows = bad & keep
-        if col == step_col or not rows.any():
-            continue
-        bl = lines_of(rows)
-        first = _cell_text(raw.frame[col].iloc[int(np.flatnonzero(rows)[0])])
-        warnings.append(f"{path}: {len(bl)} value(s) of column {col!r} are not numbers "
-                        f"(first {first}), read as missing ({lines_note(bl)})")
+    warnings += _odd_cell_warnings(path, raw, unparsed, keep, step_col)
     if not keep.all():
         frame = frame[keep].reset_index(drop=True)
         masks = {c: m[keep] for c, m in masks.items()}
