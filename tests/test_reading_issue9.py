@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DATA
 from typer.testing import CliRunner
 
 from spikelens.cli import app
@@ -289,3 +290,32 @@ def test_a_row_repeating_the_whole_header_is_dropped(tmp_path: Path) -> None:
     run = read_log(jl)
     assert list(run.steps) == [1, 2]
     assert any("skipped 1 repeated header line(s) (line 2)" in w for w in run.warnings)
+
+
+def test_a_log_whose_sniffed_reader_finds_no_loss_is_read_by_one_that_does(
+        tmp_path: Path) -> None:
+    # without --metric: DeepSpeed's `step=` lines make the DeepSpeed reader claim the file,
+    # but it holds no loss there; the text reader, which reads act_loss, reads it instead
+    path = _rlhf_log(tmp_path / "step3_rlhf.log")
+    run = read_log(path)
+    assert run.format == "text" and run.roles["loss"] == "act_loss"
+    assert run.warnings[0] == (f"{path}: read as text: the megatron reader finds no train "
+                               "loss in it, the text reader finds act_loss")
+    res = runner.invoke(app, ["analyze", str(path)])
+    assert res.exit_code == 0 and "spike at step 50" in res.output, res.output
+
+
+def test_the_real_deepspeed_chat_rlhf_log_reads_its_actor_loss() -> None:
+    # microsoft/DeepSpeedExamples' own step-3 log (tests/data/text/SOURCES.md): 65 PPO steps
+    path = DATA / "text" / "deepspeed_chat_step3_rlhf_first65steps.log"
+    run = read_log(path)
+    assert run.format == "text" and run.roles["loss"] == "act_loss"
+    loss = run.series("loss")
+    assert loss is not None and len(loss) == 65 and loss.index[0] == 0 and loss.index[-1] == 64
+    assert "cri_loss" in run.frame.columns
+
+
+def test_a_format_forced_by_the_user_is_not_second_guessed(tmp_path: Path) -> None:
+    path = _rlhf_log(tmp_path / "step3_rlhf.log")
+    run = read_log(path, format="megatron")
+    assert run.format == "megatron" and "loss" not in run.roles

@@ -11,7 +11,13 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from spikelens.errors import ConfigError, LogFormatError, SpikelensError, UnknownFormatError
+from spikelens.errors import (
+    ConfigError,
+    LogFormatError,
+    MissingMetricError,
+    SpikelensError,
+    UnknownFormatError,
+)
 from spikelens.model import Run
 from spikelens.readers._base import ANALYSABLE, RawLog, Reader, build_run, looks_binary
 from spikelens.registry import Registry
@@ -151,8 +157,41 @@ def read_runs(
         if format is not None or not metrics or "no such metric" not in str(exc):
             raise
         runs = _read_other_format(p, fmt, metrics, exc)
+    except MissingMetricError as exc:
+        if format is not None:
+            raise
+        runs = _with_loss(p, fmt, metrics, exc)
+    else:
+        if format is None and not any("loss" in r.roles for r in runs):
+            runs = _with_loss(p, fmt, metrics, runs)
     _release_arrow_memory()
     return runs
+
+
+def _with_loss(p: Path, first: str, metrics: Mapping[str, str] | None,
+               found: list[Run] | MissingMetricError) -> list[Run]:
+    """The sniffed format read no train loss from `p` (`found`: its runs, or its error): the
+    first other format that could read the file and finds one reads it, with a warning. A
+    DeepSpeed-Chat RLHF log holds DeepSpeed's `step=N, skipped=K` lines, which the DeepSpeed
+    reader claims, and its losses in `act_loss: ...|cri_loss: ...` lines, which only the
+    generic text reader reads. Without such a format, what the sniffed one gave stands."""
+    if metrics and "loss" in metrics:
+        ranked: list[str] = []  # the user named the loss: that format's answer stands
+    else:
+        ranked = [f for f in _ranked(p, _head(p)) if f != first]
+    for fmt in ranked:
+        try:
+            runs = _read_with(p, fmt, metrics)
+        except SpikelensError:
+            continue
+        if all("loss" in r.roles for r in runs):
+            losses = ", ".join(sorted({r.roles["loss"] for r in runs}))
+            note = (f"{p}: read as {fmt}: the {first} reader finds no train loss in it, "
+                    f"the {fmt} reader finds {losses}")
+            return [dataclasses.replace(r, warnings=(note, *r.warnings)) for r in runs]
+    if isinstance(found, MissingMetricError):
+        raise found
+    return found
 
 
 def _release_arrow_memory() -> None:
