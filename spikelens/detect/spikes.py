@@ -376,9 +376,16 @@ def _test_chunk(x: FloatArray, st: Stats, p: RiseParams, a: int, b: int,
     if iso is not None:
         floor = st.floor[a:b] if st.floor is not None else None
         zc, ec = _isolated_from(iso[0][a:b], iso[1][a:b], iso[2][a:b], floor)
+        if n <= p.window:
+            # a log no longer than a window: its noise is the whole log's (`_isolated_parts`)
+            # at every point past the first `min_window`, and that scale, from n points, is
+            # as uncertain as a trailing one from n points: the same t factor
+            judged = count >= p.min_window
+            zc = zc / _t_factor(np.array([float(n)]), p.window)[0]
+        else:
+            judged = count >= p.window
         with np.errstate(invalid="ignore"):
-            take = (count >= p.window) & (ec >= bar) & \
-                (zc > np.nan_to_num(point, nan=-np.inf))
+            take = judged & (ec >= bar) & (zc > np.nan_to_num(point, nan=-np.inf))
         point = np.where(take, zc, point)
     out["point"][a:b] = point
     scale, inflation = st.scale[a:b], st.inflation[a:b]
@@ -433,9 +440,10 @@ def isolated_z(x: FloatArray, window: int, floor: FloatArray | None = None
 
 def _isolated_parts(x: FloatArray, window: int) -> tuple[FloatArray, FloatArray, FloatArray]:
     """(excess, trailing median of the excess, IQR scale of the excess: trailing, or
-    centred where that is larger)."""
+    centred where that is larger). On a log of at most `window` points, the median and
+    the scale of all its excesses (docs/detection.md, "Short logs")."""
     n = len(x)
-    if n < 2 * NEIGHBOURS + 2 or n <= window:
+    if n < 2 * NEIGHBOURS + 2:
         nan = np.full(n, np.nan)
         return nan, nan, nan
     foot = np.ones(2 * NEIGHBOURS + 1, dtype=bool)
@@ -443,6 +451,13 @@ def _isolated_parts(x: FloatArray, window: int) -> tuple[FloatArray, FloatArray,
     from scipy import ndimage
 
     e = x - ndimage.median_filter(x, footprint=foot, mode="reflect")
+    if n <= window:
+        # a log no longer than one window (an HF fine-tune logged every 10 steps, a W&B
+        # panel): the noise around every point is the whole log's, one median and one IQR
+        # scale of all its excesses (as the centred estimate would take them)
+        q25, q50, q75 = np.percentile(e, (25, 50, 75))
+        return (e, np.full(n, q50),
+                np.full(n, max((q75 - q25) / IQR_TO_SIGMA, REL_SCALE_FLOOR)))
     q = trailing_quantiles(e, window, (0.25, 0.5, 0.75), max(1, window // STRIDE_DIVISOR))
     scale = (q[:, 2] - q[:, 0]) / IQR_TO_SIGMA
     # ... and the noise around the point: the trailing quantiles `window // 2` points later

@@ -1,0 +1,44 @@
+"""Logs no longer than one window (100 points: an HF fine-tune logged every 10 steps, a W&B
+panel): the isolated one-step outlier test measures each point past the first `min_window`
+against the whole log's noise around its neighbours' median, so a bad batch on the steep
+descent such a log is mostly made of is found; clean short logs stay quiet.
+`benchmarks/short_logs.py` measures both on 1,500 generated logs (docs/detection.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_detect_synthetic import make_run
+
+from spikelens.detect import Detection, detect
+from spikelens.model import Config
+
+CFG = Config()
+
+
+def _short(n: int, seed: int, spike_at: int | None = None, ratio: float = 2.5,
+           noise: float = 0.01) -> Detection:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n, dtype=float)
+    # most of the log is the descent: 5 -> 2 with a time constant of a fifth of the log
+    loss = 2.0 + 3.0 * np.exp(-t / (n / 5)) * (1 + rng.uniform(-0.3, 0.3))
+    loss *= np.exp(noise * rng.standard_normal(n))
+    if spike_at is not None:
+        loss[spike_at] *= ratio
+    return detect(make_run(loss, ((t + 1) * 10).astype(np.int64), interval=10), CFG)
+
+
+@pytest.mark.parametrize(("n", "at"), [(100, 60), (64, 40), (30, 20), (100, 95)])
+def test_a_bad_batch_on_the_descent_of_a_short_log_is_found(n: int, at: int) -> None:
+    res = _short(n, seed=n + at, spike_at=at)
+    spikes = [e for e in res.events if e.kind == "spike"]
+    assert [e.peak_step for e in spikes] == [(at + 1) * 10], res.events
+    assert res.verdict == "spiky"
+
+
+def test_clean_short_logs_stay_quiet() -> None:
+    for seed in range(40):
+        n = 22 + (seed * 7) % 79
+        noise = (0.005, 0.01, 0.02, 0.04)[seed % 4]
+        res = _short(n, seed=seed, noise=noise)
+        assert res.verdict == "healthy", (seed, n, noise, res.events)
