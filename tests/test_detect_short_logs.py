@@ -42,3 +42,17 @@ def test_clean_short_logs_stay_quiet() -> None:
         noise = (0.005, 0.01, 0.02, 0.04)[seed % 4]
         res = _short(n, seed=seed, noise=noise)
         assert res.verdict == "healthy", (seed, n, noise, res.events)
+
+
+def test_one_rounding_step_near_zero_is_not_a_spike() -> None:
+    # a loss printed to 4 decimals that has dropped to 0.0002-0.0003 (a fine-tune that
+    # memorised its data) while its trailing median is still 10x higher: 0.0002 -> 0.0003 is
+    # one step of the printer, half the two rounding steps a rise must span at that level
+    # (a public whisper fine-tune's trainer_state.json was reported spiky on it)
+    n = 200
+    t = np.arange(n, dtype=float)
+    loss = np.where(t < 100, 0.006 - 0.00004 * t, 0.0003 - 0.0001 * (t >= 110))
+    loss[130] = 0.0003
+    loss = np.round(loss, 4)
+    res = detect(make_run(loss, ((t + 1) * 25).astype(np.int64), interval=25), CFG)
+    assert [e for e in res.events if e.kind == "spike"] == [], res.events
