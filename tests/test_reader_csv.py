@@ -286,3 +286,23 @@ def test_a_text_column_is_ignored_not_reported_cell_by_cell(tmp_path: Path) -> N
     p = tmp_path / "log.csv"
     p.write_text("step,loss,note\n" + "".join(f"{i},{2 - i / 100},ok{i}\n" for i in range(1, 30)))
     assert read_log(p).warnings == (f"{p}: ignored non-numeric column(s): note",)
+
+
+def test_keras_csvlogger_reads_on_its_epoch(tmp_path: Path) -> None:
+    # Keras' CSVLogger writes `training.log` with no step column: one row per epoch
+    p = tmp_path / "training.log"
+    rows = [f"{e},{0.3 + e / 100},{2.0 - e / 50},{0.25 + e / 110},{2.1 - e / 55}"
+            for e in range(40)]
+    p.write_text("epoch,accuracy,loss,val_accuracy,val_loss\n" + "\n".join(rows) + "\n")
+    run = read_log(p)
+    assert run.format == "csv" and run.steps.tolist() == list(range(40))
+    assert run.roles["loss"] == "loss" and run.roles["eval_loss"] == "val_loss"
+    assert run.warnings == (f"{p}: no step column: the 'epoch' column, whole numbers, is the "
+                            "step (one row per epoch)",)
+
+
+def test_a_fractional_epoch_is_not_a_step(tmp_path: Path) -> None:
+    p = tmp_path / "log.csv"
+    p.write_text("epoch,loss\n" + "".join(f"{e / 4},{2 - e / 100}\n" for e in range(30)))
+    with pytest.raises(MissingMetricError, match="no step column in the log"):
+        read_log(p)

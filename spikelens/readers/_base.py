@@ -571,6 +571,20 @@ def _time_steps(values: pd.Series) -> tuple[np.ndarray, str] | None:
     return out, unit
 
 
+def _epoch_axis(frame: pd.DataFrame) -> str | None:
+    """An `epoch` column that can stand for the step in a log with no step counter: numeric,
+    whole numbers wherever it is written, at least two rows. A fractional epoch (HF's
+    0.22, 0.43) is a metric, not a counter."""
+    for name in frame.columns:
+        if normalise(str(name)) != "epoch" or frame[name].dtype.kind not in "fiu":
+            continue
+        v = frame[name].to_numpy(dtype=np.float64)
+        ok = np.isfinite(v)
+        if ok.sum() >= 2 and np.array_equal(v[ok], np.round(v[ok])):
+            return str(name)
+    return None
+
+
 def _steps_of(
     path: Path, frame: pd.DataFrame, step_col: str | None, what: str,
     raw_frame: pd.DataFrame | None = None,
@@ -586,6 +600,12 @@ def _steps_of(
             if normalise(str(name)) in TIME_AXIS_NAMES and str(name) not in frame.columns:
                 col = str(name)  # a text column of dates (a numeric one is a metric)
                 break
+    if col is None:
+        epoch = _epoch_axis(frame)
+        if epoch is not None:
+            return epoch, frame[epoch].to_numpy(), (
+                f"{path}: no step column: the {epoch!r} column, whole numbers, is the step "
+                "(one row per epoch)")
     if col is not None and raw_frame is not None and col in raw_frame.columns \
             and raw_frame[col].dtype.kind not in "fiub" and raw_frame[col].notna().any() \
             and (col not in frame.columns or not frame[col].notna().any()):

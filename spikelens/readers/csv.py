@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from spikelens.errors import LogFormatError
-from spikelens.metrics import find_step_column
+from spikelens.metrics import find_step_column, normalise
 from spikelens.readers import READERS
 from spikelens.readers._base import RawLog, looks_binary, skip_warning
 
@@ -479,7 +479,10 @@ class CsvReader:
         cells = header_cells(path, head)
         if not cells:
             return 0.0
-        has_step = find_step_column(cells) is not None
+        # an `epoch` column is the step of a log with no step counter (Keras' CSVLogger
+        # writes `training.log`: epoch,accuracy,loss,val_accuracy,val_loss)
+        has_step = find_step_column(cells) is not None or \
+            any(normalise(c) == "epoch" for c in cells)
         if path.suffix.lower() in (".csv", ".tsv"):
             return 0.6 if has_step else 0.5
         return 0.4 if has_step else 0.0

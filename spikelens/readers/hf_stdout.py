@@ -22,7 +22,6 @@ import numpy as np
 from spikelens.errors import LogFormatError
 from spikelens.readers import READERS
 from spikelens.readers._base import RawLog, looks_binary
-from spikelens.readers.text import eval_frame_from_rows, frame_from_rows, read_lines
 
 #: where a printed log dict starts: one of the keys the Trainer's log calls carry first
 _START = re.compile(r"\{'(?:loss|eval_[\w/]+|test_[\w/]+|train_runtime|grad_norm|"
@@ -176,6 +175,10 @@ class HfStdoutReader:
         return 0.7 if len(_START.findall(text)) >= 2 else 0.0
 
     def read(self, path: Path) -> list[RawLog]:
+        # imported here: a module-level import would register the text reader before this
+        # one and the formats after it, which moves sniffing's tie order
+        from spikelens.readers.text import eval_frame_from_rows, frame_from_rows, read_lines
+
         lines, _ = read_lines(path)
         calls = _calls(lines)
         if not calls or not any(c.train for c in calls):
