@@ -9,7 +9,7 @@ with `--metric ROLE=NAME`."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from spikelens.errors import ConfigError
 
@@ -256,13 +256,16 @@ def assign_roles(
     columns: Iterable[str],
     overrides: Mapping[str, str] | None = None,
     eval_columns: Iterable[str] = (),
+    empty: Collection[str] = (),
 ) -> dict[str, str]:
     """Map roles to column names. Overrides (role -> column) win and are validated.
 
-    `eval_columns` are columns of evaluation rows: only eval roles can take them.
+    `eval_columns` are columns of evaluation rows: only eval roles can take them. `empty`
+    columns (no value logged) take a role only by override.
     """
     cols = [c for c in columns]
     evals = set(eval_columns)
+    empty = set(empty)
     roles: dict[str, str] = {}
     overrides = dict(overrides or {})
     for role, col in overrides.items():
@@ -278,7 +281,7 @@ def assign_roles(
     taken = set(roles.values())
     best: dict[str, tuple[int, int, str]] = {}
     for i, col in enumerate(cols):
-        if col in taken:
+        if col in taken or col in empty:
             continue
         hit = role_of(col, col in evals)
         if hit is None:
@@ -297,7 +300,8 @@ def assign_roles(
     for role in ("loss", "eval_loss", "grad_norm", "lr"):
         if role in roles:
             continue
-        cands = [c for c in cols if c not in taken and _fallback(role, c, c in evals)
+        cands = [c for c in cols if c not in taken and c not in empty
+                 and _fallback(role, c, c in evals)
                  and (role == "eval_loss" or c not in evals)]
         if cands:
             pick = min(cands, key=len)

@@ -431,3 +431,18 @@ def test_a_string_that_is_not_a_number_is_missing_and_said(tmp_path: Path) -> No
         f"{p}: 1 value(s) of column 'loss' are not numbers (first 'abc'), read as missing "
         "(line 50)",
     )
+
+
+def test_a_config_line_s_empty_lr_does_not_take_the_role(tmp_path: Path) -> None:
+    # the first line is the run's config (no step): its `lr` becomes a column with no value
+    # in any step row, and the steps' own `train/lr` must be the LR
+    p = tmp_path / "log.jsonl"
+    lines = [json.dumps({"event": "config", "lr": 1e-6, "batch_size": 128})]
+    lines += [json.dumps({"event": "step", "step": s, "train/loss": 2 - s / 100,
+                          "train/lr": 1e-7 * (s + 1)}) for s in range(30)]
+    p.write_text("\n".join(lines) + "\n")
+    run = read_log(p)
+    assert run.roles["lr"] == "train/lr" and "global_batch_size" not in run.roles
+    assert "lr" in run.frame.columns  # still there, as an extra with nothing logged
+    # the user may still name it
+    assert read_log(p, metrics={"lr": "lr"}).roles["lr"] == "lr"

@@ -376,6 +376,19 @@ def odd_cell_warnings(raw: RawLog, path: Path | str,
     return _odd_cell_warnings(path, raw, unparsed, keep, step_col)
 
 
+def _empty(col: pd.Series) -> bool:
+    """Whether a column holds no value (a look at its first cells settles most columns)."""
+    arr = col.to_numpy(dtype=np.float64, na_value=np.nan)
+    return not (np.isfinite(arr[:1024]).any() or (~np.isnan(arr)).any())
+
+
+def _all_empty(frame: pd.DataFrame, eval_frame: pd.DataFrame,
+               nan_steps: Mapping[str, np.ndarray]) -> set[str]:
+    """The columns of either frame with no value and no logged NaN."""
+    return {str(c) for f in (frame, eval_frame) for c in f.columns
+            if c not in nan_steps and _empty(f[c])}
+
+
 def _cell_text(value: Any, limit: int = 20) -> str:
     """A cell as a warning quotes it: its repr, the text cut after `limit` characters."""
     if isinstance(value, str):
@@ -728,6 +741,15 @@ def build_run(
 
     columns = list(collapsed.columns) + list(eval_frame.columns)
     roles = assign_roles(columns, overrides, eval_columns=eval_frame.columns)
+    # a column with no value at all (a config line's `lr` that only the stepless first
+    # row held, next to the steps' own `train/lr`) takes no role: the role goes to a
+    # column that has values, and the empty one stays an extra
+    empty = {c for r, c in roles.items() if (overrides or {}).get(r) != c
+             and _empty(collapsed[c] if c in collapsed.columns else eval_frame[c])
+             and c not in nan_steps}
+    if empty:
+        roles = assign_roles(columns, overrides, eval_columns=eval_frame.columns,
+                             empty=_all_empty(collapsed, eval_frame, nan_steps))
     if not any(r in roles for r in ANALYSABLE):
         found = ", ".join(columns) or "none"
         raise MissingMetricError(f"{path}: no loss-like metric (found: {found})")
