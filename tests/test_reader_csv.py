@@ -306,3 +306,30 @@ def test_a_fractional_epoch_is_not_a_step(tmp_path: Path) -> None:
     p.write_text("epoch,loss\n" + "".join(f"{e / 4},{2 - e / 100}\n" for e in range(30)))
     with pytest.raises(MissingMetricError, match="no step column in the log"):
         read_log(p)
+
+
+def test_two_values_of_a_metric_at_one_step_are_said(tmp_path: Path) -> None:
+    # a W&B runs table exported as CSV: one row per run, all at the last step; the last row
+    # wins as for a resume, but here nothing else would say that values were dropped
+    p = tmp_path / "runs.csv"
+    p.write_text("iter,train/loss,val/loss,lr\n"
+                 + "".join(f"5000,{2 + i / 10},{2.1 + i / 10},0.001\n" for i in range(4)))
+    run = read_log(p)
+    assert run.steps.tolist() == [5000] and run.frame["train/loss"][5000] == 2.3
+    assert run.warnings == (
+        f"{p}: 1 step(s) hold two or more different values of the same metric (train/loss, "
+        "val/loss; steps 5000): the last written is kept (several runs or writers in one "
+        "table?)",)
+
+
+def test_rows_that_fill_different_columns_of_a_step_are_no_conflict(tmp_path: Path) -> None:
+    # Lightning's metrics.csv: a train row and a val row at the same step, each with its own
+    # columns, and the epoch written on both
+    p = tmp_path / "metrics.csv"
+    rows = []
+    for s in range(0, 300, 10):
+        rows.append(f"{s // 100},{s},{2 - s / 1000},")
+        if s % 100 == 90:
+            rows.append(f"{s // 100},{s},,{2.1 - s / 1000}")
+    p.write_text("epoch,step,train_loss,val_loss\n" + "\n".join(rows) + "\n")
+    assert read_log(p).warnings == ()

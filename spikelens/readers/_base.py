@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from spikelens.errors import ConfigError, LogFormatError, MissingMetricError, SpikelensError
-from spikelens.metrics import assign_roles, find_step_column, normalise
+from spikelens.metrics import assign_roles, find_step_column, normalise, role_of
 from spikelens.model import LogMessage, Restart, Run, Superseded
 
 if TYPE_CHECKING:
@@ -450,6 +450,50 @@ def _collapse(
     return pd.DataFrame(data, index=pd.Index(uniq, name="step")), nan_steps, winner
 
 
+def _conflict_warning(path: Path, frame: pd.DataFrame, steps: np.ndarray,
+                      masks: Mapping[str, np.ndarray], segment_of_row: np.ndarray) -> list[str]:
+    """A warning when one pass of the log wrote two different values of a metric at one
+    step (a table of many runs at one step, two engines printing the same key): the last
+    is kept, as for a resume, but unlike a resume nothing else says so. Only the metrics
+    the analysis reads are compared (`ANALYSABLE` roles by name: a W&B `_timestamp` that
+    differs between a train row and an eval row of one step is bookkeeping). Rows of
+    different passes (a replay after a restart) and rows that fill different columns
+    (Lightning's train and val rows) are not conflicts."""
+    order = np.argsort(steps, kind="stable")
+    ss = steps[order]
+    eq = ss[1:] == ss[:-1]
+    dup = np.zeros(len(ss), dtype=bool)
+    dup[1:] |= eq
+    dup[:-1] |= eq
+    rows = order[dup]  # step-sorted, file order inside a step
+    st, seg = steps[rows], segment_of_row[rows]
+    cols: list[str] = []
+    hit: set[int] = set()
+    for c in frame.columns:
+        role = role_of(str(c))
+        if role is None or role[0] not in ANALYSABLE:
+            continue
+        v = frame[c].to_numpy(dtype=np.float64, na_value=np.nan)[rows]
+        m = masks.get(c)
+        present = ~np.isnan(v) if m is None else (~np.isnan(v) | m[rows])
+        r = np.flatnonzero(present)
+        a, b = r[:-1], r[1:]
+        with np.errstate(invalid="ignore"):
+            same = (v[a] == v[b]) | (np.isnan(v[a]) & np.isnan(v[b]))
+        bad = (st[a] == st[b]) & (seg[a] == seg[b]) & ~same
+        if bad.any():
+            cols.append(str(c))
+            hit.update(int(x) for x in st[b[bad]])
+    if not cols:
+        return []
+    first = sorted(hit)
+    shown = ", ".join(map(str, first[:3])) + (", ..." if len(first) > 3 else "")
+    names = ", ".join(cols[:3]) + (", ..." if len(cols) > 3 else "")
+    return [f"{path}: {len(first)} step(s) hold two or more different values of the same "
+            f"metric ({names}; steps {shown}): the last written is kept (several runs or "
+            "writers in one table?)"]
+
+
 def _restarts(steps: np.ndarray) -> tuple[Restart, ...]:
     back = np.flatnonzero(steps[1:] < steps[:-1]) + 1
     return tuple(
@@ -714,6 +758,8 @@ def build_run(
     for r in restarts:
         segment_of_row[r.row:] = r.segment
     segment_of_step = segment_of_row[winner] if restarts else None
+    if len(winner) < len(steps):  # some step was written more than once
+        warnings += _conflict_warning(path, metric_frame, steps, masks, segment_of_row)
     superseded = _superseded(metric_frame, masks, steps, segment_of_row, restarts)
 
     eval_frame = pd.DataFrame(index=pd.Index([], dtype=np.int64, name="step"))
