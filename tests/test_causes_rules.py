@@ -382,7 +382,8 @@ def test_missing_metrics_are_skipped_with_reasons() -> None:
                        "activation or attention-logit statistics; none in this log",
     }
     assert top(f) == "bad_batch"
-    assert "only the loss is logged" in f.causes[0].summary
+    assert "no grad norm, LR or loss scale in this log to check it against" \
+        in f.causes[0].summary
 
 
 def test_nothing_above_the_floor_is_unknown() -> None:

@@ -143,7 +143,10 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
             parts[-1] += (", but those runs share seed, data order and LR schedule as far as "
                           "the logs say, so coinciding cannot tell the data from the schedule")
     if not clean and not against and not (rec and others):
-        parts.append("nothing else in this log moved (only the loss is logged)")
+        # no grad norm, LR, loss scale or other run to compare with: say what is missing,
+        # not that nothing moved (the log's other columns may well have: a PPO run's value
+        # loss and entropy jump with its loss, but no rule reads them)
+        parts.append("no grad norm, LR or loss scale in this log to check it against")
     restart, _, end_skip = restart_advice(ctx)
     what = f"steps {start}-{last}" if last != start else f"step {start}"
     if pos is not None:
