@@ -170,6 +170,21 @@ def test_eval_loss_rising_while_train_falls_is_overfitting_and_leaves_the_verdic
     assert det.verdict == "healthy"
 
 
+def test_overfitting_on_a_short_fine_tune_with_a_dozen_train_points() -> None:
+    # 13 train logs and 9 evals (a small LM fine-tuned for 1,200 steps, logged every 100):
+    # the eval loss climbs 5.8 -> 9.6 while the train loss falls 4.8 -> 0.06
+    steps = np.arange(0, 1201, 100)
+    loss = np.array([4.78, 3.9, 3.1, 2.4, 1.8, 1.3, 0.9, 0.6, 0.4, 0.25, 0.15, 0.09, 0.061])
+    run = make_run(loss, steps=steps, interval=100)
+    esteps = np.arange(400, 1201, 100)
+    ev = np.array([5.77, 5.9, 6.3, 6.9, 7.5, 8.1, 8.7, 9.2, 9.61])
+    ef = pd.DataFrame({"eval_loss": ev}, index=pd.Index(esteps, name="step"))
+    run = Run(source=run.source, format=run.format, frame=run.frame, interval=100,
+              roles={**run.roles, "eval_loss": "eval_loss"}, eval_frame=ef)
+    [of] = [e for e in detect(run, CFG).events if e.kind == "overfitting"]
+    assert (of.start_step, of.end_step) == (400, 1200)
+
+
 def test_eval_loss_that_keeps_falling_is_not_overfitting() -> None:
     loss = descending(2000, seed=8)
     steps = np.arange(200, 2001, 200)

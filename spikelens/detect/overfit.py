@@ -40,7 +40,9 @@ def find_overfit(eval_steps: NDArray[np.int64], eval_vals: NDArray[np.float64],
     es, ev = eval_steps[ok], eval_vals[ok]
     tok = np.isfinite(train_vals)
     ts, tv = train_steps[tok], train_vals[tok]
-    if len(ev) < min_points + 2 or len(tv) < 2 * window // 10:
+    # no floor on the train points beyond the three either side of the eval minimum that
+    # the fall is judged on (below): a short fine-tune logged every few steps has a dozen
+    if len(ev) < min_points + 2 or len(tv) < 6:
         return None
     i = int(np.argmin(ev))
     after = ev[i + 1:]
