@@ -242,3 +242,31 @@ def test_many_batches_decoded_in_threads_keep_every_value(tmp_path: Path) -> Non
     assert gn[31_000] == np.inf and gn[31_001] == 31_001 % 97
     assert [(r.resumed_at, r.previous_last) for r in run.restarts] == [(100, n - 1)]
     assert "status" not in run.frame.columns
+
+
+def test_a_runs_table_is_refused_with_what_to_export(tmp_path: Path) -> None:
+    # the W&B UI's run list exported as CSV: one row per run, last values, no history
+    p = tmp_path / "wandb_export.csv"
+    p.write_text('"Name","State","Notes","User","Tags","Created","Runtime","Sweep",'
+                 '"learning_rate","train/loss"\n'
+                 + "".join(f'"run-{i}","finished","-","me","","2024-10-0{i + 1}T10:00:00.000Z",'
+                           f'"{300 + i}","",0.001,{2 + i / 10}\n' for i in range(5)))
+    with pytest.raises(LogFormatError) as exc:
+        read_log(p)
+    assert str(exc.value) == (
+        f"{p}: a W&B runs table (5 rows, one per run: Name, Created, Notes, Runtime, State, "
+        "Sweep, Tags, User), not a history; export each run's history (the run page's CSV, "
+        "or run.history())")
+
+
+def test_an_api_runs_summary_table_is_refused(tmp_path: Path) -> None:
+    # `api.runs()` summaries written as CSV: `_step` and `_runtime` are each run's last,
+    # and every row has its own run id
+    p = tmp_path / "runs.csv"
+    p.write_text("lr,_runtime,_step,_timestamp,_wandb,train_loss,val_loss,name,id\n"
+                 + "".join(f"0.001,{350 + i},{30 + i},{1.7e9 + i},\"{{'runtime': {350 + i}}}\","
+                           f"{0.05 + i / 100},{0.12 + i / 100},run{i},id{i:04d}\n"
+                           for i in range(6)))
+    with pytest.raises(LogFormatError, match=r"a W&B runs table \(6 rows, one per run: name, "
+                                             r"id, _wandb\), not a history"):
+        read_log(p)

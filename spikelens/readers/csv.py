@@ -466,6 +466,27 @@ def header_cells(path: Path, head: bytes) -> list[str]:
     return cells if len(cells) >= 2 else []
 
 
+#: Columns of the W&B UI's runs table ("Export CSV" of a project's run list), after `Name`.
+_RUNS_TABLE = {"State", "Notes", "User", "Tags", "Created", "Runtime", "Sweep", "End Time",
+               "Hostname"}
+
+
+def refuse_runs_table(path: Path, frame: pd.DataFrame) -> None:
+    """A W&B runs table (one row per run: the UI's run list, or `api.runs()` summaries with
+    their `name`, `id` and `_wandb` columns) holds each run's last values, not a history:
+    read as one log, its rows would be steps and each run's `_step` a restart. It is an
+    error that says what to export instead."""
+    cols = set(map(str, frame.columns))
+    ui = "Name" in cols and len(_RUNS_TABLE & cols) >= 3
+    api = {"name", "id", "_wandb"} <= cols and len(frame) > 1 and \
+        frame["id"].nunique(dropna=True) == len(frame)
+    if ui or api:
+        named = ", ".join(["Name", *sorted(_RUNS_TABLE & cols)]) if ui else "name, id, _wandb"
+        raise LogFormatError(
+            f"{path}: a W&B runs table ({len(frame)} rows, one per run: {named}), not a "
+            "history; export each run's history (the run page's CSV, or run.history())")
+
+
 class CsvReader:
     name = "csv"
     description = "CSV/TSV with a step column (generic, Lightning metrics.csv)"
@@ -489,6 +510,7 @@ class CsvReader:
 
     def read(self, path: Path) -> list[RawLog]:
         t = load_csv(path)
+        refuse_runs_table(path, t.frame)
         return [RawLog(frame=t.frame, nan_mask=t.nan_mask, warnings=t.warnings,
                        row_lines=t.row_lines)]
 

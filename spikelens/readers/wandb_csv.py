@@ -13,7 +13,7 @@ import numpy as np
 
 from spikelens.readers import READERS
 from spikelens.readers._base import RawLog
-from spikelens.readers.csv import header_cells, load_csv
+from spikelens.readers.csv import header_cells, load_csv, refuse_runs_table
 
 _SEP = " - "
 
@@ -47,6 +47,7 @@ class WandbCsvReader:
     def read(self, path: Path) -> list[RawLog]:
         t = load_csv(path)
         frame = t.frame
+        refuse_runs_table(path, frame)
         step_col = "_step" if "_step" in frame.columns else "Step"
         if step_col not in frame.columns:
             return [RawLog(frame=frame, nan_mask=t.nan_mask, warnings=t.warnings)]
