@@ -39,10 +39,11 @@ OVERFLOW = "overflow"
 LOSS_SCALE = "loss scale"
 PPL = "ppl"
 
+_NUM_RE = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf)"
 # steps are bounded to 15 digits so that no line can overflow the int64 step column
 _ITER = re.compile(r"iteration\s+(\d{1,15})\s*/\s*(\d+)\s*\|")
 _SNIFF_ITER = re.compile(rb"iteration\s+\d+\s*/\s*\d+\s*\|")
-_SNIFF_DS = re.compile(rb"step=\d+, skipped=\d+|OVERFLOW!")
+_SNIFF_DS = re.compile(rb"step=\d+, skipped=\d+|OVERFLOW!|\bsteps: \d+ loss: \d")
 _SNIFF_ARGS = re.compile(rb"-+ arguments -+|\blog_interval \.{3,}")
 # Megatron-LM `validation loss at iteration 7000 [on validation set] |`, `... at the end of
 # training for test data |`; GPT-NeoX `validation results at iteration 20 |`
@@ -51,6 +52,13 @@ _VALID = re.compile(
     r"(?:\s+on\s+(\w+)\s+set)?|the end of training for (\w+) data)"
 )
 _DS_STEP = re.compile(r"\bstep=(\d{1,15}),\s*skipped=(\d{1,15})(?:,\s*lr=\[([^\]]*)\])?")
+# DeepSpeed's pipeline engine: `steps: 1 loss: 12.2911 iter time (s): 16.707 samples/sec:
+# 0.239` (deepspeed/runtime/pipe/engine.py, train_batch); newer versions put extra losses
+# (`name: 0.1234`) between the loss and the time
+_PIPE = re.compile(r"(?<![\w.])steps: (\d{1,15}) loss: (" + _NUM_RE + r")(?=\s|$)")
+_PIPE_FIELD = re.compile(
+    r"\s*([A-Za-z_][\w/.\-]*(?: [A-Za-z_(][\w/.()\-]*)*):\s*(" + _NUM_RE + r")(?=\s|$)"
+)
 _DS_TIMER = re.compile(
     r"\bepoch=(\d{1,15})/micro_step=(\d{1,15})/global_step=(\d{1,15})(?!\d)"
 )
@@ -240,6 +248,17 @@ class _Parse:
         row = self.add_row(step, values, line_no)
         self.add_anchor(step, line, row)
 
+    def pipe_step(self, line: str, m: re.Match[str], line_no: int) -> None:
+        """DeepSpeed's pipeline engine (`PipelineEngine.train_batch`) prints `steps: N loss:
+        X [name: Y ...] iter time (s): T samples/sec: S` every steps_per_print steps: the
+        loss of step N (not an interval mean; the time is), next to the `step=N` line of
+        the same step, with which it merges (same step, last write per column)."""
+        values = {k: float(v) for k, v in _PIPE_FIELD.findall(line, m.end())}
+        values["loss"] = float(m.group(2))
+        step = int(m.group(1))
+        self.add_row(step, values, line_no)
+        self.add_anchor(step, line, None)
+
     def ds_timer(self, line: str, m: re.Match[str], line_no: int) -> None:
         epoch, micro, step = (int(g) for g in m.groups())
         values: dict[str, float] = {"epoch": float(epoch), "micro_step": float(micro)}
@@ -274,6 +293,11 @@ class _Parse:
         return [self.train.lines[row] for row, _ in self.torn]
 
     def line(self, line: str, line_no: int) -> None:
+        if "steps: " in line:
+            s = _PIPE.search(line)
+            if s is not None:
+                self.pipe_step(line, s, line_no)
+                return
         if "iteration" in line:
             m = _ITER.search(line)
             if m is not None:

@@ -33,12 +33,13 @@ _MMENGINE = re.compile(
     r"\b(Epoch|Iter)\s*(?:\((\w+)\))?\s*\[\s*(\d{1,9})\s*(?:/\s*(\d{1,9})\s*)?\]"
     r"(?:\s*\[\s*(\d{1,9})\s*/\s*(\d{1,9})\s*\])?"
 )
-# `step 5`, `step:5/100`, `iter 100:`, `iteration 7`, `global_step=9`, and the terse
+# `step 5`, `step:5/100`, `iter 100:`, `iteration 7`, `global_step=9` (NeMo's progress bar
+# writes `global_step=188.0`: a whole float is a step), and the terse
 # `s:0` / `it=3` forms, which need the `:`/`=` so a lone "s" in prose is not a step.
 # Numbers are bounded (15 digits) so that no line can overflow the int64 step column.
 _STEP = re.compile(
     r"(?<![\w./\-])(?:(?:global_step|step|iteration|iter)\s*[:=]?\s*|(?:s|it)[:=])"
-    r"(\d{1,15})(?:\s*/\s*\d+)?(?![\w.])",
+    r"(\d{1,15})(?:\.0+)?(?:\s*/\s*\d+)?(?![\w.])",
     re.IGNORECASE,
 )
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:[nN][aA][nN]|[iI][nN][fF](?:inity)?)"
@@ -53,6 +54,18 @@ _PAIR = re.compile(
 )
 # up to two plain words right before a key (`train loss`, `val loss`, `grad norm`)
 _LEAD = re.compile(rf"(?:^|(?<=[\s,;|:(\[{{]))((?:{_KEY} ){{1,2}})$")
+# pytorch/examples word_language_model (main.py): `| epoch   4 |  2200/ 2983 batches | lr
+# 20.00 | ms/batch 10.71 | loss 17.21 | ppl ...`, then `| end of epoch   4 | time: 33.07s |
+# valid loss 12.21 | valid ppl ...` and `| End of training | test loss ... |`
+_WORDLM = re.compile(r"^\s*\|\s*epoch\s+(\d{1,9})\s*\|\s*(\d{1,12})\s*/\s*(\d{1,12})\s+batches\s*\|")
+_WORDLM_END = re.compile(r"^\s*\|\s*end of (?:epoch\s+\d{1,9}|training)\s*\|", re.IGNORECASE)
+# Karpathy's build-nanogpt `log.txt`: `{step} train {loss:.6f}`, `{step} val {loss:.4f}`,
+# `{step} hella {acc:.4f}`, one per line
+_NANO_LOG = re.compile(rf"^(\d{{1,15}}) (train|val|hella) ({_NUM})\s*$")
+_NANO_KEYS = {"train": "train loss", "val": "val loss", "hella": "hella acc"}
+# PyTorch Lightning's progress bar (NeMo): `Epoch 0:   2%|▏  | 188/10000 [05:06<4:26:30,
+# 1.6s/it, loss=7.75, v_num=3-16, reduced_train_loss=7.560, global_step=188.0, ...]`
+_PTL_BAR = re.compile(r"^\s*Epoch (\d{1,9}):\s*\d{1,3}%\|")
 _LEVELS = {"INFO", "DEBUG", "WARNING", "WARN", "ERROR", "CRITICAL", "TRACE", "NOTICE"}
 _EVAL_PREFIX = re.compile(r"^(val|eval|valid|validation|test)([_/]|$)")
 _EVAL_TAGS = {"val", "valid", "validation", "eval", "test"}
@@ -178,8 +191,30 @@ def read_lines(path: Path) -> tuple[list[str], bool]:
     return lines, ends_nl
 
 
+def nano_log_lines(lines: list[str]) -> bool:
+    """Whether the lines are a build-nanogpt `log.txt`: at least 3, and more than half of
+    the non-blank ones `{step} train|val|hella {number}` (so that a file with the odd
+    number-word-number line is not taken for one)."""
+    hits = blank = 0
+    for line in lines:
+        if not line.strip():
+            blank += 1
+        elif _NANO_LOG.match(line):
+            hits += 1
+    return hits >= 3 and 2 * hits > len(lines) - blank
+
+
 def _step_of(line: str, last_train: int) -> tuple[int, str, str | None] | None:
     """(step, rest of the line without the step token, mmengine tag) or None."""
+    if line.lstrip().startswith("|"):
+        w = _WORDLM.match(line)
+        if w is not None:
+            per_epoch = int(w.group(3))
+            step = (int(w.group(1)) - 1) * per_epoch + int(w.group(2))
+            return step, line[w.end():], "train"
+        e = _WORDLM_END.match(line)
+        if e is not None:  # the evaluation after an epoch, at the train step reached
+            return last_train, line[e.end():], "valid"
     if "poch" in line or "Iter" in line:
         m = _MMENGINE.search(line)
         if m is not None:
@@ -198,6 +233,19 @@ def _step_of(line: str, last_train: int) -> tuple[int, str, str | None] | None:
     return int(m2.group(1)), line[: m2.start()] + " | " + line[m2.end():], None
 
 
+def _bar_pairs(pairs: dict[str, float], epoch: int) -> dict[str, float]:
+    """The values of a Lightning progress bar line, with its `Epoch N:` as `epoch`. The
+    bar's own `loss` is Lightning's running mean (over the last 20 batches): when the line
+    also has the step's loss (NeMo's `reduced_train_loss`), the mean is kept as `loss
+    (running mean)`, last, so that it does not take the train loss role (it would smooth a
+    one-step spike away)."""
+    out = dict(pairs)
+    out.setdefault("epoch", float(epoch))
+    if "loss" in out and any("train_loss" in k for k in out):
+        out["loss (running mean)"] = out.pop("loss")
+    return out
+
+
 class TextReader:
     name = "text"
     description = "generic key-value text logs (nanoGPT, llm.c, modded-nanogpt, mmengine)"
@@ -205,7 +253,10 @@ class TextReader:
     def sniff(self, path: Path, head: bytes) -> float:
         if path.is_dir() or not head or looks_binary(head):
             return 0.0
-        for line in head.decode("utf-8", errors="replace").split("\n")[:400]:
+        head_lines = head.decode("utf-8", errors="replace").split("\n")[:400]
+        if nano_log_lines(head_lines[:-1] if len(head_lines) > 1 else head_lines):
+            return 0.6  # the whole head is build-nanogpt log.txt lines
+        for line in head_lines:
             if not any(c.isdigit() for c in line):
                 continue
             hit = _step_of(line, 0)
@@ -221,27 +272,48 @@ class TextReader:
         last_train = 0
         last_kind: RowTable | None = None
         sink = MessageSink()  # error, warning and checkpoint lines (issue 14)
-        for no, line in enumerate(lines, start=1):
-            hit = _step_of(line, last_train)
-            if hit is None:
-                sink.feed(line, no, last_train if train.rows else None)
-                # not a metric row; remember it only if it carries several numbers
-                if len(line) > 3 and any(c.isdigit() for c in line) and \
-                        _looks_like_metrics(parse_pairs(line)):
-                    stepless.append(no)
-                continue
-            step, rest, tag = hit
-            pairs = parse_pairs(rest)
-            pairs.pop(STEP, None)
-            if not pairs:
-                continue
-            is_eval = tag in _EVAL_TAGS if tag is not None else \
-                any(_is_eval_key(k, eval_cache) for k in pairs)
-            target = evals if is_eval else train
-            target.add(step, pairs, no)
-            last_kind = target
-            if not is_eval:
-                last_train = step
+        nano = nano_log_lines(lines)
+        averaged = False
+        for no, full in enumerate(lines, start=1):
+            # a progress bar redrawn with carriage returns: each redraw is read, in order
+            # (the last one of a step wins, as for any repeated step)
+            segments = full.split("\r") if "\r" in full and "\r" in full.rstrip("\r") \
+                else (full,)
+            for line in segments:
+                if nano:
+                    n = _NANO_LOG.match(line)
+                    if n is not None:
+                        kind = n.group(2)
+                        target = train if kind == "train" else evals
+                        target.add(int(n.group(1)), {_NANO_KEYS[kind]: float(n.group(3))}, no)
+                        last_kind = target
+                        continue
+                hit = _step_of(line, last_train)
+                if hit is None:
+                    sink.feed(line, no, last_train if train.rows else None)
+                    # not a metric row; remember it only if it carries several numbers
+                    if len(line) > 3 and any(c.isdigit() for c in line) and \
+                            _looks_like_metrics(parse_pairs(line)):
+                        stepless.append(no)
+                    continue
+                step, rest, tag = hit
+                pairs = parse_pairs(rest)
+                pairs.pop(STEP, None)
+                if not pairs:
+                    continue
+                if tag is None and "poch" in line:
+                    bar = _PTL_BAR.match(line)
+                    if bar is not None:
+                        pairs = _bar_pairs(pairs, int(bar.group(1)))
+                elif tag == "train":  # word_language_model: the mean since the last print
+                    averaged = True
+                is_eval = tag in _EVAL_TAGS if tag is not None else \
+                    any(_is_eval_key(k, eval_cache) for k in pairs)
+                target = evals if is_eval else train
+                target.add(step, pairs, no)
+                last_kind = target
+                if not is_eval:
+                    last_train = step
         warnings: list[str] = []
         # A last line without its newline may have been cut mid-write: if it has fewer
         # values than the row before it of the same kind, it is torn; drop it.
@@ -285,6 +357,7 @@ class TextReader:
             row_lines=row_lines,
             warnings=warnings + sink.warnings(path),
             messages=sink.messages,
+            averaged=averaged,
         )]
 
 
