@@ -2,19 +2,20 @@
 `iteration N/ M | key: value | ...` lines wherever they sit in a line (behind `[default7]:`,
 `0:` or a timestamp), every key a column named as printed (`lm loss`, `grad norm`, `loss
 scale`), step column `iteration`; values are averages over `log_interval` (read from the
-arguments dump, else the step spacing). An interval whose iterations were all skipped prints
-no `lm loss`: its loss stays missing and its `number of skipped iterations` is made at least
-1. A line cut mid-write (Megatron ends every line with `|`) keeps its complete fields only.
+arguments dump, else the step spacing). An interval whose iterations were all skipped prints no
+`lm loss`: its loss stays missing and its `number of skipped iterations` is made at least 1. A
+line cut mid-write (Megatron ends every line with `|`) keeps its complete fields only.
 `validation loss at iteration N |` lines (and GPT-NeoX `validation results at`) go to the eval
 table. DeepSpeed's `step=N, skipped=K, lr=[..]` lines give `skipped (cumulative)`, `lr (group
-0)` and `overflow` (skipped steps attributed to that step); its `OVERFLOW! ... Attempted loss
-scale: X, reducing to Y` lines carry no step, so each is placed between the known steps
-around it (`step=`, `global_step=` and `iteration` lines): by its timestamp at the step the
-run had then reached, interpolated at that interval's own pace, or, without timestamps, on
-the interval's first steps (off by at most the print interval). Each becomes `overflow` = 1
+0)` and `overflow` (skipped steps attributed to that step); its pipeline engine's `steps: N
+loss: X iter time (s): T samples/sec: S` lines give the train `loss` of step N; its `OVERFLOW!
+... Attempted loss scale: X, reducing to Y` lines carry no step, so each is placed between the
+known steps around it (`step=`, `global_step=` and `iteration` lines): by its timestamp at the
+step the run had then reached, interpolated at that interval's own pace, or, without timestamps,
+on the interval's first steps (off by at most the print interval). Each becomes `overflow` = 1
 with `loss scale` = the new scale (the kept one when only the hysteresis dropped).
-DeepSpeed-Chat's `ppl: X` eval lines carry no step either: each is put at the last step
-logged before it, with a warning."""
+DeepSpeed-Chat's `ppl: X` eval lines carry no step either: each is put at the last step logged
+before it, with a warning."""
 
 from __future__ import annotations
 

@@ -1,15 +1,20 @@
-"""Generic key-value text logs: the fallback for training scripts that print one line per step.
-One reader covers the common dialects: nanoGPT (`iter 100: loss 4.2012, time 33.21ms, mfu
-12.3%` and `step 0: train loss .., val loss ..`), llm.c (`s:0 trl:11.0091 lr:.. norm:..` and
-`s:0 tel:..`), modded-nanogpt (`step:1/20344 train_loss:22.6 train_time:81991ms
-step_avg:nanms`) and mmengine/mmcv (`Epoch(train) [1][50/500]  lr: 1e-04 ... loss: 2.51`).
-Each line is searched for a step token, then for `key: value`, `key=value` and `key value`
-pairs; a pair's key takes up to two preceding words (`train loss`, `val loss`) so that such
-keys stay apart. Units (`ms`, `s`, `%`, `GB`) are stripped, `nan`/`inf` are kept as logged
-non-finite values. A line with an evaluation key (`val_loss`, `tel`, `eval/...`) or an
-mmengine `(val)`/`(test)` tag goes whole to the eval table, so eval numbers never mix with
-train ones. Lines without a step are ignored; those that still carry several numbers are
-counted in a warning. The frame helpers at the bottom are shared with the Megatron reader."""
+"""Generic key-value text logs: the fallback for training scripts that print one line per step. One
+reader covers the common dialects: nanoGPT (`iter 100: loss 4.2012, time 33.21ms, mfu 12.3%` and
+`step 0: train loss .., val loss ..`), llm.c (`s:0 trl:11.0091 lr:.. norm:..` and `s:0 tel:..`),
+modded-nanogpt (`step:1/20344 train_loss:22.6 train_time:81991ms step_avg:nanms`), mmengine/mmcv
+(`Epoch(train) [1][50/500]  lr: 1e-04 ... loss: 2.51`), NeMo/Lightning progress bars (`Epoch 0:
+2%|..| 188/10000 [.., reduced_train_loss=7.560, global_step=188.0]`, each carriage-return redraw
+read, the last of a step winning), pytorch/examples word_language_model (`| epoch 4 | 2200/ 2983
+batches | .. | loss 17.21 |`, step (epoch - 1) x batches + batch, its `| end of epoch 4 | .. |
+valid loss ..` lines eval rows at the last train step) and build-nanogpt's `log.txt` (`{step}
+train|val|hella {value}`, read only when most lines are such). Each line is searched for a step
+token, then for `key: value`, `key=value` and `key value` pairs; a pair's key takes up to two
+preceding words (`train loss`, `val loss`) so that such keys stay apart. Units (`ms`, `s`, `%`,
+`GB`) are stripped, `nan`/`inf` are kept as logged non-finite values. A line with an evaluation
+key (`val_loss`, `tel`, `eval/...`) or an mmengine `(val)`/`(test)` tag goes whole to the eval
+table, so eval numbers never mix with train ones. Lines without a step are ignored; those that
+still carry several numbers are counted in a warning. The frame helpers at the bottom are shared
+with the Megatron reader."""
 
 from __future__ import annotations
 
@@ -33,15 +38,17 @@ _MMENGINE = re.compile(
     r"\b(Epoch|Iter)\s*(?:\((\w+)\))?\s*\[\s*(\d{1,9})\s*(?:/\s*(\d{1,9})\s*)?\]"
     r"(?:\s*\[\s*(\d{1,9})\s*/\s*(\d{1,9})\s*\])?"
 )
-# `step 5`, `step:5/100`, `iter 100:`, `iteration 7`, `global_step=9` (NeMo's progress bar
-# writes `global_step=188.0`: a whole float is a step), and the terse
+# `step 5`, `step:5/100`, `iter 100:`, `iteration 7`, `global_step=9`, and the terse
 # `s:0` / `it=3` forms, which need the `:`/`=` so a lone "s" in prose is not a step.
 # Numbers are bounded (15 digits) so that no line can overflow the int64 step column.
 _STEP = re.compile(
     r"(?<![\w./\-])(?:(?:global_step|step|iteration|iter)\s*[:=]?\s*|(?:s|it)[:=])"
-    r"(\d{1,15})(?:\.0+)?(?:\s*/\s*\d+)?(?![\w.])",
+    r"(\d{1,15})(?:\s*/\s*\d+)?(?![\w.])",
     re.IGNORECASE,
 )
+# NeMo's progress bar writes `global_step=188.0`: a whole float after `=` is a step too (only
+# after `=`, so that prose such as "step 3.0 of the recipe" stays prose)
+_WHOLE_STEP = re.compile(r"(?<![\w./\-])(?:global_step|step)\s*=\s*(\d{1,15})\.0+(?![\w.])")
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:[nN][aA][nN]|[iI][nN][fF](?:inity)?)"
 _UNIT = r"ms|us|µs|ns|sec|secs|s|min|h|%|x|GiB|MiB|KiB|GB|MB|KB|B"
 _KEY = r"[A-Za-z_][\w./@\-]*"
@@ -57,7 +64,9 @@ _LEAD = re.compile(rf"(?:^|(?<=[\s,;|:(\[{{]))((?:{_KEY} ){{1,2}})$")
 # pytorch/examples word_language_model (main.py): `| epoch   4 |  2200/ 2983 batches | lr
 # 20.00 | ms/batch 10.71 | loss 17.21 | ppl ...`, then `| end of epoch   4 | time: 33.07s |
 # valid loss 12.21 | valid ppl ...` and `| End of training | test loss ... |`
-_WORDLM = re.compile(r"^\s*\|\s*epoch\s+(\d{1,9})\s*\|\s*(\d{1,12})\s*/\s*(\d{1,12})\s+batches\s*\|")
+_WORDLM = re.compile(
+    r"^\s*\|\s*epoch\s+(\d{1,9})\s*\|\s*(\d{1,12})\s*/\s*(\d{1,12})\s+batches\s*\|"
+)
 _WORDLM_END = re.compile(r"^\s*\|\s*end of (?:epoch\s+\d{1,9}|training)\s*\|", re.IGNORECASE)
 # Karpathy's build-nanogpt `log.txt`: `{step} train {loss:.6f}`, `{step} val {loss:.4f}`,
 # `{step} hella {acc:.4f}`, one per line
@@ -209,9 +218,9 @@ def _step_of(line: str, last_train: int) -> tuple[int, str, str | None] | None:
     if line.lstrip().startswith("|"):
         w = _WORDLM.match(line)
         if w is not None:
-            per_epoch = int(w.group(3))
-            step = (int(w.group(1)) - 1) * per_epoch + int(w.group(2))
-            return step, line[w.end():], "train"
+            batches = int(w.group(3))
+            step = (int(w.group(1)) - 1) * batches + int(w.group(2))
+            return step, line[w.end():], "batches"  # a train line (not an mmengine tag)
         e = _WORDLM_END.match(line)
         if e is not None:  # the evaluation after an epoch, at the train step reached
             return last_train, line[e.end():], "valid"
@@ -229,7 +238,9 @@ def _step_of(line: str, last_train: int) -> tuple[int, str, str | None] | None:
             return step, line[: m.start()] + " | " + line[m.end():], tag
     m2 = _STEP.search(line)
     if m2 is None:
-        return None
+        m2 = _WHOLE_STEP.search(line) if "=" in line else None
+        if m2 is None:
+            return None
     return int(m2.group(1)), line[: m2.start()] + " | " + line[m2.end():], None
 
 
@@ -305,7 +316,7 @@ class TextReader:
                     bar = _PTL_BAR.match(line)
                     if bar is not None:
                         pairs = _bar_pairs(pairs, int(bar.group(1)))
-                elif tag == "train":  # word_language_model: the mean since the last print
+                elif tag == "batches":  # word_language_model: the mean since the last print
                     averaged = True
                 is_eval = tag in _EVAL_TAGS if tag is not None else \
                     any(_is_eval_key(k, eval_cache) for k in pairs)
