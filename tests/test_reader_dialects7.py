@@ -117,6 +117,24 @@ def test_nemo_progress_bar_whole_float_step_and_redraws(tmp_path: Path) -> None:
     assert _peak(log) == [("spike", SPIKE)]
 
 
+def test_nemo_progress_bar_val_loss_is_an_eval_row_where_it_changes(tmp_path: Path) -> None:
+    # after each validation, the train bar keeps showing `val_loss=` on every step
+    log = tmp_path / "nemo_val.log"
+    lines = []
+    for s in range(30):
+        line = _bar(s, 10000, 5.0 - s / 100, 5.0)
+        if s >= 10:
+            line = line[:-1] + f", val_loss={4.8 if s < 20 else 4.5:.3f}]"
+        lines.append(line)
+    log.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    run = read_log(log)
+    assert run.roles["loss"] == "reduced_train_loss" and run.roles["eval_loss"] == "val_loss"
+    assert list(run.frame.index) == list(range(30)) and "val_loss" not in run.frame
+    assert run.frame.loc[25, "reduced_train_loss"] == 4.75
+    assert run.eval_frame is not None and list(run.eval_frame.index) == [10, 20]
+    assert list(run.eval_frame["val_loss"]) == [4.8, 4.5]
+
+
 # --- build-nanogpt log/log.txt: f"{step} train {loss_accum.item():.6f}\n",
 # f"{step} val {val_loss_accum.item():.4f}\n", f"{step} hella {acc_norm:.4f}\n"
 

@@ -257,6 +257,23 @@ def _bar_pairs(pairs: dict[str, float], epoch: int) -> dict[str, float]:
     return out
 
 
+def _bar_evals(pairs: dict[str, float], step: int, line: int, evals: RowTable,
+               shown: dict[str, float], cache: dict[str, bool]) -> None:
+    """Move a progress bar's eval values (`val_loss=`) out of its train values. The bar
+    keeps showing the last validation on every step after it: an eval row is written only
+    where they change (the first bar after each validation)."""
+    ev = {k: v for k, v in pairs.items() if _is_eval_key(k, cache)}
+    if not ev:
+        return
+    for k in ev:
+        del pairs[k]
+    changed = any(k not in shown or not (shown[k] == v or (v != v and shown[k] != shown[k]))
+                  for k, v in ev.items())
+    if changed:
+        evals.add(step, ev, line)
+        shown.update(ev)
+
+
 class TextReader:
     name = "text"
     description = "generic key-value text logs (nanoGPT, llm.c, modded-nanogpt, mmengine)"
@@ -284,6 +301,7 @@ class TextReader:
         last_kind: RowTable | None = None
         sink = MessageSink()  # error, warning and checkpoint lines (issue 14)
         nano = nano_log_lines(lines)
+        bar_evals: dict[str, float] = {}  # the eval values a progress bar last showed
         averaged = False
         for no, full in enumerate(lines, start=1):
             # a progress bar redrawn with carriage returns: each redraw is read, in order
@@ -312,14 +330,17 @@ class TextReader:
                 pairs.pop(STEP, None)
                 if not pairs:
                     continue
+                is_bar = False
                 if tag is None and "poch" in line:
                     bar = _PTL_BAR.match(line)
                     if bar is not None:
+                        is_bar = True
                         pairs = _bar_pairs(pairs, int(bar.group(1)))
+                        _bar_evals(pairs, step, no, evals, bar_evals, eval_cache)
                 elif tag == "batches":  # word_language_model: the mean since the last print
                     averaged = True
                 is_eval = tag in _EVAL_TAGS if tag is not None else \
-                    any(_is_eval_key(k, eval_cache) for k in pairs)
+                    not is_bar and any(_is_eval_key(k, eval_cache) for k in pairs)
                 target = evals if is_eval else train
                 target.add(step, pairs, no)
                 last_kind = target
