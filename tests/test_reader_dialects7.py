@@ -202,6 +202,45 @@ def test_word_language_model_epochs_and_valid_lines(tmp_path: Path) -> None:
     assert _peak(log) == [("spike", steps[SPIKE])]
 
 
+# --- old fairseq's simple progress bar (fairseq/progress_bar.py, simple_progress_bar):
+# '{}:  {:5d} / {:d} {}'.format(prefix, i, size, 'k=v, ...'), prefix '| epoch {:03d}';
+# end of epoch '{} | {}'.format(prefix, 'k v | ...'), the validation's prefix adding
+# "| valid on 'valid' subset"
+
+def test_old_fairseq_progress_lines(tmp_path: Path) -> None:
+    log = tmp_path / "fairseq.log"
+    size, interval = 1102, 100  # 11 prints an epoch
+    losses = _losses(308, SPIKE)
+    lines, k, updates = [], 0, 0
+    for epoch in range(1, 29):
+        for i in range(interval, size, interval):
+            stats = {"loss": f"{losses[k]:.3f}", "nll_loss": f"{losses[k] - 0.1:.3f}",
+                     "ppl": f"{2 ** losses[k]:.2f}", "wps": "15230", "num_updates":
+                     str(updates + i), "lr": "0.0005", "gnorm": "1.532", "oom": "0.000"}
+            k += 1
+            postfix = ", ".join(key + "=" + v.strip() for key, v in stats.items())
+            lines.append(f"| epoch {epoch:03d}:  {i:5d} / {size:d} {postfix}")
+        updates += size
+        lines.append(f"| epoch {epoch:03d} | loss 9.999 | nll_loss 9.9 | ppl 1000.0 | "
+                     f"num_updates {updates} | lr 0.0005")
+        lines.append(f"| epoch {epoch:03d} | valid on 'valid' subset | loss {4 + epoch / 100} "
+                     f"| nll_loss 3.9 | ppl 16.5 | num_updates {updates}")
+    log.write_text("\n".join(lines) + "\n")
+    run = read_log(log)
+    assert run.format == "text"
+    assert run.roles["loss"] == "loss" and run.roles["eval_loss"] == "valid loss"
+    assert run.roles["grad_norm"] == "gnorm" and "num_updates" not in run.frame
+    steps = [(e - 1) * size + i for e in range(1, 29) for i in range(interval, size, interval)]
+    assert list(run.frame.index) == steps
+    assert run.frame.loc[size + 100, "loss"] == round(losses[11], 3)
+    assert 9.999 not in set(run.frame["loss"])  # the epoch means are not a step's loss
+    assert run.eval_frame is not None and run.eval_frame.loc[size, "valid loss"] == 4.01
+    assert run.warnings == (
+        f"{log}: skipped 28 fairseq end-of-epoch summary line(s) (means over the epoch, not "
+        "one step's values) (lines 12, 25, 38, ...)",)
+    assert _peak(log) == [("spike", steps[SPIKE])]
+
+
 # --- look-alikes that are not logs
 
 @pytest.mark.parametrize("text", [
@@ -215,6 +254,7 @@ def test_word_language_model_epochs_and_valid_lines(tmp_path: Path) -> None:
     # a markdown table about epochs is not word_language_model output
     "Our notes: | epoch 1 | 200/ 300 laps | the loss 2.5 was fine |\n",
     "| end of the story | it rained 3 days |\n",
+    "| epoch 1:  5 / 10 of us agreed, num_updates were late\n",
     # `steps: N loss:` in prose, without a number for the loss
     "It took 12 steps: 1 loss: none of them mattered.\n",
 ])

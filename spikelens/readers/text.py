@@ -6,15 +6,16 @@ modded-nanogpt (`step:1/20344 train_loss:22.6 train_time:81991ms step_avg:nanms`
 2%|..| 188/10000 [.., reduced_train_loss=7.560, global_step=188.0]`, each carriage-return redraw
 read, the last of a step winning), pytorch/examples word_language_model (`| epoch 4 | 2200/ 2983
 batches | .. | loss 17.21 |`, step (epoch - 1) x batches + batch, its `| end of epoch 4 | .. |
-valid loss ..` lines eval rows at the last train step) and build-nanogpt's `log.txt` (`{step}
-train|val|hella {value}`, read only when most lines are such). Each line is searched for a step
-token, then for `key: value`, `key=value` and `key value` pairs; a pair's key takes up to two
-preceding words (`train loss`, `val loss`) so that such keys stay apart. Units (`ms`, `s`, `%`,
-`GB`) are stripped, `nan`/`inf` are kept as logged non-finite values. A line with an evaluation
-key (`val_loss`, `tel`, `eval/...`) or an mmengine `(val)`/`(test)` tag goes whole to the eval
-table, so eval numbers never mix with train ones. Lines without a step are ignored; those that
-still carry several numbers are counted in a warning. The frame helpers at the bottom are shared
-with the Megatron reader."""
+valid loss ..` lines eval rows at the last train step; old fairseq's `| epoch 001:  100 / 1102
+loss=.., num_updates=100` lines at num_updates, its `valid on 'valid' subset` lines eval rows)
+and build-nanogpt's `log.txt` (`{step} train|val|hella {value}`, read only when most lines are
+such). Each line is searched for a step token, then for `key: value`, `key=value` and `key
+value` pairs; a pair's key takes up to two preceding words (`train loss`, `val loss`) so that
+such keys stay apart. Units (`ms`, `s`, `%`, `GB`) are stripped, `nan`/`inf` are kept as logged
+non-finite values. A line with an evaluation key (`val_loss`, `tel`, `eval/...`) or an mmengine
+`(val)`/`(test)` tag goes whole to the eval table, so eval numbers never mix with train ones.
+Lines without a step are ignored; those that still carry several numbers are counted in a
+warning. The frame helpers at the bottom are shared with the Megatron reader."""
 
 from __future__ import annotations
 
@@ -68,6 +69,12 @@ _WORDLM = re.compile(
     r"^\s*\|\s*epoch\s+(\d{1,9})\s*\|\s*(\d{1,12})\s*/\s*(\d{1,12})\s+batches\s*\|"
 )
 _WORDLM_END = re.compile(r"^\s*\|\s*end of (?:epoch\s+\d{1,9}|training)\s*\|", re.IGNORECASE)
+# old fairseq's simple progress bar (the same `| epoch` look): `| epoch 001:    100 / 1102
+# loss=9.453, ..., num_updates=100, ...`, the epoch's `| epoch 001 | loss 7.853 | ... |
+# num_updates 1102 | ...` summary and `| epoch 001 | valid on 'valid' subset | loss 6.5 | ...`
+_FAIRSEQ = re.compile(r"^\s*\|\s*epoch\s+(\d{1,9}):\s+(\d{1,12})\s*/\s*(\d{1,12})(?=\s)")
+_FAIRSEQ_END = re.compile(r"^\s*\|\s*epoch\s+\d{1,9}\s*\|(?:\s*valid on '(\w+)' subset\s*\|)?")
+_UPDATES = re.compile(r"\bnum_updates[= ](\d{1,15})(?![\w.])")
 # Karpathy's build-nanogpt `log.txt`: `{step} train {loss:.6f}`, `{step} val {loss:.4f}`,
 # `{step} hella {acc:.4f}`, one per line
 _NANO_LOG = re.compile(rf"^(\d{{1,15}}) (train|val|hella) ({_NUM})\s*$")
@@ -224,6 +231,19 @@ def _step_of(line: str, last_train: int) -> tuple[int, str, str | None] | None:
         e = _WORDLM_END.match(line)
         if e is not None:  # the evaluation after an epoch, at the train step reached
             return last_train, line[e.end():], "valid"
+        if "num_updates" in line:
+            u = _UPDATES.search(line)
+            f = _FAIRSEQ.match(line)
+            if f is not None:
+                step = int(u.group(1)) if u is not None else \
+                    (int(f.group(1)) - 1) * int(f.group(3)) + int(f.group(2))
+                return step, line[f.end():], "fairseq"
+            g = _FAIRSEQ_END.match(line)
+            if g is not None:
+                step = int(u.group(1)) if u is not None else last_train
+                # an evaluation's keys are named by its subset (`valid loss`), as printed
+                return step, line[g.end():], \
+                    f"subset {g.group(1)}" if g.group(1) else "fairseq summary"
     if "poch" in line or "Iter" in line:
         m = _MMENGINE.search(line)
         if m is not None:
@@ -301,6 +321,7 @@ class TextReader:
         last_kind: RowTable | None = None
         sink = MessageSink()  # error, warning and checkpoint lines (issue 14)
         nano = nano_log_lines(lines)
+        summaries: list[int] = []  # fairseq end-of-epoch summary lines
         bar_evals: dict[str, float] = {}  # the eval values a progress bar last showed
         averaged = False
         for no, full in enumerate(lines, start=1):
@@ -328,6 +349,14 @@ class TextReader:
                 step, rest, tag = hit
                 pairs = parse_pairs(rest)
                 pairs.pop(STEP, None)
+                if tag is not None and tag != "batches" and "num_updates" in pairs:
+                    del pairs["num_updates"]  # fairseq's step counter, read as the step
+                if tag == "fairseq summary":
+                    summaries.append(no)  # the epoch's means, not one step's values
+                    continue
+                if tag is not None and tag.startswith("subset "):
+                    pairs = {f"{tag[7:]} {k}": v for k, v in pairs.items()}
+                    tag = "valid"
                 if not pairs:
                     continue
                 is_bar = False
@@ -361,6 +390,10 @@ class TextReader:
         folded = fold_table(train, lines, path)  # several ranks: rank<N>/<key> columns
         if folded is not None:
             warnings.append(folded)
+        if summaries:
+            warnings.append(skip_warning(
+                path, len(summaries), "fairseq end-of-epoch summary line(s) (means over the "
+                "epoch, not one step's values)", summaries))
         if stepless:
             warnings.append(
                 skip_warning(path, len(stepless), "line(s) with metrics but no step", stepless)
