@@ -62,17 +62,18 @@ _PAIR = re.compile(
 )
 # up to two plain words right before a key (`train loss`, `val loss`, `grad norm`)
 _LEAD = re.compile(rf"(?:^|(?<=[\s,;|:(\[{{]))((?:{_KEY} ){{1,2}})$")
+# (epoch and batch numbers are bounded so that (epoch - 1) x batches + batch fits in int64)
 # pytorch/examples word_language_model (main.py): `| epoch   4 |  2200/ 2983 batches | lr
 # 20.00 | ms/batch 10.71 | loss 17.21 | ppl ...`, then `| end of epoch   4 | time: 33.07s |
 # valid loss 12.21 | valid ppl ...` and `| End of training | test loss ... |`
 _WORDLM = re.compile(
-    r"^\s*\|\s*epoch\s+(\d{1,9})\s*\|\s*(\d{1,12})\s*/\s*(\d{1,12})\s+batches\s*\|"
+    r"^\s*\|\s*epoch\s+(\d{1,6})\s*\|\s*(\d{1,9})\s*/\s*(\d{1,9})\s+batches\s*\|"
 )
 _WORDLM_END = re.compile(r"^\s*\|\s*end of (?:epoch\s+\d{1,9}|training)\s*\|", re.IGNORECASE)
 # old fairseq's simple progress bar (the same `| epoch` look): `| epoch 001:    100 / 1102
 # loss=9.453, ..., num_updates=100, ...`, the epoch's `| epoch 001 | loss 7.853 | ... |
 # num_updates 1102 | ...` summary and `| epoch 001 | valid on 'valid' subset | loss 6.5 | ...`
-_FAIRSEQ = re.compile(r"^\s*\|\s*epoch\s+(\d{1,9}):\s+(\d{1,12})\s*/\s*(\d{1,12})(?=\s)")
+_FAIRSEQ = re.compile(r"^\s*\|\s*epoch\s+(\d{1,6}):\s+(\d{1,9})\s*/\s*(\d{1,9})(?=\s)")
 _FAIRSEQ_END = re.compile(r"^\s*\|\s*epoch\s+\d{1,9}\s*\|(?:\s*valid on '(\w+)' subset\s*\|)?")
 _UPDATES = re.compile(r"\bnum_updates[= ](\d{1,15})(?![\w.])")
 # Karpathy's build-nanogpt `log.txt`: `{step} train {loss:.6f}`, `{step} val {loss:.4f}`,
