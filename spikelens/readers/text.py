@@ -321,7 +321,8 @@ class TextReader:
         last_train = 0
         last_kind: RowTable | None = None
         sink = MessageSink()  # error, warning and checkpoint lines (issue 14)
-        nano = nano_log_lines(lines)
+        # the head decides first (as the sniff does), so other logs pay for 400 lines only
+        nano = nano_log_lines(lines[:400]) and nano_log_lines(lines)
         summaries: list[int] = []  # fairseq end-of-epoch summary lines
         bar_evals: dict[str, float] = {}  # the eval values a progress bar last showed
         averaged = False
