@@ -351,7 +351,8 @@ class TextReader:
                 step, rest, tag = hit
                 pairs = parse_pairs(rest)
                 pairs.pop(STEP, None)
-                if tag is not None and tag != "batches" and "num_updates" in pairs:
+                if tag is not None and tag.startswith(("fairseq", "subset ")) and \
+                        "num_updates" in pairs:
                     del pairs["num_updates"]  # fairseq's step counter, read as the step
                 if tag == "fairseq summary":
                     summaries.append(no)  # the epoch's means, not one step's values
