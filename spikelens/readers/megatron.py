@@ -2,19 +2,20 @@
 `iteration N/ M | key: value | ...` lines wherever they sit in a line (behind `[default7]:`,
 `0:` or a timestamp), every key a column named as printed (`lm loss`, `grad norm`, `loss
 scale`), step column `iteration`; values are averages over `log_interval` (read from the
-arguments dump, else the step spacing). An interval whose iterations were all skipped prints
-no `lm loss`: its loss stays missing and its `number of skipped iterations` is made at least
-1. A line cut mid-write (Megatron ends every line with `|`) keeps its complete fields only.
+arguments dump, else the step spacing). An interval whose iterations were all skipped prints no
+`lm loss`: its loss stays missing and its `number of skipped iterations` is made at least 1. A
+line cut mid-write (Megatron ends every line with `|`) keeps its complete fields only.
 `validation loss at iteration N |` lines (and GPT-NeoX `validation results at`) go to the eval
 table. DeepSpeed's `step=N, skipped=K, lr=[..]` lines give `skipped (cumulative)`, `lr (group
-0)` and `overflow` (skipped steps attributed to that step); its `OVERFLOW! ... Attempted loss
-scale: X, reducing to Y` lines carry no step, so each is placed between the known steps
-around it (`step=`, `global_step=` and `iteration` lines): by its timestamp at the step the
-run had then reached, interpolated at that interval's own pace, or, without timestamps, on
-the interval's first steps (off by at most the print interval). Each becomes `overflow` = 1
+0)` and `overflow` (skipped steps attributed to that step); its pipeline engine's `steps: N
+loss: X iter time (s): T samples/sec: S` lines give the train `loss` of step N; its `OVERFLOW!
+... Attempted loss scale: X, reducing to Y` lines carry no step, so each is placed between the
+known steps around it (`step=`, `global_step=` and `iteration` lines): by its timestamp at the
+step the run had then reached, interpolated at that interval's own pace, or, without timestamps,
+on the interval's first steps (off by at most the print interval). Each becomes `overflow` = 1
 with `loss scale` = the new scale (the kept one when only the hysteresis dropped).
-DeepSpeed-Chat's `ppl: X` eval lines carry no step either: each is put at the last step
-logged before it, with a warning."""
+DeepSpeed-Chat's `ppl: X` eval lines carry no step either: each is put at the last step logged
+before it, with a warning."""
 
 from __future__ import annotations
 
@@ -39,10 +40,11 @@ OVERFLOW = "overflow"
 LOSS_SCALE = "loss scale"
 PPL = "ppl"
 
+_NUM_RE = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf)"
 # steps are bounded to 15 digits so that no line can overflow the int64 step column
 _ITER = re.compile(r"iteration\s+(\d{1,15})\s*/\s*(\d+)\s*\|")
 _SNIFF_ITER = re.compile(rb"iteration\s+\d+\s*/\s*\d+\s*\|")
-_SNIFF_DS = re.compile(rb"step=\d+, skipped=\d+|OVERFLOW!")
+_SNIFF_DS = re.compile(rb"step=\d+, skipped=\d+|OVERFLOW!|\bsteps: \d+ loss: \d")
 _SNIFF_ARGS = re.compile(rb"-+ arguments -+|\blog_interval \.{3,}")
 # Megatron-LM `validation loss at iteration 7000 [on validation set] |`, `... at the end of
 # training for test data |`; GPT-NeoX `validation results at iteration 20 |`
@@ -51,6 +53,13 @@ _VALID = re.compile(
     r"(?:\s+on\s+(\w+)\s+set)?|the end of training for (\w+) data)"
 )
 _DS_STEP = re.compile(r"\bstep=(\d{1,15}),\s*skipped=(\d{1,15})(?:,\s*lr=\[([^\]]*)\])?")
+# DeepSpeed's pipeline engine: `steps: 1 loss: 12.2911 iter time (s): 16.707 samples/sec:
+# 0.239` (deepspeed/runtime/pipe/engine.py, train_batch); newer versions put extra losses
+# (`name: 0.1234`) between the loss and the time
+_PIPE = re.compile(r"(?<![\w.])steps: (\d{1,15}) loss: (" + _NUM_RE + r")(?=\s|$)")
+_PIPE_FIELD = re.compile(
+    r"\s*([A-Za-z_][\w/.\-]*(?: [A-Za-z_(][\w/.()\-]*)*):\s*(" + _NUM_RE + r")(?=\s|$)"
+)
 _DS_TIMER = re.compile(
     r"\bepoch=(\d{1,15})/micro_step=(\d{1,15})/global_step=(\d{1,15})(?!\d)"
 )
@@ -240,6 +249,17 @@ class _Parse:
         row = self.add_row(step, values, line_no)
         self.add_anchor(step, line, row)
 
+    def pipe_step(self, line: str, m: re.Match[str], line_no: int) -> None:
+        """DeepSpeed's pipeline engine (`PipelineEngine.train_batch`) prints `steps: N loss:
+        X [name: Y ...] iter time (s): T samples/sec: S` every steps_per_print steps: the
+        loss of step N (not an interval mean; the time is), next to the `step=N` line of
+        the same step, with which it merges (same step, last write per column)."""
+        values = {k: float(v) for k, v in _PIPE_FIELD.findall(line, m.end())}
+        values["loss"] = float(m.group(2))
+        step = int(m.group(1))
+        self.add_row(step, values, line_no)
+        self.add_anchor(step, line, None)
+
     def ds_timer(self, line: str, m: re.Match[str], line_no: int) -> None:
         epoch, micro, step = (int(g) for g in m.groups())
         values: dict[str, float] = {"epoch": float(epoch), "micro_step": float(micro)}
@@ -274,6 +294,11 @@ class _Parse:
         return [self.train.lines[row] for row, _ in self.torn]
 
     def line(self, line: str, line_no: int) -> None:
+        if "steps: " in line:
+            s = _PIPE.search(line)
+            if s is not None:
+                self.pipe_step(line, s, line_no)
+                return
         if "iteration" in line:
             m = _ITER.search(line)
             if m is not None:

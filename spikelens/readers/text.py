@@ -1,15 +1,21 @@
-"""Generic key-value text logs: the fallback for training scripts that print one line per step.
-One reader covers the common dialects: nanoGPT (`iter 100: loss 4.2012, time 33.21ms, mfu
-12.3%` and `step 0: train loss .., val loss ..`), llm.c (`s:0 trl:11.0091 lr:.. norm:..` and
-`s:0 tel:..`), modded-nanogpt (`step:1/20344 train_loss:22.6 train_time:81991ms
-step_avg:nanms`) and mmengine/mmcv (`Epoch(train) [1][50/500]  lr: 1e-04 ... loss: 2.51`).
-Each line is searched for a step token, then for `key: value`, `key=value` and `key value`
-pairs; a pair's key takes up to two preceding words (`train loss`, `val loss`) so that such
-keys stay apart. Units (`ms`, `s`, `%`, `GB`) are stripped, `nan`/`inf` are kept as logged
-non-finite values. A line with an evaluation key (`val_loss`, `tel`, `eval/...`) or an
-mmengine `(val)`/`(test)` tag goes whole to the eval table, so eval numbers never mix with
-train ones. Lines without a step are ignored; those that still carry several numbers are
-counted in a warning. The frame helpers at the bottom are shared with the Megatron reader."""
+"""Generic key-value text logs: the fallback for training scripts that print one line per step. One
+reader covers the common dialects: nanoGPT (`iter 100: loss 4.2012, time 33.21ms, mfu 12.3%` and
+`step 0: train loss .., val loss ..`), llm.c (`s:0 trl:11.0091 lr:.. norm:..` and `s:0 tel:..`),
+modded-nanogpt (`step:1/20344 train_loss:22.6 train_time:81991ms step_avg:nanms`), mmengine/mmcv
+(`Epoch(train) [1][50/500]  lr: 1e-04 ... loss: 2.51`), NeMo/Lightning progress bars (`Epoch 0:
+2%|..| 188/10000 [.., reduced_train_loss=7.560, global_step=188.0]`, each carriage-return redraw
+read, the last of a step winning), pytorch/examples word_language_model (`| epoch 4 | 2200/ 2983
+batches | .. | loss 17.21 |`, step (epoch - 1) x batches + batch, its `| end of epoch 4 | .. |
+valid loss ..` lines eval rows at the last train step; old fairseq's `| epoch 001:  100 / 1102
+loss=.., num_updates=100` lines at num_updates, its `valid on 'valid' subset` lines eval rows)
+and build-nanogpt's `log.txt` (`{step} train|val|hella {value}`, read only when most lines are
+such). Each line is searched for a step token, then for `key: value`, `key=value` and `key
+value` pairs; a pair's key takes up to two preceding words (`train loss`, `val loss`) so that
+such keys stay apart. Units (`ms`, `s`, `%`, `GB`) are stripped, `nan`/`inf` are kept as logged
+non-finite values. A line with an evaluation key (`val_loss`, `tel`, `eval/...`) or an mmengine
+`(val)`/`(test)` tag goes whole to the eval table, so eval numbers never mix with train ones.
+Lines without a step are ignored; those that still carry several numbers are counted in a
+warning. The frame helpers at the bottom are shared with the Megatron reader."""
 
 from __future__ import annotations
 
@@ -41,6 +47,9 @@ _STEP = re.compile(
     r"(\d{1,15})(?:\s*/\s*\d+)?(?![\w.])",
     re.IGNORECASE,
 )
+# NeMo's progress bar writes `global_step=188.0`: a whole float after `=` is a step too (only
+# after `=`, so that prose such as "step 3.0 of the recipe" stays prose)
+_WHOLE_STEP = re.compile(r"(?<![\w./\-])(?:global_step|step)\s*=\s*(\d{1,15})\.0+(?![\w.])")
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:[nN][aA][nN]|[iI][nN][fF](?:inity)?)"
 _UNIT = r"ms|us|µs|ns|sec|secs|s|min|h|%|x|GiB|MiB|KiB|GB|MB|KB|B"
 _KEY = r"[A-Za-z_][\w./@\-]*"
@@ -53,6 +62,27 @@ _PAIR = re.compile(
 )
 # up to two plain words right before a key (`train loss`, `val loss`, `grad norm`)
 _LEAD = re.compile(rf"(?:^|(?<=[\s,;|:(\[{{]))((?:{_KEY} ){{1,2}})$")
+# (epoch and batch numbers are bounded so that (epoch - 1) x batches + batch fits in int64)
+# pytorch/examples word_language_model (main.py): `| epoch   4 |  2200/ 2983 batches | lr
+# 20.00 | ms/batch 10.71 | loss 17.21 | ppl ...`, then `| end of epoch   4 | time: 33.07s |
+# valid loss 12.21 | valid ppl ...` and `| End of training | test loss ... |`
+_WORDLM = re.compile(
+    r"^\s*\|\s*epoch\s+(\d{1,6})\s*\|\s*(\d{1,9})\s*/\s*(\d{1,9})\s+batches\s*\|"
+)
+_WORDLM_END = re.compile(r"^\s*\|\s*end of (?:epoch\s+\d{1,9}|training)\s*\|", re.IGNORECASE)
+# old fairseq's simple progress bar (the same `| epoch` look): `| epoch 001:    100 / 1102
+# loss=9.453, ..., num_updates=100, ...`, the epoch's `| epoch 001 | loss 7.853 | ... |
+# num_updates 1102 | ...` summary and `| epoch 001 | valid on 'valid' subset | loss 6.5 | ...`
+_FAIRSEQ = re.compile(r"^\s*\|\s*epoch\s+(\d{1,6}):\s+(\d{1,9})\s*/\s*(\d{1,9})(?=\s)")
+_FAIRSEQ_END = re.compile(r"^\s*\|\s*epoch\s+\d{1,9}\s*\|(?:\s*valid on '(\w+)' subset\s*\|)?")
+_UPDATES = re.compile(r"\bnum_updates[= ](\d{1,15})(?![\w.])")
+# Karpathy's build-nanogpt `log.txt`: `{step} train {loss:.6f}`, `{step} val {loss:.4f}`,
+# `{step} hella {acc:.4f}`, one per line
+_NANO_LOG = re.compile(rf"^(\d{{1,15}}) (train|val|hella) ({_NUM})\s*$")
+_NANO_KEYS = {"train": "train loss", "val": "val loss", "hella": "hella acc"}
+# PyTorch Lightning's progress bar (NeMo): `Epoch 0:   2%|▏  | 188/10000 [05:06<4:26:30,
+# 1.6s/it, loss=7.75, v_num=3-16, reduced_train_loss=7.560, global_step=188.0, ...]`
+_PTL_BAR = re.compile(r"^\s*Epoch (\d{1,9}):\s*\d{1,3}%\|")
 _LEVELS = {"INFO", "DEBUG", "WARNING", "WARN", "ERROR", "CRITICAL", "TRACE", "NOTICE"}
 _EVAL_PREFIX = re.compile(r"^(val|eval|valid|validation|test)([_/]|$)")
 _EVAL_TAGS = {"val", "valid", "validation", "eval", "test"}
@@ -178,8 +208,43 @@ def read_lines(path: Path) -> tuple[list[str], bool]:
     return lines, ends_nl
 
 
+def nano_log_lines(lines: list[str]) -> bool:
+    """Whether the lines are a build-nanogpt `log.txt`: at least 3, and more than half of
+    the non-blank ones `{step} train|val|hella {number}` (so that a file with the odd
+    number-word-number line is not taken for one)."""
+    hits = blank = 0
+    for line in lines:
+        if not line.strip():
+            blank += 1
+        elif _NANO_LOG.match(line):
+            hits += 1
+    return hits >= 3 and 2 * hits > len(lines) - blank
+
+
 def _step_of(line: str, last_train: int) -> tuple[int, str, str | None] | None:
     """(step, rest of the line without the step token, mmengine tag) or None."""
+    if line.lstrip().startswith("|"):
+        w = _WORDLM.match(line)
+        if w is not None:
+            batches = int(w.group(3))
+            step = (int(w.group(1)) - 1) * batches + int(w.group(2))
+            return step, line[w.end():], "batches"  # a train line (not an mmengine tag)
+        e = _WORDLM_END.match(line)
+        if e is not None:  # the evaluation after an epoch, at the train step reached
+            return last_train, line[e.end():], "valid"
+        if "num_updates" in line:
+            u = _UPDATES.search(line)
+            f = _FAIRSEQ.match(line)
+            if f is not None:
+                step = int(u.group(1)) if u is not None else \
+                    (int(f.group(1)) - 1) * int(f.group(3)) + int(f.group(2))
+                return step, line[f.end():], "fairseq"
+            g = _FAIRSEQ_END.match(line)
+            if g is not None:
+                step = int(u.group(1)) if u is not None else last_train
+                # an evaluation's keys are named by its subset (`valid loss`), as printed
+                return step, line[g.end():], \
+                    f"subset {g.group(1)}" if g.group(1) else "fairseq summary"
     if "poch" in line or "Iter" in line:
         m = _MMENGINE.search(line)
         if m is not None:
@@ -194,8 +259,40 @@ def _step_of(line: str, last_train: int) -> tuple[int, str, str | None] | None:
             return step, line[: m.start()] + " | " + line[m.end():], tag
     m2 = _STEP.search(line)
     if m2 is None:
-        return None
+        m2 = _WHOLE_STEP.search(line) if "=" in line else None
+        if m2 is None:
+            return None
     return int(m2.group(1)), line[: m2.start()] + " | " + line[m2.end():], None
+
+
+def _bar_pairs(pairs: dict[str, float], epoch: int) -> dict[str, float]:
+    """The values of a Lightning progress bar line, with its `Epoch N:` as `epoch`. The
+    bar's own `loss` is Lightning's running mean (over the last 20 batches): when the line
+    also has the step's loss (NeMo's `reduced_train_loss`), the mean is kept as `loss
+    (running mean)`, last, so that it does not take the train loss role (it would smooth a
+    one-step spike away)."""
+    out = dict(pairs)
+    out.setdefault("epoch", float(epoch))
+    if "loss" in out and any("train_loss" in k for k in out):
+        out["loss (running mean)"] = out.pop("loss")
+    return out
+
+
+def _bar_evals(pairs: dict[str, float], step: int, line: int, evals: RowTable,
+               shown: dict[str, float], cache: dict[str, bool]) -> None:
+    """Move a progress bar's eval values (`val_loss=`) out of its train values. The bar
+    keeps showing the last validation on every step after it: an eval row is written only
+    where they change (the first bar after each validation)."""
+    ev = {k: v for k, v in pairs.items() if _is_eval_key(k, cache)}
+    if not ev:
+        return
+    for k in ev:
+        del pairs[k]
+    changed = any(k not in shown or not (shown[k] == v or (v != v and shown[k] != shown[k]))
+                  for k, v in ev.items())
+    if changed:
+        evals.add(step, ev, line)
+        shown.update(ev)
 
 
 class TextReader:
@@ -205,7 +302,10 @@ class TextReader:
     def sniff(self, path: Path, head: bytes) -> float:
         if path.is_dir() or not head or looks_binary(head):
             return 0.0
-        for line in head.decode("utf-8", errors="replace").split("\n")[:400]:
+        head_lines = head.decode("utf-8", errors="replace").split("\n")[:400]
+        if nano_log_lines(head_lines[:-1] if len(head_lines) > 1 else head_lines):
+            return 0.6  # the whole head is build-nanogpt log.txt lines
+        for line in head_lines:
             if not any(c.isdigit() for c in line):
                 continue
             hit = _step_of(line, 0)
@@ -221,27 +321,63 @@ class TextReader:
         last_train = 0
         last_kind: RowTable | None = None
         sink = MessageSink()  # error, warning and checkpoint lines (issue 14)
-        for no, line in enumerate(lines, start=1):
-            hit = _step_of(line, last_train)
-            if hit is None:
-                sink.feed(line, no, last_train if train.rows else None)
-                # not a metric row; remember it only if it carries several numbers
-                if len(line) > 3 and any(c.isdigit() for c in line) and \
-                        _looks_like_metrics(parse_pairs(line)):
-                    stepless.append(no)
-                continue
-            step, rest, tag = hit
-            pairs = parse_pairs(rest)
-            pairs.pop(STEP, None)
-            if not pairs:
-                continue
-            is_eval = tag in _EVAL_TAGS if tag is not None else \
-                any(_is_eval_key(k, eval_cache) for k in pairs)
-            target = evals if is_eval else train
-            target.add(step, pairs, no)
-            last_kind = target
-            if not is_eval:
-                last_train = step
+        # the head decides first (as the sniff does), so other logs pay for 400 lines only
+        nano = nano_log_lines(lines[:400]) and nano_log_lines(lines)
+        summaries: list[int] = []  # fairseq end-of-epoch summary lines
+        bar_evals: dict[str, float] = {}  # the eval values a progress bar last showed
+        averaged = False
+        for no, full in enumerate(lines, start=1):
+            # a progress bar redrawn with carriage returns: each redraw is read, in order
+            # (the last one of a step wins, as for any repeated step)
+            segments = full.split("\r") if "\r" in full and "\r" in full.rstrip("\r") \
+                else (full,)
+            for line in segments:
+                if nano:
+                    n = _NANO_LOG.match(line)
+                    if n is not None:
+                        kind = n.group(2)
+                        target = train if kind == "train" else evals
+                        target.add(int(n.group(1)), {_NANO_KEYS[kind]: float(n.group(3))}, no)
+                        last_kind = target
+                        continue
+                hit = _step_of(line, last_train)
+                if hit is None:
+                    sink.feed(line, no, last_train if train.rows else None)
+                    # not a metric row; remember it only if it carries several numbers
+                    if len(line) > 3 and any(c.isdigit() for c in line) and \
+                            _looks_like_metrics(parse_pairs(line)):
+                        stepless.append(no)
+                    continue
+                step, rest, tag = hit
+                pairs = parse_pairs(rest)
+                pairs.pop(STEP, None)
+                if tag is not None and tag.startswith(("fairseq", "subset ")) and \
+                        "num_updates" in pairs:
+                    del pairs["num_updates"]  # fairseq's step counter, read as the step
+                if tag == "fairseq summary":
+                    summaries.append(no)  # the epoch's means, not one step's values
+                    continue
+                if tag is not None and tag.startswith("subset "):
+                    pairs = {f"{tag[7:]} {k}": v for k, v in pairs.items()}
+                    tag = "valid"
+                if not pairs:
+                    continue
+                is_bar = False
+                if tag is None and "poch" in line:
+                    bar = _PTL_BAR.match(line)
+                    if bar is not None:
+                        is_bar = True
+                        pairs = _bar_pairs(pairs, int(bar.group(1)))
+                        _bar_evals(pairs, step, no, evals, bar_evals, eval_cache)
+                elif tag == "batches":  # word_language_model: the mean since the last print
+                    averaged = True
+                is_eval = tag in _EVAL_TAGS if tag is not None else \
+                    not is_bar and any(_is_eval_key(k, eval_cache) for k in pairs)
+                target = evals if is_eval else train
+                target.add(step, pairs, no)
+                last_kind = target
+                if not is_eval:
+                    last_train = step
         warnings: list[str] = []
         # A last line without its newline may have been cut mid-write: if it has fewer
         # values than the row before it of the same kind, it is torn; drop it.
@@ -257,6 +393,10 @@ class TextReader:
         folded = fold_table(train, lines, path)  # several ranks: rank<N>/<key> columns
         if folded is not None:
             warnings.append(folded)
+        if summaries:
+            warnings.append(skip_warning(
+                path, len(summaries), "fairseq end-of-epoch summary line(s) (means over the "
+                "epoch, not one step's values)", summaries))
         if stepless:
             warnings.append(
                 skip_warning(path, len(stepless), "line(s) with metrics but no step", stepless)
@@ -285,6 +425,7 @@ class TextReader:
             row_lines=row_lines,
             warnings=warnings + sink.warnings(path),
             messages=sink.messages,
+            averaged=averaged,
         )]
 
 
