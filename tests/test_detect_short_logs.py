@@ -56,3 +56,18 @@ def test_one_rounding_step_near_zero_is_not_a_spike() -> None:
     loss = np.round(loss, 4)
     res = detect(make_run(loss, ((t + 1) * 25).astype(np.int64), interval=25), CFG)
     assert [e for e in res.events if e.kind == "spike"] == [], res.events
+
+
+def test_an_outlier_below_its_trailing_baseline_is_sized_against_its_neighbours() -> None:
+    # one bad epoch on a steep descent (a Keras run logged per epoch): 1.12x its neighbours
+    # but still under the median of the points before it; its size must not read "x0.8,
+    # z -1.3" but the rise the test found, against the neighbours' median
+    n = 100
+    t = np.arange(n, dtype=float)
+    loss = (2 + 3 * np.exp(-t / 15)) * np.exp(0.003 * np.random.default_rng(3).standard_normal(n))
+    loss[40] *= 1.12
+    det = detect(make_run(loss, (t + 1).astype(np.int64)), CFG)
+    [ev] = [e for e in det.events if e.kind == "spike"]
+    assert ev.peak_step == 41
+    assert ev.size.ratio == pytest.approx(1.12, abs=0.02) and ev.size.z > 9
+    assert ev.baseline is not None and ev.baseline < loss[40]

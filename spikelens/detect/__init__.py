@@ -33,6 +33,7 @@ from spikelens.detect.ops import ops_events
 from spikelens.detect.oscillation import Oscillation, OscParams, find_oscillations
 from spikelens.detect.overfit import find_overfit
 from spikelens.detect.spikes import (
+    NEIGHBOURS,
     Rise,
     RiseParams,
     find_rises,
@@ -164,7 +165,7 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = (), *,
                f"alone (q90/q10 >= {config.osc_spread:g})"))
     rises = _absorb_in_oscillation(rises, oscs, loss, notes)
     for r in rises:
-        events.append(_rise_event(run, loss, r, config))
+        events.append(_rise_event(run, loss, r, config, first.get("point")))
     climb = _climb_event(run, loss, config, events)
     if climb is not None:
         events = [e for e in events if not (e.kind in ("spike", "divergence")
@@ -543,19 +544,29 @@ def _ratio(loss: _Loss, peak: float, level: float) -> float:
     return float(1 + (peak - level) / abs(level)) if level != 0 else math.inf
 
 
-def _rise_event(run: Run, loss: _Loss, r: Rise, config: Config) -> Event:
+def _rise_event(run: Run, loss: _Loss, r: Rise, config: Config,
+                point_z: NDArray[np.float64] | None = None) -> Event:
     st = loss.fin_steps
     kind = kind_of(r.recovered, loss.x, st, r.start, r.peak, r.level, config.recover_run,
                    config.divergence_steps)
     start, peak, end = int(st[r.start]), int(st[r.peak]), int(st[r.end])
+    level = r.level
+    z = float((loss.x[r.peak] - r.level) / r.scale)
+    if loss.x[r.peak] <= r.level and point_z is not None and math.isfinite(point_z[r.peak]):
+        # a one-step outlier on a steep descent, found by the isolated test against its
+        # neighbours: the trailing baseline is still above it ("x0.8 its baseline, z -1.3"
+        # says nothing), so its size is given against what the test measured it from, the
+        # median of its neighbours, with the test's own z
+        lo, hi = max(0, r.peak - NEIGHBOURS), r.peak + NEIGHBOURS + 1
+        level = float(np.median(np.concatenate([loss.x[lo:r.peak], loss.x[r.peak + 1:hi]])))
+        z = float(point_z[r.peak])
     return Event(
         kind=kind, metric="loss", start_step=start, peak_step=peak, end_step=end,
         recovered=r.recovered,
-        size=Size(z=float((loss.x[r.peak] - r.level) / r.scale),
-                  ratio=_ratio(loss, float(loss.x[r.peak]), r.level)),
+        size=Size(z=z, ratio=_ratio(loss, float(loss.x[r.peak]), level)),
         recovery_steps=end - peak if r.recovered else None,
         segment=_segment_of(run, start),
-        baseline=_unit(loss, r.level),
+        baseline=_unit(loss, level),
     )
 
 
