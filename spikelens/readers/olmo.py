@@ -49,14 +49,16 @@ _NUMBER = re.compile(
     r"|[-+]?(?:nan|inf(?:inity)?))(?:%|[KMGT]i?B|ms|s)?$", re.IGNORECASE)
 #: OLMo-core's evaluator callback: `Finished lm evals in 12.3 seconds. Metrics:`
 _OLMO_CORE_EVAL = re.compile(r"\bFinished (\S+) evals in [\d.]+ seconds\. Metrics:\s*$")
+#: the one-line form: what follows the header always starts with `epoch=E`
+_COMPACT_START = re.compile(r"^\s+epoch=\d+\s+\w+=")
 #: the one-line form's `key=value` items after the header
 _ITEM = re.compile(r"(?<![\w/])([A-Za-z]\w*)=(\S+)")
 #: its short keys -> the names the block form prints for the same values (so that roles,
 #: and a run logged both ways, agree)
 _COMPACT = {"loss": "train/CE loss", "ppl": "train/PPL", "lr": "optim/LR (group 0)",
             "mem": "gpu_memory/GPU active mem (GiB)", "bps": "throughput/device/BPS (actual avg)",
-            "tps": "throughput/device/TPS (actual avg)", "mfu": "throughput/device/MFU (actual avg)",
-            "grad": "optim/total grad norm"}
+            "tps": "throughput/device/TPS (actual avg)",
+            "mfu": "throughput/device/MFU (actual avg)", "grad": "optim/total grad norm"}
 
 
 def parse_value(text: str) -> float | None:
@@ -140,7 +142,7 @@ def _parse(lines: list[str], ends_nl: bool, path: Path) -> tuple[_Parse, Message
             p.last_step = step
             block = _Block(line=no, step=step)
             rest = line[head.end():]
-            if "=" in rest:  # the one-line form
+            if _COMPACT_START.match(rest):  # the one-line form
                 for m in _ITEM.finditer(rest):
                     key = m.group(1)
                     value = parse_value(m.group(2))
@@ -181,7 +183,7 @@ class OlmoReader:
             if kv is not None and parse_value(kv[1]) is not None:
                 return 0.9
             rest = line[m.end():]
-            if re.search(r"(?<![\w/])loss=\S", rest):  # the one-line form
+            if _COMPACT_START.match(rest) and " loss=" in rest:  # the one-line form
                 return 0.9
         return 0.0
 
