@@ -225,8 +225,12 @@ def role_of(name: str, is_eval: bool = False) -> tuple[str, int] | None:
             continue
         if role == "loss" and evalish:
             return ("eval_loss", 50 + rank)
-        if role == "eval_loss" and leaf in ("ppl", "perplexity") and not evalish:
-            continue  # a train perplexity is not an eval loss
+        if role == "eval_loss" and leaf in ("ppl", "perplexity"):
+            if not evalish:
+                continue  # a train perplexity is not an eval loss
+            # an eval set's perplexity is exp of its loss: the loss itself, when the log
+            # has it (OLMo's `eval/<set>/CrossEntropyLoss` beside `.../Perplexity`), wins
+            return (role, 100 + rank)
         # a prefixed match (`train/loss`, `metrics/loss`) is as good as the bare one, but a
         # prefix that names a part of the model (`layer3/grad_norm`) makes a per-layer extra
         if prefix and not evalish and _component(prefix):

@@ -68,3 +68,12 @@ def test_step_column_and_overrides() -> None:
     with pytest.raises(ConfigError, match="unknown metric role 'los'"):
         parse_overrides(["los=x"])
     assert assign_roles(["step", "a", "b"], {"loss": "b"}) == {"loss": "b"}
+
+
+def test_an_eval_sets_loss_wins_over_its_perplexity() -> None:
+    # OLMo prints both for every eval set: the loss is the eval loss, exp of it an extra
+    cols = ["train/CrossEntropyLoss", "eval/v3-small-c4_en-validation/Perplexity",
+            "eval/v3-small-c4_en-validation/CrossEntropyLoss"]
+    assert assign_roles(cols)["eval_loss"] == "eval/v3-small-c4_en-validation/CrossEntropyLoss"
+    # ... and a perplexity alone still is one
+    assert assign_roles(["loss", "eval/PPL"])["eval_loss"] == "eval/PPL"
