@@ -92,6 +92,11 @@ def _calls(lines: list[str]) -> list[_Call]:
     return [c for c in calls if c.train or c.evals]
 
 
+def _columns(rows: list[dict[str, float]]) -> dict[str, None]:
+    """The metric keys of `rows` in first-seen order (the step keys are the axis)."""
+    return {key: None for r in rows for key in r if key not in _STEP_KEYS}
+
+
 def _decimals(values: list[float | None]) -> int:
     """The decimals the epochs were printed with (the Trainer rounds them to 2)."""
     most = 0
@@ -191,21 +196,11 @@ class HfStdoutReader:
                 continue
             steps, esteps, note = _steps(call, path)
             rows = [r for _, r in call.train]
-            columns: dict[str, None] = {}
-            for r in rows:
-                for key in r:
-                    if key not in _STEP_KEYS:
-                        columns[key] = None
-            frame, masks = frame_from_rows(rows, steps, columns, "step")
+            frame, masks = frame_from_rows(rows, steps, _columns(rows), "step")
             eval_frame = None
             if call.evals:
                 erows = [r for _, r in call.evals]
-                ecols: dict[str, None] = {}
-                for r in erows:
-                    for key in r:
-                        if key not in _STEP_KEYS:
-                            ecols[key] = None
-                eval_frame = eval_frame_from_rows(erows, esteps, ecols, "step")
+                eval_frame = eval_frame_from_rows(erows, esteps, _columns(erows), "step")
             gaps = np.diff(np.asarray(steps))
             out.append(RawLog(
                 frame=frame,
