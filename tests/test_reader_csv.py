@@ -333,3 +333,14 @@ def test_rows_that_fill_different_columns_of_a_step_are_no_conflict(tmp_path: Pa
             rows.append(f"{s // 100},{s},,{2.1 - s / 1000}")
     p.write_text("epoch,step,train_loss,val_loss\n" + "\n".join(rows) + "\n")
     assert read_log(p).warnings == ()
+
+
+def test_a_headerless_table_is_named_as_such(tmp_path: Path) -> None:
+    p = tmp_path / "log.csv"
+    p.write_text("".join(f"{0.4 - i / 1000:.6f},{i / 10:.6f},{0.3 + i / 500:.6f}\n"
+                         for i in range(20)))
+    with pytest.raises(MissingMetricError) as exc:
+        read_log(p)
+    assert str(exc.value) == (f"{p}: no header line: the first line (0.400000, 0.000000, "
+                              "0.300000) is data; add a line naming the columns (step, "
+                              "loss, ...)")

@@ -628,6 +628,14 @@ def _time_steps(values: pd.Series) -> tuple[np.ndarray, str] | None:
     return out, unit
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _epoch_axis(frame: pd.DataFrame) -> str | None:
     """An `epoch` column that can stand for the step in a log with no step counter: numeric,
     whole numbers wherever it is written, at least two rows. A fractional epoch (HF's
@@ -674,6 +682,11 @@ def _steps_of(
         return col, steps, f"{path}: steps are {unit} (from the {col!r} column)"
     if col is None or col not in frame.columns:
         found = ", ".join(map(str, frame.columns)) or "none"
+        if len(frame.columns) and all(_is_number(str(c)) for c in frame.columns):
+            # a headerless table: its first row was taken for column names
+            raise MissingMetricError(
+                f"{path}: no header line: the first line ({found}) is data; add a line "
+                "naming the columns (step, loss, ...)")
         raise MissingMetricError(f"{path}: no step column in the {what} (found: {found})")
     return col, frame[col].to_numpy(), None
 
