@@ -6,12 +6,15 @@ written, and a warning saying which; eval dicts apart, the summary dropped, one 
 from __future__ import annotations
 
 import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from spikelens import read_log, read_runs
+from spikelens import SpikelensError, read_log, read_runs
 from spikelens.cli import app
 from spikelens.readers import detect_format
 
@@ -125,3 +128,38 @@ def test_one_dict_in_a_text_log_does_not_claim_it(tmp_path: Path) -> None:
     path.write_text("config: {'loss': 'ce', 'lr': 0.1}\n"
                     + "".join(f"step {s}: loss {3 - s / 100:.3f}\n" for s in range(50)))
     assert detect_format(path) == "text"
+
+
+_PIECES = ["{'loss': ", "'epoch': ", "'eval_loss': ", "'global_step/max_steps': '",
+           "{'train_runtime': 1.0, 'epoch': 3.0}", "TrainOutput(global_step=", "1.5", "'nan'",
+           "'x'", "}", ", ", "\n", "/", "12", "-3e-2", "'", "{", "inf", "1e400", "99999999999"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=60))
+def test_any_text_gives_a_run_or_a_one_line_error(pieces: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "stdout.log"
+        path.write_text("".join(pieces))
+        try:
+            runs = read_runs(path, format="hf_stdout")
+        except SpikelensError as exc:
+            assert "\n" not in str(exc)
+        else:
+            assert all(len(r.steps) for r in runs)
+
+
+def test_absurd_epochs_fall_back_to_the_order_written(tmp_path: Path) -> None:
+    # a summary epoch of 1e-300 would scale the epochs past any step a float holds; an eval
+    # dict's epoch of 1e300 likewise: no overflow, the order written instead
+    p = tmp_path / "stdout.log"
+    p.write_text("{'loss': 1.0, 'epoch': 0.5}\n{'loss': 2.0, 'epoch': 1.0}\n"
+                 "{'train_runtime': 1.0, 'epoch': 1e-300}\n"
+                 "TrainOutput(global_step=999999999999999, training_loss=1.5)\n")
+    assert read_log(p).steps.tolist() == [1, 2]
+    q = tmp_path / "stdout2.log"
+    q.write_text("{'loss': 1.0, 'epoch': 0.5}\n{'loss': 2.0, 'epoch': 1.0}\n"
+                 "{'eval_loss': 1.0, 'epoch': 1e300}\n{'train_runtime': 1.0, 'epoch': 1.0}\n"
+                 "TrainOutput(global_step=10, training_loss=1.5)\n")
+    run = read_log(q)
+    assert run.steps.tolist() == [5, 10] and run.eval_frame.index.tolist() == [10]

@@ -109,6 +109,18 @@ def _decimals(values: list[float | None]) -> int:
     return min(most, 6)
 
 
+_MAX = 2.0 ** 53
+
+
+def _eval_step(scaled: float, line: int, call: _Call, steps: list[int]) -> int:
+    """An eval dict's step: its epoch scaled, or the last train step before it when that
+    is not a step (a NaN or absurd epoch)."""
+    if scaled == scaled and abs(scaled) < _MAX:
+        return max(1, round(scaled))
+    before = [st for (ln, _), st in zip(call.train, steps, strict=True) if ln < line]
+    return before[-1] if before else 0
+
+
 def _explicit_step(row: dict[str, float]) -> int | None:
     for key in _STEP_KEYS:
         v = row.get(key)
@@ -130,9 +142,15 @@ def _steps(call: _Call, path: Path) -> tuple[list[int], list[int], str | None]:
         return steps, evals, None
     epochs = [r.get("epoch") for _, r in call.train]
     g, e = call.global_step, call.final_epoch
+    raw: np.ndarray | None = None
+    per_epoch = 0.0
     if g and e and e > 0 and call.train and all(x is not None and x == x for x in epochs):
         per_epoch = g / e
-        raw = np.asarray([float(x) * per_epoch for x in epochs if x is not None])
+        scaled = np.asarray([float(x) * per_epoch for x in epochs if x is not None])
+        # (a step must be an integer a float holds: 2^53)
+        if bool(np.all(np.isfinite(scaled))) and float(np.max(np.abs(scaled))) < _MAX:
+            raw = scaled
+    if raw is not None and g and e:
         steps = [max(1, round(x)) for x in raw]
         # The Trainer logs at every multiple of logging_steps, so n logs over g steps say
         # logging_steps is in (g / (n + 1), g / n]: a round number there (what people set),
@@ -154,7 +172,8 @@ def _steps(call: _Call, path: Path) -> tuple[list[int], list[int], str | None]:
                        f"{g}), which every printed epoch confirms")
                 break
         if all(b > a for a, b in zip(steps, steps[1:], strict=False)):
-            evals = [max(1, round(float(r.get("epoch", e)) * per_epoch)) for _, r in call.evals]
+            evals = [_eval_step(r.get("epoch", e) * per_epoch, no, call, steps)
+                     for no, r in call.evals]
             note = f"{path}: the Trainer's printed logs hold no step: each log's step is {how}"
             return steps, evals, note
     steps = list(range(1, len(call.train) + 1))
