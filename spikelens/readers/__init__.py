@@ -110,12 +110,12 @@ def _read_with(p: Path, fmt: str, metrics: Mapping[str, str] | None) -> list[Run
             from None
 
 
-def _read_other_format(
-    p: Path, first: str, metrics: Mapping[str, str], error: ConfigError
-) -> list[Run]:
-    """`--metric ROLE=NAME` named a series the sniffed format does not read (a DeepSpeed
-    stdout log whose DeepSpeed-Chat `act_loss` lines only the generic text reader parses):
-    any other format that could read the file and holds every named series reads it."""
+def _other_format(p: Path, first: str, metrics: Mapping[str, str] | None,
+                  accept: Callable[[str, list[Run]], str | None]) -> list[Run] | None:
+    """The runs of the first other format, surest first, that reads `p` and whose runs
+    `accept` takes (it returns why, for the warning), or None. The sniffed format `first`
+    read the file without what the user or the analysis needs: a DeepSpeed stdout log whose
+    DeepSpeed-Chat `act_loss` lines only the generic text reader parses."""
     for fmt in _ranked(p, _head(p)):
         if fmt == first:
             continue
@@ -123,10 +123,45 @@ def _read_other_format(
             runs = _read_with(p, fmt, metrics)
         except SpikelensError:
             continue
-        note = (f"{p}: read as {fmt}: the {first} reader does not read "
-                f"{', '.join(sorted(set(metrics.values())))}")
-        return [dataclasses.replace(r, warnings=(note, *r.warnings)) for r in runs]
-    raise error
+        why = accept(fmt, runs)
+        if why is not None:
+            note = f"{p}: read as {fmt}: the {first} reader {why}"
+            return [dataclasses.replace(r, warnings=(note, *r.warnings)) for r in runs]
+    return None
+
+
+def _read_other_format(
+    p: Path, first: str, metrics: Mapping[str, str], error: ConfigError
+) -> list[Run]:
+    """`--metric ROLE=NAME` named a series the sniffed format does not read: any other
+    format that could read the file and holds every named series reads it."""
+    named = ", ".join(sorted(set(metrics.values())))
+    runs = _other_format(p, first, metrics, lambda _f, _r: f"does not read {named}")
+    if runs is None:
+        raise error
+    return runs
+
+
+def _with_loss(p: Path, first: str, metrics: Mapping[str, str] | None,
+               found: list[Run] | MissingMetricError) -> list[Run]:
+    """The sniffed format read no train loss from `p` (`found`: its runs, or its error): the
+    first other format that could read the file and finds one reads it, with a warning (a
+    DeepSpeed-Chat RLHF log's DeepSpeed `step=N, skipped=K` lines make the DeepSpeed reader
+    claim it; its `act_loss: ...|cri_loss: ...` lines only the text reader reads). When the
+    user named the loss, or no format finds one, what the sniffed one gave stands."""
+
+    def with_loss(fmt: str, runs: list[Run]) -> str | None:
+        if not all("loss" in r.roles for r in runs):
+            return None
+        losses = ", ".join(sorted({r.roles["loss"] for r in runs}))
+        return f"finds no train loss in it, the {fmt} reader finds {losses}"
+
+    runs = None if metrics and "loss" in metrics else _other_format(p, first, metrics, with_loss)
+    if runs is not None:
+        return runs
+    if isinstance(found, MissingMetricError):
+        raise found
+    return found
 
 
 def read_runs(
@@ -166,32 +201,6 @@ def read_runs(
             runs = _with_loss(p, fmt, metrics, runs)
     _release_arrow_memory()
     return runs
-
-
-def _with_loss(p: Path, first: str, metrics: Mapping[str, str] | None,
-               found: list[Run] | MissingMetricError) -> list[Run]:
-    """The sniffed format read no train loss from `p` (`found`: its runs, or its error): the
-    first other format that could read the file and finds one reads it, with a warning. A
-    DeepSpeed-Chat RLHF log holds DeepSpeed's `step=N, skipped=K` lines, which the DeepSpeed
-    reader claims, and its losses in `act_loss: ...|cri_loss: ...` lines, which only the
-    generic text reader reads. Without such a format, what the sniffed one gave stands."""
-    if metrics and "loss" in metrics:
-        ranked: list[str] = []  # the user named the loss: that format's answer stands
-    else:
-        ranked = [f for f in _ranked(p, _head(p)) if f != first]
-    for fmt in ranked:
-        try:
-            runs = _read_with(p, fmt, metrics)
-        except SpikelensError:
-            continue
-        if all("loss" in r.roles for r in runs):
-            losses = ", ".join(sorted({r.roles["loss"] for r in runs}))
-            note = (f"{p}: read as {fmt}: the {first} reader finds no train loss in it, "
-                    f"the {fmt} reader finds {losses}")
-            return [dataclasses.replace(r, warnings=(note, *r.warnings)) for r in runs]
-    if isinstance(found, MissingMetricError):
-        raise found
-    return found
 
 
 def _release_arrow_memory() -> None:
