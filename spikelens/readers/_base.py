@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -331,23 +331,45 @@ def _numeric_frame(
     return frame, masks, header_rows, text_cols, unparsed
 
 
-def _odd_cell_warnings(path: Path | str, raw: RawLog, unparsed: Mapping[str, np.ndarray],
-                       keep: np.ndarray, step_col: str | None) -> list[str]:
+def _odd_cell_warnings(path: Path | str, frame: pd.DataFrame,
+                       unparsed: Mapping[str, np.ndarray], keep: np.ndarray,
+                       step_col: str | None, where: Callable[[np.ndarray], str],
+                       what: str = "column") -> list[str]:
     """One warning per metric column with cells that are not numbers (`abc`, `-`, `1.2.3`):
     their rows are kept and the cells read as missing, which a user must hear about. Rows
-    not kept and the step column's cells (rows without a step) are warned about elsewhere."""
+    not kept and the step column's cells (rows without a step) are warned about elsewhere.
+    `where(rows)` says where the rows are (their source lines, or the eval rows' steps)."""
     out = []
     for col, bad in unparsed.items():
         rows = bad & keep
         if col == step_col or not rows.any():
             continue
         idx = np.flatnonzero(rows)
-        # 1-based source lines (row number + 1 for a header when the reader gave none)
-        lines = [int(x) for x in (raw.row_lines[idx] if raw.row_lines is not None else idx + 2)]
-        first = _cell_text(raw.frame[col].iloc[int(idx[0])])
-        out.append(f"{path}: {len(lines)} value(s) of column {col!r} are not numbers "
-                   f"(first {first}), read as missing ({lines_note(lines)})")
+        first = _cell_text(frame[col].iloc[int(idx[0])])
+        out.append(f"{path}: {len(idx)} value(s) of {what} {col!r} are not numbers "
+                   f"(first {first}), read as missing ({where(idx)})")
     return out
+
+
+def _source_lines(raw: RawLog, idx: np.ndarray) -> list[int]:
+    """1-based source lines of the rows `idx`: the reader's, or row + 2 (a header line
+    first) when it gave none."""
+    src = raw.row_lines[idx] if raw.row_lines is not None else idx + 2
+    return [int(x) for x in src]
+
+
+def _lines_where(raw: RawLog) -> Callable[[np.ndarray], str]:
+    """`lines 4, 11, ...` of the given rows."""
+    return lambda idx: lines_note(_source_lines(raw, idx))
+
+
+def _steps_where(steps: np.ndarray) -> Callable[[np.ndarray], str]:
+    """`steps 50, 100, ...` of the given rows (eval rows keep no source line)."""
+    def where(idx: np.ndarray) -> str:
+        at = steps[idx]
+        return "steps " + ", ".join(str(int(x)) for x in at[:3]) + \
+            (", ..." if len(at) > 3 else "")
+    return where
 
 
 def odd_cell_warnings(raw: RawLog, path: Path | str,
@@ -373,13 +395,13 @@ def odd_cell_warnings(raw: RawLog, path: Path | str,
     except SpikelensError:
         return []  # no step column: build_run says so
     keep = ~header_rows & np.isfinite(steps)
-    return _odd_cell_warnings(path, raw, unparsed, keep, step_col)
+    return _odd_cell_warnings(path, raw.frame, unparsed, keep, step_col, _lines_where(raw))
 
 
 def _empty(col: pd.Series) -> bool:
     """Whether a column holds no value (a look at its first cells settles most columns)."""
     arr = col.to_numpy(dtype=np.float64, na_value=np.nan)
-    return not (np.isfinite(arr[:1024]).any() or (~np.isnan(arr)).any())
+    return bool(np.isnan(arr[:1024]).all() and np.isnan(arr).all())
 
 
 def _all_empty(frame: pd.DataFrame, eval_frame: pd.DataFrame,
@@ -720,10 +742,7 @@ def build_run(
     frame, masks, header_rows, text_cols, unparsed = _numeric_frame(raw.frame, raw.nan_mask)
 
     def lines_of(rows: np.ndarray) -> list[int]:
-        # 1-based source lines of the given rows (row number + 1 for a header by default)
-        idx = np.flatnonzero(rows)
-        src = raw.row_lines[idx] if raw.row_lines is not None else idx + 2
-        return [int(x) for x in src]
+        return _source_lines(raw, np.flatnonzero(rows))
 
     overrides = dict(overrides or {})
     step_override = overrides.pop("step", None)
@@ -744,7 +763,8 @@ def build_run(
     if orphan.any():
         ol = lines_of(orphan)
         warnings.append(skip_warning(path, len(ol), "row(s) without a step", ol))
-    warnings += _odd_cell_warnings(path, raw, unparsed, keep, step_col)
+    warnings += _odd_cell_warnings(path, raw.frame, unparsed, keep, step_col,
+                                   _lines_where(raw))
     if not keep.all():
         frame = frame[keep].reset_index(drop=True)
         masks = {c: m[keep] for c, m in masks.items()}
@@ -781,15 +801,8 @@ def build_run(
         ecol, esteps, _ = _steps_of(path, ef, raw.eval_step_column or raw.step_column,
                                     "eval rows")
         ok = ~np.isnan(esteps)
-        for col, bad in eunparsed.items():
-            # eval rows carry no source lines: their steps say where
-            at = esteps[bad & ok]
-            if col == ecol or not len(at):
-                continue
-            first = _cell_text(raw.eval_frame[col].iloc[int(np.flatnonzero(bad & ok)[0])])
-            shown = ", ".join(str(int(x)) for x in at[:3]) + (", ..." if len(at) > 3 else "")
-            warnings.append(f"{path}: {len(at)} value(s) of eval column {col!r} are not "
-                            f"numbers (first {first}), read as missing (steps {shown})")
+        warnings += _odd_cell_warnings(path, raw.eval_frame, eunparsed, ok, ecol,
+                                       _steps_where(esteps), "eval column")
         ef = ef[ok].drop(columns=[ecol])
         renames = {c: f"eval/{c}" for c in ef.columns if c in collapsed.columns}
         ef = ef.rename(columns=renames)
