@@ -384,14 +384,17 @@ def _test_chunk(x: FloatArray, st: Stats, p: RiseParams, a: int, b: int,
             zc = zc / _t_factor(np.array([float(n)]), p.window)[0]
         else:
             judged = count >= p.window
-        # the two rounding steps a rise must span are counted at the level the excess is
-        # measured from, the neighbours' median: a loss printed to 4 decimals that sits at
-        # 0.0002 under a trailing median of 0.0017 (still falling) moves to 0.0003 by one
-        # rounding step, which at the trailing level would pass for a 12 % rise
-        local = _quanta_bar(x[a:b] - iso[0][a:b], p)
         with np.errstate(invalid="ignore"):
-            take = judged & (ec >= np.maximum(bar, local)) & \
-                (zc > np.nan_to_num(point, nan=-np.inf))
+            take = judged & (ec >= bar) & (zc > np.nan_to_num(point, nan=-np.inf))
+        # the two rounding steps a rise must span are counted at the level the excess is
+        # measured from, the neighbours' median, too: a loss printed to 4 decimals that
+        # sits at 0.0002 under a trailing median of 0.0017 (still falling) moves to 0.0003
+        # by one rounding step, which at the trailing level would pass for a 12 % rise.
+        # Only the few points that pass everything else need that bar
+        cand = np.flatnonzero(take)
+        if len(cand) and p.quantum > 0:
+            local = _quanta_bar(x[a + cand] - iso[0][a + cand], p)
+            take[cand[ec[cand] < local]] = False
         point = np.where(take, zc, point)
     out["point"][a:b] = point
     scale, inflation = st.scale[a:b], st.inflation[a:b]
