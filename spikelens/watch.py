@@ -132,17 +132,18 @@ class _Follower:
         raise NotImplementedError
 
     def _parse(self, name: str, data: bytes, fmt: str | None = None,
-               line_of: Callable[[int], int] | None = None) -> list[Any]:
+               shift: int = 0, header: bool = False) -> list[Any]:
         """The RawLogs of one piece, read from a temporary copy. Their warnings name the log,
-        not the copy; `line_of` maps a line of the piece to its line in the log (a piece
-        starts where the last one ended), for the warnings and the rows' source lines."""
+        not the copy, and its lines: line k of the piece is line k + `shift` of the log
+        (a piece starts where the last one ended), except a `header` line 1 put in front of
+        it, which is the log's line 1."""
         from spikelens.readers import READERS
 
         tmp = self.workdir / name
         tmp.write_bytes(data)
         try:
             raws = list(READERS.get(fmt or self.fmt).read(tmp))
-            return [self._own(raw, str(tmp), line_of) for raw in raws]
+            return [self._own(raw, str(tmp), shift, header) for raw in raws]
         except SpikelensError as exc:
             msg = str(exc).replace(str(tmp), str(self.path))
             # a piece with no metric row in it (log text between two rows) is not an error
@@ -153,21 +154,25 @@ class _Follower:
         finally:
             tmp.unlink(missing_ok=True)
 
+    def _own(self, raw: Any, tmp: str, shift: int, header: bool) -> Any:
+        """`raw` as the log's: its warnings name the log and its lines, its rows their lines."""
+        def line(k: int) -> int:
+            return 1 if header and k == 1 else k + shift
 
-    def _own(self, raw: Any, tmp: str, line_of: Callable[[int], int] | None) -> Any:
         def relined(text: str) -> str:
             text = text.replace(tmp, str(self.path))
-            if line_of is None:
+            if not shift:
                 return text
             return _LINES_RE.sub(lambda m: m.group(1) + " " + ", ".join(
-                str(line_of(int(x))) for x in m.group(2).split(", ")), text)
+                str(line(int(x))) for x in m.group(2).split(", ")), text)
 
-        warnings = [relined(w) for w in raw.warnings]
         row_lines = raw.row_lines
-        if line_of is not None and raw.row_unit == "line":
+        if shift and raw.row_unit == "line":
+            # a data row is never the header line
             piece = row_lines if row_lines is not None else np.arange(2, len(raw.frame) + 2)
-            row_lines = np.fromiter((line_of(int(x)) for x in piece), np.int64, len(piece))
-        return dataclasses.replace(raw, warnings=warnings, row_lines=row_lines)
+            row_lines = np.asarray(piece, dtype=np.int64) + shift
+        return dataclasses.replace(raw, warnings=[relined(w) for w in raw.warnings],
+                                   row_lines=row_lines)
 
 
 #: `line 7` / `lines 7, 9, 12` in a reader's warning (`readers._base.lines_note`)
@@ -231,11 +236,10 @@ class LineFollower(_Follower):
             self.header = data[:data.find(b"\n") + 1]
             return self._parse(self.path.name, data)
         if self.header:
-            # the piece's line 1 is the header (line 1 of the log), its line k the log's
-            # line before + k - 1
-            return self._parse(self.path.name, self.header + data,
-                               line_of=lambda k: before + k - 1 if k > 1 else 1)
-        return self._parse(self.path.name, data, line_of=lambda k: before + k)
+            # the header in front is the piece's line 1: its line k is the log's before + k - 1
+            return self._parse(self.path.name, self.header + data, shift=before - 1,
+                               header=True)
+        return self._parse(self.path.name, data, shift=before)
 
 
 def _tf_complete(data: bytes) -> int:
