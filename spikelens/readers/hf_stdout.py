@@ -92,11 +92,6 @@ def _calls(lines: list[str]) -> list[_Call]:
     return [c for c in calls if c.train or c.evals]
 
 
-def _columns(rows: list[dict[str, float]]) -> dict[str, None]:
-    """The metric keys of `rows` in first-seen order (the step keys are the axis)."""
-    return {key: None for r in rows for key in r if key not in _STEP_KEYS}
-
-
 def _decimals(values: list[float | None]) -> int:
     """The decimals the epochs were printed with (the Trainer rounds them to 2)."""
     most = 0
@@ -201,7 +196,15 @@ class HfStdoutReader:
     def read(self, path: Path) -> list[RawLog]:
         # imported here: a module-level import would register the text reader before this
         # one and the formats after it, which moves sniffing's tie order
-        from spikelens.readers.text import eval_frame_from_rows, frame_from_rows, read_lines
+        from spikelens.readers.text import (
+            eval_frame_from_rows,
+            frame_from_rows,
+            read_lines,
+            row_columns,
+        )
+
+        def metric_keys(rows: list[dict[str, float]]) -> list[str]:
+            return [k for k in row_columns(rows) if k not in _STEP_KEYS]  # steps are the axis
 
         lines, _ = read_lines(path)
         calls = _calls(lines)
@@ -215,11 +218,11 @@ class HfStdoutReader:
                 continue
             steps, esteps, note = _steps(call, path)
             rows = [r for _, r in call.train]
-            frame, masks = frame_from_rows(rows, steps, _columns(rows), "step")
+            frame, masks = frame_from_rows(rows, steps, metric_keys(rows), "step")
             eval_frame = None
             if call.evals:
                 erows = [r for _, r in call.evals]
-                eval_frame = eval_frame_from_rows(erows, esteps, _columns(erows), "step")
+                eval_frame = eval_frame_from_rows(erows, esteps, metric_keys(erows), "step")
             gaps = np.diff(np.asarray(steps))
             out.append(RawLog(
                 frame=frame,

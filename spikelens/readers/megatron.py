@@ -30,7 +30,13 @@ from spikelens.errors import LogFormatError
 from spikelens.readers import READERS
 from spikelens.readers._base import RawLog, lines_note, looks_binary, mode_spacing
 from spikelens.readers._ranks import MessageSink, fold_note, fold_ranks, rank_of
-from spikelens.readers.text import RowTable, eval_frame_from_rows, frame_from_rows, read_lines
+from spikelens.readers.text import (
+    RowTable,
+    eval_frame_from_rows,
+    frame_from_rows,
+    read_lines,
+    row_columns,
+)
 
 STEP = "iteration"
 SKIPPED = "number of skipped iterations"
@@ -558,12 +564,7 @@ class MegatronReader:
             )
         self._mark_skipped(p)
         rows, steps, row_lines = _assemble(p)
-        columns: dict[str, None] = {}
-        for r in rows:
-            for k in r:
-                if k not in columns:
-                    columns[k] = None
-        frame, masks = frame_from_rows(rows, steps, columns, STEP)
+        frame, masks = frame_from_rows(rows, steps, row_columns(rows), STEP)
         eval_frame = eval_frame_from_rows(p.evals.rows, p.evals.steps, p.evals.columns, STEP) \
             if p.evals.rows else None
         if p.bad_fields:

@@ -190,7 +190,12 @@ class OlmoReader:
     def read(self, path: Path) -> list[RawLog]:
         # imported here: a module-level import would register the text reader before the
         # formats after it alphabetically, which moves sniffing's tie order
-        from spikelens.readers.text import eval_frame_from_rows, frame_from_rows, read_lines
+        from spikelens.readers.text import (
+            eval_frame_from_rows,
+            frame_from_rows,
+            read_lines,
+            row_columns,
+        )
 
         lines, ends_nl = read_lines(path)
         p, sink, warnings = _parse(lines, ends_nl, path)
@@ -199,19 +204,12 @@ class OlmoReader:
                                  "by indented name=value lines)")
         rows = [r for _, _, r in p.train]
         steps = [s for _, s, _ in p.train]
-        columns: dict[str, None] = {}
-        for r in rows:
-            for key in r:
-                columns.setdefault(key, None)
-        frame, masks = frame_from_rows(rows, steps, columns, STEP)
+        frame, masks = frame_from_rows(rows, steps, row_columns(rows), STEP)
         eval_frame = None
         if p.evals:
-            ecols: dict[str, None] = {}
-            for _, r in p.evals:
-                for key in r:
-                    ecols.setdefault(key, None)
-            eval_frame = eval_frame_from_rows([r for _, r in p.evals], [s for s, _ in p.evals],
-                                              ecols, STEP)
+            erows = [r for _, r in p.evals]
+            eval_frame = eval_frame_from_rows(erows, [s for s, _ in p.evals],
+                                              row_columns(erows), STEP)
         return [RawLog(
             frame=frame,
             step_column=STEP,

@@ -155,6 +155,11 @@ class RowTable:
         self.lines.pop()
 
 
+def row_columns(rows: Iterable[dict[str, float]]) -> dict[str, None]:
+    """The keys of `rows` in first-seen order (an ordered set), the columns of their frame."""
+    return {key: None for r in rows for key in r}
+
+
 def frame_from_rows(
     rows: list[dict[str, float]], steps: list[int], columns: Iterable[str], step_column: str
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
