@@ -819,11 +819,17 @@ def build_run(
     empty = {c for r, c in roles.items() if (overrides or {}).get(r) != c
              and _empty(collapsed[c] if c in collapsed.columns else eval_frame[c])
              and c not in nan_steps}
+    lost: list[str] = []  # loss-like columns that lost their role for having no value
     if empty:
+        lost = sorted({c for r, c in roles.items() if r in ANALYSABLE and c in empty})
         roles = assign_roles(columns, overrides, eval_columns=eval_frame.columns,
                              empty=_all_empty(collapsed, eval_frame, nan_steps))
     if not any(r in roles for r in ANALYSABLE):
         found = ", ".join(columns) or "none"
+        if lost:
+            # the column is there but every cell is blank: say so, not "no loss"
+            raise MissingMetricError(f"{path}: no value in the loss-like column(s) "
+                                     f"{', '.join(lost)} (every row is empty; found: {found})")
         raise MissingMetricError(f"{path}: no loss-like metric (found: {found})")
     if text_cols:
         warnings.append(f"{path}: ignored non-numeric column(s): {', '.join(text_cols)}")
