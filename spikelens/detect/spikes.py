@@ -236,7 +236,10 @@ def _long_rho(x: FloatArray, window: int, reuse: dict[str, Any] | None = None,
     its loss wanders. Both windows
     end before the point, as the baseline does; refreshed every `long // 2` points (a long
     window moves little in half of itself) and sorted in chunks: 0.02 CPU-s per million
-    points each.
+    points each. The first `3 * window` points, whose past is too short, take the estimate
+    of the log's first `3 * window` points (of all of it, on a log longer than `window` but
+    shorter than that): a small batch's AR(1) noise (rho 0.5) read rho 0 from 30 points of
+    past and a chance wander passed the shift test at the end of warmup.
 
     `reuse` (the detector's second pass, which clips its events): a call leaves its windows'
     scales there with `x_copy`, a copy of `x` it may keep; a later call on the same length
@@ -247,7 +250,7 @@ def _long_rho(x: FloatArray, window: int, reuse: dict[str, Any] | None = None,
     out = np.zeros(n)
     long = LONG_NOISE_WINDOWS * window
     least = 3 * window
-    if n <= least + 2:
+    if n <= window:
         return out
     step = max(1, long // 2)
     # window k covers x[k * step : k * step + long + 1] (its `long` lag-1 differences and
@@ -272,6 +275,14 @@ def _long_rho(x: FloatArray, window: int, reuse: dict[str, Any] | None = None,
         out[:k] = prev["head"]  # type: ignore[index]
     else:
         h2 = x[2:k] - x[:k - 2]  # the head's lag-2 differences (at most the first `long`)
+        # the points before `least` have too short a past to read a wander from: they take
+        # the estimate of the log's first `least` points (all of it when shorter). The
+        # noise's character is the log's; only the level must come from before the point
+        m = min(n, least)
+        a1, a2 = np.sort(d1[:m - 1]), np.sort(h2[:m - 2])
+        out[:least] = rho(a1[rank_index(m - 1, 0.75)] - a1[rank_index(m - 1, 0.25)],
+                          a2[rank_index(m - 2, 0.75)] - a2[rank_index(m - 2, 0.25)]) \
+            - 2 * LONG_RHO_SE / np.sqrt(m)
         for m in range(least, min(n, long + 1), head):  # x[:m], for points m .. m + head - 1
             a1, a2 = np.sort(d1[:m - 1]), np.sort(h2[:m - 2])
             out[m:m + head] = rho(a1[rank_index(m - 1, 0.75)] - a1[rank_index(m - 1, 0.25)],
@@ -364,9 +375,9 @@ def _test_chunk(x: FloatArray, st: Stats, p: RiseParams, a: int, b: int,
     cnt = np.maximum(np.minimum(count, p.window), 1).astype(np.float64)
     lvl_var = MEDIAN_SE ** 2 / cnt
     # ... and the scale estimated from `count` points is uncertain too: both z are divided
-    # by the ratio of Student's t quantile (99.9 %) at count - 1 degrees of freedom to the
-    # one at a full window, so a short baseline needs a larger rise (1.0 at a full window,
-    # 1.24 at 13 points, 1.43 at 8)
+    # by the ratio of Student's t quantile (99.9 %) at the degrees of freedom of an IQR from
+    # `count` points to the one at a full window, so a short baseline needs a larger rise
+    # (1.0 at a full window, 1.22 at 30 points, 1.96 at 13, 3.2 at 9: `_t_factor`)
     small = _t_factor(cnt, p.window)
     widen = np.sqrt((1.0 + lvl_var) / (1.0 + MEDIAN_SE ** 2 / p.window)) * small
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -408,15 +419,26 @@ def _test_chunk(x: FloatArray, st: Stats, p: RiseParams, a: int, b: int,
         out[f"shift{k}"][a:b] = np.where(ok, z, np.nan)
 
 
+#: Asymptotic efficiency of the IQR against the standard deviation as an estimate of sigma
+#: for normal noise: Var(IQR / 1.349) = 1.36 sigma^2 / n against sigma^2 / 2n for the
+#: standard deviation, so a scale from n points is as uncertain as a standard deviation
+#: from 0.368 n points (the degrees of freedom of `_t_factor`).
+IQR_EFFICIENCY = 0.5 / 1.36
+
+
 def _t_factor(count: FloatArray, window: int) -> FloatArray:
-    """t quantile (99.9 %) at count - 1 degrees of freedom over the one at window - 1."""
+    """t quantile (99.9 %) at the degrees of freedom of an IQR scale from `count` points,
+    IQR_EFFICIENCY * (count - 1), over the one at a full window: 1.0 there, 1.22 at 30
+    points, 3.2 at 9. Counting count - 1 degrees of freedom took the IQR for as steady as a
+    standard deviation: the nine points that open a noisy log can have an IQR a fifth of
+    the noise's, and a level shift of the next twenty then passed the bar at z 7."""
     from scipy.special import stdtrit
 
     out = np.ones(len(count))
     short = count < window  # only the first `window` points have a short baseline
     if short.any():
-        df = np.maximum(count[short] - 1.0, 2.0)
-        full = float(stdtrit(max(window - 1.0, 2.0), 0.999))
+        df = np.maximum(IQR_EFFICIENCY * (count[short] - 1.0), 2.0)
+        full = float(stdtrit(max(IQR_EFFICIENCY * (window - 1.0), 2.0), 0.999))
         out[short] = stdtrit(df, 0.999) / full
     return out
 
