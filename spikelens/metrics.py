@@ -64,7 +64,8 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "eval_loss": (
         "eval_loss", "val_loss", "validation_loss", "valid_loss", "test_loss", "tel",
         "lm_loss_value", "eval_lm_loss", "val_loss_epoch", "eval_crossentropyloss",
-        "val_crossentropyloss", "eval_ppl", "val_ppl", "dev_loss", "ppl", "perplexity",
+        "val_crossentropyloss", "eval_epoch_loss", "val_epoch_loss", "eval_ppl", "val_ppl",
+        "dev_loss", "ppl", "perplexity",
     ),
     "lr": (
         "lr", "learning_rate", "lr_adamw", "lr_adam", "lr_sgd", "learning_rate_group0",

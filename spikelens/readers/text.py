@@ -2,20 +2,22 @@
 reader covers the common dialects: nanoGPT (`iter 100: loss 4.2012, time 33.21ms, mfu 12.3%` and
 `step 0: train loss .., val loss ..`), llm.c (`s:0 trl:11.0091 lr:.. norm:..` and `s:0 tel:..`),
 modded-nanogpt (`step:1/20344 train_loss:22.6 train_time:81991ms step_avg:nanms`), mmengine/mmcv
-(`Epoch(train) [1][50/500]  lr: 1e-04 ... loss: 2.51`), NeMo/Lightning progress bars (`Epoch 0:
+(`Epoch(train) [1][50/500] lr: 1e-04 ... loss: 2.51`), NeMo/Lightning progress bars (`Epoch 0:
 2%|..| 188/10000 [.., reduced_train_loss=7.560, global_step=188.0]`, each carriage-return redraw
 read, the last of a step winning), pytorch/examples word_language_model (`| epoch 4 | 2200/ 2983
-batches | .. | loss 17.21 |`, step (epoch - 1) x batches + batch, its `| end of epoch 4 | .. |
-valid loss ..` lines eval rows at the last train step; old fairseq's `| epoch 001:  100 / 1102
-loss=.., num_updates=100` lines at num_updates, its `valid on 'valid' subset` lines eval rows)
-and build-nanogpt's `log.txt` (`{step} train|val|hella {value}`, read only when most lines are
-such). Each line is searched for a step token, then for `key: value`, `key=value` and `key
-value` pairs; a pair's key takes up to two preceding words (`train loss`, `val loss`) so that
-such keys stay apart. Units (`ms`, `s`, `%`, `GB`) are stripped, `nan`/`inf` are kept as logged
-non-finite values. A line with an evaluation key (`val_loss`, `tel`, `eval/...`) or an mmengine
-`(val)`/`(test)` tag goes whole to the eval table, so eval numbers never mix with train ones.
-Lines without a step are ignored; those that still carry several numbers are counted in a
-warning. The frame helpers at the bottom are shared with the Megatron reader."""
+batches | .. | loss 17.21 |`, step (epoch - 1) x batches + batch, its `| end of epoch 4 | .. | valid
+loss ..` lines eval rows at the last train step; old fairseq's `| epoch 001: 100 / 1102 loss=..,
+num_updates=100` lines at num_updates, its `valid on 'valid' subset` lines eval rows),
+build-nanogpt's `log.txt` (`{step} train|val|hella {value}`, read only when most lines are such) and
+llama-recipes' progress bar (`Training Epoch: 2/3, step 17/249 completed (loss: ..)`, step (epoch -
+1) x steps per epoch + step; its `eval_epoch_loss=tensor(..)` lines eval rows at the last train
+step). Each line is searched for a step token, then for `key: value`, `key=value` and `key value`
+pairs; a pair's key takes up to two preceding words (`train loss`, `val loss`) so that such keys
+stay apart. Units (`ms`, `s`, `%`, `GB`) are stripped, `nan`/`inf` are kept as logged non-finite
+values. A line with an evaluation key (`val_loss`, `tel`, `eval/...`) or an mmengine
+`(val)`/`(test)` tag goes whole to the eval table, so eval numbers never mix with train ones. Lines
+without a step are ignored; those that still carry several numbers are counted in a warning. The
+frame helpers at the bottom are shared with the Megatron reader."""
 
 from __future__ import annotations
 
@@ -83,6 +85,15 @@ _NANO_KEYS = {"train": "train loss", "val": "val loss", "hella": "hella acc"}
 # PyTorch Lightning's progress bar (NeMo): `Epoch 0:   2%|▏  | 188/10000 [05:06<4:26:30,
 # 1.6s/it, loss=7.75, v_num=3-16, reduced_train_loss=7.560, global_step=188.0, ...]`
 _PTL_BAR = re.compile(r"^\s*Epoch (\d{1,9}):\s*\d{1,3}%\|")
+# llama-recipes (`train_utils.train`): its tqdm bar's description `Training Epoch: 2/3, step
+# 17/249 completed (loss: 0.117)`, whose step restarts every epoch: the run's step is
+# (epoch - 1) x steps per epoch + step, what it logs to W&B as `train/step` (versions that
+# printed the epoch from 0 are read from 0). Its evaluation prints `eval_ppl=tensor(1.16,
+# device='cuda:0') eval_epoch_loss=tensor(0.149, device='cuda:0')` with no step
+_LLAMA = re.compile(
+    r"Training Epoch:\s*(\d{1,6})/\d{1,6},\s*step\s+(\d{1,9})/(\d{1,9})\s+completed")
+_LLAMA_EPOCH0 = re.compile(r"Training Epoch:\s*0/\d")
+_TENSOR = re.compile(rf"tensor\(\s*({_NUM})\s*(?:,\s*device='[^']*')?\s*\)")
 _LEVELS = {"INFO", "DEBUG", "WARNING", "WARN", "ERROR", "CRITICAL", "TRACE", "NOTICE"}
 _EVAL_PREFIX = re.compile(r"^(val|eval|valid|validation|test)([_/]|$)")
 _EVAL_TAGS = {"val", "valid", "validation", "eval", "test"}
@@ -226,8 +237,10 @@ def nano_log_lines(lines: list[str]) -> bool:
     return hits >= 3 and 2 * hits > len(lines) - blank
 
 
-def _step_of(line: str, last_train: int) -> tuple[int, str, str | None] | None:
-    """(step, rest of the line without the step token, mmengine tag) or None."""
+def _step_of(line: str, last_train: int, epoch_base: int = 1
+             ) -> tuple[int, str, str | None] | None:
+    """(step, rest of the line without the step token, mmengine tag) or None. `epoch_base`:
+    the first epoch number a llama-recipes log prints (1, or 0 in older versions)."""
     if line.lstrip().startswith("|"):
         w = _WORDLM.match(line)
         if w is not None:
@@ -251,6 +264,11 @@ def _step_of(line: str, last_train: int) -> tuple[int, str, str | None] | None:
                 return step, line[g.end():], \
                     f"subset {g.group(1)}" if g.group(1) else "fairseq summary"
     if "poch" in line or "Iter" in line:
+        lm = _LLAMA.search(line) if "Training Epoch" in line else None
+        if lm is not None:
+            epoch, inner, per_epoch = (int(g) for g in lm.group(1, 2, 3))
+            step = max(epoch - epoch_base, 0) * per_epoch + inner
+            return step, line[: lm.start()] + " | " + line[lm.end():], None
         m = _MMENGINE.search(line)
         if m is not None:
             tag = (m.group(2) or "train").lower()
@@ -331,6 +349,8 @@ class TextReader:
         summaries: list[int] = []  # fairseq end-of-epoch summary lines
         bar_evals: dict[str, float] = {}  # the eval values a progress bar last showed
         averaged = False
+        epoch_base = 0 if any(_LLAMA_EPOCH0.search(x) for x in lines if "Training Epoch" in x) \
+            else 1
         for no, full in enumerate(lines, start=1):
             # a progress bar redrawn with carriage returns: each redraw is read, in order
             # (the last one of a step wins, as for any repeated step)
@@ -345,7 +365,14 @@ class TextReader:
                         target.add(int(n.group(1)), {_NANO_KEYS[kind]: float(n.group(3))}, no)
                         last_kind = target
                         continue
-                hit = _step_of(line, last_train)
+                hit = _step_of(line, last_train, epoch_base)
+                if hit is None and "=tensor(" in line and train.rows:
+                    # llama-recipes' evaluation: at the train step reached so far
+                    ev = parse_pairs(_TENSOR.sub(r"\1", line))
+                    if ev and all(_is_eval_key(k, eval_cache) for k in ev):
+                        evals.add(last_train, ev, no)
+                        last_kind = evals
+                        continue
                 if hit is None:
                     sink.feed(line, no, last_train if train.rows else None)
                     # not a metric row; remember it only if it carries several numbers

@@ -1,0 +1,84 @@
+"""llama-recipes' console output: its tqdm bar's `Training Epoch: E/N, step S/M completed
+(loss: X)` restarts its step every epoch. Read as (E - 1) x M + S (llama-recipes' own W&B
+`train/step`), an epoch boundary is not a resume; its `eval_epoch_loss=tensor(..)` lines are
+eval rows. The sample is a real CPU run of that loop (benchmarks/llama_recipes_sample.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from spikelens import read_log
+from spikelens.cli import app
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_logs" / "text" / \
+    "llama_recipes_tiny_gpt2_stdout.log"
+
+
+def _bar(epoch: int, epochs: int, step: int, per_epoch: int, loss: float) -> str:
+    # one step as tqdm writes it to a file: a carriage return, the description, the bar
+    done = step + 1
+    return (f"\rTraining Epoch: {epoch}/{epochs}, step {step}/{per_epoch} completed "
+            f"(loss: {loss}): {100 * done // per_epoch:3d}%|\x1b[34m#   \x1b[0m| "
+            f"{done}/{per_epoch} [00:01<00:02,  3.74it/s]")
+
+
+def _log(first_epoch: int, epochs: int, per_epoch: int, losses: list[float]) -> str:
+    out, k = [], 0
+    for e in range(first_epoch, first_epoch + epochs):
+        line = f"\rTraining Epoch: {e}:   0%|          | 0/{per_epoch} [00:00<?, ?it/s]"
+        for s in range(per_epoch):
+            line += _bar(e, first_epoch + epochs - 1, s, per_epoch, losses[k])
+            k += 1
+        out.append(line)
+        out.append(f" eval_ppl=tensor({np.exp(losses[k - 1]):.4f}, device='cuda:0') "
+                   f"eval_epoch_loss=tensor({losses[k - 1]:.4f}, device='cuda:0')")
+        out.append(f"Epoch {e}: train_perplexity=3.1000, train_epoch_loss=1.1300, "
+                   "epoch time 12.5s")
+    return "\n".join(out) + "\n"
+
+
+def test_the_real_sample_is_one_run_with_the_bad_batch_at_its_step() -> None:
+    run = read_log(SAMPLE)
+    assert run.format == "text"
+    assert run.steps[0] == 0 and run.steps[-1] == 374 and len(run.steps) == 375
+    assert not run.restarts and not run.warnings  # three epochs of 125 steps, no resume
+    assert run.roles["loss"] == "loss" and run.roles["eval_loss"] == "eval_epoch_loss"
+    assert list(run.eval_frame.index) == [124, 249, 374]
+    res = CliRunner().invoke(app, ["analyze", str(SAMPLE), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    [r] = json.loads(res.stdout)["runs"]
+    spikes = [e for e in r["events"] if e["kind"] == "spike"]
+    # the batch of epoch 2, step 60 was random tokens: step (2 - 1) x 125 + 60
+    assert [e["peak_step"] for e in spikes] == [185]
+    assert spikes[0]["causes"][0]["cause"] == "bad_batch"
+
+
+def test_epochs_printed_from_one_follow_each_other(tmp_path: Path) -> None:
+    losses = list(np.linspace(3.0, 2.0, 12))
+    p = tmp_path / "stdout.log"
+    p.write_text(_log(1, 3, 4, losses))
+    run = read_log(p)
+    assert list(run.steps) == list(range(12))
+    assert np.allclose(run.series("loss").to_numpy(), losses)
+    assert not run.restarts
+    assert list(run.eval_frame.index) == [3, 7, 11]
+
+
+def test_epochs_printed_from_zero_follow_each_other(tmp_path: Path) -> None:
+    # older llama-recipes printed the epoch from 0: `Training Epoch: 0/2, step 0/4`
+    losses = list(np.linspace(3.0, 2.0, 12))
+    p = tmp_path / "stdout.log"
+    p.write_text(_log(0, 3, 4, losses))
+    run = read_log(p)
+    assert list(run.steps) == list(range(12))
+    assert not run.restarts
+
+
+def test_an_excerpt_from_a_later_epoch_keeps_the_run_steps(tmp_path: Path) -> None:
+    p = tmp_path / "stdout.log"
+    p.write_text(_log(3, 2, 5, list(np.linspace(2.0, 1.5, 10))))
+    assert list(read_log(p).steps) == list(range(10, 20))
