@@ -441,7 +441,7 @@ def watch(
     metric: MetricOpt = None,
 ) -> None:
     """Follow growing logs and report each loss incident once, when it is confirmed. Exit 0
-    on Ctrl-C, 1 when an incident matched --fail-on, 2 on bad input."""
+    on Ctrl-C (SIGINT) or SIGTERM, 1 when an incident matched --fail-on, 2 on bad input."""
     from spikelens.metrics import parse_overrides
     from spikelens.watch import Watcher
 
@@ -449,7 +449,23 @@ def watch(
     kinds = [f.value for f in fail_on or []]
     watcher = Watcher(paths, interval=interval, fail_on=kinds, webhook=webhook,
                       metrics=dict(parse_overrides(metric or [])) or None)
+    _stop_on_signals()
     raise typer.Exit(watcher.run().exit_code)
+
+
+def _stop_on_signals() -> None:
+    """Make SIGINT and SIGTERM end `watch` with its summary. A process started as a
+    background job of a script (`cmd &`, nohup in a CI step) inherits SIGINT ignored, and
+    Python then leaves it ignored: `kill -INT` did nothing and the watch ran on. SIGTERM is
+    what a CI runner sends when it cancels a job; its default would end the process
+    without the summary."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, stop)
 
 
 @app.command()

@@ -352,3 +352,27 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert res.exit_code == 2
     assert res.stderr.startswith(f"Error: {db}: cannot follow a mlflow log while it grows")
     assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_and_sigterm_end_watching_with_the_summary_even_if_sigint_was_ignored(
+        tmp_path: Path, sig: signal.Signals) -> None:
+    # a watch started as a background job of a script (`spikelens watch .. &`, a nohup'd CI
+    # step) inherits SIGINT ignored: kill -INT must still end it, and SIGTERM (a CI runner
+    # cancelling the job) must end it with the summary, not kill it mid-line
+    log = tmp_path / "metrics.csv"
+    log.write_text("step,train_loss\n" + "".join(f"{s},{2.0 + 0.001 * (s % 5)}\n"
+                                                 for s in range(1, 60)))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "spikelens", "watch", str(log), "--interval", str(INTERVAL)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    _LIVE.append(p)
+    assert p.stderr is not None
+    assert "watching" in p.stderr.readline()
+    time.sleep(3 * INTERVAL)
+    p.send_signal(sig)
+    out, _ = p.communicate(timeout=30)
+    assert p.returncode == 0
+    assert out.splitlines()[-1].startswith("watched 1 log(s)") and "59 rows read" in out
