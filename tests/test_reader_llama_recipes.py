@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from spikelens import read_log
@@ -57,25 +58,17 @@ def test_the_real_sample_is_one_run_with_the_bad_batch_at_its_step() -> None:
     assert spikes[0]["causes"][0]["cause"] == "bad_batch"
 
 
-def test_epochs_printed_from_one_follow_each_other(tmp_path: Path) -> None:
+@pytest.mark.parametrize("first_epoch", [1, 0])
+def test_epochs_follow_each_other(tmp_path: Path, first_epoch: int) -> None:
+    # llama-recipes prints the epoch from 1; older versions printed it from 0
     losses = list(np.linspace(3.0, 2.0, 12))
     p = tmp_path / "stdout.log"
-    p.write_text(_log(1, 3, 4, losses))
+    p.write_text(_log(first_epoch, 3, 4, losses))
     run = read_log(p)
     assert list(run.steps) == list(range(12))
     assert np.allclose(run.series("loss").to_numpy(), losses)
     assert not run.restarts
     assert list(run.eval_frame.index) == [3, 7, 11]
-
-
-def test_epochs_printed_from_zero_follow_each_other(tmp_path: Path) -> None:
-    # older llama-recipes printed the epoch from 0: `Training Epoch: 0/2, step 0/4`
-    losses = list(np.linspace(3.0, 2.0, 12))
-    p = tmp_path / "stdout.log"
-    p.write_text(_log(0, 3, 4, losses))
-    run = read_log(p)
-    assert list(run.steps) == list(range(12))
-    assert not run.restarts
 
 
 def test_an_excerpt_from_a_later_epoch_keeps_the_run_steps(tmp_path: Path) -> None:
