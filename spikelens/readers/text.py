@@ -266,8 +266,8 @@ def _step_of(line: str, last_train: int, epoch_base: int = 1
     if "poch" in line or "Iter" in line:
         lm = _LLAMA.search(line) if "Training Epoch" in line else None
         if lm is not None:
-            epoch, inner, per_epoch = (int(g) for g in lm.group(1, 2, 3))
-            step = max(epoch - epoch_base, 0) * per_epoch + inner
+            epoch, in_epoch, epoch_steps = (int(g) for g in lm.group(1, 2, 3))
+            step = max(epoch - epoch_base, 0) * epoch_steps + in_epoch
             return step, line[: lm.start()] + " | " + line[lm.end():], None
         m = _MMENGINE.search(line)
         if m is not None:
