@@ -8,16 +8,17 @@ read, the last of a step winning), pytorch/examples word_language_model (`| epoc
 batches | .. | loss 17.21 |`, step (epoch - 1) x batches + batch, its `| end of epoch 4 | .. | valid
 loss ..` lines eval rows at the last train step; old fairseq's `| epoch 001: 100 / 1102 loss=..,
 num_updates=100` lines at num_updates, its `valid on 'valid' subset` lines eval rows),
-build-nanogpt's `log.txt` (`{step} train|val|hella {value}`, read only when most lines are such) and
+build-nanogpt's `log.txt` (`{step} train|val|hella {value}`, read only when most lines are such),
 llama-recipes' progress bar (`Training Epoch: 2/3, step 17/249 completed (loss: ..)`, step (epoch -
 1) x steps per epoch + step; its `eval_epoch_loss=tensor(..)` lines eval rows at the last train
-step). Each line is searched for a step token, then for `key: value`, `key=value` and `key value`
-pairs; a pair's key takes up to two preceding words (`train loss`, `val loss`) so that such keys
-stay apart. Units (`ms`, `s`, `%`, `GB`) are stripped, `nan`/`inf` are kept as logged non-finite
-values. A line with an evaluation key (`val_loss`, `tel`, `eval/...`) or an mmengine
-`(val)`/`(test)` tag goes whole to the eval table, so eval numbers never mix with train ones. Lines
-without a step are ignored; those that still carry several numbers are counted in a warning. The
-frame helpers at the bottom are shared with the Megatron reader."""
+step) and torchtune's (`1|25|Loss: 1.2345: 25%|..`, at its global step). Each line is searched for a
+step token, then for `key: value`, `key=value` and `key value` pairs; a pair's key takes up to two
+preceding words (`train loss`, `val loss`) so that such keys stay apart. Units (`ms`, `s`, `%`,
+`GB`) are stripped, `nan`/`inf` are kept as logged non-finite values. A line with an evaluation key
+(`val_loss`, `tel`, `eval/...`) or an mmengine `(val)`/`(test)` tag goes whole to the eval table, so
+eval numbers never mix with train ones. Lines without a step are ignored; those that still carry
+several numbers are counted in a warning. The frame helpers at the bottom are shared with the
+Megatron reader."""
 
 from __future__ import annotations
 
@@ -93,6 +94,9 @@ _PTL_BAR = re.compile(r"^\s*Epoch (\d{1,9}):\s*\d{1,3}%\|")
 _LLAMA = re.compile(
     r"Training Epoch:\s*(\d{1,6})/\d{1,6},\s*step\s+(\d{1,9})/(\d{1,9})\s+completed")
 _LLAMA_EPOCH0 = re.compile(r"Training Epoch:\s*0/\d")
+# torchtune's recipes: the tqdm bar's description `{epoch}|{global_step}|Loss: {loss}`
+# (`1|25|Loss: 1.2345: 25%|...`), redrawn with carriage returns
+_TORCHTUNE = re.compile(rf"(?:^|(?<=\s))(\d{{1,6}})\|(\d{{1,15}})\|Loss:\s*({_NUM})")
 _TENSOR = re.compile(rf"tensor\(\s*({_NUM})\s*(?:,\s*device='[^']*')?\s*\)")
 _LEVELS = {"INFO", "DEBUG", "WARNING", "WARN", "ERROR", "CRITICAL", "TRACE", "NOTICE"}
 _EVAL_PREFIX = re.compile(r"^(val|eval|valid|validation|test)([_/]|$)")
@@ -280,6 +284,12 @@ def _step_of(line: str, last_train: int, epoch_base: int = 1
             else:
                 step = int(a)
             return step, line[: m.start()] + " | " + line[m.end():], tag
+    if "|Loss:" in line:
+        tt = _TORCHTUNE.search(line)
+        if tt is not None:
+            # the number is followed by the bar's own `: 25%|`, not by a separator
+            return int(tt.group(2)), f"loss {tt.group(3)} epoch {tt.group(1)} | " + \
+                line[tt.end():].lstrip(":"), None
     m2 = _STEP.search(line)
     if m2 is None:
         m2 = _WHOLE_STEP.search(line) if "=" in line else None

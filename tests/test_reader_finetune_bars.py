@@ -1,7 +1,9 @@
-"""llama-recipes' console output: its tqdm bar's `Training Epoch: E/N, step S/M completed
-(loss: X)` restarts its step every epoch. Read as (E - 1) x M + S (llama-recipes' own W&B
-`train/step`), an epoch boundary is not a resume; its `eval_epoch_loss=tensor(..)` lines are
-eval rows. The sample is a real CPU run of that loop (benchmarks/llama_recipes_sample.py)."""
+"""The console output of two fine-tuning libraries, whose tqdm bar carries the step and loss.
+llama-recipes' `Training Epoch: E/N, step S/M completed (loss: X)` restarts its step every
+epoch: read as (E - 1) x M + S (llama-recipes' own W&B `train/step`), an epoch boundary is
+not a resume; its `eval_epoch_loss=tensor(..)` lines are eval rows. The sample is a real CPU
+run of that loop (benchmarks/llama_recipes_sample.py). torchtune's recipes print
+`{epoch}|{global_step}|Loss: {loss}` (constructed here in tqdm's own layout)."""
 
 from __future__ import annotations
 
@@ -75,3 +77,41 @@ def test_an_excerpt_from_a_later_epoch_keeps_the_run_steps(tmp_path: Path) -> No
     p = tmp_path / "stdout.log"
     p.write_text(_log(3, 2, 5, list(np.linspace(2.0, 1.5, 10))))
     assert list(read_log(p).steps) == list(range(10, 20))
+
+
+def _torchtune(losses: list[float], per_epoch: int) -> str:
+    # `pbar.set_description(f"{curr_epoch + 1}|{self.global_step}|Loss: {loss_to_log}")`
+    # after `pbar.update(1)`, one bar per epoch closed with a newline
+    out = ["INFO:torchtune.utils._logging:Running FullFinetuneRecipeSingleDevice with resolved "
+           "config:", "batch_size: 2", "epochs: 3"]
+    line = ""
+    for i, loss in enumerate(losses, start=1):
+        e, k = 1 + (i - 1) // per_epoch, 1 + (i - 1) % per_epoch
+        # update() redraws first with the description of the step before (none on a
+        # fresh bar), then set_description() redraws with this step's
+        desc = f"{e}|{i - 1}|Loss: {losses[i - 2]}: " if k > 1 else ""
+        line += f"\r{desc}{100 * (k - 1) // per_epoch}%|#   | {k - 1}/{per_epoch} [00:01<00:30]"
+        line += (f"\r{e}|{i}|Loss: {loss}: {100 * k // per_epoch}%|##  | {k}/{per_epoch} "
+                 f"[00:01<00:30,  3.10it/s]")
+        if k == per_epoch:
+            out.append(line)
+            line = ""
+    return "\n".join(out) + "\n"
+
+
+def test_torchtune_bar_reads_the_global_step_and_finds_a_bad_batch(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    losses = [float(1.2 + 1.5 * np.exp(-i / 40) + rng.normal(0, 0.01)) for i in range(300)]
+    losses[149] *= 3.0  # global step 150
+    p = tmp_path / "finetune.log"
+    p.write_text(_torchtune(losses, 100))
+    run = read_log(p)
+    assert run.format == "text"
+    assert list(run.steps) == list(range(1, 301))
+    assert np.allclose(run.series("loss").to_numpy(), losses)
+    assert list(run.series("epoch").to_numpy()[[0, 99, 100, 299]]) == [1, 1, 2, 3]
+    res = CliRunner().invoke(app, ["analyze", str(p), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    [r] = json.loads(res.stdout)["runs"]
+    assert [(e["kind"], e["peak_step"]) for e in r["events"] if e["metric"] == "loss"] == \
+        [("spike", 150)]
