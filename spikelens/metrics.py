@@ -59,7 +59,7 @@ _ALIASES: dict[str, tuple[str, ...]] = {
         "loss_mean", "total_loss", "avg_loss", "loss_avg", "mean_loss", "batch_loss",
         "running_loss", "train_loss_avg", "objective", "lm_loss_avg", "cross_entropy",
         "cross_entropy_loss", "xent", "mse", "mse_loss", "nll", "ce", "bce", "bce_loss",
-        "l1_loss", "huber_loss", "smooth_l1_loss",
+        "l1_loss", "huber_loss", "smooth_l1_loss", "languagecrossentropy",
     ),
     "eval_loss": (
         "eval_loss", "val_loss", "validation_loss", "valid_loss", "test_loss", "tel",

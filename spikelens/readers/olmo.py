@@ -25,8 +25,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from spikelens.errors import LogFormatError
 from spikelens.readers import READERS
 from spikelens.readers._base import RawLog, looks_binary
@@ -190,36 +188,14 @@ class OlmoReader:
     def read(self, path: Path) -> list[RawLog]:
         # imported here: a module-level import would register the text reader before the
         # formats after it alphabetically, which moves sniffing's tie order
-        from spikelens.readers.text import (
-            eval_frame_from_rows,
-            frame_from_rows,
-            read_lines,
-            row_columns,
-        )
+        from spikelens.readers.text import read_lines, records_log
 
         lines, ends_nl = read_lines(path)
         p, sink, warnings = _parse(lines, ends_nl, path)
         if not p.train and not p.evals:
             raise LogFormatError(f"{path}: no OLMo metric blocks found ([step=N/M] followed "
                                  "by indented name=value lines)")
-        rows = [r for _, _, r in p.train]
-        steps = [s for _, s, _ in p.train]
-        frame, masks = frame_from_rows(rows, steps, row_columns(rows), STEP)
-        eval_frame = None
-        if p.evals:
-            erows = [r for _, r in p.evals]
-            eval_frame = eval_frame_from_rows(erows, [s for s, _ in p.evals],
-                                              row_columns(erows), STEP)
-        return [RawLog(
-            frame=frame,
-            step_column=STEP,
-            eval_frame=eval_frame,
-            eval_step_column=STEP,
-            nan_mask=masks,
-            row_lines=np.asarray([no for no, _, _ in p.train], dtype=np.int64),
-            warnings=warnings + sink.warnings(path),
-            messages=sink.messages,
-        )]
+        return [records_log(path, p.train, p.evals, warnings, sink)]
 
 
 READERS.add("olmo", OlmoReader())

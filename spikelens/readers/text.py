@@ -213,6 +213,24 @@ def eval_frame_from_rows(
     return pd.DataFrame(data)
 
 
+
+def records_log(path: Path, train: list[tuple[int, int, dict[str, float]]],
+                evals: list[tuple[int, dict[str, float]]], warnings: list[str],
+                sink: MessageSink) -> RawLog:
+    """The RawLog of a log read as records: train records (line, step, values) and eval
+    records (step, values), in file order (the OLMo and Composer readers)."""
+    rows = [r for _, _, r in train]
+    frame, masks = frame_from_rows(rows, [s for _, s, _ in train], row_columns(rows), STEP)
+    eval_frame = None
+    if evals:
+        erows = [r for _, r in evals]
+        eval_frame = eval_frame_from_rows(erows, [s for s, _ in evals], row_columns(erows),
+                                          STEP)
+    return RawLog(frame=frame, step_column=STEP, eval_frame=eval_frame,
+                  eval_step_column=STEP, nan_mask=masks,
+                  row_lines=np.asarray([no for no, _, _ in train], dtype=np.int64),
+                  warnings=warnings + sink.warnings(path), messages=sink.messages)
+
 def read_lines(path: Path) -> tuple[list[str], bool]:
     """The file's lines (split on newline only, so numbers match an editor's) and whether
     the file ends with a newline (if not, the last line may have been cut by a crash)."""
