@@ -11,14 +11,15 @@ num_updates=100` lines at num_updates, its `valid on 'valid' subset` lines eval 
 build-nanogpt's `log.txt` (`{step} train|val|hella {value}`, read only when most lines are such),
 llama-recipes' progress bar (`Training Epoch: 2/3, step 17/249 completed (loss: ..)`, step (epoch -
 1) x steps per epoch + step; its `eval_epoch_loss=tensor(..)` lines eval rows at the last train
-step) and torchtune's (`1|25|Loss: 1.2345: 25%|..`, at its global step). Each line is searched for a
-step token, then for `key: value`, `key=value` and `key value` pairs; a pair's key takes up to two
-preceding words (`train loss`, `val loss`) so that such keys stay apart. Units (`ms`, `s`, `%`,
-`GB`) are stripped, `nan`/`inf` are kept as logged non-finite values. A line with an evaluation key
-(`val_loss`, `tel`, `eval/...`) or an mmengine `(val)`/`(test)` tag goes whole to the eval table, so
-eval numbers never mix with train ones. Lines without a step are ignored; those that still carry
-several numbers are counted in a warning. The frame helpers at the bottom are shared with the
-Megatron reader."""
+step) torchtune's (`1|25|Loss: 1.2345: 25%|..`, at its global step) and Keras `fit()` output (`Epoch
+3/60` then `100/100 [===] - 2s - loss: 0.69 - val_loss: 0.7`, a row per epoch). Each line is
+searched for a step token, then for `key: value`, `key=value` and `key value` pairs; a pair's key
+takes up to two preceding words (`train loss`, `val loss`) so that such keys stay apart. Units
+(`ms`, `s`, `%`, `GB`) are stripped, `nan`/`inf` are kept as logged non-finite values. A line with
+an evaluation key (`val_loss`, `tel`, `eval/...`) or an mmengine `(val)`/`(test)` tag goes whole to
+the eval table, so eval numbers never mix with train ones. Lines without a step are ignored; those
+that still carry several numbers are counted in a warning. The frame helpers at the bottom are
+shared with the Megatron reader."""
 
 from __future__ import annotations
 
@@ -96,6 +97,11 @@ _LLAMA = re.compile(
 _LLAMA_EPOCH0 = re.compile(r"Training Epoch:\s*0/\d")
 # torchtune's recipes: the tqdm bar's description `{epoch}|{global_step}|Loss: {loss}`
 # (`1|25|Loss: 1.2345: 25%|...`), redrawn with carriage returns
+# Keras `model.fit` stdout: `Epoch 3/60`, then the epoch's progress line `100/100
+# [====] - 5s 50ms/step - loss: 0.69 - accuracy: 0.5 - val_loss: 0.7` (Keras 3 draws the bar
+# with `━`): a row per epoch, the val_ values an eval row at the same step
+_KERAS_EPOCH = re.compile(r"^Epoch (\d{1,9})/\d{1,9}\s*$")
+_KERAS_LINE = re.compile(r"^\s*\d{1,12}/\d{1,12}\s")
 _TORCHTUNE = re.compile(rf"(?:^|(?<=\s))(\d{{1,6}})\|(\d{{1,15}})\|Loss:\s*({_NUM})")
 _TENSOR = re.compile(rf"tensor\(\s*({_NUM})\s*(?:,\s*device='[^']*')?\s*\)")
 _LEVELS = {"INFO", "DEBUG", "WARNING", "WARN", "ERROR", "CRITICAL", "TRACE", "NOTICE"}
@@ -356,9 +362,13 @@ class TextReader:
         head_lines = head.decode("utf-8", errors="replace").split("\n")[:400]
         if nano_log_lines(head_lines[:-1] if len(head_lines) > 1 else head_lines):
             return 0.6  # the whole head is build-nanogpt log.txt lines
-        for line in head_lines:
+        for i, line in enumerate(head_lines):
             if not any(c.isdigit() for c in line):
                 continue
+            if line.startswith("Epoch ") and _KERAS_EPOCH.match(line) and i + 1 < len(
+                    head_lines) and _KERAS_LINE.match(head_lines[i + 1]) and "loss" in \
+                    parse_pairs(head_lines[i + 1]):
+                return 0.2  # Keras fit() output
             hit = _step_of(line, 0)
             if hit is not None and parse_pairs(hit[1]):
                 return 0.2
@@ -377,6 +387,7 @@ class TextReader:
         summaries: list[int] = []  # fairseq end-of-epoch summary lines
         bar_evals: dict[str, float] = {}  # the eval values a progress bar last showed
         averaged = False
+        keras_epoch: int | None = None  # the `Epoch E/N` line before a Keras progress line
         epoch_base = 0 if any(_LLAMA_EPOCH0.search(x) for x in lines if "Training Epoch" in x) \
             else 1
         for no, full in enumerate(lines, start=1):
@@ -385,6 +396,22 @@ class TextReader:
             segments = full.split("\r") if "\r" in full and "\r" in full.rstrip("\r") \
                 else (full,)
             for line in segments:
+                if line.startswith("Epoch "):
+                    ke = _KERAS_EPOCH.match(line)
+                    if ke is not None:
+                        keras_epoch = int(ke.group(1))
+                        continue
+                if keras_epoch is not None and _KERAS_LINE.match(line):
+                    pairs = parse_pairs(line)
+                    if pairs:
+                        for is_eval, target in ((False, train), (True, evals)):
+                            part = {k: v for k, v in pairs.items()
+                                    if _is_eval_key(k, eval_cache) == is_eval}
+                            if part:
+                                target.add(keras_epoch, part, no)
+                                last_kind = target
+                        last_train = keras_epoch
+                        continue
                 if nano:
                     n = _NANO_LOG.match(line)
                     if n is not None:
