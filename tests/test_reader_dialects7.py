@@ -135,6 +135,33 @@ def test_nemo_progress_bar_val_loss_is_an_eval_row_where_it_changes(tmp_path: Pa
     assert list(run.eval_frame["val_loss"]) == [4.8, 4.5]
 
 
+def test_plain_lightning_bar_steps_from_epoch_and_count(tmp_path: Path) -> None:
+    # Lightning's own bar has no global_step: `Epoch 1:  40%|...| 40/100 [.., v_num=0,
+    # train_loss=..]`, the epoch from 0, redrawn with carriage returns, one line an epoch
+    # (`0/100` at an epoch's start shows the metrics of the step before); after each
+    # epoch's validation it shows `val_loss=`
+    log = tmp_path / "lightning.log"
+    losses = _losses(300, SPIKE - 1)  # global step SPIKE (the count is 1-based)
+    lines = []
+    for e in range(3):
+        line = f"Epoch {e}:   0%|          | 0/100 [00:00<?, ?it/s]"
+        for b in range(1, 101):
+            k = e * 100 + b
+            val = f", val_loss={2.0 - e / 10:.3f}" if e else ""
+            line += (f"\rEpoch {e}:  {b}%|#         | {b}/100 [00:05<00:01, 18.20it/s, "
+                     f"v_num=0, train_loss={losses[k - 1]:.3f}{val}]")
+        lines.append(line)
+    log.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    run = read_log(log)
+    assert run.format == "text"
+    assert list(run.frame.index) == list(range(1, 301))
+    assert run.roles["loss"] == "train_loss" and run.restarts == ()
+    assert run.frame.loc[101, "train_loss"] == round(losses[100], 3)
+    assert run.frame.loc[101, "epoch"] == 1.0
+    assert run.eval_frame is not None and list(run.eval_frame.index) == [101, 201]
+    assert _peak(log) == [("spike", SPIKE)]
+
+
 # --- build-nanogpt log/log.txt: f"{step} train {loss_accum.item():.6f}\n",
 # f"{step} val {val_loss_accum.item():.4f}\n", f"{step} hella {acc_norm:.4f}\n"
 

@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,10 @@ def _wandb_run(root: Path, name: str, steps: int = 300, spike: int = 200) -> Pat
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("wb")
     _wandb_run(root, "first")
+    # a run directory is named `offline-run-<YYYYmmdd_HHMMSS>-<random id>`: two runs started
+    # in the same second sort by their random ids, and the tests take the first run to be
+    # the one sorted first
+    time.sleep(1.1)
     _wandb_run(root, "second", steps=120, spike=60)
     return root
 

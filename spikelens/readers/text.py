@@ -87,6 +87,8 @@ _NANO_KEYS = {"train": "train loss", "val": "val loss", "hella": "hella acc"}
 # PyTorch Lightning's progress bar (NeMo): `Epoch 0:   2%|▏  | 188/10000 [05:06<4:26:30,
 # 1.6s/it, loss=7.75, v_num=3-16, reduced_train_loss=7.560, global_step=188.0, ...]`
 _PTL_BAR = re.compile(r"^\s*Epoch (\d{1,9}):\s*\d{1,3}%\|")
+# the bar's own count, `| 40/100 [`
+_BAR_COUNT = re.compile(r"\|\s*(\d{1,9})/(\d{1,9})\s*\[")
 # llama-recipes (`train_utils.train`): its tqdm bar's description `Training Epoch: 2/3, step
 # 17/249 completed (loss: 0.117)`, whose step restarts every epoch: the run's step is
 # (epoch - 1) x steps per epoch + step, what it logs to W&B as `train/step` (versions that
@@ -318,6 +320,13 @@ def _step_of(line: str, last_train: int, epoch_base: int = 1
     if m2 is None:
         m2 = _WHOLE_STEP.search(line) if "=" in line else None
         if m2 is None:
+            if "%|" in line and "poch" in line:
+                # a Lightning bar without NeMo's global_step: `Epoch 2: ..| 40/100 [`, the
+                # step epoch x batches + batch (the epoch counts from 0)
+                bar, count = _PTL_BAR.match(line), _BAR_COUNT.search(line)
+                if bar is not None and count is not None:
+                    step = int(bar.group(1)) * int(count.group(2)) + int(count.group(1))
+                    return step, line[count.end():], None
             return None
     return int(m2.group(1)), line[: m2.start()] + " | " + line[m2.end():], None
 
