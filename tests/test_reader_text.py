@@ -65,6 +65,35 @@ def test_llmc_train_and_eval_lines() -> None:
     assert loss is not None and len(loss) == 1001 and loss[250] == 6.1818
 
 
+def test_every_line_with_its_validation_loss_is_a_train_row_too(tmp_path: Path) -> None:
+    # a script that prints its last validation on every line has no train lines to keep
+    # its numbers apart from: the other keys are the train row, val_loss an eval row
+    p = tmp_path / "train.log"
+    loss = [2.0 + math.exp(-i / 30) + (3.0 if i == 150 else 0.0) for i in range(1, 301)]
+    p.write_text("".join(f"epoch 0 step {i} train_loss {x:.4f} val_loss {2.5 - i / 1000:.4f}\n"
+                         for i, x in enumerate(loss, start=1)))
+    run = read_log(p)
+    assert dict(run.roles) == {"loss": "train_loss", "eval_loss": "val_loss", "epoch": "epoch"}
+    assert list(run.steps) == list(range(1, 301))
+    assert run.frame.loc[150, "train_loss"] == round(loss[149], 4)
+    assert list(run.eval_frame.index) == list(range(1, 301))
+
+
+def test_evaluation_lines_alone_are_insufficient_data_not_an_error(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from spikelens.cli import app
+
+    p = tmp_path / "eval.log"
+    p.write_text("step 100 val_loss 2.5\nstep 200 val_loss 2.4\nstep 300 val_loss 2.3\n")
+    res = CliRunner().invoke(app, ["analyze", str(p)])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith(f"insufficient_data: {p}")
+    assert "no train loss: nothing to detect on (the log has eval_loss)" in res.output
+    res = CliRunner().invoke(app, ["analyze", str(p), "--fail-on", "insufficient_data"])
+    assert res.exit_code == 1
+
+
 def test_nanogpt_iter_lines_and_step_eval_lines() -> None:
     run = read_log(NANOGPT)
     assert dict(run.roles) == {"loss": "loss", "eval_loss": "val loss", "wall_time": "time"}

@@ -361,6 +361,19 @@ def _bar_evals(pairs: dict[str, float], step: int, line: int, evals: RowTable,
         shown.update(ev)
 
 
+def _split_by_key(rows: RowTable, cache: dict[str, bool]) -> tuple[RowTable, RowTable]:
+    """A log whose every line with a step has an evaluation key (`epoch 0 step 5 train_loss
+    2.1 val_loss 2.3`, a script that prints its last validation on every line): there are
+    no train lines to keep its numbers apart from, so its other keys are the train rows."""
+    train, evals = RowTable(), RowTable()
+    for step, row, no in zip(rows.steps, rows.rows, rows.lines, strict=True):
+        for is_eval, target in ((False, train), (True, evals)):
+            part = {k: v for k, v in row.items() if _is_eval_key(k, cache) == is_eval}
+            if part:
+                target.add(step, part, no)
+    return train, evals
+
+
 class TextReader:
     name = "text"
     description = "generic key-value text logs (nanoGPT, llm.c, modded-nanogpt, mmengine)"
@@ -397,6 +410,7 @@ class TextReader:
         bar_evals: dict[str, float] = {}  # the eval values a progress bar last showed
         averaged = False
         keras_epoch: int | None = None  # the `Epoch E/N` line before a Keras progress line
+        by_key: set[int] = set()  # eval rows that are eval rows for an evaluation key alone
         epoch_base = 0 if any(_LLAMA_EPOCH0.search(x) for x in lines if "Training Epoch" in x) \
             else 1
         for no, full in enumerate(lines, start=1):
@@ -474,6 +488,15 @@ class TextReader:
                 last_kind = target
                 if not is_eval:
                     last_train = step
+                elif tag is None:
+                    by_key.add(len(evals.rows) - 1)
+        if not train.rows and by_key and len(by_key) == len(evals.rows):
+            train, evals = _split_by_key(evals, eval_cache)
+            if not train.rows:
+                # evaluation values alone (`step 5 val_loss 2.3`): one table, as a CSV of
+                # them is read, and the verdict says there is no train loss
+                train, evals = evals, RowTable()
+            last_kind = train
         warnings: list[str] = []
         # A last line without its newline may have been cut mid-write: if it has fewer
         # values than the row before it of the same kind, it is torn; drop it.
