@@ -94,6 +94,16 @@ def test_evaluation_lines_alone_are_insufficient_data_not_an_error(tmp_path: Pat
     assert res.exit_code == 1
 
 
+def test_steps_with_thousands_separators(tmp_path: Path) -> None:
+    # `Iteration 1,001 |`: the step was read as 1, and every step past 999 as a restart
+    p = tmp_path / "train.log"
+    p.write_text("".join(f"Iteration {i:,} | loss {2.0 + 1 / i:.4f} | tokens/sec 1,234,567\n"
+                         for i in range(1, 3001, 10)))
+    run = read_log(p)
+    assert list(run.steps) == list(range(1, 3001, 10)) and not run.restarts
+    assert run.frame.loc[2991, "tokens/sec"] == 1234567.0
+
+
 def test_nanogpt_iter_lines_and_step_eval_lines() -> None:
     run = read_log(NANOGPT)
     assert dict(run.roles) == {"loss": "loss", "eval_loss": "val loss", "wall_time": "time"}
@@ -173,7 +183,9 @@ def test_torn_last_line_is_dropped(tmp_path: Path) -> None:
      {"train loss": 2.5, "val loss": 2.7, "grad norm": 1.5}),
     ("lr: 1.0000e-04  eta: 0:10:00  time: 0.5  loss: -inf  mode: info",
      {"lr": 1e-4, "time": 0.5, "loss": -math.inf}),
-    ("total 1,234 items", {}),
+    # Python's `{:,}` (torchtitan's `tps: 1,234`) is a number; `1,2` (a list) is not one
+    ("total 1,234 items", {"total": 1234.0}),
+    ("tps: 1,234,567  tflops: 56.78  x 1,2", {"tps": 1234567.0, "tflops": 56.78}),
 ])
 def test_pairs(line: str, pairs: dict[str, float]) -> None:
     registered_reader("text")

@@ -48,13 +48,15 @@ _MMENGINE = re.compile(
 # Numbers are bounded (15 digits) so that no line can overflow the int64 step column.
 _STEP = re.compile(
     r"(?<![\w./\-])(?:(?:global_step|step|iteration|iter)\s*[:=]?\s*|(?:s|it)[:=])"
-    r"(\d{1,15})(?:\s*/\s*\d+)?(?![\w.])",
+    r"(\d{1,3}(?:,\d{3}){1,4}|\d{1,15})(?:\s*/\s*[\d,]+)?(?![\w.]|,\d)",
     re.IGNORECASE,
 )
 # NeMo's progress bar writes `global_step=188.0`: a whole float after `=` is a step too (only
 # after `=`, so that prose such as "step 3.0 of the recipe" stays prose)
 _WHOLE_STEP = re.compile(r"(?<![\w./\-])(?:global_step|step)\s*=\s*(\d{1,15})\.0+(?![\w.])")
-_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:[nN][aA][nN]|[iI][nN][fF](?:inity)?)"
+# (`1,234,567`: Python's `{:,}`, thousands separated by commas, is a number too)
+_NUM = (r"[-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d*)?|\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+        r"|[-+]?(?:[nN][aA][nN]|[iI][nN][fF](?:inity)?)")
 _UNIT = r"ms|us|µs|ns|sec|secs|s|min|h|%|x|GiB|MiB|KiB|GB|MB|KB|B"
 _KEY = r"[A-Za-z_][\w./@\-]*"
 # one pair: a key (perhaps quoted, as in a printed dict), then `:`/`=` or just spaces, then a
@@ -149,7 +151,9 @@ def parse_pairs(text: str) -> dict[str, float]:
                 words.pop(0)
             if words:
                 key = " ".join(words) + " " + key
-        out[key] = float(m.group(2))  # every spelling _NUM admits is one float() reads
+        value = m.group(2)
+        # every spelling _NUM admits is one float() reads, once thousands separators are gone
+        out[key] = float(value.replace(",", "") if "," in value else value)
         prev_end = m.end()
     return out
 
@@ -328,7 +332,7 @@ def _step_of(line: str, last_train: int, epoch_base: int = 1
                     step = int(bar.group(1)) * int(count.group(2)) + int(count.group(1))
                     return step, line[count.end():], None
             return None
-    return int(m2.group(1)), line[: m2.start()] + " | " + line[m2.end():], None
+    return int(m2.group(1).replace(",", "")), line[: m2.start()] + " | " + line[m2.end():], None
 
 
 def _bar_pairs(pairs: dict[str, float], epoch: int) -> dict[str, float]:
