@@ -48,14 +48,14 @@ _MMENGINE = re.compile(
 # Numbers are bounded (15 digits) so that no line can overflow the int64 step column.
 _STEP = re.compile(
     r"(?<![\w./\-])(?:(?:global_step|step|iteration|iter)\s*[:=]?\s*|(?:s|it)[:=])"
-    r"(\d{1,3}(?:,\d{3}){1,4}|\d{1,15})(?:\s*/\s*[\d,]+)?(?![\w.]|,\d)",
+    r"(\d{1,15}|\d{1,3}(?:,\d{3}){1,4})(?:\s*/\s*[\d,]+)?(?![\w.]|,\d)",
     re.IGNORECASE,
 )
 # NeMo's progress bar writes `global_step=188.0`: a whole float after `=` is a step too (only
 # after `=`, so that prose such as "step 3.0 of the recipe" stays prose)
 _WHOLE_STEP = re.compile(r"(?<![\w./\-])(?:global_step|step)\s*=\s*(\d{1,15})\.0+(?![\w.])")
 # (`1,234,567`: Python's `{:,}`, thousands separated by commas, is a number too)
-_NUM = (r"[-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d*)?|\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_NUM = (r"[-+]?(?:\d+(?:\.\d*)?|\d{1,3}(?:,\d{3})+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
         r"|[-+]?(?:[nN][aA][nN]|[iI][nN][fF](?:inity)?)")
 _UNIT = r"ms|us|µs|ns|sec|secs|s|min|h|%|x|GiB|MiB|KiB|GB|MB|KB|B"
 _KEY = r"[A-Za-z_][\w./@\-]*"
