@@ -162,6 +162,23 @@ def test_plain_lightning_bar_steps_from_epoch_and_count(tmp_path: Path) -> None:
     assert _peak(log) == [("spike", SPIKE)]
 
 
+def test_tqdm_bar_described_epoch_e_of_n(tmp_path: Path) -> None:
+    # ColossalAI's examples: `tqdm(desc=f"Epoch [{epoch + 1}/{num_epochs}]")` with a
+    # `loss=` postfix; every redraw read at (E - 1) x batches + batch, not all at step E
+    log = tmp_path / "colossal.log"
+    losses = _losses(200, 129)  # step 130, in the second epoch
+    lines = []
+    for e in (1, 2):
+        lines.append("".join(
+            f"\rEpoch [{e}/2]: {b}%|#   | {b}/100 [00:01<00:09,  9.50it/s, "
+            f"loss={losses[(e - 1) * 100 + b - 1]:.4f}]" for b in range(1, 101)))
+    log.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    run = read_log(log)
+    assert list(run.frame.index) == list(range(1, 201)) and run.restarts == ()
+    assert run.frame.loc[101, "loss"] == round(losses[100], 4)
+    assert _peak(log) == [("spike", 130)]
+
+
 # --- build-nanogpt log/log.txt: f"{step} train {loss_accum.item():.6f}\n",
 # f"{step} val {val_loss_accum.item():.4f}\n", f"{step} hella {acc_norm:.4f}\n"
 

@@ -311,6 +311,12 @@ def _step_of(line: str, last_train: int, epoch_base: int = 1
                 step = last_train  # an evaluation runs at the train step reached so far
             elif m.group(1) == "Epoch" and inner is not None:
                 step = (int(a) - 1) * int(per_epoch) + int(inner)
+            elif m.group(1) == "Epoch" and total is not None and "%|" in line and \
+                    (count := _BAR_COUNT.search(line, m.end())) is not None:
+                # a tqdm bar described `Epoch [E/N]` (ColossalAI's examples): the bar's count
+                # is the batch, `| 40/100 [`, and the step (E - 1) x batches + batch
+                return (int(a) - 1) * int(count.group(2)) + int(count.group(1)), \
+                    line[count.end():], None
             else:
                 step = int(a)
             return step, line[: m.start()] + " | " + line[m.end():], tag
