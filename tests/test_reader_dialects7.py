@@ -179,6 +179,56 @@ def test_tqdm_bar_described_epoch_e_of_n(tmp_path: Path) -> None:
     assert _peak(log) == [("spike", 130)]
 
 
+def test_pytorch_examples_mnist_lines_step_in_samples(tmp_path: Path) -> None:
+    # pytorch/examples mnist/main.py: 'Train Epoch: {} [{}/{} ({:.0f}%)]\tLoss: {:.6f}' every
+    # 10 batches of 64, its count in samples restarting every epoch, and the test set's
+    # 'Test set: Average loss: ..' after each epoch
+    log = tmp_path / "mnist.log"
+    losses = _losses(282, 140)
+    lines, k = [], 0
+    for e in (1, 2, 3):
+        for b in range(0, 938, 10):
+            lines.append(f"Train Epoch: {e} [{b * 64}/60000 ({100.0 * b / 938:.0f}%)]\t"
+                         f"Loss: {losses[k]:.6f}")
+            k += 1
+        lines.append(f"\nTest set: Average loss: {0.1 / e:.4f}, Accuracy: 9{e}00/10000 "
+                     f"(9{e}%)\n")
+    log.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    run = read_log(log)
+    seen = [(e - 1) * 60000 + b * 64 for e in (1, 2, 3) for b in range(0, 938, 10)]
+    assert list(run.frame.index) == seen and run.restarts == ()
+    assert run.roles["loss"] == "Loss" and run.roles["eval_loss"] == "test loss"
+    assert list(run.eval_frame.index) == [seen[93], seen[187], seen[281]]
+    assert _peak(log) == [("spike", seen[140])]
+
+
+def test_pytorch_cifar10_tutorial_lines(tmp_path: Path) -> None:
+    # the CIFAR-10 tutorial: f'[{epoch + 1}, {i + 1:5d}] loss: {running_loss / 2000:.3f}';
+    # the epoch's length is not printed: the largest count stands for it
+    log = tmp_path / "cifar.log"
+    lines = [f"[{e}, {i:5d}] loss: {2.3 - 0.1 * e - i / 100000:.3f}"
+             for e in (1, 2) for i in range(2000, 12001, 2000)] + ["Finished Training"]
+    log.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    run = read_log(log)
+    assert list(run.frame.index) == [(e - 1) * 12000 + i for e in (1, 2)
+                                     for i in range(2000, 12001, 2000)]
+    assert run.restarts == ()
+
+
+def test_epoch_and_batch_counters(tmp_path: Path) -> None:
+    # `Epoch 2/3, Batch 40/500`: the batch restarts every epoch; `Epoch 2 | Step 1040/1500`
+    # counts on across epochs and is the step as printed
+    per_epoch = tmp_path / "per_epoch.log"
+    per_epoch.write_text("".join(f"Epoch {e}/3, Batch {b}/500, Loss: {2.0 - e / 10:.4f}\n"
+                                 for e in (1, 2, 3) for b in range(10, 501, 10)))
+    assert list(read_log(per_epoch).frame.index) == [(e - 1) * 500 + b for e in (1, 2, 3)
+                                                     for b in range(10, 501, 10)]
+    run_long = tmp_path / "global.log"
+    run_long.write_text("".join(f"Epoch {1 + (s - 1) // 500} | Step {s}/1500 | loss {2.0:.4f}\n"
+                                for s in range(10, 1501, 10)))
+    assert list(read_log(run_long).frame.index) == list(range(10, 1501, 10))
+
+
 # --- build-nanogpt log/log.txt: f"{step} train {loss_accum.item():.6f}\n",
 # f"{step} val {val_loss_accum.item():.4f}\n", f"{step} hella {acc_norm:.4f}\n"
 

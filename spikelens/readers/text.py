@@ -11,15 +11,16 @@ num_updates=100` lines at num_updates, its `valid on 'valid' subset` lines eval 
 build-nanogpt's `log.txt` (`{step} train|val|hella {value}`, read only when most lines are such),
 llama-recipes' progress bar (`Training Epoch: 2/3, step 17/249 completed (loss: ..)`, step (epoch -
 1) x steps per epoch + step; its `eval_epoch_loss=tensor(..)` lines eval rows at the last train
-step) torchtune's (`1|25|Loss: 1.2345: 25%|..`, at its global step) and Keras `fit()` output (`Epoch
-3/60` then `100/100 [===] - 2s - loss: 0.69 - val_loss: 0.7`, a row per epoch). Each line is
-searched for a step token, then for `key: value`, `key=value` and `key value` pairs; a pair's key
-takes up to two preceding words (`train loss`, `val loss`) so that such keys stay apart. Units
-(`ms`, `s`, `%`, `GB`) are stripped, `nan`/`inf` are kept as logged non-finite values. A line with
-an evaluation key (`val_loss`, `tel`, `eval/...`) or an mmengine `(val)`/`(test)` tag goes whole to
-the eval table, so eval numbers never mix with train ones. Lines without a step are ignored; those
-that still carry several numbers are counted in a warning. The frame helpers at the bottom are
-shared with the Megatron reader."""
+step), torchtune's (`1|25|Loss: 1.2345: 25%|..`, at its global step), Keras `fit()` output (`Epoch
+3/60` then `100/100 [===] - 2s - loss: 0.69 - val_loss: 0.7`, a row per epoch) and counters that
+restart every epoch (`Epoch 2/10, Batch 40/500`, pytorch/examples mnist, the CIFAR-10 tutorial's
+`[2,  4000] loss:`), made run steps when they do. Each line is searched for a step token, then for
+`key: value`, `key=value` and `key value` pairs; a pair's key takes up to two preceding words
+(`train loss`, `val loss`) so that such keys stay apart. Units (`ms`, `s`, `%`, `GB`) are stripped,
+`nan`/`inf` are kept as logged non-finite values. A line with an evaluation key (`val_loss`, `tel`,
+`eval/...`) or an mmengine `(val)`/`(test)` tag goes whole to the eval table, so eval numbers never
+mix with train ones. Lines without a step are ignored; those that still carry several numbers are
+counted in a warning. The frame helpers at the bottom are shared with the Megatron reader."""
 
 from __future__ import annotations
 
@@ -106,6 +107,17 @@ _LLAMA_EPOCH0 = re.compile(r"Training Epoch:\s*0/\d")
 # with `━`): a row per epoch, the val_ values an eval row at the same step
 _KERAS_EPOCH = re.compile(r"^Epoch (\d{1,9})/\d{1,9}\s*$")
 _KERAS_LINE = re.compile(r"^\s*\d{1,12}/\d{1,12}\s")
+# counters that restart every epoch, read as (epoch, count in the epoch, its total or None):
+# `Epoch 2/10, Batch 40/500, Loss: ..` (any of Batch/Step/Iter/Iteration), pytorch/examples
+# mnist `Train Epoch: 2 [2560/60000 (4%)]\tLoss: ..` (the count in samples) and the PyTorch
+# CIFAR-10 tutorial's `[2,  4000] loss: ..`; `Test set: Average loss: ..` (mnist) is an eval
+_EPOCH_COUNT = re.compile(
+    r"\bEpoch\s*\[?\s*(\d{1,6})(?:\s*/\s*\d{1,6})?\s*\]?\s*[,|:]?\s*"
+    r"(?:Batch|Step|Iter|Iteration)\s*\[?\s*(\d{1,12})(?:\s*/\s*(\d{1,12}))?\s*\]?[,|:]?",
+    re.IGNORECASE)
+_MNIST = re.compile(r"^Train Epoch: (\d{1,6}) \[(\d{1,12})/(\d{1,12}) \(\d{1,3}%\)\]")
+_CIFAR = re.compile(r"^\[(\d{1,6}),\s*(\d{1,12})\] loss: ")
+_MNIST_TEST = re.compile(r"^Test set: Average loss: ")
 _TORCHTUNE = re.compile(rf"(?:^|(?<=\s))(\d{{1,6}})\|(\d{{1,15}})\|Loss:\s*({_NUM})")
 _TENSOR = re.compile(rf"tensor\(\s*({_NUM})\s*(?:,\s*device='[^']*')?\s*\)")
 _LEVELS = {"INFO", "DEBUG", "WARNING", "WARN", "ERROR", "CRITICAL", "TRACE", "NOTICE"}
@@ -371,6 +383,41 @@ def _bar_evals(pairs: dict[str, float], step: int, line: int, evals: RowTable,
         shown.update(ev)
 
 
+def _epoch_count(line: str) -> tuple[int, int, int | None, str] | None:
+    """(epoch, count within it, the epoch's total or None, rest of the line) of a line whose
+    counter may restart every epoch, or None."""
+    if line.startswith("["):
+        c = _CIFAR.match(line)
+        if c is not None:
+            return int(c.group(1)), int(c.group(2)), None, line[c.end() - 6:]
+    if "poch" not in line:
+        return None
+    m = _MNIST.match(line)
+    if m is not None:
+        return int(m.group(1)), int(m.group(2)), int(m.group(3)), line[m.end():]
+    e = _EPOCH_COUNT.search(line)
+    if e is None:
+        return None
+    total = int(e.group(3)) if e.group(3) is not None else None
+    return int(e.group(1)), int(e.group(2)), total, line[: e.start()] + " | " + line[e.end():]
+
+
+def _epoch_steps(counts: dict[int, tuple[int, int, int | None]], steps: list[int]) -> None:
+    """Make the counts of `counts` (row -> epoch, count, total) run steps, in place, when they
+    restart at an epoch boundary: step (epoch - first) x per epoch + count, the per-epoch
+    total being the one printed, else the largest count (then a step is exact to within one
+    print interval). A counter that goes on across epochs is the run's step already."""
+    rows = sorted(counts)
+    if not any(counts[b][0] > counts[a][0] and counts[b][1] < counts[a][1]
+               for a, b in zip(rows, rows[1:], strict=False)):
+        return
+    first = 0 if min(e for e, _, _ in counts.values()) == 0 else 1
+    largest = max(c for _, c, _ in counts.values())
+    for r in rows:
+        epoch, count, total = counts[r]
+        steps[r] = (epoch - first) * (total if total else largest) + count
+
+
 def _split_by_key(rows: RowTable, cache: dict[str, bool]) -> tuple[RowTable, RowTable]:
     """A log whose every line with a step has an evaluation key (`epoch 0 step 5 train_loss
     2.1 val_loss 2.3`, a script that prints its last validation on every line): there are
@@ -401,6 +448,9 @@ class TextReader:
                     head_lines) and _KERAS_LINE.match(head_lines[i + 1]) and "loss" in \
                     parse_pairs(head_lines[i + 1]):
                 return 0.2  # Keras fit() output
+            ec = _epoch_count(line)
+            if ec is not None and parse_pairs(ec[3]):
+                return 0.2
             hit = _step_of(line, 0)
             if hit is not None and parse_pairs(hit[1]):
                 return 0.2
@@ -420,6 +470,8 @@ class TextReader:
         bar_evals: dict[str, float] = {}  # the eval values a progress bar last showed
         averaged = False
         keras_epoch: int | None = None  # the `Epoch E/N` line before a Keras progress line
+        counts: dict[int, tuple[int, int, int | None]] = {}  # train row -> epoch counter
+        eval_rows_at_count: dict[int, int] = {}  # eval row -> the train row it follows
         by_key: set[int] = set()  # eval rows that are eval rows for an evaluation key alone
         epoch_base = 0 if any(_LLAMA_EPOCH0.search(x) for x in lines if "Training Epoch" in x) \
             else 1
@@ -452,6 +504,23 @@ class TextReader:
                         target = train if kind == "train" else evals
                         target.add(int(n.group(1)), {_NANO_KEYS[kind]: float(n.group(3))}, no)
                         last_kind = target
+                        continue
+                ec = _epoch_count(line) if "poch" in line or line.startswith("[") else None
+                if ec is not None:
+                    pairs = parse_pairs(ec[3])
+                    pairs.pop(STEP, None)
+                    # a line with an evaluation key goes the general way (to the eval table)
+                    if pairs and not any(_is_eval_key(k, eval_cache) for k in pairs):
+                        counts[len(train.rows)] = ec[:3]
+                        train.add(ec[1], {**pairs, "epoch": float(ec[0])}, no)
+                        last_kind, last_train = train, ec[1]
+                        continue
+                if train.rows and line.startswith("Test set: ") and _MNIST_TEST.match(line):
+                    ev = parse_pairs(line[len("Test set: Average "):])
+                    if "loss" in ev:
+                        evals.add(last_train, {"test loss": ev["loss"]}, no)
+                        eval_rows_at_count[len(evals.rows) - 1] = len(train.rows) - 1
+                        last_kind = evals
                         continue
                 hit = _step_of(line, last_train, epoch_base)
                 if hit is None and "=tensor(" in line and train.rows:
@@ -500,6 +569,10 @@ class TextReader:
                     last_train = step
                 elif tag is None:
                     by_key.add(len(evals.rows) - 1)
+        if counts:
+            _epoch_steps(counts, train.steps)
+            for er, tr in eval_rows_at_count.items():
+                evals.steps[er] = train.steps[tr]
         if not train.rows and by_key and len(by_key) == len(evals.rows):
             train, evals = _split_by_key(evals, eval_cache)
             if not train.rows:
