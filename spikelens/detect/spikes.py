@@ -394,7 +394,11 @@ def _test_chunk(x: FloatArray, st: Stats, p: RiseParams, a: int, b: int,
             judged = count >= p.min_window
             zc = zc / _t_factor(np.array([float(n)]), p.window)[0]
         else:
-            judged = count >= p.window
+            # the first `window` points of a longer log: their neighbours' noise is measured
+            # as anywhere else, from fewer trailing points, and judged with the trailing
+            # test's t factor at that count
+            judged = count >= p.min_window
+            zc = zc / small
         with np.errstate(invalid="ignore"):
             take = judged & (ec >= bar) & (zc > np.nan_to_num(point, nan=-np.inf))
         # the two rounding steps a rise must span are counted at the level the excess is
