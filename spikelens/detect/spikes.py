@@ -275,19 +275,20 @@ def _long_rho(x: FloatArray, window: int, reuse: dict[str, Any] | None = None,
         out[:k] = prev["head"]  # type: ignore[index]
     else:
         h2 = x[2:k] - x[:k - 2]  # the head's lag-2 differences (at most the first `long`)
+
+        def floor_of_first(m: int) -> FloatArray:
+            """The floor read from the log's first m points."""
+            a1, a2 = np.sort(d1[:m - 1]), np.sort(h2[:m - 2])
+            r = rho(a1[rank_index(m - 1, 0.75)] - a1[rank_index(m - 1, 0.25)],
+                    a2[rank_index(m - 2, 0.75)] - a2[rank_index(m - 2, 0.25)])
+            return np.asarray(r - 2 * LONG_RHO_SE / np.sqrt(m), dtype=np.float64)
+
         # the points before `least` have too short a past to read a wander from: they take
         # the estimate of the log's first `least` points (all of it when shorter). The
         # noise's character is the log's; only the level must come from before the point
-        m = min(n, least)
-        a1, a2 = np.sort(d1[:m - 1]), np.sort(h2[:m - 2])
-        out[:least] = rho(a1[rank_index(m - 1, 0.75)] - a1[rank_index(m - 1, 0.25)],
-                          a2[rank_index(m - 2, 0.75)] - a2[rank_index(m - 2, 0.25)]) \
-            - 2 * LONG_RHO_SE / np.sqrt(m)
+        out[:least] = floor_of_first(min(n, least))
         for m in range(least, min(n, long + 1), head):  # x[:m], for points m .. m + head - 1
-            a1, a2 = np.sort(d1[:m - 1]), np.sort(h2[:m - 2])
-            out[m:m + head] = rho(a1[rank_index(m - 1, 0.75)] - a1[rank_index(m - 1, 0.25)],
-                                  a2[rank_index(m - 2, 0.75)] - a2[rank_index(m - 2, 0.25)]) \
-                - 2 * LONG_RHO_SE / np.sqrt(m)
+            out[m:m + head] = floor_of_first(m)
     s1 = s2 = None
     if n > long + 1:
         if changed is not None:
