@@ -93,13 +93,12 @@ _PTL_BAR = re.compile(r"^\s*Epoch (\d{1,9}):\s*\d{1,3}%\|")
 # the bar's own count, `| 40/100 [`
 _BAR_COUNT = re.compile(r"\|\s*(\d{1,9})/(\d{1,9})\s*\[")
 # llama-recipes (`train_utils.train`): its tqdm bar's description `Training Epoch: 2/3, step
-# 17/249 completed (loss: 0.117)`, whose step restarts every epoch: the run's step is
-# (epoch - 1) x steps per epoch + step, what it logs to W&B as `train/step` (versions that
-# printed the epoch from 0 are read from 0). Its evaluation prints `eval_ppl=tensor(1.16,
-# device='cuda:0') eval_epoch_loss=tensor(0.149, device='cuda:0')` with no step
+# 17/249 completed (loss: 0.117)`, a step that restarts every epoch (an epoch counter, below:
+# the run's step is then what it logs to W&B as `train/step`). Its evaluation prints
+# `eval_ppl=tensor(1.16, device='cuda:0') eval_epoch_loss=tensor(0.149, device='cuda:0')`
+# with no step
 _LLAMA = re.compile(
     r"Training Epoch:\s*(\d{1,6})/\d{1,6},\s*step\s+(\d{1,9})/(\d{1,9})\s+completed")
-_LLAMA_EPOCH0 = re.compile(r"Training Epoch:\s*0/\d")
 # torchtune's recipes: the tqdm bar's description `{epoch}|{global_step}|Loss: {loss}`
 # (`1|25|Loss: 1.2345: 25%|...`), redrawn with carriage returns
 # Keras `model.fit` stdout: `Epoch 3/60`, then the epoch's progress line `100/100
@@ -116,7 +115,7 @@ _EPOCH_COUNT = re.compile(
     r"(?:Batch|Step|Iter|Iteration)\s*\[?\s*(\d{1,12})(?:\s*/\s*(\d{1,12}))?\s*\]?[,|:]?",
     re.IGNORECASE)
 _MNIST = re.compile(r"^Train Epoch: (\d{1,6}) \[(\d{1,12})/(\d{1,12}) \(\d{1,3}%\)\]")
-_CIFAR = re.compile(r"^\[(\d{1,6}),\s*(\d{1,12})\] loss: ")
+_CIFAR = re.compile(r"^\[(\d{1,6}),\s*(\d{1,12})\] (?=loss: )")
 _MNIST_TEST = re.compile(r"^Test set: Average loss: ")
 _TORCHTUNE = re.compile(rf"(?:^|(?<=\s))(\d{{1,6}})\|(\d{{1,15}})\|Loss:\s*({_NUM})")
 _TENSOR = re.compile(rf"tensor\(\s*({_NUM})\s*(?:,\s*device='[^']*')?\s*\)")
@@ -237,7 +236,6 @@ def eval_frame_from_rows(
     return pd.DataFrame(data)
 
 
-
 def records_log(path: Path, train: list[tuple[int, int, dict[str, float]]],
                 evals: list[tuple[int, dict[str, float]]], warnings: list[str],
                 sink: MessageSink) -> RawLog:
@@ -254,6 +252,7 @@ def records_log(path: Path, train: list[tuple[int, int, dict[str, float]]],
                   eval_step_column=STEP, nan_mask=masks,
                   row_lines=np.asarray([no for no, _, _ in train], dtype=np.int64),
                   warnings=warnings + sink.warnings(path), messages=sink.messages)
+
 
 def read_lines(path: Path) -> tuple[list[str], bool]:
     """The file's lines (split on newline only, so numbers match an editor's) and whether
@@ -283,10 +282,8 @@ def nano_log_lines(lines: list[str]) -> bool:
     return hits >= 3 and 2 * hits > len(lines) - blank
 
 
-def _step_of(line: str, last_train: int, epoch_base: int = 1
-             ) -> tuple[int, str, str | None] | None:
-    """(step, rest of the line without the step token, mmengine tag) or None. `epoch_base`:
-    the first epoch number a llama-recipes log prints (1, or 0 in older versions)."""
+def _step_of(line: str, last_train: int) -> tuple[int, str, str | None] | None:
+    """(step, rest of the line without the step token, mmengine tag) or None."""
     if line.lstrip().startswith("|"):
         w = _WORDLM.match(line)
         if w is not None:
@@ -310,11 +307,6 @@ def _step_of(line: str, last_train: int, epoch_base: int = 1
                 return step, line[g.end():], \
                     f"subset {g.group(1)}" if g.group(1) else "fairseq summary"
     if "poch" in line or "Iter" in line:
-        lm = _LLAMA.search(line) if "Training Epoch" in line else None
-        if lm is not None:
-            epoch, in_epoch, epoch_steps = (int(g) for g in lm.group(1, 2, 3))
-            step = max(epoch - epoch_base, 0) * epoch_steps + in_epoch
-            return step, line[: lm.start()] + " | " + line[lm.end():], None
         m = _MMENGINE.search(line)
         if m is not None:
             tag = (m.group(2) or "train").lower()
@@ -383,39 +375,65 @@ def _bar_evals(pairs: dict[str, float], step: int, line: int, evals: RowTable,
         shown.update(ev)
 
 
-def _epoch_count(line: str) -> tuple[int, int, int | None, str] | None:
-    """(epoch, count within it, the epoch's total or None, rest of the line) of a line whose
-    counter may restart every epoch, or None."""
+#: (epoch, count within it, the epoch's length or None, whether the count restarts every
+#: epoch by the format's definition rather than by what the log shows)
+EpochCount = tuple[int, int, int | None, bool]
+
+
+def _epoch_count(line: str) -> tuple[EpochCount, str] | None:
+    """The epoch counter of a line whose count may restart every epoch, and the rest of the
+    line, or None."""
     if line.startswith("["):
         c = _CIFAR.match(line)
         if c is not None:
-            return int(c.group(1)), int(c.group(2)), None, line[c.end() - 6:]
+            return (int(c.group(1)), int(c.group(2)), None, True), line[c.end():]
     if "poch" not in line:
         return None
+    m = _LLAMA.search(line) if "Training Epoch" in line else None
+    if m is not None:
+        return (int(m.group(1)), int(m.group(2)), int(m.group(3)), True), \
+            line[: m.start()] + " | " + line[m.end():]
     m = _MNIST.match(line)
     if m is not None:
-        return int(m.group(1)), int(m.group(2)), int(m.group(3)), line[m.end():]
-    e = _EPOCH_COUNT.search(line)
-    if e is None:
+        return (int(m.group(1)), int(m.group(2)), int(m.group(3)), True), line[m.end():]
+    m = _EPOCH_COUNT.search(line)
+    if m is None:
         return None
-    total = int(e.group(3)) if e.group(3) is not None else None
-    return int(e.group(1)), int(e.group(2)), total, line[: e.start()] + " | " + line[e.end():]
+    total = int(m.group(3)) if m.group(3) is not None else None
+    return (int(m.group(1)), int(m.group(2)), total, False), \
+        line[: m.start()] + " | " + line[m.end():]
 
 
-def _epoch_steps(counts: dict[int, tuple[int, int, int | None]], steps: list[int]) -> None:
-    """Make the counts of `counts` (row -> epoch, count, total) run steps, in place, when they
-    restart at an epoch boundary: step (epoch - first) x per epoch + count, the per-epoch
-    total being the one printed, else the largest count (then a step is exact to within one
-    print interval). A counter that goes on across epochs is the run's step already."""
+def _epoch_steps(counts: dict[int, EpochCount], steps: list[int]) -> None:
+    """Make the counts of `counts` (train row -> its counter) run steps, in place, when they
+    restart every epoch (by the format's definition, or seen going back at an epoch
+    boundary): step (epoch - first) x the epoch's length + count, `first` 0 when the log
+    prints an epoch 0 (older llama-recipes, Lightning), else 1; the length is the printed
+    one, else the largest count (a step is then exact to within one print interval). A
+    counter that goes on across epochs is the run's step already."""
     rows = sorted(counts)
-    if not any(counts[b][0] > counts[a][0] and counts[b][1] < counts[a][1]
-               for a, b in zip(rows, rows[1:], strict=False)):
+    if not any(known for _, _, _, known in counts.values()) and \
+            not any(counts[b][0] > counts[a][0] and counts[b][1] < counts[a][1]
+                    for a, b in zip(rows, rows[1:], strict=False)):
         return
-    first = 0 if min(e for e, _, _ in counts.values()) == 0 else 1
-    largest = max(c for _, c, _ in counts.values())
+    first = 0 if min(e for e, _, _, _ in counts.values()) == 0 else 1
+    largest = max(c for _, c, _, _ in counts.values())
     for r in rows:
-        epoch, count, total = counts[r]
+        epoch, count, total, _ = counts[r]
         steps[r] = (epoch - first) * (total if total else largest) + count
+
+
+def _add_split(values: dict[str, float], step: int, no: int, train: RowTable,
+               evals: RowTable, cache: dict[str, bool]) -> RowTable | None:
+    """Add one line's values as a train row and, for its evaluation keys, an eval row at the
+    same step; the table added to last, if any."""
+    last = None
+    for is_eval, target in ((False, train), (True, evals)):
+        part = {k: v for k, v in values.items() if _is_eval_key(k, cache) == is_eval}
+        if part:
+            target.add(step, part, no)
+            last = target
+    return last
 
 
 def _split_by_key(rows: RowTable, cache: dict[str, bool]) -> tuple[RowTable, RowTable]:
@@ -424,10 +442,7 @@ def _split_by_key(rows: RowTable, cache: dict[str, bool]) -> tuple[RowTable, Row
     no train lines to keep its numbers apart from, so its other keys are the train rows."""
     train, evals = RowTable(), RowTable()
     for step, row, no in zip(rows.steps, rows.rows, rows.lines, strict=True):
-        for is_eval, target in ((False, train), (True, evals)):
-            part = {k: v for k, v in row.items() if _is_eval_key(k, cache) == is_eval}
-            if part:
-                target.add(step, part, no)
+        _add_split(row, step, no, train, evals, cache)
     return train, evals
 
 
@@ -449,7 +464,7 @@ class TextReader:
                     parse_pairs(head_lines[i + 1]):
                 return 0.2  # Keras fit() output
             ec = _epoch_count(line)
-            if ec is not None and parse_pairs(ec[3]):
+            if ec is not None and parse_pairs(ec[1]):
                 return 0.2
             hit = _step_of(line, 0)
             if hit is not None and parse_pairs(hit[1]):
@@ -470,11 +485,9 @@ class TextReader:
         bar_evals: dict[str, float] = {}  # the eval values a progress bar last showed
         averaged = False
         keras_epoch: int | None = None  # the `Epoch E/N` line before a Keras progress line
-        counts: dict[int, tuple[int, int, int | None]] = {}  # train row -> epoch counter
-        eval_rows_at_count: dict[int, int] = {}  # eval row -> the train row it follows
-        by_key: set[int] = set()  # eval rows that are eval rows for an evaluation key alone
-        epoch_base = 0 if any(_LLAMA_EPOCH0.search(x) for x in lines if "Training Epoch" in x) \
-            else 1
+        counts: dict[int, EpochCount] = {}  # train row -> its epoch counter
+        follows: dict[int, int] = {}  # eval row -> the train row whose step it takes
+        by_key = 0  # eval rows that are eval rows for an evaluation key alone
         for no, full in enumerate(lines, start=1):
             # a progress bar redrawn with carriage returns: each redraw is read, in order
             # (the last one of a step wins, as for any repeated step)
@@ -489,12 +502,7 @@ class TextReader:
                 if keras_epoch is not None and _KERAS_LINE.match(line):
                     pairs = parse_pairs(line)
                     if pairs:
-                        for is_eval, target in ((False, train), (True, evals)):
-                            part = {k: v for k, v in pairs.items()
-                                    if _is_eval_key(k, eval_cache) == is_eval}
-                            if part:
-                                target.add(keras_epoch, part, no)
-                                last_kind = target
+                        last_kind = _add_split(pairs, keras_epoch, no, train, evals, eval_cache)
                         last_train = keras_epoch
                         continue
                 if nano:
@@ -507,29 +515,30 @@ class TextReader:
                         continue
                 ec = _epoch_count(line) if "poch" in line or line.startswith("[") else None
                 if ec is not None:
-                    pairs = parse_pairs(ec[3])
+                    counter, rest = ec
+                    pairs = parse_pairs(rest)
                     pairs.pop(STEP, None)
                     # a line with an evaluation key goes the general way (to the eval table)
                     if pairs and not any(_is_eval_key(k, eval_cache) for k in pairs):
-                        counts[len(train.rows)] = ec[:3]
-                        train.add(ec[1], {**pairs, "epoch": float(ec[0])}, no)
-                        last_kind, last_train = train, ec[1]
+                        counts[len(train.rows)] = counter
+                        train.add(counter[1], {**pairs, "epoch": float(counter[0])}, no)
+                        last_kind, last_train = train, counter[1]
                         continue
+                # the evaluations printed without a step, at the train step reached so far:
+                # mnist's `Test set: Average loss: ..`, llama-recipes' `eval_..=tensor(..)`
+                ev = None
                 if train.rows and line.startswith("Test set: ") and _MNIST_TEST.match(line):
                     ev = parse_pairs(line[len("Test set: Average "):])
-                    if "loss" in ev:
-                        evals.add(last_train, {"test loss": ev["loss"]}, no)
-                        eval_rows_at_count[len(evals.rows) - 1] = len(train.rows) - 1
-                        last_kind = evals
-                        continue
-                hit = _step_of(line, last_train, epoch_base)
-                if hit is None and "=tensor(" in line and train.rows:
-                    # llama-recipes' evaluation: at the train step reached so far
+                    ev = {"test loss": ev["loss"]} if "loss" in ev else None
+                elif train.rows and "=tensor(" in line:
                     ev = parse_pairs(_TENSOR.sub(r"\1", line))
-                    if ev and all(_is_eval_key(k, eval_cache) for k in ev):
-                        evals.add(last_train, ev, no)
-                        last_kind = evals
-                        continue
+                    ev = ev if ev and all(_is_eval_key(k, eval_cache) for k in ev) else None
+                if ev is not None:
+                    evals.add(last_train, ev, no)
+                    follows[len(evals.rows) - 1] = len(train.rows) - 1
+                    last_kind = evals
+                    continue
+                hit = _step_of(line, last_train)
                 if hit is None:
                     sink.feed(line, no, last_train if train.rows else None)
                     # not a metric row; remember it only if it carries several numbers
@@ -568,12 +577,12 @@ class TextReader:
                 if not is_eval:
                     last_train = step
                 elif tag is None:
-                    by_key.add(len(evals.rows) - 1)
+                    by_key += 1
         if counts:
             _epoch_steps(counts, train.steps)
-            for er, tr in eval_rows_at_count.items():
+            for er, tr in follows.items():
                 evals.steps[er] = train.steps[tr]
-        if not train.rows and by_key and len(by_key) == len(evals.rows):
+        if not train.rows and by_key and by_key == len(evals.rows):
             train, evals = _split_by_key(evals, eval_cache)
             if not train.rows:
                 # evaluation values alone (`step 5 val_loss 2.3`): one table, as a CSV of
