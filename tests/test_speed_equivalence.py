@@ -39,7 +39,7 @@ def test_second_pass_reuses_only_unchanged_windows(seed: int) -> None:
     trailing_stats(x, window, 1e-6, True, reuse)
     fast = trailing_stats(clipped, window, 1e-6, True, reuse)
     plain = trailing_stats(clipped, window, 1e-6, True)
-    for name in ("level", "scale", "up_scale", "inflation", "count", "floor"):
+    for name in ("level", "scale", "up_scale", "inflation", "floor"):
         assert _same(getattr(fast, name), getattr(plain, name)), name
 
 
@@ -1226,5 +1226,51 @@ def test_borrowed_and_final_reuse_match_the_plain_stats(seed: int) -> None:
         assert d.keys() == kept[k].keys() and all(d[j] is kept[k][j] for j in d), k
     for got, xs in ((first, x), (fast, clipped)):
         plain = trailing_stats(xs, window, 1e-6, True)
-        for name in ("level", "scale", "up_scale", "inflation", "count", "floor"):
+        for name in ("level", "scale", "up_scale", "inflation", "floor"):
             assert _same(getattr(got, name), getattr(plain, name)), name
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_grad_scan_on_a_thread_reports_what_the_in_line_scan_reports(
+        seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long grad norm is scanned on a thread while the loss is (`detect._start_grad_scan`):
+    the detection, grad-norm surges, notes and verdict included, is the one the in-line scan
+    gives, and the threaded path did run."""
+    import pandas as pd
+
+    from spikelens import detect as det
+    from spikelens.model import Run
+
+    rng = np.random.default_rng(seed)
+    n = 30_000
+    t = np.arange(n)
+    loss = (2.0 + 3.0 * (1 + t / 500) ** -1.0) * np.exp(0.05 * rng.standard_normal(n))
+    gn = (0.5 + (1 + t / 300) ** -1.0) * np.exp(0.2 * rng.standard_normal(n))
+    for i in rng.integers(500, n - 50, 8):  # surges the loss never feels
+        gn[i:i + int(rng.integers(1, 5))] *= float(rng.uniform(4, 12))
+    for i in rng.integers(500, n - 50, 3):  # loss spikes, some with a grad-norm surge
+        loss[i] *= 3.0
+        gn[i - int(rng.integers(0, 3))] *= 6.0
+    gn[rng.integers(0, n, 10)] = np.nan
+    st = np.arange(1, n + 1, dtype=np.int64)
+    frame = pd.DataFrame({"loss": loss, "grad_norm": gn}, index=pd.Index(st, name="step"))
+    run = Run(source="synthetic.csv", format="csv", frame=frame,
+              roles={"loss": "loss", "grad_norm": "grad_norm"}, interval=1)
+    cfg = Config()
+    monkeypatch.setattr(det, "_GRAD_THREAD_MIN", 10 ** 9)
+    inline = det.detect(run, cfg)
+    started: list[bool] = []
+    real = det._start_grad_scan
+
+    def spy(*args: object) -> object:
+        fut = real(*args)  # type: ignore[arg-type]
+        started.append(fut is not None)
+        return fut
+
+    monkeypatch.setattr(det, "_GRAD_THREAD_MIN", 1)
+    monkeypatch.setattr(det, "_start_grad_scan", spy)
+    threaded = det.detect(run, cfg)
+    assert started == [True]
+    assert sum(e.metric == "grad_norm" for e in inline.events) >= 3
+    assert threaded.events == inline.events
+    assert (threaded.verdict, threaded.notes) == (inline.verdict, inline.notes)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from collections.abc import Collection, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -25,12 +27,17 @@ from scipy import ndimage
 from spikelens.detect.baseline import infer_quantum, to_log
 from spikelens.detect.climb import tail_climb
 from spikelens.detect.divergence import kind_of
+from spikelens.detect.gradnorm import Scan, find_surges, scan, usable
 from spikelens.detect.gradnorm import confirmed as grad_confirmed
-from spikelens.detect.gradnorm import find_surges, usable
 from spikelens.detect.joint import PointZ
 from spikelens.detect.nonfinite import NonFinite, find_nonfinite, nonfinite_mask
 from spikelens.detect.ops import ops_events
-from spikelens.detect.oscillation import Oscillation, OscParams, find_oscillations
+from spikelens.detect.oscillation import (
+    Oscillation,
+    OscParams,
+    find_oscillations,
+    lr_period,
+)
 from spikelens.detect.overfit import find_overfit
 from spikelens.detect.spikes import (
     NEIGHBOURS,
@@ -139,9 +146,17 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = (), *,
     # a million points) are let go before the passes that follow
     first = {"point": first["point"]} if "point" in first else {}
     rises = _join_back_to_back(rises, loss.x)
+    # The grad-norm scan runs on a thread from here, beside the memory-light passes that
+    # follow; the loss's rise scans and the cyclic-LR test's FFT, the largest temporaries,
+    # run before it starts. Peak RSS of `analyze` on the 1M-step CSV: 487-497 MB with no
+    # thread, 579 MB with the scan started beside the rise scans, 480-488 MB this way (one
+    # malloc arena, `cli._one_malloc_arena`, and no copies of the frame's arrays)
+    lr_cycle = _lr_cycle(run, loss)
+    pending = _start_grad_scan(run, params, config)
     nonfinite = _nonfinite(run, loss, params, config)
     batch = _batch_size(run, config.tiny_batch)
-    oscs = _oscillations(run, loss, rises, nonfinite, config, batch)
+    oscs = _oscillations(run, loss, rises, nonfinite, config, lr_cycle, batch)
+    del lr_cycle  # the aligned LR (8 MB at a million points) is not held while the scan runs
     stall = _stall(run, loss, rises, nonfinite, config)
     if stall is not None:
         # a loss that makes no progress is stuck, not swinging: a periodic region inside
@@ -182,7 +197,7 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = (), *,
     if overfit is not None:
         events.append(overfit)
     events += _superseded_events(run, config, notes)
-    events += _grad_surges(run, events, params, config, notes)
+    events += _grad_surges(run, events, params, config, notes, pending)
     events += ops_events(run, events, config, notes)  # slowdowns and hangs (issue 14)
     _grad_nonfinite_note(run, loss, nonfinite, notes)
     events.sort(key=lambda e: (e.start_step, _KIND_ORDER.get(e.kind, 9), e.metric))
@@ -267,8 +282,11 @@ def _prepare(run: Run, series: pd.Series, config: Config, notes: list[str]) -> _
         # steps whose loss the log could not print (it was NaN, or the step overflowed in a
         # storm) are non-finite loss positions, not gaps
         series = pd.concat([series, pd.Series(np.nan, index=lost)]).sort_index()
-    steps = series.index.to_numpy().astype(np.int64)
-    values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    # views of the frame's arrays when they have these types already: 16 MB less held
+    # through the whole detection of a million points (nothing here writes to them)
+    steps = series.index.to_numpy().astype(np.int64, copy=False)
+    values = series.to_numpy() if series.dtype == np.float64 else \
+        series.to_numpy(dtype=np.float64, na_value=np.nan)
     bad = nonfinite_mask(values, steps, nan_steps)
     fin = np.flatnonzero(~bad)
     quantum = config.quantum if config.quantum is not None else infer_quantum(values[fin])
@@ -641,12 +659,30 @@ def _batch_size(run: Run, tiny_batch: float) -> float | None:
     return None
 
 
+#: Cycles a periodic swing (and a cyclic LR) must repeat to count.
+_MIN_CYCLES = 3
+#: Finite loss points below which no oscillation is looked for.
+_OSC_MIN_POINTS = 16
+
+
+def _lr_cycle(run: Run, loss: _Loss) -> tuple[NDArray[np.float64] | None, int | None]:
+    """The LR at the finite loss points (None without an LR) and its period when it is
+    cyclic (`oscillation.lr_period`), for `_oscillations`."""
+    if len(loss.x) < _OSC_MIN_POINTS:
+        return None, None
+    lr = _aligned_lr(run, loss.steps[loss.fin])
+    if lr is None or len(loss.x) < 2 * _MIN_CYCLES + 2:  # find_oscillations' own guard
+        return lr, None
+    return lr, lr_period(lr, _MIN_CYCLES)
+
+
 def _oscillations(run: Run, loss: _Loss, rises: Sequence[Rise],
                   nonfinite: Sequence[NonFinite], config: Config,
+                  lr_cycle: tuple[NDArray[np.float64] | None, int | None],
                   batch: float | None = None) -> list[Oscillation]:
-    if len(loss.x) < 16:
+    if len(loss.x) < _OSC_MIN_POINTS:
         return []
-    min_cycles = 3
+    min_cycles = _MIN_CYCLES
     # the period limit follows the log: the longest period an analysis block (or the whole
     # log, when shorter) repeats min_cycles times; a fixed 50 missed 56- and 71-step epochs
     max_period = config.osc_max_period if config.osc_max_period is not None else \
@@ -661,8 +697,8 @@ def _oscillations(run: Run, loss: _Loss, rises: Sequence[Rise],
     if loss.is_log and loss.abs_floor > 0:
         # within a decade of the resolution floor the wiggles are rounding, not training
         skip |= loss.x < math.log(10 * loss.abs_floor)
-    lr = _aligned_lr(run, loss.steps[loss.fin])
-    found = find_oscillations(loss.x, lr, p, skip)
+    lr, lr_per = lr_cycle
+    found = find_oscillations(loss.x, lr, p, skip, lr_per)
     # a region that is mostly incident is the incident's shape, not a condition of the run
     return [o for o in found if skip[o.start:o.end + 1].mean() < 0.5]
 
@@ -746,34 +782,79 @@ def _osc_event(run: Run, loss: _Loss, o: Oscillation, batch: float | None = None
     )
 
 
-def _grad_surges(run: Run, events: Sequence[Event], params: RiseParams, config: Config,
-                 notes: list[str]) -> list[Event]:
+#: A grad norm of at least this many points is scanned on a thread while the loss is
+#: (`_start_grad_scan`). numpy's sorts and partitions, most of a scan, let go of the GIL, so
+#: on a second core the two scans overlap: `detect` on the 1M-step TensorBoard log 1.64-1.71
+#: -> 1.37-1.44 s. Below it a scan takes under 0.05 s and runs in line.
+_GRAD_THREAD_MIN = 200_000
+
+
+def _grad_input(run: Run) -> tuple[NDArray[np.float64], NDArray[np.int64], str | None] | None:
+    """The grad norm's values and steps, and why it cannot be analysed (None when it can);
+    None without a grad norm."""
     gn = run.series("grad_norm")
     if gn is None or len(gn) == 0:
+        return None
+    # views of the frame's arrays where they are float64 and int64 already (no 16 MB of
+    # copies held through the scan of a million points); the scan does not write to them
+    vals = gn.to_numpy() if gn.dtype == np.float64 else \
+        gn.to_numpy(dtype=np.float64, na_value=np.nan)
+    return vals, gn.index.to_numpy().astype(np.int64, copy=False), usable(vals)
+
+
+def _grad_params(params: RiseParams, config: Config) -> RiseParams:
+    """The loss's rise parameters as the grad-norm surges take them."""
+    # the grad norm often climbs out of initialisation and drifts for good: only transient
+    # surges against a full window count (no ratio-only judgement on a short baseline)
+    lr = math.log(config.grad_min_ratio)
+    # a surge is short by nature: the shortest shift window is enough (and a third cheaper)
+    return RiseParams(**{**params.__dict__, "start_points": 0, "min_window": params.window,
+                         "log_short_ratio": math.inf, "log_min_ratio_point": lr,
+                         "log_min_ratio_shift": lr,
+                         "shift_windows": (min(params.shift_windows),), "quantum": 0.0,
+                         "isolated": False,
+                         # the loss's per-point bars (lowered at cross-run outliers, big
+                         # jumps and LR jumps) are indexed by the loss's finite points, not
+                         # the grad norm's
+                         "point_bar": None, "shift_bar": None})
+
+
+def _start_grad_scan(run: Run, params: RiseParams, config: Config) -> Future[Scan] | None:
+    """The grad norm's scan (`gradnorm.scan`) started on a thread, for a long usable grad
+    norm; None otherwise (`_grad_surges` then scans in line). The scan reads only the grad
+    norm and the parameters, so its result is the one an in-line scan gives."""
+    got = _grad_input(run)
+    if got is None or got[2] is not None or len(got[0]) < _GRAD_THREAD_MIN:
+        return None
+    vals, steps, _ = got
+    gp = _grad_params(params, config)
+    fut: Future[Scan] = Future()
+
+    def work() -> None:
+        try:
+            fut.set_result(scan(vals, steps, gp))
+        except BaseException as exc:  # noqa: BLE001 - raised again by fut.result()
+            fut.set_exception(exc)
+
+    threading.Thread(target=work, name="spikelens-grad-scan", daemon=True).start()
+    return fut
+
+
+def _grad_surges(run: Run, events: Sequence[Event], params: RiseParams, config: Config,
+                 notes: list[str], pending: Future[Scan] | None = None) -> list[Event]:
+    got = _grad_input(run)
+    if got is None:
         return []
-    vals = gn.to_numpy(dtype=np.float64, na_value=np.nan)
-    why = usable(vals)
+    vals, steps, why = got
     if why is not None:
         notes.append(f"grad norm not analysed: {why}")
         return []
     spans = [(e.start_step, e.end_step) for e in events
              if e.metric == "loss" and e.kind != "oscillation"]
-    steps = gn.index.to_numpy().astype(np.int64)
     out = []
-    # the grad norm often climbs out of initialisation and drifts for good: only transient
-    # surges against a full window count (no ratio-only judgement on a short baseline)
-    lr = math.log(config.grad_min_ratio)
-    # a surge is short by nature: the shortest shift window is enough (and a third cheaper)
-    gp = RiseParams(**{**params.__dict__, "start_points": 0, "min_window": params.window,
-                       "log_short_ratio": math.inf, "log_min_ratio_point": lr,
-                       "log_min_ratio_shift": lr,
-                       "shift_windows": (min(params.shift_windows),), "quantum": 0.0,
-                       "isolated": False,
-                       # the loss's per-point bars (lowered at cross-run outliers, big jumps
-                       # and LR jumps) are indexed by the loss's finite points, not the grad
-                       # norm's
-                       "point_bar": None, "shift_bar": None})
-    for s in find_surges(vals, steps, gp, spans, _GRAD_LEAD * max(1, run.interval)):
+    scanned = pending.result() if pending is not None else None
+    for s in find_surges(vals, steps, _grad_params(params, config), spans,
+                         _GRAD_LEAD * max(1, run.interval), scanned):
         r = s.rise
         start, peak, end = int(s.steps[r.start]), int(s.steps[r.peak]), int(s.steps[r.end])
         out.append(Event(

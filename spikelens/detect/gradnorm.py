@@ -49,27 +49,48 @@ def usable(values: FloatArray) -> str | None:
     return None
 
 
-def find_surges(values: FloatArray, steps: NDArray[np.int64], p: RiseParams,
-                loss_spans: Sequence[tuple[int, int]], lead: int) -> list[Surge]:
-    """Surges on the grad norm that stay clear of every loss incident span (steps), a
-    surge leading the loss by up to `lead` steps included.
+@dataclass(frozen=True)
+class Scan:
+    """The recovered rises of one grad-norm series, before they are checked against the
+    loss's incidents: the work of `find_surges` that needs only the grad norm, so that it
+    can run while the loss is still being scanned (`detect` starts it on a thread)."""
 
-    A surge keeps only what it is read at: the steps and values at the start, peak and end
-    of the recovered rises, whose indices are renumbered into those short arrays (a
-    whole-series copy of steps and values, 16 MB at a million points, would otherwise be
-    held by the surges)."""
+    rises: tuple[Rise, ...]  # recovered rises; indices into `steps` and `x`
+    steps: NDArray[np.int64]  # steps of the tested (finite, positive) grad norms
+    x: FloatArray  # log grad norm at those steps
+
+
+def scan(values: FloatArray, steps: NDArray[np.int64], p: RiseParams) -> Scan:
+    """The recovered rises of the log grad norm (finite, positive values only)."""
     keep = np.isfinite(values) & (values > 0)
     st = steps[keep]
     x = np.log(values[keep])
     del keep
     # one pass: these events are informational, the clipped second pass is not worth it
-    rises = [r for r in find_rises(x, p, 0.0, True, second_pass=False) if r.recovered
-             and not any(int(st[r.start]) <= b and a - lead <= int(st[r.end])
-                         for a, b in loss_spans)]
+    rises = tuple(r for r in find_rises(x, p, 0.0, True, second_pass=False) if r.recovered)
+    return Scan(rises=rises, steps=st, x=x)
+
+
+def find_surges(values: FloatArray, steps: NDArray[np.int64], p: RiseParams,
+                loss_spans: Sequence[tuple[int, int]], lead: int,
+                scanned: Scan | None = None) -> list[Surge]:
+    """Surges on the grad norm that stay clear of every loss incident span (steps), a
+    surge leading the loss by up to `lead` steps included. `scanned`: `scan(values, steps,
+    p)` when the caller has it already (the same rises; `values` is then not read again).
+
+    A surge keeps only what it is read at: the steps and values at the start, peak and end
+    of the recovered rises, whose indices are renumbered into those short arrays (a
+    whole-series copy of steps and values, 16 MB at a million points, would otherwise be
+    held by the surges)."""
+    sc = scanned if scanned is not None else scan(values, steps, p)
+    st = sc.steps
+    rises = [r for r in sc.rises
+             if not any(int(st[r.start]) <= b and a - lead <= int(st[r.end])
+                        for a, b in loss_spans)]
     at = np.unique(np.array([i for r in rises for i in (r.start, r.peak, r.end)],
                             dtype=np.int64))
     pos = {int(i): k for k, i in enumerate(at)}
-    st, x = st[at], x[at]
+    st, x = st[at], sc.x[at]
     return [Surge(rise=dataclasses.replace(r, start=pos[r.start], peak=pos[r.peak],
                                            end=pos[r.end]), steps=st, x=x) for r in rises]
 

@@ -285,10 +285,17 @@ def _fold_one(r: FloatArray, per: int) -> float:
     return float(means.max() - means.min()) if len(means) else 0.0
 
 
+#: `find_oscillations(lr_per=...)` when the caller has not computed the LR's period.
+UNKNOWN_PERIOD = -1
+
+
 def find_oscillations(x: FloatArray, lr: FloatArray | None, p: OscParams,
-                      skip: NDArray[np.bool_] | None = None) -> list[Oscillation]:
+                      skip: NDArray[np.bool_] | None = None,
+                      lr_per: int | None = UNKNOWN_PERIOD) -> list[Oscillation]:
     """Oscillation regions of the log loss `x` (finite). `lr` is aligned with x, or None.
-    `skip` marks points inside incidents: they are left out of the evidence."""
+    `skip` marks points inside incidents: they are left out of the evidence. `lr_per`:
+    `lr_period(lr, p.min_cycles)` when the caller has it (`detect` takes it before it
+    starts the grad-norm scan, so that the two large temporaries are never held at once)."""
     n = len(x)
     if n < 2 * p.min_cycles + 2:
         return []
@@ -299,7 +306,7 @@ def find_oscillations(x: FloatArray, lr: FloatArray | None, p: OscParams,
     corr: float | None = None
     peaks: tuple[int, ...] = ()
     if lr is not None:
-        per_lr = lr_period(lr, p.min_cycles)
+        per_lr = lr_period(lr, p.min_cycles) if lr_per == UNKNOWN_PERIOD else lr_per
         if per_lr is not None:
             keep = ~skip if skip is not None else np.ones(n, dtype=bool)
             c = _lr_locked(x[keep], lr[keep], per_lr, p)

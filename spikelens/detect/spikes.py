@@ -106,8 +106,13 @@ class Stats:
     scale: FloatArray  # IQR-based
     up_scale: FloatArray  # max(IQR-based, upper-tail based)
     inflation: FloatArray  # variance inflation of a k-point median from autocorrelation
-    count: NDArray[np.int64]
+    window: int  # the trailing window: point i has min(i, window) points before it
     floor: FloatArray | None = None  # resolution floor of the scale (rounding, precision)
+
+    def count(self, a: int, b: int) -> NDArray[np.int64]:
+        """How many points the baselines of points a..b-1 hold. Computed, not stored: a
+        million-point array of it was 8 MB of every scan's peak."""
+        return np.minimum(np.arange(a, b, dtype=np.int64), self.window)
 
 
 def trailing_stats(x: FloatArray, window: int, abs_floor: float, is_log: bool,
@@ -136,7 +141,6 @@ def trailing_stats(x: FloatArray, window: int, abs_floor: float, is_log: bool,
                            None if reuse is None else reuse.setdefault("diff", {}),
                            None if reuse is None else reuse.setdefault("long", {}),
                            None if reuse is None else reuse["detrended"].get("x"))
-    count = np.minimum(np.arange(n), window).astype(np.int64, copy=False)
     with np.errstate(over="ignore", invalid="ignore"):
         floor = np.log1p(abs_floor / np.exp(level)) if is_log else np.full(n, abs_floor)
     # NaN and infinities replaced once, in place (`floor` is this function's own array),
@@ -146,7 +150,7 @@ def trailing_stats(x: FloatArray, window: int, abs_floor: float, is_log: bool,
     up = np.maximum(scale, tail)
     return Stats(level=level, scale=scale, up_scale=up,
                  inflation=inflation,
-                 count=count,
+                 window=window,
                  floor=np.maximum(floor, REL_SCALE_FLOOR))
 
 
@@ -365,7 +369,7 @@ def _test_chunk(x: FloatArray, st: Stats, p: RiseParams, a: int, b: int,
                 fms: dict[int, FloatArray], out: dict[str, FloatArray]) -> None:
     """`test_statistics` of the points a..b-1, written into `out`."""
     n = len(x)
-    level, count = st.level[a:b], st.count[a:b]
+    level, count = st.level[a:b], st.count(a, b)
     excess = x[a:b] - level
     full = count >= p.min_window
     steps_up = _quanta_bar(level, p)
@@ -593,7 +597,7 @@ def _quanta_bar(level: FloatArray, p: RiseParams) -> FloatArray:
 
 def _candidates(x: FloatArray, st: Stats, p: RiseParams, forward: dict[int, FloatArray],
                 z_out: dict[str, FloatArray] | None = None
-                ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+                ) -> tuple[NDArray[np.int64], NDArray[np.integer[Any]]]:
     """Indices of the points that open an event, and for each point the length of the
     shortest test that fired there (1 for the point test or a short-baseline ratio).
     `z_out` receives the test statistics."""
@@ -601,13 +605,17 @@ def _candidates(x: FloatArray, st: Stats, p: RiseParams, forward: dict[int, Floa
     z = test_statistics(x, st, p, forward)
     if z_out is not None:
         z_out.update(z)
-    fired = np.zeros(n, dtype=np.int64)
+    # the smallest integer that holds the longest test: int8 at the default windows, 7 MB
+    # less than int64 at a million points
+    fired = np.zeros(n, dtype=np.min_scalar_type(max((1, *p.shift_windows))))
     with np.errstate(invalid="ignore"):
         zbar = p.z_point if p.point_bar is None else p.point_bar
         fired[z["point"] >= zbar] = 1
         # too short a baseline for a scale: the ratio alone decides (the first `min_window`
         # points: the excess and the bar are taken there only, not over the whole series)
-        short = np.flatnonzero((st.count >= 1) & (st.count < p.min_window))
+        # the points whose count, min(i, window), is in [1, min_window)
+        short = np.arange(1, n if st.window < p.min_window else min(n, p.min_window),
+                          dtype=np.int64)
         excess = x[short] - st.level[short]
         bar = np.where(short < p.start_points, p.log_start_ratio, p.log_short_ratio)
         for i in short[excess >= bar]:
@@ -744,7 +752,7 @@ def _scan(x: FloatArray, base_x: FloatArray, p: RiseParams, abs_floor: float,
         scale = float(st.up_scale[c])
         if not np.isfinite(level):
             continue
-        short = st.count[c] < p.min_window
+        short = min(c, st.window) < p.min_window
         # the band: level + band_z scales; a short baseline also keeps its own max inside
         band_hi = level + p.band_z * scale
         if short:
