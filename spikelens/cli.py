@@ -482,6 +482,8 @@ def main() -> None:
     """Console entry point. typer turns usage errors into exit 2 itself; the commands turn
     library errors into one line and exit 2."""
     _one_blas_thread()
+    _no_numpy_hugepages()
+    _one_malloc_arena()
     try:
         app()
         code = 0
@@ -500,6 +502,39 @@ def _one_blas_thread() -> None:
     the 1M-step CSV (docs/performance.md): 0.3-0.7 CPU-s less, no spinning thread left in a
     `perf` profile. Set here, before numpy is imported: OpenBLAS reads it when it loads."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+def _no_numpy_hugepages() -> None:
+    """Turn off numpy's request for transparent huge pages on its large arrays (numpy's
+    documented `NUMPY_MADVISE_HUGEPAGE`) in the command's process, unless the user chose.
+    Where the kernel's THP `defrag` setting is `madvise` (a common default), a fault in
+    such an array compacts memory first, and on a machine whose page cache holds the logs
+    being read that stalls: a 200 MB array took 0.27-0.51 s to fill on first touch, 0.08 s
+    without the request. `analyze` of the 1M-step CSV 2.83 -> 2.71 s and `inspect` 1.20 ->
+    1.05 s, medians of 5-6 alternated runs (docs/performance.md). Set before numpy is
+    imported: numpy reads it once, then."""
+    os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
+
+
+def _one_malloc_arena() -> None:
+    """Let every thread of the command's process allocate from glibc's main arena (as
+    `MALLOC_ARENA_MAX=1` would) unless the user set that variable. The detector scans a long
+    grad norm on a second thread (`detect._start_grad_scan`); with an arena of its own, the
+    memory one thread frees cannot serve the other, and the two heaps add up: peak RSS of
+    `analyze` on the 1M-step CSV 489-515 MB with two arenas, 482-496 MB with one
+    (docs/performance.md). The threads allocate a few large arrays, not many small objects,
+    so they do not queue on the arena's lock. Where `mallopt` is missing (not glibc) nothing
+    changes."""
+    if sys.platform != "linux" or "MALLOC_ARENA_MAX" in os.environ:
+        return
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    m_arena_max = -8  # glibc's malloc.h
+    mallopt(m_arena_max, 1)
 
 
 def _status(code: object) -> int:

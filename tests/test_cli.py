@@ -222,6 +222,53 @@ def test_the_command_runs_openblas_on_one_thread_unless_the_user_chose(
     assert _blas_threads(tmp_path, "2")[0] == "env 2"
 
 
+def _process_settings(tmp_path: Path, env_update: dict[str, str]) -> list[str]:
+    """What the console entry point leaves the process with after `analyze`, read by an
+    exit handler: numpy's huge-page request, and (on glibc) how many malloc arenas there
+    are once a second thread has allocated (glibc's `malloc_stats` lists them on stderr)."""
+    code = ("import atexit, os, sys, threading\n"
+            "def report():\n"
+            "    import numpy._core.multiarray as m\n"
+            "    print('hugepage', m._get_madvise_hugepage(), file=sys.stderr)\n"
+            "    # large enough to come from an arena, small enough not to be mmapped\n"
+            "    t = threading.Thread(target=lambda: [bytearray(65536) for _ in range(64)])\n"
+            "    t.start(); t.join()\n"
+            "    import ctypes\n"
+            "    sys.stderr.flush()\n"
+            "    ctypes.CDLL(None).malloc_stats()\n"
+            "atexit.register(report)\n"
+            f"sys.argv = ['spikelens', 'analyze', '--no-cache', {str(STORM)!r}]\n"
+            "from spikelens.cli import main\n"
+            "main()\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NUMPY_MADVISE_HUGEPAGE", "MALLOC_ARENA_MAX")}
+    env.update(PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+               SPIKELENS_CACHE_DIR=str(tmp_path / "cache"), **env_update)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    arenas = sum(line.startswith("Arena ") for line in done.stderr.splitlines())
+    return [line for line in done.stderr.splitlines() if line.startswith("hugepage")] + \
+        [f"arenas {arenas}"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc and Linux THP")
+def test_the_command_asks_for_no_huge_pages_and_one_malloc_arena_unless_the_user_chose(
+        tmp_path: Path) -> None:
+    """docs/performance.md: numpy's huge-page request stalls first touches on a machine
+    whose page cache is full, and a second malloc arena holds memory the main thread cannot
+    reuse. The command turns both off; values the user set are kept."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("malloc arenas are glibc's")
+    assert _process_settings(tmp_path, {}) == ["hugepage False", "arenas 1"]
+    kept = _process_settings(tmp_path, {"NUMPY_MADVISE_HUGEPAGE": "1",
+                                        "MALLOC_ARENA_MAX": "4"})
+    assert kept[0] == "hugepage True"
+    assert kept[1] != "arenas 1"
+
+
 def test_the_entry_point_leaves_with_the_status_whole_output_and_exit_handlers(
         tmp_path: Path) -> None:
     """`main` ends the process itself (`os._exit`, skipping the interpreter's teardown):
