@@ -1274,3 +1274,51 @@ def test_grad_scan_on_a_thread_reports_what_the_in_line_scan_reports(
     assert sum(e.metric == "grad_norm" for e in inline.events) >= 3
     assert threaded.events == inline.events
     assert (threaded.verdict, threaded.notes) == (inline.verdict, inline.notes)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_forward_medians_on_a_thread_give_the_in_line_rises(
+        seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long series takes its forward medians and isolated-outlier parts on a thread beside
+    the first pass's trailing statistics (`spikes._x_parts`): the rises and the test
+    statistics of both passes are the in-line ones, bit for bit."""
+    from spikelens.detect import spikes
+    from spikelens.detect.spikes import RiseParams, find_rises
+
+    rng = np.random.default_rng(200 + seed)
+    n = 20_000
+    t = np.arange(n)
+    x = np.log(2.0 + 3.0 * (1 + t / 400) ** -1.0) + 0.05 * rng.standard_normal(n)
+    for i in rng.integers(300, n - 300, 6):  # one-step spikes
+        x[i] += float(rng.uniform(0.5, 1.0))
+    for i in (6_000, 14_000):  # two long rises: the second pass runs
+        x[i:i + 60] += 0.8
+    p = RiseParams(window=100, min_window=20, z_point=9.0, z_shift=5.5, shift_windows=(5, 20),
+                   log_min_ratio_point=float(np.log(1.2)), log_min_ratio_shift=float(np.log(1.2)),
+                   log_short_ratio=float(np.log(2)), start_points=20,
+                   log_start_ratio=float(np.log(3)), recover_run=10, band_z=3.0, quantum=0.0,
+                   is_log=True, isolated=True)
+    import threading
+
+    started: list[str] = []
+
+    class Spy(threading.Thread):
+        def start(self) -> None:
+            started.append(self.name)
+            super().start()
+
+    monkeypatch.setattr(spikes.threading, "Thread", Spy)
+    runs = {}
+    for threaded in (False, True):
+        monkeypatch.setattr(spikes, "X_THREAD_MIN", 1 if threaded else 10 ** 9)
+        first: dict[str, np.ndarray] = {}
+        second: dict[str, np.ndarray] = {}
+        runs[threaded] = (find_rises(x, p, 1e-6, True, statistics=first,
+                                     second_statistics=second), first, second)
+    (r0, f0, s0), (r1, f1, s1) = runs[False], runs[True]
+    assert started == ["spikelens-forward"]  # the second run only
+    assert len(r0) >= 3 and s0  # spikes found, and the second pass ran
+    assert r1 == r0
+    for a, b in ((f0, f1), (s0, s1)):
+        assert a.keys() == b.keys()
+        assert all(_same(a[k], b[k]) for k in a)

@@ -275,6 +275,19 @@ def point_z(run: Run, config: Config) -> PointZ:
                   interval=run.interval)
 
 
+def _values(s: pd.Series) -> NDArray[np.float64]:
+    """A series' values as float64, NaN where missing: a view of the frame's array when it is
+    float64 already (8 MB not copied at a million points; nothing here writes to it)."""
+    if s.dtype == np.float64:
+        return s.to_numpy()
+    return s.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _steps(s: pd.Series) -> NDArray[np.int64]:
+    """A series' steps as int64: a view of its index where it is int64 already."""
+    return s.index.to_numpy().astype(np.int64, copy=False)
+
+
 def _prepare(run: Run, series: pd.Series, config: Config, notes: list[str]) -> _Loss:
     nan_steps = _nan_iteration_steps(run)
     lost = _lost_loss_steps(run, series, nan_steps, notes)
@@ -282,11 +295,9 @@ def _prepare(run: Run, series: pd.Series, config: Config, notes: list[str]) -> _
         # steps whose loss the log could not print (it was NaN, or the step overflowed in a
         # storm) are non-finite loss positions, not gaps
         series = pd.concat([series, pd.Series(np.nan, index=lost)]).sort_index()
-    # views of the frame's arrays when they have these types already: 16 MB less held
-    # through the whole detection of a million points (nothing here writes to them)
-    steps = series.index.to_numpy().astype(np.int64, copy=False)
-    values = series.to_numpy() if series.dtype == np.float64 else \
-        series.to_numpy(dtype=np.float64, na_value=np.nan)
+    # views of the frame's arrays: 16 MB less held through the whole detection of a million
+    # points
+    steps, values = _steps(series), _values(series)
     bad = nonfinite_mask(values, steps, nan_steps)
     fin = np.flatnonzero(~bad)
     quantum = config.quantum if config.quantum is not None else infer_quantum(values[fin])
@@ -618,8 +629,7 @@ def _aligned_lr(run: Run, steps: NDArray[np.int64]) -> NDArray[np.float64] | Non
     s = run.series("lr")
     if s is None or len(s) < 2:
         return None
-    lr_steps = s.index.to_numpy().astype(np.int64)
-    vals = s.to_numpy(dtype=np.float64, na_value=np.nan)
+    lr_steps, vals = _steps(s), _values(s)
     idx = np.clip(np.searchsorted(lr_steps, steps, side="right") - 1, 0, len(vals) - 1)
     return np.asarray(vals[idx], dtype=np.float64)
 
@@ -670,7 +680,7 @@ def _lr_cycle(run: Run, loss: _Loss) -> tuple[NDArray[np.float64] | None, int | 
     cyclic (`oscillation.lr_period`), for `_oscillations`."""
     if len(loss.x) < _OSC_MIN_POINTS:
         return None, None
-    lr = _aligned_lr(run, loss.steps[loss.fin])
+    lr = _aligned_lr(run, loss.fin_steps)
     if lr is None or len(loss.x) < 2 * _MIN_CYCLES + 2:  # find_oscillations' own guard
         return lr, None
     return lr, lr_period(lr, _MIN_CYCLES)
@@ -795,11 +805,9 @@ def _grad_input(run: Run) -> tuple[NDArray[np.float64], NDArray[np.int64], str |
     gn = run.series("grad_norm")
     if gn is None or len(gn) == 0:
         return None
-    # views of the frame's arrays where they are float64 and int64 already (no 16 MB of
-    # copies held through the scan of a million points); the scan does not write to them
-    vals = gn.to_numpy() if gn.dtype == np.float64 else \
-        gn.to_numpy(dtype=np.float64, na_value=np.nan)
-    return vals, gn.index.to_numpy().astype(np.int64, copy=False), usable(vals)
+    # views of the frame's arrays: no 16 MB of copies held through the scan
+    vals = _values(gn)
+    return vals, _steps(gn), usable(vals)
 
 
 def _grad_params(params: RiseParams, config: Config) -> RiseParams:
@@ -933,8 +941,7 @@ def _aligned_metric(run: Run, role: str, steps: NDArray[np.int64]) -> NDArray[np
     s = run.series(role)
     if s is None or len(s) == 0:
         return None
-    return align_to(steps, s.index.to_numpy().astype(np.int64),
-                    s.to_numpy(dtype=np.float64, na_value=np.nan))
+    return align_to(steps, _steps(s), _values(s))
 
 
 def _stall(run: Run, loss: _Loss, rises: Sequence[Rise], nonfinite: Sequence[NonFinite],
@@ -943,7 +950,7 @@ def _stall(run: Run, loss: _Loss, rises: Sequence[Rise], nonfinite: Sequence[Non
         return None
     if _incident_mask(loss, rises, nonfinite).mean() > 0.25:
         return None  # a run mostly in incidents is judged by them
-    st = loss.steps[loss.fin]
+    st = loss.fin_steps
     vocab = run.params.get("vocab_size")
     return find_stall(loss.x, config.window, config.stall_blocks, config.stall_grad_drop,
                       _aligned_metric(run, "grad_norm", st),

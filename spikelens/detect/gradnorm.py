@@ -67,7 +67,8 @@ def scan(values: FloatArray, steps: NDArray[np.int64], p: RiseParams) -> Scan:
     x = np.log(values[keep])
     del keep
     # one pass: these events are informational, the clipped second pass is not worth it
-    rises = tuple(r for r in find_rises(x, p, 0.0, True, second_pass=False) if r.recovered)
+    rises = tuple(r for r in find_rises(x, p, 0.0, True, second_pass=False, threaded=False)
+                  if r.recovered)
     return Scan(rises=rises, steps=st, x=x)
 
 
