@@ -1233,7 +1233,8 @@ def test_borrowed_and_final_reuse_match_the_plain_stats(seed: int) -> None:
 @pytest.mark.parametrize("seed", range(3))
 def test_grad_scan_on_a_thread_reports_what_the_in_line_scan_reports(
         seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A long grad norm is scanned on a thread while the loss is (`detect._start_grad_scan`):
+    """A long grad norm is scanned on a thread after the cyclic-LR test, beside the stall and
+    oscillation passes (`detect._start_side_passes`):
     the detection, grad-norm surges, notes and verdict included, is the one the in-line scan
     gives, and the threaded path did run."""
     import pandas as pd
@@ -1260,15 +1261,15 @@ def test_grad_scan_on_a_thread_reports_what_the_in_line_scan_reports(
     monkeypatch.setattr(det, "_GRAD_THREAD_MIN", 10 ** 9)
     inline = det.detect(run, cfg)
     started: list[bool] = []
-    real = det._start_grad_scan
+    real = det._start_side_passes
 
     def spy(*args: object) -> object:
-        fut = real(*args)  # type: ignore[arg-type]
-        started.append(fut is not None)
-        return fut
+        lr_fut, grad_fut = real(*args)  # type: ignore[arg-type]
+        started.append(grad_fut is not None)
+        return lr_fut, grad_fut
 
     monkeypatch.setattr(det, "_GRAD_THREAD_MIN", 1)
-    monkeypatch.setattr(det, "_start_grad_scan", spy)
+    monkeypatch.setattr(det, "_start_side_passes", spy)
     threaded = det.detect(run, cfg)
     assert started == [True]
     assert sum(e.metric == "grad_norm" for e in inline.events) >= 3

@@ -14,10 +14,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -146,18 +147,20 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = (), *,
     # a million points) are let go before the passes that follow
     first = {"point": first["point"]} if "point" in first else {}
     rises = _join_back_to_back(rises, loss.x)
-    # The grad-norm scan runs on a thread from here, beside the memory-light passes that
-    # follow; the loss's rise scans and the cyclic-LR test's FFT, the largest temporaries,
-    # run before it starts. Peak RSS of `analyze` on the 1M-step CSV: 487-497 MB with no
-    # thread, 579 MB with the scan started beside the rise scans, 480-488 MB this way (one
-    # malloc arena, `cli._one_malloc_arena`, and no copies of the frame's arrays)
-    lr_cycle = _lr_cycle(run, loss)
-    pending = _start_grad_scan(run, params, config)
+    # The cyclic-LR test and then the grad-norm scan run on a thread from here
+    # (`_start_side_passes`), beside the memory-light non-finite and stall passes and the
+    # oscillation pass, which waits for the LR's period; the loss's rise scans, the largest
+    # temporaries, are done before it starts, and the thread's two large temporaries (the
+    # LR test's FFT, the scan) come one after the other. Peak RSS of `analyze` on the
+    # 1M-step CSV: 487-497 MB with no thread, 579 MB with the scan started beside the rise
+    # scans, 480-488 MB this way (one malloc arena, `cli._one_malloc_arena`, and no copies
+    # of the frame's arrays)
+    lr_pending, pending = _start_side_passes(run, loss, params, config)
     nonfinite = _nonfinite(run, loss, params, config)
     batch = _batch_size(run, config.tiny_batch)
-    oscs = _oscillations(run, loss, rises, nonfinite, config, lr_cycle, batch)
-    del lr_cycle  # the aligned LR (8 MB at a million points) is not held while the scan runs
     stall = _stall(run, loss, rises, nonfinite, config)
+    oscs = _oscillations(run, loss, rises, nonfinite, config, lr_pending.result(), batch)
+    del lr_pending  # the aligned LR (8 MB at a million points) is not held any longer
     if stall is not None:
         # a loss that makes no progress is stuck, not swinging: a periodic region inside
         # the stall whose swing is under the incident ratio (min_ratio) is its wandering
@@ -793,7 +796,7 @@ def _osc_event(run: Run, loss: _Loss, o: Oscillation, batch: float | None = None
 
 
 #: A grad norm of at least this many points is scanned on a thread while the loss is
-#: (`_start_grad_scan`). numpy's sorts and partitions, most of a scan, let go of the GIL, so
+#: (`_start_side_passes`). numpy's sorts and partitions, most of a scan, let go of the GIL, so
 #: on a second core the two scans overlap: `detect` on the 1M-step TensorBoard log 1.64-1.71
 #: -> 1.37-1.44 s. Below it a scan takes under 0.07 s (0.3 s per million points), in line.
 _GRAD_THREAD_MIN = 200_000
@@ -827,25 +830,45 @@ def _grad_params(params: RiseParams, config: Config) -> RiseParams:
                          "point_bar": None, "shift_bar": None})
 
 
-def _start_grad_scan(run: Run, params: RiseParams, config: Config) -> Future[Scan] | None:
-    """The grad norm's scan (`gradnorm.scan`) started on a thread, for a long usable grad
-    norm; None otherwise (`_grad_surges` then scans in line). The scan reads only the grad
-    norm and the parameters, so its result is the one an in-line scan gives."""
+_LrCycle = tuple[NDArray[np.float64] | None, int | None]
+_T = TypeVar("_T")
+
+
+def _settle(fut: Future[_T], make: Callable[[], _T]) -> None:
+    """Run `make` into `fut`: its result, or the exception `fut.result()` raises again."""
+    try:
+        fut.set_result(make())
+    except BaseException as exc:  # noqa: BLE001 - raised again by fut.result()
+        fut.set_exception(exc)
+
+
+def _start_side_passes(run: Run, loss: _Loss, params: RiseParams, config: Config
+                       ) -> tuple[Future[_LrCycle], Future[Scan] | None]:
+    """The cyclic-LR test (`_lr_cycle`) and the grad norm's scan (`gradnorm.scan`), one
+    after the other on a thread when the loss or a usable grad norm has at least
+    `_GRAD_THREAD_MIN` points; else the LR test in line and no scan (`_grad_surges` then
+    scans in line). Both read only the log and the parameters, so their results are the
+    in-line ones."""
     got = _grad_input(run)
-    if got is None or got[2] is not None or len(got[0]) < _GRAD_THREAD_MIN:
-        return None
-    vals, steps, _ = got
-    gp = _grad_params(params, config)
-    fut: Future[Scan] = Future()
+    long_grad = got is not None and got[2] is None and len(got[0]) >= _GRAD_THREAD_MIN
+    lr_fut: Future[_LrCycle] = Future()
+    if not long_grad and len(loss.x) < _GRAD_THREAD_MIN:
+        _settle(lr_fut, lambda: _lr_cycle(run, loss))
+        return lr_fut, None
+    grad_fut: Future[Scan] | None = None
+    if long_grad:
+        assert got is not None
+        vals, steps, _ = got
+        gp = _grad_params(params, config)
+        grad_fut = Future()
 
     def work() -> None:
-        try:
-            fut.set_result(scan(vals, steps, gp))
-        except BaseException as exc:  # noqa: BLE001 - raised again by fut.result()
-            fut.set_exception(exc)
+        _settle(lr_fut, lambda: _lr_cycle(run, loss))
+        if grad_fut is not None:
+            _settle(grad_fut, lambda: scan(vals, steps, gp))
 
-    threading.Thread(target=work, name="spikelens-grad-scan", daemon=True).start()
-    return fut
+    threading.Thread(target=work, name="spikelens-side-passes", daemon=True).start()
+    return lr_fut, grad_fut
 
 
 def _grad_surges(run: Run, events: Sequence[Event], params: RiseParams, config: Config,
@@ -953,7 +976,7 @@ def _stall(run: Run, loss: _Loss, rises: Sequence[Rise], nonfinite: Sequence[Non
     st = loss.fin_steps
     vocab = run.params.get("vocab_size")
     return find_stall(loss.x, config.window, config.stall_blocks, config.stall_grad_drop,
-                      _aligned_metric(run, "grad_norm", st),
+                      lambda: _aligned_metric(run, "grad_norm", st),
                       float(vocab) if isinstance(vocab, (int, float)) else None)
 
 

@@ -83,6 +83,9 @@ def _acf_rows(rows: FloatArray, max_lag: int) -> FloatArray:
     # awkward 2m such as 2^4 x 124,999 takes pocketfft's slow path: 0.9 s instead of 0.05 s)
     n = next_fast_len(2 * m, real=True)
     f = np.fft.rfft(y, n, axis=1)
+    del y
+    # not `f *= np.conj(f)`: numpy's in-place multiply takes another loop, whose products
+    # differ in the last bit at a million points
     a = np.fft.irfft(f * np.conj(f), n, axis=1)[:, : max_lag + 1]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.asarray(a / a[:, :1])
@@ -234,6 +237,7 @@ def lr_period(lr: FloatArray, min_cycles: int) -> int | None:
     y = lr if ok.all() else np.where(ok, lr, np.nanmedian(lr))
     t = np.arange(n, dtype=np.float64)
     y = y - np.polyval(np.polyfit(t, y, 1), t)
+    del t
     if float(np.std(y)) <= 1e-12 * max(1e-300, float(np.max(np.abs(lr[ok])))):
         return None
     acf = _acf_rows(y[None, :], n // min_cycles)[0]

@@ -34,6 +34,7 @@ A stall never changes the verdict."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -177,10 +178,13 @@ _STARTS = 40
 
 
 def find_stall(x: NDArray[np.float64], block: int, min_blocks: int, grad_drop: float,
-               gn: NDArray[np.float64] | None, vocab: float | None = None) -> Stall | None:
+               grad: Callable[[], NDArray[np.float64] | None],
+               vocab: float | None = None) -> Stall | None:
     """The longest stretch that runs to the end of x (finite points, log of the loss) without
-    progress, or None. `gn` is the grad norm aligned with x (NaN where not logged); `vocab`
-    the vocabulary size from the run's parameters, if known."""
+    progress, or None. `grad()` gives the grad norm aligned with x (NaN where not logged),
+    or None; it is called only once a stretch is found (the alignment of a million grad
+    norms holds about 60 MB of temporaries, for nothing on a run that learns). `vocab` the
+    vocabulary size from the run's parameters, if known."""
     n = len(x)
     head = n // 10
     if n - head < min_blocks * block:
@@ -214,6 +218,7 @@ def find_stall(x: NDArray[np.float64], block: int, min_blocks: int, grad_drop: f
         s0 += step
     s1 = n - 1
     drop_gn = None
+    gn = grad()
     if gn is not None:
         before = gn[:s0][np.isfinite(gn[:s0]) & (gn[:s0] > 0)]
         during = gn[s0:][np.isfinite(gn[s0:])]
