@@ -1323,3 +1323,33 @@ def test_forward_medians_on_a_thread_give_the_in_line_rises(
     for a, b in ((f0, f1), (s0, s1)):
         assert a.keys() == b.keys()
         assert all(_same(a[k], b[k]) for k in a)
+
+
+def test_an_error_on_a_side_thread_reaches_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The passes that run on threads (the LR test and grad-norm scan of `detect`, the
+    forward medians of `find_rises`) hand their errors to the caller, who sees the same
+    exception as in line: no hang, no detection that silently lacks a pass."""
+    import pandas as pd
+
+    from spikelens import detect as det
+    from spikelens.detect import spikes
+    from spikelens.model import Run
+
+    rng = np.random.default_rng(7)
+    n = 3_000
+    frame = pd.DataFrame({"loss": 2.0 + 0.05 * rng.standard_normal(n),
+                          "grad_norm": 1.0 + 0.1 * rng.standard_normal(n)},
+                         index=pd.Index(np.arange(1, n + 1), name="step"))
+    run = Run(source="synthetic.csv", format="csv", frame=frame,
+              roles={"loss": "loss", "grad_norm": "grad_norm"}, interval=1)
+    monkeypatch.setattr(det, "_GRAD_THREAD_MIN", 1)
+    monkeypatch.setattr(spikes, "X_THREAD_MIN", 1)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise FloatingPointError("broken on purpose")
+
+    for where, name in ((det, "scan"), (det, "_lr_cycle"), (spikes, "forward_median")):
+        with monkeypatch.context() as m:
+            m.setattr(where, name, broken)
+            with pytest.raises(FloatingPointError, match="broken on purpose"):
+                det.detect(run, Config())
