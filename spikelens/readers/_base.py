@@ -824,6 +824,7 @@ def build_run(
         lost = sorted({c for r, c in roles.items() if r in ANALYSABLE and c in empty})
         roles = assign_roles(columns, overrides, eval_columns=eval_frame.columns,
                              empty=_all_empty(collapsed, eval_frame, nan_steps))
+    roles = _durations_are_step_times(roles, collapsed, overrides)
     if not any(r in roles for r in ANALYSABLE):
         found = ", ".join(columns) or "none"
         if lost:
@@ -851,6 +852,35 @@ def build_run(
         messages=tuple(raw.messages),
         superseded=superseded,
     )
+
+
+#: A `wall_time` column whose value falls from one logged step to the next at least this
+#: often holds per-step durations, not a clock: a clock goes back only where a job restarts,
+#: a duration half the time (noise around a constant).
+_DURATION_FALLS = 0.2
+
+
+def _durations_are_step_times(roles: dict[str, str], frame: pd.DataFrame,
+                              overrides: Mapping[str, str] | None) -> dict[str, str]:
+    """The `wall_time` role moved to `step_time` when its column holds per-step durations.
+    `time` is a clock in some logs (a W&B export's seconds since the start) and the time an
+    iteration took in others (nanoGPT's `iter 10: loss 3.9, time 250.13ms`, mmengine's
+    `time: 0.2345`): read as a clock, a per-iteration time was never looked at for
+    slowdowns. Its values say which: positive, and falling at `_DURATION_FALLS` or more of
+    the steps, or never changing (a clock moves). A role the user gave (`--metric
+    wall_time=...`) or a run with a step time of its own keeps its roles."""
+    col = roles.get("wall_time")
+    if col is None or "step_time" in roles or col not in frame.columns or \
+            (overrides or {}).get("wall_time") == col:
+        return roles
+    v = frame[col].to_numpy(dtype=np.float64, na_value=np.nan)
+    v = v[np.isfinite(v)]
+    if len(v) < 3 or bool((v <= 0).any()):
+        return roles
+    d = np.diff(v)
+    if float(np.mean(d < 0)) < _DURATION_FALLS and bool((d != 0).any()):
+        return roles
+    return {("step_time" if r == "wall_time" else r): c for r, c in roles.items()}
 
 
 _CTRL = re.compile(rb"[\x00-\x08\x0e-\x1a\x1c-\x1f]")
