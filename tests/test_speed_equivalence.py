@@ -1308,7 +1308,7 @@ def test_forward_medians_on_a_thread_give_the_in_line_rises(
             started.append(self.name)
             super().start()
 
-    monkeypatch.setattr(spikes.threading, "Thread", Spy)
+    monkeypatch.setattr(threading, "Thread", Spy)
     runs = {}
     for threaded in (False, True):
         monkeypatch.setattr(spikes, "X_THREAD_MIN", 1 if threaded else 10 ** 9)

@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TypeVar
 
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from spikelens.detect._threads import settle, start
 from spikelens.detect.baseline import infer_quantum, to_log
 from spikelens.detect.climb import tail_climb
 from spikelens.detect.divergence import kind_of
@@ -672,13 +671,15 @@ def _batch_size(run: Run, tiny_batch: float) -> float | None:
     return None
 
 
+#: The LR at the finite loss points (None without an LR) and its period when cyclic.
+_LrCycle = tuple[NDArray[np.float64] | None, int | None]
 #: Cycles a periodic swing (and a cyclic LR) must repeat to count.
 _MIN_CYCLES = 3
 #: Finite loss points below which no oscillation is looked for.
 _OSC_MIN_POINTS = 16
 
 
-def _lr_cycle(run: Run, loss: _Loss) -> tuple[NDArray[np.float64] | None, int | None]:
+def _lr_cycle(run: Run, loss: _Loss) -> _LrCycle:
     """The LR at the finite loss points (None without an LR) and its period when it is
     cyclic (`oscillation.lr_period`), for `_oscillations`."""
     if len(loss.x) < _OSC_MIN_POINTS:
@@ -691,8 +692,7 @@ def _lr_cycle(run: Run, loss: _Loss) -> tuple[NDArray[np.float64] | None, int | 
 
 def _oscillations(run: Run, loss: _Loss, rises: Sequence[Rise],
                   nonfinite: Sequence[NonFinite], config: Config,
-                  lr_cycle: tuple[NDArray[np.float64] | None, int | None],
-                  batch: float | None = None) -> list[Oscillation]:
+                  lr_cycle: _LrCycle, batch: float | None = None) -> list[Oscillation]:
     if len(loss.x) < _OSC_MIN_POINTS:
         return []
     min_cycles = _MIN_CYCLES
@@ -795,10 +795,12 @@ def _osc_event(run: Run, loss: _Loss, o: Oscillation, batch: float | None = None
     )
 
 
-#: A grad norm of at least this many points is scanned on a thread while the loss is
-#: (`_start_side_passes`). numpy's sorts and partitions, most of a scan, let go of the GIL, so
-#: on a second core the two scans overlap: `detect` on the 1M-step TensorBoard log 1.64-1.71
-#: -> 1.37-1.44 s. Below it a scan takes under 0.07 s (0.3 s per million points), in line.
+#: A loss or grad norm of at least this many points has its cyclic-LR test and grad-norm
+#: scan run on a thread (`_start_side_passes`) beside the non-finite, stall and oscillation
+#: passes. numpy's sorts, partitions and FFTs, most of that work, let go of the GIL, so on
+#: a second core the passes overlap: `detect` on the 1M-step TensorBoard log 1.64-1.71 ->
+#: 1.37-1.44 s with the scan alone there (docs/performance.md has the rest). Below it both
+#: take under 0.1 s and run in line.
 _GRAD_THREAD_MIN = 200_000
 
 
@@ -830,18 +832,6 @@ def _grad_params(params: RiseParams, config: Config) -> RiseParams:
                          "point_bar": None, "shift_bar": None})
 
 
-_LrCycle = tuple[NDArray[np.float64] | None, int | None]
-_T = TypeVar("_T")
-
-
-def _settle(fut: Future[_T], make: Callable[[], _T]) -> None:
-    """Run `make` into `fut`: its result, or the exception `fut.result()` raises again."""
-    try:
-        fut.set_result(make())
-    except BaseException as exc:  # noqa: BLE001 - raised again by fut.result()
-        fut.set_exception(exc)
-
-
 def _start_side_passes(run: Run, loss: _Loss, params: RiseParams, config: Config
                        ) -> tuple[Future[_LrCycle], Future[Scan] | None]:
     """The cyclic-LR test (`_lr_cycle`) and the grad norm's scan (`gradnorm.scan`), one
@@ -853,7 +843,7 @@ def _start_side_passes(run: Run, loss: _Loss, params: RiseParams, config: Config
     long_grad = got is not None and got[2] is None and len(got[0]) >= _GRAD_THREAD_MIN
     lr_fut: Future[_LrCycle] = Future()
     if not long_grad and len(loss.x) < _GRAD_THREAD_MIN:
-        _settle(lr_fut, lambda: _lr_cycle(run, loss))
+        settle(lr_fut, lambda: _lr_cycle(run, loss))
         return lr_fut, None
     grad_fut: Future[Scan] | None = None
     if long_grad:
@@ -863,11 +853,11 @@ def _start_side_passes(run: Run, loss: _Loss, params: RiseParams, config: Config
         grad_fut = Future()
 
     def work() -> None:
-        _settle(lr_fut, lambda: _lr_cycle(run, loss))
+        settle(lr_fut, lambda: _lr_cycle(run, loss))
         if grad_fut is not None:
-            _settle(grad_fut, lambda: scan(vals, steps, gp))
+            settle(grad_fut, lambda: scan(vals, steps, gp))
 
-    threading.Thread(target=work, name="spikelens-side-passes", daemon=True).start()
+    start(work, "spikelens-side-passes")
     return lr_fut, grad_fut
 
 

@@ -53,7 +53,7 @@ def usable(values: FloatArray) -> str | None:
 class Scan:
     """The recovered rises of one grad-norm series, before they are checked against the
     loss's incidents: the work of `find_surges` that needs only the grad norm, so that it
-    can run while the loss is still being scanned (`detect` starts it on a thread)."""
+    can run on a thread beside the loss's other passes (`detect._start_side_passes`)."""
 
     rises: tuple[Rise, ...]  # recovered rises; indices into `steps` and `x`
     steps: NDArray[np.int64]  # steps of the tested (finite, positive) grad norms

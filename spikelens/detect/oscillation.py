@@ -298,8 +298,9 @@ def find_oscillations(x: FloatArray, lr: FloatArray | None, p: OscParams,
                       lr_per: int | None = UNKNOWN_PERIOD) -> list[Oscillation]:
     """Oscillation regions of the log loss `x` (finite). `lr` is aligned with x, or None.
     `skip` marks points inside incidents: they are left out of the evidence. `lr_per`:
-    `lr_period(lr, p.min_cycles)` when the caller has it (`detect` takes it before it
-    starts the grad-norm scan, so that the two large temporaries are never held at once)."""
+    `lr_period(lr, p.min_cycles)` when the caller has it (`detect` takes it on a thread,
+    before the grad-norm scan there, so that the two large temporaries are never held at
+    once)."""
     n = len(x)
     if n < 2 * p.min_cycles + 2:
         return []

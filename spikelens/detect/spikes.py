@@ -27,7 +27,6 @@ so one incident does not widen the yardstick for the next."""
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from spikelens.detect._threads import start
 from spikelens.detect.baseline import (
     BORROW,
     FINAL,
@@ -766,17 +766,7 @@ def _x_parts(x: FloatArray, p: RiseParams, into: dict[int, FloatArray],
     if not threaded:
         work()
         return None
-    fut: Future[None] = Future()
-
-    def run() -> None:
-        try:
-            work()
-            fut.set_result(None)
-        except BaseException as exc:  # noqa: BLE001 - raised again by fut.result()
-            fut.set_exception(exc)
-
-    threading.Thread(target=run, name="spikelens-forward", daemon=True).start()
-    return fut
+    return start(work, "spikelens-forward")
 
 
 def _scan(x: FloatArray, base_x: FloatArray, p: RiseParams, abs_floor: float,
