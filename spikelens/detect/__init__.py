@@ -146,6 +146,8 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = (), *,
     # a million points) are let go before the passes that follow
     first = {"point": first["point"]} if "point" in first else {}
     rises = _join_back_to_back(rises, loss.x)
+    # the per-point bars (8 MB each at a million points) served the rise scans only
+    params = dataclasses.replace(params, point_bar=None, shift_bar=None)
     # The cyclic-LR test and then the grad-norm scan run on a thread from here
     # (`_start_side_passes`), beside the memory-light non-finite and stall passes and the
     # oscillation pass, which waits for the LR's period; the loss's rise scans, the largest
@@ -550,10 +552,9 @@ def _nonfinite(run: Run, loss: _Loss, params: RiseParams, config: Config) -> lis
                                         loss.is_log)
             band_at[b] = level + params.band_z * up
     gn = run.series("grad_norm")
-    gn_steps = gn.index.to_numpy().astype(np.int64) if gn is not None else None
-    gn_vals = gn.to_numpy(dtype=np.float64, na_value=np.nan) if gn is not None else None
     return find_nonfinite(loss.bad, x_all, band_at, loss.steps, config.recover_run,
-                          gn_steps, gn_vals)
+                          _steps(gn) if gn is not None else None,
+                          _values(gn) if gn is not None else None)
 
 
 def _segment_of(run: Run, step: int) -> int:
