@@ -519,7 +519,7 @@ def _no_numpy_hugepages() -> None:
 def _one_malloc_arena() -> None:
     """Let every thread of the command's process allocate from glibc's main arena (as
     `MALLOC_ARENA_MAX=1` would) unless the user set that variable. The detector scans a long
-    grad norm on a second thread (`detect._start_grad_scan`); with an arena of its own, the
+    grad norm on a second thread (`detect._start_side_passes`); with an arena of its own, the
     memory one thread frees cannot serve the other, and the two heaps add up: peak RSS of
     `analyze` on the 1M-step CSV 501-511 MB with two arenas, 480-488 MB with one
     (docs/performance.md). The threads allocate a few large arrays, not many small objects,

@@ -769,7 +769,7 @@ def test_grad_scan_kept_at_its_surges_matches_the_whole_series(seed: int) -> Non
                    log_short_ratio=np.inf, start_points=0, log_start_ratio=np.inf,
                    recover_run=10, band_z=3.0, quantum=0.0, is_log=True, isolated=False)
     spans = [(int(steps[a]), int(steps[a]) + 300) for a in rng.integers(0, n, 3)]
-    got = gradnorm.find_surges(v, steps, p, spans, 200)
+    got = gradnorm.find_surges(gradnorm.scan(v, steps, p), spans, 200)
     keep = np.isfinite(v) & (v > 0)
     st, x = steps[keep], np.log(v[keep])
     want = [r for r in find_rises(x, p, 0.0, True, second_pass=False) if r.recovered

@@ -156,7 +156,8 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = (), *,
     # 1M-step CSV: 487-497 MB with no thread, 579 MB with the scan started beside the rise
     # scans, 480-488 MB this way (one malloc arena, `cli._one_malloc_arena`, and no copies
     # of the frame's arrays)
-    lr_pending, pending = _start_side_passes(run, loss, params, config)
+    grad = _grad_input(run)
+    lr_pending, pending = _start_side_passes(run, loss, params, config, grad)
     nonfinite = _nonfinite(run, loss, params, config)
     batch = _batch_size(run, config.tiny_batch)
     stall = _stall(run, loss, rises, nonfinite, config)
@@ -201,7 +202,7 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = (), *,
     if overfit is not None:
         events.append(overfit)
     events += _superseded_events(run, config, notes)
-    events += _grad_surges(run, events, params, config, notes, pending)
+    events += _grad_surges(run, events, params, config, notes, grad, pending)
     events += ops_events(run, events, config, notes)  # slowdowns and hangs (issue 14)
     _grad_nonfinite_note(run, loss, nonfinite, notes)
     events.sort(key=lambda e: (e.start_step, _KIND_ORDER.get(e.kind, 9), e.metric))
@@ -686,9 +687,7 @@ def _lr_cycle(run: Run, loss: _Loss) -> _LrCycle:
     if len(loss.x) < _OSC_MIN_POINTS:
         return None, None
     lr = _aligned_lr(run, loss.fin_steps)
-    if lr is None or len(loss.x) < 2 * _MIN_CYCLES + 2:  # find_oscillations' own guard
-        return lr, None
-    return lr, lr_period(lr, _MIN_CYCLES)
+    return lr, lr_period(lr, _MIN_CYCLES) if lr is not None else None
 
 
 def _oscillations(run: Run, loss: _Loss, rises: Sequence[Rise],
@@ -712,7 +711,7 @@ def _oscillations(run: Run, loss: _Loss, rises: Sequence[Rise],
         # within a decade of the resolution floor the wiggles are rounding, not training
         skip |= loss.x < math.log(10 * loss.abs_floor)
     lr, lr_per = lr_cycle
-    found = find_oscillations(loss.x, lr, p, skip, lr_per)
+    found = find_oscillations(loss.x, lr, lr_per, p, skip)
     # a region that is mostly incident is the incident's shape, not a condition of the run
     return [o for o in found if skip[o.start:o.end + 1].mean() < 0.5]
 
@@ -805,9 +804,12 @@ def _osc_event(run: Run, loss: _Loss, o: Oscillation, batch: float | None = None
 _GRAD_THREAD_MIN = 200_000
 
 
-def _grad_input(run: Run) -> tuple[NDArray[np.float64], NDArray[np.int64], str | None] | None:
-    """The grad norm's values and steps, and why it cannot be analysed (None when it can);
-    None without a grad norm."""
+#: The grad norm's values and steps, and why it cannot be analysed (None when it can).
+_GradInput = tuple[NDArray[np.float64], NDArray[np.int64], str | None]
+
+
+def _grad_input(run: Run) -> _GradInput | None:
+    """The grad norm as the surges read it; None without a grad norm."""
     gn = run.series("grad_norm")
     if gn is None or len(gn) == 0:
         return None
@@ -833,14 +835,14 @@ def _grad_params(params: RiseParams, config: Config) -> RiseParams:
                          "point_bar": None, "shift_bar": None})
 
 
-def _start_side_passes(run: Run, loss: _Loss, params: RiseParams, config: Config
+def _start_side_passes(run: Run, loss: _Loss, params: RiseParams, config: Config,
+                       got: _GradInput | None
                        ) -> tuple[Future[_LrCycle], Future[Scan] | None]:
     """The cyclic-LR test (`_lr_cycle`) and the grad norm's scan (`gradnorm.scan`), one
     after the other on a thread when the loss or a usable grad norm has at least
     `_GRAD_THREAD_MIN` points; else the LR test in line and no scan (`_grad_surges` then
     scans in line). Both read only the log and the parameters, so their results are the
-    in-line ones."""
-    got = _grad_input(run)
+    in-line ones. `got`: `_grad_input(run)`."""
     long_grad = got is not None and got[2] is None and len(got[0]) >= _GRAD_THREAD_MIN
     lr_fut: Future[_LrCycle] = Future()
     if not long_grad and len(loss.x) < _GRAD_THREAD_MIN:
@@ -863,8 +865,10 @@ def _start_side_passes(run: Run, loss: _Loss, params: RiseParams, config: Config
 
 
 def _grad_surges(run: Run, events: Sequence[Event], params: RiseParams, config: Config,
-                 notes: list[str], pending: Future[Scan] | None = None) -> list[Event]:
-    got = _grad_input(run)
+                 notes: list[str], got: _GradInput | None,
+                 pending: Future[Scan] | None) -> list[Event]:
+    """The grad-norm surges the loss never felt. `got`: `_grad_input(run)`; `pending`: its
+    scan, started on a thread (`_start_side_passes`), or None to scan here."""
     if got is None:
         return []
     vals, steps, why = got
@@ -874,9 +878,9 @@ def _grad_surges(run: Run, events: Sequence[Event], params: RiseParams, config: 
     spans = [(e.start_step, e.end_step) for e in events
              if e.metric == "loss" and e.kind != "oscillation"]
     out = []
-    scanned = pending.result() if pending is not None else None
-    for s in find_surges(vals, steps, _grad_params(params, config), spans,
-                         _GRAD_LEAD * max(1, run.interval), scanned):
+    scanned = pending.result() if pending is not None else \
+        scan(vals, steps, _grad_params(params, config))
+    for s in find_surges(scanned, spans, _GRAD_LEAD * max(1, run.interval)):
         r = s.rise
         start, peak, end = int(s.steps[r.start]), int(s.steps[r.peak]), int(s.steps[r.end])
         out.append(Event(

@@ -72,18 +72,14 @@ def scan(values: FloatArray, steps: NDArray[np.int64], p: RiseParams) -> Scan:
     return Scan(rises=rises, steps=st, x=x)
 
 
-def find_surges(values: FloatArray, steps: NDArray[np.int64], p: RiseParams,
-                loss_spans: Sequence[tuple[int, int]], lead: int,
-                scanned: Scan | None = None) -> list[Surge]:
-    """Surges on the grad norm that stay clear of every loss incident span (steps), a
-    surge leading the loss by up to `lead` steps included. `scanned`: `scan(values, steps,
-    p)` when the caller has it already (the same rises; `values` is then not read again).
+def find_surges(sc: Scan, loss_spans: Sequence[tuple[int, int]], lead: int) -> list[Surge]:
+    """The surges of a grad-norm scan (`scan`) that stay clear of every loss incident span
+    (steps), a surge leading the loss by up to `lead` steps included.
 
     A surge keeps only what it is read at: the steps and values at the start, peak and end
     of the recovered rises, whose indices are renumbered into those short arrays (a
     whole-series copy of steps and values, 16 MB at a million points, would otherwise be
     held by the surges)."""
-    sc = scanned if scanned is not None else scan(values, steps, p)
     st = sc.steps
     rises = [r for r in sc.rises
              if not any(int(st[r.start]) <= b and a - lead <= int(st[r.end])

@@ -293,18 +293,14 @@ def _fold_one(r: FloatArray, per: int) -> float:
     return float(means.max() - means.min()) if len(means) else 0.0
 
 
-#: `find_oscillations(lr_per=...)` when the caller has not computed the LR's period.
-UNKNOWN_PERIOD = -1
-
-
-def find_oscillations(x: FloatArray, lr: FloatArray | None, p: OscParams,
-                      skip: NDArray[np.bool_] | None = None,
-                      lr_per: int | None = UNKNOWN_PERIOD) -> list[Oscillation]:
-    """Oscillation regions of the log loss `x` (finite). `lr` is aligned with x, or None.
-    `skip` marks points inside incidents: they are left out of the evidence. `lr_per`:
-    `lr_period(lr, p.min_cycles)` when the caller has it (`detect` takes it on a thread,
-    before the grad-norm scan there, so that the two large temporaries are never held at
-    once)."""
+def find_oscillations(x: FloatArray, lr: FloatArray | None, lr_per: int | None,
+                      p: OscParams, skip: NDArray[np.bool_] | None = None
+                      ) -> list[Oscillation]:
+    """Oscillation regions of the log loss `x` (finite). `lr` is aligned with x, or None,
+    and `lr_per` is its `lr_period(lr, p.min_cycles)`, taken by the caller (`detect` takes
+    it on a thread, before the grad-norm scan there, so that the two large temporaries are
+    never held at once). `skip` marks points inside incidents: they are left out of the
+    evidence."""
     n = len(x)
     if n < 2 * p.min_cycles + 2:
         return []
@@ -314,15 +310,13 @@ def find_oscillations(x: FloatArray, lr: FloatArray | None, p: OscParams,
     regions = [_Region(s, e, float(per), "periodic") for s, e, per in _periodic_regions(r, p)]
     corr: float | None = None
     peaks: tuple[int, ...] = ()
-    if lr is not None:
-        per_lr = lr_period(lr, p.min_cycles) if lr_per == UNKNOWN_PERIOD else lr_per
-        if per_lr is not None:
-            keep = ~skip if skip is not None else np.ones(n, dtype=bool)
-            c = _lr_locked(x[keep], lr[keep], per_lr, p)
-            corr = c
-            if abs(c) * float(np.sqrt(keep.sum())) >= p.lr_z:
-                regions.append(_Region(0, n - 1, float(per_lr), "lr"))
-                peaks = _lr_peaks(lr, per_lr)
+    if lr is not None and lr_per is not None:
+        keep = ~skip if skip is not None else np.ones(n, dtype=bool)
+        c = _lr_locked(x[keep], lr[keep], lr_per, p)
+        corr = c
+        if abs(c) * float(np.sqrt(keep.sum())) >= p.lr_z:
+            regions.append(_Region(0, n - 1, float(lr_per), "lr"))
+            peaks = _lr_peaks(lr, lr_per)
     # an erratic swing is batch noise: with a known batch above `tiny_batch` samples it is
     # the ordinary noise of a mini-batch, not a condition of the run (periodic and LR-locked
     # swings are judged whatever the batch)
