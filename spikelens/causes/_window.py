@@ -653,11 +653,23 @@ class LossShape:
     at_uniform: bool = False  # the loss of the batches after the peak reached it
     batch_loss_needed: float | None = None  # averaged log: one batch's loss that lifts the mean
     batch_loss_bound: float | None = None  # what one batch of a CE loss can plausibly reach
+    compounding_points: int = 0  # rise points of a climb that grew part after part, never back
 
     @property
     def damage(self) -> str | None:
         """Why the rise is weight damage from an oversized update rather than one bad batch
         (which costs one step: the next batches are normal again), or None."""
+        return self._damage(compounding=True)
+
+    @property
+    def jump_damage(self) -> str | None:
+        """`damage` from what one oversized update leaves (a slow decay, the uniform-guess
+        loss, an impossible batch), without the compounding climb: in a log with nothing
+        but the loss, a climb says the model got worse but not that an update was oversized
+        rather than, say, the LR too high all along."""
+        return self._damage(compounding=False)
+
+    def _damage(self, compounding: bool) -> str | None:
         if self.at_uniform and self.uniform_loss is not None:
             return (f"the loss of the batches after the peak reached the uniform-guess loss "
                     f"ln(vocab) = {fmt(self.uniform_loss)}")
@@ -671,6 +683,10 @@ class LossShape:
             return (f"the loss decayed over {self.elevated_points} logged points after the "
                     f"peak and was still {fmt_ratio(self.later_ratio)} its level "
                     f"{self.elevated_steps} steps later")
+        if compounding and self.compounding_points:
+            return (f"the loss climbed over {self.compounding_points} logged points, higher in "
+                    f"every quarter of the rise, and did not come back: each update made the "
+                    f"model worse")
         return None
 
 
@@ -1001,6 +1017,8 @@ def _loss_shape(ctx: Context) -> LossShape | None:
             bound = 2 * LARGEST_UNIFORM  # an LM loss, vocabulary not logged
     return _make(
         LossShape,
+        compounding_points=_compounding(lv[i_start:i_past], onset_fraction,
+                                        ev.recovered or half is not None),
         base=float(base),
         start_value=start_value,
         peak_value=peak_value,
@@ -1024,6 +1042,29 @@ def _loss_shape(ctx: Context) -> LossShape | None:
         batch_loss_needed=needed,
         batch_loss_bound=bound,
     )
+
+
+#: Fewest logged points of a rise for `_compounding` (four quarters of one point each).
+COMPOUNDING_MIN = 4
+
+
+def _compounding(rise: np.ndarray, onset_fraction: float, back: bool) -> int:
+    """The number of points of a rise that compounds (0 when it does not): at least four
+    logged points from the start to the peak, the first holding under half the peak's
+    excursion, the mean loss higher in each quarter of the rise than in the one before, and
+    no way back in the log. A bad batch shows at once and the next batches are normal; a
+    shard of bad data lifts the loss to a plateau. A loss that keeps growing from one stretch
+    of updates to the next is a model each update makes worse (an explosion, an LR too high,
+    a broken optimizer state), whatever the grad norm shows: the climbing excerpts and slow
+    explosions of the generated sets, and none of their bad batches or shards."""
+    n = len(rise)
+    if back or n < COMPOUNDING_MIN or not onset_fraction < 0.5:
+        return 0
+    if not bool(np.isfinite(rise).all()):
+        return 0
+    quarters = [float(np.mean(part)) for part in np.array_split(rise, 4)]
+    rising = all(b > a for a, b in zip(quarters, quarters[1:], strict=False))
+    return n if rising else 0
 
 
 # ---------------------------------------------------------------------------- LR

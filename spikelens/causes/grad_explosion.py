@@ -23,6 +23,7 @@ from spikelens.causes._window import (
     Series,
     evidence,
     excursion,
+    excursions,
     fmt,
     fmt_ratio,
     lag_words,
@@ -32,6 +33,7 @@ from spikelens.causes._window import (
     sentence,
     span_words,
     stale_flags,
+    stale_mask,
 )
 from spikelens.metrics import normalise
 from spikelens.model import Event, Evidence, Run, Skipped
@@ -51,38 +53,101 @@ class Surge:
     grad_ratio: float  # grad norm / its baseline there
     loss_ratio: float  # loss / its baseline there
     over: float  # grad_ratio / loss_ratio
+    #: the first point of the rise where the grad norm had outgrown the loss SURGE_OVER_LOSS
+    #: times (the explosion's onset); None when no point did, or when it is this one
+    onset: Surge | None = None
+
+
+#: Rises up to this many logged points are scanned point by point in Python (the common
+#: case: a spike's rise is a few points); longer ones take the vectorised scan.
+_SCAN_LOOP_MAX = 64
 
 
 def _surge(ctx: Context, base: float) -> Surge | None:
-    """Scan the rise (start to peak, at most 50 logged points): the point where the grad
-    norm's growth most exceeds the loss's. A bad batch raises both by a similar factor on the
-    same step; an explosion shows the grad norm far ahead while the loss is still low."""
+    """Scan the whole rise (start to peak): the point where the grad norm's growth most
+    exceeds the loss's, with the first point where it exceeded it `SURGE_OVER_LOSS` times. A
+    bad batch raises both by a similar factor on the same step; an explosion shows the grad
+    norm far ahead while the loss is still low. In a slow explosion (the loss growing e-fold
+    every 80-120 steps) the grad norm outgrows the loss only a hundred or more points into
+    the rise, so the scan is not cut short: capped at 50 points it found 14 of the 41
+    explosions of the generated sets (seeds 4000-8000)."""
     shape, loss, g = ctx.shape, ctx.loss, ctx.arrays.usable("grad_norm")[0]
     if shape is None or loss is None or g is None or not base > 0:
         return None
     ev = ctx.event
     gw = g.between(ev.start_step, max(ev.peak_step, ev.start_step))
-    gw = Series(gw.steps[:50], gw.values[:50])
     # with the point before, so that a value copied onto a skipped step is seen as stale
     prev = g.before(ev.start_step, 2)
+    if len(gw) > _SCAN_LOOP_MAX:
+        return _surge_long(gw, prev, loss, shape.base, base)
     # as Python numbers: the same doubles, without numpy's per-scalar cost in the scan
     gv_all: list[float] = gw.values.tolist()
     stale = stale_flags(prev.values.tolist() + gv_all)[len(prev):]
     best: Surge | None = None
+    onset: Surge | None = None
     for st, gv, old in zip(gw.steps.tolist(), gv_all, stale, strict=True):
         if old or not math.isfinite(gv) or gv / base < SURGE_MIN:
             continue
-        lv = loss.value_at(int(st))
-        if lv is None:
+        cand = _surge_at(loss, int(st), gv, shape.base, base)
+        if cand is None:
             continue
-        e = excursion(lv, shape.base)
-        if not math.isfinite(e):
-            continue
-        lr_ = math.exp(max(e, 0.0))
-        cand = Surge(int(st), float(gv / base), lr_, float(gv / base / lr_))
+        if onset is None and cand.over >= SURGE_OVER_LOSS:
+            onset = cand
         if best is None or cand.over > best.over:
             best = cand
-    return best
+    return _with_onset(best, onset)
+
+
+def _with_onset(best: Surge | None, onset: Surge | None) -> Surge | None:
+    if best is None or onset is None or onset.step == best.step:
+        return best
+    return Surge(best.step, best.grad_ratio, best.loss_ratio, best.over, onset)
+
+
+def _surge_at(loss: Series, step: int, gv: float, loss_base: float,
+              base: float) -> Surge | None:
+    lv = loss.value_at(step)
+    if lv is None:
+        return None
+    e = excursion(lv, loss_base)
+    if not math.isfinite(e):
+        return None
+    lr_ = math.exp(max(e, 0.0))
+    return Surge(step, float(gv / base), lr_, float(gv / base / lr_))
+
+
+def _surge_long(gw: Series, prev: Series, loss: Series, loss_base: float,
+                base: float) -> Surge | None:
+    """`_surge`'s scan over a long rise, as array operations: the candidates are ranked on
+    the same ratio, and the chosen points are recomputed as the loop computes them, so a
+    rise of a few thousand points costs a few array passes rather than a Python loop."""
+    gv = gw.values
+    stale = stale_mask(np.concatenate([prev.values, gv]))[len(prev):]
+    ratio = gv / base
+    keep = ~stale & np.isfinite(gv) & (ratio >= SURGE_MIN)
+    if not keep.any():
+        return None
+    idx = np.flatnonzero(keep)
+    st = gw.steps[idx]
+    at = loss.steps.searchsorted(st, side="right") - 1
+    ok = at >= 0
+    idx, st, at = idx[ok], st[ok], at[ok]
+    lv = loss.values[at]
+    fin = np.isfinite(lv)
+    idx, st, lv = idx[fin], st[fin], lv[fin]
+    if len(idx) == 0:
+        return None
+    over = ratio[idx] / np.exp(np.maximum(excursions(lv, loss_base), 0.0))
+    good = np.flatnonzero(np.isfinite(over))
+    if len(good) == 0:
+        return None
+
+    def at_point(k: int) -> Surge | None:
+        return _surge_at(loss, int(st[k]), float(gv[idx[k]]), loss_base, base)
+
+    best = at_point(int(good[np.argmax(over[good])]))
+    past = good[over[good] >= SURGE_OVER_LOSS]
+    return _with_onset(best, at_point(int(past[0])) if len(past) else None)
 
 
 def _layer_grad_columns(a: RunArrays, total: str | None) -> list[str]:
@@ -155,7 +220,7 @@ def _damage_without_grads(run: Run, event: Event, ctx: Context, why: str) -> Evi
     """No grad norm, but the loss shows weight damage (a bad batch costs one step): an
     oversized update did it, which a grad blow-up is the usual source of."""
     shape = ctx.shape
-    damage = shape.damage if shape is not None else None
+    damage = shape.jump_damage if shape is not None else None
     sc = ctx.scale
     if damage is None or (sc is not None and (sc.cuts or sc.skips)):
         # with loss-scale cuts around the rise, the overflow record is the gradient's trace
@@ -163,7 +228,7 @@ def _damage_without_grads(run: Run, event: Event, ctx: Context, why: str) -> Evi
         return Skipped(CAUSE, why)
     lr = ctx.lr
     lr_strength = lr.strength if lr is not None else 0.0
-    score = 0.4 * (1.0 - 0.6 * lr_strength)
+    score = DAMAGE_SCORE * (1.0 - 0.6 * lr_strength)
     restart, first, last = restart_advice(ctx)
     summary = sentence([
         f"{damage}: weight damage from an oversized update, which a grad-norm blow-up is the "
@@ -184,6 +249,34 @@ def _damage_without_grads(run: Run, event: Event, ctx: Context, why: str) -> Evi
     return evidence(CAUSE, score, summary, facts, remedy)
 
 
+#: Weight damage (a rise that is not one batch: `LossShape.damage`) with nothing that points
+#: elsewhere: an oversized update, whose usual source is the gradient. Weaker than a precursor
+#: or a surge (0.55+, 0.35+), above a bad batch that the damage rules out.
+DAMAGE_SCORE = 0.4
+
+
+def _damage_with_grads(ctx: Context, base: float) -> str | None:
+    """The damage clause, when the loss shows weight damage and the grad norm grew at least
+    as much as the loss did (at the loss's peak, each against its baseline): the gradient is
+    then consistent with being the oversized update, though it never ran 4x ahead of the loss
+    (a climbing excerpt: loss x1.65, grad norm x3). A grad norm that stayed put while the
+    loss climbed points away from the gradient (an LR or optimizer-state problem): None."""
+    shape, g = ctx.shape, ctx.arrays.usable("grad_norm")[0]
+    damage = shape.damage if shape is not None else None
+    if shape is None or g is None or damage is None or not math.isfinite(shape.peak_ratio):
+        return None
+    gv = g.value_at(ctx.event.peak_step)
+    if gv is None or not math.isfinite(gv) or shape.peak_ratio <= 1.0:
+        return None
+    ratio = gv / base
+    if ratio < shape.peak_ratio:
+        return None
+    return (f"{damage}; the grad norm rose with it, to {fmt(gv)} at the peak "
+            f"({fmt_ratio(ratio)} its {fmt(base)} baseline against the loss's "
+            f"{fmt_ratio(shape.peak_ratio)}): an oversized update, which a growing gradient is "
+            f"the usual source of")
+
+
 def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
     s, why = ctx.arrays.usable("grad_norm")
     if s is None:
@@ -202,8 +295,12 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
     if dom >= SURGE_OVER_LOSS:
         s_surge = 0.35 + 0.45 * mag(dom, SURGE_OVER_LOSS, 100.0)
     score = max(s_pre, s_surge)
+    follows = None
     if score <= 0:
-        return None
+        follows = _damage_with_grads(ctx, p.base)
+        if follows is None:
+            return None
+        score = DAMAGE_SCORE
     lr = ctx.lr
     lr_strength = lr.strength if lr is not None else 0.0
     score *= 1.0 - 0.6 * lr_strength
@@ -232,15 +329,28 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
                 f"({fmt_ratio(p.pre_ratio)} its {fmt(p.base)} baseline), "
                 + lag_words(start - (p.pre_step or start), f"the loss rose at step {start}")
             )
+    if follows is not None:
+        parts.append(follows)
     # the surge at the rise adds to a precursor only when it kept growing past it
     if surge is not None and s_surge > 0 and (
             not p.precursor or surge.grad_ratio >= 2 * p.pre_ratio):
-        parts.append(
-            f"{'at' if surge.step == start else 'during'} the rise the grad norm reached "
-            f"{fmt(surge.grad_ratio * p.base)} (step {surge.step}, "
-            f"{fmt_ratio(surge.grad_ratio)} its {fmt(p.base)} baseline) while the loss was "
-            f"only {fmt_ratio(surge.loss_ratio)} its own"
-        )
+        o = surge.onset
+        if o is not None:
+            # a long climb: where the grad norm first ran ahead says more than its top
+            parts.append(
+                f"during the rise the grad norm outgrew the loss from step {o.step} "
+                f"({fmt(o.grad_ratio * p.base)}, {fmt_ratio(o.grad_ratio)} its {fmt(p.base)} "
+                f"baseline, while the loss was {fmt_ratio(o.loss_ratio)} its own) and reached "
+                f"{fmt(surge.grad_ratio * p.base)} at step {surge.step} "
+                f"({fmt_ratio(surge.grad_ratio)}, the loss {fmt_ratio(surge.loss_ratio)})"
+            )
+        else:
+            parts.append(
+                f"{'at' if surge.step == start else 'during'} the rise the grad norm reached "
+                f"{fmt(surge.grad_ratio * p.base)} (step {surge.step}, "
+                f"{fmt_ratio(surge.grad_ratio)} its {fmt(p.base)} baseline) while the loss was "
+                f"only {fmt_ratio(surge.loss_ratio)} its own"
+            )
     if lr is not None and lr_strength < 0.1:
         parts.append("LR constant" if lr.flat else "no LR change")
     elif lr is not None:
@@ -306,6 +416,7 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
         "precursor_points": p.ramp_points,
         "grad_onset_ratio": p.onset_ratio,
         "surge_step": surge.step if surge else None,
+        "surge_onset_step": surge.onset.step if surge and surge.onset else None,
         "surge_grad_ratio": surge.grad_ratio if surge else None,
         "surge_loss_ratio": surge.loss_ratio if surge else None,
         "grad_over_loss": dom if surge is not None else None,

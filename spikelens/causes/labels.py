@@ -38,6 +38,7 @@ EVIDENCE_LABELS: dict[str, str] = {
     "surge_grad_ratio": "grad norm there, × its baseline",
     "surge_loss_ratio": "loss there, × its baseline",
     "grad_over_loss": "grad norm growth over loss growth (×)",
+    "surge_onset_step": "first step where the grad norm had outgrown the loss 4x",
     "lr_change_strength": "how strongly an LR change explains it (0-1)",
     "grad_collapse_ratio": "grad norm collapse before the rise (× below its earlier level)",
     "clip_threshold": "suggested grad-norm clip",
