@@ -76,13 +76,18 @@ def _missing(run: Run) -> list[str]:
 
 
 def _unknown(run: Run, causes: Sequence[Evidence], damage: str | None = None,
-             osc: bool = False) -> Evidence:
+             osc: bool = False, climb: str | None = None) -> Evidence:
+    """`damage`: the signs one oversized update leaves (`LossShape.jump_damage`); `climb`:
+    a compounding climb (`LossShape.climb`), which says the model got worse, not why."""
     parts = [f"no cause reached {FLOOR}"]
     if causes:
         parts.append(f"the strongest was {causes[0].cause} ({causes[0].score:.2f})")
     if damage is not None:
         parts.append(f"{damage}: weight damage from an oversized update (grad_explosion, "
                      f"lr_schedule or optimizer_state), not one bad batch")
+    elif climb is not None:
+        parts.append(f"{climb} (an LR too high, an oversized update or data that keeps getting "
+                     f"worse), not one bad batch")
     missing = _missing(run)
     if osc:
         missing = [m for m in missing if not m.startswith("loss_scale")]
@@ -94,7 +99,8 @@ def _unknown(run: Run, causes: Sequence[Evidence], damage: str | None = None,
     if missing:
         parts.append(f"not logged: {listed}")
     remedy = ["restart from a checkpoint before the rise if the run did not recover"
-              + (", with a lower LR (an oversized update did the damage)" if damage else "")]
+              + (", with a lower LR (an oversized update did the damage)" if damage else
+                 ", with a lower LR, and check the data of the climb" if climb else "")]
     if osc:
         remedy = ["if the swing matters, try a lower LR or a larger batch first"]
     if missing:
@@ -137,8 +143,9 @@ def explain(
     rank = {c: i for i, c in enumerate(ORDER)}
     found.sort(key=lambda e: (-e.score, rank.get(e.cause, len(rank)), e.cause))
     if not found or found[0].score < FLOOR:
-        damage = None if osc or ctx.shape is None else ctx.shape.damage
-        found.insert(0, _unknown(run, found, damage, osc))
+        shape = None if osc else ctx.shape
+        found.insert(0, _unknown(run, found, shape.jump_damage if shape else None, osc,
+                                 shape.climb if shape else None))
     return Finding(event=event, causes=tuple(found), skipped=tuple(skipped))
 
 

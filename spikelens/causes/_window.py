@@ -654,6 +654,7 @@ class LossShape:
     batch_loss_needed: float | None = None  # averaged log: one batch's loss that lifts the mean
     batch_loss_bound: float | None = None  # what one batch of a CE loss can plausibly reach
     compounding_points: int = 0  # rise points of a climb that grew part after part, never back
+    points_after: int = 0  # logged points after the peak that the recovery was looked for in
 
     @property
     def damage(self) -> str | None:
@@ -684,10 +685,19 @@ class LossShape:
                     f"peak and was still {fmt_ratio(self.later_ratio)} its level "
                     f"{self.elevated_steps} steps later")
         if compounding and self.compounding_points:
-            return (f"the loss climbed over {self.compounding_points} logged points, higher in "
-                    f"every quarter of the rise, and did not come back: each update made the "
-                    f"model worse")
+            return self.climb
         return None
+
+    @property
+    def climb(self) -> str | None:
+        """The compounding climb in words (`compounding_points`), or None."""
+        if not self.compounding_points:
+            return None
+        back = ("and the log ends on it" if not self.points_after else
+                f"and did not come back in the {self.points_after} logged points after it")
+        return (f"the loss climbed over {self.compounding_points} logged points, a clear step "
+                f"higher in each quarter of the rise, {back}: each stretch of updates left the "
+                f"model worse")
 
 
 @dataclass(frozen=True)
@@ -1017,8 +1027,9 @@ def _loss_shape(ctx: Context) -> LossShape | None:
             bound = 2 * LARGEST_UNIFORM  # an LM loss, vocabulary not logged
     return _make(
         LossShape,
-        compounding_points=_compounding(lv[i_start:i_past], onset_fraction,
-                                        ev.recovered or half is not None),
+        compounding_points=_compounding(excursions(lv[i_start:i_past], base), peak_exc,
+                                        onset_fraction, ev.recovered or half is not None),
+        points_after=len(after),
         base=float(base),
         start_value=start_value,
         peak_value=peak_value,
@@ -1046,24 +1057,29 @@ def _loss_shape(ctx: Context) -> LossShape | None:
 
 #: Fewest logged points of a rise for `_compounding` (four quarters of one point each).
 COMPOUNDING_MIN = 4
+#: Each quarter of a compounding rise sits at least this share of the peak's excursion above
+#: the quarter before: an exponential climb steps by a quarter of it, a plateau by nothing.
+COMPOUNDING_STEP = 0.1
 
 
-def _compounding(rise: np.ndarray, onset_fraction: float, back: bool) -> int:
+def _compounding(exc: np.ndarray, peak_exc: float, onset_fraction: float, back: bool) -> int:
     """The number of points of a rise that compounds (0 when it does not): at least four
     logged points from the start to the peak, the first holding under half the peak's
-    excursion, the mean loss higher in each quarter of the rise than in the one before, and
-    no way back in the log. A bad batch shows at once and the next batches are normal; a
-    shard of bad data lifts the loss to a plateau. A loss that keeps growing from one stretch
-    of updates to the next is a model each update makes worse (an explosion, an LR too high,
-    a broken optimizer state), whatever the grad norm shows: the climbing excerpts and slow
-    explosions of the generated sets, and none of their bad batches or shards."""
-    n = len(rise)
+    excursion, the mean excursion of each quarter of the rise at least `COMPOUNDING_STEP` of
+    the peak's above the quarter before, and no way back in the points the recovery is looked
+    for in. A bad batch shows at once and the next batches are normal; a shard of bad data
+    lifts the loss to a plateau (in an averaged log, a low first point and then the plateau:
+    its later quarters differ by noise, not by a step). A loss that keeps growing from one
+    stretch of updates to the next is a model each stretch makes worse (an explosion, an LR
+    too high, a broken optimizer state, data that keeps getting worse)."""
+    n = len(exc)
     if back or n < COMPOUNDING_MIN or not onset_fraction < 0.5:
         return 0
-    if not bool(np.isfinite(rise).all()):
+    if not (math.isfinite(peak_exc) and peak_exc > 0 and bool(np.isfinite(exc).all())):
         return 0
-    quarters = [float(np.mean(part)) for part in np.array_split(rise, 4)]
-    rising = all(b > a for a, b in zip(quarters, quarters[1:], strict=False))
+    quarters = [float(np.mean(part)) for part in np.array_split(exc, 4)]
+    step = COMPOUNDING_STEP * peak_exc
+    rising = all(b >= a + step for a, b in zip(quarters, quarters[1:], strict=False))
     return n if rising else 0
 
 

@@ -48,9 +48,13 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
     g_ok = ctx.arrays.usable("grad_norm")[0] is not None
     clean: list[str] = []
     against: list[str] = []
-    if damage is not None:
+    if shape.jump_damage is not None:
         against.append(f"{damage}: that is weight damage from an oversized update, not one "
                        f"batch (the next batches are normal data)")
+    elif damage is not None:
+        # a compounding climb: the model got worse, but the log alone does not say that one
+        # update was oversized (an LR too high all along, or data that keeps getting worse)
+        against.append(f"{damage}, which one batch cannot do (the next batches are normal data)")
     if lr_ok:
         ls = lr.strength if lr is not None else 0.0
         if ls < 0.1:

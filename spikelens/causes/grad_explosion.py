@@ -52,15 +52,19 @@ class Surge:
     step: int
     grad_ratio: float  # grad norm / its baseline there
     loss_ratio: float  # loss / its baseline there
-    over: float  # grad_ratio / loss_ratio
+    over: float  # grad_ratio / loss_ratio (past SURGE_HEAD points: held over SURGE_HOLD)
     #: the first point of the rise where the grad norm had outgrown the loss SURGE_OVER_LOSS
-    #: times (the explosion's onset); None when no point did, or when it is this one
+    #: times (the explosion's onset; this point itself when it is the first); None if none
     onset: Surge | None = None
 
 
-#: Rises up to this many logged points are scanned point by point in Python (the common
-#: case: a spike's rise is a few points); longer ones take the vectorised scan.
-_SCAN_LOOP_MAX = 64
+#: The first points of a rise are judged point by point, as a spike's rise is (a few points,
+#: its surge one of them); the point-by-point loop covers rises this long.
+SURGE_HEAD = 50
+#: Past `SURGE_HEAD` points a lead counts only as the median over this many consecutive
+#: logged points centred on it: over hundreds of points of a long rise, one heavy-tailed
+#: grad-norm outlier would otherwise pass for a surge, while an explosion's lead holds.
+SURGE_HOLD = 5
 
 
 def _surge(ctx: Context, base: float) -> Surge | None:
@@ -69,8 +73,8 @@ def _surge(ctx: Context, base: float) -> Surge | None:
     bad batch raises both by a similar factor on the same step; an explosion shows the grad
     norm far ahead while the loss is still low. In a slow explosion (the loss growing e-fold
     every 80-120 steps) the grad norm outgrows the loss only a hundred or more points into
-    the rise, so the scan is not cut short: capped at 50 points it found 14 of the 41
-    explosions of the generated sets (seeds 4000-8000)."""
+    the rise: capped at 50 points, the scan found 12 of the 30 slow explosions of seeds
+    4000-8000 (`benchmarks/labelled.py`)."""
     shape, loss, g = ctx.shape, ctx.loss, ctx.arrays.usable("grad_norm")[0]
     if shape is None or loss is None or g is None or not base > 0:
         return None
@@ -78,7 +82,7 @@ def _surge(ctx: Context, base: float) -> Surge | None:
     gw = g.between(ev.start_step, max(ev.peak_step, ev.start_step))
     # with the point before, so that a value copied onto a skipped step is seen as stale
     prev = g.before(ev.start_step, 2)
-    if len(gw) > _SCAN_LOOP_MAX:
+    if len(gw) > SURGE_HEAD:
         return _surge_long(gw, prev, loss, shape.base, base)
     # as Python numbers: the same doubles, without numpy's per-scalar cost in the scan
     gv_all: list[float] = gw.values.tolist()
@@ -99,13 +103,17 @@ def _surge(ctx: Context, base: float) -> Surge | None:
 
 
 def _with_onset(best: Surge | None, onset: Surge | None) -> Surge | None:
-    if best is None or onset is None or onset.step == best.step:
+    """`best` with the onset attached (None when there is no best point)."""
+    if best is None or onset is None:
         return best
     return Surge(best.step, best.grad_ratio, best.loss_ratio, best.over, onset)
 
 
-def _surge_at(loss: Series, step: int, gv: float, loss_base: float,
-              base: float) -> Surge | None:
+def _surge_at(loss: Series, step: int, gv: float, loss_base: float, base: float,
+              over: float | None = None) -> Surge | None:
+    """The surge figures at one point: the grad norm `gv` against its baseline, the loss
+    logged at or before `step` against its own; None where the loss is missing or not
+    finite. `over` replaces the point's own lead (a held lead, past `SURGE_HEAD`)."""
     lv = loss.value_at(step)
     if lv is None:
         return None
@@ -113,40 +121,48 @@ def _surge_at(loss: Series, step: int, gv: float, loss_base: float,
     if not math.isfinite(e):
         return None
     lr_ = math.exp(max(e, 0.0))
-    return Surge(step, float(gv / base), lr_, float(gv / base / lr_))
+    own = float(gv / base / lr_)
+    return Surge(step, float(gv / base), lr_, own if over is None else over)
 
 
 def _surge_long(gw: Series, prev: Series, loss: Series, loss_base: float,
                 base: float) -> Surge | None:
-    """`_surge`'s scan over a long rise, as array operations: the candidates are ranked on
-    the same ratio, and the chosen points are recomputed as the loop computes them, so a
-    rise of a few thousand points costs a few array passes rather than a Python loop."""
+    """`_surge`'s scan over a rise longer than `SURGE_HEAD` points, as array operations: the
+    first `SURGE_HEAD` points give the loop's answer (each point on its own lead, the chosen
+    ones recomputed as the loop computes them), the later ones their lead held over
+    `SURGE_HOLD` consecutive points (a point that is not a candidate holds no lead)."""
     gv = gw.values
     stale = stale_mask(np.concatenate([prev.values, gv]))[len(prev):]
     ratio = gv / base
     keep = ~stale & np.isfinite(gv) & (ratio >= SURGE_MIN)
+    at = loss.steps.searchsorted(gw.steps, side="right") - 1
+    keep &= at >= 0
+    lv = np.where(keep, loss.values[np.maximum(at, 0)], np.nan)
+    keep &= np.isfinite(lv)
     if not keep.any():
         return None
+    over = np.zeros(len(gv))
     idx = np.flatnonzero(keep)
-    st = gw.steps[idx]
-    at = loss.steps.searchsorted(st, side="right") - 1
-    ok = at >= 0
-    idx, st, at = idx[ok], st[ok], at[ok]
-    lv = loss.values[at]
-    fin = np.isfinite(lv)
-    idx, st, lv = idx[fin], st[fin], lv[fin]
-    if len(idx) == 0:
-        return None
-    over = ratio[idx] / np.exp(np.maximum(excursions(lv, loss_base), 0.0))
-    good = np.flatnonzero(np.isfinite(over))
-    if len(good) == 0:
+    with np.errstate(over="ignore"):
+        over[idx] = ratio[idx] / np.exp(np.maximum(excursions(lv[idx], loss_base), 0.0))
+    over[~np.isfinite(over)] = 0.0
+    held = over.copy()
+    if len(gv) > SURGE_HEAD:
+        from numpy.lib.stride_tricks import sliding_window_view
+
+        half = SURGE_HOLD // 2
+        padded = np.concatenate([np.zeros(half), over, np.zeros(half)])
+        med = np.median(sliding_window_view(padded, SURGE_HOLD), axis=1)
+        held[SURGE_HEAD:] = np.where(keep[SURGE_HEAD:], med[SURGE_HEAD:], 0.0)
+    if not (held > 0).any():
         return None
 
     def at_point(k: int) -> Surge | None:
-        return _surge_at(loss, int(st[k]), float(gv[idx[k]]), loss_base, base)
+        return _surge_at(loss, int(gw.steps[k]), float(gv[k]), loss_base, base,
+                         None if k < SURGE_HEAD else float(held[k]))
 
-    best = at_point(int(good[np.argmax(over[good])]))
-    past = good[over[good] >= SURGE_OVER_LOSS]
+    best = at_point(int(np.argmax(held)))
+    past = np.flatnonzero(held >= SURGE_OVER_LOSS)
     return _with_onset(best, at_point(int(past[0])) if len(past) else None)
 
 
@@ -255,26 +271,53 @@ def _damage_without_grads(run: Run, event: Event, ctx: Context, why: str) -> Evi
 DAMAGE_SCORE = 0.4
 
 
-def _damage_with_grads(ctx: Context, base: float) -> str | None:
-    """The damage clause, when the loss shows weight damage and the grad norm grew at least
-    as much as the loss did (at the loss's peak, each against its baseline): the gradient is
-    then consistent with being the oversized update, though it never ran 4x ahead of the loss
-    (a climbing excerpt: loss x1.65, grad norm x3). A grad norm that stayed put while the
-    loss climbed points away from the gradient (an LR or optimizer-state problem): None."""
-    shape, g = ctx.shape, ctx.arrays.usable("grad_norm")[0]
+#: The grad norm must have grown at least this power of the loss's growth (log ratios) for
+#: damage to be put on the gradient: a bad batch or an LR-driven rise moves the grad norm
+#: roughly with the loss (a power near 1, decided by noise), a curvature blow-up faster.
+DAMAGE_GRAD_POWER = 1.5
+#: ...measured on the median of the last this many usable grad-norm points of the rise.
+DAMAGE_GRAD_POINTS = 3
+#: An LR that rose more than this during the rise sized the update: not the gradient's doing.
+DAMAGE_LR_RISE = 1.05
+
+
+def _damage_with_grads(ctx: Context, g: Series, base: float) -> str | None:
+    """The damage clause, when the loss shows weight damage and the grad norm outgrew it
+    (its log ratio at least `DAMAGE_GRAD_POWER` times the loss's, on the median of the last
+    `DAMAGE_GRAD_POINTS` fresh finite grad norms of the rise) with no LR rise during it: the
+    gradient is then the likely source of the oversized update, though it never ran 4x ahead
+    of the loss (a climbing excerpt: loss x1.65, grad norm x3 over six lines). A grad norm
+    that moved with the loss or stayed put, or an LR that rose (during the climb, or just
+    before it as `LrProfile.strength` measures), points elsewhere: None."""
+    shape, ev = ctx.shape, ctx.event
     damage = shape.damage if shape is not None else None
-    if shape is None or g is None or damage is None or not math.isfinite(shape.peak_ratio):
+    if shape is None or damage is None or not math.isfinite(shape.peak_ratio) \
+            or not shape.peak_ratio > 1.0:
         return None
-    gv = g.value_at(ctx.event.peak_step)
-    if gv is None or not math.isfinite(gv) or shape.peak_ratio <= 1.0:
+    lo, hi = ev.start_step, max(ev.peak_step, ev.start_step)
+    gw = g.between(lo, hi)
+    prev = g.before(lo, 2)
+    stale = stale_mask(np.concatenate([prev.values, gw.values]))[len(prev):]
+    fresh = gw.values[~stale & np.isfinite(gw.values)]
+    if len(fresh) == 0:
         return None
-    ratio = gv / base
-    if ratio < shape.peak_ratio:
+    gv = float(np.median(fresh[-DAMAGE_GRAD_POINTS:]))
+    if not gv > base or math.log(gv / base) < DAMAGE_GRAD_POWER * math.log(shape.peak_ratio):
         return None
-    return (f"{damage}; the grad norm rose with it, to {fmt(gv)} at the peak "
-            f"({fmt_ratio(ratio)} its {fmt(base)} baseline against the loss's "
-            f"{fmt_ratio(shape.peak_ratio)}): an oversized update, which a growing gradient is "
-            f"the usual source of")
+    if ctx.lr is not None and ctx.lr.strength >= 0.1:
+        return None  # an LR change just before the rise sized the updates (lr_schedule's)
+    lr = ctx.arrays.usable("lr")[0]
+    if lr is not None:
+        lr_before = lr.value_at(lo - 1)
+        during = lr.between(lo, hi).values
+        during = during[np.isfinite(during)]
+        if lr_before is not None and lr_before > 0 and len(during) \
+                and float(during.max()) > DAMAGE_LR_RISE * lr_before:
+            return None
+    return (f"{damage}; the grad norm outgrew it, to {fmt(gv)} by the peak "
+            f"({fmt_ratio(gv / base)} its {fmt(base)} baseline against the loss's "
+            f"{fmt_ratio(shape.peak_ratio)}) with no LR rise: an oversized update, which a "
+            f"growing gradient is the usual source of")
 
 
 def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
@@ -297,7 +340,7 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
     score = max(s_pre, s_surge)
     follows = None
     if score <= 0:
-        follows = _damage_with_grads(ctx, p.base)
+        follows = _damage_with_grads(ctx, s, p.base)
         if follows is None:
             return None
         score = DAMAGE_SCORE
@@ -335,8 +378,8 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
     if surge is not None and s_surge > 0 and (
             not p.precursor or surge.grad_ratio >= 2 * p.pre_ratio):
         o = surge.onset
-        if o is not None:
-            # a long climb: where the grad norm first ran ahead says more than its top
+        if o is not None and o.step != surge.step:
+            # where the grad norm first ran ahead says more than its top
             parts.append(
                 f"during the rise the grad norm outgrew the loss from step {o.step} "
                 f"({fmt(o.grad_ratio * p.base)}, {fmt_ratio(o.grad_ratio)} its {fmt(p.base)} "
