@@ -1027,8 +1027,8 @@ def _loss_shape(ctx: Context) -> LossShape | None:
             bound = 2 * LARGEST_UNIFORM  # an LM loss, vocabulary not logged
     return _make(
         LossShape,
-        compounding_points=_compounding(excursions(lv[i_start:i_past], base), peak_exc,
-                                        onset_fraction, ev.recovered or half is not None),
+        compounding_points=_compounding(lv[i_start:i_past], base, peak_exc, onset_fraction,
+                                        ev.recovered or half is not None),
         points_after=len(after),
         base=float(base),
         start_value=start_value,
@@ -1062,7 +1062,8 @@ COMPOUNDING_MIN = 4
 COMPOUNDING_STEP = 0.1
 
 
-def _compounding(exc: np.ndarray, peak_exc: float, onset_fraction: float, back: bool) -> int:
+def _compounding(rise: np.ndarray, base: float, peak_exc: float, onset_fraction: float,
+                 back: bool) -> int:
     """The number of points of a rise that compounds (0 when it does not): at least four
     logged points from the start to the peak, the first holding under half the peak's
     excursion, the mean excursion of each quarter of the rise at least `COMPOUNDING_STEP` of
@@ -1072,12 +1073,19 @@ def _compounding(exc: np.ndarray, peak_exc: float, onset_fraction: float, back: 
     its later quarters differ by noise, not by a step). A loss that keeps growing from one
     stretch of updates to the next is a model each stretch makes worse (an explosion, an LR
     too high, a broken optimizer state, data that keeps getting worse)."""
-    n = len(exc)
+    n = len(rise)
     if back or n < COMPOUNDING_MIN or not onset_fraction < 0.5:
+        return 0  # most events stop here, before any array work
+    if not (math.isfinite(peak_exc) and peak_exc > 0):
         return 0
-    if not (math.isfinite(peak_exc) and peak_exc > 0 and bool(np.isfinite(exc).all())):
+    exc = excursions(rise, base)
+    if not bool(np.isfinite(exc).all()):
         return 0
-    quarters = [float(np.mean(part)) for part in np.array_split(exc, 4)]
+    # the quarters `np.array_split` would make (the first n % 4 one point longer), by slices
+    cut = [0]
+    for k in range(4):
+        cut.append(cut[-1] + n // 4 + (1 if k < n % 4 else 0))
+    quarters = [float(np.mean(exc[cut[k]:cut[k + 1]])) for k in range(4)]
     step = COMPOUNDING_STEP * peak_exc
     rising = all(b >= a + step for a, b in zip(quarters, quarters[1:], strict=False))
     return n if rising else 0
