@@ -283,8 +283,8 @@ DAMAGE_LR_RISE = 1.05
 
 def _damage_with_grads(ctx: Context, g: Series, base: float) -> str | None:
     """The damage clause, when the loss shows weight damage and the grad norm outgrew it
-    (its log ratio at least `DAMAGE_GRAD_POWER` times the loss's, on the median of the last
-    `DAMAGE_GRAD_POINTS` fresh finite grad norms of the rise) with no LR rise during it: the
+    (its log ratio at least `DAMAGE_GRAD_POWER` times the loss's, each on its median over the
+    last `DAMAGE_GRAD_POINTS` fresh finite grad norms of the rise) with no LR rise: the
     gradient is then the likely source of the oversized update, though it never ran 4x ahead
     of the loss (a climbing excerpt: loss x1.65, grad norm x3 over six lines). A grad norm
     that moved with the loss or stayed put, or an LR that rose (during the climb, or just
@@ -298,11 +298,19 @@ def _damage_with_grads(ctx: Context, g: Series, base: float) -> str | None:
     gw = g.between(lo, hi)
     prev = g.before(lo, 2)
     stale = stale_mask(np.concatenate([prev.values, gw.values]))[len(prev):]
-    fresh = gw.values[~stale & np.isfinite(gw.values)]
-    if len(fresh) == 0:
+    ok = ~stale & np.isfinite(gw.values)
+    fresh, at = gw.values[ok][-DAMAGE_GRAD_POINTS:], gw.steps[ok][-DAMAGE_GRAD_POINTS:]
+    loss = ctx.loss
+    if len(fresh) == 0 or loss is None:
         return None
-    gv = float(np.median(fresh[-DAMAGE_GRAD_POINTS:]))
-    if not gv > base or math.log(gv / base) < DAMAGE_GRAD_POWER * math.log(shape.peak_ratio):
+    # the loss at the same points, so that both growths are read off the same stretch
+    lvals = [loss.value_at(int(st)) for st in at]
+    lv = [v for v in lvals if v is not None and math.isfinite(v)]
+    if len(lv) != len(lvals) or not shape.base > 0:
+        return None
+    gv, lmed = float(np.median(fresh)), float(np.median(lv))
+    if not (gv > base and lmed > shape.base) or \
+            math.log(gv / base) < DAMAGE_GRAD_POWER * math.log(lmed / shape.base):
         return None
     if ctx.lr is not None and ctx.lr.strength >= 0.1:
         return None  # an LR change just before the rise sized the updates (lr_schedule's)
@@ -316,8 +324,8 @@ def _damage_with_grads(ctx: Context, g: Series, base: float) -> str | None:
             return None
     return (f"{damage}; the grad norm outgrew it, to {fmt(gv)} by the peak "
             f"({fmt_ratio(gv / base)} its {fmt(base)} baseline against the loss's "
-            f"{fmt_ratio(shape.peak_ratio)}) with no LR rise: an oversized update, which a "
-            f"growing gradient is the usual source of")
+            f"{fmt_ratio(lmed / shape.base)} over the same last points) with no LR rise: an "
+            f"oversized update, which a growing gradient is the usual source of")
 
 
 def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
