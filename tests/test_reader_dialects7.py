@@ -301,7 +301,19 @@ def test_word_language_model_epochs_and_valid_lines(tmp_path: Path) -> None:
 # end of epoch '{} | {}'.format(prefix, 'k v | ...'), the validation's prefix adding
 # "| valid on 'valid' subset"
 
-def test_old_fairseq_progress_lines(tmp_path: Path) -> None:
+# fairseq >= 0.10 prints the same lines through `logging` (fairseq_cli/train.py, log format
+# '%(asctime)s | %(levelname)s | %(name)s | %(message)s'), the bar's prefix without its '|':
+# `2025-10-15 11:33:32 | INFO | train_inner | epoch 001:    100 / 487 loss=4.655, ...`, the
+# epoch summary under `| train |` and the validation under `| valid |`
+FAIRSEQ_LOGGING = {"": ("", "", ""),
+                   "logging": ("2025-10-15 11:33:32 | INFO | train_inner | ",
+                               "2025-10-15 11:33:44 | INFO | train | ",
+                               "2025-10-15 11:33:44 | INFO | valid | ")}
+
+
+@pytest.mark.parametrize("style", sorted(FAIRSEQ_LOGGING))
+def test_old_fairseq_progress_lines(tmp_path: Path, style: str) -> None:
+    inner, train, valid = FAIRSEQ_LOGGING[style]
     log = tmp_path / "fairseq.log"
     size, interval = 1102, 100  # 11 prints an epoch
     losses = _losses(308, SPIKE)
@@ -313,15 +325,19 @@ def test_old_fairseq_progress_lines(tmp_path: Path) -> None:
                      str(updates + i), "lr": "0.0005", "gnorm": "1.532", "oom": "0.000"}
             k += 1
             postfix = ", ".join(key + "=" + v.strip() for key, v in stats.items())
-            lines.append(f"| epoch {epoch:03d}:  {i:5d} / {size:d} {postfix}")
+            bar = f"epoch {epoch:03d}:  {i:5d} / {size:d} {postfix}"
+            lines.append(inner + bar if inner else "| " + bar)
         updates += size
-        lines.append(f"| epoch {epoch:03d} | loss 9.999 | nll_loss 9.9 | ppl 1000.0 | "
-                     f"num_updates {updates} | lr 0.0005")
-        lines.append(f"| epoch {epoch:03d} | valid on 'valid' subset | loss {4 + epoch / 100} "
-                     f"| nll_loss 3.9 | ppl 16.5 | num_updates {updates}")
+        lines.append(f"{train or '| '}epoch {epoch:03d} | loss 9.999 | nll_loss 9.9 | "
+                     f"ppl 1000.0 | num_updates {updates} | lr 0.0005")
+        lines.append(f"{valid or '| '}epoch {epoch:03d} | valid on 'valid' subset | loss "
+                     f"{4 + epoch / 100} | nll_loss 3.9 | ppl 16.5 | num_updates {updates}")
     log.write_text("\n".join(lines) + "\n")
     run = read_log(log)
     assert run.format == "text"
+    # since 0.10 each print is the mean over the log interval (the meters restart); before,
+    # over the epoch so far, which no interval describes
+    assert run.averaged is (style == "logging")
     assert run.roles["loss"] == "loss" and run.roles["eval_loss"] == "valid loss"
     assert run.roles["grad_norm"] == "gnorm" and "num_updates" not in run.frame
     steps = [(e - 1) * size + i for e in range(1, 29) for i in range(interval, size, interval)]

@@ -6,8 +6,9 @@ modded-nanogpt (`step:1/20344 train_loss:22.6 train_time:81991ms step_avg:nanms`
 2%|..| 188/10000 [.., reduced_train_loss=7.560, global_step=188.0]`, each carriage-return redraw
 read, the last of a step winning), pytorch/examples word_language_model (`| epoch 4 | 2200/ 2983
 batches | .. | loss 17.21 |`, step (epoch - 1) x batches + batch, its `| end of epoch 4 | .. | valid
-loss ..` lines eval rows at the last train step; old fairseq's `| epoch 001: 100 / 1102 loss=..,
-num_updates=100` lines at num_updates, its `valid on 'valid' subset` lines eval rows),
+loss ..` lines eval rows at the last train step; fairseq's `| epoch 001: 100 / 1102 loss=..,
+num_updates=100` lines at num_updates, also behind the `2025-10-15 11:33:32 | INFO | train_inner |`
+prefix of fairseq >= 0.10, its `valid on 'valid' subset` lines eval rows),
 build-nanogpt's `log.txt` (`{step} train|val|hella {value}`, read only when most lines are such),
 llama-recipes' progress bar (`Training Epoch: 2/3, step 17/249 completed (loss: ..)`, step (epoch -
 1) x steps per epoch + step; its `eval_epoch_loss=tensor(..)` lines eval rows at the last train
@@ -83,6 +84,11 @@ _WORDLM_END = re.compile(r"^\s*\|\s*end of (?:epoch\s+\d{1,9}|training)\s*\|", r
 _FAIRSEQ = re.compile(r"^\s*\|\s*epoch\s+(\d{1,6}):\s+(\d{1,9})\s*/\s*(\d{1,9})(?=\s)")
 _FAIRSEQ_END = re.compile(r"^\s*\|\s*epoch\s+\d{1,9}\s*\|(?:\s*valid on '(\w+)' subset\s*\|)?")
 _UPDATES = re.compile(r"\bnum_updates[= ](\d{1,15})(?![\w.])")
+# fairseq since 0.10 prints those lines through `logging`: `2025-10-15 11:33:32 | INFO |
+# train_inner | epoch 001:    100 / 487 loss=4.655, ..., num_updates=100, ...` (and `| train |`,
+# `| valid |` for the summaries); without the prefix they are the old lines
+_FAIRSEQ_LOGGING = re.compile(
+    r"^\s*(?:\d{4}-\d\d-\d\d[ T][\d:.,]+\s*)?\|\s*[A-Z]+\s*\|\s*[\w.]+\s*(?=\|\s*epoch\s)")
 # Karpathy's build-nanogpt `log.txt`: `{step} train {loss:.6f}`, `{step} val {loss:.4f}`,
 # `{step} hella {acc:.4f}`, one per line
 _NANO_LOG = re.compile(rf"^(\d{{1,15}}) (train|val|hella) ({_NUM})\s*$")
@@ -284,6 +290,11 @@ def nano_log_lines(lines: list[str]) -> bool:
 
 def _step_of(line: str, last_train: int) -> tuple[int, str, str | None] | None:
     """(step, rest of the line without the step token, mmengine tag) or None."""
+    logged = False
+    if "num_updates" in line and "| epoch" in line:
+        p = _FAIRSEQ_LOGGING.match(line)
+        if p is not None:
+            line, logged = line[p.end():], True
     if line.lstrip().startswith("|"):
         w = _WORDLM.match(line)
         if w is not None:
@@ -299,7 +310,9 @@ def _step_of(line: str, last_train: int) -> tuple[int, str, str | None] | None:
             if f is not None:
                 step = int(u.group(1)) if u is not None else \
                     (int(f.group(1)) - 1) * int(f.group(3)) + int(f.group(2))
-                return step, line[f.end():], "fairseq"
+                # since 0.10 the `train_inner` meters restart at every print: the values are
+                # means over the log interval (before, over the epoch so far)
+                return step, line[f.end():], "fairseq interval" if logged else "fairseq"
             g = _FAIRSEQ_END.match(line)
             if g is not None:
                 step = int(u.group(1)) if u is not None else last_train
@@ -567,7 +580,7 @@ class TextReader:
                         is_bar = True
                         pairs = _bar_pairs(pairs, int(bar.group(1)))
                         _bar_evals(pairs, step, no, evals, bar_evals, eval_cache)
-                elif tag == "batches":  # word_language_model: the mean since the last print
+                elif tag in ("batches", "fairseq interval"):  # the mean since the last print
                     averaged = True
                 is_eval = tag in _EVAL_TAGS if tag is not None else \
                     not is_bar and any(_is_eval_key(k, eval_cache) for k in pairs)
