@@ -384,3 +384,30 @@ def test_a_stray_nanogpt_line_in_another_log_is_not_read(
     make(path)
     run = read_log(path)
     assert list(run.frame.index) == [1, 2] and list(run.frame.columns) == ["loss"]
+
+
+# --- LitGPT's pretrain/finetune prints (lit-gpt: `iter {i} step {s}: loss ..`; LitGPT since
+# 0.4: `Epoch {e} | iter {i} step {s} | loss train: .., val: n/a | iter time: .. ms`): with
+# gradient accumulation `iter` counts micro-batches and `step` optimizer steps, which name
+# the checkpoints (`step-00000100`), so the run's step is `step` and `iter` an extra column
+
+@pytest.mark.parametrize("style", ["lit-gpt", "litgpt"])
+def test_litgpt_lines_read_on_the_optimizer_step(tmp_path: Path, style: str) -> None:
+    log = tmp_path / "pretrain.log"
+    losses = _losses(300, SPIKE)
+    accum = 4
+    lines = []
+    for k, loss in enumerate(losses):
+        it, st = (k + 1) * accum, k + 1
+        if style == "lit-gpt":
+            lines.append(f"iter {it} step {st}: loss {loss:.4f}, iter time: 120.00ms "
+                         f"(optimizer.step)")
+        else:
+            lines.append(f"Epoch 1 | iter {it} step {st} | loss train: {loss:.3f}, val: n/a | "
+                         f"iter time: 120.00 ms (step) remaining time: 0:10:00")
+    log.write_text("\n".join(lines) + "\n")
+    run = read_log(log)
+    assert run.format == "text"
+    assert list(run.frame.index) == list(range(1, 301))
+    assert "iter" in run.frame and run.frame.loc[7, "iter"] == 7 * accum
+    assert _peak(log) == [("spike", SPIKE + 1)]

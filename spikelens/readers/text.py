@@ -15,7 +15,8 @@ llama-recipes' progress bar (`Training Epoch: 2/3, step 17/249 completed (loss: 
 step), torchtune's (`1|25|Loss: 1.2345: 25%|..`, at its global step), Keras `fit()` output (`Epoch
 3/60` then `100/100 [===] - 2s - loss: 0.69 - val_loss: 0.7`, a row per epoch) and counters that
 restart every epoch (`Epoch 2/10, Batch 40/500`, pytorch/examples mnist, the CIFAR-10 tutorial's
-`[2,  4000] loss:`), made run steps when they do. Each line is searched for a step token, then for
+`[2,  4000] loss:`), made run steps when they do, and LitGPT (`iter 400 step 100: loss ..`, read at
+its optimizer `step`). Each line is searched for a step token, then for
 `key: value`, `key=value` and `key value` pairs; a pair's key takes up to two preceding words
 (`train loss`, `val loss`) so that such keys stay apart. Units (`ms`, `s`, `%`, `GB`) are stripped,
 `nan`/`inf` are kept as logged non-finite values. A line with an evaluation key (`val_loss`, `tel`,
@@ -344,6 +345,14 @@ def _step_of(line: str, last_train: int) -> tuple[int, str, str | None] | None:
             return int(tt.group(2)), f"loss {tt.group(3)} epoch {tt.group(1)} | " + \
                 line[tt.end():].lstrip(":"), None
     m2 = _STEP.search(line)
+    if m2 is not None and m2.group(0)[:4].lower() == "iter":
+        # LitGPT prints both (`iter 400 step 100: loss 2.31, ...`): with gradient accumulation
+        # `iter` counts micro-batches and `step` optimizer steps, the counter its checkpoints
+        # are named by (`step-00000100`), so a restart step must be a `step`
+        for later in _STEP.finditer(line, m2.end()):
+            if later.group(0).lower().startswith(("step", "global_step")):
+                m2 = later
+                break
     if m2 is None:
         m2 = _WHOLE_STEP.search(line) if "=" in line else None
         if m2 is None:
@@ -412,6 +421,9 @@ def _epoch_count(line: str) -> tuple[EpochCount, str] | None:
     m = _EPOCH_COUNT.search(line)
     if m is None:
         return None
+    if "iter" in m.group(0).lower() and any(
+            t.group(0).lower().startswith("step") for t in _STEP.finditer(line, m.end())):
+        return None  # LitGPT's `Epoch 1 | iter 400 step 100 |`: the step token decides
     total = int(m.group(3)) if m.group(3) is not None else None
     return (int(m.group(1)), int(m.group(2)), total, False), \
         line[: m.start()] + " | " + line[m.end():]
