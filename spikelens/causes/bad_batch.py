@@ -40,7 +40,8 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
         score *= 0.5
     # a bad batch costs one step: a rise that decays over many steps, reaches the loss of a
     # uniform guess, or needs an impossible batch to lift an averaged loss is weight damage
-    damage = shape.damage
+    jump, climb = shape.jump_damage, shape.climb
+    damage = jump or climb  # `shape.damage`, read once
     if damage is not None:
         score *= 0.35
     lr, g, sc, nf = ctx.lr, ctx.grad, ctx.scale, ctx.nonfinite
@@ -48,13 +49,13 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
     g_ok = ctx.arrays.usable("grad_norm")[0] is not None
     clean: list[str] = []
     against: list[str] = []
-    if shape.jump_damage is not None:
-        against.append(f"{damage}: that is weight damage from an oversized update, not one "
+    if jump is not None:
+        against.append(f"{jump}: that is weight damage from an oversized update, not one "
                        f"batch (the next batches are normal data)")
-    elif damage is not None:
+    elif climb is not None:
         # a compounding climb: the model got worse, but the log alone does not say that one
         # update was oversized (an LR too high all along, or data that keeps getting worse)
-        against.append(f"{damage}, which one batch cannot do (the next batches are normal data)")
+        against.append(f"{climb}, which one batch cannot do (the next batches are normal data)")
     if lr_ok:
         ls = lr.strength if lr is not None else 0.0
         if ls < 0.1:

@@ -67,6 +67,17 @@ SURGE_HEAD = 50
 SURGE_HOLD = 5
 
 
+def _rise_grads(g: Series, ev: Event) -> tuple[Series, Series]:
+    """The grad norms of the rise (start to peak) and the two logged before it: with those,
+    a value copied onto a skipped step is seen as stale from the rise's first point on."""
+    return g.between(ev.start_step, max(ev.peak_step, ev.start_step)), g.before(ev.start_step, 2)
+
+
+def _stale_in(gw: Series, prev: Series) -> np.ndarray:
+    """`stale_mask` of the rise's grad norms `gw`, read after the points `prev` before it."""
+    return stale_mask(np.concatenate([prev.values, gw.values]))[len(prev):]
+
+
 def _surge(ctx: Context, base: float) -> Surge | None:
     """Scan the whole rise (start to peak): the point where the grad norm's growth most
     exceeds the loss's, with the first point where it exceeded it `SURGE_OVER_LOSS` times. A
@@ -78,10 +89,7 @@ def _surge(ctx: Context, base: float) -> Surge | None:
     shape, loss, g = ctx.shape, ctx.loss, ctx.arrays.usable("grad_norm")[0]
     if shape is None or loss is None or g is None or not base > 0:
         return None
-    ev = ctx.event
-    gw = g.between(ev.start_step, max(ev.peak_step, ev.start_step))
-    # with the point before, so that a value copied onto a skipped step is seen as stale
-    prev = g.before(ev.start_step, 2)
+    gw, prev = _rise_grads(g, ctx.event)
     if len(gw) > SURGE_HEAD:
         return _surge_long(gw, prev, loss, shape.base, base)
     # as Python numbers: the same doubles, without numpy's per-scalar cost in the scan
@@ -132,9 +140,8 @@ def _surge_long(gw: Series, prev: Series, loss: Series, loss_base: float,
     ones recomputed as the loop computes them), the later ones their lead held over
     `SURGE_HOLD` consecutive points (a point that is not a candidate holds no lead)."""
     gv = gw.values
-    stale = stale_mask(np.concatenate([prev.values, gv]))[len(prev):]
     ratio = gv / base
-    keep = ~stale & np.isfinite(gv) & (ratio >= SURGE_MIN)
+    keep = ~_stale_in(gw, prev) & np.isfinite(gv) & (ratio >= SURGE_MIN)
     at = loss.steps.searchsorted(gw.steps, side="right") - 1
     keep &= at >= 0
     lv = np.where(keep, loss.values[np.maximum(at, 0)], np.nan)
@@ -146,14 +153,15 @@ def _surge_long(gw: Series, prev: Series, loss: Series, loss_base: float,
     with np.errstate(over="ignore"):
         over[idx] = ratio[idx] / np.exp(np.maximum(excursions(lv[idx], loss_base), 0.0))
     over[~np.isfinite(over)] = 0.0
-    held = over.copy()
-    if len(gv) > SURGE_HEAD:
-        from numpy.lib.stride_tricks import sliding_window_view
+    # the head on each point's own lead, the rest on the lead held around it (this scan
+    # only runs on rises longer than the head)
+    from numpy.lib.stride_tricks import sliding_window_view
 
-        half = SURGE_HOLD // 2
-        padded = np.concatenate([np.zeros(half), over, np.zeros(half)])
-        med = np.median(sliding_window_view(padded, SURGE_HOLD), axis=1)
-        held[SURGE_HEAD:] = np.where(keep[SURGE_HEAD:], med[SURGE_HEAD:], 0.0)
+    half = SURGE_HOLD // 2
+    padded = np.concatenate([np.zeros(half), over, np.zeros(half)])
+    med = np.median(sliding_window_view(padded, SURGE_HOLD), axis=1)
+    held = over.copy()
+    held[SURGE_HEAD:] = np.where(keep[SURGE_HEAD:], med[SURGE_HEAD:], 0.0)
     if not (held > 0).any():
         return None
 
@@ -295,10 +303,8 @@ def _damage_with_grads(ctx: Context, g: Series, base: float) -> str | None:
             or not shape.peak_ratio > 1.0:
         return None
     lo, hi = ev.start_step, max(ev.peak_step, ev.start_step)
-    gw = g.between(lo, hi)
-    prev = g.before(lo, 2)
-    stale = stale_mask(np.concatenate([prev.values, gw.values]))[len(prev):]
-    ok = ~stale & np.isfinite(gw.values)
+    gw, prev = _rise_grads(g, ev)
+    ok = ~_stale_in(gw, prev) & np.isfinite(gw.values)
     fresh, at = gw.values[ok][-DAMAGE_GRAD_POINTS:], gw.steps[ok][-DAMAGE_GRAD_POINTS:]
     loss = ctx.loss
     if len(fresh) == 0 or loss is None:
