@@ -289,6 +289,17 @@ def nano_log_lines(lines: list[str]) -> bool:
     return hits >= 3 and 2 * hits > len(lines) - blank
 
 
+def _step_after(line: str, pos: int) -> re.Match[str] | None:
+    """The first `step`/`global_step` token of `line` from `pos`. LitGPT prints both counters
+    (`iter 400 step 100: loss 2.31, ...`): with gradient accumulation `iter` counts
+    micro-batches and `step` optimizer steps, the counter its checkpoints are named by
+    (`step-00000100`), so where a line has both, a restart step must be the `step`."""
+    for t in _STEP.finditer(line, pos):
+        if t.group(0).lower().startswith(("step", "global_step")):
+            return t
+    return None
+
+
 def _step_of(line: str, last_train: int) -> tuple[int, str, str | None] | None:
     """(step, rest of the line without the step token, mmengine tag) or None."""
     logged = False
@@ -346,13 +357,7 @@ def _step_of(line: str, last_train: int) -> tuple[int, str, str | None] | None:
                 line[tt.end():].lstrip(":"), None
     m2 = _STEP.search(line)
     if m2 is not None and m2.group(0)[:4].lower() == "iter":
-        # LitGPT prints both (`iter 400 step 100: loss 2.31, ...`): with gradient accumulation
-        # `iter` counts micro-batches and `step` optimizer steps, the counter its checkpoints
-        # are named by (`step-00000100`), so a restart step must be a `step`
-        for later in _STEP.finditer(line, m2.end()):
-            if later.group(0).lower().startswith(("step", "global_step")):
-                m2 = later
-                break
+        m2 = _step_after(line, m2.end()) or m2
     if m2 is None:
         m2 = _WHOLE_STEP.search(line) if "=" in line else None
         if m2 is None:
@@ -421,8 +426,7 @@ def _epoch_count(line: str) -> tuple[EpochCount, str] | None:
     m = _EPOCH_COUNT.search(line)
     if m is None:
         return None
-    if "iter" in m.group(0).lower() and any(
-            t.group(0).lower().startswith("step") for t in _STEP.finditer(line, m.end())):
+    if "iter" in m.group(0).lower() and _step_after(line, m.end()) is not None:
         return None  # LitGPT's `Epoch 1 | iter 400 step 100 |`: the step token decides
     total = int(m.group(3)) if m.group(3) is not None else None
     return (int(m.group(1)), int(m.group(2)), total, False), \
