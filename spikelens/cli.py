@@ -483,8 +483,9 @@ def main() -> None:
     library errors into one line and exit 2."""
     _one_blas_thread()
     _no_numpy_hugepages()
-    _one_malloc_arena()
-    _keep_freed_memory()
+    from spikelens import malloc
+
+    malloc.tune()
     try:
         app()
         code = 0
@@ -515,65 +516,6 @@ def _no_numpy_hugepages() -> None:
     1.05 s, medians of 5-6 alternated runs (docs/performance.md). Set before numpy is
     imported: numpy reads it once, then."""
     os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
-
-
-def _one_malloc_arena() -> None:
-    """Let every thread of the command's process allocate from glibc's main arena (as
-    `MALLOC_ARENA_MAX=1` would) unless the user set that variable. The detector scans a long
-    grad norm on a second thread (`detect._start_side_passes`); with an arena of its own, the
-    memory one thread frees cannot serve the other, and the two heaps add up: peak RSS of
-    `analyze` on the 1M-step CSV 501-511 MB with two arenas, 480-488 MB with one
-    (docs/performance.md). The threads allocate a few large arrays, not many small objects,
-    so they do not queue on the arena's lock. Where `mallopt` is missing (not glibc) nothing
-    changes."""
-    if sys.platform != "linux" or "MALLOC_ARENA_MAX" in os.environ:
-        return
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    m_arena_max = -8  # glibc's malloc.h
-    mallopt(m_arena_max, 1)
-
-
-#: glibc's `mallopt` parameters (malloc.h) and what the command sets them to. 32 MiB is the
-#: largest mmap threshold glibc accepts on 64-bit (half its heap size): the 8 MB arrays of a
-#: 1M-step log and the detector's temporaries come from the heap, and only larger ones are
-#: mapped on their own. The trim threshold keeps up to 1 GiB of freed heap top.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MMAP_THRESHOLD = 32 << 20
-_TRIM_THRESHOLD = 1 << 30
-
-
-def _keep_freed_memory() -> None:
-    """Let the command's process reuse the memory it frees instead of handing it back to the
-    kernel and faulting it in again, unless the user set glibc's malloc variables. By
-    default glibc maps each array above a threshold (128 KB, raised as such arrays are
-    freed, to 8 MB after the first 1M-point array) on its own and unmaps it on `free`, and
-    trims the heap's free top above twice that: the detector's per-pass temporaries of a
-    1M-step log (8 MB each, thousands of them) come back as fresh pages every time. A fresh
-    page costs a fault and a zeroing, and on this project's machine (a virtual machine)
-    that is the dearest thing the process does: `analyze` of the 1M-step CSV took 146,000
-    page faults, 81,000 with the two thresholds fixed (`mallopt`), 2.86 -> 2.54 s and 3.28
-    -> 3.00 s in two spells of alternated fresh runs (5-6 pairs, medians), at the same peak
-    RSS (docs/performance.md). The peak is the same because freed memory is reused, not
-    added to; a process that ends after one command loses nothing by keeping it. Library
-    users in a long-lived process keep glibc's defaults."""
-    if sys.platform != "linux" or any(
-            v in os.environ for v in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")) \
-            or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
-        return
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-    mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
 
 
 def _status(code: object) -> int:

@@ -269,51 +269,6 @@ def test_the_command_asks_for_no_huge_pages_and_one_malloc_arena_unless_the_user
     assert kept[1] != "arenas 1"
 
 
-def _refaults(tmp_path: Path, env_update: dict[str, str]) -> int:
-    """Page faults the command's process takes in four rounds of allocating, filling and
-    freeing three 8 MB arrays (a 1M-point series each), after its first round (read by an
-    exit handler of a `spikelens formats` process)."""
-    code = ("import atexit, resource\n"
-            "def report():\n"
-            "    import numpy as np\n"
-            "    def faults():\n"
-            "        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
-            "    a = [np.ones(1 << 20) for _ in range(3)]; del a\n"
-            "    before = faults()\n"
-            "    for _ in range(4):\n"
-            "        a = [np.ones(1 << 20) for _ in range(3)]; del a\n"
-            "    print('refaults', faults() - before)\n"
-            "atexit.register(report)\n"
-            "import sys; sys.argv = ['spikelens', 'formats']\n"
-            "from spikelens.cli import main\n"
-            "main()\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")
-           and k != "GLIBC_TUNABLES"}
-    env.update(PYTHONPATH=str(Path(__file__).resolve().parents[1]),
-               SPIKELENS_CACHE_DIR=str(tmp_path / "cache"), NUMPY_MADVISE_HUGEPAGE="0",
-               **env_update)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return int(done.stdout.split("refaults ")[-1])
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc")
-def test_the_command_reuses_the_memory_it_frees_unless_the_user_set_malloc(
-        tmp_path: Path) -> None:
-    """docs/performance.md: a fresh page is the dearest thing the process does, and by
-    default glibc unmaps a freed large array and trims its heap, so the detector's
-    temporaries come back as fresh pages. The command keeps freed memory for reuse: no new
-    pages for arrays it has freed before. A malloc variable the user set is obeyed instead
-    (here: map every array on its own, 24 MB of fresh pages a round)."""
-    import platform
-
-    if platform.libc_ver()[0] != "glibc":
-        pytest.skip("mallopt is glibc's")
-    assert _refaults(tmp_path, {}) < 1000  # a round is 6,144 pages
-    assert _refaults(tmp_path, {"MALLOC_MMAP_THRESHOLD_": "131072"}) > 4 * 6000
-
-
 def test_the_entry_point_leaves_with_the_status_whole_output_and_exit_handlers(
         tmp_path: Path) -> None:
     """`main` ends the process itself (`os._exit`, skipping the interpreter's teardown):

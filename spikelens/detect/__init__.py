@@ -154,7 +154,7 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = (), *,
     # temporaries, are done before it starts, and the thread's two large temporaries (the
     # LR test's FFT, the scan) come one after the other. Peak RSS of `analyze` on the
     # 1M-step CSV: 487-497 MB with no thread, 579 MB with the scan started beside the rise
-    # scans, 480-488 MB this way (one malloc arena, `cli._one_malloc_arena`, and no copies
+    # scans, 480-488 MB this way (one malloc arena, `malloc.one_arena`, and no copies
     # of the frame's arrays)
     grad = _grad_input(run)
     lr_pending, pending = _start_side_passes(run, loss, params, config, grad)
