@@ -726,6 +726,16 @@ SETS: dict[str, list[tuple[str, int, int]]] = {
            ("amp", 0, 711), ("amp", 1, 712), ("amp", 1, 713),
            ("stall", 1, 811), ("stall", 0, 812),
            ("resume", 1, 911), ("resume", 0, 912)],
+    # made 2026-12-04 (third session) and scored once before any rule was looked at again
+    "v3": [("clean", 3, 121), ("clean", 4, 122), ("clean", 5, 123), ("clean", 2, 124),
+           ("osc", 0, 221), ("osc", 1, 222), ("osc", 2, 223), ("osc", 3, 224), ("osc", 4, 225),
+           ("bb", 0, 321), ("bb", 1, 322), ("bb", 2, 323), ("bb", 3, 324), ("bb", 1, 325),
+           ("lr", 0, 421), ("lr", 1, 422), ("lr", 2, 423), ("lr", 3, 424),
+           ("gx", 0, 521), ("gx", 1, 522), ("gx", 0, 523),
+           ("nan", 0, 621), ("nan", 1, 622), ("nan", 2, 623),
+           ("amp", 0, 721), ("amp", 1, 722),
+           ("stall", 0, 821), ("stall", 1, 822), ("stall", 2, 823),
+           ("resume", 0, 921), ("resume", 1, 922)],
 }
 
 
