@@ -289,6 +289,8 @@ class Config:
     # shift z bar where the logged LR jumps up (x1.2 or more in one logged step, 10x its own
     # typical change): the clean runs' 99.5th percentile of the shift z at one location
     lr_jump_shift_z: float = 3.0
+    # the ratio a sustained rise must reach at the same places (min_ratio elsewhere)
+    lr_jump_min_ratio: float = 1.05
     # a one-point jump this many times its 21-point neighbourhood's median needs only
     # big_jump_z (6 sigma) in the point test (bad batches in a 25 %-noise loss)
     big_jump_ratio: float = 3.0
@@ -321,7 +323,7 @@ class Config:
                 f"shift_windows must be one or more lengths >= 2, got {self.shift_windows}"
             )
         for name in ("min_ratio", "short_ratio", "start_ratio", "grad_min_ratio",
-                     "big_jump_ratio"):
+                     "big_jump_ratio", "lr_jump_min_ratio"):
             if not getattr(self, name) >= 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (self.grad_confirm_z > 0 and self.grad_confirmed_point_z > 0

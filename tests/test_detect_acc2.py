@@ -90,6 +90,45 @@ def test_an_lr_restart_that_does_not_move_the_loss_stays_quiet() -> None:
         assert incidents(det) == [] and det.verdict == "healthy", seed
 
 
+def _typo_run(lift: float, jump: bool, seed: int, n: int = 2000, at: int = 1000) -> Run:
+    """A descending loss with 4 % batch noise at a constant LR; with `jump`, the LR is x20
+    from step `at` + 1 (a config typo on restart); the loss is lifted by `lift` for 120 steps
+    from there (realruns-v3's v3lr02: x1.07-1.12 for about 100 steps)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    trend = 1.0 + 1.5 * (1 + t / 150) ** -1.0
+    lr = np.where((t >= at) & jump, 8e-3, 4e-4)
+    lifted = np.where((t >= at) & (t < at + 120), lift, 1.0)
+    return make_run(trend * lifted * np.exp(0.04 * rng.standard_normal(n)), lr=lr)
+
+
+def test_a_lift_under_min_ratio_at_an_lr_jump_is_found() -> None:
+    # x1.08 for 120 steps: under the 1.10 that a rise anywhere must reach, over the 1.05 of
+    # the place where the LR was just multiplied x20. Found at the jump in every seed; with
+    # the ordinary ratio there, in a few (its forward mean is x1.10 by chance)
+    old = Config(lr_jump_min_ratio=CFG.min_ratio)
+    found_before = 0
+    for seed in range(12):
+        run = _typo_run(1.08, jump=True, seed=seed)
+        found = incidents(detect(run, CFG))
+        assert len(found) == 1 and 999 <= found[0][1] <= 1010, (seed, found)
+        found_before += bool(incidents(detect(run, old)))
+    assert found_before <= 3
+
+
+def test_the_same_small_lift_without_an_lr_jump_is_rarely_found() -> None:
+    # the ordinary ratio decides there: only a forward mean that reaches x1.10 by chance
+    found = [seed for seed in range(12)
+             if incidents(detect(_typo_run(1.08, jump=False, seed=seed), CFG))]
+    assert len(found) <= 2, found
+
+
+def test_an_lr_typo_that_does_not_move_a_calm_loss_stays_quiet() -> None:
+    for seed in range(8):
+        det = detect(_typo_run(1.0, jump=True, seed=seed), CFG)
+        assert incidents(det) == [] and det.verdict == "healthy", seed
+
+
 # --- a one-step jump no noise of that scale makes ----------------------------------------------
 def _noisy_classifier(seed: int, jump: float, at: int = 900, n: int = 2000) -> Run:
     """A loss with 22 % per-step noise (a noisy-label classifier at batch 32) and, when

@@ -147,7 +147,7 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = (), *,
     first = {"point": first["point"]} if "point" in first else {}
     rises = _join_back_to_back(rises, loss.x)
     # the per-point bars (8 MB each at a million points) served the rise scans only
-    params = dataclasses.replace(params, point_bar=None, shift_bar=None)
+    params = dataclasses.replace(params, point_bar=None, shift_bar=None, shift_ratio=None)
     # The cyclic-LR test and then the grad-norm scan run on a thread from here
     # (`_start_side_passes`), beside the memory-light non-finite and stall passes and the
     # oscillation pass, which waits for the LR's period; the loss's rise scans, the largest
@@ -413,8 +413,10 @@ def _rise_params(run: Run, loss: _Loss, config: Config) -> RiseParams:
         # no ratios in linear units: the z tests alone, and no judgement on a short baseline
         lp = ls = 0.0
         lshort = lstart = math.inf
+    jump_bar, jump_ratio = _lr_jump_bars(run, loss, config)
     return RiseParams(
-        shift_bar=_lr_jump_bar(run, loss, config),
+        shift_bar=jump_bar,
+        shift_ratio=jump_ratio,
         point_bar=_grad_confirmed_bar(run, loss, config, _big_jump_bar(loss, config)),
         window=config.window,
         min_window=config.min_window,
@@ -509,18 +511,25 @@ _LR_JUMP_LOCAL = 10.0
 _LR_JUMP_SPAN = 2  # logged points either side of the jump where the lower bar applies
 
 
-def _lr_jump_bar(run: Run, loss: _Loss, config: Config) -> NDArray[np.float64] | None:
-    """Per-point shift bar: `lr_jump_shift_z` within two logged points of an upward jump of
-    the logged LR, the ordinary shift bar elsewhere; None when the LR never jumps. A level
-    shift that opens where the LR was just multiplied is the expected response to it, and
-    at one known place the shift z of clean runs is under 3.0 at 99.5 % of locations
-    (docs/detection.md), against the whole-log bar that covers every point of the log.
-    Only upward jumps: an LR that drops (a step decay) does not lift the loss."""
-    if not loss.is_log or config.lr_jump_shift_z >= config.shift_z_threshold:
-        return None
+def _lr_jump_bars(run: Run, loss: _Loss, config: Config
+                  ) -> tuple[NDArray[np.float64] | None, NDArray[np.float64] | None]:
+    """Per-point shift bar and log ratio floor: `lr_jump_shift_z` and `lr_jump_min_ratio`
+    within two logged points of an upward jump of the logged LR, the ordinary shift bar and
+    `min_ratio` elsewhere; (None, None) when the LR never jumps. A level shift that opens
+    where the LR was just multiplied is the expected response to it, and at one known place
+    the shift z of clean runs is under 3.0 at 99.5 % of locations (docs/detection.md),
+    against the whole-log bar that covers every point of the log. The ratio floor is lower
+    there for the same reason: `min_ratio` keeps small but significant drifts anywhere in a
+    long log from being incidents, and at the place where the LR was multiplied a
+    significant response is the incident (an LR x20 on a small LM lifts its loss x1.07-1.12
+    for 100 steps, docs/detection.md). Only upward jumps: an LR that drops (a step decay)
+    does not lift the loss."""
+    if not loss.is_log or (config.lr_jump_shift_z >= config.shift_z_threshold
+                           and config.lr_jump_min_ratio >= config.min_ratio):
+        return None, None
     lr = _aligned_lr(run, loss.steps[loss.fin])
     if lr is None or len(lr) < 3:
-        return None
+        return None, None
     with np.errstate(invalid="ignore", divide="ignore"):
         dl = np.diff(np.log(np.where(lr > 0, lr, np.nan)))
     dl = np.nan_to_num(dl, nan=0.0, posinf=0.0, neginf=0.0)
@@ -531,11 +540,15 @@ def _lr_jump_bar(run: Run, loss: _Loss, config: Config) -> NDArray[np.float64] |
         typical = _median21_at(np.abs(dl), jumps)
         jumps = jumps[dl[jumps] >= _LR_JUMP_LOCAL * typical]
     if not len(jumps):
-        return None
-    bar = np.full(len(lr), config.shift_z_threshold)
+        return None, None
+    near = np.zeros(len(lr), dtype=bool)
     for j in jumps + 1:  # the first point logged at the new LR
-        bar[max(0, j - _LR_JUMP_SPAN):j + _LR_JUMP_SPAN + 1] = config.lr_jump_shift_z
-    return bar
+        near[max(0, j - _LR_JUMP_SPAN):j + _LR_JUMP_SPAN + 1] = True
+    bar = np.where(near, min(config.lr_jump_shift_z, config.shift_z_threshold),
+                   config.shift_z_threshold)
+    ratio = np.where(near, math.log(min(config.lr_jump_min_ratio, config.min_ratio)),
+                     math.log(config.min_ratio))
+    return bar, ratio
 
 
 def _nonfinite(run: Run, loss: _Loss, params: RiseParams, config: Config) -> list[NonFinite]:
@@ -832,7 +845,7 @@ def _grad_params(params: RiseParams, config: Config) -> RiseParams:
                          # the loss's per-point bars (lowered at cross-run outliers, big
                          # jumps and LR jumps) are indexed by the loss's finite points, not
                          # the grad norm's
-                         "point_bar": None, "shift_bar": None})
+                         "point_bar": None, "shift_bar": None, "shift_ratio": None})
 
 
 def _start_side_passes(run: Run, loss: _Loss, params: RiseParams, config: Config,

@@ -85,6 +85,9 @@ class RiseParams:
     # per-point z bar of the shift tests where it differs from z_shift (at an upward jump of
     # the logged LR, see detect/__init__.py `_lr_jump_bar`); None everywhere else
     shift_bar: FloatArray | None = None
+    # per-point log ratio a sustained level must reach where it differs from
+    # log_min_ratio_shift (the same places as shift_bar); None everywhere else
+    shift_ratio: FloatArray | None = None
 
 
 @dataclass(frozen=True)
@@ -425,7 +428,8 @@ def _test_chunk(x: FloatArray, st: Stats, p: RiseParams, a: int, b: int,
         se = MEDIAN_SE * scale * np.sqrt(inflation * (1.0 / k + 1.0 / cnt))
         with np.errstate(invalid="ignore", divide="ignore"):
             z = (fm - level) / (se * small)
-        ok = full & (fm - level >= np.maximum(p.log_min_ratio_shift, steps_up))
+        least = p.log_min_ratio_shift if p.shift_ratio is None else p.shift_ratio[a:b]
+        ok = full & (fm - level >= np.maximum(least, steps_up))
         ok[max(0, n - k + 1 - a):] = False  # only complete forward windows
         out[f"shift{k}"][a:b] = np.where(ok, z, np.nan)
 
