@@ -180,7 +180,7 @@ def _exit_code(report: Report, fail_on: FailOn | None) -> int:
             return EXIT_FINDINGS
         for f in rr.findings:
             on_loss = f.event.metric == "loss" or f.event.kind == "overfitting"
-            if f.event.kind in kinds and on_loss:
+            if on_loss and any(f.event.counts_as(k) for k in kinds):
                 return EXIT_FINDINGS
     return EXIT_OK
 

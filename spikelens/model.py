@@ -182,6 +182,14 @@ class Event:
     source: str | None = None
     #: Informational events (stall, overfitting): one sentence with the numbers.
     detail: str | None = None
+    #: Nonfinite only: the loss climbed without recovering into the non-finite values, and
+    #: the event starts where the climb did (`--fail-on divergence` counts it too).
+    diverged: bool = False
+
+    def counts_as(self, kind: str) -> bool:
+        """Whether a `--fail-on KIND` gate counts this event: its own kind, and a loss
+        that climbed into NaN (`diverged`) as a divergence too."""
+        return kind == self.kind or (kind == "divergence" and self.diverged)
 
 
 @dataclass(frozen=True)

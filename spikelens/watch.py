@@ -755,7 +755,7 @@ class Watcher:
                     problem = post_webhook(self.webhook, inc.payload())
                     if problem:
                         self._say(f"warning: {problem}", err=True)
-                if inc.event.kind in self.fail_on or "any" in self.fail_on:
+                if "any" in self.fail_on or any(inc.event.counts_as(k) for k in self.fail_on):
                     return 1
         return None
 

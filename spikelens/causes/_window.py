@@ -998,8 +998,10 @@ def _loss_shape(ctx: Context) -> LossShape | None:
         if elevated >= 5 and elevated_steps >= 10:
             seg = exc[:elevated][ok[:elevated]]
             h = len(seg) // 2
-            first, second = float(np.mean(seg[:h])), float(np.mean(seg[h:]))
-            decaying = bool(h >= 2 and first >= 1.5 * max(second, 1e-12))
+            # halves of two points at least (a climb into non-finite losses has fewer
+            # finite ones: no mean of an empty half, and no warning on the user's stderr)
+            decaying = h >= 2 and float(np.mean(seg[:h])) >= \
+                1.5 * max(float(np.mean(seg[h:])), 1e-12)
         # a gap in the log between the peak and the point the loss came back at
         span = np.concatenate([[ev.peak_step], after.steps[:max(elevated, 1) + 1]])
         d = span[1:] - span[:-1]  # np.diff's own subtraction, without its call overhead

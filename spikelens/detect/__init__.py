@@ -193,7 +193,8 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = (), *,
                                             and e.end_step >= climb.start_step)]
         events.append(climb)
     for nf in nonfinite:
-        events.append(_nonfinite_event(run, loss, nf, params))
+        events = _end_in_nonfinite(events, _nonfinite_event(run, loss, nf, params), loss,
+                                   config, notes)
     for o in oscs:
         events.append(_osc_event(run, loss, o, batch))
     if stall is not None:
@@ -627,6 +628,38 @@ def _nonfinite_event(run: Run, loss: _Loss, nf: NonFinite, params: RiseParams) -
         recovery_steps=end - int(loss.steps[nf.last_bad]) if nf.recovered else None,
         segment=_segment_of(run, start), first_nonfinite=nf.first, baseline=level,
     )
+
+
+def _end_in_nonfinite(events: list[Event], nf: Event, loss: _Loss, config: Config,
+                      notes: list[str]) -> list[Event]:
+    """`events` with the non-finite stretch `nf` added, taking in the divergence that leads
+    into it. A loss that climbs without recovering and goes NaN or Inf at the top of its
+    climb (the divergence's peak within `recover_run` finite points of its last one, and no
+    finite point between that and the first non-finite) blew up once: one incident, the
+    non-finite one (so the verdict and a `--fail-on nonfinite` gate still say NaN), starting
+    where the climb started, so that its causes are read from before the climb. As two
+    incidents the second one's causes were read from inside the climb (an LR ramp's
+    "earlier maximum" taken from the ramp itself). A non-finite stretch after a divergence
+    that had levelled off, or after finite points, is added as it is."""
+    st = loss.fin_steps
+    k = int(np.searchsorted(st, nf.start_step))  # finite points before the stretch
+    if k == 0:
+        return [*events, nf]
+    last = int(st[k - 1])
+    for i, e in enumerate(events):
+        if e.kind != "divergence" or e.metric != "loss" or e.recovered or e.end_step != last:
+            continue
+        peak = int(np.searchsorted(st, e.peak_step))
+        if k - 1 - peak >= config.recover_run:
+            continue
+        detail = (f"the loss climbed from step {e.start_step} (x{e.size.ratio:.3g} its "
+                  f"baseline by step {e.peak_step}) and went non-finite at step "
+                  f"{nf.start_step}, at the top of its climb: one incident")
+        notes.append(detail)
+        merged = dataclasses.replace(nf, start_step=e.start_step, baseline=e.baseline,
+                                     segment=e.segment, diverged=True, detail=detail)
+        return [*events[:i], *events[i + 1:], merged]
+    return [*events, nf]
 
 
 def _incident_mask(loss: _Loss, rises: Sequence[Rise],

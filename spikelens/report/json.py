@@ -43,6 +43,7 @@ def _event(finding: Finding) -> dict[str, Any]:
         "period": full_float(ev.period),
         "amplitude": full_float(ev.amplitude),
         "first_nonfinite": ev.first_nonfinite,
+        "diverged": bool(ev.diverged),
         "rolled_back_at": None if ev.rolled_back_at is None else int(ev.rolled_back_at),
         "lr_corr": full_float(ev.lr_corr),
         "batch_size": full_float(ev.batch_size),
