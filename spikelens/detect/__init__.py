@@ -186,6 +186,7 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = (), *,
     rises = _absorb_in_oscillation(rises, oscs, loss, notes)
     for r in rises:
         events.append(_rise_event(run, loss, r, config, first.get("point")))
+    events = _lead_into_divergence(events, loss, config, notes)
     climb = _climb_event(run, loss, config, events)
     if climb is not None:
         events = [e for e in events if not (e.kind in ("spike", "divergence")
@@ -628,6 +629,57 @@ def _nonfinite_event(run: Run, loss: _Loss, nf: NonFinite, params: RiseParams) -
         recovery_steps=end - int(loss.steps[nf.last_bad]) if nf.recovered else None,
         segment=_segment_of(run, start), first_nonfinite=nf.first, baseline=level,
     )
+
+
+def _lead_into_divergence(events: list[Event], loss: _Loss, config: Config,
+                          notes: list[str]) -> list[Event]:
+    """The spikes that lead into a divergence taken into it. A loss that climbs slowly in
+    heavy noise crosses its band and falls back into it a few times before it leaves for
+    good; each crossing ends, as a spike, once the loss is back in a band that has itself
+    moved up. The spikes before a divergence, each starting within one baseline window
+    (`window` points) of the next one's end, from a baseline no higher than the next one's,
+    are the climb's first crossings when the divergence's baseline stands at least
+    `min_ratio` above theirs: the loss never came back to where they began. The divergence
+    then starts at the earliest such spike. A bad batch before an unrelated divergence came
+    back to its level and stays an incident of its own."""
+    if not loss.is_log:
+        return events
+    st = loss.fin_steps
+    out = list(events)
+    for d in [e for e in events if e.kind == "divergence" and e.metric == "loss"
+              and not e.recovered and e.baseline is not None and e.baseline > 0]:
+        assert d.baseline is not None
+        chain: list[Event] = []  # nearest first
+        head = d
+        while True:
+            before = [e for e in out if e.metric == "loss" and e.kind == "spike"
+                      and e.end_step < head.start_step]
+            if not before:
+                break
+            prev = max(before, key=lambda e: e.end_step)
+            gap = int(np.searchsorted(st, head.start_step)) - \
+                int(np.searchsorted(st, prev.end_step))
+            if gap > config.window or prev.baseline is None or not \
+                    0 < prev.baseline <= (head.baseline or 0.0):
+                break
+            chain.append(prev)
+            head = prev
+        # the earliest spike the loss never came back to, and every one after it
+        far = [i for i, e in enumerate(chain)
+               if e.baseline is not None and d.baseline >= config.min_ratio * e.baseline]
+        if not far:
+            continue
+        chain = chain[:far[-1] + 1]
+        first = chain[-1]
+        assert first.baseline is not None
+        notes.append(f"the loss crossed its band {len(chain)} time(s) from step "
+                     f"{first.start_step} before it left for good at step {d.start_step} "
+                     f"(its level x{d.baseline / first.baseline:.3g} by then): one divergence")
+        merged = dataclasses.replace(
+            d, start_step=first.start_step, baseline=first.baseline, segment=first.segment,
+            size=Size(z=d.size.z, ratio=d.size.ratio * d.baseline / first.baseline))
+        out = [merged if e is d else e for e in out if not any(e is c for c in chain)]
+    return out
 
 
 def _end_in_nonfinite(events: list[Event], nf: Event, loss: _Loss, config: Config,
