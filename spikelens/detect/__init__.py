@@ -193,9 +193,8 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = (), *,
                                             and not e.recovered
                                             and e.end_step >= climb.start_step)]
         events.append(climb)
-    for nf in nonfinite:
-        events = _end_in_nonfinite(events, _nonfinite_event(run, loss, nf, params), loss,
-                                   config, notes)
+    events = _end_in_nonfinite(events, [_nonfinite_event(run, loss, nf, params)
+                                        for nf in nonfinite], loss, config, notes)
     for o in oscs:
         events.append(_osc_event(run, loss, o, batch))
     if stall is not None:
@@ -682,36 +681,40 @@ def _lead_into_divergence(events: list[Event], loss: _Loss, config: Config,
     return out
 
 
-def _end_in_nonfinite(events: list[Event], nf: Event, loss: _Loss, config: Config,
-                      notes: list[str]) -> list[Event]:
-    """`events` with the non-finite stretch `nf` added, taking in the divergence that leads
-    into it. A loss that climbs without recovering and goes NaN or Inf at the top of its
-    climb (the divergence's peak within `recover_run` finite points of its last one, and no
-    finite point between that and the first non-finite) blew up once: one incident, the
+def _end_in_nonfinite(events: list[Event], stretches: Sequence[Event], loss: _Loss,
+                      config: Config, notes: list[str]) -> list[Event]:
+    """`events` with the non-finite stretches added, each taking in the divergence that
+    leads into it. A loss that climbs without recovering and goes NaN or Inf at the top of
+    its climb (the divergence's peak within `recover_run` finite points of its last one, and
+    no finite point between that and the first non-finite) blew up once: one incident, the
     non-finite one (so the verdict and a `--fail-on nonfinite` gate still say NaN), starting
     where the climb started, so that its causes are read from before the climb. As two
     incidents the second one's causes were read from inside the climb (an LR ramp's
     "earlier maximum" taken from the ramp itself). A non-finite stretch after a divergence
-    that had levelled off, or after finite points, is added as it is."""
+    that had levelled off, or after finite points, is added as it is. One look-up per
+    stretch: a log can hold thousands of them."""
     st = loss.fin_steps
-    k = int(np.searchsorted(st, nf.start_step))  # finite points before the stretch
-    if k == 0:
-        return [*events, nf]
-    last = int(st[k - 1])
-    for i, e in enumerate(events):
-        if e.kind != "divergence" or e.metric != "loss" or e.recovered or e.end_step != last:
+    # the unrecovered divergences by their last step, the only ones a stretch can continue
+    by_end = {e.end_step: i for i, e in enumerate(events)
+              if e.kind == "divergence" and e.metric == "loss" and not e.recovered}
+    taken: set[int] = set()
+    added: list[Event] = []
+    for nf in stretches:
+        k = int(np.searchsorted(st, nf.start_step))  # finite points before the stretch
+        i = by_end.get(int(st[k - 1])) if k else None
+        if i is None or i in taken or \
+                k - 1 - int(np.searchsorted(st, events[i].peak_step)) >= config.recover_run:
+            added.append(nf)
             continue
-        peak = int(np.searchsorted(st, e.peak_step))
-        if k - 1 - peak >= config.recover_run:
-            continue
+        e = events[i]
         detail = (f"the loss climbed from step {e.start_step} (x{e.size.ratio:.3g} its "
                   f"baseline by step {e.peak_step}) and went non-finite at step "
                   f"{nf.start_step}, at the top of its climb: one incident")
         notes.append(detail)
-        merged = dataclasses.replace(nf, start_step=e.start_step, baseline=e.baseline,
-                                     segment=e.segment, diverged=True, detail=detail)
-        return [*events[:i], *events[i + 1:], merged]
-    return [*events, nf]
+        taken.add(i)
+        added.append(dataclasses.replace(nf, start_step=e.start_step, baseline=e.baseline,
+                                         segment=e.segment, diverged=True, detail=detail))
+    return [e for i, e in enumerate(events) if i not in taken] + added
 
 
 def _incident_mask(loss: _Loss, rises: Sequence[Rise],
