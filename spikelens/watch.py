@@ -84,7 +84,8 @@ class Incident:
         e = self.event
         where = f"{self.source}" + (f" [{self.run}]" if self.run else "")
         if e.kind == "nonfinite":
-            what = f"non-finite loss at step {e.start_step}"
+            what = f"non-finite loss at step {_first(e)}" + (
+                f" (after a climb from step {e.start_step})" if e.diverged else "")
         elif e.kind == "divergence":
             what = (f"divergence from step {e.start_step} (peak {e.peak_step}, "
                     f"{e.size.ratio:.3g}x its {e.baseline:.4g} baseline)"
@@ -496,6 +497,14 @@ class _Tail:
                       name=self.name, eval_step_column=self.eval_step_column)
 
 
+def _first(ev: Event) -> int:
+    """The step an incident is reported at and told apart by: its start, except for a loss
+    that climbed into NaN (`diverged`), whose event starts with the climb: the first
+    non-finite step (its peak) is what happened, and stays put as the climb's start moves
+    with the log's tail."""
+    return ev.peak_step if ev.kind == "nonfinite" else ev.start_step
+
+
 def _decide(ev: Event, run: Run, cfg: Config) -> tuple[int, int, str] | None:
     """(confirming step, points after the peak, rule) once the event is decided, else None."""
     steps = run.steps
@@ -503,7 +512,7 @@ def _decide(ev: Event, run: Run, cfg: Config) -> tuple[int, int, str] | None:
     logged = loss.index.to_numpy() if loss is not None else steps
     peak_i = int(np.searchsorted(logged, ev.peak_step))
     if ev.kind == "nonfinite":
-        return ev.start_step, 0, "a non-finite loss is an incident at once"
+        return _first(ev), 0, "a non-finite loss is an incident at once"
     if ev.kind == "spike":
         if not ev.recovered:
             return None
@@ -519,7 +528,8 @@ def _decide(ev: Event, run: Run, cfg: Config) -> tuple[int, int, str] | None:
         if logged[-1] < due:
             return None
         conf_i = int(np.searchsorted(logged, due))
-        return (int(logged[conf_i]), conf_i - peak_i,
+        # a divergence still climbing has its peak after the step that confirms it
+        return (int(logged[conf_i]), max(0, conf_i - peak_i),
                 f"a divergence is confirmed when the rise has held for "
                 f"{cfg.divergence_steps} steps")
     return None
@@ -634,7 +644,7 @@ class Watched:
         for ev in det.events:
             if ev.metric != "loss" or ev.kind not in INCIDENT_KINDS:
                 continue
-            if min_start is not None and ev.start_step < min_start:
+            if min_start is not None and _first(ev) < min_start:
                 continue
             if self._seen(ev):
                 continue
@@ -653,11 +663,14 @@ class Watched:
     def _seen(self, ev: Event) -> bool:
         for r in self.reported:
             if r.kind == "nonfinite" and ev.kind == "nonfinite":
-                if r.start_step == ev.start_step:
+                if _first(r) == _first(ev):
                     return True
             elif r.peak_step == ev.peak_step or (
                     r.kind != "nonfinite" and ev.kind != "nonfinite"
-                    and r.start_step <= ev.peak_step <= r.end_step):
+                    and (r.start_step <= ev.peak_step <= r.end_step
+                         # a divergence still climbing: its peak moves past the end it
+                         # had when reported, its start stays inside it
+                         or r.start_step <= ev.start_step <= r.end_step)):
                 return True
         return False
 

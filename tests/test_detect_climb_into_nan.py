@@ -6,6 +6,7 @@ known answers (realruns-v3's v3gx00 is the real case: docs/detection.md, seventh
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
@@ -20,6 +21,7 @@ from spikelens.cli import app
 from spikelens.detect import detect
 from spikelens.model import INCIDENT_KINDS, Config, Run
 from spikelens.readers._base import RawLog, build_run
+from spikelens.watch import Watcher
 
 
 def _run(seed: int, plateau: bool, n: int = 1600, at: int = 800, nan_from: int = 1500) -> Run:
@@ -96,3 +98,53 @@ def test_ci_gates_on_divergence_and_on_nonfinite_both_fail_and_the_json_says_div
     assert (ev["kind"], ev["diverged"], ev["end_step"]) == ("nonfinite", True, 1600)
     assert ev["detail"].endswith("went non-finite at step 1501, at the top of its climb: "
                                  "one incident")
+
+
+def _csv_lines(run: Run) -> list[str]:
+    frame = run.frame
+    return [f"{s},{'nan' if np.isnan(v) else repr(float(v))},{lr!r}\n"
+            for s, v, lr in zip(frame.index, frame["loss"], frame["lr"], strict=True)]
+
+
+def test_watch_reports_the_climb_once_and_the_nan_at_its_step(tmp_path: Path) -> None:
+    """`watch` on the log as it is written, 50 rows a poll: the divergence once (not again
+    at every poll while its peak climbs), then the NaN at the step it happened, with the
+    climb it ended; a --fail-on divergence gate stops on the first."""
+    lines = _csv_lines(_run(0, plateau=False))
+    log = tmp_path / "climb.csv"
+    log.write_text("step,loss,lr\n")
+    out = io.StringIO()
+    w = Watcher([log], interval=1, out=out, err=io.StringIO(), fail_on=())
+    w.poll_once()
+    for i in range(0, len(lines), 50):
+        with log.open("a") as fh:
+            fh.write("".join(lines[i:i + 50]))
+        w.poll_once()
+    said = [line for line in out.getvalue().splitlines() if line.startswith("[")]
+    assert [line.split("] ")[1].split(":")[0] for line in said] == ["divergence", "nonfinite"]
+    assert "non-finite loss at step 1501 (after a climb from step " in said[1]
+    assert "confirmed at step 1501, 0 logged point(s) after the peak" in said[1]
+    assert "-" not in said[0].split("confirmed at step ")[1].split(" logged")[0]
+
+
+def test_a_rolled_back_climb_into_nan_is_reported_at_the_nan(tmp_path: Path) -> None:
+    """The run climbed into NaN and was resumed from a checkpoint inside the climb (step
+    1401) with a healthy loss: the rolled-back segment's incident is the NaN at 1501, not
+    dropped because the climb began in the history the replay kept."""
+    first = _run(0, plateau=False).frame
+    rng = np.random.default_rng(5)
+    t2 = np.arange(1400, 2400, dtype=np.float64)
+    replay = pd.DataFrame({"step": (t2 + 1).astype(np.int64),
+                           "loss": (2.0 + 3.0 * np.exp(-t2 / 150)) *
+                           np.exp(rng.normal(0, 0.04, len(t2))),
+                           "lr": np.full(len(t2), 1e-3)})
+    frame = pd.concat([first.reset_index(), replay], ignore_index=True)
+    logged = {"loss": np.concatenate([np.isnan(first["loss"].to_numpy()),
+                                      np.zeros(len(replay), dtype=bool)])}
+    run = build_run(RawLog(frame=frame, nan_mask=logged), Path("resumed.csv"), "csv")
+    assert [(s.resumed_at, s.last_step) for s in run.superseded] == [(1401, 1600)]
+    det = detect(run, Config())
+    nan = [e for e in det.events if e.kind == "nonfinite"]
+    assert [(e.start_step, e.peak_step, e.rolled_back_at, e.diverged) for e in nan] == \
+        [(1501, 1501, 1600, False)]
+    assert det.verdict == "nonfinite"

@@ -520,11 +520,13 @@ def _lr_jump_bars(run: Run, loss: _Loss, config: Config
     where the LR was just multiplied is the expected response to it, and at one known place
     the shift z of clean runs is under 3.0 at 99.5 % of locations (docs/detection.md),
     against the whole-log bar that covers every point of the log. The ratio floor is lower
-    there for the same reason: `min_ratio` keeps small but significant drifts anywhere in a
-    long log from being incidents, and at the place where the LR was multiplied a
-    significant response is the incident (an LR x20 on a small LM lifts its loss x1.07-1.12
-    for 100 steps, docs/detection.md). Only upward jumps: an LR that drops (a step decay)
-    does not lift the loss."""
+    where the jump takes the LR past anything the run had trained at (x1.2 over the highest
+    LR logged before): `min_ratio` keeps small but significant drifts anywhere in a long log
+    from being incidents, and an LR the run never had is a mistake whose significant
+    response is the incident (an LR x20 on a small LM lifts its loss x1.07-1.12 for 100
+    steps, docs/detection.md). A warm restart back to the schedule's peak (SGDR) lifts the
+    loss a few percent by design and keeps `min_ratio`. Only upward jumps: an LR that drops
+    (a step decay) does not lift the loss."""
     if not loss.is_log or (config.lr_jump_shift_z >= config.shift_z_threshold
                            and config.lr_jump_min_ratio >= config.min_ratio):
         return None, None
@@ -543,11 +545,18 @@ def _lr_jump_bars(run: Run, loss: _Loss, config: Config
     if not len(jumps):
         return None, None
     near = np.zeros(len(lr), dtype=bool)
+    beyond = np.zeros(len(lr), dtype=bool)
+    # the highest LR logged before each point: a warm restart goes back to an LR the run
+    # has trained at, a typo goes past it
+    before = np.fmax.accumulate(np.where(lr > 0, lr, np.nan))
     for j in jumps + 1:  # the first point logged at the new LR
-        near[max(0, j - _LR_JUMP_SPAN):j + _LR_JUMP_SPAN + 1] = True
+        span = slice(max(0, j - _LR_JUMP_SPAN), j + _LR_JUMP_SPAN + 1)
+        near[span] = True
+        if lr[j] > _LR_JUMP_RATIO * before[j - 1]:
+            beyond[span] = True
     bar = np.where(near, min(config.lr_jump_shift_z, config.shift_z_threshold),
                    config.shift_z_threshold)
-    ratio = np.where(near, math.log(min(config.lr_jump_min_ratio, config.min_ratio)),
+    ratio = np.where(beyond, math.log(min(config.lr_jump_min_ratio, config.min_ratio)),
                      math.log(config.min_ratio))
     return bar, ratio
 
@@ -1145,9 +1154,14 @@ def _superseded_events(run: Run, config: Config, notes: list[str]) -> list[Event
                                   segment_of_step=None, eval_frame=pd.DataFrame(),
                                   nan_steps=nan_steps)
         det = detect(sub, config)
+        # a climb into NaN counts where the loss broke (its peak): the climb before the
+        # resumed step is the canonical history's, and reported there
         found = [dataclasses.replace(e, segment=sup.segment, rolled_back_at=sup.last_step)
+                 if e.start_step >= sup.resumed_at else
+                 dataclasses.replace(e, segment=sup.segment, rolled_back_at=sup.last_step,
+                                     start_step=e.peak_step, diverged=False, detail=None)
                  for e in det.events if e.metric == "loss" and e.kind in INCIDENT_KINDS
-                 and e.start_step >= sup.resumed_at]
+                 and (e.peak_step if e.diverged else e.start_step) >= sup.resumed_at]
         for e in found:
             notes.append(f"{e.kind} at step {e.peak_step} in segment {sup.segment}, whose "
                          f"steps {sup.resumed_at}-{sup.last_step} were rolled back (the run "

@@ -44,6 +44,7 @@ def _schemas() -> dict[str, pa.Schema]:
             ("end_step", i64), ("peak_tokens", f64), ("peak_samples", f64), ("z", f64),
             ("ratio", f64), ("baseline", f64), ("recovered", b), ("recovery_steps", i64),
             ("top_cause", s), ("top_score", f64), ("causes", s), ("recurs_in_runs", i64),
+            ("diverged", b),
         ]),
         "runs": pa.schema([
             ("run", s), ("short_name", s), ("source", s), ("name", s), ("format", s),
@@ -92,6 +93,7 @@ def tables(fleet: Fleet) -> dict[str, pa.Table]:
                 "top_score": float(causes[0].score) if causes else None,
                 "causes": json.dumps({c.cause: round(float(c.score), 4) for c in causes}),
                 "recurs_in_runs": recur_count.get((key, ev.peak_step), 0) or None,
+                "diverged": ev.diverged,
             })
     rank = {r.run: i + 1 for i, r in enumerate(summary_rows(fleet))}
     shorts = dict(zip(keys, short_names(keys), strict=True))
