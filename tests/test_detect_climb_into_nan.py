@@ -64,6 +64,10 @@ def test_its_report_names_the_nan_and_the_climb_cause_without_warnings() -> None
     assert rep.verdict == "nonfinite"
     (finding,) = [f for f in rep.findings if f.event.kind in INCIDENT_KINDS]
     assert finding.causes[0].cause == "lr_schedule"
+    # the bad-batch reading says where the climb began, not "went NaN (from <that level>)"
+    (bad,) = [c for c in finding.causes if c.cause == "bad_batch"]
+    assert bad.summary.startswith("Loss climbed from 2.17 at step 819 and went NaN at step "
+                                  "1501")
     assert any("and went non-finite at step 1501, at the top of its climb: one incident" in w
                for w in rep.warnings)
 

@@ -116,7 +116,10 @@ def rule(run: Run, event: Event, ctx: Context) -> Evidence | Skipped | None:
                 f"({level})")
     else:
         word = "NaN" if math.isnan(shape.peak_value) else fmt(shape.peak_value)
-        head = f"loss went {word} at step {peak} (from {fmt(before)})"
+        # a climb into NaN (one event from the climb's start): `before` is where it began
+        head = (f"loss climbed from {fmt(before)} at step {start} and went {word} at step "
+                f"{peak}" if event.diverged else
+                f"loss went {word} at step {peak} (from {fmt(before)})")
     parts = [head]
     if shape.gap is not None:
         parts[0] += (f"; the log has a gap from step {shape.gap[0]} to {shape.gap[1]}, so "
