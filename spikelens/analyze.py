@@ -5,6 +5,8 @@ causes ranked. The result holds no DataFrame, so it can be rendered or dumped as
 
 from __future__ import annotations
 
+import sys
+import types
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -90,3 +92,18 @@ def analyze(runs: Run | Sequence[Run], config: Config | None = None) -> Report:
     reports = [report_of(run, det, cfg, recs) for run, det in zip(run_list, detections,
                                                                    strict=True)]
     return Report(runs=tuple(reports), recurrences=tuple(recs))
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as its `analyze`. The package exposes the function as
+    `spikelens.analyze` (lazily, `spikelens/__init__.py`), but importing this module first
+    (`import spikelens.analyze`, or anything that does, such as `spikelens.cli` or the fleet)
+    makes the package's attribute of that name the module, and `spikelens.analyze(run)` then
+    failed with "'module' object is not callable". Calling the module runs the function, so
+    the documented call works whichever of the two the name holds."""
+
+    def __call__(self, runs: Run | Sequence[Run], config: Config | None = None) -> Report:
+        return analyze(runs, config)
+
+
+sys.modules[__name__].__class__ = _CallableModule
