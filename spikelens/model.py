@@ -186,6 +186,13 @@ class Event:
     #: the event starts where the climb did (`--fail-on divergence` counts it too).
     diverged: bool = False
 
+    @property
+    def anchor_step(self) -> int:
+        """The step the incident is placed at and told apart by: its start, except for a
+        non-finite event, which is placed at its first non-finite step (its peak; the same
+        as its start unless it took in the climb that led to it, `diverged`)."""
+        return self.peak_step if self.kind == "nonfinite" else self.start_step
+
     def counts_as(self, kind: str) -> bool:
         """Whether a `--fail-on KIND` gate counts this event: its own kind, and a loss
         that climbed into NaN (`diverged`) as a divergence too."""

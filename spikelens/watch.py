@@ -84,7 +84,7 @@ class Incident:
         e = self.event
         where = f"{self.source}" + (f" [{self.run}]" if self.run else "")
         if e.kind == "nonfinite":
-            what = f"non-finite loss at step {_first(e)}" + (
+            what = f"non-finite loss at step {e.anchor_step}" + (
                 f" (after a climb from step {e.start_step})" if e.diverged else "")
         elif e.kind == "divergence":
             what = (f"divergence from step {e.start_step} (peak {e.peak_step}, "
@@ -497,14 +497,6 @@ class _Tail:
                       name=self.name, eval_step_column=self.eval_step_column)
 
 
-def _first(ev: Event) -> int:
-    """The step an incident is reported at and told apart by: its start, except for a loss
-    that climbed into NaN (`diverged`), whose event starts with the climb: the first
-    non-finite step (its peak) is what happened, and stays put as the climb's start moves
-    with the log's tail."""
-    return ev.peak_step if ev.kind == "nonfinite" else ev.start_step
-
-
 def _decide(ev: Event, run: Run, cfg: Config) -> tuple[int, int, str] | None:
     """(confirming step, points after the peak, rule) once the event is decided, else None."""
     steps = run.steps
@@ -512,7 +504,7 @@ def _decide(ev: Event, run: Run, cfg: Config) -> tuple[int, int, str] | None:
     logged = loss.index.to_numpy() if loss is not None else steps
     peak_i = int(np.searchsorted(logged, ev.peak_step))
     if ev.kind == "nonfinite":
-        return _first(ev), 0, "a non-finite loss is an incident at once"
+        return ev.anchor_step, 0, "a non-finite loss is an incident at once"
     if ev.kind == "spike":
         if not ev.recovered:
             return None
@@ -644,7 +636,7 @@ class Watched:
         for ev in det.events:
             if ev.metric != "loss" or ev.kind not in INCIDENT_KINDS:
                 continue
-            if min_start is not None and _first(ev) < min_start:
+            if min_start is not None and ev.anchor_step < min_start:
                 continue
             if self._seen(ev):
                 continue
@@ -663,7 +655,7 @@ class Watched:
     def _seen(self, ev: Event) -> bool:
         for r in self.reported:
             if r.kind == "nonfinite" and ev.kind == "nonfinite":
-                if _first(r) == _first(ev):
+                if r.anchor_step == ev.anchor_step:
                     return True
             elif r.peak_step == ev.peak_step or (
                     r.kind != "nonfinite" and ev.kind != "nonfinite"

@@ -1154,14 +1154,17 @@ def _superseded_events(run: Run, config: Config, notes: list[str]) -> list[Event
                                   segment_of_step=None, eval_frame=pd.DataFrame(),
                                   nan_steps=nan_steps)
         det = detect(sub, config)
-        # a climb into NaN counts where the loss broke (its peak): the climb before the
-        # resumed step is the canonical history's, and reported there
-        found = [dataclasses.replace(e, segment=sup.segment, rolled_back_at=sup.last_step)
-                 if e.start_step >= sup.resumed_at else
-                 dataclasses.replace(e, segment=sup.segment, rolled_back_at=sup.last_step,
-                                     start_step=e.peak_step, diverged=False, detail=None)
-                 for e in det.events if e.metric == "loss" and e.kind in INCIDENT_KINDS
-                 and (e.peak_step if e.diverged else e.start_step) >= sup.resumed_at]
+        found = []
+        for e in det.events:
+            if e.metric != "loss" or e.kind not in INCIDENT_KINDS \
+                    or e.anchor_step < sup.resumed_at:
+                continue
+            if e.start_step < sup.resumed_at:
+                # a climb into NaN that began in the history the replay kept: reported
+                # there, so this segment's incident is the NaN
+                e = dataclasses.replace(e, start_step=e.peak_step, diverged=False, detail=None)
+            found.append(dataclasses.replace(e, segment=sup.segment,
+                                             rolled_back_at=sup.last_step))
         for e in found:
             notes.append(f"{e.kind} at step {e.peak_step} in segment {sup.segment}, whose "
                          f"steps {sup.resumed_at}-{sup.last_step} were rolled back (the run "
