@@ -736,6 +736,18 @@ SETS: dict[str, list[tuple[str, int, int]]] = {
            ("amp", 0, 721), ("amp", 1, 722),
            ("stall", 0, 821), ("stall", 1, 822), ("stall", 2, 823),
            ("resume", 0, 921), ("resume", 1, 922)],
+    # made 2026-12-04 (fourth session) and scored once before any rule was looked at again
+    "v4": [("clean", 0, 131), ("clean", 1, 132), ("clean", 2, 133), ("clean", 3, 134),
+           ("clean", 4, 135), ("clean", 5, 136),
+           ("osc", 0, 231), ("osc", 1, 232), ("osc", 2, 233), ("osc", 3, 234), ("osc", 4, 235),
+           ("bb", 0, 331), ("bb", 1, 332), ("bb", 2, 333), ("bb", 3, 334), ("bb", 0, 335),
+           ("bb", 2, 336),
+           ("lr", 0, 431), ("lr", 1, 432), ("lr", 2, 433), ("lr", 3, 434),
+           ("gx", 0, 531), ("gx", 1, 532), ("gx", 1, 533), ("gx", 0, 534),
+           ("nan", 0, 631), ("nan", 1, 632), ("nan", 2, 633),
+           ("amp", 0, 731), ("amp", 1, 732), ("amp", 0, 733),
+           ("stall", 0, 831), ("stall", 1, 832), ("stall", 2, 833),
+           ("resume", 0, 931), ("resume", 1, 932)],
 }
 
 
