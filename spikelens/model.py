@@ -297,7 +297,9 @@ class Config:
     joint_tolerance: int = 1  # logged steps by which the same batch may be numbered apart
     # short logs, batch noise, stall (issue 8; docs/detection.md)
     climb_rises: int = 3  # consecutive rises that make a climb on a short log
-    tiny_batch: float = 8.0  # samples per step at or below which batch noise is expected
+    # samples per step at or below which batch noise is expected: the geometric midpoint of
+    # the largest batch labelled oscillating (4) and the smallest labelled clean (8)
+    tiny_batch: float = 5.66
     stall_blocks: int = 5  # baseline windows without progress that make a stall
     stall_grad_drop: float = 10.0  # a grad norm that falls this much during a plateau
     overfit_points: int = 3  # consecutive eval rises (above the eval minimum) that count

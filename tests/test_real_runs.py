@@ -124,6 +124,7 @@ EXPECTED = {
     "v1/v1osc01": "oscillating",  # CosineAnnealingLR stepped every batch
     "v1/v1osc02": "oscillating",  # sorted by class, never shuffled: 71-step epochs
     "v1/v1osc03": "oscillating",  # a batch of 4
+    "v1/v1clean00": "healthy",  # batch 8: the noise of a mini-batch, not a tiny one
     "v1/v1clean01": "healthy",  # a clean transformer run with eval loss
     "v1/v1clean02": "healthy",  # a clean resume from a checkpoint
     "v1/v1stall00": "healthy",  # LR 1e-7: a stall is informational
@@ -144,6 +145,9 @@ EXPECTED = {
     "v2/v2osc04": "oscillating",  # an LM on 896 windows in a fixed order: 56-step epochs
     "v2/v2resume00": "spiky",  # random tokens in a segment the rollback superseded
     "v2/v2stall00": "healthy",  # dead ReLUs
+    "v4/v4clean00": "healthy",  # batch 8, SGD + momentum: its swing is mini-batch noise
+    "v4/v4gx00": "diverged",  # the LR grows until the MLP sits at a new level, one outlier on it
+    "v4/v4osc03": "oscillating",  # a batch of 3
 }
 
 

@@ -11,7 +11,14 @@ points still hold:
   climbs until the log stops);
 * otherwise it is a **spike that has not recovered yet**: the loss is on its way back down
   (the tr1-13B excerpt ends 40 iterations after its peak, still high but falling), or there
-  is nothing after the peak to judge by (a 3-line excerpt 3.1 -> 7.7)."""
+  is nothing after the peak to judge by (a 3-line excerpt 3.1 -> 7.7).
+
+The excess is measured to the highest level the loss *held* during the rise (the largest
+median of `recover_run` consecutive points), not to its single highest point: a loss that
+climbed to a new level and sits there in heavy noise has one-point outliers far above that
+level (a diverged MLP at 2.6 with one batch at 10.2, real run v4gx00), and measured to that
+point the level it holds looked like half a recovery. Where the rise has fewer points than
+that, the highest point is the peak, as before."""
 
 from __future__ import annotations
 
@@ -24,10 +31,25 @@ HELD_LONG = 0.5
 HELD_CLIMB = 0.9
 
 
-def held_fraction(x: NDArray[np.float64], peak: int, level: float, recover_run: int) -> float:
-    """Share of the peak's excess over `level` kept by the median of the last points after
-    the peak (1.0 when the peak is the last point: nothing says it is coming down)."""
-    excess = float(x[peak]) - level
+def held_top(x: NDArray[np.float64], start: int, peak: int, recover_run: int) -> float:
+    """The highest level held from `start` to the end: the largest median of `recover_run`
+    consecutive points (the point at `peak` where there are fewer points than that)."""
+    rise = x[start:]
+    if recover_run < 2 or len(rise) < recover_run:
+        return float(x[peak])
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    return float(np.median(sliding_window_view(rise, recover_run), axis=1).max())
+
+
+def held_fraction(x: NDArray[np.float64], peak: int, level: float, recover_run: int,
+                  start: int | None = None) -> float:
+    """Share of the rise's excess over `level` kept by the median of the last points after
+    the peak (1.0 when the peak is the last point: nothing says it is coming down). The
+    excess is to the highest level held from `start` on (`held_top`), or to the point at
+    `peak` without `start`."""
+    top = float(x[peak]) if start is None else held_top(x, start, peak, recover_run)
+    excess = top - level
     if excess <= 0:
         return 0.0
     tail = x[max(peak + 1, len(x) - recover_run):]
@@ -41,7 +63,7 @@ def kind_of(recovered: bool, x: NDArray[np.float64], steps: NDArray[np.int64], s
     """"spike" or "divergence" for an event on the loss (indices into x and steps)."""
     if recovered:
         return "spike"
-    held = held_fraction(x, peak, level, recover_run)
+    held = held_fraction(x, peak, level, recover_run, start)
     lasted = int(steps[-1] - steps[start])
     points = len(x) - start
     if held >= HELD_LONG and lasted >= divergence_steps:

@@ -42,7 +42,7 @@ class OscParams:
     min_cycles: int  # cycles a periodic region (or LR) must show
     #: samples per optimizer step read from the log, or None when the log cannot tell
     batch: float | None = None
-    tiny_batch: float = 8.0  # at or below: batch noise is expected, and is the swing
+    tiny_batch: float = 5.66  # at or below: batch noise is expected, and is the swing
 
 
 @dataclass(frozen=True)
