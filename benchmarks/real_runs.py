@@ -2,7 +2,7 @@
 
     python3 -m venv /work/venv-torch
     /work/venv-torch/bin/pip install /opt/wheels/torch-*.whl numpy   # a CPU wheel, by path
-    /work/venv-torch/bin/python benchmarks/real_runs.py OUT_DIR [--set v1|v2|v3|v4|all] [--only ID]
+    /work/venv-torch/bin/python benchmarks/real_runs.py OUT_DIR [--set v1|v2|v3|v4|v5|all] [--only ID]
 
 torch is a tool of this benchmark only, never a dependency of spikelens (`pip install torch`
 with the CPU index, or a CPU wheel by path; without it the script stops with a one-line
@@ -748,6 +748,18 @@ SETS: dict[str, list[tuple[str, int, int]]] = {
            ("amp", 0, 731), ("amp", 1, 732), ("amp", 0, 733),
            ("stall", 0, 831), ("stall", 1, 832), ("stall", 2, 833),
            ("resume", 0, 931), ("resume", 1, 932)],
+    # made 2026-12-04 (fourth session) after the eighth pass, scored once, never calibrated on
+    "v5": [("clean", 0, 141), ("clean", 2, 142), ("clean", 3, 143), ("clean", 4, 144),
+           ("clean", 5, 145), ("clean", 1, 146),
+           ("osc", 0, 241), ("osc", 1, 242), ("osc", 2, 243), ("osc", 3, 244), ("osc", 4, 245),
+           ("bb", 0, 341), ("bb", 1, 342), ("bb", 2, 343), ("bb", 3, 344), ("bb", 1, 345),
+           ("bb", 3, 346),
+           ("lr", 0, 441), ("lr", 1, 442), ("lr", 2, 443), ("lr", 3, 444),
+           ("gx", 0, 541), ("gx", 1, 542), ("gx", 0, 543), ("gx", 1, 544),
+           ("nan", 0, 641), ("nan", 1, 642), ("nan", 2, 643),
+           ("amp", 0, 741), ("amp", 1, 742), ("amp", 1, 743),
+           ("stall", 0, 841), ("stall", 1, 842), ("stall", 2, 843),
+           ("resume", 0, 941), ("resume", 1, 942)],
 }
 
 
