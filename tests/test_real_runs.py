@@ -148,6 +148,8 @@ EXPECTED = {
     "v4/v4clean00": "healthy",  # batch 8, SGD + momentum: its swing is mini-batch noise
     "v4/v4gx00": "diverged",  # the LR grows until the MLP sits at a new level, one outlier on it
     "v4/v4osc03": "oscillating",  # a batch of 3
+    "v5/v5clean00": "healthy",  # batch 8 (labelled clean; made after tiny_batch moved)
+    "v5/v5gx01": "diverged",  # AdamW, the LR climbing e-fold: the loss drifts up x1.1
 }
 
 

@@ -30,6 +30,7 @@ from spikelens.detect.divergence import kind_of
 from spikelens.detect.gradnorm import Scan, find_surges, scan, usable
 from spikelens.detect.gradnorm import confirmed as grad_confirmed
 from spikelens.detect.joint import PointZ
+from spikelens.detect.lr_drift import PAST, lr_drift
 from spikelens.detect.nonfinite import NonFinite, find_nonfinite, nonfinite_mask
 from spikelens.detect.ops import ops_events
 from spikelens.detect.oscillation import (
@@ -187,6 +188,10 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = (), *,
     for r in rises:
         events.append(_rise_event(run, loss, r, config, first.get("point")))
     events = _lead_into_divergence(events, loss, config, notes)
+    drift = _lr_drift_event(run, loss, config, events)
+    if drift is not None:
+        events.append(drift)
+        notes.append(drift.detail or "")
     climb = _climb_event(run, loss, config, events)
     if climb is not None:
         events = [e for e in events if not (e.kind in ("spike", "divergence")
@@ -1061,6 +1066,42 @@ def _climb_event(run: Run, loss: _Loss, config: Config, events: Sequence[Event]
         detail=(f"the loss rose at each of the last {c.end - c.start} logged steps, "
                 f"{math.exp(c.log_rise):.2f}x in all"
                 + (f", while the grad norm rose {c.grad_ratio:.2f}x" if c.grad_ratio else "")),
+    )
+
+
+def _lr_drift_event(run: Run, loss: _Loss, config: Config, events: Sequence[Event]
+                    ) -> Event | None:
+    """A loss that drifts up to the end of the log while the LR climbs past anything the run
+    had trained at (lr_drift.py), where no incident covers it already."""
+    if not loss.is_log:
+        return None
+    st = loss.fin_steps
+    lr = _aligned_metric(run, "lr", st)
+    if lr is None:
+        return None
+    d = lr_drift(loss.x, lr, config.window, math.log(config.lr_jump_min_ratio),
+                 config.shift_z_threshold)
+    if d is None or d.end != len(st) - 1:
+        return None  # only an excursion that lasts to the end of the log
+    at, end = int(st[d.lr_at]), int(st[d.end])
+    for e in events:
+        if e.metric == "loss" and e.kind in INCIDENT_KINDS and e.end_step >= at \
+                and e.start_step <= end:
+            return None  # the rise is an incident already
+    peak = d.start + int(np.argmax(loss.x[d.start:d.end + 1]))
+    kind = kind_of(False, loss.x, st, d.start, peak, d.level, config.recover_run,
+                   config.divergence_steps)
+    start = int(st[d.start])
+    level = _unit(loss, d.level)
+    held = _unit(loss, float(np.median(loss.x[max(d.start, d.end + 1 - config.recover_run):])))
+    return Event(
+        kind=kind, metric="loss", start_step=start, peak_step=int(st[peak]), end_step=end,
+        recovered=False, size=Size(z=d.z, ratio=_ratio(loss, float(loss.x[peak]), d.level)),
+        segment=_segment_of(run, start), baseline=level,
+        detail=(f"the LR climbed from step {int(st[d.foot])} and passed {PAST:g}x the highest "
+                f"LR logged before it ({d.lr_before:.3g}) at step {at}; the loss drifted up "
+                f"from {level:.4g} and was {held / level:.3g}x that level at the end of the "
+                f"log (from step {start}, z {d.z:.1f})"),
     )
 
 

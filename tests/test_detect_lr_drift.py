@@ -1,0 +1,80 @@
+"""A loss that drifts up while the LR climbs past anything the run had trained at is the
+start of a divergence, though each 100 points of it look like noise (real run v5gx01: a tiny
+transformer under AdamW whose LR grows e-fold every 141 steps; its loss creeps from 1.99 to
+2.2). Seeded signals with known answers, and the quiet twins: the same ramp with a loss that
+does not answer, the same drift with a constant LR, a warmup, a cyclic LR."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from spikelens.detect import detect
+from spikelens.detect.lr_drift import lr_drift
+from spikelens.model import INCIDENT_KINDS, Config, Run
+from spikelens.readers._base import RawLog, build_run
+
+CFG = Config()
+N = 1600
+
+
+def _run(loss: np.ndarray, lr: np.ndarray) -> Run:
+    frame = pd.DataFrame({"step": np.arange(1, len(loss) + 1), "loss": loss, "lr": lr})
+    return build_run(RawLog(frame=frame), Path("run.csv"), "csv")
+
+
+def _loss(seed: int, drift: bool) -> np.ndarray:
+    """Settled near 2 in 3 % noise; with `drift`, from step 1200 the loss creeps up ~x1.15 by
+    step 1600 (x1.04 per 100 steps: no 100 points of it are out of band)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(N, dtype=np.float64)
+    level = 2.0 + 2.0 * np.exp(-t / 200)
+    if drift:
+        level = level * np.exp(np.clip(t - 1200, 0, None) * np.log(1.15) / 400)
+    return level * np.exp(rng.normal(0, 0.03, N))
+
+
+def _ramp() -> np.ndarray:
+    """LR 3e-3 after a 100-step warmup; from step 1200 it grows e-fold every 141 steps."""
+    t = np.arange(N, dtype=np.float64)
+    return np.where(t < 100, 3e-3 * (t + 1) / 100,
+                    3e-3 * np.exp(np.clip(t - 1200, 0, None) / 141))
+
+
+def _incidents(run: Run) -> list[tuple[str, int]]:
+    return [(e.kind, e.start_step) for e in detect(run, CFG).events if e.kind in INCIDENT_KINDS]
+
+
+def test_a_drift_answering_an_lr_climb_past_its_maximum_is_a_divergence() -> None:
+    for seed in (1, 2, 3, 4):
+        run = _run(_loss(seed, drift=True), _ramp())
+        det = detect(run, CFG)
+        found = [(e.kind, e.start_step) for e in det.events if e.kind in INCIDENT_KINDS]
+        assert len(found) == 1 and found[0][0] == "divergence", (seed, found)
+        assert 1200 < found[0][1] < 1600
+        [ev] = [e for e in det.events if e.kind == "divergence"]
+        assert ev.detail is not None and "passed 1.2x the highest LR" in ev.detail
+        assert det.verdict == "diverged"
+
+
+def test_the_same_lr_climb_with_a_loss_that_does_not_answer_is_quiet() -> None:
+    for seed in (1, 2, 3, 4):
+        assert _incidents(_run(_loss(seed, drift=False), _ramp())) == []
+
+
+def test_the_same_slow_drift_with_a_constant_lr_is_not_an_incident() -> None:
+    flat = np.where(np.arange(N) < 100, 3e-3 * (np.arange(N) + 1) / 100, 3e-3)
+    for seed in (1, 2, 3, 4):
+        assert _incidents(_run(_loss(seed, drift=True), flat)) == []
+
+
+def test_a_warmup_and_a_cyclic_lr_are_not_climbs_past_the_maximum() -> None:
+    rng = np.random.default_rng(5)
+    t = np.arange(N, dtype=np.float64)
+    x = np.log(2 + np.exp(-t / 300)) + rng.normal(0, 0.03, N)
+    warmup = 1e-3 * np.minimum(1, (t + 1) / 1400)  # a warmup of 1400 steps
+    assert lr_drift(x, warmup, 100, np.log(1.05), 5.5) is None
+    cyclic = 1e-3 * (1.1 + np.sin(2 * np.pi * t / 250))  # back to the same peak each cycle
+    assert lr_drift(x, cyclic, 100, np.log(1.05), 5.5) is None
