@@ -30,7 +30,7 @@ from spikelens.detect.divergence import kind_of
 from spikelens.detect.gradnorm import Scan, find_surges, scan, usable
 from spikelens.detect.gradnorm import confirmed as grad_confirmed
 from spikelens.detect.joint import PointZ
-from spikelens.detect.lr_drift import PAST, lr_drift
+from spikelens.detect.lr_drift import PAST, find_drift
 from spikelens.detect.nonfinite import NonFinite, find_nonfinite, nonfinite_mask
 from spikelens.detect.ops import ops_events
 from spikelens.detect.oscillation import (
@@ -1072,22 +1072,22 @@ def _climb_event(run: Run, loss: _Loss, config: Config, events: Sequence[Event]
 def _lr_drift_event(run: Run, loss: _Loss, config: Config, events: Sequence[Event]
                     ) -> Event | None:
     """A loss that drifts up to the end of the log while the LR climbs past anything the run
-    had trained at (lr_drift.py), where no incident covers it already."""
+    had trained at (lr_drift.py), where no incident that never came back holds it already."""
     if not loss.is_log:
         return None
     st = loss.fin_steps
     lr = _aligned_metric(run, "lr", st)
     if lr is None:
         return None
-    d = lr_drift(loss.x, lr, config.window, math.log(config.lr_jump_min_ratio),
+    d = find_drift(loss.x, lr, config.window, math.log(config.lr_jump_min_ratio),
                  config.shift_z_threshold)
-    if d is None or d.end != len(st) - 1:
-        return None  # only an excursion that lasts to the end of the log
+    if d is None:
+        return None
     at, end = int(st[d.lr_at]), int(st[d.end])
     for e in events:
-        if e.metric == "loss" and e.kind in INCIDENT_KINDS and e.end_step >= at \
-                and e.start_step <= end:
-            return None  # the rise is an incident already
+        if e.metric == "loss" and e.kind in INCIDENT_KINDS and not e.recovered \
+                and e.end_step >= at:
+            return None  # an incident that never came back holds the drift already
     peak = d.start + int(np.argmax(loss.x[d.start:d.end + 1]))
     kind = kind_of(False, loss.x, st, d.start, peak, d.level, config.recover_run,
                    config.divergence_steps)

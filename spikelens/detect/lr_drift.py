@@ -10,14 +10,16 @@ loss that answers it is the start of a divergence (real run v5gx01: a tiny trans
 under AdamW whose LR grows e-fold every 141 steps; its loss creeps from 1.99 to 2.2 in 400
 steps while each 100 of them look like noise). There the loss is measured against the level
 it held before the LR began to climb: the median of `window` points before the climb's
-start, with the noise of their step-to-step differences (so a slow trend does not count as
-noise). The drift is an incident when a `k`-point median (k = 20) after the LR passed
-1.2x its earlier maximum stands `lr_jump_min_ratio` (x1.05, the seventh pass's floor where
-the LR is past anything the run trained at) above that level at z >= `shift_z_threshold`,
-and the last points of the excursion still hold that much (a drift that went away is not
-one). A warmup has no earlier stretch to compare with (the climb starts in the first
-`window` points) and a cyclic or restarted schedule returns to its earlier peak, not 1.2x
-past it, so neither is judged here."""
+start, with the standard error of a `K`-point median as that stretch shows it (`_median_se`:
+white noise from the step-to-step differences, or the wander of the stretch's own medians
+where the noise is autocorrelated). The drift is an incident when a `K`-point median
+(K = 20) after the LR passed 1.2x its earlier maximum stands `lr_jump_min_ratio` (x1.05,
+the seventh pass's floor where the LR is past anything the run trained at) above that level
+at z >= `shift_z_threshold`, and the last `K` points of the excursion still do (a drift
+that went away is not one), the excursion lasting to the end of the log. Every climb of the
+LR is examined and the first drift reported. A warmup has no earlier stretch to compare with
+(the climb starts in the first `window` points) and a cyclic or restarted schedule returns
+to its earlier peak, not 1.2x past it, so neither is judged here."""
 
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ K = 20
 class Drift:
     foot: int  # index of the first point of the LR's climb
     start: int  # index of the first point of the first window over the bar
-    end: int  # index of the last point of the LR's excursion past PAST x its earlier max
+    end: int  # index of the last point (the excursion lasts to the end of the log)
     level: float  # the loss level before the climb (log units)
     lr_before: float  # the highest LR logged before the climb
     lr_at: int  # index where the LR passed PAST x lr_before
@@ -51,7 +53,33 @@ def _rolling_median(x: NDArray[np.float64], k: int) -> NDArray[np.float64]:
     return np.asarray(np.median(sliding_window_view(x, k), axis=1), dtype=np.float64)
 
 
-def lr_drift(x: NDArray[np.float64], lr: NDArray[np.float64], window: int,
+def _median_se(ref: NDArray[np.float64]) -> float:
+    """The standard error of a K-point median of the loss as the reference stretch shows it:
+    the larger of the white-noise figure (1.2533 sigma / sqrt(K), sigma from the
+    step-to-step differences, which a slow trend does not inflate) and the spread of the
+    stretch's own K-point medians (which an autocorrelated wander does inflate: with
+    AR(1) noise the differences understate how far a 20-point median strays)."""
+    d = np.diff(ref)
+    sigma = 1.4826 * float(np.median(np.abs(d - np.median(d)))) / math.sqrt(2)
+    white = 1.2533 * sigma / math.sqrt(K)
+    meds = _rolling_median(ref, K)
+    q75, q25 = np.percentile(meds, [75, 25])
+    return max(white, float(q75 - q25) / 1.349)
+
+
+def _first_over(x: NDArray[np.float64], bar: float, block: int = 4096) -> int | None:
+    """The first i whose K-point median x[i:i + K] is at or above `bar`, found block by block
+    (a million-point excursion is not medianed whole to find an early crossing)."""
+    n = len(x)
+    for lo in range(0, n - K + 1, block):
+        hi = min(n, lo + block + K - 1)
+        hit = np.flatnonzero(_rolling_median(x[lo:hi], K) >= bar)
+        if len(hit):
+            return lo + int(hit[0])
+    return None
+
+
+def find_drift(x: NDArray[np.float64], lr: NDArray[np.float64], window: int,
              log_ratio: float, z_bar: float) -> Drift | None:
     """The first drift of the loss x (log units, finite points) above its level before a climb
     of the LR (aligned to x, NaN where not logged) past PAST x its earlier maximum."""
@@ -73,12 +101,10 @@ def lr_drift(x: NDArray[np.float64], lr: NDArray[np.float64], window: int,
     # a settled stretch of `window` points (not a warmup, not a rise that had been going on)
     cand = np.flatnonzero(filled >= PAST * prior[np.maximum(foot_of - 1, 0)])
     cand = cand[foot_of[cand] >= window]
-    tried: set[int] = set()
-    for i in cand.tolist():
+    # one look per climb (its first point past the mark): a long climb is many candidates
+    _, first = np.unique(foot_of[cand], return_index=True)
+    for i in np.sort(cand[first]).tolist():
         foot = int(foot_of[i])
-        if foot in tried:
-            continue  # one look per climb: a long unsettled climb is many candidates
-        tried.add(foot)
         before = filled[foot - window:foot]
         if np.isnan(before).any() or float(before.max()) > float(before[0]) * (1 + 1e-9):
             continue  # the LR was rising before this climb too: no settled level to compare
@@ -87,24 +113,21 @@ def lr_drift(x: NDArray[np.float64], lr: NDArray[np.float64], window: int,
             continue
         at = i
         below = np.flatnonzero(filled[at:] < PAST * lr_before)
-        stop = at + int(below[0]) - 1 if len(below) else n - 1
+        if len(below) or n - at < K:
+            continue  # only an excursion that lasts to the end of the log, K points or more
+        stop = n - 1
         ref = x[foot - window:foot]
         level = float(np.median(ref))
-        d = np.diff(ref)
-        scale = 1.4826 * float(np.median(np.abs(d - np.median(d)))) / math.sqrt(2)
-        if not scale > 0 or stop - at + 1 < K:
-            return None
-        # a median of K points of white noise has a standard error of 1.2533 scale / sqrt(K)
-        se = 1.2533 * scale / math.sqrt(K)
-        med = _rolling_median(x[at:stop + 1], K)
-        over = (med - level >= log_ratio) & ((med - level) / se >= z_bar)
-        hit = np.flatnonzero(over)
-        if not len(hit):
-            return None
-        tail = x[max(at, stop + 1 - K):stop + 1]
-        if float(np.median(tail)) - level < log_ratio:
-            return None  # the drift went away before the excursion ended
-        j = int(hit[0])
+        se = _median_se(ref)
+        if not se > 0:
+            continue
+        tail = x[stop + 1 - K:stop + 1]
+        if float(np.median(tail)) - level < max(log_ratio, z_bar * se):
+            continue  # the drift did not hold to the end of the excursion
+        j = _first_over(x[at:stop + 1], level + max(log_ratio, z_bar * se))
+        if j is None:
+            continue
+        z = (float(np.median(x[at + j:at + j + K])) - level) / se
         return Drift(foot=foot, start=at + j, end=stop, level=level, lr_before=lr_before,
-                     lr_at=at, z=float((med[j] - level) / se))
+                     lr_at=at, z=z)
     return None
