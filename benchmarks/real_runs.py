@@ -2,7 +2,7 @@
 
     python3 -m venv /work/venv-torch
     /work/venv-torch/bin/pip install /opt/wheels/torch-*.whl numpy   # a CPU wheel, by path
-    /work/venv-torch/bin/python benchmarks/real_runs.py OUT_DIR [--set v1|v2|v3|v4|v5|all] [--only ID]
+    /work/venv-torch/bin/python benchmarks/real_runs.py OUT_DIR [--set v1..v5|all] [--only ID]
 
 torch is a tool of this benchmark only, never a dependency of spikelens (`pip install torch`
 with the CPU index, or a CPU wheel by path; without it the script stops with a one-line
