@@ -111,3 +111,22 @@ def test_autocorrelated_noise_under_an_lr_climb_is_not_a_drift() -> None:
             z[i] = 0.95 * z[i - 1] + e[i]
         x = np.log(2.0 + 2.0 * np.exp(-t / 200)) + z
         assert find_drift(x, _ramp(), 100, np.log(1.05), 5.5) is None, seed
+
+
+def test_the_remedy_caps_the_lr_at_what_the_run_trained_at_before_the_ramp() -> None:
+    # the climb began long before the event: the "earlier maximum" is the LR before it, not
+    # an LR the ramp itself had reached (v5gx01 said "cap the LR at 6.5e-3" for 3.0e-3)
+    from spikelens.analyze import analyze
+
+    rng = np.random.default_rng(1)
+    n = 2000
+    t = np.arange(n, dtype=np.float64)
+    lr = 3e-3 * np.exp(np.clip(t - 1200, 0, None) / 141)  # the ramp from step 1200
+    # the loss answers only from step 1600, 400 steps into the ramp (LR x17 by then)
+    level = (2.0 + 2.0 * np.exp(-t / 200)) * np.exp(np.clip(t - 1600, 0, None)
+                                                    * np.log(1.15) / 400)
+    rr = analyze(_run(level * np.exp(rng.normal(0, 0.03, n)), lr)).runs[0]
+    [f] = [f for f in rr.findings if f.event.kind == "divergence"]
+    lr = next(c for c in f.causes if c.cause == "lr_schedule")
+    assert lr.evidence["earlier_max_lr"] == 3e-3
+    assert "earlier maximum 3.0e-3" in lr.remedy

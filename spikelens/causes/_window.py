@@ -1181,6 +1181,11 @@ def _lr_profile(ctx: Context) -> LrProfile:
         jump, jump_step, jump_from, jump_to = 1.0, None, nan, nan
     jump_lag = None if jump_step is None else start - jump_step
     prev_max = a.running_at("lr", "max", len(older) - 1) if len(older) else nan
+    if 0 < k < len(older):
+        # the climb began before the lookback window (a slow ramp): the run's earlier maximum
+        # is the highest LR before the climb, not a value the ramp itself reached (realruns
+        # v5gx01: "cap the LR at 6.5e-3", an LR from inside its e-fold ramp, for 3.0e-3)
+        prev_max = min(prev_max, a.running_at("lr", "max", k - 1))
     # the first warmup: a climb from the first logged LR to the highest LR so far
     first_peak = bool(k == 0 and reached_i >= 1)
     resume: Restart | None = None
