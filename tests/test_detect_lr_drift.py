@@ -130,3 +130,15 @@ def test_the_remedy_caps_the_lr_at_what_the_run_trained_at_before_the_ramp() -> 
     lr = next(c for c in f.causes if c.cause == "lr_schedule")
     assert lr.evidence["earlier_max_lr"] == 3e-3
     assert "earlier maximum 3.0e-3" in lr.remedy
+
+
+def test_nan_and_inf_written_in_the_lr_neither_hide_the_drift_nor_warn() -> None:
+    import warnings
+
+    lr = _ramp()
+    lr[[300, 1250, 1400]] = np.nan
+    lr[[500, 1300]] = np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's overflow warning would reach the user
+        found = _incidents(_run(_loss(1, drift=True), lr))
+    assert [k for k, _ in found] == ["divergence"], found

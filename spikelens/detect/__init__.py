@@ -31,6 +31,7 @@ from spikelens.detect.gradnorm import Scan, find_surges, scan, usable
 from spikelens.detect.gradnorm import confirmed as grad_confirmed
 from spikelens.detect.joint import PointZ
 from spikelens.detect.lr_drift import PAST, find_drift
+from spikelens.detect.lr_drift import K as DRIFT_POINTS
 from spikelens.detect.nonfinite import NonFinite, find_nonfinite, nonfinite_mask
 from spikelens.detect.ops import ops_events
 from spikelens.detect.oscillation import (
@@ -1073,14 +1074,14 @@ def _lr_drift_event(run: Run, loss: _Loss, config: Config, events: Sequence[Even
                     ) -> Event | None:
     """A loss that drifts up to the end of the log while the LR climbs past anything the run
     had trained at (lr_drift.py), where no incident that never came back holds it already."""
-    if not loss.is_log:
+    if not loss.is_log or len(loss.x) < 2 * config.window + DRIFT_POINTS:
         return None
     st = loss.fin_steps
-    lr = _aligned_metric(run, "lr", st)
+    lr = _aligned_lr(run, st)
     if lr is None:
         return None
     d = find_drift(loss.x, lr, config.window, math.log(config.lr_jump_min_ratio),
-                 config.shift_z_threshold)
+                   config.shift_z_threshold)
     if d is None:
         return None
     at, end = int(st[d.lr_at]), int(st[d.end])

@@ -80,39 +80,36 @@ def _first_over(x: NDArray[np.float64], bar: float, block: int = 4096) -> int | 
 
 
 def find_drift(x: NDArray[np.float64], lr: NDArray[np.float64], window: int,
-             log_ratio: float, z_bar: float) -> Drift | None:
+               log_ratio: float, z_bar: float) -> Drift | None:
     """The first drift of the loss x (log units, finite points) above its level before a climb
-    of the LR (aligned to x, NaN where not logged) past PAST x its earlier maximum."""
+    of the LR past PAST x its earlier maximum; `lr` is the LR at each point of x (the last
+    value logged at or before it, as the detector's `_aligned_lr` gives it)."""
     n = len(x)
-    if n < 2 * window + K or lr.shape != x.shape:
-        return None
     ok = np.isfinite(lr)
-    if ok.sum() < 2 * window:
+    if n < 2 * window + K or lr.shape != x.shape or ok.sum() < 2 * window:
         return None
-    # the LR carried forward over points where it was not logged (NaN before the first)
-    last = np.maximum.accumulate(np.where(ok, np.arange(n), -1))
-    filled = np.where(last >= 0, lr[np.maximum(last, 0)], np.nan)
-    prior = np.fmax.accumulate(np.nan_to_num(filled, nan=0.0))
+    lr = np.where(ok, lr, np.nan)  # an inf LR logged is no level the run trained at
+    prior = np.fmax.accumulate(np.nan_to_num(lr, nan=0.0))
     # where each climb began: the foot of the run of rises that reaches each point
     rising = np.zeros(n, dtype=bool)
-    rising[1:] = filled[1:] > filled[:-1]
+    rising[1:] = lr[1:] > lr[:-1]
     foot_of = np.maximum.accumulate(np.where(rising, 0, np.arange(n)))
     # points past PAST x the highest LR logged before their climb, the climb starting after
     # a settled stretch of `window` points (not a warmup, not a rise that had been going on)
-    cand = np.flatnonzero(filled >= PAST * prior[np.maximum(foot_of - 1, 0)])
+    cand = np.flatnonzero(lr >= PAST * prior[np.maximum(foot_of - 1, 0)])
     cand = cand[foot_of[cand] >= window]
     # one look per climb (its first point past the mark): a long climb is many candidates
     _, first = np.unique(foot_of[cand], return_index=True)
     for i in np.sort(cand[first]).tolist():
         foot = int(foot_of[i])
-        before = filled[foot - window:foot]
+        before = lr[foot - window:foot]
         if np.isnan(before).any() or float(before.max()) > float(before[0]) * (1 + 1e-9):
             continue  # the LR was rising before this climb too: no settled level to compare
         lr_before = float(prior[foot - 1])
         if not lr_before > 0:
             continue
         at = i
-        below = np.flatnonzero(filled[at:] < PAST * lr_before)
+        below = np.flatnonzero(lr[at:] < PAST * lr_before)
         if len(below) or n - at < K:
             continue  # only an excursion that lasts to the end of the log, K points or more
         stop = n - 1
