@@ -115,6 +115,49 @@ def test_a_type_change_in_a_later_span_reads_the_file_whole(
     assert many.frame["tokens"].loc[199_999] == 512 * 199_999
 
 
+@pytest.mark.parametrize("spans", [2, 3])
+def test_malformed_rows_after_blank_lines_keep_their_line_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spans: int
+) -> None:
+    """The first span takes a malformed row's line from the parser, which numbers only the
+    lines it does not ignore: blank lines before it must still count, and a row in a later
+    span (looked up in the file) must not be matched to an earlier row with the same text."""
+    odd = {3: "", 4: "", 10: "oops", 400: "", 401: "17,2.5", 50_000: "", 50_001: "oops"}
+    p = tmp_path / "blank.csv"
+    p.write_text(_log(60_000, odd))
+    lines = p.read_text().split("\n")
+    expected = [i + 1 for i, line in enumerate(lines) if line in ("oops", "17,2.5")]
+    assert len(expected) == 3
+    one = _read(p, 1, monkeypatch)
+    parsed: list[int] = []
+    many = _read(p, spans, monkeypatch, parsed)
+    assert parsed == [60_000]
+    _same(one, many)
+    assert many.warnings[0] == (f"{p}: skipped 3 malformed row(s) (lines "
+                                f"{', '.join(map(str, expected))})")
+
+
+def test_a_span_with_more_rows_than_estimated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each span's float columns are written into arrays sized from a sample of its
+    newlines; rows ended by a lone CR (which pyarrow reads as rows) are not counted, so the
+    span overflows its estimate, and the blocks past it must still land in file order with
+    their logged NaNs."""
+    text = _log(120_000, {})
+    lines = text.splitlines()
+    p = tmp_path / "cr.csv"
+    p.write_text("\n".join(lines[:90_000]) + "\n" + "\r".join(lines[90_000:]) + "\r",
+                 newline="")
+    one = _read(p, 1, monkeypatch)
+    parsed: list[int] = []
+    many = _read(p, 3, monkeypatch, parsed)
+    assert parsed == [120_000]  # read by the spans
+    _same(one, many)
+    assert len(many.nan_steps["loss"]) == len(range(5, 120_000, 997))
+    assert many.frame["loss"].iloc[-1] == pytest.approx(2 + 1 / 120_000)
+
+
 def test_split_points_fall_on_row_starts() -> None:
     data = b"step,loss\n" + b"".join(b"%d,1.5\n" % i for i in range(1000))
     cuts = csv_reader._split_points(data, 10, 4)
