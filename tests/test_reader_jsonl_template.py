@@ -175,6 +175,31 @@ def test_small_windows_read_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert_same(p)
 
 
+def test_more_lines_than_the_first_mib_predicts_read_the_same(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The number columns are placed in arrays sized from the first MiB's line length;
+    a log whose lines get much shorter later (a long note that stops being written) has
+    more rows than that, and the arrays must grow without losing or moving a value. Small
+    windows put non-template lines (NaN, a traceback) inside several windows."""
+    import spikelens.readers._jsonl_template as template_mod
+
+    monkeypatch.setattr(template_mod, "_WINDOW", 1 << 16)
+    lines = []
+    for step in range(60_000):
+        note = "x" * (600 if step < 3000 else 1)
+        loss = "NaN" if step % 4999 == 3 else repr(2 + 1 / (step + 1))
+        lines.append(f'{{"step": {step}, "loss": {loss}, "note": "{note}"}}')
+    lines.insert(40_000, "Traceback (most recent call last):")
+    p = tmp_path / "shrinking.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    assert template_mod._line_estimate(p.read_bytes()) < 20_000  # the estimate is short
+    assert _templated(p)
+    logs = assert_same(p)
+    assert not isinstance(logs, str)
+    assert len(logs[0].frame) == 60_000
+    assert logs[0].nan_mask["loss"].sum() == len(range(3, 60_000, 4999))
+
+
 def test_string_columns_spanning_2_gib_read_the_same(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """String ranges spanning 2 GiB or more (a window over one huge line) are taken as

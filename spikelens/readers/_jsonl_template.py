@@ -552,30 +552,80 @@ def _template_parse(buf: Any, arr: np.ndarray) -> Parsed | None:
             raise _GiveUp
         return w
 
-    # numpy and pyarrow let go of the GIL in the heavy steps: two windows at a time
-    with ThreadPoolExecutor(max_workers=_THREADS) as pool:
-        windows = list(pool.map(scan, bounds))
     line0 = 1
     t_parts: list[np.ndarray] = []
     rest: list[tuple[int, int, int]] = []
     odd: list[tuple[int, int, int]] = []
-    for w in windows:
-        t_parts.append(w.lines + line0)
-        for line, s, e in w.rest:
-            # the plain path's split: object lines to pyarrow, the others to json.loads
-            (rest if _is_object(bytes(buf[s:e])) else odd).append((line + line0, s, e))
-        line0 += w.count
+    windows: list[_Window] = []
+    numbers = _Numbers([j for j, t in enumerate(tpl.text) if not t], _line_estimate(buf))
+    # numpy and pyarrow let go of the GIL in the heavy steps: two windows at a time. Each
+    # window is taken in file order as soon as it is done, its numbers copied to their
+    # rows and its arrays freed for the windows still to scan
+    with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+        for w in pool.map(scan, bounds):
+            t_parts.append(w.lines + line0)
+            theirs: list[int] = []
+            for line, s, e in w.rest:
+                # the plain path's split: object lines to pyarrow, the others to json.loads
+                if _is_object(bytes(buf[s:e])):
+                    rest.append((line + line0, s, e))
+                    theirs.append(line)
+                else:
+                    odd.append((line + line0, s, e))
+            numbers.place(w, np.asarray(theirs, dtype=np.int64))
+            windows.append(w)
+            line0 += w.count
     total = line0 - 1
     t_lines = np.concatenate(t_parts)
     if not len(t_lines):
         return None
-    return Parsed(_merge_rest(buf, tpl, windows, t_lines, rest), odd, total)
+    return Parsed(_merge_rest(buf, tpl, windows, t_lines, rest, numbers), odd, total)
+
+
+def _line_estimate(buf: Any) -> int:
+    """About 10 % more lines than the buffer holds, from the newlines of its first MiB (a
+    flat log's lines are alike; `_Numbers` grows when there are more)."""
+    head = min(len(buf), 1 << 20)
+    seen = buf.count(b"\n", 0, head) if isinstance(buf, (bytes, bytearray)) else \
+        bytes(buf[:head]).count(b"\n")
+    return int((seen + 1) / head * len(buf) * 1.1) + 1024
+
+
+class _Numbers:
+    """The template's number columns, one float64 array each, filled window by window at
+    the rows they take in the table (the other object lines' rows are left for
+    `_merge_rest`). Each window's arrays are freed once copied, so the memory the columns
+    need is touched once: before, every window's arrays stayed until the end and were then
+    copied into the table's columns. On the 358 MB, 14-column JSONL (11 number columns) the
+    merge went from 0.08-0.19 s to 0.035-0.04 s (5 alternated fresh runs), and the peak of
+    `inspect` from 518-524 to 433-450 MB."""
+
+    def __init__(self, columns: list[int], capacity: int) -> None:
+        self.cols = {j: np.empty(capacity) for j in columns}
+        self.rows = 0
+
+    def place(self, w: _Window, theirs: np.ndarray) -> None:
+        """Window `w`'s numbers, after the rows placed so far; `theirs` are the window's
+        lines (numbered as `w.lines`) that are object lines outside the template."""
+        start, n_t = self.rows, len(w.lines)
+        self.rows += n_t + len(theirs)
+        for j, col in self.cols.items():
+            if self.rows > len(col):  # more lines than estimated: grow by half
+                grown = np.empty(max(self.rows, len(col) * 3 // 2))
+                grown[:start] = col[:start]
+                self.cols[j] = col = grown
+            if len(theirs):
+                col[start + np.arange(n_t) + np.searchsorted(theirs, w.lines)] = w.cols[j]
+            else:
+                col[start:start + n_t] = w.cols[j]
+            w.cols[j] = None
 
 
 def _merge_rest(buf: Any, tpl: Template, windows: list[_Window], t_lines: np.ndarray,
-                rest: list[tuple[int, int, int]]) -> pa.Table:
+                rest: list[tuple[int, int, int]], numbers: _Numbers) -> pa.Table:
     """The template rows and pyarrow's parse of the other object lines, as one table in
-    line order, with pyarrow's column order and types."""
+    line order, with pyarrow's column order and types. The template's number columns come
+    placed already (`numbers`); its text columns are joined here."""
     import pyarrow as pa
 
     k = len(tpl.keys)
@@ -586,31 +636,18 @@ def _merge_rest(buf: Any, tpl: Template, windows: list[_Window], t_lines: np.nda
     r_pos = np.searchsorted(t_lines, r_lines) + np.arange(n_r)
     t_mask = np.ones(n_all, dtype=bool)
     t_mask[r_pos] = False
-    # template rows before each other row: template row i lands at i + the count of these
-    # that are <= i
-    t_before = r_pos - np.arange(n_r)
-    # the windows' columns, handed over one column at a time: never two whole copies
-    parts_of: list[list[Any]] = [[w.cols[j] for w in windows] for j in range(k)]
+    # the windows' text columns, handed over one column at a time: never two whole copies
+    parts_of: list[list[Any]] = [[w.cols[j] for w in windows] if tpl.text[j] else []
+                                 for j in range(k)]
     windows.clear()
+    if numbers.rows != n_all:  # the windows' rows are the table's: a bug, not a log
+        raise AssertionError(f"{numbers.rows} rows placed for {n_all}")
 
-    def column(j: int, into: np.ndarray | None = None) -> Any:
+    def column(j: int) -> Any:
+        if not tpl.text[j]:
+            return numbers.cols[j][:n_all]
         parts, parts_of[j] = parts_of[j], []
-        if tpl.text[j]:
-            return pa.chunked_array(parts, type=pa.string()).combine_chunks()
-        if into is None:
-            return np.concatenate(parts)
-        at = 0
-        while parts:
-            part = parts.pop(0)
-            if len(part):
-                # the rows [a, b) of the table hold this window's template rows and the few
-                # other rows between them: a boolean assignment over that slice, no index array
-                last = at + len(part) - 1
-                a, b = np.searchsorted(t_before, [at, last], side="right").tolist()
-                a, b = at + a, last + b + 1
-                into[a:b][t_mask[a:b]] = part
-            at += len(part)
-        return into
+        return pa.chunked_array(parts, type=pa.string()).combine_chunks()
 
     if not n_r:
         return pa.table({key: column(j) if tpl.text[j] else pa.array(column(j))
@@ -644,11 +681,11 @@ def _merge_rest(buf: Any, tpl: Template, windows: list[_Window], t_lines: np.nda
             # numbers: placed with numpy, nulls as a mask
             if kind not in ("null", "number", "bool") or (mine and kind == "bool"):
                 raise _GiveUp
-            values = np.empty(n_all)
             missing = None
             if j is not None:
-                column(j, values)
+                values = column(j)
             else:
+                values = np.empty(n_all)
                 values.fill(np.nan)  # the other rows' values are written over it below
                 missing = t_mask.copy()
             if other is not None and kind != "null":
