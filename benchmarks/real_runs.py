@@ -760,6 +760,18 @@ SETS: dict[str, list[tuple[str, int, int]]] = {
            ("amp", 0, 741), ("amp", 1, 742), ("amp", 1, 743),
            ("stall", 0, 841), ("stall", 1, 842), ("stall", 2, 843),
            ("resume", 0, 941), ("resume", 1, 942)],
+    # made 2026-12-04 (fifth session), scored once as a held-out check, never calibrated on
+    "v6": [("clean", 1, 151), ("clean", 3, 152), ("clean", 4, 153), ("clean", 5, 154),
+           ("clean", 0, 155), ("clean", 2, 156),
+           ("osc", 0, 251), ("osc", 1, 252), ("osc", 2, 253), ("osc", 3, 254), ("osc", 4, 255),
+           ("bb", 0, 351), ("bb", 1, 352), ("bb", 2, 353), ("bb", 3, 354), ("bb", 2, 355),
+           ("bb", 0, 356),
+           ("lr", 0, 451), ("lr", 1, 452), ("lr", 2, 453), ("lr", 3, 454),
+           ("gx", 0, 551), ("gx", 1, 552), ("gx", 1, 553), ("gx", 0, 554),
+           ("nan", 0, 651), ("nan", 1, 652), ("nan", 2, 653),
+           ("amp", 0, 751), ("amp", 1, 752), ("amp", 0, 753),
+           ("stall", 0, 851), ("stall", 1, 852), ("stall", 2, 853),
+           ("resume", 0, 951), ("resume", 1, 952)],
 }
 
 
