@@ -344,3 +344,18 @@ def test_a_headerless_table_is_named_as_such(tmp_path: Path) -> None:
     assert str(exc.value) == (f"{p}: no header line: the first line (0.400000, 0.000000, "
                               "0.300000) is data; add a line naming the columns (step, "
                               "loss, ...)")
+
+
+def test_header_cells_with_spaces_keep_their_nan_steps(tmp_path: Path) -> None:
+    """`step, loss` (a space after each comma, as hand-written loggers print): the column is
+    `loss`, and the NaN the log wrote at step 2 is a logged NaN of `loss`, not of ` loss`."""
+    p = tmp_path / "spaced.csv"
+    p.write_text("step, loss, grad_norm\n" + "".join(
+        f"{i}, {'NaN' if i == 2 else 2 - i / 100}, {'nan' if i == 5 else 1.0}\n"
+        for i in range(20)))
+    run = read_log(p)
+    assert list(run.frame.columns[:2]) == ["loss", "grad_norm"]
+    assert list(run.nan_steps) == ["loss", "grad_norm"]
+    assert run.nan_steps["loss"].tolist() == [2]
+    assert run.nan_steps["grad_norm"].tolist() == [5]
+

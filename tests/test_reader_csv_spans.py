@@ -38,7 +38,7 @@ def _read(path: Path, spans: int, monkeypatch: pytest.MonkeyPatch,
 def _same(a: Run, b: Run) -> None:
     pd.testing.assert_frame_equal(a.frame, b.frame)
     assert a.warnings == b.warnings
-    assert a.nan_steps.keys() == b.nan_steps.keys()
+    assert list(a.nan_steps) == list(b.nan_steps)  # the same columns, in the same order
     for k in a.nan_steps:
         np.testing.assert_array_equal(a.nan_steps[k], b.nan_steps[k])
     assert dict(a.roles) == dict(b.roles)
@@ -156,6 +156,22 @@ def test_a_span_with_more_rows_than_estimated(
     _same(one, many)
     assert len(many.nan_steps["loss"]) == len(range(5, 120_000, 997))
     assert many.frame["loss"].iloc[-1] == pytest.approx(2 + 1 / 120_000)
+
+
+def test_logged_nans_are_listed_in_column_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A span parse meets `grad_norm`'s first NaN (row 10) before `loss`'s (row 15000); the
+    run still lists them in column order, as one parser does."""
+    p = tmp_path / "order.csv"
+    p.write_text("step,loss,grad_norm\n" + "".join(
+        f"{i},{'NaN' if i == 15_000 else 1 + i * 1e-5},{'NaN' if i == 10 else 2.0}\n"
+        for i in range(20_000)))
+    one = _read(p, 1, monkeypatch)
+    parsed: list[int] = []
+    many = _read(p, 2, monkeypatch, parsed)
+    assert parsed == [20_000]
+    assert list(one.nan_steps) == list(many.nan_steps) == ["loss", "grad_norm"]
 
 
 def test_split_points_fall_on_row_starts() -> None:

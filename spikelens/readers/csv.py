@@ -269,7 +269,9 @@ def load_csv(path: Path) -> CsvTable:
     held = [table]
     del table  # `_to_frame` holds the only reference, and frees the table column by column
     frame, nan_mask = _to_frame(held)
-    frame.columns = [c.strip().lstrip("\ufeff") for c in header]
+    # `step, loss`: the names as the frame has them, and the NaN masks under the same names
+    frame.columns = [_clean_name(c) for c in header]
+    nan_mask = {_clean_name(c): m for c, m in nan_mask.items()}
     row_lines = None
     if header_lines:
         # row i sits on line i + 2, plus one for every header line cut above it
@@ -277,6 +279,10 @@ def load_csv(path: Path) -> CsvTable:
         for h in header_lines:
             row_lines[row_lines >= h] += 1
     return CsvTable(frame, nan_mask, warnings, header, row_lines)
+
+
+def _clean_name(cell: str) -> str:
+    return cell.strip().lstrip("\ufeff")
 
 
 #: Characters a header cell may hold and still parse as a number or a NaN/Inf word.
@@ -577,17 +583,16 @@ def _to_frame(held: list[Any]) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     parsed = held.pop()
     names = [str(c) for c in parsed.column_names]
     arrays: dict[int, Any] = {}
-    nan_mask: dict[str, np.ndarray] = {}
+    masks: dict[int, np.ndarray] = {}  # by position: the masks come in column order
     if isinstance(parsed, _Parsed):
         table, positions = parsed.others, parsed.positions
         arrays.update(parsed.floats)
-        nan_mask.update({names[i]: m for i, m in parsed.nan_mask.items()})
+        masks.update(parsed.nan_mask)
     else:
         table, positions = parsed, list(range(len(names)))
     del parsed
     pool = pa.default_memory_pool()
     for i in positions:
-        name = names[i]
         col = table.column(0)  # duplicate names are possible: by position
         table = table.remove_column(0)
         t = col.type
@@ -599,18 +604,18 @@ def _to_frame(held: list[Any]) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
                     if col.null_count:  # an empty cell is missing, not a logged NaN
                         isnan &= pc.is_valid(col).to_numpy(zero_copy_only=False)
                     if isnan.any():
-                        nan_mask[name] = isnan
+                        masks[i] = isnan
         else:
             if pa.types.is_floating(t):
                 isnan = pc.fill_null(pc.is_nan(col), False)
                 if pc.any(isnan).as_py():
-                    nan_mask[name] = isnan.to_numpy(zero_copy_only=False)
+                    masks[i] = isnan.to_numpy(zero_copy_only=False)
             arr = col.to_pandas()
         del col
         arrays[i] = arr
         pool.release_unused()
     frame = pd.DataFrame({i: arrays[i] for i in range(len(names))}, copy=False)
-    return frame, nan_mask
+    return frame, {names[i]: masks[i] for i in sorted(masks)}
 
 
 def header_cells(path: Path, head: bytes) -> list[str]:
