@@ -446,3 +446,22 @@ def test_a_config_line_s_empty_lr_does_not_take_the_role(tmp_path: Path) -> None
     assert "lr" in run.frame.columns  # still there, as an extra with nothing logged
     # the user may still name it
     assert read_log(p, metrics={"lr": "lr"}).roles["lr"] == "lr"
+
+
+def test_keys_first_seen_in_later_blocks_keep_one_column_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key only on line 1 and another first seen blocks later make the streaming parse
+    give up, and the whole-file parse reads the log. Its columns must come in the order the
+    keys first appear, the same on every read: a threaded parse ordered them by which block
+    finished first (found by a review, 2 reads in 12 with `extra0` after `pad`)."""
+    monkeypatch.setattr(jsonl_mod, "_TEMPLATE_MIN_BYTES", 1 << 62)  # the plain path
+    monkeypatch.setattr(jsonl_mod, "_BLOCK_SIZE", 1 << 14)
+    lines = ['{"extra0": 1.5, "step": -1}']
+    lines += [f'{{"step": {s}, "loss": {1 + 1 / (s + 1)!r}, "pad": "{"p" * 200}"}}'
+              for s in range(3000)]
+    lines.append('{"step": 3000, "loss": 1.0, "pad": "p", "extra": 2.5}')
+    p = tmp_path / "late.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    orders = {tuple(JsonlReader().read(p)[0].frame.columns) for _ in range(8)}
+    assert orders == {("extra0", "step", "loss", "pad", "extra")}
+

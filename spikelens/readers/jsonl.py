@@ -579,8 +579,13 @@ def _read_arrow(source: Any) -> pa.Table | None:
     except (pa.ArrowException, ValueError, OverflowError):
         pass
     try:
+        # one thread: on several, the columns of keys first seen in different blocks come
+        # in the order the blocks finish, so one file read twice could give two orders
+        # (a key only on line 1 first in one read, last in the next); on one, they come in
+        # the order of first appearance, as everywhere else
+        whole = pj.ReadOptions(block_size=_BLOCK_SIZE, use_threads=False)
         with source() as stream:
-            return pj.read_json(stream, read_options=opts)
+            return pj.read_json(stream, read_options=whole)
     except (pa.ArrowException, ValueError, OverflowError):
         # a type that changes between lines, `nan` spelt in lower case, a line longer than a
         # block, duplicate keys: all legal for the slow path, which then reads everything
