@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from spikelens.detect import detect
-from spikelens.detect.lr_drift import find_drift
+from spikelens.detect.lr_drift import find_drift, past_climb
 from spikelens.model import INCIDENT_KINDS, Config, Run
 from spikelens.readers._base import RawLog, build_run
 
@@ -142,3 +142,21 @@ def test_nan_and_inf_written_in_the_lr_neither_hide_the_drift_nor_warn() -> None
         warnings.simplefilter("error")  # numpy's overflow warning would reach the user
         found = _incidents(_run(_loss(1, drift=True), lr))
     assert [k for k, _ in found] == ["divergence"], found
+
+
+def test_past_climb_marks_the_points_past_the_earlier_maximum() -> None:
+    """An LR settled at 0.05 for 300 points, then x1.01 a step: the climb starts at index
+    299 (the last point before the first rise), and its points from 0.06 = 1.2 x 0.05 on
+    (index 318: 0.05 x 1.01^19) are past it. A warmup from 0, a cyclic LR that returns to
+    its peak, and a climb after a stretch shorter than the window are never past."""
+    flat_then_up = np.concatenate([np.full(300, 0.05), 0.05 * 1.01 ** np.arange(1, 201)])
+    got = past_climb(flat_then_up, 100)
+    assert (got[:318] == -1).all() and (got[318:] == 299).all()
+    warmup = np.linspace(0, 3e-3, 500)
+    assert (past_climb(warmup, 100) == -1).all()
+    t = np.arange(2000)
+    cyclic = 1e-3 + 9e-3 * np.abs(((t / 250) % 2) - 1)
+    assert (past_climb(cyclic, 100) == -1).all()
+    short = np.concatenate([np.full(60, 0.05), 0.05 * 1.01 ** np.arange(1, 201)])
+    assert (past_climb(short, 100) == -1).all()
+

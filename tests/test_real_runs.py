@@ -150,6 +150,8 @@ EXPECTED = {
     "v4/v4osc03": "oscillating",  # a batch of 3
     "v5/v5clean00": "healthy",  # batch 8 (labelled clean; made after tiny_batch moved)
     "v5/v5gx01": "diverged",  # AdamW, the LR climbing e-fold: the loss drifts up x1.1
+    "v4/v4gx03": "diverged",  # SGD, the LR e-fold every 142 steps: one divergence from 1193
+    "v6/v6gx00": "diverged",  # the same every 80 steps: the crossing at 767 is in the climb
 }
 
 

@@ -30,7 +30,7 @@ from spikelens.detect.divergence import kind_of
 from spikelens.detect.gradnorm import Scan, find_surges, scan, usable
 from spikelens.detect.gradnorm import confirmed as grad_confirmed
 from spikelens.detect.joint import PointZ
-from spikelens.detect.lr_drift import PAST, find_drift
+from spikelens.detect.lr_drift import PAST, find_drift, past_climb
 from spikelens.detect.lr_drift import K as DRIFT_POINTS
 from spikelens.detect.nonfinite import NonFinite, find_nonfinite, nonfinite_mask
 from spikelens.detect.ops import ops_events
@@ -188,7 +188,7 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = (), *,
     rises = _absorb_in_oscillation(rises, oscs, loss, notes)
     for r in rises:
         events.append(_rise_event(run, loss, r, config, first.get("point")))
-    events = _lead_into_divergence(events, loss, config, notes)
+    events = _lead_into_divergence(events, loss, config, notes, run)
     drift = _lr_drift_event(run, loss, config, events)
     if drift is not None:
         events.append(drift)
@@ -646,7 +646,7 @@ def _nonfinite_event(run: Run, loss: _Loss, nf: NonFinite, params: RiseParams) -
 
 
 def _lead_into_divergence(events: list[Event], loss: _Loss, config: Config,
-                          notes: list[str]) -> list[Event]:
+                          notes: list[str], run: Run | None = None) -> list[Event]:
     """The spikes that lead into a divergence taken into it. A loss that climbs slowly in
     heavy noise crosses its band and falls back into it a few times before it leaves for
     good; each crossing ends, as a spike, once the loss is back in a band that has itself
@@ -655,11 +655,32 @@ def _lead_into_divergence(events: list[Event], loss: _Loss, config: Config,
     are the climb's first crossings when the divergence's baseline stands at least
     `min_ratio` above theirs: the loss never came back to where they began. The divergence
     then starts at the earliest such spike. A bad batch before an unrelated divergence came
-    back to its level and stays an incident of its own."""
+    back to its level and stays an incident of its own.
+
+    A crossing that came back is taken in too when the log says what drove the climb: it
+    started where the LR stood past `PAST` x the highest LR logged before its climb, in the
+    same climb as the divergence's start (`lr_drift.past_climb`). The LR setting the run had
+    never had is then the common cause, and the crossing the climb's first sign (real runs
+    v4gx03 and v6gx00: under SGD an LR growing e-fold every 142 and 80 steps crossed the band
+    at 1193 and 767, came back, and left for good at 1235 and 789)."""
     if not loss.is_log:
         return events
     st = loss.fin_steps
     out = list(events)
+    climb: NDArray[np.int64] | None = None
+
+    def same_climb(e: Event, d: Event) -> bool:
+        nonlocal climb
+        if run is None:
+            return False
+        if climb is None:
+            lr = _aligned_lr(run, st)
+            climb = past_climb(lr, config.window) if lr is not None else \
+                np.full(len(st), -1, dtype=np.int64)
+        i, j = np.searchsorted(st, [e.start_step, d.start_step]).tolist()
+        return bool(climb[min(i, len(st) - 1)] >= 0 and
+                    climb[min(i, len(st) - 1)] == climb[min(j, len(st) - 1)])
+
     for d in [e for e in events if e.kind == "divergence" and e.metric == "loss"
               and not e.recovered and e.baseline is not None and e.baseline > 0]:
         assert d.baseline is not None
@@ -681,14 +702,18 @@ def _lead_into_divergence(events: list[Event], loss: _Loss, config: Config,
         # the earliest spike the loss never came back to, and every one after it
         far = [i for i, e in enumerate(chain)
                if e.baseline is not None and d.baseline >= config.min_ratio * e.baseline]
-        if not far:
+        by_lr = [i for i, e in enumerate(chain) if same_climb(e, d)]
+        if not far and not by_lr:
             continue
-        chain = chain[:far[-1] + 1]
+        chain = chain[:max(far + by_lr) + 1]
         first = chain[-1]
         assert first.baseline is not None
+        why = (f"its level x{d.baseline / first.baseline:.3g} by then"
+               if far and max(far) >= max(by_lr, default=-1) else
+               f"the LR past {PAST:g}x the highest LR logged before its climb throughout")
         notes.append(f"the loss crossed its band {len(chain)} time(s) from step "
                      f"{first.start_step} before it left for good at step {d.start_step} "
-                     f"(its level x{d.baseline / first.baseline:.3g} by then): one divergence")
+                     f"({why}): one divergence")
         merged = dataclasses.replace(
             d, start_step=first.start_step, baseline=first.baseline, segment=first.segment,
             size=Size(z=d.size.z, ratio=d.size.ratio * d.baseline / first.baseline))

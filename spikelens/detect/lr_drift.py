@@ -79,6 +79,46 @@ def _first_over(x: NDArray[np.float64], bar: float, block: int = 4096) -> int | 
     return None
 
 
+def _climbs(lr: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64],
+                                              NDArray[np.int64]]:
+    """(the LR with non-finite values as NaN, the highest LR logged up to each point, the
+    index where the run of rises reaching each point began)."""
+    n = len(lr)
+    lr = np.where(np.isfinite(lr), lr, np.nan)  # an inf LR logged is no level the run trained at
+    prior = np.fmax.accumulate(np.nan_to_num(lr, nan=0.0))
+    rising = np.zeros(n, dtype=bool)
+    rising[1:] = lr[1:] > lr[:-1]
+    foot_of = np.maximum.accumulate(np.where(rising, 0, np.arange(n)))
+    return lr, prior, foot_of
+
+
+def _settled_before(lr: NDArray[np.float64], foot: int, window: int) -> bool:
+    """Whether the LR held still (did not rise) over the `window` points before `foot`."""
+    before = lr[foot - window:foot]
+    return foot >= window and not np.isnan(before).any() and \
+        float(before.max()) <= float(before[0]) * (1 + 1e-9)
+
+
+def past_climb(lr: NDArray[np.float64], window: int) -> NDArray[np.int64]:
+    """For each point, the foot (index) of the LR climb it stands in when the LR there is at
+    least PAST x the highest LR logged before that climb, the climb having started after a
+    settled stretch of `window` points (not a warmup, nor a cyclic schedule, which returns
+    to its earlier peak); -1 elsewhere. Two points with the same foot are in one climb past
+    anything the run had trained at."""
+    n = len(lr)
+    out = np.full(n, -1, dtype=np.int64)
+    if n < window + 2:
+        return out
+    lr, prior, foot_of = _climbs(lr)
+    cand = np.flatnonzero(lr >= PAST * prior[np.maximum(foot_of - 1, 0)])
+    cand = cand[foot_of[cand] >= window]
+    for foot in np.unique(foot_of[cand]).tolist():
+        if prior[foot - 1] > 0 and _settled_before(lr, foot, window):
+            here = cand[foot_of[cand] == foot]
+            out[here] = foot
+    return out
+
+
 def find_drift(x: NDArray[np.float64], lr: NDArray[np.float64], window: int,
                log_ratio: float, z_bar: float) -> Drift | None:
     """The first drift of the loss x (log units, finite points) above its level before a climb
@@ -88,12 +128,8 @@ def find_drift(x: NDArray[np.float64], lr: NDArray[np.float64], window: int,
     ok = np.isfinite(lr)
     if n < 2 * window + K or lr.shape != x.shape or ok.sum() < 2 * window:
         return None
-    lr = np.where(ok, lr, np.nan)  # an inf LR logged is no level the run trained at
-    prior = np.fmax.accumulate(np.nan_to_num(lr, nan=0.0))
     # where each climb began: the foot of the run of rises that reaches each point
-    rising = np.zeros(n, dtype=bool)
-    rising[1:] = lr[1:] > lr[:-1]
-    foot_of = np.maximum.accumulate(np.where(rising, 0, np.arange(n)))
+    lr, prior, foot_of = _climbs(lr)
     # points past PAST x the highest LR logged before their climb, the climb starting after
     # a settled stretch of `window` points (not a warmup, not a rise that had been going on)
     cand = np.flatnonzero(lr >= PAST * prior[np.maximum(foot_of - 1, 0)])
@@ -102,8 +138,7 @@ def find_drift(x: NDArray[np.float64], lr: NDArray[np.float64], window: int,
     _, first = np.unique(foot_of[cand], return_index=True)
     for i in np.sort(cand[first]).tolist():
         foot = int(foot_of[i])
-        before = lr[foot - window:foot]
-        if np.isnan(before).any() or float(before.max()) > float(before[0]) * (1 + 1e-9):
+        if not _settled_before(lr, foot, window):
             continue  # the LR was rising before this climb too: no settled level to compare
         lr_before = float(prior[foot - 1])
         if not lr_before > 0:
