@@ -112,10 +112,11 @@ def past_climb(lr: NDArray[np.float64], window: int) -> NDArray[np.int64]:
     lr, prior, foot_of = _climbs(lr)
     cand = np.flatnonzero(lr >= PAST * prior[np.maximum(foot_of - 1, 0)])
     cand = cand[foot_of[cand] >= window]
-    for foot in np.unique(foot_of[cand]).tolist():
-        if prior[foot - 1] > 0 and _settled_before(lr, foot, window):
-            here = cand[foot_of[cand] == foot]
-            out[here] = foot
+    feet = [f for f in np.unique(foot_of[cand]).tolist()
+            if prior[f - 1] > 0 and _settled_before(lr, f, window)]
+    # one pass over the candidates, however many climbs there are (a jittery LR has many)
+    cand = cand[np.isin(foot_of[cand], feet)]
+    out[cand] = foot_of[cand]
     return out
 
 
