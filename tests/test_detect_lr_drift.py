@@ -59,6 +59,19 @@ def test_a_drift_answering_an_lr_climb_past_its_maximum_is_a_divergence() -> Non
         assert det.verdict == "diverged"
 
 
+def test_the_drift_is_found_with_the_lr_logged_every_tenth_step() -> None:
+    """The same ramp as a trainer logging its LR every 10 steps writes it (carried forward
+    between), or printed with two significant digits: still one climb past the maximum."""
+    ramp = _ramp()
+    sparse = ramp[(np.arange(N) // 10) * 10]
+    rounded = np.array([float(f"{v:.2g}") for v in ramp])
+    for lr in (sparse, rounded):
+        for seed in (1, 2):
+            found = _incidents(_run(_loss(seed, drift=True), lr))
+            assert len(found) == 1 and found[0][0] == "divergence", (seed, found)
+        assert _incidents(_run(_loss(1, drift=False), lr)) == []
+
+
 def test_the_same_lr_climb_with_a_loss_that_does_not_answer_is_quiet() -> None:
     for seed in (1, 2, 3, 4):
         assert _incidents(_run(_loss(seed, drift=False), _ramp())) == []
@@ -159,4 +172,25 @@ def test_past_climb_marks_the_points_past_the_earlier_maximum() -> None:
     assert (past_climb(cyclic, 100) == -1).all()
     short = np.concatenate([np.full(60, 0.05), 0.05 * 1.01 ** np.arange(1, 201)])
     assert (past_climb(short, 100) == -1).all()
+
+
+def test_a_climb_is_not_cut_by_repeats_gaps_or_rounding() -> None:
+    """The same climb logged every second row (carried forward), printed with two
+    significant digits, or with a non-finite LR in it is one climb from the same foot; a
+    plateau of a window's length between two rises cuts it in two."""
+    lr = np.concatenate([np.full(300, 0.05), 0.05 * 1.01 ** np.arange(1, 201)])
+    every_other = lr.copy()
+    every_other[301::2] = every_other[300:-1:2]
+    rounded = np.array([float(f"{v:.2g}") for v in lr])
+    gap = lr.copy()
+    gap[330] = np.inf
+    for shape in (every_other, rounded, gap):
+        got = past_climb(shape, 100)
+        past = got[got >= 0]
+        assert len(past) > 150 and (past == past[0]).all(), got[300:340]
+        assert 295 <= past[0] <= 320
+    # a step up x1.1, a window without a rise, then x1.1 again: two climbs, the second
+    # judged against the first one's top (never 1.2x past it)
+    steps = np.concatenate([np.full(300, 0.05), np.full(150, 0.055), np.full(200, 0.0605)])
+    assert (past_climb(steps, 100) == -1).all()
 

@@ -659,10 +659,12 @@ def _lead_into_divergence(events: list[Event], loss: _Loss, config: Config,
 
     A crossing that came back is taken in too when the log says what drove the climb: it
     started where the LR stood past `PAST` x the highest LR logged before its climb, in the
-    same climb as the divergence's start (`lr_drift.past_climb`). The LR setting the run had
-    never had is then the common cause, and the crossing the climb's first sign (real runs
-    v4gx03 and v6gx00: under SGD an LR growing e-fold every 142 and 80 steps crossed the band
-    at 1193 and 767, came back, and left for good at 1235 and 789)."""
+    same climb as the divergence's start (`lr_drift.past_climb`), and it is a crossing, not
+    an outlier (its z under the point bar `z_threshold`). The LR setting the run had never
+    had is then the common cause, and the crossing the climb's first sign (real runs v4gx03
+    and v6gx00: under SGD an LR growing e-fold every 142 and 80 steps crossed the band at
+    1193 and 767 at z 2-3, came back, and left for good at 1235 and 789). A bad batch inside
+    such a climb (x4 or more: z far above the bar) stays an incident of its own."""
     if not loss.is_log:
         return events
     st = loss.fin_steps
@@ -702,7 +704,10 @@ def _lead_into_divergence(events: list[Event], loss: _Loss, config: Config,
         # the earliest spike the loss never came back to, and every one after it
         far = [i for i, e in enumerate(chain)
                if e.baseline is not None and d.baseline >= config.min_ratio * e.baseline]
-        by_lr = [i for i, e in enumerate(chain) if same_climb(e, d)]
+        # a crossing, not an outlier: one that stands out at the point bar on its own (a bad
+        # batch of x4 or more) is an incident of its own, whatever the LR was doing
+        by_lr = [i for i, e in enumerate(chain)
+                 if e.size.z < config.z_threshold and same_climb(e, d)]
         if not far and not by_lr:
             continue
         chain = chain[:max(far + by_lr) + 1]

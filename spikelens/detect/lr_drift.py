@@ -79,24 +79,65 @@ def _first_over(x: NDArray[np.float64], bar: float, block: int = 4096) -> int | 
     return None
 
 
-def _climbs(lr: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64],
-                                              NDArray[np.int64]]:
+def _climbs(lr: NDArray[np.float64], window: int) -> tuple[
+        NDArray[np.float64], NDArray[np.float64], NDArray[np.int64]]:
     """(the LR with non-finite values as NaN, the highest LR logged up to each point, the
-    index where the run of rises reaching each point began)."""
+    index where the climb reaching each point began: the point before its first rise).
+
+    A climb is a run of rises that no fall and no `window` points without a rise interrupt:
+    a value equal to the one before it, or not finite, neither ends nor starts one. An LR
+    logged every few rows and carried forward, or printed with few digits, repeats itself
+    inside a steady climb; taken as steps of a stair, each repeat would start a climb of
+    its own, whose stretch before it was itself rising (real run v6gx00 with its LR on every
+    second row was two incidents again). A point in no climb (the LR fell, or has not risen
+    for `window` points) is its own foot."""
     n = len(lr)
     lr = np.where(np.isfinite(lr), lr, np.nan)  # an inf LR logged is no level the run trained at
     prior = np.fmax.accumulate(np.nan_to_num(lr, nan=0.0))
-    rising = np.zeros(n, dtype=bool)
-    rising[1:] = lr[1:] > lr[:-1]
-    foot_of = np.maximum.accumulate(np.where(rising, 0, np.arange(n)))
+    idx = np.arange(n)
+    # each point compared with the last finite value before it: a gap is no change
+    last = np.maximum.accumulate(np.where(np.isfinite(lr), idx, -1))
+    held = np.where(last >= 0, lr[np.maximum(last, 0)], np.nan)
+    up = np.zeros(n, dtype=bool)
+    down = np.zeros(n, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        up[1:] = held[1:] > held[:-1]
+        down[1:] = held[1:] < held[:-1]
+    foot_of = idx.copy()
+    ups = np.flatnonzero(up)
+    if not len(ups):
+        return lr, prior, foot_of
+    last_down = np.maximum.accumulate(np.where(down, idx, -1))
+    # a rise starts a climb unless the rise before it is within `window` points, no fall between
+    starts = np.ones(len(ups), dtype=bool)
+    starts[1:] = (last_down[ups[1:]] > ups[:-1]) | (np.diff(ups) > window)
+    first_up = ups[np.flatnonzero(starts)][np.cumsum(starts) - 1]  # per rise: its climb's
+    last_up = np.maximum.accumulate(np.where(up, idx, -1))
+    k = np.searchsorted(ups, last_up)  # the last rise at or before each point, as an index
+    inside = (last_up >= 0) & (last_down < last_up) & (idx - last_up < window)
+    foot_of[inside] = first_up[k[inside]] - 1
     return lr, prior, foot_of
 
 
 def _settled_before(lr: NDArray[np.float64], foot: int, window: int) -> bool:
-    """Whether the LR held still (did not rise) over the `window` points before `foot`."""
+    """Whether the LR held still (did not rise) over the `window` points before `foot`: its
+    finite values there, at least half of them (a few non-finite LRs logged do not hide a
+    settled stretch)."""
+    if foot < window:
+        return False
     before = lr[foot - window:foot]
-    return foot >= window and not np.isnan(before).any() and \
-        float(before.max()) <= float(before[0]) * (1 + 1e-9)
+    before = before[np.isfinite(before)]
+    return 2 * len(before) >= window and float(before.max()) <= float(before[0]) * (1 + 1e-9)
+
+
+def _candidates(lr: NDArray[np.float64], prior: NDArray[np.float64],
+                foot_of: NDArray[np.int64], window: int) -> NDArray[np.int64]:
+    """Points whose LR stands PAST x above a positive highest LR logged before their climb,
+    the climb starting after the first `window` points. The positive maximum is tested here,
+    not per climb: an LR of zero throughout (a 1e-5 LR printed with four decimals) makes
+    every point a climb of its own (0.6-0.8 s on 1M points, tested one by one)."""
+    before = prior[np.maximum(foot_of - 1, 0)]
+    return np.flatnonzero((lr >= PAST * before) & (before > 0) & (foot_of >= window))
 
 
 def past_climb(lr: NDArray[np.float64], window: int) -> NDArray[np.int64]:
@@ -109,11 +150,9 @@ def past_climb(lr: NDArray[np.float64], window: int) -> NDArray[np.int64]:
     out = np.full(n, -1, dtype=np.int64)
     if n < window + 2:
         return out
-    lr, prior, foot_of = _climbs(lr)
-    cand = np.flatnonzero(lr >= PAST * prior[np.maximum(foot_of - 1, 0)])
-    cand = cand[foot_of[cand] >= window]
-    feet = [f for f in np.unique(foot_of[cand]).tolist()
-            if prior[f - 1] > 0 and _settled_before(lr, f, window)]
+    lr, prior, foot_of = _climbs(lr, window)
+    cand = _candidates(lr, prior, foot_of, window)
+    feet = [f for f in np.unique(foot_of[cand]).tolist() if _settled_before(lr, f, window)]
     # one pass over the candidates, however many climbs there are (a jittery LR has many)
     cand = cand[np.isin(foot_of[cand], feet)]
     out[cand] = foot_of[cand]
@@ -130,11 +169,10 @@ def find_drift(x: NDArray[np.float64], lr: NDArray[np.float64], window: int,
     if n < 2 * window + K or lr.shape != x.shape or ok.sum() < 2 * window:
         return None
     # where each climb began: the foot of the run of rises that reaches each point
-    lr, prior, foot_of = _climbs(lr)
+    lr, prior, foot_of = _climbs(lr, window)
     # points past PAST x the highest LR logged before their climb, the climb starting after
     # a settled stretch of `window` points (not a warmup, not a rise that had been going on)
-    cand = np.flatnonzero(lr >= PAST * prior[np.maximum(foot_of - 1, 0)])
-    cand = cand[foot_of[cand] >= window]
+    cand = _candidates(lr, prior, foot_of, window)
     # one look per climb (its first point past the mark): a long climb is many candidates
     _, first = np.unique(foot_of[cand], return_index=True)
     for i in np.sort(cand[first]).tolist():
