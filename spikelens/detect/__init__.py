@@ -100,12 +100,29 @@ class _Loss:
     is_log: bool
     quantum: float
     abs_floor: float
+    lr_series: pd.Series | None = field(default=None, compare=False, repr=False)
 
     @cached_property
     def fin_steps(self) -> NDArray[np.int64]:
         """The steps of the finite points (read-only; taken once, not once per event: a
         copy of a million steps per event was 2.7 ms each)."""
         out = self.steps[self.fin]
+        out.flags.writeable = False
+        return out
+
+    @cached_property
+    def lr(self) -> NDArray[np.float64] | None:
+        """The LR at each finite point: the last value logged at or before its step (the
+        first one before that), None with fewer than two LRs logged. Read-only, aligned
+        once for the LR-jump test, the cyclic-LR test, the LR-drift rule and the lead-in
+        rule alike (four alignments of a million points per detection before)."""
+        s = self.lr_series
+        if s is None or len(s) < 2:
+            return None
+        lr_steps, vals = _steps(s), _values(s)
+        idx = np.clip(np.searchsorted(lr_steps, self.fin_steps, side="right") - 1, 0,
+                      len(vals) - 1)
+        out = np.asarray(vals[idx], dtype=np.float64)
         out.flags.writeable = False
         return out
 
@@ -188,7 +205,7 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = (), *,
     rises = _absorb_in_oscillation(rises, oscs, loss, notes)
     for r in rises:
         events.append(_rise_event(run, loss, r, config, first.get("point")))
-    events = _lead_into_divergence(events, loss, config, notes, run)
+    events = _lead_into_divergence(events, loss, config, notes)
     drift = _lr_drift_event(run, loss, config, events)
     if drift is not None:
         events.append(drift)
@@ -334,7 +351,7 @@ def _prepare(run: Run, series: pd.Series, config: Config, notes: list[str]) -> _
                      f"ratio r shows as 1 + (r - 1) / {run.interval}, and the ratio bar is "
                      "lowered to match")
     return _Loss(steps=steps, values=values, bad=bad, fin=fin, x=x, is_log=is_log,
-                 quantum=quantum, abs_floor=abs_floor)
+                 quantum=quantum, abs_floor=abs_floor, lr_series=run.series("lr"))
 
 
 #: A run of consecutive skipped steps is an overflow storm, not routine loss scaling, when it
@@ -420,7 +437,7 @@ def _rise_params(run: Run, loss: _Loss, config: Config) -> RiseParams:
         # no ratios in linear units: the z tests alone, and no judgement on a short baseline
         lp = ls = 0.0
         lshort = lstart = math.inf
-    jump_bar, jump_ratio = _lr_jump_bars(run, loss, config)
+    jump_bar, jump_ratio = _lr_jump_bars(loss, config)
     return RiseParams(
         shift_bar=jump_bar,
         shift_ratio=jump_ratio,
@@ -518,7 +535,7 @@ _LR_JUMP_LOCAL = 10.0
 _LR_JUMP_SPAN = 2  # logged points either side of the jump where the lower bar applies
 
 
-def _lr_jump_bars(run: Run, loss: _Loss, config: Config
+def _lr_jump_bars(loss: _Loss, config: Config
                   ) -> tuple[NDArray[np.float64] | None, NDArray[np.float64] | None]:
     """Per-point shift bar and log ratio floor: `lr_jump_shift_z` and `lr_jump_min_ratio`
     within two logged points of an upward jump of the logged LR, the ordinary shift bar and
@@ -536,7 +553,7 @@ def _lr_jump_bars(run: Run, loss: _Loss, config: Config
     if not loss.is_log or (config.lr_jump_shift_z >= config.shift_z_threshold
                            and config.lr_jump_min_ratio >= config.min_ratio):
         return None, None
-    lr = _aligned_lr(run, loss.steps[loss.fin])
+    lr = loss.lr
     if lr is None or len(lr) < 3:
         return None, None
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -646,7 +663,7 @@ def _nonfinite_event(run: Run, loss: _Loss, nf: NonFinite, params: RiseParams) -
 
 
 def _lead_into_divergence(events: list[Event], loss: _Loss, config: Config,
-                          notes: list[str], run: Run | None = None) -> list[Event]:
+                          notes: list[str]) -> list[Event]:
     """The spikes that lead into a divergence taken into it. A loss that climbs slowly in
     heavy noise crosses its band and falls back into it a few times before it leaves for
     good; each crossing ends, as a spike, once the loss is back in a band that has itself
@@ -669,19 +686,15 @@ def _lead_into_divergence(events: list[Event], loss: _Loss, config: Config,
         return events
     st = loss.fin_steps
     out = list(events)
-    climb: NDArray[np.int64] | None = None
+    climbs: list[NDArray[np.int64]] = []  # past_climb of the LR, taken when first needed
 
     def same_climb(e: Event, d: Event) -> bool:
-        nonlocal climb
-        if run is None:
+        if loss.lr is None:
             return False
-        if climb is None:
-            lr = _aligned_lr(run, st)
-            climb = past_climb(lr, config.window) if lr is not None else \
-                np.full(len(st), -1, dtype=np.int64)
-        i, j = np.searchsorted(st, [e.start_step, d.start_step]).tolist()
-        return bool(climb[min(i, len(st) - 1)] >= 0 and
-                    climb[min(i, len(st) - 1)] == climb[min(j, len(st) - 1)])
+        if not climbs:
+            climbs.append(past_climb(loss.lr, config.window))
+        i, j = np.minimum(np.searchsorted(st, [e.start_step, d.start_step]), len(st) - 1)
+        return bool(climbs[0][i] >= 0 and climbs[0][i] == climbs[0][j])
 
     for d in [e for e in events if e.kind == "divergence" and e.metric == "loss"
               and not e.recovered and e.baseline is not None and e.baseline > 0]:
@@ -775,15 +788,6 @@ def _incident_mask(loss: _Loss, rises: Sequence[Rise],
     return skip
 
 
-def _aligned_lr(run: Run, steps: NDArray[np.int64]) -> NDArray[np.float64] | None:
-    s = run.series("lr")
-    if s is None or len(s) < 2:
-        return None
-    lr_steps, vals = _steps(s), _values(s)
-    idx = np.clip(np.searchsorted(lr_steps, steps, side="right") - 1, 0, len(vals) - 1)
-    return np.asarray(vals[idx], dtype=np.float64)
-
-
 def _batch_size(run: Run, tiny_batch: float) -> float | None:
     """Samples per optimizer step, from the log when it says: the step-to-step increase of
     a samples counter (or of a token counter divided by the sequence length), else the
@@ -827,12 +831,12 @@ _MIN_CYCLES = 3
 _OSC_MIN_POINTS = 16
 
 
-def _lr_cycle(run: Run, loss: _Loss) -> _LrCycle:
+def _lr_cycle(loss: _Loss) -> _LrCycle:
     """The LR at the finite loss points (None without an LR) and its period when it is
     cyclic (`oscillation.lr_period`), for `_oscillations`."""
     if len(loss.x) < _OSC_MIN_POINTS:
         return None, None
-    lr = _aligned_lr(run, loss.fin_steps)
+    lr = loss.lr
     return lr, lr_period(lr, _MIN_CYCLES) if lr is not None else None
 
 
@@ -992,7 +996,7 @@ def _start_side_passes(run: Run, loss: _Loss, params: RiseParams, config: Config
     long_grad = got is not None and got[2] is None and len(got[0]) >= _GRAD_THREAD_MIN
     lr_fut: Future[_LrCycle] = Future()
     if not long_grad and len(loss.x) < _GRAD_THREAD_MIN:
-        settle(lr_fut, lambda: _lr_cycle(run, loss))
+        settle(lr_fut, lambda: _lr_cycle(loss))
         return lr_fut, None
     grad_fut: Future[Scan] | None = None
     if long_grad:
@@ -1002,7 +1006,7 @@ def _start_side_passes(run: Run, loss: _Loss, params: RiseParams, config: Config
         grad_fut = Future()
 
     def work() -> None:
-        settle(lr_fut, lambda: _lr_cycle(run, loss))
+        settle(lr_fut, lambda: _lr_cycle(loss))
         if grad_fut is not None:
             settle(grad_fut, lambda: scan(vals, steps, gp))
 
@@ -1107,7 +1111,7 @@ def _lr_drift_event(run: Run, loss: _Loss, config: Config, events: Sequence[Even
     if not loss.is_log or len(loss.x) < 2 * config.window + DRIFT_POINTS:
         return None
     st = loss.fin_steps
-    lr = _aligned_lr(run, st)
+    lr = loss.lr
     if lr is None:
         return None
     d = find_drift(loss.x, lr, config.window, math.log(config.lr_jump_min_ratio),

@@ -163,7 +163,7 @@ def find_drift(x: NDArray[np.float64], lr: NDArray[np.float64], window: int,
                log_ratio: float, z_bar: float) -> Drift | None:
     """The first drift of the loss x (log units, finite points) above its level before a climb
     of the LR past PAST x its earlier maximum; `lr` is the LR at each point of x (the last
-    value logged at or before it, as the detector's `_aligned_lr` gives it)."""
+    value logged at or before it, as the detector's `_Loss.lr` gives it)."""
     n = len(x)
     ok = np.isfinite(lr)
     if n < 2 * window + K or lr.shape != x.shape or ok.sum() < 2 * window:
