@@ -48,13 +48,12 @@ def held_top(x: NDArray[np.float64], start: int, peak: int) -> float:
 
 
 def held_fraction(x: NDArray[np.float64], peak: int, level: float, recover_run: int,
-                  start: int | None = None) -> float:
+                  start: int) -> float:
     """Share of the rise's excess over `level` kept by the median of the last points after
     the peak (1.0 when the peak is the last point: nothing says it is coming down). The
-    excess is to the highest median of three points from `start` up to `peak` (`held_top`),
-    or to the point at `peak` without `start`."""
-    top = float(x[peak]) if start is None else held_top(x, start, peak)
-    excess = top - level
+    excess is to the highest median of three points from `start` up to `peak` (`held_top`;
+    the point at `peak` itself when `start` is `peak`)."""
+    excess = held_top(x, start, peak) - level
     if excess <= 0:
         return 0.0
     tail = x[max(peak + 1, len(x) - recover_run):]
