@@ -854,16 +854,27 @@ def _oscillations(run: Run, loss: _Loss, rises: Sequence[Rise],
                   min_acf=config.osc_min_acf, spread=config.osc_spread, lr_z=config.osc_lr_z,
                   min_cycles=min_cycles, batch=batch, tiny_batch=config.tiny_batch)
     # the first descent from initialisation is a trend, not a swing
-    skip = _incident_mask(loss, rises, nonfinite)
-    head = min(len(loss.x) // 10, config.window)
-    skip[:head] = True
+    base = np.zeros(len(loss.x), dtype=bool)
+    base[:min(len(loss.x) // 10, config.window)] = True
     if loss.is_log and loss.abs_floor > 0:
         # within a decade of the resolution floor the wiggles are rounding, not training
-        skip |= loss.x < math.log(10 * loss.abs_floor)
+        base |= loss.x < math.log(10 * loss.abs_floor)
+    skip = base | _incident_mask(loss, rises, nonfinite)
     lr, lr_per = lr_cycle
     found = find_oscillations(loss.x, lr, lr_per, p, skip)
-    # a region that is mostly incident is the incident's shape, not a condition of the run
-    return [o for o in found if skip[o.start:o.end + 1].mean() < 0.5]
+    # a region that is mostly incident is the incident's shape, not a condition of the run;
+    # but the rises of an LR-locked region that are timed with the cyclic LR's peaks are
+    # its own swings (`_absorb_in_oscillation` takes them into it): a loss that climbs for
+    # a third of every cycle, with the LR, is the oscillation at its plainest, and counted
+    # as incident it would lose the region that explains it
+    kept = []
+    for o in found:
+        others = [r for r in rises if not (o.start <= r.peak <= o.end and _timed_with_lr(r, o))]
+        counted = skip if len(others) == len(rises) else \
+            base | _incident_mask(loss, others, nonfinite)
+        if counted[o.start:o.end + 1].mean() < 0.5:
+            kept.append(o)
+    return kept
 
 
 def _join_back_to_back(rises: list[Rise], x: NDArray[np.float64]) -> list[Rise]:
@@ -890,22 +901,26 @@ def _absorb_in_oscillation(rises: list[Rise], oscs: Sequence[Oscillation], loss:
     dropped: list[int] = []
     timed: list[int] = []
     st = loss.fin_steps
+    # the largest swing each LR-locked region has been seen to make: its folded swing, and
+    # every rise its LR's peaks timed so far
+    swing = {id(o): o.log_swing for o in oscs}
     for r in rises:
         inside = [o for o in oscs if o.start <= r.peak <= o.end]
-        if r.recovered and inside and \
-                loss.x[r.peak] - r.level <= max(o.log_swing for o in inside):
+        size = float(loss.x[r.peak] - r.level)
+        if r.recovered and inside and size <= max(o.log_swing for o in inside):
             # inside the swing's own envelope (periodic, LR-locked or erratic)
             dropped.append(int(st[r.peak]))
             continue
-        locked = [o for o in inside if o.source == "lr" and o.period is not None]
-        # a rise the log cuts off is judged too, if it has lasted under half a cycle (the LR
-        # has not had the time to bring it down)
-        brief = r.recovered or any(r.end - r.start < 0.5 * float(o.period or 0) for o in locked)
-        # the loss follows the LR up (the rise starts near its peak) and answers it with a
-        # lag (the rise peaks near or after it): either end near a peak ties them
-        if brief and any(_near_peak(r.peak, o) or _near_peak(r.start, o) for o in locked):
+        # a rise the log cuts off may be as large as the LR's swings so far, give or take
+        # the noise band it is measured against (its peak is the largest of noisy points)
+        tied = [o for o in inside if _timed_with_lr(r, o) or
+                (_cut_before_trough(r, o, len(loss.x))
+                 and size <= swing[id(o)] + (r.band_hi - r.level))]
+        if tied:
             # timed with a peak of the cyclic LR the loss follows: the LR made it
             timed.append(int(st[r.peak]))
+            for o in tied:
+                swing[id(o)] = max(swing[id(o)], size)
             continue
         keep.append(r)
     if dropped:
@@ -917,6 +932,34 @@ def _absorb_in_oscillation(rises: list[Rise], oscs: Sequence[Oscillation], loss:
         notes.append(f"{len(timed)} rise(s) at a peak of the cyclic LR the loss follows were "
                      f"counted as part of the oscillation (peaks at {shown})")
     return keep
+
+
+def _timed_with_lr(r: Rise, o: Oscillation) -> bool:
+    """A rise that is one swing of the LR-locked oscillation `o`: brief, and with its start
+    or its peak near a peak of the cyclic LR."""
+    if o.source != "lr" or o.period is None:
+        return False
+    # a rise the log cuts off is judged too, if it has lasted under half a cycle (the LR
+    # has not had the time to bring it down)
+    brief = r.recovered or r.end - r.start < 0.5 * float(o.period)
+    # the loss follows the LR up (the rise starts near its peak) and answers it with a
+    # lag (the rise peaks near or after it): either end near a peak ties them
+    return brief and (_near_peak(r.peak, o) or _near_peak(r.start, o))
+
+
+def _cut_before_trough(r: Rise, o: Oscillation, n: int) -> bool:
+    """A rise of an LR-locked region that the log's end cuts off before the cyclic LR has
+    come down from the peak the rise is tied to (the log ends less than half a cycle after
+    it): its not coming back says nothing yet. The caller asks, too, that it be no larger
+    than the swings the LR has made before, so a blow-up at the last peak stays an
+    incident."""
+    if o.source != "lr" or o.period is None or r.recovered or r.end < n - 1:
+        return False
+    half = 0.5 * float(o.period)
+    # the peaks it is tied to as `_near_peak` ties them: its start or its peak within a
+    # quarter period
+    return any(n - 1 < p + half for p in o.lr_peaks
+               if min(abs(r.peak - p), abs(r.start - p)) <= 0.5 * half)
 
 
 def _near_peak(i: int, o: Oscillation) -> bool:
