@@ -772,6 +772,18 @@ SETS: dict[str, list[tuple[str, int, int]]] = {
            ("amp", 0, 751), ("amp", 1, 752), ("amp", 0, 753),
            ("stall", 0, 851), ("stall", 1, 852), ("stall", 2, 853),
            ("resume", 0, 951), ("resume", 1, 952)],
+    # made 2026-12-04 (sixth session), scored once as a held-out check, never calibrated on
+    "v7": [("clean", 2, 161), ("clean", 5, 162), ("clean", 0, 163), ("clean", 1, 164),
+           ("clean", 4, 165), ("clean", 3, 166),
+           ("osc", 4, 261), ("osc", 3, 262), ("osc", 1, 263), ("osc", 0, 264), ("osc", 2, 265),
+           ("bb", 3, 361), ("bb", 1, 362), ("bb", 0, 363), ("bb", 2, 364), ("bb", 1, 365),
+           ("bb", 3, 366),
+           ("lr", 3, 461), ("lr", 2, 462), ("lr", 0, 463), ("lr", 1, 464),
+           ("gx", 1, 561), ("gx", 0, 562), ("gx", 0, 563), ("gx", 1, 564),
+           ("nan", 2, 661), ("nan", 0, 662), ("nan", 1, 663),
+           ("amp", 1, 761), ("amp", 0, 762), ("amp", 1, 763),
+           ("stall", 2, 861), ("stall", 0, 862), ("stall", 1, 863),
+           ("resume", 1, 961), ("resume", 0, 962)],
 }
 
 
