@@ -165,6 +165,8 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = (), *,
     # a million points) are let go before the passes that follow
     first = {"point": first["point"]} if "point" in first else {}
     rises = _join_back_to_back(rises, loss.x)
+    windows = sorted(params.shift_windows)
+    rises = _date_from_lr_jump(rises, loss, windows[len(windows) // 2], notes)
     # the per-point bars (8 MB each at a million points) served the rise scans only
     params = dataclasses.replace(params, point_bar=None, shift_bar=None, shift_ratio=None)
     # The cyclic-LR test and then the grad-norm scan run on a thread from here
@@ -535,6 +537,57 @@ _LR_JUMP_LOCAL = 10.0
 _LR_JUMP_SPAN = 2  # logged points either side of the jump where the lower bar applies
 
 
+def _lr_jumps(loss: _Loss) -> NDArray[np.intp]:
+    """Indices (finite loss points) of the first point logged at a new LR after each upward
+    jump of the LR: x`_LR_JUMP_RATIO` in one logged step and `_LR_JUMP_LOCAL` times the
+    LR's typical step-to-step change around it."""
+    lr = loss.lr
+    if lr is None or len(lr) < 3:
+        return np.zeros(0, dtype=np.intp)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dl = np.diff(np.log(np.where(lr > 0, lr, np.nan)))
+    dl = np.nan_to_num(dl, nan=0.0, posinf=0.0, neginf=0.0)
+    # the typical change (the median of |dl| over 21 points) only where dl passes the ratio
+    # bar: an LR that jumps at all does so at a handful of points
+    jumps = np.flatnonzero(dl >= math.log(_LR_JUMP_RATIO))
+    if len(jumps):
+        typical = _median21_at(np.abs(dl), jumps)
+        jumps = jumps[dl[jumps] >= _LR_JUMP_LOCAL * typical]
+    return jumps + 1
+
+
+def _date_from_lr_jump(rises: list[Rise], loss: _Loss, reach: int,
+                       notes: list[str]) -> list[Rise]:
+    """A level shift that opens less than `reach` points (the middle shift window) after an
+    upward jump of the LR starts at the jump. The shift test dates a change by where the
+    evidence is strongest; in a noisy loss that can be several points after the step that
+    changed it, and within the window that found it the jump is the likelier start: the
+    LR is a cause the log states, and its first point is when its effect can begin. A
+    one-point outlier (back in band at the next point) is dated by itself, and a rise whose
+    stretch back to the jump holds another incident keeps its own start."""
+    if not rises or loss.lr is None:
+        return rises
+    firsts = _lr_jumps(loss)
+    if not len(firsts):
+        return rises
+    st = loss.fin_steps
+    out: list[Rise] = []
+    moved: list[str] = []
+    for r in rises:
+        after = firsts[(firsts < r.start) & (r.start - firsts < reach)]
+        prev_end = out[-1].end if out else -1
+        one_point = r.peak == r.start and r.end - r.start <= 1
+        if len(after) and not one_point and int(after[-1]) > prev_end:
+            j = int(after[-1])
+            moved.append(f"{st[r.start]} -> {st[j]}")
+            r = dataclasses.replace(r, start=j)
+        out.append(r)
+    if moved:
+        notes.append(f"{len(moved)} level shift(s) opening just after an upward LR jump dated "
+                     f"from the jump ({', '.join(moved[:5])}{', ...' if len(moved) > 5 else ''})")
+    return out
+
+
 def _lr_jump_bars(loss: _Loss, config: Config
                   ) -> tuple[NDArray[np.float64] | None, NDArray[np.float64] | None]:
     """Per-point shift bar and log ratio floor: `lr_jump_shift_z` and `lr_jump_min_ratio`
@@ -554,25 +607,15 @@ def _lr_jump_bars(loss: _Loss, config: Config
                            and config.lr_jump_min_ratio >= config.min_ratio):
         return None, None
     lr = loss.lr
-    if lr is None or len(lr) < 3:
-        return None, None
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dl = np.diff(np.log(np.where(lr > 0, lr, np.nan)))
-    dl = np.nan_to_num(dl, nan=0.0, posinf=0.0, neginf=0.0)
-    # the typical change (the median of |dl| over 21 points) only where dl passes the ratio
-    # bar: an LR that jumps at all does so at a handful of points
-    jumps = np.flatnonzero(dl >= math.log(_LR_JUMP_RATIO))
-    if len(jumps):
-        typical = _median21_at(np.abs(dl), jumps)
-        jumps = jumps[dl[jumps] >= _LR_JUMP_LOCAL * typical]
-    if not len(jumps):
+    firsts = _lr_jumps(loss)
+    if lr is None or not len(firsts):
         return None, None
     near = np.zeros(len(lr), dtype=bool)
     beyond = np.zeros(len(lr), dtype=bool)
     # the highest LR logged before each point: a warm restart goes back to an LR the run
     # has trained at, a typo goes past it
     before = np.fmax.accumulate(np.where(lr > 0, lr, np.nan))
-    for j in jumps + 1:  # the first point logged at the new LR
+    for j in firsts:
         span = slice(max(0, j - _LR_JUMP_SPAN), j + _LR_JUMP_SPAN + 1)
         near[span] = True
         if lr[j] > _LR_JUMP_RATIO * before[j - 1]:
