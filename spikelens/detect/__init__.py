@@ -126,6 +126,12 @@ class _Loss:
         out.flags.writeable = False
         return out
 
+    @cached_property
+    def lr_jumps(self) -> NDArray[np.intp]:
+        """`_lr_jumps` of the aligned LR, taken once for the LR-jump bars and the dating of
+        the shifts that follow a jump (a pass over every point)."""
+        return _lr_jumps(self.lr)
+
 
 def detect(run: Run, config: Config, recurrent_steps: Collection[int] = (), *,
            near_bar: bool = False) -> Detection:
@@ -537,11 +543,10 @@ _LR_JUMP_LOCAL = 10.0
 _LR_JUMP_SPAN = 2  # logged points either side of the jump where the lower bar applies
 
 
-def _lr_jumps(loss: _Loss) -> NDArray[np.intp]:
+def _lr_jumps(lr: NDArray[np.float64] | None) -> NDArray[np.intp]:
     """Indices (finite loss points) of the first point logged at a new LR after each upward
     jump of the LR: x`_LR_JUMP_RATIO` in one logged step and `_LR_JUMP_LOCAL` times the
-    LR's typical step-to-step change around it."""
-    lr = loss.lr
+    LR's typical step-to-step change around it (`_Loss.lr_jumps`)."""
     if lr is None or len(lr) < 3:
         return np.zeros(0, dtype=np.intp)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -553,7 +558,8 @@ def _lr_jumps(loss: _Loss) -> NDArray[np.intp]:
     if len(jumps):
         typical = _median21_at(np.abs(dl), jumps)
         jumps = jumps[dl[jumps] >= _LR_JUMP_LOCAL * typical]
-    return jumps + 1
+    out: NDArray[np.intp] = jumps + 1
+    return out
 
 
 def _date_from_lr_jump(rises: list[Rise], loss: _Loss, reach: int,
@@ -567,7 +573,7 @@ def _date_from_lr_jump(rises: list[Rise], loss: _Loss, reach: int,
     stretch back to the jump holds another incident keeps its own start."""
     if not rises or loss.lr is None:
         return rises
-    firsts = _lr_jumps(loss)
+    firsts = loss.lr_jumps
     if not len(firsts):
         return rises
     st = loss.fin_steps
@@ -607,7 +613,7 @@ def _lr_jump_bars(loss: _Loss, config: Config
                            and config.lr_jump_min_ratio >= config.min_ratio):
         return None, None
     lr = loss.lr
-    firsts = _lr_jumps(loss)
+    firsts = loss.lr_jumps
     if lr is None or not len(firsts):
         return None, None
     near = np.zeros(len(lr), dtype=bool)
