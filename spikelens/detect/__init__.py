@@ -568,9 +568,10 @@ def _date_from_lr_jump(rises: list[Rise], loss: _Loss, reach: int,
     upward jump of the LR starts at the jump. The shift test dates a change by where the
     evidence is strongest; in a noisy loss that can be several points after the step that
     changed it, and within the window that found it the jump is the likelier start: the
-    LR is a cause the log states, and its first point is when its effect can begin. A
-    one-point outlier (back in band at the next point) is dated by itself, and a rise whose
-    stretch back to the jump holds another incident keeps its own start."""
+    LR is a cause the log states, and its first point is when its effect can begin. A rise
+    that comes back sooner than the stretch back to the jump is long (a one-point outlier, a
+    short bad shard) is dated by itself, and so is one whose stretch back to the jump holds
+    another incident."""
     if not rises or loss.lr is None:
         return rises
     firsts = loss.lr_jumps
@@ -582,11 +583,15 @@ def _date_from_lr_jump(rises: list[Rise], loss: _Loss, reach: int,
     for r in rises:
         after = firsts[(firsts < r.start) & (r.start - firsts < reach)]
         prev_end = out[-1].end if out else -1
-        one_point = r.peak == r.start and r.end - r.start <= 1
-        if len(after) and not one_point and int(after[-1]) > prev_end:
+        if len(after) and int(after[-1]) > prev_end:
             j = int(after[-1])
-            moved.append(f"{st[r.start]} -> {st[j]}")
-            r = dataclasses.replace(r, start=j)
+            # a level the LR set (one that does not come back, or a rise that lasts at
+            # least as long as the stretch back to the jump), not a short bad shard a few
+            # steps after a jump the loss did not answer: the move is never longer than the
+            # rise itself
+            if not r.recovered or r.end - r.start >= r.start - j:
+                moved.append(f"{st[r.start]} -> {st[j]}")
+                r = dataclasses.replace(r, start=j)
         out.append(r)
     if moved:
         notes.append(f"{len(moved)} level shift(s) opening just after an upward LR jump dated "
@@ -962,14 +967,17 @@ def _absorb_in_oscillation(rises: list[Rise], oscs: Sequence[Oscillation], loss:
             continue
         # a rise the log cuts off may be as large as the LR's swings so far, give or take
         # the noise band it is measured against (its peak is the largest of noisy points)
+        band = r.band_hi - r.level
         tied = [o for o in inside if _timed_with_lr(r, o) or
-                (_cut_before_trough(r, o, len(loss.x))
-                 and size <= swing[id(o)] + (r.band_hi - r.level))]
+                (_cut_before_trough(r, o, len(loss.x)) and size <= swing[id(o)] + band)]
         if tied:
             # timed with a peak of the cyclic LR the loss follows: the LR made it
             timed.append(int(st[r.peak]))
             for o in tied:
-                swing[id(o)] = max(swing[id(o)], size)
+                # only a rise the size of the swings widens them: a bad shard that the timing
+                # took in must not let a blow-up at the last peak pass for a swing
+                if size <= swing[id(o)] + band:
+                    swing[id(o)] = max(swing[id(o)], size)
             continue
         keep.append(r)
     if dropped:
@@ -1005,9 +1013,10 @@ def _cut_before_trough(r: Rise, o: Oscillation, n: int) -> bool:
     if o.source != "lr" or o.period is None or r.recovered or r.end < n - 1:
         return False
     half = 0.5 * float(o.period)
-    # the peaks it is tied to as `_near_peak` ties them: its start or its peak within a
-    # quarter period
-    return any(n - 1 < p + half for p in o.lr_peaks
+    # the peaks it is tied to as `_near_peak` ties them (its start or its peak within a
+    # quarter period), and that it climbed to: a rise that began before the trough ahead of
+    # that peak has been through a trough without coming down
+    return any(n - 1 < p + half and r.start > p - half for p in o.lr_peaks
                if min(abs(r.peak - p), abs(r.start - p)) <= 0.5 * half)
 
 
