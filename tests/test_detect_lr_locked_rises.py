@@ -18,7 +18,10 @@ from spikelens.readers._base import RawLog, build_run
 
 
 def _cyclic_run(seed: int, n: int, period: int, amp: float, kind: str = "cosine",
-                blow_up_at: int | None = None, cyclic: bool = True):  # type: ignore[no-untyped-def]
+                blow_up_at: int | None = None, cyclic: bool = True,
+                shard: tuple[int, int, float] | None = None,
+                step_at: tuple[int, float] | None = None,
+                climb: tuple[int, float] | None = None):  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(seed)
     t = np.arange(n, dtype=np.float64)
     phase = (t % period) / period
@@ -33,6 +36,12 @@ def _cyclic_run(seed: int, n: int, period: int, amp: float, kind: str = "cosine"
         loss = loss * (1 + amp * np.roll(cyc, 12))  # the loss answers the LR 12 steps late
     if blow_up_at is not None:
         loss[blow_up_at:] *= np.linspace(1.5, 4.0, n - blow_up_at)
+    if shard is not None:  # a bad shard: (first step index, length, factor)
+        loss[shard[0]:shard[0] + shard[1]] *= shard[2]
+    if step_at is not None:  # a lasting step of the level: (index, factor)
+        loss[step_at[0]:] *= step_at[1]
+    if climb is not None:  # a climb to the end: (index, factor reached at the end)
+        loss[climb[0]:] *= np.linspace(1.0, climb[1], n - climb[0])
     frame = pd.DataFrame({"step": t.astype(np.int64) + 1, "loss": loss, "lr": lr})
     return build_run(RawLog(frame=frame), Path("cyclic.csv"), "csv")
 
@@ -77,3 +86,29 @@ def test_a_blow_up_at_the_last_peak_stays_an_incident(seed: int) -> None:
 def test_the_same_run_on_an_ordinary_schedule_is_quiet(seed: int) -> None:
     rr = analyze(_cyclic_run(seed, 2600, 275, 0.3, cyclic=False)).runs[0]
     assert rr.verdict == "healthy", [(f.event.kind, f.event.start_step) for f in rr.findings]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_shard_at_a_peak_does_not_widen_the_swing_a_last_blow_up_is_measured_by(
+        seed: int) -> None:
+    # a x2 shard for 25 steps at an LR peak (taken into the oscillation by its timing), then
+    # a climb x1 -> x2.5 from step 2560 to the end of a log that stops 90 steps after the
+    # last peak: the shard's size is not a swing of the LR, and the climb stays an incident
+    # (a review's reproducer: before the fix the shard let the climb pass for a swing)
+    rr = analyze(_cyclic_run(seed, 2690, 200, 0.25, shard=(1200, 25, 2.0),
+                             climb=(2560, 2.5))).runs[0]
+    assert rr.verdict == "diverged", [(f.event.kind, f.event.start_step) for f in rr.findings]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 3])
+def test_a_lasting_step_before_the_last_trough_is_not_a_cut_off_swing(seed: int) -> None:
+    # the level steps up x1.45 0.6 period before the last LR peak and never comes back; the
+    # log ends 0.45 period after that peak. The rise has been through a trough without
+    # coming down: it is not the last swing the log cut off. (Seed 2's is no larger than
+    # the region's swing and recovered-looking noise hides it: oscillating before and after.)
+    period = 100
+    peak = 26 * period
+    rr = analyze(_cyclic_run(seed, int(peak + 0.45 * period), period, 0.25,
+                             step_at=(peak - 60, 1.45))).runs[0]
+    incidents = [f.event for f in rr.findings if f.event.kind in ("spike", "divergence")]
+    assert incidents and not incidents[-1].recovered, rr.verdict
