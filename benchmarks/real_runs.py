@@ -784,6 +784,18 @@ SETS: dict[str, list[tuple[str, int, int]]] = {
            ("amp", 1, 761), ("amp", 0, 762), ("amp", 1, 763),
            ("stall", 2, 861), ("stall", 0, 862), ("stall", 1, 863),
            ("resume", 1, 961), ("resume", 0, 962)],
+    # made 2026-12-05 (sixth session, after the tenth pass), scored once as a held-out check
+    "v8": [("clean", 0, 171), ("clean", 4, 172), ("clean", 2, 173), ("clean", 5, 174),
+           ("clean", 1, 175), ("clean", 3, 176),
+           ("osc", 2, 271), ("osc", 4, 272), ("osc", 0, 273), ("osc", 3, 274), ("osc", 1, 275),
+           ("bb", 1, 371), ("bb", 2, 372), ("bb", 3, 373), ("bb", 0, 374), ("bb", 2, 375),
+           ("bb", 1, 376),
+           ("lr", 1, 471), ("lr", 3, 472), ("lr", 2, 473), ("lr", 0, 474),
+           ("gx", 0, 571), ("gx", 1, 572), ("gx", 1, 573), ("gx", 0, 574),
+           ("nan", 1, 671), ("nan", 2, 672), ("nan", 0, 673),
+           ("amp", 0, 771), ("amp", 1, 772), ("amp", 0, 773),
+           ("stall", 1, 871), ("stall", 2, 872), ("stall", 0, 873),
+           ("resume", 0, 971), ("resume", 1, 972)],
 }
 
 
