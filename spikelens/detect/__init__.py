@@ -31,7 +31,6 @@ from spikelens.detect.gradnorm import Scan, find_surges, scan, usable
 from spikelens.detect.gradnorm import confirmed as grad_confirmed
 from spikelens.detect.joint import PointZ
 from spikelens.detect.lr_drift import PAST, find_drift, past_climb
-from spikelens.detect.lr_drift import K as DRIFT_POINTS
 from spikelens.detect.nonfinite import NonFinite, find_nonfinite, nonfinite_mask
 from spikelens.detect.ops import ops_events
 from spikelens.detect.oscillation import (
@@ -572,10 +571,8 @@ def _date_from_lr_jump(rises: list[Rise], loss: _Loss, reach: int,
     that comes back sooner than the stretch back to the jump is long (a one-point outlier, a
     short bad shard) is dated by itself, and so is one whose stretch back to the jump holds
     another incident."""
-    if not rises or loss.lr is None:
-        return rises
     firsts = loss.lr_jumps
-    if not len(firsts):
+    if not rises or not len(firsts):
         return rises
     st = loss.fin_steps
     out: list[Rise] = []
@@ -1209,7 +1206,7 @@ def _lr_drift_event(run: Run, loss: _Loss, config: Config, events: Sequence[Even
                     ) -> Event | None:
     """A loss that drifts up to the end of the log while the LR climbs past anything the run
     had trained at (lr_drift.py), where no incident that never came back holds it already."""
-    if not loss.is_log or len(loss.x) < 2 * config.window + DRIFT_POINTS:
+    if not loss.is_log:
         return None
     st = loss.fin_steps
     lr = loss.lr

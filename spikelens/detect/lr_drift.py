@@ -179,9 +179,7 @@ def find_drift(x: NDArray[np.float64], lr: NDArray[np.float64], window: int,
         foot = int(foot_of[i])
         if not _settled_before(lr, foot, window):
             continue  # the LR was rising before this climb too: no settled level to compare
-        lr_before = float(prior[foot - 1])
-        if not lr_before > 0:
-            continue
+        lr_before = float(prior[foot - 1])  # positive: `_candidates` asks for it
         at = i
         below = np.flatnonzero(lr[at:] < PAST * lr_before)
         if len(below) or n - at < K:
