@@ -308,6 +308,11 @@ class Config:
     lr_jump_shift_z: float = 3.0
     # the ratio a sustained rise must reach at the same places (min_ratio elsewhere)
     lr_jump_min_ratio: float = 1.05
+    # z bar of the loss's answer to an upward LR jump over the window after it (the largest
+    # 20-point median against the window before, detect/lr_lift.py): the 99.5th percentile
+    # of the same statistic at every 25th point of the 845 labelled runs' negatives (5.83,
+    # benchmarks/calibrate_lr_lift.py)
+    lr_lift_z: float = 5.8
     # a one-point jump this many times its 21-point neighbourhood's median needs only
     # big_jump_z (6 sigma) in the point test (bad batches in a 25 %-noise loss)
     big_jump_ratio: float = 3.0
@@ -332,7 +337,7 @@ class Config:
         if self.joint_tolerance < 0:
             raise ConfigError(f"joint_tolerance must be >= 0, got {self.joint_tolerance}")
         for name in ("z_threshold", "shift_z_threshold", "band_z", "osc_lr_z", "joint_min_z",
-                     "lr_jump_shift_z", "big_jump_z"):
+                     "lr_jump_shift_z", "big_jump_z", "lr_lift_z"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if not self.shift_windows or any(k < 2 for k in self.shift_windows):

@@ -31,6 +31,7 @@ from spikelens.detect.gradnorm import Scan, find_surges, scan, usable
 from spikelens.detect.gradnorm import confirmed as grad_confirmed
 from spikelens.detect.joint import PointZ
 from spikelens.detect.lr_drift import PAST, find_drift, past_climb
+from spikelens.detect.lr_lift import MAX_JUMPS, find_lift
 from spikelens.detect.nonfinite import NonFinite, find_nonfinite, nonfinite_mask
 from spikelens.detect.ops import ops_events
 from spikelens.detect.oscillation import (
@@ -45,6 +46,7 @@ from spikelens.detect.spikes import (
     Rise,
     RiseParams,
     find_rises,
+    recovery,
     test_statistics,
     trailing_stats,
     window_stats,
@@ -172,6 +174,7 @@ def detect(run: Run, config: Config, recurrent_steps: Collection[int] = (), *,
     rises = _join_back_to_back(rises, loss.x)
     windows = sorted(params.shift_windows)
     rises = _date_from_lr_jump(rises, loss, windows[len(windows) // 2], notes)
+    rises = _lifts_after_lr_jumps(rises, loss, params, config, notes)
     # the per-point bars (8 MB each at a million points) served the rise scans only
     params = dataclasses.replace(params, point_bar=None, shift_bar=None, shift_ratio=None)
     # The cyclic-LR test and then the grad-norm scan run on a thread from here
@@ -594,6 +597,62 @@ def _date_from_lr_jump(rises: list[Rise], loss: _Loss, reach: int,
         notes.append(f"{len(moved)} level shift(s) opening just after an upward LR jump dated "
                      f"from the jump ({', '.join(moved[:5])}{', ...' if len(moved) > 5 else ''})")
     return out
+
+
+def _lifts_after_lr_jumps(rises: list[Rise], loss: _Loss, params: RiseParams,
+                          config: Config, notes: list[str]) -> list[Rise]:
+    """The loss's answer to each upward LR jump, looked for over the `window` points after
+    it (lr_lift.py), where no rise found already overlaps them: a lift whose largest
+    20-point median stands `lr_lift_z` standard errors and the ratio floor of the jump
+    (`RiseParams.shift_ratio` there) above the level before the jump is a rise from the
+    jump. It is banded as the rise tests band theirs (`band_z` noise scales above the level
+    before it) and ends where the loss is back in that band, looked for from the lift's
+    highest median on (the loss can sit at its old level for a few steps after the jump
+    before it answers). A schedule that jumps `MAX_JUMPS` times or more is cyclic and left
+    to the oscillation."""
+    jumps = loss.lr_jumps
+    if not loss.is_log or not len(jumps) or len(jumps) >= MAX_JUMPS:
+        return rises
+    x = loss.x
+    n = len(x)
+    st = loss.fin_steps
+    added: list[Rise] = []
+    found: list[str] = []
+    floor = 0
+    for k, j in enumerate(jumps.tolist()):
+        nxt = int(jumps[k + 1]) if k + 1 < len(jumps) else n
+        stop = min(n, j + params.window, nxt)
+        lo, floor = floor, j
+        if any(r.start < stop and r.end >= j for r in (*rises, *added)):
+            continue  # a rise found already holds the answer
+        lift = find_lift(x, j, stop, params.window, lo)
+        if lift is None or not lift.z >= config.lr_lift_z:
+            continue
+        ratio = float(params.shift_ratio[j]) if params.shift_ratio is not None \
+            else params.log_min_ratio_shift
+        if lift.lift < ratio:
+            continue
+        ref = x[max(lo, j - params.window):j]
+        d = np.diff(ref)
+        # the noise of the points (not the trend of the stretch): the step-to-step
+        # differences' MAD, as `lr_drift._median_se` takes it
+        scale = 1.4826 * float(np.median(np.abs(d - np.median(d)))) / math.sqrt(2)
+        if not scale > 0:
+            continue
+        band_hi = lift.level + params.band_z * scale
+        end = recovery(x, band_hi, lift.level + scale, lift.at + 1, params.recover_run)
+        recovered = end >= 0
+        peak = j + int(np.argmax(x[j:end if recovered else n]))
+        added.append(Rise(start=j, peak=peak, end=end if recovered else n - 1,
+                          recovered=recovered, level=lift.level, scale=scale,
+                          band_hi=band_hi))
+        found.append(f"step {int(st[j])} x{math.exp(lift.lift):.2f} (z {lift.z:.1f})")
+    if not added:
+        return rises
+    notes.append(f"{len(added)} lift(s) of the loss answering an upward LR jump within the "
+                 f"{params.window} points after it, measured against the level before the "
+                 f"jump: {', '.join(found)}")
+    return sorted([*rises, *added], key=lambda r: r.start)
 
 
 def _lr_jump_bars(loss: _Loss, config: Config
