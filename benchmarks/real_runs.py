@@ -796,6 +796,18 @@ SETS: dict[str, list[tuple[str, int, int]]] = {
            ("amp", 0, 771), ("amp", 1, 772), ("amp", 0, 773),
            ("stall", 1, 871), ("stall", 2, 872), ("stall", 0, 873),
            ("resume", 0, 971), ("resume", 1, 972)],
+    # made 2026-12-05 (seventh session, after the lift rule), scored once as a held-out check
+    "v9": [("clean", 3, 181), ("clean", 1, 182), ("clean", 5, 183), ("clean", 0, 184),
+           ("clean", 2, 185), ("clean", 4, 186),
+           ("osc", 1, 281), ("osc", 0, 282), ("osc", 3, 283), ("osc", 2, 284), ("osc", 4, 285),
+           ("bb", 0, 381), ("bb", 3, 382), ("bb", 1, 383), ("bb", 2, 384), ("bb", 0, 385),
+           ("bb", 3, 386),
+           ("lr", 2, 481), ("lr", 0, 482), ("lr", 3, 483), ("lr", 1, 484),
+           ("gx", 1, 581), ("gx", 0, 582), ("gx", 0, 583), ("gx", 1, 584),
+           ("nan", 0, 681), ("nan", 1, 682), ("nan", 2, 683),
+           ("amp", 1, 781), ("amp", 0, 782), ("amp", 1, 783),
+           ("stall", 0, 881), ("stall", 1, 882), ("stall", 2, 883),
+           ("resume", 1, 981), ("resume", 0, 982)],
 }
 
 
