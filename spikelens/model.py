@@ -310,8 +310,8 @@ class Config:
     lr_jump_min_ratio: float = 1.05
     # z bar of the loss's answer to an upward LR jump over the window after it (the largest
     # 20-point median against the window before, detect/lr_lift.py): the 99.5th percentile
-    # of the same statistic at every 25th point of the 845 labelled runs' negatives (5.83,
-    # benchmarks/calibrate_lr_lift.py)
+    # of the same statistic at every 25th point of the 614 negative runs of the 23 labelled
+    # sets (43,192 places: 5.83, benchmarks/calibrate_lr_lift.py)
     lr_lift_z: float = 5.8
     # a one-point jump this many times its 21-point neighbourhood's median needs only
     # big_jump_z (6 sigma) in the point test (bad batches in a 25 %-noise loss)
