@@ -73,6 +73,31 @@ def residual(x: FloatArray, max_period: int) -> FloatArray:
     return np.asarray(x - trend, dtype=np.float64)
 
 
+def cycle_peaks_fence(x: FloatArray, start: int, end: int, period: float,
+                      max_period: int) -> tuple[FloatArray, float] | None:
+    """The residual around the trend of x[start:end + 1] (measured with the trend of the
+    points `max_period` either side too, as `residual` takes it) and the upper fence of its
+    cycles' peaks: the maximum of the residual over each whole cycle of `period` points
+    from `start`, their median plus three robust standard deviations (1.4826 x MAD). A point
+    of a periodic oscillation no higher than that is one of its swings: each cycle has a
+    highest point, and the fence is where the cycles' own highest points stop. None with
+    fewer than `MIN_CYCLES_FENCE` whole cycles."""
+    per = int(round(period))
+    lo, hi = max(0, start - max_period), min(len(x), end + 1 + max_period)
+    r = residual(x[lo:hi], max_period)[start - lo:end + 1 - lo]
+    k = len(r) // per if per >= 2 else 0
+    if k < MIN_CYCLES_FENCE:
+        return None
+    peaks = r[:k * per].reshape(k, per).max(axis=1)
+    med = float(np.median(peaks))
+    mad = float(np.median(np.abs(peaks - med)))
+    return r, med + 3.0 * 1.4826 * mad
+
+
+#: Whole cycles a periodic region needs before its cycles' peaks give a fence.
+MIN_CYCLES_FENCE = 5
+
+
 def _acf_rows(rows: FloatArray, max_lag: int) -> FloatArray:
     """Autocorrelation (lags 0..max_lag) of each row, through one batched FFT."""
     from scipy.fft import next_fast_len
