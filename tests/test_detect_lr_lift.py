@@ -54,10 +54,13 @@ def test_no_answer_stays_under_the_bar(seed: int) -> None:
 
 
 def test_too_little_to_compare_is_no_lift() -> None:
+    # the bar was placed with a whole window before the jump: a shorter reference makes the
+    # noise estimate noisier, and z >= 5.8 three times as common on quiet stretches
     x = _log_loss(0, 0.4)
-    assert find_lift(x, 40, 140, 100) is None  # 40 points before the jump, under 50
+    assert find_lift(x, 80, 180, 100) is None  # 80 points before the jump
     assert find_lift(x, 300, 310, 100) is None  # 10 points after it, under 20
-    assert find_lift(x, JUMP, JUMP + 100, 100, floor=JUMP - 30) is None  # a jump 30 before
+    assert find_lift(x, JUMP, JUMP + 100, 100, floor=JUMP - 60) is None  # a jump 60 before
+    assert find_lift(x, JUMP, JUMP + 100, 100, floor=JUMP - 100) is not None
 
 
 @pytest.mark.parametrize(("name", "jump", "labelled"), [
@@ -87,10 +90,10 @@ def test_with_the_configured_bars_the_shift_test_finds_it_first(name: str) -> No
     assert not any("lift(s) of the loss" in n for n in det.notes)
 
 
-def _run(seed: int, rise: float, restarts: tuple[int, ...]) -> object:
+def _run(seed: int, rise: float, restarts: tuple[int, ...], sigma: float = 0.05) -> object:
     n = 1600
     steps = np.arange(1, n + 1)
-    x = _log_loss(seed, rise, n=n)
+    x = _log_loss(seed, rise, sigma=sigma, n=n)
     lr = np.full(n, 3e-4)
     starts = (0, *restarts)
     for a, b in zip(starts, (*restarts, n), strict=True):
@@ -105,6 +108,55 @@ def test_a_restart_the_loss_does_not_answer_stays_healthy(seed: int) -> None:
     for config in (Config(), Config(**PLACED)):
         det = detect(_run(seed, 0.0, (JUMP,)), config)  # type: ignore[arg-type]
         assert det.verdict == "healthy", [(e.kind, e.start_step) for e in det.events]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_in_a_noisy_loss_the_z_bar_keeps_an_unanswered_jump_quiet(seed: int) -> None:
+    # 25 % noise a step: the highest of the 81 20-point medians after the jump passes the
+    # x1.10 ratio floor by chance (x1.11-x1.14 here), at z 1.2-1.8; only the z bar holds
+    lift = find_lift(_log_loss(seed, 0.0, sigma=0.25), JUMP, JUMP + 100, 100)
+    assert lift is not None and math.exp(lift.lift) > 1.10 and lift.z < 2.0
+    det = detect(_run(seed, 0.0, (JUMP,), sigma=0.25), Config(**PLACED))  # type: ignore[arg-type]
+    assert not any("lift(s) of the loss" in n for n in det.notes), det.notes
+    assert det.verdict == "healthy", [(e.kind, e.start_step) for e in det.events]
+
+
+def _lr_run(x: np.ndarray, lr: np.ndarray) -> object:
+    frame = pd.DataFrame({"step": np.arange(1, len(x) + 1), "loss": np.exp(x), "lr": lr})
+    return build_run(RawLog(frame=frame), Path("jumps.csv"), "csv")
+
+
+def test_two_jumps_close_together_answered_once_are_one_incident() -> None:
+    # a review's reproducer: jumps at 500 and 540, the loss answering the second; the first
+    # one's window ends at the second jump, but its answer ran on into the rise the scans
+    # found, and it was reported twice, with one peak
+    n, j1, j2 = 1600, 500, 540
+    rng = np.random.default_rng(5)
+    t = np.arange(n, dtype=np.float64)
+    d1, d2 = np.clip(t - j1, 0, None), np.clip(t - j2, 0, None)
+    bump = 0.15 * (1 - np.exp(-d1 / 5)) * np.exp(-d1 / 200) \
+        + 0.5 * (1 - np.exp(-d2 / 3)) * np.exp(-d2 / 60)
+    x = np.log(1.0 + 2.0 * np.exp(-t / 100)) + np.log1p(bump) + 0.05 * rng.standard_normal(n)
+    lr = np.where(t >= j2, 9e-4, np.where(t >= j1, 6e-4, 3e-4))
+    det = detect(_lr_run(x, lr), Config())  # type: ignore[arg-type]
+    spikes = [e for e in det.events if e.kind in ("spike", "divergence")]
+    assert len(spikes) == 1, [(e.start_step, e.peak_step, e.end_step) for e in spikes]
+
+
+def test_an_answer_that_holds_lasts_to_the_end_of_the_log() -> None:
+    # a review's reproducer: the LR doubles past anything the run had, and the loss answers
+    # with a level x1.08 higher that never comes back; a point-wise recovery inside the
+    # rise tests' band ended it one step after its peak
+    n = 1600
+    rng = np.random.default_rng(3)
+    t = np.arange(n, dtype=np.float64)
+    d = np.clip(t - JUMP, 0, None)
+    x = np.log(1.0 + 2.0 * np.exp(-t / 100)) + np.log1p(0.08 * (1 - np.exp(-d / 10))) \
+        + 0.05 * rng.standard_normal(n)
+    lr = np.where(t >= JUMP, 6e-4, 3e-4)
+    det = detect(_lr_run(x, lr), Config())  # type: ignore[arg-type]
+    [ev] = [e for e in det.events if e.kind in ("spike", "divergence")]
+    assert ev.start_step == JUMP + 1 and ev.end_step == n and not ev.recovered
 
 
 def test_a_schedule_that_restarts_every_cycle_is_left_to_the_oscillation() -> None:

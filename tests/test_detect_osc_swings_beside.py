@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pytest
 
 from spikelens import read_log
 from spikelens.detect import detect
@@ -47,3 +49,27 @@ def test_a_rise_larger_than_the_swings_stays_an_incident() -> None:
     det = detect(build_run(RawLog(frame=frame), Path("v9osc03-bad.csv"), "csv"), PLACED)
     assert det.verdict == "spiky"
     assert [e.start_step for e in det.events if e.kind == "spike" and e.metric == "loss"] == [240]
+
+
+def _late_sawtooth(seed: int, bump_at: int) -> object:
+    """A loss that starts to saw at step 1001 (x1.5 jumps every 65 steps, 3 % noise), with a
+    x1.35 one-point bump before that, in the stretch with no oscillation."""
+    rng = np.random.default_rng(seed)
+    n = 2000
+    t = np.arange(n)
+    saw = np.where(t >= 1000, np.log1p(0.5 * np.exp(-((t - 1000) % 65) / 16.25)), 0.0)
+    x = np.log(0.5 + 2.0 * np.exp(-t / 150)) + saw + 0.03 * rng.standard_normal(n)
+    x[bump_at] += np.log(1.35)
+    frame = pd.DataFrame({"step": t + 1, "loss": np.exp(x)})
+    return build_run(RawLog(frame=frame), Path("late-saw.csv"), "csv")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_bump_beside_the_region_where_nothing_oscillates_stays_an_incident(
+        seed: int) -> None:
+    # x1.35 is no larger than the sawtooth's swing and lies within a block of its region, so
+    # the regions are looked for again with it in the evidence; the stretch it sits in does
+    # not oscillate, no region then covers it, and the first search stands
+    det = detect(_late_sawtooth(seed, 700), Config())  # type: ignore[arg-type]
+    assert 701 in [e.start_step for e in det.events if e.kind == "spike"]
+    assert any(e.kind == "oscillation" and e.start_step > 701 for e in det.events)

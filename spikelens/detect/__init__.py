@@ -31,7 +31,8 @@ from spikelens.detect.gradnorm import Scan, find_surges, scan, usable
 from spikelens.detect.gradnorm import confirmed as grad_confirmed
 from spikelens.detect.joint import PointZ
 from spikelens.detect.lr_drift import PAST, find_drift, past_climb
-from spikelens.detect.lr_lift import MAX_JUMPS, find_lift
+from spikelens.detect.lr_drift import K as K_LIFT
+from spikelens.detect.lr_lift import MAX_JUMPS, back_at, find_lift
 from spikelens.detect.nonfinite import NonFinite, find_nonfinite, nonfinite_mask
 from spikelens.detect.ops import ops_events
 from spikelens.detect.oscillation import (
@@ -47,7 +48,6 @@ from spikelens.detect.spikes import (
     Rise,
     RiseParams,
     find_rises,
-    recovery,
     test_statistics,
     trailing_stats,
     window_stats,
@@ -606,11 +606,12 @@ def _lifts_after_lr_jumps(rises: list[Rise], loss: _Loss, params: RiseParams,
     it (lr_lift.py), where no rise found already overlaps them: a lift whose largest
     20-point median stands `lr_lift_z` standard errors and the ratio floor of the jump
     (`RiseParams.shift_ratio` there) above the level before the jump is a rise from the
-    jump. It is banded as the rise tests band theirs (`band_z` noise scales above the level
-    before it) and ends where the loss is back in that band, looked for from the lift's
-    highest median on (the loss can sit at its old level for a few steps after the jump
-    before it answers). A schedule that jumps `MAX_JUMPS` times or more is cyclic and left
-    to the oscillation."""
+    jump. It ends where a `window`-point median is back under halfway between the old level
+    and the level the points after the jump held, looked for from the lift's highest median
+    on (the loss can sit at its old
+    level for a few steps after the jump before it answers), or lasts to the end of the log;
+    a lift whose answer runs into a rise found already is that rise's. A schedule that
+    jumps `MAX_JUMPS` times or more is cyclic and left to the oscillation."""
     jumps = loss.lr_jumps
     if not loss.is_log or not len(jumps) or len(jumps) >= MAX_JUMPS:
         return rises
@@ -640,19 +641,29 @@ def _lifts_after_lr_jumps(rises: list[Rise], loss: _Loss, params: RiseParams,
         scale = 1.4826 * float(np.median(np.abs(d - np.median(d)))) / math.sqrt(2)
         if not scale > 0:
             continue
-        band_hi = lift.level + params.band_z * scale
-        end = recovery(x, band_hi, lift.level + scale, lift.at + 1, params.recover_run)
-        recovered = end >= 0
-        peak = j + int(np.argmax(x[j:end if recovered else n]))
-        added.append(Rise(start=j, peak=peak, end=end if recovered else n - 1,
-                          recovered=recovered, level=lift.level, scale=scale,
-                          band_hi=band_hi))
-        found.append(f"step {int(st[j])} x{math.exp(lift.lift):.2f} (z {lift.z:.1f})")
+        # A level, not a point: the answer lasts until a window's median is back under the
+        # halfway mark between the old level and the level the window after the jump held
+        # (the reference of Page's CUSUM in `spikes._change_point`; the highest 20-point
+        # median would overstate it). A lift this rule alone finds is 2-3 noise scales a
+        # point, inside the rise tests' band of `band_z` scales, so their point-wise
+        # recovery would end it at the first quiet stretch while the level stays raised.
+        held = float(np.median(x[j:stop])) - lift.level
+        half = lift.level + max(held, 0.0) / 2
+        back = back_at(x, lift.at + 1, half, params.window)
+        recovered = back is not None
+        end = back if back is not None else n - 1
+        if any(r.start <= end and r.end >= j for r in (*rises, *added)):
+            continue  # its answer runs into a rise found already: that one holds it
+        peak = j + int(np.argmax(x[j:end + 1]))
+        added.append(Rise(start=j, peak=peak, end=end, recovered=recovered,
+                          level=lift.level, scale=scale, band_hi=half))
+        found.append(f"step {int(st[j])} x{math.exp(lift.lift):.2f} over {stop - j} points "
+                     f"(z {lift.z:.1f})")
     if not added:
         return rises
-    notes.append(f"{len(added)} lift(s) of the loss answering an upward LR jump within the "
-                 f"{params.window} points after it, measured against the level before the "
-                 f"jump: {', '.join(found)}")
+    notes.append(f"{len(added)} lift(s) of the loss answering an upward LR jump, its highest "
+                 f"{K_LIFT}-point median in the points after the jump (up to {params.window}, "
+                 f"or the next jump) against the level before it: {', '.join(found)}")
     return sorted([*rises, *added], key=lambda r: r.start)
 
 
@@ -981,7 +992,8 @@ def _oscillations(run: Run, loss: _Loss, rises: Sequence[Rise],
         # outside the oscillation as an incident. Looked at again with such rises in the
         # evidence, the regions are taken if each of them then lies inside one that swings
         # at least as far.
-        rest = [r for r in rises if not any(r is w for w in swings)]
+        taken = {id(w) for w in swings}
+        rest = [r for r in rises if id(r) not in taken]
         trial_skip = base | _incident_mask(loss, rest, nonfinite)
         trial = find_oscillations(loss.x, lr, lr_per, p, trial_skip)
         if all(any(o.start <= w.peak <= o.end and _rise_size(loss, w) <= o.log_swing
@@ -1019,10 +1031,11 @@ def _rise_size(loss: _Loss, r: Rise) -> float:
 def _swings_beside(loss: _Loss, rises: Sequence[Rise], found: Sequence[Oscillation],
                    block: int) -> list[Rise]:
     """The recovered rises outside every oscillation region that lie within a block of a
-    periodic or LR-locked one and are no larger than its swing: the swings the region may
-    have lost to the incident mask (`_oscillations`). Empty without such a region, so a log
-    with no oscillation is searched once."""
-    near = [o for o in found if o.source in ("periodic", "lr")]
+    periodic one and are no larger than its swing: the swings the region may have lost to
+    the incident mask (`_oscillations`). An LR-locked region spans the whole log, so no
+    rise is beside one. Empty without a periodic region, so a log with no oscillation is
+    searched once."""
+    near = [o for o in found if o.source == "periodic"]
     if not near:
         return []
     out = []
@@ -1072,7 +1085,7 @@ def _absorb_in_oscillation(rises: list[Rise], oscs: Sequence[Oscillation], loss:
             # inside the swing's own envelope (periodic, LR-locked or erratic)
             dropped.append(int(st[r.peak]))
             continue
-        if r.recovered and any(_under_cycle_peaks(loss, r, o, max_period, fences)
+        if r.recovered and any(_under_cycle_peaks(loss, r, o, rises, max_period, fences)
                                for o in inside):
             dropped.append(int(st[r.peak]))
             continue
@@ -1102,18 +1115,28 @@ def _absorb_in_oscillation(rises: list[Rise], oscs: Sequence[Oscillation], loss:
     return keep
 
 
-def _under_cycle_peaks(loss: _Loss, r: Rise, o: Oscillation, max_period: int,
+def _under_cycle_peaks(loss: _Loss, r: Rise, o: Oscillation, rises: Sequence[Rise],
+                       max_period: int,
                        fences: dict[int, tuple[NDArray[np.float64], float] | None]) -> bool:
-    """Whether a rise's peak stands no higher above the trend than the highest points of
-    the periodic region's cycles (`oscillation.cycle_peaks_fence`, taken once per region).
-    The folded swing is an average cycle's peak-to-trough, and a rise is measured from the
-    trailing median to its highest noisy point: an epoch sawtooth's boundary jump is
-    larger than the first and no larger than the other boundaries (a 65-step sawtooth of
-    x1.5 jumps in 5 % noise was reported as spikes at its boundaries in 4 of 4 seeds)."""
-    if o.source != "periodic" or o.period is None:
+    """Whether a rise is one swing of the periodic region `o` by its height: it comes back
+    within a period (a swing rises and falls inside its cycle; a shard held longer is not
+    one, and it would lift the trend its height is measured from) and its peak stands no
+    higher above the trend than the fence of the cycles' own peaks
+    (`oscillation.cycle_peaks_fence`, taken once per region, the cycles holding any of the
+    rises left out). The folded swing is an average cycle's peak-to-trough, and a rise is
+    measured from the trailing median to its highest, noisy point: an epoch sawtooth's
+    boundary jump is larger than the first and no larger than the other boundaries (a
+    65-step sawtooth of x1.5 jumps in 5 % noise was reported as spikes at its boundaries in
+    4 of 4 seeds)."""
+    if o.source != "periodic" or o.period is None or r.end - r.start >= o.period:
         return False
     if id(o) not in fences:
-        fences[id(o)] = cycle_peaks_fence(loss.x, o.start, o.end, o.period, max_period)
+        held = np.zeros(o.end - o.start + 1, dtype=bool)
+        for q in rises:
+            a, b = max(q.start, o.start), min(q.end, o.end)
+            if a <= b:
+                held[a - o.start:b - o.start + 1] = True
+        fences[id(o)] = cycle_peaks_fence(loss.x, o.start, o.end, o.period, max_period, held)
     got = fences[id(o)]
     if got is None:
         return False

@@ -73,25 +73,42 @@ def residual(x: FloatArray, max_period: int) -> FloatArray:
     return np.asarray(x - trend, dtype=np.float64)
 
 
-def cycle_peaks_fence(x: FloatArray, start: int, end: int, period: float,
-                      max_period: int) -> tuple[FloatArray, float] | None:
-    """The residual around the trend of x[start:end + 1] (measured with the trend of the
-    points `max_period` either side too, as `residual` takes it) and the upper fence of its
-    cycles' peaks: the maximum of the residual over each whole cycle of `period` points
-    from `start`, their median plus three robust standard deviations (1.4826 x MAD). A point
-    of a periodic oscillation no higher than that is one of its swings: each cycle has a
-    highest point, and the fence is where the cycles' own highest points stop. None with
-    fewer than `MIN_CYCLES_FENCE` whole cycles."""
+def cycle_peaks_fence(x: FloatArray, start: int, end: int, period: float, max_period: int,
+                      held: NDArray[np.bool_] | None = None
+                      ) -> tuple[FloatArray, float] | None:
+    """The residual around the trend of x[start:end + 1] (with the trend of the points
+    either side that `residual` reaches over the whole log: 2 * `max_period`) and the upper
+    fence of its cycles' peaks: the maximum of the residual over each whole cycle of
+    `period` points from `start`, their median plus three standard deviations as the lower
+    half of them gives it ((median - q25) / 0.6745). A cycle holding a point of `held` (the
+    region's rises: what is being judged) gives no peak, so incidents do not raise the
+    fence they are held to, unless most cycles hold one (then the rises are the cycles'
+    own peaks). A point of a periodic oscillation no higher than that is one of its swings:
+    each cycle has a highest point, and the fence is where the cycles' own highest points
+    stop. None with fewer than `MIN_CYCLES_FENCE` cycles to take the peaks of."""
     per = int(round(period))
-    lo, hi = max(0, start - max_period), min(len(x), end + 1 + max_period)
+    if per < 2:
+        return None
+    pad = 2 * max_period
+    lo, hi = max(0, start - pad), min(len(x), end + 1 + pad)
     r = residual(x[lo:hi], max_period)[start - lo:end + 1 - lo]
-    k = len(r) // per if per >= 2 else 0
+    k = len(r) // per
     if k < MIN_CYCLES_FENCE:
         return None
     peaks = r[:k * per].reshape(k, per).max(axis=1)
-    med = float(np.median(peaks))
-    mad = float(np.median(np.abs(peaks - med)))
-    return r, med + 3.0 * 1.4826 * mad
+    if held is not None:
+        busy = held[:k * per].reshape(k, per).any(axis=1)
+        # rises in most cycles recur with the period: they are the oscillation's own peaks
+        # (every boundary of a sawtooth that stands far above its noise), not incidents
+        if 2 * int(busy.sum()) <= k:
+            peaks = peaks[~busy]
+    if len(peaks) < MIN_CYCLES_FENCE:
+        return None
+    med, q25 = (float(v) for v in np.percentile(peaks, [50, 25]))
+    # the spread of the lower half (a normal law's q25 is 0.6745 sigma under its median):
+    # incidents the rise tests did not find can only raise cycle peaks, so the upper half is
+    # where they sit, and a MAD taken over both halves widens with them
+    return r, med + 3.0 * (med - q25) / 0.6745
 
 
 #: Whole cycles a periodic region needs before its cycles' peaks give a fence.

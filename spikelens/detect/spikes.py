@@ -665,7 +665,7 @@ def _first_recovery(inband: NDArray[np.bool_], settled: NDArray[np.bool_], run: 
     return int(hits[0]) if len(hits) else -1
 
 
-def recovery(x: FloatArray, band_hi: float, settle_hi: float, frm: int, run: int) -> int:
+def _recovery(x: FloatArray, band_hi: float, settle_hi: float, frm: int, run: int) -> int:
     """Index of the first point from which the series is back in its band: `run` points in
     a row under `band_hi` whose median is under `settle_hi` (a lucky in-band stretch of a
     level that is still raised does not end a shift). Searched over a horizon that grows
@@ -817,7 +817,7 @@ def _scan(x: FloatArray, base_x: FloatArray, p: RiseParams, abs_floor: float,
         lo = max(pos, start - p.window)
         back = np.flatnonzero(~(x[lo:start] > band_hi))
         start = lo + int(back[-1]) + 1 if len(back) else lo
-        end = recovery(x, band_hi, level + float(st.scale[c]), start + 1, p.recover_run)
+        end = _recovery(x, band_hi, level + float(st.scale[c]), start + 1, p.recover_run)
         recovered = end >= 0
         stop = end if recovered else n
         peak = start + int(np.argmax(x[start:stop]))
