@@ -14,7 +14,7 @@ import pytest
 
 from spikelens import read_log
 from spikelens.detect import detect
-from spikelens.detect.lr_lift import find_lift
+from spikelens.detect.lr_lift import back_at, find_lift
 from spikelens.model import Config
 from spikelens.readers._base import RawLog, build_run
 
@@ -171,3 +171,28 @@ def test_a_schedule_that_restarts_every_cycle_is_left_to_the_oscillation() -> No
     det = detect(run, Config(**PLACED))
     assert not any("lift(s) of the loss" in n for n in det.notes), det.notes
     assert not [e for e in det.events if e.kind in ("spike", "divergence")]
+
+
+def test_an_answer_that_holds_ends_where_a_later_incident_begins() -> None:
+    # a second review's reproducer: the same held lift, and a x2 batch 800 steps on; the
+    # batch is its own incident, and the lift ends where it begins, not yet back
+    n = 1600
+    rng = np.random.default_rng(3)
+    t = np.arange(n, dtype=np.float64)
+    d = np.clip(t - JUMP, 0, None)
+    x = np.log(1.0 + 2.0 * np.exp(-t / 100)) + np.log1p(0.08 * (1 - np.exp(-d / 10))) \
+        + 0.05 * rng.standard_normal(n)
+    x[1300] += np.log(2.0)
+    lr = np.where(t >= JUMP, 6e-4, 3e-4)
+    det = detect(_lr_run(x, lr), Config())  # type: ignore[arg-type]
+    spans = [(e.start_step, e.end_step, e.recovered) for e in det.events
+             if e.kind in ("spike", "divergence")]
+    assert spans[0][:2] == (JUMP + 1, 1300) and not spans[0][2]
+    assert spans[1][0] == 1301
+
+
+def test_back_at_is_where_the_level_came_back() -> None:
+    x = np.where(np.arange(1000) < 300, 1.0, 0.0)
+    at = back_at(x, 0, 0.5, 100)
+    assert at is not None and abs(at - 300) <= 20  # the middle of the first window back
+    assert back_at(np.ones(1000), 0, 0.5, 100) is None

@@ -603,15 +603,15 @@ def _date_from_lr_jump(rises: list[Rise], loss: _Loss, reach: int,
 def _lifts_after_lr_jumps(rises: list[Rise], loss: _Loss, params: RiseParams,
                           config: Config, notes: list[str]) -> list[Rise]:
     """The loss's answer to each upward LR jump, looked for over the `window` points after
-    it (lr_lift.py), where no rise found already overlaps them: a lift whose largest
-    20-point median stands `lr_lift_z` standard errors and the ratio floor of the jump
-    (`RiseParams.shift_ratio` there) above the level before the jump is a rise from the
-    jump. It ends where a `window`-point median is back under halfway between the old level
-    and the level the points after the jump held, looked for from the lift's highest median
-    on (the loss can sit at its old
-    level for a few steps after the jump before it answers), or lasts to the end of the log;
-    a lift whose answer runs into a rise found already is that rise's. A schedule that
-    jumps `MAX_JUMPS` times or more is cyclic and left to the oscillation."""
+    it (lr_lift.py): a lift whose largest 20-point median stands `lr_lift_z` standard
+    errors and the ratio floor of the jump (`RiseParams.shift_ratio` there) above the level
+    before the jump is a rise from the jump. It ends where a `window`-point median is back
+    under halfway between the old level and the level the points after the jump held,
+    looked for from the lift's highest median on (the loss can sit at its old level for a
+    few steps after the jump before it answers), or lasts to the end of the log, or to a
+    later incident it runs into. A level the scans opened in the window already holds the
+    answer; shorter rises there (a noisy point of the raised level) are taken into it. A
+    schedule that jumps `MAX_JUMPS` times or more is cyclic and left to the oscillation."""
     jumps = loss.lr_jumps
     if not loss.is_log or not len(jumps) or len(jumps) >= MAX_JUMPS:
         return rises
@@ -620,13 +620,17 @@ def _lifts_after_lr_jumps(rises: list[Rise], loss: _Loss, params: RiseParams,
     st = loss.fin_steps
     added: list[Rise] = []
     found: list[str] = []
+    absorbed = 0
     floor = 0
     for k, j in enumerate(jumps.tolist()):
         nxt = int(jumps[k + 1]) if k + 1 < len(jumps) else n
         stop = min(n, j + params.window, nxt)
         lo, floor = floor, j
-        if any(r.start < stop and r.end >= j for r in (*rises, *added)):
-            continue  # a rise found already holds the answer
+        # the rises the scans opened in the window after the jump: a level among them is
+        # the answer already; one-point blips are its noisiest points, taken into it
+        opened = [r for r in (*rises, *added) if r.start < stop and r.end >= j]
+        if any(not r.recovered or r.end - r.start >= K_LIFT for r in opened):
+            continue
         lift = find_lift(x, j, stop, params.window, lo)
         if lift is None or not lift.z >= config.lr_lift_z:
             continue
@@ -652,8 +656,17 @@ def _lifts_after_lr_jumps(rises: list[Rise], loss: _Loss, params: RiseParams,
         back = back_at(x, lift.at + 1, half, params.window)
         recovered = back is not None
         end = back if back is not None else n - 1
-        if any(r.start <= end and r.end >= j for r in (*rises, *added)):
-            continue  # its answer runs into a rise found already: that one holds it
+        # a rise the scans opened at the next jump, within the window, is this episode's
+        # answer (two jumps close together answered once); a later incident the raised
+        # level runs into is its own: the answer ends where it begins, not yet back
+        later = [r.start for r in (*rises, *added) if stop <= r.start <= end]
+        if later and min(later) < j + params.window:
+            continue
+        if later:
+            end, recovered = min(later) - 1, False
+        taken = {id(r) for r in opened}
+        rises = [r for r in rises if id(r) not in taken]
+        absorbed += len(taken)
         peak = j + int(np.argmax(x[j:end + 1]))
         added.append(Rise(start=j, peak=peak, end=end, recovered=recovered,
                           level=lift.level, scale=scale, band_hi=half))
@@ -663,7 +676,8 @@ def _lifts_after_lr_jumps(rises: list[Rise], loss: _Loss, params: RiseParams,
         return rises
     notes.append(f"{len(added)} lift(s) of the loss answering an upward LR jump, its highest "
                  f"{K_LIFT}-point median in the points after the jump (up to {params.window}, "
-                 f"or the next jump) against the level before it: {', '.join(found)}")
+                 f"or the next jump) against the level before it: {', '.join(found)}"
+                 + (f"; {absorbed} shorter rise(s) inside taken into it" if absorbed else ""))
     return sorted([*rises, *added], key=lambda r: r.start)
 
 

@@ -74,12 +74,14 @@ def find_lift(x: NDArray[np.float64], jump: int, stop: int, window: int,
 
 
 def back_at(x: NDArray[np.float64], frm: int, bar: float, width: int) -> int | None:
-    """The first i >= frm, in steps of `K`, whose `width`-point median x[i:i + width] is at
-    or under `bar` (the last window may be shorter, down to `K` points); None when the loss
-    never comes back. A median of `width` points, not of `K`: a level raised by 2-3 noise
-    scales a point has 20-point medians that dip under a halfway mark by chance, and one such
-    dip would end an answer that holds to the end of the log. Strided, a lift that holds to
-    the end of a million points costs 50,000 medians, not a million."""
+    """Where the loss is back at or under `bar`: the middle of the first `width`-point
+    window from `frm` on (in steps of `K`) whose median is there, the place a level change
+    seen by such a median sits (the last window may be shorter, down to width // 2 points);
+    None when the loss never comes back. A median of `width` points, not of `K`: a level
+    raised by 2-3 noise scales a point has 20-point medians that dip under a halfway mark
+    by chance, and one such dip would end an answer that holds to the end of the log.
+    Strided, a lift that holds to the end of a million points costs 50,000 medians, not a
+    million."""
     from numpy.lib.stride_tricks import sliding_window_view
 
     n = len(x)
@@ -87,8 +89,9 @@ def back_at(x: NDArray[np.float64], frm: int, bar: float, width: int) -> int | N
         rows = sliding_window_view(x[frm:], width)[::K]
         hit = np.flatnonzero(np.median(rows, axis=1) <= bar)
         if len(hit):
-            return frm + int(hit[0]) * K
+            return frm + int(hit[0]) * K + width // 2
         frm += len(rows) * K
-    if n - frm >= K and float(np.median(x[frm:])) <= bar:
-        return frm
+    rest = n - frm
+    if rest >= max(K, width // 2) and float(np.median(x[frm:])) <= bar:
+        return frm + rest // 2
     return None

@@ -82,10 +82,12 @@ def cycle_peaks_fence(x: FloatArray, start: int, end: int, period: float, max_pe
     `period` points from `start`, their median plus three standard deviations as the lower
     half of them gives it ((median - q25) / 0.6745). A cycle holding a point of `held` (the
     region's rises: what is being judged) gives no peak, so incidents do not raise the
-    fence they are held to, unless most cycles hold one (then the rises are the cycles'
-    own peaks). A point of a periodic oscillation no higher than that is one of its swings:
-    each cycle has a highest point, and the fence is where the cycles' own highest points
-    stop. None with fewer than `MIN_CYCLES_FENCE` cycles to take the peaks of."""
+    fence they are held to. When most cycles hold one, the rises are the cycles' own peaks
+    if they peak at the oscillation's phase (`_one_phase`), and every cycle counts;
+    otherwise there is no fence. A point of a periodic oscillation no higher than that is
+    one of its swings: each cycle has a highest point, and the fence is where the cycles'
+    own highest points stop. None with fewer than `MIN_CYCLES_FENCE` cycles to take the
+    peaks of."""
     per = int(round(period))
     if per < 2:
         return None
@@ -98,10 +100,16 @@ def cycle_peaks_fence(x: FloatArray, start: int, end: int, period: float, max_pe
     peaks = r[:k * per].reshape(k, per).max(axis=1)
     if held is not None:
         busy = held[:k * per].reshape(k, per).any(axis=1)
-        # rises in most cycles recur with the period: they are the oscillation's own peaks
-        # (every boundary of a sawtooth that stands far above its noise), not incidents
+        # rises in most cycles, at one phase of the cycle, are the oscillation's own peaks
+        # (every boundary of a sawtooth that stands far above its noise), not incidents;
+        # rises at scattered phases (bad batches in most epochs) are incidents all the same
+        cycles = r[:k * per].reshape(k, per)
         if 2 * int(busy.sum()) <= k:
             peaks = peaks[~busy]
+        elif not _one_phase(cycles[busy], cycles[~busy]):
+            # rises in most cycles at scattered phases: incidents in most epochs, and the
+            # few cycles left hold the ones the rise tests missed; no fence to be had
+            return None
     if len(peaks) < MIN_CYCLES_FENCE:
         return None
     med, q25 = (float(v) for v in np.percentile(peaks, [50, 25]))
@@ -111,8 +119,30 @@ def cycle_peaks_fence(x: FloatArray, start: int, end: int, period: float, max_pe
     return r, med + 3.0 * (med - q25) / 0.6745
 
 
+def _one_phase(cycles: FloatArray, clean: FloatArray) -> bool:
+    """Whether the highest points of the `cycles` (rows) that hold rises fall where the
+    oscillation peaks: two in three within a tenth of the period (at least one point), on
+    the circle, of the phase where the `clean` cycles peak most often, or, with fewer than
+    three clean cycles, of their own commonest phase. Bad batches kept to one stretch of
+    every epoch share a phase too, but not the boundary's."""
+    per = cycles.shape[1]
+    reach = max(1, per // 10)
+    ring = np.arange(per)
+
+    def near(at: NDArray[np.intp]) -> NDArray[np.int64]:
+        dist = np.abs(at[:, None] - ring[None, :])
+        return np.asarray((np.minimum(dist, per - dist) <= reach).sum(axis=0))
+
+    at = np.argmax(cycles, axis=1)
+    if len(clean) >= 3:
+        phase = int(np.argmax(near(np.argmax(clean, axis=1))))
+        dist = np.abs(at - phase)
+        return bool(3 * int((np.minimum(dist, per - dist) <= reach).sum()) >= 2 * len(at))
+    return bool(3 * int(near(at).max()) >= 2 * len(at))
+
+
 #: Whole cycles a periodic region needs before its cycles' peaks give a fence.
-MIN_CYCLES_FENCE = 5
+MIN_CYCLES_FENCE = 8
 
 
 def _acf_rows(rows: FloatArray, max_lag: int) -> FloatArray:
