@@ -143,20 +143,26 @@ def test_two_jumps_close_together_answered_once_are_one_incident() -> None:
     assert len(spikes) == 1, [(e.start_step, e.peak_step, e.end_step) for e in spikes]
 
 
-def test_an_answer_that_holds_lasts_to_the_end_of_the_log() -> None:
-    # a review's reproducer: the LR doubles past anything the run had, and the loss answers
-    # with a level x1.08 higher that never comes back; a point-wise recovery inside the
-    # rise tests' band ended it one step after its peak
+def _held_answer(batch_at: int | None = None) -> object:
+    """The LR doubles at JUMP, past anything the run had, and the loss answers with a level
+    x1.08 higher that never comes back (seed 3); a x2 batch at `batch_at` if given."""
     n = 1600
     rng = np.random.default_rng(3)
     t = np.arange(n, dtype=np.float64)
     d = np.clip(t - JUMP, 0, None)
     x = np.log(1.0 + 2.0 * np.exp(-t / 100)) + np.log1p(0.08 * (1 - np.exp(-d / 10))) \
         + 0.05 * rng.standard_normal(n)
-    lr = np.where(t >= JUMP, 6e-4, 3e-4)
-    det = detect(_lr_run(x, lr), Config())  # type: ignore[arg-type]
+    if batch_at is not None:
+        x[batch_at] += np.log(2.0)
+    return _lr_run(x, np.where(t >= JUMP, 6e-4, 3e-4))
+
+
+def test_an_answer_that_holds_lasts_to_the_end_of_the_log() -> None:
+    # a review's reproducer: a point-wise recovery inside the rise tests' band ended the
+    # held answer one step after its peak
+    det = detect(_held_answer(), Config())  # type: ignore[arg-type]
     [ev] = [e for e in det.events if e.kind in ("spike", "divergence")]
-    assert ev.start_step == JUMP + 1 and ev.end_step == n and not ev.recovered
+    assert ev.start_step == JUMP + 1 and ev.end_step == 1600 and not ev.recovered
 
 
 def test_a_schedule_that_restarts_every_cycle_is_left_to_the_oscillation() -> None:
@@ -176,15 +182,7 @@ def test_a_schedule_that_restarts_every_cycle_is_left_to_the_oscillation() -> No
 def test_an_answer_that_holds_ends_where_a_later_incident_begins() -> None:
     # a second review's reproducer: the same held lift, and a x2 batch 800 steps on; the
     # batch is its own incident, and the lift ends where it begins, not yet back
-    n = 1600
-    rng = np.random.default_rng(3)
-    t = np.arange(n, dtype=np.float64)
-    d = np.clip(t - JUMP, 0, None)
-    x = np.log(1.0 + 2.0 * np.exp(-t / 100)) + np.log1p(0.08 * (1 - np.exp(-d / 10))) \
-        + 0.05 * rng.standard_normal(n)
-    x[1300] += np.log(2.0)
-    lr = np.where(t >= JUMP, 6e-4, 3e-4)
-    det = detect(_lr_run(x, lr), Config())  # type: ignore[arg-type]
+    det = detect(_held_answer(batch_at=1300), Config())  # type: ignore[arg-type]
     spans = [(e.start_step, e.end_step, e.recovered) for e in det.events
              if e.kind in ("spike", "divergence")]
     assert spans[0][:2] == (JUMP + 1, 1300) and not spans[0][2]

@@ -638,13 +638,6 @@ def _lifts_after_lr_jumps(rises: list[Rise], loss: _Loss, params: RiseParams,
             else params.log_min_ratio_shift
         if lift.lift < ratio:
             continue
-        ref = x[max(lo, j - params.window):j]
-        d = np.diff(ref)
-        # the noise of the points (not the trend of the stretch): the step-to-step
-        # differences' MAD, as `lr_drift._median_se` takes it
-        scale = 1.4826 * float(np.median(np.abs(d - np.median(d)))) / math.sqrt(2)
-        if not scale > 0:
-            continue
         # A level, not a point: the answer lasts until a window's median is back under the
         # halfway mark between the old level and the level the window after the jump held
         # (the reference of Page's CUSUM in `spikes._change_point`; the highest 20-point
@@ -669,7 +662,7 @@ def _lifts_after_lr_jumps(rises: list[Rise], loss: _Loss, params: RiseParams,
         absorbed += len(taken)
         peak = j + int(np.argmax(x[j:end + 1]))
         added.append(Rise(start=j, peak=peak, end=end, recovered=recovered,
-                          level=lift.level, scale=scale, band_hi=half))
+                          level=lift.level, scale=lift.sigma, band_hi=half))
         found.append(f"step {int(st[j])} x{math.exp(lift.lift):.2f} over {stop - j} points "
                      f"(z {lift.z:.1f})")
     if not added:
@@ -1094,7 +1087,7 @@ def _absorb_in_oscillation(rises: list[Rise], oscs: Sequence[Oscillation], loss:
     swing = {id(o): o.log_swing for o in oscs}
     for r in rises:
         inside = [o for o in oscs if o.start <= r.peak <= o.end]
-        size = float(loss.x[r.peak] - r.level)
+        size = _rise_size(loss, r)
         if r.recovered and inside and size <= max(o.log_swing for o in inside):
             # inside the swing's own envelope (periodic, LR-locked or erratic)
             dropped.append(int(st[r.peak]))
@@ -1145,11 +1138,7 @@ def _under_cycle_peaks(loss: _Loss, r: Rise, o: Oscillation, rises: Sequence[Ris
     if o.source != "periodic" or o.period is None or r.end - r.start >= o.period:
         return False
     if id(o) not in fences:
-        held = np.zeros(o.end - o.start + 1, dtype=bool)
-        for q in rises:
-            a, b = max(q.start, o.start), min(q.end, o.end)
-            if a <= b:
-                held[a - o.start:b - o.start + 1] = True
+        held = _incident_mask(loss, rises, ())[o.start:o.end + 1]
         fences[id(o)] = cycle_peaks_fence(loss.x, o.start, o.end, o.period, max_period, held)
     got = fences[id(o)]
     if got is None:

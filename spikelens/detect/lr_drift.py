@@ -53,15 +53,21 @@ def _rolling_median(x: NDArray[np.float64], k: int) -> NDArray[np.float64]:
     return np.asarray(np.median(sliding_window_view(x, k), axis=1), dtype=np.float64)
 
 
+def diff_sigma(ref: NDArray[np.float64]) -> float:
+    """The noise of a stretch's points, not its trend: the robust standard deviation of the
+    step-to-step differences (1.4826 x their MAD), over sqrt(2)."""
+    d = np.diff(ref)
+    return 1.4826 * float(np.median(np.abs(d - np.median(d)))) / math.sqrt(2)
+
+
 def _median_se(ref: NDArray[np.float64]) -> float:
     """The standard error of a K-point median of the loss as the reference stretch shows it:
     the larger of the white-noise figure (1.2533 sigma / sqrt(K), sigma from the
-    step-to-step differences, which a slow trend does not inflate) and the spread of the
-    stretch's own K-point medians (which an autocorrelated wander does inflate: with
-    AR(1) noise the differences understate how far a 20-point median strays)."""
-    d = np.diff(ref)
-    sigma = 1.4826 * float(np.median(np.abs(d - np.median(d)))) / math.sqrt(2)
-    white = 1.2533 * sigma / math.sqrt(K)
+    step-to-step differences, which a slow trend does not inflate: `diff_sigma`) and the
+    spread of the stretch's own K-point medians (which an autocorrelated wander does
+    inflate: with AR(1) noise the differences understate how far a 20-point median
+    strays)."""
+    white = 1.2533 * diff_sigma(ref) / math.sqrt(K)
     meds = _rolling_median(ref, K)
     q75, q25 = np.percentile(meds, [75, 25])
     return max(white, float(q75 - q25) / 1.349)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from spikelens.detect.lr_drift import K, _median_se, _rolling_median
+from spikelens.detect.lr_drift import K, _median_se, _rolling_median, diff_sigma
 
 #: A logged LR that jumps up this many times is a cyclic schedule (warm restarts every
 #: cycle): the loss's answers to it are an oscillation's swings (`_MIN_CYCLES` cycles).
@@ -46,13 +46,15 @@ class Lift:
     level: float  # the loss level before the jump (log units)
     lift: float  # the highest K-point median after the jump minus `level` (log units)
     z: float  # `lift` in standard errors
+    sigma: float  # the noise of a point before the jump (`lr_drift.diff_sigma`)
 
 
 def find_lift(x: NDArray[np.float64], jump: int, stop: int, window: int,
               floor: int = 0) -> Lift | None:
     """The largest `K`-point median of x[jump:stop] against the median of the `window` points
     before `jump` (none before `floor`, the previous jump), with its z; None where there is
-    too little to compare (fewer than `window` points before, `K` after) or no noise scale."""
+    too little to compare (fewer than `window` points before, `K` after) or no noise scale
+    (of the K-point medians, or of the points)."""
     lo = max(floor, jump - window)
     # a whole window before the jump, as the bar was placed with: a shorter reference makes
     # `_median_se` noisier (with AR(0.5) noise and 50 points, z >= 5.8 at 1.8 % of quiet
@@ -65,12 +67,14 @@ def find_lift(x: NDArray[np.float64], jump: int, stop: int, window: int,
     # a K-point median against a len(ref)-point one: the reference's own error adds in
     # quadrature, at the same inflation for autocorrelation
     se = se_k * math.sqrt(1.0 + K / len(ref))
-    if not se > 0:
+    sigma = diff_sigma(ref)
+    if not (se > 0 and sigma > 0):
         return None
     meds = _rolling_median(x[jump:stop], K)
     i = int(np.argmax(meds))
     lift = float(meds[i]) - level
-    return Lift(jump=jump, at=jump + i, stop=stop, level=level, lift=lift, z=lift / se)
+    return Lift(jump=jump, at=jump + i, stop=stop, level=level, lift=lift, z=lift / se,
+                sigma=sigma)
 
 
 def back_at(x: NDArray[np.float64], frm: int, bar: float, width: int) -> int | None:

@@ -97,13 +97,13 @@ def cycle_peaks_fence(x: FloatArray, start: int, end: int, period: float, max_pe
     k = len(r) // per
     if k < MIN_CYCLES_FENCE:
         return None
-    peaks = r[:k * per].reshape(k, per).max(axis=1)
+    cycles = r[:k * per].reshape(k, per)
+    peaks = cycles.max(axis=1)
     if held is not None:
         busy = held[:k * per].reshape(k, per).any(axis=1)
         # rises in most cycles, at one phase of the cycle, are the oscillation's own peaks
         # (every boundary of a sawtooth that stands far above its noise), not incidents;
         # rises at scattered phases (bad batches in most epochs) are incidents all the same
-        cycles = r[:k * per].reshape(k, per)
         if 2 * int(busy.sum()) <= k:
             peaks = peaks[~busy]
         elif not _one_phase(cycles[busy], cycles[~busy]):
@@ -129,16 +129,14 @@ def _one_phase(cycles: FloatArray, clean: FloatArray) -> bool:
     reach = max(1, per // 10)
     ring = np.arange(per)
 
-    def near(at: NDArray[np.intp]) -> NDArray[np.int64]:
-        dist = np.abs(at[:, None] - ring[None, :])
+    def near(rows: FloatArray) -> NDArray[np.int64]:
+        """For each phase, how many of the rows peak within `reach` of it on the circle."""
+        dist = np.abs(np.argmax(rows, axis=1)[:, None] - ring[None, :])
         return np.asarray((np.minimum(dist, per - dist) <= reach).sum(axis=0))
 
-    at = np.argmax(cycles, axis=1)
-    if len(clean) >= 3:
-        phase = int(np.argmax(near(np.argmax(clean, axis=1))))
-        dist = np.abs(at - phase)
-        return bool(3 * int((np.minimum(dist, per - dist) <= reach).sum()) >= 2 * len(at))
-    return bool(3 * int(near(at).max()) >= 2 * len(at))
+    counts = near(cycles)
+    hits = counts[int(np.argmax(near(clean)))] if len(clean) >= 3 else counts.max()
+    return bool(3 * int(hits) >= 2 * len(cycles))
 
 
 #: Whole cycles a periodic region needs before its cycles' peaks give a fence.
