@@ -180,3 +180,24 @@ def test_split_points_fall_on_row_starts() -> None:
     assert len(cuts) == 3 and cuts == sorted(cuts)
     assert all(data[c - 1:c] == b"\n" for c in cuts)
     assert csv_reader._split_points(b"step,loss\n1,2", 10, 4) == []
+
+
+@pytest.mark.parametrize("window", [64, 100, 1 << 24])
+def test_malformed_lines_are_placed_in_one_pass_across_windows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, window: int
+) -> None:
+    """`_invalid_lines` searches window by window: a row cut by a window's edge, a text
+    that first appears inside a longer line, the same text twice and a text that is not in
+    the file all get the line a user would count in an editor."""
+    rows = ["step,loss"] + [f"{i},{i / 10}" for i in range(40)]
+    rows[7] = "Traceback (most recent call last): oops"  # the text inside a longer line
+    rows[12] = "oops"
+    rows[30] = "oops"
+    rows[21] = "3,4,5,6,7,8,9,10,11,12,13,14"  # long enough to cross a 64-byte edge
+    p = tmp_path / "odd.csv"
+    p.write_text("\n".join(rows) + "\n")
+    monkeypatch.setattr(csv_reader, "_WINDOW", window)
+    data = p.read_bytes()
+    lines = csv_reader._invalid_lines(data, ["oops", "3,4,5,6,7,8,9,10,11,12,13,14", "oops",
+                                            "not there"])
+    assert lines == [13, 22, 31]

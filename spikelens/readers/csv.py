@@ -68,12 +68,21 @@ def _find(buf: bytes | mmap.mmap, needle: bytes, start: int) -> int:
     return -1
 
 
+#: Newlines are counted this many bytes at a time into one reused mask: a fresh mask per
+#: 16 MiB window was 16 MB of new pages to fault in and zero each time.
+_COUNT_CHUNK = 1 << 20
+
+
 def _count_newlines(buf: bytes | mmap.mmap, start: int, end: int) -> int:
     total = 0
+    mask = np.empty(min(_COUNT_CHUNK, max(0, end - start)), dtype=bool)
     for lo in range(start, end, _WINDOW):
         hi = min(end, lo + _WINDOW)
-        # counted in place (numpy over the map), not in a copy of the window
-        total += int(np.count_nonzero(np.frombuffer(buf, np.uint8, hi - lo, lo) == 0x0A))
+        for c in range(lo, hi, _COUNT_CHUNK):
+            k = min(hi, c + _COUNT_CHUNK) - c
+            # compared in place (numpy over the map), not in a copy of the window
+            np.equal(np.frombuffer(buf, np.uint8, k, c), 0x0A, out=mask[:k])
+            total += int(np.count_nonzero(mask[:k]))
         _release(buf, lo, hi)
     return total
 
@@ -85,33 +94,51 @@ def _line_number(buf: bytes | mmap.mmap, pos: int) -> int:
 def _invalid_lines(buf: bytes | mmap.mmap, texts: list[str]) -> list[int]:
     """Line numbers of the rows pyarrow set aside, sorted. Each is looked up as a whole line
     (a short row is also the start of the row it was cut from), and a text seen several times
-    (the same traceback line) is looked up after its previous match."""
-    after: dict[bytes, int] = {}
+    (the same traceback line) is looked up after its previous match.
+
+    One pass over the map, a window at a time, that stops once every text is placed: each
+    window's pages are faulted in once, searched for every text still missing and their
+    newlines counted, then handed back. Three texts at 5, 15 and 25 % of the 201 MB CSV
+    were three searches and a count, 0.03-0.04 s; now 0.01 s."""
+    needles = [t.encode("utf-8", "replace").rstrip(b"\r") for t in texts]
+    wanted: dict[bytes, int] = {}  # matches still to find, per distinct text
+    for needle in needles:
+        if needle:  # an empty text matches everywhere and places nothing
+            wanted[needle] = wanted.get(needle, 0) + 1
+    after = dict.fromkeys(wanted, 0)  # where the next search for each text starts
+    n = len(buf)
     found: list[int] = []
-    for text in texts:
-        needle = text.encode("utf-8", "replace").rstrip(b"\r")
-        pos = after.get(needle, 0)
-        while True:
-            pos = _find(buf, needle, pos)
-            if pos < 0:
-                break
-            end = pos + len(needle)
-            whole = (pos == 0 or buf[pos - 1:pos] == b"\n") and (
-                end == len(buf) or buf[end:end + 1] in (b"\r", b"\n"))
-            if whole:
-                break
-            pos += 1
-        if pos < 0:
-            continue
-        after[needle] = pos + 1
-        found.append(pos)
-    found.sort()
-    lines, line, prev = [], 1, 0
-    for pos in found:
-        line += _count_newlines(buf, prev, pos)
-        lines.append(line)
-        prev = pos
-    return lines
+    lines: list[int] = []
+    newlines = 0  # before the window, then before the last match placed
+    for lo in range(0, n, _WINDOW):
+        if not wanted:
+            break
+        hi = min(n, lo + _WINDOW)
+        here: list[int] = []
+        for needle in list(wanted):
+            # a match may start in this window and end in the next one
+            while wanted.get(needle):
+                pos = buf.find(needle, max(lo, after[needle]), hi + len(needle))
+                if pos < 0 or pos >= hi:
+                    break
+                end = pos + len(needle)
+                after[needle] = pos + 1
+                if (pos == 0 or buf[pos - 1:pos] == b"\n") and (
+                        end == n or buf[end:end + 1] in (b"\r", b"\n")):
+                    here.append(pos)
+                    wanted[needle] -= 1
+            if not wanted.get(needle):
+                wanted.pop(needle, None)
+        at = lo
+        for pos in sorted(here):
+            newlines += _count_newlines(buf, at, pos)
+            at = pos
+            found.append(pos)
+            lines.append(newlines + 1)
+        if wanted:
+            newlines += _count_newlines(buf, at, hi)
+        _release(buf, lo, hi)
+    return [line for _, line in sorted(zip(found, lines, strict=True))]
 
 
 def load_csv(path: Path) -> CsvTable:
@@ -153,6 +180,14 @@ def load_csv(path: Path) -> CsvTable:
     def source() -> Any:
         return pa.BufferReader(body) if body is not None else pa.OSFile(str(path))
 
+    def mapped() -> Any:
+        # The probe reads the file through a memory map: the streaming reader reads ahead
+        # of the block it parses (32 blocks, 138 MB of a 201 MB file at 4 MiB blocks), and
+        # from an OSFile every block read ahead is a fresh buffer, faulted in and zeroed
+        # (0.07 s, and 171 MB more resident for the rest of the read). From a map a block
+        # read ahead is a view of pages the probe never touches: 2 MB.
+        return pa.BufferReader(body) if body is not None else pa.memory_map(str(path))
+
     # 4 MiB blocks: as fast as 16 MiB here, with a smaller parser working set
     opts = pacsv.ReadOptions(block_size=1 << 22)
 
@@ -164,7 +199,7 @@ def load_csv(path: Path) -> CsvTable:
         data = body if body is not None else buf
         splits = _split_points(data, 0 if nl < 0 else nl + 1, _parts(len(data)))
         probe = bool(splits) or len(data) > opts.block_size
-        return splits, _first_block_schema(source, delim, opts) if probe else None
+        return splits, _first_block_schema(mapped, delim, opts) if probe else None
 
     def cut_headers(buf: bytes | mmap.mmap) -> None:
         """A resumed job appends its header again; cut those lines out of the bytes before
