@@ -228,6 +228,8 @@ def _analyse_fleet(
 ) -> Any:
     """Many logs: one task per log on a process pool or a Dask cluster, through the result
     cache, with a progress bar on a terminal (`spikelens.fleet`)."""
+    import gc
+
     from spikelens.cache import ResultCache
     from spikelens.fleet import analyze_sources
     from spikelens.metrics import parse_overrides
@@ -236,6 +238,10 @@ def _analyse_fleet(
     overrides = parse_overrides(metric or [])
     found = expand_candidates(logs)  # files in directories are sniffed by the workers
     sources = [s for s, _ in found]
+    if len(sources) > 1 or dask is not None:
+        # thousands of logs, or a Dask client's event loop, can keep this process for
+        # long: its cycles are collected (`_no_cycle_collector`)
+        gc.enable()
     cache = None if no_cache else ResultCache(cache_dir)
     kwargs: dict[str, Any] = dict(format=log_format, metrics=overrides, jobs=jobs, dask=dask,
                                   cache=cache, found_in=[w for _, w in found])
@@ -506,7 +512,9 @@ def _no_cycle_collector() -> None:
     typer were imported, each pass walking the objects the imports had made: 0.03 s of
     collections, and `inspect` of the 1M-step CSV 0.79-0.88 -> 0.70-0.79 s (medians of 9
     alternated fresh runs, docs/performance.md). Reference counting still frees
-    everything that is not in a cycle, as soon as it is dropped."""
+    everything that is not in a cycle, as soon as it is dropped. The runs that can keep
+    the process for long turn it back on: `watch`, and `analyze`/`report` of several logs
+    or on a Dask cluster."""
     import gc
 
     gc.disable()

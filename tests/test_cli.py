@@ -310,18 +310,26 @@ def test_a_cell_that_is_not_a_number_is_a_warning_in_every_report(tmp_path: Path
 def test_commands_run_without_the_cycle_collector_and_watch_with_it(tmp_path: Path) -> None:
     """A one-shot command's process turns the cyclic collector off (its passes over the
     imported modules were 0.03 s of `inspect`, collecting nothing); `watch`, which runs for
-    days, keeps it on so that no cycle piles up."""
+    days, and the analysis of many logs keep it on so that no cycle piles up."""
     log = tmp_path / "train.jsonl"
     log.write_text("".join(json.dumps({"step": i, "loss": 3.0 - i / 1000})
                            .replace("2.85", "NaN") + "\n" for i in range(300)))
+    many = tmp_path / "runs"
+    many.mkdir()
+    for k in range(2):
+        (many / f"r{k}.jsonl").write_text(log.read_text())
     gc_report = ("import atexit, gc, sys\n"
                  "atexit.register(lambda: print('gc', gc.isenabled(), file=sys.stderr))\n")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     seen = {}
-    for args in (["inspect", str(log)], ["watch", str(log), "--fail-on", "nonfinite"]):
+    for name, args in (("inspect", ["inspect", str(log)]),
+                       ("analyze", ["analyze", str(log), "--no-cache"]),
+                       ("analyze many", ["analyze", str(many), "--no-cache", "--jobs", "1"]),
+                       ("watch", ["watch", str(log), "--fail-on", "nonfinite"])):
         code = (gc_report + f"sys.argv = ['spikelens', *{args!r}]\n"
                 "from spikelens.cli import main\nmain()\n")
         p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env=env, timeout=120)
-        seen[args[0]] = (p.returncode, p.stderr.splitlines()[-1])
-    assert seen == {"inspect": (0, "gc False"), "watch": (1, "gc True")}
+        seen[name] = (p.returncode, p.stderr.splitlines()[-1])
+    assert seen == {"inspect": (0, "gc False"), "analyze": (0, "gc False"),
+                    "analyze many": (0, "gc True"), "watch": (1, "gc True")}
