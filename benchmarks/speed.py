@@ -231,15 +231,21 @@ def measure_rounds(cases: list[Case], repeats: int, timeout: float,
     slow spell of a minute or two, measured case by case, fell on every run of one case
     and moved its median (`inspect` of the CSV 0.77 s in one full run, 1.24 s in the next,
     for the same code); measured in rounds it falls on one run of several cases, and the
-    median of each case leaves it out. A case that fails is not run again."""
+    median of each case leaves it out. Each round starts one case further on, so that no
+    case always follows the same one, and a case's file is read again just before each of
+    its runs (a page-cache hit when the inputs fit in memory together; when they do not,
+    it keeps the run from reading a cold file). A case that fails is not run again."""
     samples: dict[str, list[Sample]] = {c.key: [] for c in cases}
     errors: dict[str, str | None] = {c.key: None for c in cases}
     for i in range(repeats):
-        for case in cases:
+        shift = i % len(cases) if cases else 0
+        for case in cases[shift:] + cases[:shift]:
             if errors[case.key] is not None:
                 continue
             if i == 0:
                 log(f"{case.key}: {case.label}")
+            if case.file is not None and case.file.is_file():
+                warm([case.file])
             s = run_child(case.argv, timeout, ROOT)
             log(f"  {case.key} #{i + 1}: {s.seconds:.2f} s (cpu {s.cpu_seconds:.2f} s), "
                 f"{s.peak_rss / MB:.0f} MB"

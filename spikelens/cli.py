@@ -128,6 +128,10 @@ def _read_all(paths: list[str], log_format: str | None, metric: list[str] | None
     from spikelens.readers import read_runs
 
     overrides = parse_overrides(metric or [])
+    if len(paths) > 1:
+        import gc
+
+        gc.enable()  # many logs can keep the process for long (`_no_cycle_collector`)
     runs: list[Run] = []
     big = sum(os.path.getsize(p) for p in paths if os.path.isfile(p)) > 64 * 2**20
     if sys.stderr.isatty() and (len(paths) > 1 or big):
@@ -513,8 +517,8 @@ def _no_cycle_collector() -> None:
     collections, and `inspect` of the 1M-step CSV 0.79-0.88 -> 0.70-0.79 s (medians of 9
     alternated fresh runs, docs/performance.md). Reference counting still frees
     everything that is not in a cycle, as soon as it is dropped. The runs that can keep
-    the process for long turn it back on: `watch`, and `analyze`/`report` of several logs
-    or on a Dask cluster."""
+    the process for long turn it back on: `watch`, and any command given several logs (or
+    a Dask cluster)."""
     import gc
 
     gc.disable()

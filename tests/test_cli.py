@@ -325,6 +325,7 @@ def test_commands_run_without_the_cycle_collector_and_watch_with_it(tmp_path: Pa
     for name, args in (("inspect", ["inspect", str(log)]),
                        ("analyze", ["analyze", str(log), "--no-cache"]),
                        ("analyze many", ["analyze", str(many), "--no-cache", "--jobs", "1"]),
+                       ("inspect many", ["inspect", str(many)]),
                        ("watch", ["watch", str(log), "--fail-on", "nonfinite"])):
         code = (gc_report + f"sys.argv = ['spikelens', *{args!r}]\n"
                 "from spikelens.cli import main\nmain()\n")
@@ -332,4 +333,5 @@ def test_commands_run_without_the_cycle_collector_and_watch_with_it(tmp_path: Pa
                            env=env, timeout=120)
         seen[name] = (p.returncode, p.stderr.splitlines()[-1])
     assert seen == {"inspect": (0, "gc False"), "analyze": (0, "gc False"),
-                    "analyze many": (0, "gc True"), "watch": (1, "gc True")}
+                    "analyze many": (0, "gc True"), "inspect many": (0, "gc True"),
+                    "watch": (1, "gc True")}
