@@ -505,10 +505,14 @@ def _arrow_part(held: list[pa.Table], lines: np.ndarray, dropped: set[str]) -> _
     cols: dict[str, np.ndarray] = {}
     nan: dict[str, np.ndarray] = {}
 
-    def add(name: str, col: pa.ChunkedArray, top: bool) -> None:
+    def add(name: str, col: pa.ChunkedArray, top: bool) -> list[tuple[str, Any, bool]]:
+        """Converts one column into `cols`; returns a struct column's children, to add
+        next (not a recursive call: a closure that calls itself is a reference cycle, and
+        the command's process runs without the cyclic collector, `cli._no_cycle_collector`,
+        so the cycle would keep `cols` and its arrays until exit)."""
         t = col.type
         if pa.types.is_null(t):
-            return  # null on every line: never logged
+            return []  # null on every line: never logged
         if pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t):
             # an integer beyond 2**53 rounds to the nearest float, as float(int) does in
             # the slow path (a safe cast would raise)
@@ -530,17 +534,20 @@ def _arrow_part(held: list[pa.Table], lines: np.ndarray, dropped: set[str]) -> _
         elif pa.types.is_struct(t) and top:
             names = [t.field(i).name for i in range(t.num_fields)]
             if "_type" in names:
-                return  # a W&B media reference, not a value
-            for i, child in enumerate(names):
-                add(f"{name}/{child}", pc.struct_field(col, [i]), False)
+                return []  # a W&B media reference, not a value
+            return [(f"{name}/{child}", pc.struct_field(col, [i]), False)
+                    for i, child in enumerate(names)]
         else:
             dropped.add(name)
+        return []
 
     for name in list(table.column_names):
         col = table.column(0)
         table = table.remove_column(0)
-        add(name, col, True)
-        del col
+        pending = [(name, col, True)]
+        while pending:  # a struct's children have none of their own (`top` is False)
+            pending = [child for item in pending for child in add(*item)]
+        del col, pending
         pool.release_unused()
     return _Part(cols, nan, lines, np.zeros(len(lines), dtype=np.int8))
 
