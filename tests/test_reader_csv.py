@@ -182,6 +182,26 @@ def test_malformed_rows_are_numbered_where_they_are(tmp_path: Path) -> None:
     assert read_log(p).warnings == (f"{p}: skipped 3 malformed row(s) (lines 5, 9, 15)",)
 
 
+def test_lines_ended_by_a_lone_cr_are_numbered(tmp_path: Path) -> None:
+    """A file whose lines end in a lone CR (Excel's "CSV (Macintosh)") is read row by row
+    by pyarrow; its repeated header and its malformed rows are named by the lines a user
+    counts, as in the same file with LF endings (the malformed rows had no line number,
+    and the header line was taken to be the whole file)."""
+    lines = ["step,loss,lr", "1,3.0,0.1", "2,2.9,0.1", "step,loss,lr", "3,2.8,0.1",
+             "Traceback (most recent call last): oops", "4,2.7,0.1", "5,2.6"]
+    runs = {}
+    for name, eol in (("lf", "\n"), ("cr", "\r")):
+        p = tmp_path / f"{name}.csv"
+        p.write_bytes(eol.join(lines).encode())
+        runs[name] = read_log(p)
+        assert runs[name].warnings == (
+            f"{p}: skipped 1 repeated header line(s) (line 4)",
+            f"{p}: skipped 2 malformed row(s) (lines 6, 8)",
+        )
+    assert runs["cr"].steps.tolist() == runs["lf"].steps.tolist() == [1, 2, 3, 4]
+    assert runs["cr"].frame["lr"].tolist() == [0.1] * 4
+
+
 def test_big_csv_columns_convert_straight_from_arrow(tmp_path: Path) -> None:
     """A file of several parser blocks (4 MiB each), so every column arrives in chunks: the
     numeric columns become float64 arrays directly, an empty cell stays apart from a logged

@@ -73,7 +73,8 @@ def _find(buf: bytes | mmap.mmap, needle: bytes, start: int) -> int:
 _COUNT_CHUNK = 1 << 20
 
 
-def _count_newlines(buf: bytes | mmap.mmap, start: int, end: int) -> int:
+def _count_newlines(buf: bytes | mmap.mmap, start: int, end: int, eol: int = 0x0A) -> int:
+    """The line ends (`eol`, a byte value) in `buf[start:end]`."""
     total = 0
     mask = np.empty(min(_COUNT_CHUNK, max(0, end - start)), dtype=bool)
     for lo in range(start, end, _WINDOW):
@@ -81,17 +82,24 @@ def _count_newlines(buf: bytes | mmap.mmap, start: int, end: int) -> int:
         for c in range(lo, hi, _COUNT_CHUNK):
             k = min(hi, c + _COUNT_CHUNK) - c
             # compared in place (numpy over the map), not in a copy of the window
-            np.equal(np.frombuffer(buf, np.uint8, k, c), 0x0A, out=mask[:k])
+            np.equal(np.frombuffer(buf, np.uint8, k, c), eol, out=mask[:k])
             total += int(np.count_nonzero(mask[:k]))
         _release(buf, lo, hi)
     return total
 
 
-def _line_number(buf: bytes | mmap.mmap, pos: int) -> int:
-    return _count_newlines(buf, 0, pos) + 1
+def _line_number(buf: bytes | mmap.mmap, pos: int, eol: bytes = b"\n") -> int:
+    return _count_newlines(buf, 0, pos, eol[0]) + 1
 
 
-def _invalid_lines(buf: bytes | mmap.mmap, texts: list[str]) -> list[int]:
+def _line_end(buf: bytes | mmap.mmap) -> bytes:
+    """What ends a line of this file: LF (and CRLF), or a lone CR in a file that has no LF
+    at all (Excel's "CSV (Macintosh)", classic Mac OS). pyarrow reads either; the line
+    numbers of warnings have to count the same thing."""
+    return b"\r" if buf.find(b"\n") < 0 and buf.find(b"\r") >= 0 else b"\n"
+
+
+def _invalid_lines(buf: bytes | mmap.mmap, texts: list[str], eol: bytes = b"\n") -> list[int]:
     """Line numbers of the rows pyarrow set aside, sorted. Each is looked up as a whole line
     (a short row is also the start of the row it was cut from), and a text seen several times
     (the same traceback line) is looked up after its previous match.
@@ -123,7 +131,7 @@ def _invalid_lines(buf: bytes | mmap.mmap, texts: list[str]) -> list[int]:
                     break
                 end = pos + len(needle)
                 after[needle] = pos + 1
-                if (pos == 0 or buf[pos - 1:pos] == b"\n") and (
+                if (pos == 0 or buf[pos - 1:pos] == eol) and (
                         end == n or buf[end:end + 1] in (b"\r", b"\n")):
                     here.append(pos)
                     wanted[needle] -= 1
@@ -131,12 +139,12 @@ def _invalid_lines(buf: bytes | mmap.mmap, texts: list[str]) -> list[int]:
                 wanted.pop(needle, None)
         at = lo
         for pos in sorted(here):
-            newlines += _count_newlines(buf, at, pos)
+            newlines += _count_newlines(buf, at, pos, eol[0])
             at = pos
             found.append(pos)
             lines.append(newlines + 1)
         if wanted:
-            newlines += _count_newlines(buf, at, hi)
+            newlines += _count_newlines(buf, at, hi, eol[0])
         _release(buf, lo, hi)
     return [line for _, line in sorted(zip(found, lines, strict=True))]
 
@@ -156,7 +164,8 @@ def load_csv(path: Path) -> CsvTable:
         raise LogFormatError(f"{path}: empty file")
     if looks_binary(buf[bom:bom + 4096]):
         raise LogFormatError(f"{path}: binary data, not a CSV file")
-    nl = buf.find(b"\n")
+    eol = _line_end(buf)
+    nl = buf.find(eol)
     header_line = (buf[bom:] if nl < 0 else buf[bom:nl]).rstrip(b"\r")
     try:
         header_text = header_line.decode("utf-8")
@@ -205,16 +214,16 @@ def load_csv(path: Path) -> CsvTable:
         """A resumed job appends its header again; cut those lines out of the bytes before
         parsing (cheap: one find per occurrence) so numeric columns stay numeric."""
         nonlocal body
-        needle = b"\n" + header_line
+        needle = eol + header_line
         body_parts = [buf[bom : nl + 1]]
         start = nl + 1
         pos = _find(buf, needle, nl)
         while pos >= 0:
             end = pos + len(needle)
             if end == len(buf) or buf[end : end + 1] in (b"\n", b"\r"):
-                header_lines.append(_line_number(buf, pos + 1))
+                header_lines.append(_line_number(buf, pos + 1, eol))
                 body_parts.append(buf[start : pos + 1])
-                start = buf.find(b"\n", end)
+                start = buf.find(eol, end)
                 start = len(buf) if start < 0 else start + 1
             pos = _find(buf, needle, end)
         if header_lines:
@@ -294,7 +303,7 @@ def load_csv(path: Path) -> CsvTable:
         # the first three are shown: looking up only those keeps the scan short (the torn
         # last row of a 1M-row file would cost a pass over all of it)
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            shown = _invalid_lines(mm, invalid[:3])
+            shown = _invalid_lines(mm, invalid[:3], eol)
         warnings.append(
             f"{path}: skipped {len(invalid)} malformed row(s)"
             + (f" (line{'s' if len(shown) > 1 else ''} {', '.join(map(str, shown))}"
