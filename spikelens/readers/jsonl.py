@@ -544,10 +544,9 @@ def _arrow_part(held: list[pa.Table], lines: np.ndarray, dropped: set[str]) -> _
     for name in list(table.column_names):
         col = table.column(0)
         table = table.remove_column(0)
-        pending = [(name, col, True)]
-        while pending:  # a struct's children have none of their own (`top` is False)
-            pending = [child for item in pending for child in add(*item)]
-        del col, pending
+        for child in add(name, col, True):  # a struct's fields, which have none of their own
+            add(*child)
+        del col
         pool.release_unused()
     return _Part(cols, nan, lines, np.zeros(len(lines), dtype=np.int8))
 
