@@ -107,7 +107,7 @@ def _invalid_lines(buf: bytes | mmap.mmap, texts: list[str], eol: bytes = b"\n")
     One pass over the map, a window at a time, that stops once every text is placed: each
     window's pages are faulted in once, searched for every text still missing and their
     newlines counted, then handed back. Three texts at 5, 15 and 25 % of the 201 MB CSV
-    were three searches and a count, 0.03-0.04 s; now 0.01 s."""
+    were three searches and a count, 0.030-0.038 s; now 0.016-0.019 s."""
     needles = [t.encode("utf-8", "replace").rstrip(b"\r") for t in texts]
     wanted: dict[bytes, int] = {}  # matches still to find, per distinct text
     for needle in needles:
