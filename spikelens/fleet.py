@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from spikelens.cores import default_jobs
 from spikelens.errors import ConfigError, SpikelensError
 from spikelens.model import (
     INCIDENT_KINDS,
@@ -423,15 +424,6 @@ def _in_order(futures: Sequence[Any], done: Iterator[Any],
             raise SpikelensError(f"a worker failed ({type(exc).__name__}: {exc})") from None
         out.append(f.result())
     return out
-
-
-def default_jobs() -> int:
-    """The cores this process may run on (its affinity mask, not the machine's count): the
-    fleet's default workers, and the readers' threads (CSV spans, the TensorBoard decode)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def make_backend(jobs: int | None, dask: str | None, n_tasks: int) -> Backend:

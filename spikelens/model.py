@@ -144,7 +144,7 @@ class Run:
         import numpy as np
 
         s = self.frame[col] if col in self.frame.columns else self.eval_frame[col]
-        inf = int(np.isinf(s.to_numpy()).sum())
+        inf = int(np.count_nonzero(np.isinf(s.to_numpy())))
         return inf + len(self.nan_steps.get(col, ()))
 
 

@@ -161,9 +161,10 @@ def _parse_strings(
     return out, logged, bad, _text_verdict(nbad, int(np.count_nonzero(~np.isnan(out))))
 
 
-def _arrow_strings(values: pd.Series) -> pa.Array | None:
-    """The column as one pyarrow string array, or None when it mixes decoded floats with
-    strings (a JSON column that is a number on some lines and text on others)."""
+def _arrow_strings(values: pd.Series) -> pa.Array | pa.ChunkedArray | None:
+    """The column as pyarrow strings, or None when it mixes decoded floats with strings (a
+    JSON column that is a number on some lines and text on others). A column read in blocks
+    comes as the chunks it was read in (`_one_array` joins them when needed)."""
     import pyarrow as pa
 
     arr = values.array
@@ -180,11 +181,16 @@ def _arrow_strings(values: pd.Series) -> pa.Array | None:
             sa = pa.array(arr)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return None
-    if isinstance(sa, pa.ChunkedArray):
-        sa = sa.combine_chunks()
     if not (pa.types.is_string(sa.type) or pa.types.is_large_string(sa.type)):
         sa = sa.cast(pa.string())
     return sa
+
+
+def _one_array(sa: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The chunks joined into one array (a copy of every string: 4-17 ms for a million)."""
+    import pyarrow as pa
+
+    return sa.combine_chunks() if isinstance(sa, pa.ChunkedArray) else sa
 
 
 def coerce_numeric(values: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -231,10 +237,12 @@ def _coerce(
     if n > _DICT_MIN_ROWS and len(first) <= 16:
         if not decided and _label_is_text(sa, first):
             # text for sure: like `_parse_strings` when it stops early, the cells are
-            # marked bad without being parsed
+            # marked bad without being parsed. The caller drops a text column's values:
+            # they are a read-only view of one NaN, not 8 MB written for a million rows.
             bad = pc.is_valid(sa).to_numpy(zero_copy_only=False)
-            return np.full(n, np.nan), np.zeros(n, dtype=bool), bad, True
+            return np.broadcast_to(np.nan, n), np.zeros(n, dtype=bool), bad, True
         # a label column (run name, phase): parse its few distinct values only
+        sa = _one_array(sa)
         enc = sa.dictionary_encode()
         dictionary, indices = enc.dictionary, enc.indices
         if len(dictionary) <= n // 16:
@@ -248,10 +256,10 @@ def _coerce(
             bad = valid & b[idx]
             text = _text_verdict(int(bad.sum()), int((~np.isnan(out)).sum()))
             return out, logged, bad, text
-    return _parse_strings(sa, decided)
+    return _parse_strings(_one_array(sa), decided)
 
 
-def _label_is_text(sa: pa.Array, first: set[Any]) -> bool:
+def _label_is_text(sa: pa.Array | pa.ChunkedArray, first: set[Any]) -> bool:
     """Whether a column whose first cells hold a few words is text, known without encoding
     it: the cells equal to those of its first words that do not parse are bad cells, every
     other present cell at most a number, and `_text_verdict` grows with the one and falls
@@ -588,8 +596,10 @@ def mode_spacing(steps: np.ndarray | Sequence[float]) -> int | None:
     None with fewer than three steps. NaN steps are ignored. One gap is not an interval:
     two points 749 steps apart are an excerpt or a skip, not a log written every 749 steps
     (and not "an average over 749 steps")."""
-    arr = np.asarray(steps, dtype=np.float64)
-    arr = arr[np.isfinite(arr)]
+    arr = np.asarray(steps)
+    if arr.dtype.kind != "i":  # a signed step counter has no NaN and its gaps are whole
+        arr = np.asarray(arr, dtype=np.float64)
+        arr = arr[np.isfinite(arr)]
     if len(arr) < 3:
         return None
     d = np.diff(arr)
@@ -600,8 +610,8 @@ def mode_spacing(steps: np.ndarray | Sequence[float]) -> int | None:
         return None
     top = float(d.max())
     if top <= 4 * len(d) + 1024:
-        whole = d.astype(np.int64)
-        if bool(np.all(whole == d)):
+        whole = d if d.dtype.kind == "i" else d.astype(np.int64)
+        if whole is d or bool(np.all(whole == d)):
             # whole-number gaps (steps are counters): counted in one pass instead of a sort
             # of every gap (0.03 s on a million steps with a few missing); the first
             # largest count is the smallest such gap, as `np.unique`'s sorted values give
@@ -874,7 +884,9 @@ def _durations_are_step_times(roles: dict[str, str], frame: pd.DataFrame,
             (overrides or {}).get("wall_time") == col:
         return roles
     v = frame[col].to_numpy(dtype=np.float64, na_value=np.nan)
-    v = v[np.isfinite(v)]
+    finite = np.isfinite(v)
+    if not finite.all():
+        v = v[finite]
     if len(v) < 3 or bool((v <= 0).any()):
         return roles
     d = np.diff(v)

@@ -182,7 +182,7 @@ def use_threads(nbytes: int) -> bool:
     """Whether to split the work of a file of `nbytes` over two threads."""
     if nbytes < PARALLEL_MIN_BYTES:
         return False
-    from spikelens.fleet import default_jobs  # the cores this process may run on
+    from spikelens.cores import default_jobs  # the cores this process may run on
 
     return default_jobs() >= 2
 

@@ -392,7 +392,7 @@ def _parts(size: int) -> int:
     under `_SPLIT_MIN` (a thread pool costs more than it saves there)."""
     if size < _SPLIT_MIN:
         return 1
-    from spikelens.fleet import default_jobs
+    from spikelens.cores import default_jobs
 
     return max(1, min(4, default_jobs()))
 
