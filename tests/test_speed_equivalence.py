@@ -1092,8 +1092,13 @@ def test_mode_spacing_by_counting_is_the_sorted_mode() -> None:
             x = rng.standard_normal(n)
             x[rng.random(n) < 0.2] = np.nan
         assert mode_spacing(x) == _plain_mode_spacing(x)
+        if np.isfinite(x).all() and (x == np.round(x)).all():
+            # a step counter as the frames hold it (int64): its own gaps, no float copy
+            assert mode_spacing(x.astype(np.int64)) == _plain_mode_spacing(x)
+            assert mode_spacing(x.astype(np.int64).tolist()) == _plain_mode_spacing(x)
     x = np.delete(np.arange(1_000_000, dtype=np.float64), rng.choice(1_000_000, 200))
     assert mode_spacing(x) == _plain_mode_spacing(x) == 1
+    assert mode_spacing(x.astype(np.int64)) == 1
 
 
 # osc5: _periodic_regions hands first_period only the blocks whose autocorrelation reaches
