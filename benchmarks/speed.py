@@ -13,6 +13,7 @@ fails. Usage: `.venv/bin/python benchmarks/speed.py [--check] [--json] [--markdo
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -632,6 +633,18 @@ def machine() -> dict[str, Any]:
             "git": rev + ("+uncommitted" if dirty else "")}
 
 
+def package_digest(root: Path = ROOT) -> str:
+    """A digest of the package's source files (names and contents) under `root`. Taken
+    before and after the measurements: the children import the checkout as it is when each
+    starts, so a checkout edited during a run mixes two versions in its figures (it happened:
+    a run started before an edit and ended with children failing on half-edited modules)."""
+    h = hashlib.sha256()
+    for f in sorted((root / "spikelens").rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 #: The machine's yardstick, in a fresh child: a pure-Python loop (the interpreter's speed,
 #: what imports and the per-event code scale with) and the first touch of 512 MB of new
 #: memory (the kernel's zeroing of fresh pages; on a virtual machine that also costs the
@@ -743,9 +756,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     warm(sorted({c.file for c in cases if c.file is not None}))
     compile_checkout()
     env_info["yardstick"] = yardstick()
+    before = package_digest()
     results = measure_rounds(cases, args.repeats, args.timeout, log)
     tmp.cleanup()
     env_info["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    env_info["changed_during_run"] = package_digest() != before
+    changed = (", SPIKELENS/ CHANGED DURING THE RUN: the figures mix two versions"
+               if env_info["changed_during_run"] else "")
+    if changed:
+        log("warning: spikelens/ changed during the run; its figures mix two versions "
+            "(run the benchmark from a checkout nobody edits, e.g. a git worktree)")
 
     if args.json:
         print(json.dumps({
@@ -760,7 +780,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"spikelens speed benchmark: {args.steps:,} steps, median of "
               f"{args.repeats} fresh processes; python {env_info['python']}, "
               f"{env_info['cpus']} CPUs, load {env_info['loadavg']} -> "
-              f"{env_info['loadavg_after']}, git {env_info['git']}")
+              f"{env_info['loadavg_after']}, git {env_info['git']}{changed}")
         yard = env_info["yardstick"]
         print(f"machine yardstick (median of 3 fresh processes): a 10M-step Python loop "
               f"{yard['python_loop_s']:.2f} s, first touch of new memory "
@@ -780,7 +800,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cmp_line:
             print()
             print(cmp_line)
-    if args.check and any(r.failed for r in results):
+    if args.check and (changed or any(r.failed for r in results)):
         return 1
     return 0
 
