@@ -760,9 +760,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = measure_rounds(cases, args.repeats, args.timeout, log)
     tmp.cleanup()
     env_info["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    env_info["changed_during_run"] = package_digest() != before
-    changed = (", SPIKELENS/ CHANGED DURING THE RUN: the figures mix two versions"
-               if env_info["changed_during_run"] else "")
+    changed = env_info["changed_during_run"] = package_digest() != before
     if changed:
         log("warning: spikelens/ changed during the run; its figures mix two versions "
             "(run the benchmark from a checkout nobody edits, e.g. a git worktree)")
@@ -780,7 +778,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"spikelens speed benchmark: {args.steps:,} steps, median of "
               f"{args.repeats} fresh processes; python {env_info['python']}, "
               f"{env_info['cpus']} CPUs, load {env_info['loadavg']} -> "
-              f"{env_info['loadavg_after']}, git {env_info['git']}{changed}")
+              f"{env_info['loadavg_after']}, git {env_info['git']}"
+              + (", SPIKELENS/ CHANGED DURING THE RUN: the figures mix two versions"
+                 if changed else ""))
         yard = env_info["yardstick"]
         print(f"machine yardstick (median of 3 fresh processes): a 10M-step Python loop "
               f"{yard['python_loop_s']:.2f} s, first touch of new memory "

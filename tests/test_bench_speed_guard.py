@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -13,8 +14,8 @@ SPEED = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
 
 
 @pytest.fixture(scope="module")
-def speed():  # type: ignore[no-untyped-def]
-    sys.path.insert(0, str(SPEED.parent))
+def speed() -> ModuleType:
+    path = list(sys.path)  # speed.py puts benchmarks/ first on it, for its own imports
     try:
         spec = importlib.util.spec_from_file_location("spikelens_bench_speed", SPEED)
         assert spec is not None and spec.loader is not None
@@ -23,10 +24,11 @@ def speed():  # type: ignore[no-untyped-def]
         spec.loader.exec_module(module)
         return module
     finally:
-        sys.path.remove(str(SPEED.parent))
+        sys.path[:] = path
 
 
-def test_the_digest_changes_with_an_edit_and_only_then(speed, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_the_digest_changes_with_an_edit_and_only_then(speed: ModuleType,
+                                                        tmp_path: Path) -> None:
     pkg = tmp_path / "spikelens" / "readers"
     pkg.mkdir(parents=True)
     (tmp_path / "spikelens" / "__init__.py").write_text("")

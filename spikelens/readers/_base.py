@@ -610,8 +610,8 @@ def mode_spacing(steps: np.ndarray | Sequence[float]) -> int | None:
         return None
     top = float(d.max())
     if top <= 4 * len(d) + 1024:
-        whole = d if d.dtype.kind == "i" else d.astype(np.int64)
-        if whole is d or bool(np.all(whole == d)):
+        whole = d.astype(np.int64, copy=False)
+        if d.dtype.kind == "i" or bool(np.all(whole == d)):
             # whole-number gaps (steps are counters): counted in one pass instead of a sort
             # of every gap (0.03 s on a million steps with a few missing); the first
             # largest count is the smallest such gap, as `np.unique`'s sorted values give
