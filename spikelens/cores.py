@@ -1,7 +1,7 @@
 """The number of cores this process may run on, in a module of its own: the fleet sizes its
-worker pool by it, and the CSV and TensorBoard readers their threads. A reader asks for it
-on every large file, and importing it from `spikelens.fleet` cost `inspect` that module's
-import (3-4 ms) for one function."""
+worker pool by it, the CSV and TensorBoard readers and the HTML page their threads. A reader
+asks for it on every large file, and importing it from `spikelens.fleet` cost `inspect` that
+module's import (3-4 ms) for one function."""
 
 from __future__ import annotations
 

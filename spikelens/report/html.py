@@ -36,7 +36,6 @@ import hashlib
 import html
 import json
 import math
-import os
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from spikelens.cores import default_jobs
 from spikelens.errors import ConfigError
 from spikelens.model import Finding, Report, Run, RunReport
 from spikelens.report._common import (
@@ -541,7 +541,8 @@ def _allot_full(figures: Sequence[tuple[_Figure, Run, RunReport]], lazy: bool) -
     each figure: a series without full data keeps full resolution around the events."""
     left = FULL_BUDGET
     pool = None
-    if (os.cpu_count() or 1) >= 2 and any(fig.downsampled for fig, _, _ in figures):
+    # the cores this process may use (a job pinned to one core gains nothing from a thread)
+    if default_jobs() >= 2 and any(fig.downsampled for fig, _, _ in figures):
         from concurrent.futures import ThreadPoolExecutor
 
         pool = ThreadPoolExecutor(max_workers=2)
